@@ -1,0 +1,30 @@
+# The two set-up commands: `make demo` and `make test`. Each creates .venv when it is
+# missing and installs the project with pip (pip takes torch from this machine's disk).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.slimforge-installed
+
+.PHONY: demo test install bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/slimforge demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not bench"
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_gp_prune_cifar.py --data ../shared/data
+
+clean:
+	rm -rf slimforge-out .pytest_cache
