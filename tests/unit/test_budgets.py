@@ -1,0 +1,137 @@
+"""compress.budgets: closed-form MAC counts, parsing, checks and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from compress.budgets import Budget, BudgetError, Cost, measure_cost
+from compress.profiling import Target
+
+
+def test_conv_macs_closed_form():
+    # conv MACs = C_out * C_in * k^2 * H_out * W_out / groups  (fvcore: one fused multiply-add = 1)
+    conv = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False)
+    cost = measure_cost(conv, torch.randn(4, 16, 32, 32))
+    assert cost.macs == 32 * 16 * 3 * 3 * 16 * 16
+    assert cost.params == 32 * 16 * 9
+    assert cost.input_shape == (16, 32, 32)
+
+
+def test_grouped_and_depthwise_conv_macs():
+    g = nn.Conv2d(16, 32, 3, padding=1, groups=4, bias=False)
+    assert measure_cost(g, torch.randn(1, 16, 8, 8)).macs == 32 * 16 * 9 * 8 * 8 // 4
+    dw = nn.Conv2d(24, 24, 5, padding=2, groups=24, bias=False)
+    assert measure_cost(dw, torch.randn(1, 24, 10, 10)).macs == 24 * 25 * 10 * 10
+
+
+def test_linear_and_bn_macs():
+    lin = nn.Linear(64, 10)
+    cost = measure_cost(lin, torch.randn(3, 64))
+    assert cost.macs == 64 * 10
+    assert cost.params == 64 * 10 + 10
+    bn = nn.BatchNorm2d(8).eval()
+    # fvcore counts eval-mode affine BN as 2 ops per element
+    assert measure_cost(bn, torch.randn(2, 8, 5, 5)).macs == 2 * 8 * 5 * 5
+
+
+def test_per_module_table_and_uncounted_ops():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    cost = measure_cost(model, torch.randn(2, 3, 8, 8))
+    assert cost.per_module["0"]["macs"] == 8 * 3 * 9 * 64
+    assert cost.per_module["4"]["macs"] == 128 * 5
+    assert sum(v["macs"] for v in cost.per_module.values()) == cost.macs
+    assert "aten::max_pool2d" in cost.uncounted_ops
+    assert cost.table()[0][0] == "0"
+
+
+def test_measure_cost_restores_training_mode():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    measure_cost(m, torch.randn(1, 3, 8, 8))
+    assert m.training
+
+
+@pytest.mark.parametrize(
+    "spec,field,value",
+    [
+        ("macs=0.5x", "rel_macs", 0.5),
+        ("params=1.5M", "max_params", 1.5e6),
+        ("macs=300k", "max_macs", 3e5),
+        ("latency=2.5ms", "max_latency_ms", 2.5),
+        ("latency=800us", "max_latency_ms", 0.8),
+        ("latency=0.5x", "rel_latency", 0.5),
+        ("MACS=2G", "max_macs", 2e9),
+    ],
+)
+def test_parse(spec, field, value):
+    b = Budget.parse(spec)
+    assert getattr(b, field) == pytest.approx(value)
+    assert b.describe() == spec
+
+
+def test_parse_many_and_resolve():
+    b = Budget.parse("macs=0.5x, params=0.25x")
+    teacher = Cost(macs=1000, params=400)
+    r = b.resolve(teacher)
+    assert r.max_macs == 500 and r.max_params == 100 and not r.is_relative
+
+
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ("mac=0.5x", "Did you mean 'macs'"),
+        ("flops=0.5x", "fused multiply-add"),
+        ("macs=-1", "Cannot parse"),
+        ("macs=0x", "positive"),
+        ("latency=3", "needs a unit"),
+        ("macs=3q", "unit must be"),
+        ("macs=0.5x,macs=0.4x", "twice"),
+        ("", "non-empty"),
+        ("macs", "key=value"),
+    ],
+)
+def test_parse_errors(spec, needle):
+    with pytest.raises(BudgetError, match=needle):
+        Budget.parse(spec)
+
+
+def test_constructor_errors():
+    with pytest.raises(BudgetError, match="at least one limit"):
+        Budget()
+    with pytest.raises(BudgetError, match="positive"):
+        Budget(max_macs=float("nan"))
+    with pytest.raises(BudgetError, match="both an absolute and a relative"):
+        Budget(max_macs=10, rel_macs=0.5)
+
+
+def test_check_reports_every_violation_with_margin():
+    b = Budget(max_macs=100, max_params=10, max_latency_ms=1.0)
+    chk = b.check(Cost(macs=150, params=12), latency_ms=0.5)
+    assert not chk.ok
+    by = {v.metric: v for v in chk.violations}
+    assert set(by) == {"macs", "params"}
+    assert by["macs"].margin == 50 and by["params"].margin == 2
+    assert by["macs"].ratio == pytest.approx(1.5)
+    assert chk.headroom["latency_ms"] == pytest.approx(0.5)
+    ok = b.check(Cost(macs=100, params=10), latency_ms=1.0)
+    assert ok.ok and ok.violations == ()
+
+
+def test_check_needs_resolution_and_latency():
+    with pytest.raises(BudgetError, match="resolve"):
+        Budget.parse("macs=0.5x").check(Cost(macs=1, params=1))
+    with pytest.raises(BudgetError, match="latency_ms"):
+        Budget(max_latency_ms=1.0).check(Cost(macs=1, params=1))
+    with pytest.raises(BudgetError, match="teacher_latency_ms"):
+        Budget.parse("latency=0.5x").resolve(Cost(macs=1, params=1))
+
+
+def test_coerce_and_target():
+    t = Target.preset("cpu-2t")
+    b = Budget.coerce("macs=0.5x", target=t)
+    assert b.target.intra_op_threads == 2
+    assert Budget.coerce({"max_macs": 10}).max_macs == 10
+    with pytest.raises(BudgetError):
+        Budget.coerce(3.0)
+    assert b.to_dict()["target"]["name"] == "cpu-2t"
