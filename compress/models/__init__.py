@@ -1,0 +1,49 @@
+"""Model zoo and model surgery for slimforge.
+
+* :func:`load_model` -- build a model from a spec string (``timm:``,
+  ``torchvision:``, ``cifar:``, ``package.module:factory``) and local weights.
+* ``cifar_resnet*`` -- the CIFAR ResNets of He et al. 2016 (option-A shortcuts).
+* :func:`pad_shortcuts_to_conv` -- replace :class:`PadShortcut` by fixed 1x1
+  convs so dependency-graph pruners can handle the model.
+"""
+
+from compress.models.cifar_resnet import (
+    CIFAR_RESNET_DEPTHS,
+    BasicBlock,
+    CifarResNet,
+    PadShortcut,
+    cifar_resnet,
+    cifar_resnet20,
+    cifar_resnet32,
+    cifar_resnet44,
+    cifar_resnet56,
+    cifar_resnet110,
+)
+from compress.models.spec import MODEL_SCHEMES, describe_model_spec, load_model, load_weights
+from compress.models.surgery import (
+    FixedShortcutConv,
+    freeze_fixed_shortcuts,
+    pad_shortcuts_to_conv,
+    shortcut_as_conv,
+)
+
+__all__ = [
+    "CIFAR_RESNET_DEPTHS",
+    "BasicBlock",
+    "CifarResNet",
+    "FixedShortcutConv",
+    "MODEL_SCHEMES",
+    "PadShortcut",
+    "cifar_resnet",
+    "cifar_resnet20",
+    "cifar_resnet32",
+    "cifar_resnet44",
+    "cifar_resnet56",
+    "cifar_resnet110",
+    "describe_model_spec",
+    "freeze_fixed_shortcuts",
+    "load_model",
+    "load_weights",
+    "pad_shortcuts_to_conv",
+    "shortcut_as_conv",
+]

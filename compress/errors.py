@@ -1,0 +1,74 @@
+"""Error taxonomy of slimforge's top layer.
+
+Every error the public API raises on purpose derives from :class:`CompressError`,
+so a caller (CLI, service) can catch one base class and show the message as is.
+Each class also derives from the closest built-in exception, so code that
+catches ``ValueError`` / ``TypeError`` / ``LookupError`` keeps working.
+
+Convention: a message says what went wrong *and* what to do about it, e.g.
+``"unknown timm model 'resnet181'; did you mean: resnet18, resnet101? ..."``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CompressError",
+    "ModelSpecError",
+    "UnsupportedModelError",
+    "DataError",
+    "StrategyError",
+    "ConfigError",
+    "BudgetUnreachableError",
+]
+
+
+class CompressError(Exception):
+    """Base of slimforge's top-layer errors."""
+
+
+class ModelSpecError(CompressError, ValueError):
+    """A model spec string, model factory or weights file cannot be used.
+
+    Raised by :func:`compress.models.load_model` for an unknown scheme or model
+    name (the message lists close matches), a factory that cannot be imported
+    or called, and a weights file that is missing, unreadable or does not match
+    the architecture (the message lists the first missing/unexpected keys).
+    """
+
+
+class UnsupportedModelError(CompressError, TypeError):
+    """A model contains a layer or operation a compression step cannot handle.
+
+    Attributes:
+        layer: qualified module name (e.g. ``"layer2.0.shortcut"``) or the name
+            of the operation that is not supported; ``None`` when unknown.
+    """
+
+    def __init__(self, message: str, *, layer: str | None = None) -> None:
+        super().__init__(message)
+        self.layer = layer
+
+    def __reduce__(self):  # keep ``layer`` when pickled (e.g. across processes)
+        return (_rebuild_unsupported, (str(self), self.layer))
+
+
+def _rebuild_unsupported(message: str, layer: str | None) -> UnsupportedModelError:
+    return UnsupportedModelError(message, layer=layer)
+
+
+class DataError(CompressError, ValueError):
+    """A data source or loader cannot be used (missing file, wrong keys, dtype,
+    shapes, labels, or an object that is not a loader/dataset)."""
+
+
+class StrategyError(CompressError, LookupError):
+    """An unknown compression strategy was requested."""
+
+
+class ConfigError(CompressError, ValueError):
+    """A configuration value is invalid (out of range, wrong type, inconsistent)."""
+
+
+class BudgetUnreachableError(CompressError, ValueError):
+    """The strategy cannot produce a student within the budget (e.g. pruning at the maximum
+    ratio still exceeds it). The message gives the smallest cost reached and what to loosen."""
