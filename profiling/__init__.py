@@ -1,0 +1,19 @@
+"""compress.profiling: deployment targets and latency measurement (onnxruntime or torch eager).
+
+May import only ``compress.exporters`` from the project. ``onnxruntime`` is imported lazily.
+"""
+
+from compress.profiling.errors import ProfilingError, TargetError
+from compress.profiling.latency import ENGINES, LatencyStats, profile_latency
+from compress.profiling.target import GRAPH_OPTIMIZATION_LEVELS, PRESETS, Target
+
+__all__ = [
+    "ENGINES",
+    "GRAPH_OPTIMIZATION_LEVELS",
+    "PRESETS",
+    "LatencyStats",
+    "ProfilingError",
+    "Target",
+    "TargetError",
+    "profile_latency",
+]
