@@ -1,0 +1,57 @@
+"""slimforge: teacher + data + budget -> a student that meets the budget, a validated ONNX
+artifact, its measured latency, and a report.
+
+``import compress`` is light: it touches neither CUDA, onnxruntime nor the strategies until a
+name below is used.
+
+Layering (one way): ``compress`` (API, registry, strategies, CLI) -> ``compress.budgets`` ->
+``compress.profiling`` -> ``compress.exporters``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compress",
+    "list_strategies",
+    "get_strategy",
+    "register_strategy",
+    "CompressionResult",
+    "Budget",
+    "Target",
+    "load_student",
+    "__version__",
+]
+
+_LAZY = {
+    "compress": ("compress.api", "compress"),
+    "list_strategies": ("compress.registry", "list_strategies"),
+    "get_strategy": ("compress.registry", "get_strategy"),
+    "register_strategy": ("compress.registry", "register_strategy"),
+    "CompressionResult": ("compress.result", "CompressionResult"),
+    "Budget": ("compress.budgets", "Budget"),
+    "Target": ("compress.profiling", "Target"),
+    "load_student": ("compress.serialization", "load_student"),
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compress.api import compress
+    from compress.budgets import Budget
+    from compress.profiling import Target
+    from compress.registry import get_strategy, list_strategies, register_strategy
+    from compress.result import CompressionResult
+    from compress.serialization import load_student
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'compress' has no attribute {name!r}")

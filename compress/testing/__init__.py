@@ -1,0 +1,100 @@
+"""Tiny, seeded, offline fixtures shipped with the package (tests, benchmarks, examples).
+
+Every model here takes ``(B, 3, H, W)`` and returns ``(B, num_classes)`` logits and has an
+``example_inputs()`` method returning a seeded ``(2, 3, 32, 32)`` batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["TinyConvNet", "TinyResidualNet", "HiddenStateNet", "NoClassifierNet", "tiny_models"]
+
+
+class _Example:
+    def example_inputs(self, batch: int = 2, size: int = 32) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(batch, 3, size, size, generator=g)
+
+
+class TinyConvNet(nn.Module, _Example):
+    """conv-bn-relu x3 (stride 2 twice) -> global pool -> linear. ~25k params."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class TinyResidualNet(nn.Module, _Example):
+    """A stem, two residual blocks (one with a depthwise conv) and a linear head."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.b1 = nn.Sequential(nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                                nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w))
+        self.b2 = nn.Sequential(nn.Conv2d(w, w, 3, padding=1, groups=w, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                                nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w))
+        self.head = nn.Linear(w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.b1(x))
+        x = torch.relu(x + self.b2(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class _HiddenScale(nn.Module):
+    """Multiplies by a per-channel scale kept as a *plain tensor attribute* (not a parameter or
+    buffer): a dependency graph cannot see it, so removing channels breaks this layer."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = torch.linspace(0.5, 1.5, channels).view(1, channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class HiddenStateNet(TinyConvNet):
+    """TinyConvNet with a :class:`_HiddenScale` after the first block: built to be unprunable."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__(num_classes, width)
+        self.hidden = _HiddenScale(2 * width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features
+        x = f[2](f[1](f[0](x)))
+        x = self.hidden(f[5](f[4](f[3](x))))
+        x = f[8](f[7](f[6](x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+class NoClassifierNet(nn.Module, _Example):
+    """Returns a feature map, not logits: compress() must refuse it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def tiny_models(num_classes: int = 10) -> dict[str, nn.Module]:
+    """Seeded instances of the prunable tiny models, by name."""
+    torch.manual_seed(0)
+    return {"tiny_conv": TinyConvNet(num_classes), "tiny_residual": TinyResidualNet(num_classes)}

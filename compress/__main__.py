@@ -1,0 +1,5 @@
+"""``python -m compress`` runs the ``slimforge`` CLI."""
+
+from compress.cli import main
+
+main()

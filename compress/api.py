@@ -1,0 +1,292 @@
+"""``compress()``: the one verb of slimforge.
+
+Pipeline: validate inputs -> copy the model -> measure the teacher (fvcore MACs, params,
+accuracy, ONNX latency) -> resolve the budget -> run the strategy -> export the student to
+ONNX -> validate parity on real data -> measure its latency -> check the budget with the
+*measured* latency -> :class:`CompressionResult`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.budgets import Budget, CostError, measure_cost
+from compress.data import TaskData, as_task_data, collect
+from compress.errors import UnsupportedModelError
+from compress.exporters import export_onnx, validate_onnx
+from compress.profiling import Target, profile_latency
+from compress.registry import get_strategy
+from compress.result import CompressionResult, ModelReport
+from compress.strategies._parts.training import evaluate
+from compress.strategies.base import ProgressFn, StrategyContext, config_to_dict
+
+__all__ = ["compress", "seed_everything", "library_versions"]
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random`` (DEAP draws from it), NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("slimforge", "torch", "torchvision", "timm", "fvcore", "onnx", "onnxruntime", "onnxscript",
+                "torch-pruning", "deap", "cma"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+class _TqdmProgress:
+    """Default progress: one tqdm bar per phase, on stderr."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, phase: str, done: int, total: int | None, info: dict) -> None:
+        from tqdm.auto import tqdm
+
+        bar = self.bars.get(phase)
+        if bar is None:
+            bar = self.bars[phase] = tqdm(total=total, desc=phase, leave=False, dynamic_ncols=True)
+        bar.n = done
+        if info:
+            bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items() if not isinstance(v, dict)}, refresh=False)
+        bar.refresh()
+        if total is not None and done >= total:
+            bar.close()
+            self.bars.pop(phase, None)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _progress_fn(progress: bool | ProgressFn) -> tuple[ProgressFn, Callable[[], None]]:
+    if callable(progress):
+        return progress, lambda: None
+    if progress:
+        p = _TqdmProgress()
+        return p, p.close
+    return (lambda *a, **k: None), lambda: None
+
+
+def _check_model(model: Any, x: torch.Tensor, num_classes: int, who: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(f"{who} must be a torch.nn.Module, got {type(model).__name__}.", layer=who)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnsupportedModelError(
+            f"{who} fails on a batch of the data {tuple(x.shape)}: {type(exc).__name__}: {first}. "
+            "Check that the model's input shape and channels match the data.",
+            layer=who,
+        ) from exc
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UnsupportedModelError(
+            f"{who} must return class logits of shape (batch, {num_classes}) for this data, got {got}. "
+            "Give a classifier whose head matches the number of classes (e.g. num_classes=...).",
+            layer=who,
+        )
+
+
+def compress(
+    model: nn.Module,
+    budget: Budget | str | dict,
+    *,
+    data: TaskData | dict | tuple,
+    strategy: str = "gp-prune",
+    teacher: nn.Module | None = None,
+    target: Target | str | None = None,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    config: Any = None,
+    progress: bool | ProgressFn = True,
+    model_spec: str | None = None,
+    latency_warmup: int = 10,
+    latency_repeats: int = 50,
+) -> CompressionResult:
+    """Compress ``model`` to fit ``budget`` with one strategy and return a validated student.
+
+    Args:
+        model: the trained network to compress, ``(B, C, H, W) -> (B, K)`` logits. Never modified.
+        budget: a :class:`Budget`, a spec string (``"macs=0.5x"``, ``"params=1M,latency=2ms"``)
+            or a dict of Budget fields. Relative limits are resolved against ``model``'s cost.
+        data: :class:`TaskData` or ``{"train": loader, "val": loader, "test": loader}``; loaders
+            yield ``(x, y)``. Without ``val`` a seeded split of ``train`` is made.
+        strategy: a registered strategy name (see :func:`list_strategies`).
+        teacher: distillation teacher; defaults to a frozen copy of ``model``.
+        target: runtime profile for latency (a :class:`Target` or preset name); default ``cpu-1t``.
+        out_dir: when given, the report and artifacts are saved there (``result.save``).
+        seed: seeds ``random``, NumPy and torch.
+        config: the strategy's config dataclass, or a dict of its fields.
+        progress: True for tqdm bars on stderr, False for silence, or a callback
+            ``progress(phase, done, total, info)``.
+        model_spec: the spec string ``model`` was built from, recorded so the student can be
+            reloaded by name.
+
+    Returns:
+        :class:`CompressionResult` (check ``result.budget_check.ok``).
+
+    Raises:
+        BudgetError: invalid budget. StrategyError: unknown strategy (with close matches).
+        UnsupportedModelError: the model does not produce ``(B, K)`` logits, cannot be counted,
+            or cannot be compressed (names the layer). BudgetUnreachableError: the strategy cannot
+            meet the budget. ExportError / OnnxValidationError: the student does not export or its
+            ONNX disagrees with torch. DataError: unusable data. ConfigError: bad config.
+    """
+    t_start = time.perf_counter()
+    wall: dict[str, float] = {}
+    budget_obj = Budget.coerce(budget)
+    strategy_cls = get_strategy(strategy)
+    strat = strategy_cls(config)
+    task = as_task_data(data, seed=seed)
+    if isinstance(target, str):
+        target = Target.preset(target)
+    target = target or budget_obj.target
+    if target.input_shape is None:
+        target = target.with_input_shape(task.spec.input_shape)
+    budget_obj = Budget.coerce(budget_obj, target=target)
+    progress_fn, close_progress = _progress_fn(progress)
+    seed_everything(seed)
+
+    x_val, y_val = collect(task.val)
+    example = x_val[:2].clone()
+    _check_model(model, example, task.spec.num_classes, "model")
+    if teacher is not None:
+        _check_model(teacher, example, task.spec.num_classes, "teacher")
+
+    work_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="slimforge-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    art_dir = Path(tempfile.mkdtemp(prefix=".artifacts-", dir=work_dir))
+
+    # ---------------------------------------------------------------- teacher
+    t0 = time.perf_counter()
+    working = copy.deepcopy(model).eval()
+    kd_teacher = copy.deepcopy(teacher if teacher is not None else model).eval()
+    for p in kd_teacher.parameters():
+        p.requires_grad_(False)
+    try:
+        teacher_cost = measure_cost(working, example)
+    except CostError as exc:
+        raise UnsupportedModelError(str(exc), layer=type(model).__name__) from exc
+    progress_fn("measure teacher", 0, 3, {})
+    teacher_acc_val = evaluate(working, task.val)
+    teacher_acc_test = evaluate(working, task.test)
+    progress_fn("measure teacher", 1, 3, {"val_acc": teacher_acc_val})
+    teacher_onnx = export_onnx(working, example, art_dir / "teacher.onnx")
+    progress_fn("measure teacher", 2, 3, {})
+    teacher_lat = profile_latency(teacher_onnx, target, warmup=latency_warmup, repeats=latency_repeats)
+    teacher_lat_torch = profile_latency(working, target, engine="torch", warmup=latency_warmup,
+                                        repeats=latency_repeats, example_inputs=example[:1])
+    progress_fn("measure teacher", 3, 3, {"latency_ms": teacher_lat.median_ms})
+    resolved = budget_obj.resolve(teacher_cost, teacher_lat.median_ms)
+    wall["measure_teacher"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- strategy
+    def latency_probe(m: nn.Module) -> float:
+        with tempfile.TemporaryDirectory(dir=art_dir) as tmp:
+            path = export_onnx(m, example, Path(tmp) / "candidate.onnx")
+            return profile_latency(path, target, warmup=3, repeats=max(10, latency_repeats // 3)).median_ms
+
+    ctx = StrategyContext(
+        model=working,
+        teacher=kd_teacher,
+        data=task,
+        budget=resolved,
+        teacher_cost=teacher_cost,
+        example_inputs=example,
+        target=target,
+        seed=seed,
+        out_dir=work_dir,
+        progress=progress_fn,
+        latency_fn=latency_probe,
+    )
+    t0 = time.perf_counter()
+    try:
+        output = strat.run(ctx)
+    finally:
+        close_progress()
+    wall.update(ctx.wall_s)
+    wall["strategy"] = time.perf_counter() - t0
+    student = output.student.eval()
+
+    # ---------------------------------------------------------------- student
+    t0 = time.perf_counter()
+    student_cost = measure_cost(student, example)
+    student_acc_val = evaluate(student, task.val)
+    student_acc_test = evaluate(student, task.test)
+    wall["evaluate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    student_onnx = export_onnx(student, example, art_dir / "student.onnx")
+    wall["export"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parity_x = collect(task.test)[0] if task.test is not None else x_val
+    validation = validate_onnx(student, student_onnx, parity_x, atol=1e-4, rtol=1e-3, batch_sizes=(1, 8),
+                               raise_on_failure=False)
+    wall["validate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    student_lat = profile_latency(student_onnx, target, warmup=latency_warmup, repeats=latency_repeats)
+    student_lat_torch = profile_latency(student, target, engine="torch", warmup=latency_warmup,
+                                        repeats=latency_repeats, example_inputs=example[:1])
+    wall["profile"] = time.perf_counter() - t0
+    check = resolved.check(student_cost, latency_ms=student_lat.median_ms if resolved.needs_latency else None)
+    if not check.ok:
+        log.warning("student does not meet the budget: %s", "; ".join(map(str, check.violations)))
+    surgery = ["pad_shortcuts_to_conv"] if output.info.get("shortcuts_converted") else []
+    wall["total"] = time.perf_counter() - t_start
+    result = CompressionResult(
+        student=student,
+        strategy=strategy_cls.name,
+        seed=seed,
+        config=config_to_dict(strat.config),
+        budget=resolved,
+        budget_check=check,
+        teacher=ModelReport(teacher_cost, teacher_acc_val, teacher_acc_test, teacher_lat, teacher_lat_torch),
+        student_report=ModelReport(student_cost, student_acc_val, student_acc_test, student_lat, student_lat_torch),
+        onnx_path=student_onnx,
+        teacher_onnx_path=teacher_onnx,
+        validation=validation,
+        target=target,
+        history=ctx.history,
+        wall_s=wall,
+        info={**output.info, "paper": strategy_cls.paper},
+        data=task.to_dict(),
+        versions=library_versions(),
+        model_spec=model_spec,
+        surgery=surgery,
+    )
+    if out_dir is not None:
+        result.save(work_dir)
+        shutil.rmtree(art_dir, ignore_errors=True)
+    return result
+
+

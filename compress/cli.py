@@ -1,0 +1,242 @@
+"""The ``slimforge`` command line (typer). ``python -m compress`` runs the same app.
+
+Commands: ``demo``, ``run``, ``measure``, ``strategies``. Exit codes: 0 success, 2 bad input
+(a slimforge error; the message says what to do), 3 the student was produced but misses its
+budget or fails ONNX parity (so CI pipelines can gate on it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="slimforge: compress a teacher to a budget, export validated ONNX.")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+def _fail(exc: Exception) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error[/]: {type(exc).__name__}: {exc}")
+    raise typer.Exit(code=2)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from compress.budgets import BudgetError, CostError
+    from compress.errors import CompressError
+    from compress.exporters import ExportError
+    from compress.profiling import ProfilingError
+    from compress.strategies.gp_prune.metrics import MetricError
+
+    return (CompressError, BudgetError, CostError, ExportError, ProfilingError, MetricError)
+
+
+def _print_result(result, out_dir: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"slimforge {result.strategy}: budget {result.budget.describe()}")
+    table.add_column("")
+    table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+    for a, b, c in result.summary_rows():
+        table.add_row(a, b, c)
+    con = _console()
+    con.print(table)
+    v = result.validation
+    agree = "-" if v.top1_agreement is None else f"{100 * v.top1_agreement:.2f}%"
+    con.print(
+        f"budget: {'[green]met[/]' if result.budget_check.ok else '[red]NOT met[/]'}"
+        + "".join(f"\n  {x}" for x in result.budget_check.violations)
+    )
+    con.print(
+        f"ONNX parity: {'[green]ok[/]' if v.ok else '[red]FAILED[/]'} (max |diff| {v.max_abs_diff:.2e}, "
+        f"top-1 agreement {agree} on {v.n_samples} test samples)"
+    )
+    con.print(f"wall time: {result.wall_s.get('total', 0):.1f} s; report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
+
+
+def _exit_code(result) -> int:
+    return 0 if (result.budget_check.ok and result.validation.ok) else 3
+
+
+def _load_config(config: Optional[str]) -> Optional[dict]:
+    if config is None:
+        return None
+    p = Path(config)
+    text = p.read_text() if p.is_file() else config
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        from compress.errors import ConfigError
+
+        raise ConfigError(f"--config must be a JSON object or a path to a JSON file: {exc}") from exc
+    if not isinstance(data, dict):
+        from compress.errors import ConfigError
+
+        raise ConfigError("--config must be a JSON object of the strategy's config fields.")
+    return data
+
+
+@app.command()
+def demo(
+    strategy: str = typer.Option("gp-prune", help="Strategy to run."),
+    seed: int = typer.Option(0, help="Run seed."),
+    out: Path = typer.Option(Path("slimforge-out/demo"), help="Output directory."),
+    budget: str = typer.Option("macs=0.5x", help="Budget spec."),
+    teacher_model: str = typer.Option("timm:resnet18", help="Teacher architecture trained on digits."),
+    teacher_epochs: int = typer.Option(12, help="Teacher training epochs (first run only; cached)."),
+    epochs: int = typer.Option(6, help="Student fine-tune epochs."),
+    config: Optional[str] = typer.Option(None, help="Strategy config as JSON (string or file)."),
+) -> None:
+    """Train (or load the cached) digits teacher, compress it to the budget, export, validate, profile."""
+    try:
+        from compress.api import compress
+        from compress.data import load_digits_task
+        from compress.teachers import TeacherRecipe, get_or_train_teacher
+
+        con = _console()
+        task = load_digits_task(seed=seed)
+        recipe = TeacherRecipe(model_spec=teacher_model, epochs=teacher_epochs, seed=seed)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=recipe.epochs, desc="train teacher", leave=False)
+
+        def on_epoch(epoch: int, rec: dict) -> None:
+            bar.n = epoch
+            bar.set_postfix(val_acc=f"{rec['val_acc']:.3f}")
+            bar.refresh()
+
+        teacher, meta = get_or_train_teacher(recipe, task, on_epoch=on_epoch)
+        bar.close()
+        con.print(
+            f"teacher {teacher_model} on digits ({task.spec.input_shape}, {task.spec.num_classes} classes): "
+            f"{'loaded from cache' if meta['cached'] else 'trained'} {meta['path']}"
+        )
+        cfg = _load_config(config) or {}
+        if strategy == "gp-prune":
+            cfg.setdefault("epochs", epochs)
+        result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
+                          config=cfg or None, model_spec=teacher_model)
+    except _known_errors() as exc:
+        _fail(exc)
+    _print_result(result, out)
+    raise typer.Exit(code=_exit_code(result))
+
+
+@app.command()
+def run(
+    model: str = typer.Option(..., help="Model spec: timm:NAME, torchvision:NAME, cifar:resnet56, or package.module:factory."),
+    data: str = typer.Option(..., help="Data: 'digits', an .npz with x (uint8 NHWC) and y, or an ImageFolder directory."),
+    budget: str = typer.Option(..., help="Budget spec, e.g. 'macs=0.5x' or 'params=1M,latency=2ms'."),
+    out: Path = typer.Option(..., help="Output directory."),
+    strategy: str = typer.Option("gp-prune", help="Strategy name (see `slimforge strategies`)."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights file (state_dict) for the model."),
+    test_data: Optional[str] = typer.Option(None, help="Optional .npz used as the test split."),
+    num_classes: Optional[int] = typer.Option(None, help="Classes (default: from the data)."),
+    mean: Optional[str] = typer.Option(None, help="Normalisation mean, e.g. '0.485,0.456,0.406'."),
+    std: Optional[str] = typer.Option(None, help="Normalisation std, e.g. '0.229,0.224,0.225'."),
+    seed: int = typer.Option(0, help="Run seed."),
+    target: str = typer.Option("cpu-1t", help="Latency target preset."),
+    config: Optional[str] = typer.Option(None, help="Strategy config as JSON (string or file)."),
+) -> None:
+    """Compress a model on your data to a budget and write the report and artifacts to --out."""
+    try:
+        from compress.api import compress
+        from compress.data import load_task
+        from compress.models import load_model
+        from compress.profiling import Target
+
+        kw: dict = {"seed": seed}
+        if test_data:
+            kw["test_path"] = test_data
+        if mean:
+            kw["mean"] = tuple(float(v) for v in mean.split(","))
+        if std:
+            kw["std"] = tuple(float(v) for v in std.split(","))
+        task = load_task(data, **kw)
+        net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights)
+        result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
+                          target=Target.preset(target), config=_load_config(config), model_spec=model)
+    except _known_errors() as exc:
+        _fail(exc)
+    _print_result(result, out)
+    raise typer.Exit(code=_exit_code(result))
+
+
+@app.command()
+def measure(
+    model: str = typer.Option(..., help="Model spec."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights file."),
+    input_shape: str = typer.Option("3,32,32", help="Per-sample input shape C,H,W."),
+    num_classes: int = typer.Option(10, help="Classifier outputs."),
+    target: str = typer.Option("cpu-1t", help="Latency target preset."),
+    top: int = typer.Option(15, help="Rows of the per-module table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Print a model's cost (fvcore MACs, params) and ONNX/torch latency on a target."""
+    try:
+        import torch
+
+        from compress.budgets import measure_cost
+        from compress.models import load_model
+        from compress.profiling import Target, profile_latency
+
+        shape = tuple(int(v) for v in input_shape.split(","))
+        net = load_model(model, num_classes=num_classes, weights=weights).eval()
+        x = torch.randn(2, *shape)
+        cost = measure_cost(net, x)
+        tgt = Target.preset(target, input_shape=shape)
+        ort = profile_latency(net, tgt, example_inputs=x)
+        eager = profile_latency(net, tgt, engine="torch", example_inputs=x[:1])
+    except _known_errors() as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"model": model, "cost": cost.to_dict(with_table=True), "latency_ms": {
+            "onnxruntime": ort.to_dict(), "torch": eager.to_dict()}}, indent=2))
+        return
+    from rich.table import Table
+
+    con = _console()
+    t = Table(title=f"{model} @ {shape}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("MACs (fvcore, per sample)", f"{cost.macs:,}")
+    t.add_row("params", f"{cost.params:,}")
+    t.add_row(f"latency ms ORT [{tgt.name}] median / p90", f"{ort.median_ms:.3f} / {ort.p90_ms:.3f}")
+    t.add_row("latency ms torch eager median / p90", f"{eager.median_ms:.3f} / {eager.p90_ms:.3f}")
+    t.add_row("uncounted ops", ", ".join(f"{k} x{v}" for k, v in cost.uncounted_ops.items()) or "-")
+    con.print(t)
+    mt = Table(title=f"top {top} modules by MACs")
+    mt.add_column("module")
+    mt.add_column("MACs", justify="right")
+    mt.add_column("params", justify="right")
+    for name, macs, params in cost.table(top):
+        mt.add_row(name, f"{macs:,}", f"{params:,}")
+    con.print(mt)
+
+
+@app.command()
+def strategies() -> None:
+    """List the registered strategies."""
+    from compress.registry import get_strategy, list_strategies
+
+    for name in list_strategies():
+        cls = get_strategy(name)
+        print(f"{name}\t{cls.paper}")
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

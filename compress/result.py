@@ -1,0 +1,234 @@
+"""``CompressionResult``: what ``compress()`` returns, and the report it writes.
+
+``to_dict()`` is the JSON contract read by CI pipelines. Keys named in the main-job issue are
+never renamed (dots = nesting): ``strategy``, ``seed``, ``target``, ``config``, ``versions``,
+``budget.{spec,ok,violations}``, ``{teacher,student}.{macs,params}``,
+``{teacher,student}.accuracy.{val,test}``, ``{teacher,student}.latency_ms.{median,p90}``,
+``onnx.{path}``, ``onnx.parity.{ok,max_abs_diff,top1_agreement}``, ``wall_s.total`` and
+``wall_s.<phase>``. Accuracies are fractions in [0, 1]; latencies are milliseconds; MACs are
+fvcore's count per sample (one fused multiply-add = 1).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from compress.budgets import Budget, BudgetCheck, Cost
+from compress.exporters import ValidationReport
+from compress.exporters.atomic import write_text_atomic
+from compress.profiling import LatencyStats, Target
+
+__all__ = ["ModelReport", "CompressionResult"]
+
+
+@dataclass
+class ModelReport:
+    """Cost, accuracy and latency of one model (teacher or student)."""
+
+    cost: Cost
+    accuracy_val: float | None
+    accuracy_test: float | None
+    latency: LatencyStats | None
+    latency_torch: LatencyStats | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "macs": int(self.cost.macs),
+            "params": int(self.cost.params),
+            "uncounted_ops": dict(self.cost.uncounted_ops),
+            "accuracy": {"val": self.accuracy_val, "test": self.accuracy_test},
+            "latency_ms": None,
+        }
+        if self.latency is not None:
+            d["latency_ms"] = {
+                "median": self.latency.median_ms,
+                "p90": self.latency.p90_ms,
+                "iqr": self.latency.iqr_ms,
+                "mean": self.latency.mean_ms,
+                "engine": self.latency.engine,
+                "target": self.latency.target,
+            }
+        if self.latency_torch is not None:
+            d["latency_ms_torch"] = {"median": self.latency_torch.median_ms, "p90": self.latency_torch.p90_ms}
+        return d
+
+
+@dataclass
+class CompressionResult:
+    """The outcome of one ``compress()`` call.
+
+    Attributes:
+        student: the compressed ``nn.Module`` (eval mode).
+        strategy, seed, config: what ran (``config`` is the strategy's dataclass as a dict).
+        budget: the resolved absolute budget; ``budget_check`` its check on the final student
+            with the *measured* latency.
+        teacher, student_report: :class:`ModelReport` of each.
+        onnx_path, validation: the student's ONNX file and its parity report.
+        teacher_onnx_path: the teacher's ONNX export (for side-by-side latency).
+        target: the runtime profile the latencies were measured on.
+        history: per-step records of the strategy (JSON-ready dicts).
+        wall_s: seconds per phase plus ``total``.
+    """
+
+    student: nn.Module
+    strategy: str
+    seed: int
+    config: dict[str, Any]
+    budget: Budget
+    budget_check: BudgetCheck
+    teacher: ModelReport
+    student_report: ModelReport
+    onnx_path: Path
+    teacher_onnx_path: Path | None
+    validation: ValidationReport
+    target: Target
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    model_spec: str | None = None
+    surgery: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report (see the module docstring for the key contract)."""
+        v = self.validation
+        return {
+            "strategy": self.strategy,
+            "seed": self.seed,
+            "target": self.target.to_dict(),
+            "config": self.config,
+            "versions": dict(self.versions),
+            "model_spec": self.model_spec,
+            "data": self.data,
+            "budget": {
+                "spec": self.budget.describe(),
+                "ok": self.budget_check.ok,
+                "violations": [x.to_dict() for x in self.budget_check.violations],
+                "headroom": dict(self.budget_check.headroom),
+                "limits": {
+                    "max_macs": self.budget.max_macs,
+                    "max_params": self.budget.max_params,
+                    "max_latency_ms": self.budget.max_latency_ms,
+                },
+            },
+            "teacher": self.teacher.to_dict(),
+            "student": self.student_report.to_dict(),
+            "onnx": {
+                "path": str(self.onnx_path),
+                "teacher_path": str(self.teacher_onnx_path) if self.teacher_onnx_path else None,
+                "parity": {
+                    "ok": v.ok,
+                    "max_abs_diff": v.max_abs_diff,
+                    "top1_agreement": v.top1_agreement,
+                    "atol": v.atol,
+                    "rtol": v.rtol,
+                    "n_samples": v.n_samples,
+                    "per_batch": {str(k): val for k, val in v.per_batch.items()},
+                    "mismatches": list(v.mismatches),
+                },
+            },
+            "wall_s": {k: round(float(s), 3) for k, s in self.wall_s.items()},
+            "info": self.info,
+            "history": self.history,
+        }
+
+    # ------------------------------------------------------------------ rendering
+    def summary_rows(self) -> list[tuple[str, str, str]]:
+        t, s = self.teacher, self.student_report
+
+        def pct(x: float | None) -> str:
+            return "-" if x is None else f"{100 * x:.2f}%"
+
+        def ms(x: LatencyStats | None) -> str:
+            return "-" if x is None else f"{x.median_ms:.3f} (p90 {x.p90_ms:.3f})"
+
+        return [
+            ("MACs (fvcore, per sample)", f"{t.cost.macs:,}", f"{s.cost.macs:,} ({s.cost.macs / max(t.cost.macs, 1):.2f}x)"),
+            ("params", f"{t.cost.params:,}", f"{s.cost.params:,} ({s.cost.params / max(t.cost.params, 1):.2f}x)"),
+            ("accuracy val", pct(t.accuracy_val), pct(s.accuracy_val)),
+            ("accuracy test", pct(t.accuracy_test), pct(s.accuracy_test)),
+            (f"latency ms ORT [{self.target.name}]", ms(t.latency), ms(s.latency)),
+            ("latency ms torch eager", ms(t.latency_torch), ms(s.latency_torch)),
+        ]
+
+    def to_markdown(self) -> str:
+        v = self.validation
+        lines = [
+            f"# slimforge report: `{self.strategy}`",
+            "",
+            f"- budget: `{self.budget.describe()}` -> **{'met' if self.budget_check.ok else 'NOT met'}**",
+        ]
+        for viol in self.budget_check.violations:
+            lines.append(f"  - violation: {viol}")
+        lines += [
+            f"- target: `{self.target.name}` ({self.target.provider}, {self.target.intra_op_threads} intra-op threads, "
+            f"batch {self.target.batch_size})",
+            f"- seed: {self.seed}",
+            f"- data: {self.data.get('spec', {}).get('name', '?')}",
+            "",
+            "| | teacher | student |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in self.summary_rows()]
+        agree = "-" if v.top1_agreement is None else f"{100 * v.top1_agreement:.2f}%"
+        lines += [
+            "",
+            f"ONNX `{Path(self.onnx_path).name}`: parity **{'ok' if v.ok else 'FAILED'}**, max |diff| "
+            f"{v.max_abs_diff:.2e} (atol {v.atol:g}), top-1 agreement {agree} on {v.n_samples} samples.",
+            "",
+            "## Wall time (s)",
+            "",
+            "| phase | s |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {k} | {s:.2f} |" for k, s in self.wall_s.items()]
+        lines += ["", "## Strategy", "", "```json", json.dumps(self.info, indent=2, default=str)[:4000], "```", ""]
+        lines += ["## Config", "", "```json", json.dumps(self.config, indent=2, default=str), "```", ""]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        rows = self.summary_rows()
+        w = max(len(r[0]) for r in rows)
+        out = [f"{'':<{w}}  {'teacher':>24}  {'student':>28}"]
+        out += [f"{a:<{w}}  {b:>24}  {c:>28}" for a, b, c in rows]
+        out.append(f"budget {self.budget.describe()}: {'met' if self.budget_check.ok else 'NOT met'}; "
+                   f"ONNX parity {'ok' if self.validation.ok else 'FAILED'}")
+        return "\n".join(out)
+
+    # ------------------------------------------------------------------ saving
+    def save(self, directory: str | Path) -> Path:
+        """Write ``report.json``, ``report.md``, ``student.onnx``, ``teacher.onnx`` and the
+        reloadable student (``student.safetensors`` + ``student.arch.json``), each atomically.
+        Returns the directory."""
+        from compress.serialization import save_student
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        for src, name, attr in ((self.onnx_path, "student.onnx", "onnx_path"), (self.teacher_onnx_path, "teacher.onnx", "teacher_onnx_path")):
+            if src is None:
+                continue
+            dst = d / name
+            if Path(src).resolve() != dst.resolve():
+                tmp = dst.with_name(f".{name}.tmp")
+                shutil.copyfile(src, tmp)
+                tmp.replace(dst)
+                setattr(self, attr, dst)
+        save_student(self.student, d, base_spec=self.model_spec, surgery=self.surgery)
+        write_text_atomic(d / "report.md", self.to_markdown())
+        write_text_atomic(d / "report.json", json.dumps(self.to_dict(), indent=2, default=_json_default))
+        return d
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,145 @@
+"""Training parts shared by every strategy: accuracy, the KD loss, a fine-tune loop.
+
+Knowledge distillation (Hinton et al. 2015) as used for every final retrain:
+
+    L = (1 - alpha) * CE(z_s, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
+
+with ``z_s`` / ``z_t`` the student / teacher logits ``(B, K)``. ``T^2`` keeps the soft term's
+gradient scale independent of the temperature. ``alpha = 0`` is plain cross-entropy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+__all__ = ["kd_loss", "evaluate", "FinetuneSettings", "finetune"]
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    *,
+    alpha: float = 0.5,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """CE + temperature-scaled KL, see the module docstring.
+
+    Args:
+        student_logits: ``(B, K)``.
+        targets: ``(B,)`` int64 class indices.
+        teacher_logits: ``(B, K)`` or None (then plain CE).
+    Returns:
+        scalar loss tensor.
+    """
+    ce = F.cross_entropy(student_logits, targets)
+    if teacher_logits is None or alpha == 0.0:
+        return ce
+    t = temperature
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1.0 - alpha) * ce + alpha * (t * t) * kl
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader | None) -> float | None:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``loader`` (None if no loader). Restores train/eval state."""
+    if loader is None:
+        return None
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        pred = model(x).argmax(dim=1)
+        correct += int((pred == y).sum())
+        total += int(y.numel())
+    model.train(was)
+    return correct / total if total else math.nan
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Fine-tune schedule: SGD with Nesterov momentum and a cosine learning rate (the GECCO'22
+    paper's transfer-pruning recipe, §5: SGD Nesterov 0.9, wd 1e-4), keeping the weights with the
+    best validation accuracy (not test: ALGORITHMS.md 2(b).5)."""
+
+    epochs: int = 5
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    optimizer: str = "sgd"  # "sgd" | "adam"
+    keep_best: bool = True
+    max_steps_per_epoch: int | None = None
+
+
+def finetune(
+    model: nn.Module,
+    data_train: DataLoader,
+    data_val: DataLoader | None,
+    settings: FinetuneSettings,
+    *,
+    teacher: nn.Module | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place with KD from ``teacher`` (or plain CE); returns per-epoch history.
+
+    ``on_epoch(epoch, record)`` is called after each epoch with
+    ``{"epoch", "loss", "val_acc", "lr"}``. The model is left in eval mode with the best
+    validation weights when ``settings.keep_best``.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    else:
+        opt = torch.optim.SGD(
+            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay, nesterov=True
+        )
+    steps_per_epoch = len(data_train)
+    if settings.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
+    total = max(1, settings.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    if teacher is not None:
+        teacher.eval()
+    history: list[dict] = []
+    best_acc, best_state = -1.0, None
+    for epoch in range(settings.epochs):
+        model.train()
+        running, seen = 0.0, 0
+        for step, (x, y) in enumerate(data_train):
+            if step >= steps_per_epoch:
+                break
+            with torch.no_grad():
+                t_logits = teacher(x) if teacher is not None else None
+            loss = kd_loss(model(x), y, t_logits, alpha=settings.kd_alpha, temperature=settings.kd_temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += float(loss.detach()) * int(y.numel())
+            seen += int(y.numel())
+        val_acc = evaluate(model, data_val)
+        rec = {"epoch": epoch + 1, "loss": running / max(seen, 1), "val_acc": val_acc, "lr": sched.get_last_lr()[0]}
+        history.append(rec)
+        if on_epoch:
+            on_epoch(epoch + 1, rec)
+        if settings.keep_best and val_acc is not None and val_acc > best_acc:
+            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+    if settings.keep_best and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history

@@ -1,0 +1,153 @@
+"""What a strategy is given and what it returns.
+
+A strategy sees the world through a :class:`StrategyContext`: a private working copy of the
+user's model, the frozen teacher, the task data, the budget already resolved to absolute
+limits, and a budget *oracle* (``ctx.check(model)``) that measures candidates through
+``compress.budgets`` (and ``compress.profiling`` when the budget limits latency). It never
+touches the user's model, and it never prints: progress goes through ``ctx.progress``.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from compress.budgets import Budget, BudgetCheck, Cost, measure_cost
+from compress.data import TaskData
+from compress.errors import ConfigError
+from compress.profiling import Target
+
+__all__ = ["Strategy", "StrategyContext", "StrategyOutput", "ProgressFn", "config_to_dict", "config_from_dict"]
+
+# progress(phase, done, total, info) -- total may be None for open-ended work
+ProgressFn = Callable[[str, int, "int | None", dict], None]
+
+
+def _no_progress(phase: str, done: int, total: int | None, info: dict) -> None:
+    return None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as JSON-ready data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a frozen config dataclass from :func:`config_to_dict` output.
+
+    Raises:
+        ConfigError: unknown field names (with the known ones).
+    """
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(names)}.")
+    kwargs = {}
+    for k, v in data.items():
+        kwargs[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+@dataclass
+class StrategyContext:
+    """Everything a strategy run may use.
+
+    Attributes:
+        model: the strategy's own copy of the user's model (eval mode); free to modify.
+        teacher: frozen copy of the teacher used for distillation (eval mode, no grad).
+        data: train / val (/ test) loaders yielding ``(x, y)``, x ``(B, C, H, W)`` float32.
+        budget: the budget with every limit absolute (already resolved against the teacher).
+        teacher_cost: the teacher's :class:`Cost` (MACs per sample, params).
+        example_inputs: ``(2, C, H, W)`` tensor for tracing.
+        target: runtime profile that latency limits refer to.
+        seed: run seed.
+        out_dir: where the strategy may write checkpoints (None: no checkpoints).
+        progress: callback ``progress(phase, done, total, info)``.
+    """
+
+    model: nn.Module
+    teacher: nn.Module
+    data: TaskData
+    budget: Budget
+    teacher_cost: Cost
+    example_inputs: torch.Tensor
+    target: Target
+    seed: int = 0
+    out_dir: Path | None = None
+    progress: ProgressFn = _no_progress
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: dict[str, float] = field(default_factory=dict)
+    latency_fn: Callable[[nn.Module], float] | None = None
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase; the wall time lands in the report as ``wall_s.<name>``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall_s[name] = self.wall_s.get(name, 0.0) + time.perf_counter() - t0
+
+    def log(self, **record: Any) -> None:
+        """Append one step to the run history (JSON-ready values only)."""
+        self.history.append(record)
+
+    def cost(self, model: nn.Module) -> Cost:
+        return measure_cost(model, self.example_inputs)
+
+    def check(self, model: nn.Module) -> tuple[Cost, BudgetCheck, float | None]:
+        """The budget oracle: measure ``model`` and check it against the budget.
+
+        Latency (ms, median on ``target``) is measured only when the budget limits it.
+        """
+        cost = self.cost(model)
+        latency = None
+        if self.budget.needs_latency:
+            if self.latency_fn is None:  # pragma: no cover - set by the API
+                raise ConfigError("This budget limits latency but no latency probe was configured.")
+            latency = self.latency_fn(model)
+        return cost, self.budget.check(cost, latency_ms=latency), latency
+
+
+@dataclass
+class StrategyOutput:
+    """What a strategy returns: the student (an ordinary ``nn.Module``) and facts about it."""
+
+    student: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy(abc.ABC):
+    """Base class of every compression strategy. Subclasses set ``config_cls`` (a frozen
+    dataclass) and implement :meth:`run`; ``name`` is set by ``@register_strategy``."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type]
+    paper: ClassVar[str] = ""
+
+    def __init__(self, config: Any | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = self.config_cls(**overrides)
+        elif isinstance(config, dict):
+            config = config_from_dict(self.config_cls, {**config, **overrides})
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        if not isinstance(config, self.config_cls):
+            raise ConfigError(
+                f"Strategy {self.name!r} takes a {self.config_cls.__name__}, got {type(config).__name__}."
+            )
+        self.config = config
+
+    @abc.abstractmethod
+    def run(self, ctx: StrategyContext) -> StrategyOutput:
+        """Compress ``ctx.model`` until it meets ``ctx.budget``; return the student."""

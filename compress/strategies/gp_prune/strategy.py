@@ -1,0 +1,330 @@
+"""Strategy ``gp-prune``: one-shot uniform channel pruning ranked by an expression-tree metric.
+
+Source: Liu et al., "Evolving Transferable Neural Pruning Functions", GECCO'22
+(``shared/papers/001_…``), §5 "Transfer pruning": a ready-made metric (default: the evolved
+ξ* of Eq. 3) scores every channel, the same ratio of channels is removed from every prunable
+layer in one shot (uniform pruning), and the pruned network is retrained. Our choices where the
+paper is silent or we differ on purpose, each a config field:
+
+* ratio: the paper fixes a ratio per experiment; we find the *smallest* uniform channel ratio
+  that meets the budget by bisection on ``[0, max_ratio]`` (``bisection_steps`` halvings),
+  each candidate measured through the budget oracle (fvcore MACs, params, and measured latency
+  when the budget limits it);
+* channel surgery: Torch-Pruning's dependency graph removes channels physically across
+  residual adds, depthwise convs and concats; the classifier's outputs are never pruned;
+* CIFAR ResNets' parameter-free zero-padding shortcuts are first replaced by an equivalent
+  fixed 1x1 convolution (checked numerically), which dependency graphs understand;
+* retraining: KD from the teacher (CE + T^2-scaled KL), SGD Nesterov 0.9, wd 1e-4 (§5), cosine
+  learning rate, best epoch chosen on the validation split (the released code picks it on the
+  test set: ALGORITHMS.md 2(b).5);
+* label-aware metrics see ``calib_samples`` calibration images (paper: all training images)
+  with feature maps pooled to at most ``max_map_hw``² (see ``features.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from compress.errors import BudgetUnreachableError, ConfigError, UnsupportedModelError
+from compress.models import PadShortcut, freeze_fixed_shortcuts, pad_shortcuts_to_conv
+from compress.registry import register_strategy
+from compress.strategies._parts.training import FinetuneSettings, finetune
+from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
+from compress.strategies.gp_prune.features import collect_feature_maps
+from compress.strategies.gp_prune.importance import TreeImportance
+from compress.strategies.gp_prune.metrics import MetricError, get_metric
+
+__all__ = ["GPPruneConfig", "GPPrune", "find_classifier", "prune_uniform", "forward_or_explain"]
+
+
+@dataclass(frozen=True)
+class GPPruneConfig:
+    """Settings of ``gp-prune``; every field lands in ``report.json`` under ``config``.
+
+    Attributes:
+        metric: a registered metric name (``xi_star``, the SOAP names ``l1``, ``fpgm`` ...)
+            or a tree string such as ``"sum_g(abs(WI))"``.
+        class_reduction: "sum" (reference code) or "mean" of per-class uni-tree scores.
+        calib_samples: labelled calibration images used for feature maps.
+        max_map_hw: feature maps are average-pooled to at most this side (None: full size).
+        max_ratio: largest uniform channel ratio tried (0 < max_ratio < 1).
+        bisection_steps: halvings of the ratio interval.
+        round_to: round kept channel counts to a multiple of this (None: exact).
+        epochs, lr, momentum, weight_decay, optimizer: fine-tune schedule.
+        kd_alpha, kd_temperature: KD weight and temperature (alpha=0: plain CE).
+        max_steps_per_epoch: cap on fine-tune steps per epoch (None: whole train split).
+    """
+
+    metric: str = "xi_star"
+    class_reduction: str = "sum"
+    calib_samples: int = 512
+    max_map_hw: int | None = 8
+    max_ratio: float = 0.95
+    bisection_steps: int = 12
+    round_to: int | None = None
+    epochs: int = 5
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    optimizer: str = "sgd"
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    max_steps_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_reduction not in ("sum", "mean"):
+            raise ConfigError(f"class_reduction must be 'sum' or 'mean', got {self.class_reduction!r}.")
+        if not 0.0 < self.max_ratio < 1.0:
+            raise ConfigError(f"max_ratio must be in (0, 1), got {self.max_ratio}.")
+        if self.bisection_steps < 1 or self.calib_samples < 2 or self.epochs < 0:
+            raise ConfigError("bisection_steps >= 1, calib_samples >= 2 and epochs >= 0 are required.")
+        if self.max_map_hw is not None and self.max_map_hw < 1:
+            raise ConfigError("max_map_hw must be >= 1 or None.")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError("round_to must be >= 1 or None.")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+        if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
+            raise ConfigError("kd_alpha must be in [0, 1] and kd_temperature > 0.")
+
+    @property
+    def finetune_settings(self) -> FinetuneSettings:
+        return FinetuneSettings(
+            epochs=self.epochs,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            kd_alpha=self.kd_alpha,
+            kd_temperature=self.kd_temperature,
+            optimizer=self.optimizer,
+            max_steps_per_epoch=self.max_steps_per_epoch,
+        )
+
+
+def find_classifier(model: nn.Module, num_classes: int) -> nn.Module:
+    """The last ``Linear`` (or 1x1 ``Conv2d``) producing ``num_classes`` outputs.
+
+    Raises:
+        UnsupportedModelError: no such layer (the pruner would otherwise remove class outputs).
+    """
+    found = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and m.out_features == num_classes:
+            found = m
+        elif isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.kernel_size == (1, 1):
+            found = m
+    if found is None:
+        raise UnsupportedModelError(
+            f"No classifier layer with {num_classes} outputs (nn.Linear or 1x1 Conv2d) found in "
+            f"{type(model).__name__}; gp-prune keeps the classifier's outputs intact and needs to find it. "
+            "Make the model end in such a layer.",
+        )
+    return found
+
+
+def forward_or_explain(model: nn.Module, x: torch.Tensor, expected: tuple[int, ...], what: str) -> torch.Tensor:
+    """Run ``model(x)``; on failure raise :class:`UnsupportedModelError` naming the innermost
+    module that was executing (found with forward pre/post hooks)."""
+    stack: list[str] = []
+    deepest: list[str] = []
+    handles = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+
+        def pre(_m, _i, name=name):
+            stack.append(name)
+            deepest[:] = list(stack)
+
+        def post(_m, _i, _o, name=name):
+            if stack and stack[-1] == name:
+                stack.pop()
+
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post))
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        where = stack[-1] if stack else (deepest[-1] if deepest else type(model).__name__)
+        mod = dict(model.named_modules()).get(where)
+        kind = type(mod).__name__ if mod is not None else "op"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnsupportedModelError(
+            f"{what}: layer {where!r} ({kind}) failed after channel removal: {first}. "
+            "It holds channel-dependent state the dependency graph cannot see (e.g. a plain tensor attribute "
+            "or a hard-coded channel count). Register such tensors as parameters/buffers, or pass the layer in "
+            "config ignored_layers.",
+            layer=where,
+        ) from exc
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(expected):
+        raise UnsupportedModelError(
+            f"{what}: the pruned model returns {getattr(out, 'shape', type(out).__name__)}, expected {expected}. "
+            "A layer mixes channels in a way the dependency graph cannot follow.",
+            layer=type(model).__name__,
+        )
+    return out
+
+
+def prune_uniform(
+    reference: nn.Module,
+    ratio: float,
+    importance: TreeImportance,
+    example_inputs: torch.Tensor,
+    classifier_name: str,
+    round_to: int | None = None,
+) -> nn.Module:
+    """A deep copy of ``reference`` with ``ratio`` of the channels of every prunable group
+    removed (Torch-Pruning ``MetaPruner``, ``global_pruning=False``).
+
+    Raises:
+        UnsupportedModelError: Torch-Pruning cannot build the dependency graph or prune.
+    """
+    cand = copy.deepcopy(reference).eval()
+    if ratio <= 0.0:
+        return cand
+    modules = dict(cand.named_modules())
+    ignored = [modules[classifier_name]]
+    importance.bind(cand)
+    try:
+        pruner = tp.pruner.MetaPruner(
+            cand,
+            example_inputs,
+            importance=importance,
+            pruning_ratio=ratio,
+            global_pruning=False,
+            ignored_layers=ignored,
+            round_to=round_to,
+        )
+        pruner.step()
+    except (MetricError, UnsupportedModelError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnsupportedModelError(
+            f"Torch-Pruning could not prune {type(reference).__name__}: {type(exc).__name__}: {first}. "
+            "Check that forward() uses standard torch ops on channel dimensions.",
+            layer=type(reference).__name__,
+        ) from exc
+    return cand.eval()
+
+
+@register_strategy("gp-prune")
+class GPPrune(Strategy):
+    """Uniform one-shot channel pruning with an expression-tree importance (GECCO'22 §5, Eq. 3).
+
+    Input: ``ctx.model`` ``(B, C, H, W) -> (B, K)``; output: a physically smaller ``nn.Module``
+    with the same input/output shapes that meets ``ctx.budget``.
+
+    Raises:
+        UnsupportedModelError: the model cannot be pruned (names the layer or op).
+        BudgetUnreachableError: even ``max_ratio`` does not meet the budget.
+        MetricError: the metric is unknown or returns non-finite scores.
+    """
+
+    config_cls = GPPruneConfig
+    paper = "Liu et al., Evolving Transferable Neural Pruning Functions, GECCO 2022"
+
+    def run(self, ctx: StrategyContext) -> StrategyOutput:
+        cfg: GPPruneConfig = self.config
+        metric = get_metric(cfg.metric) if "(" not in cfg.metric else _metric_from_string(cfg.metric)
+        model = ctx.model.eval()
+        num_classes = ctx.data.spec.num_classes
+        with ctx.phase("prepare"):
+            if any(isinstance(m, PadShortcut) for m in model.modules()):
+                model = pad_shortcuts_to_conv(model)
+            classifier = find_classifier(model, num_classes)
+            classifier_name = next(n for n, m in model.named_modules() if m is classifier)
+            maps, labels = None, None
+            if metric.needs_feature_maps:
+                ctx.progress("calibrate", 0, 1, {"samples": cfg.calib_samples})
+                calib = ctx.data.calib or ctx.data.train
+                maps, labels = collect_feature_maps(
+                    model, calib, max_samples=cfg.calib_samples, max_map_hw=cfg.max_map_hw
+                )
+                ctx.progress("calibrate", 1, 1, {"samples": int(labels.numel())})
+            importance = TreeImportance(metric, model, maps, labels, cfg.class_reduction)
+        expected = (ctx.example_inputs.shape[0], num_classes)
+
+        with ctx.phase("prune"):
+            cost0, check0, lat0 = ctx.check(model)
+            ctx.log(phase="bisection", step=0, ratio=0.0, macs=cost0.macs, params=cost0.params,
+                    latency_ms=lat0, ok=check0.ok)
+            # Torch-Pruning keeps floor(C * (1 - r)) channels of a C-channel group and skips a group
+            # that would keep none, so the uniform ratio is capped where the narrowest layer keeps one.
+            narrowest = min(
+                (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+                for n, m in model.named_modules()
+                if isinstance(m, (nn.Conv2d, nn.Linear)) and n != classifier_name
+            )
+            max_ratio = min(cfg.max_ratio, 1.0 - 1.0 / narrowest - 1e-6)
+            if check0.ok:
+                best, best_ratio = copy.deepcopy(model), 0.0
+            else:
+                hi_model = prune_uniform(model, max_ratio, importance, ctx.example_inputs, classifier_name, cfg.round_to)
+                forward_or_explain(hi_model, ctx.example_inputs, expected, "gp-prune")
+                cost_hi, check_hi, lat_hi = ctx.check(hi_model)
+                ctx.log(phase="bisection", step=1, ratio=max_ratio, macs=cost_hi.macs, params=cost_hi.params,
+                        latency_ms=lat_hi, ok=check_hi.ok)
+                if not check_hi.ok:
+                    raise BudgetUnreachableError(
+                        f"gp-prune cannot meet budget {ctx.budget.describe()!r}: even removing "
+                        f"{100 * max_ratio:.1f}% of the channels of every layer leaves "
+                        + "; ".join(str(v) for v in check_hi.violations)
+                        + ". Loosen the budget or raise config max_ratio."
+                    )
+                lo, hi, best, best_ratio = 0.0, max_ratio, hi_model, max_ratio
+                for step in range(cfg.bisection_steps):
+                    mid = 0.5 * (lo + hi)
+                    cand = prune_uniform(model, mid, importance, ctx.example_inputs, classifier_name, cfg.round_to)
+                    cost, check, lat = ctx.check(cand)
+                    ctx.log(phase="bisection", step=step + 2, ratio=mid, macs=cost.macs, params=cost.params,
+                            latency_ms=lat, ok=check.ok)
+                    ctx.progress("bisection", step + 1, cfg.bisection_steps, {"ratio": mid, "ok": check.ok})
+                    if check.ok:
+                        hi, best, best_ratio = mid, cand, mid
+                    else:
+                        lo = mid
+            forward_or_explain(best, ctx.example_inputs, expected, "gp-prune")
+            freeze_fixed_shortcuts(best)  # Torch-Pruning re-creates parameters; the 0/1 shortcut stays fixed
+
+        with ctx.phase("finetune"):
+            settings = cfg.finetune_settings
+            if settings.epochs > 0:
+                def on_epoch(epoch: int, rec: dict) -> None:
+                    ctx.log(phase="finetune", **rec)
+                    ctx.progress("finetune", epoch, settings.epochs, rec)
+
+                finetune(best, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch)
+        best.eval()
+        widths = {
+            n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for n, m in best.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))
+        }
+        return StrategyOutput(
+            student=best,
+            info={
+                "metric": metric.name,
+                "metric_expr": metric.expr,
+                "pruning_ratio": best_ratio,
+                "layer_widths": widths,
+                "shortcuts_converted": any(isinstance(m, PadShortcut) for m in ctx.model.modules()),
+            },
+        )
+
+
+def _metric_from_string(expr: str):
+    from compress.strategies.gp_prune.metrics import PruningMetric
+
+    return PruningMetric.from_string(expr, name="custom")
+
+

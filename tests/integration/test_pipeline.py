@@ -1,0 +1,124 @@
+"""The main job end to end: compress() contract, report keys, errors, and the user's model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compress import list_strategies
+from compress.api import compress
+from compress.budgets import BudgetError
+from compress.errors import BudgetUnreachableError, StrategyError, UnsupportedModelError
+from compress.registry import get_strategy
+from compress.serialization import load_student
+from compress.testing import HiddenStateNet, NoClassifierNet, TinyConvNet, TinyResidualNet
+
+# Fast settings per registered strategy. A strategy registered without an entry here fails
+# test_every_strategy_has_a_contract_config, so nothing ships untested.
+CONTRACT_CONFIGS = {
+    "gp-prune": {"epochs": 1, "bisection_steps": 5, "calib_samples": 64, "max_steps_per_epoch": 5},
+}
+
+REPORT_KEYS = [
+    "strategy", "seed", "target", "config", "versions",
+    "budget.spec", "budget.ok", "budget.violations",
+    "onnx.path", "onnx.parity.ok", "onnx.parity.max_abs_diff", "onnx.parity.top1_agreement",
+    "wall_s.total",
+] + [
+    f"{who}.{key}"
+    for who in ("teacher", "student")
+    for key in ("macs", "params", "accuracy.val", "accuracy.test", "latency_ms.median", "latency_ms.p90")
+]
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def test_every_strategy_has_a_contract_config():
+    missing = sorted(set(list_strategies()) - set(CONTRACT_CONFIGS))
+    assert not missing, f"registered strategies without a contract test config: {missing}"
+
+
+@pytest.mark.parametrize("strategy", sorted(CONTRACT_CONFIGS))
+@pytest.mark.parametrize("teacher_cls", [TinyConvNet, TinyResidualNet])
+def test_registry_contract(strategy, teacher_cls, digits_task, tmp_path):
+    torch.manual_seed(0)
+    teacher = teacher_cls(num_classes=10).eval()
+    res = compress(teacher, "macs=0.5x", data=digits_task, strategy=strategy, config=CONTRACT_CONFIGS[strategy],
+                   progress=False, out_dir=tmp_path, latency_repeats=5, latency_warmup=1)
+    assert res.budget_check.ok
+    assert res.student_report.cost.macs <= 0.5 * res.teacher.cost.macs
+    assert res.validation.ok and res.validation.top1_agreement == 1.0
+    report = json.loads((tmp_path / "report.json").read_text())
+    for key in REPORT_KEYS:
+        _get(report, key)  # KeyError = broken contract
+    assert report["strategy"] == strategy
+    assert report["budget"]["ok"] is True
+    assert report["student"]["macs"] == res.student_report.cost.macs
+    assert report["student"]["latency_ms"]["median"] > 0
+    assert {"measure_teacher", "export", "validate", "profile"} <= set(report["wall_s"])
+    assert (tmp_path / "report.md").read_text().startswith("# slimforge report")
+    # the saved student reloads without pickle and computes the same function
+    reloaded = load_student(tmp_path, base=teacher_cls(num_classes=10))
+    x = digits_task.spec and next(iter(digits_task.val))[0][:4]
+    torch.testing.assert_close(reloaded(x), res.student(x))
+    # no leftovers of atomic writes
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_user_model_unchanged_and_train_mode_kept(digits_task):
+    model = TinyConvNet().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compress(model, "macs=0.5x", data=digits_task, config={"epochs": 1, "bisection_steps": 3, "max_steps_per_epoch": 3},
+             progress=False, latency_repeats=3, latency_warmup=1)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.features[0].out_channels == 16
+
+
+def test_unsupported_op_names_the_layer(digits_task):
+    with pytest.raises(UnsupportedModelError) as err:
+        compress(HiddenStateNet(), "macs=0.5x", data=digits_task, config={"epochs": 0, "bisection_steps": 2},
+                 progress=False, latency_repeats=3, latency_warmup=1)
+    assert err.value.layer == "hidden"
+    assert "'hidden'" in str(err.value) and "_HiddenScale" in str(err.value)
+
+
+def test_model_without_classifier_is_refused(digits_task):
+    with pytest.raises(UnsupportedModelError, match=r"\(batch, 10\)"):
+        compress(NoClassifierNet(), "macs=0.5x", data=digits_task, progress=False)
+
+
+def test_unknown_strategy_suggests(digits_task):
+    with pytest.raises(StrategyError, match="gp-prune"):
+        compress(TinyConvNet(), "macs=0.5x", data=digits_task, strategy="gp_prune", progress=False)
+    with pytest.raises(StrategyError, match="Registered strategies"):
+        get_strategy("nope")
+
+
+def test_bad_budget_raises_before_work(digits_task):
+    with pytest.raises(BudgetError, match="Did you mean 'macs'"):
+        compress(TinyConvNet(), "mac=0.5x", data=digits_task, progress=False)
+
+
+def test_unreachable_budget(digits_task):
+    with pytest.raises(BudgetUnreachableError, match="max_ratio"):
+        compress(TinyConvNet(), "params=100", data=digits_task, config={"epochs": 0, "max_ratio": 0.5},
+                 progress=False, latency_repeats=3, latency_warmup=1)
+
+
+def test_progress_callback_and_history(digits_task):
+    seen = []
+    res = compress(TinyConvNet(), "macs=0.5x", data=digits_task,
+                   config={"epochs": 2, "bisection_steps": 3, "max_steps_per_epoch": 3},
+                   progress=lambda phase, done, total, info: seen.append(phase), latency_repeats=3, latency_warmup=1)
+    assert {"bisection", "finetune", "calibrate"} <= set(seen)
+    phases = [h["phase"] for h in res.history]
+    assert phases.count("finetune") == 2 and "bisection" in phases
+    oks = [h for h in res.history if h["phase"] == "bisection" and h["ok"]]
+    assert min(h["ratio"] for h in oks) == pytest.approx(res.info["pruning_ratio"])
