@@ -20,7 +20,30 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ["kd_loss", "evaluate", "FinetuneSettings", "finetune"]
+__all__ = ["kd_loss", "evaluate", "FinetuneSettings", "finetune", "augment_batch", "AUGMENTATIONS"]
+
+AUGMENTATIONS = ("none", "flip-crop")
+
+
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Train-time augmentation on a normalised batch ``(B, C, H, W)``.
+
+    ``"flip-crop"`` is the standard CIFAR recipe (He et al. 2016): pad 4 pixels with zeros, take a
+    random ``H x W`` crop, flip horizontally with probability 0.5. ``"none"`` returns ``x``.
+    """
+    if kind == "none":
+        return x
+    b, _, h, w = x.shape
+    pad = 4
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    out = torch.empty_like(x)
+    for i in range(b):
+        crop = padded[i, :, dy[i]: dy[i] + h, dx[i]: dx[i] + w]
+        out[i] = crop.flip(-1) if flip[i] else crop
+    return out
 
 
 def kd_loss(
@@ -84,6 +107,8 @@ class FinetuneSettings:
     optimizer: str = "sgd"  # "sgd" | "adam"
     keep_best: bool = True
     max_steps_per_epoch: int | None = None
+    augment: str = "none"
+    seed: int = 0
 
 
 def finetune(
@@ -117,12 +142,14 @@ def finetune(
         teacher.eval()
     history: list[dict] = []
     best_acc, best_state = -1.0, None
+    gen = torch.Generator().manual_seed(settings.seed)
     for epoch in range(settings.epochs):
         model.train()
         running, seen = 0.0, 0
         for step, (x, y) in enumerate(data_train):
             if step >= steps_per_epoch:
                 break
+            x = augment_batch(x, settings.augment, gen)
             with torch.no_grad():
                 t_logits = teacher(x) if teacher is not None else None
             loss = kd_loss(model(x), y, t_logits, alpha=settings.kd_alpha, temperature=settings.kd_temperature)

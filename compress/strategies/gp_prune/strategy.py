@@ -33,7 +33,7 @@ from torch import nn
 from compress.errors import BudgetUnreachableError, ConfigError, UnsupportedModelError
 from compress.models import PadShortcut, freeze_fixed_shortcuts, pad_shortcuts_to_conv
 from compress.registry import register_strategy
-from compress.strategies._parts.training import FinetuneSettings, finetune
+from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, finetune
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
 from compress.strategies.gp_prune.features import collect_feature_maps
 from compress.strategies.gp_prune.importance import TreeImportance
@@ -47,8 +47,9 @@ class GPPruneConfig:
     """Settings of ``gp-prune``; every field lands in ``report.json`` under ``config``.
 
     Attributes:
-        metric: a registered metric name (``xi_star``, the SOAP names ``l1``, ``fpgm`` ...)
-            or a tree string such as ``"sum_g(abs(WI))"``.
+        metric: a registered metric name (``xi_star``, the SOAP names ``l1``, ``fpgm`` ...),
+            a tree string such as ``"sum_g(abs(WI))"``, or ``"tp-l1"`` for Torch-Pruning's own
+            L1 magnitude importance (a baseline, not a tree).
         class_reduction: "sum" (reference code) or "mean" of per-class uni-tree scores.
         calib_samples: labelled calibration images used for feature maps.
         max_map_hw: feature maps are average-pooled to at most this side (None: full size).
@@ -56,6 +57,7 @@ class GPPruneConfig:
         bisection_steps: halvings of the ratio interval.
         round_to: round kept channel counts to a multiple of this (None: exact).
         epochs, lr, momentum, weight_decay, optimizer: fine-tune schedule.
+        augment: train-time augmentation, "none" or "flip-crop" (CIFAR recipe).
         kd_alpha, kd_temperature: KD weight and temperature (alpha=0: plain CE).
         max_steps_per_epoch: cap on fine-tune steps per epoch (None: whole train split).
     """
@@ -75,6 +77,7 @@ class GPPruneConfig:
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
     max_steps_per_epoch: int | None = None
+    augment: str = "none"
 
     def __post_init__(self) -> None:
         if self.class_reduction not in ("sum", "mean"):
@@ -87,6 +90,8 @@ class GPPruneConfig:
             raise ConfigError("max_map_hw must be >= 1 or None.")
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError("round_to must be >= 1 or None.")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
         if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
@@ -103,7 +108,23 @@ class GPPruneConfig:
             kd_temperature=self.kd_temperature,
             optimizer=self.optimizer,
             max_steps_per_epoch=self.max_steps_per_epoch,
+            augment=self.augment,
         )
+
+
+TP_L1 = "tp-l1"
+
+
+class MagnitudeBaseline(tp.importance.MagnitudeImportance):
+    """Baseline ``metric="tp-l1"``: Torch-Pruning's own group L1 magnitude
+    (``MagnitudeImportance(p=1)``, mean group reduction and normaliser), i.e. plain L1 pruning
+    as users of Torch-Pruning get it, for side-by-side comparisons with the tree metrics."""
+
+    def __init__(self) -> None:
+        super().__init__(p=1, group_reduction="mean", normalizer="mean")
+
+    def bind(self, candidate: nn.Module) -> "MagnitudeBaseline":
+        return self
 
 
 def find_classifier(model: nn.Module, num_classes: int) -> nn.Module:
@@ -177,7 +198,7 @@ def forward_or_explain(model: nn.Module, x: torch.Tensor, expected: tuple[int, .
 def prune_uniform(
     reference: nn.Module,
     ratio: float,
-    importance: TreeImportance,
+    importance: "TreeImportance | MagnitudeBaseline",
     example_inputs: torch.Tensor,
     classifier_name: str,
     round_to: int | None = None,
@@ -235,7 +256,9 @@ class GPPrune(Strategy):
 
     def run(self, ctx: StrategyContext) -> StrategyOutput:
         cfg: GPPruneConfig = self.config
-        metric = get_metric(cfg.metric) if "(" not in cfg.metric else _metric_from_string(cfg.metric)
+        metric = None if cfg.metric == TP_L1 else (
+            get_metric(cfg.metric) if "(" not in cfg.metric else _metric_from_string(cfg.metric)
+        )
         model = ctx.model.eval()
         num_classes = ctx.data.spec.num_classes
         with ctx.phase("prepare"):
@@ -244,14 +267,18 @@ class GPPrune(Strategy):
             classifier = find_classifier(model, num_classes)
             classifier_name = next(n for n, m in model.named_modules() if m is classifier)
             maps, labels = None, None
-            if metric.needs_feature_maps:
+            if metric is not None and metric.needs_feature_maps:
                 ctx.progress("calibrate", 0, 1, {"samples": cfg.calib_samples})
                 calib = ctx.data.calib or ctx.data.train
                 maps, labels = collect_feature_maps(
                     model, calib, max_samples=cfg.calib_samples, max_map_hw=cfg.max_map_hw
                 )
                 ctx.progress("calibrate", 1, 1, {"samples": int(labels.numel())})
-            importance = TreeImportance(metric, model, maps, labels, cfg.class_reduction)
+            importance = (
+                TreeImportance(metric, model, maps, labels, cfg.class_reduction)
+                if metric is not None
+                else MagnitudeBaseline()
+            )
         expected = (ctx.example_inputs.shape[0], num_classes)
 
         with ctx.phase("prune"):
@@ -313,8 +340,8 @@ class GPPrune(Strategy):
         return StrategyOutput(
             student=best,
             info={
-                "metric": metric.name,
-                "metric_expr": metric.expr,
+                "metric": metric.name if metric is not None else TP_L1,
+                "metric_expr": metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)",
                 "pruning_ratio": best_ratio,
                 "layer_widths": widths,
                 "shortcuts_converted": any(isinstance(m, PadShortcut) for m in ctx.model.modules()),

@@ -1,0 +1,89 @@
+"""Helpers shared by the benchmark scripts: paired statistics, the stock frontier, tables.
+
+Every accuracy comparison on the same test images is paired: McNemar's exact test on the
+discordant pairs, and a bootstrap 95% interval of the accuracy difference.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.budgets import measure_cost
+from compress.exporters.atomic import write_text_atomic
+from compress.profiling import Target, profile_latency
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, batch: int = 250) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(x[i: i + batch]).argmax(1) for i in range(0, len(x), batch)]).numpy()
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]:
+    """McNemar's exact test (two-sided binomial on the discordant pairs)."""
+    from scipy.stats import binomtest
+
+    b = int(np.sum(correct_a & ~correct_b))
+    c = int(np.sum(~correct_a & correct_b))
+    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    return {"a_only": b, "b_only": c, "p_value": p}
+
+
+def bootstrap_diff(correct_a: np.ndarray, correct_b: np.ndarray, n: int = 10000, seed: int = 0) -> dict[str, float]:
+    """Bootstrap (resampling test images) 95% interval of acc(a) - acc(b), in points."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(correct_a), size=(n, len(correct_a)))
+    d = (correct_a[idx].mean(1) - correct_b[idx].mean(1)) * 100
+    return {"diff_pts": float((correct_a.mean() - correct_b.mean()) * 100),
+            "ci95_low": float(np.percentile(d, 2.5)), "ci95_high": float(np.percentile(d, 97.5))}
+
+
+def frontier(data_dir: Path, x_test: torch.Tensor, y_test: torch.Tensor, target: Target,
+             depths=(20, 32, 44, 56), repeats: int = 50) -> list[dict[str, Any]]:
+    """The stock frontier: the pretrained CIFAR ResNets as a user could pick them off the shelf."""
+    from compress.models import load_model
+
+    rows = []
+    for d in depths:
+        path = data_dir / f"resnet{d}_cifar10.pt"
+        if not path.is_file():
+            continue
+        m = load_model(f"cifar:resnet{d}", num_classes=10, weights=path).eval()
+        pred = predictions(m, x_test)
+        cost = measure_cost(m, x_test[:2])
+        lat = profile_latency(m, target, example_inputs=x_test[:2], repeats=repeats)
+        rows.append({"model": f"resnet{d} (pretrained)", "test_acc": float((pred == y_test.numpy()).mean()),
+                     "macs": cost.macs, "params": cost.params, "ort_latency_ms": lat.median_ms,
+                     "ort_latency_p90_ms": lat.p90_ms, "correct": (pred == y_test.numpy())})
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    return {"python": platform.python_version(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform()}
+
+
+def write_outputs(out_dir: Path, stem: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j = write_text_atomic(out_dir / f"{stem}.json", json.dumps(payload, indent=2, default=_default))
+    m = write_text_atomic(out_dir / f"{stem}.md", markdown)
+    return j, m
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

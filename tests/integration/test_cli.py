@@ -1,0 +1,76 @@
+"""The `slimforge` CLI: demo, run, measure, strategies, and clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from compress.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMFORGE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_demo_writes_the_report_contract(tmp_path, cache):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--teacher-model", "timm:resnet10t", "--teacher-epochs", "1", "--epochs", "1",
+            "--config", '{"bisection_steps": 4, "calib_samples": 64, "max_steps_per_epoch": 4}']
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert {"report.json", "report.md", "student.onnx", "teacher.onnx"} <= {p.name for p in out.iterdir()}
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"]["spec"] == "macs=0.5x" and report["budget"]["ok"] is True
+    assert report["onnx"]["parity"]["top1_agreement"] == 1.0
+    assert "teacher" in res.output and "student" in res.output
+    # second run: the teacher comes from the cache, keyed by its settings
+    assert len(list((cache / "teachers").glob("*.safetensors"))) == 1
+    res2 = runner.invoke(app, args)
+    assert res2.exit_code == 0 and "loaded from cache" in res2.output
+
+
+def test_run_on_npz_and_measure(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 30).astype(np.uint8)
+    x = (rng.random((120, 16, 16, 3)) * 60 + y[:, None, None, None] * 45).astype(np.uint8)
+    np.savez(tmp_path / "toy.npz", x=x, y=y)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", "--model", "compress.testing:TinyConvNet", "--data", str(tmp_path / "toy.npz"),
+                              "--budget", "macs=0.6x", "--out", str(out), "--config",
+                              '{"epochs": 1, "bisection_steps": 3, "calib_samples": 32}'])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["model_spec"] == "compress.testing:TinyConvNet"
+    assert report["student"]["macs"] <= 0.6 * report["teacher"]["macs"]
+
+    res = runner.invoke(app, ["measure", "--model", "cifar:resnet20", "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output)
+    assert m["cost"]["params"] == 269722  # ResNet-20: 0.27M parameters (He et al. 2016, Table 6)
+    assert m["latency_ms"]["onnxruntime"]["median_ms"] > 0
+
+
+def test_errors_are_clean_and_exit_2(tmp_path):
+    res = runner.invoke(app, ["run", "--model", "timm:resnet181", "--data", "digits", "--budget", "macs=0.5x",
+                              "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2
+    assert "ModelSpecError" in res.output and "resnet18" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["run", "--model", "cifar:resnet20", "--data", "digits", "--budget", "flops=0.5x",
+                              "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "BudgetError" in res.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_python_m_compress_and_strategies():
+    out = subprocess.run([sys.executable, "-m", "compress", "strategies"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("gp-prune\t")
