@@ -83,7 +83,8 @@ SOAP: dict[str, str] = {
     ),
     "mmd": (
         "sub(sub(add(div(sum_g(rbf(Fp, Fp)), sq(count_s(Fp))), div(sum_g(rbf(Fm, Fm)), sq(count_s(Fm)))), "
-        "div(sum_g(rbf(Fp, Fm)), mul(count_s(Fp), count_s(Fm)))), div(sum_g(rbf(Fp, Fm)), mul(count_s(Fp), count_s(Fm))))"
+        "div(sum_g(rbf(Fp, Fm)), mul(count_s(Fp), count_s(Fm)))), "
+        "div(sum_g(rbf(Fp, Fm)), mul(count_s(Fp), count_s(Fm))))"
     ),
     "abs_snr": "div(abs(sub(mean_g(Fp), mean_g(Fm))), ridge(add(std_g(Fp), std_g(Fm))))",
     "t_test": (
@@ -171,7 +172,9 @@ class PruningMetric:
         """A copy of the ``gp.PrimitiveTree`` (safe to mutate)."""
         return gp.PrimitiveTree(list(self._compiled.tree))
 
-    def score(self, ops: ChannelOperands, class_reduction: str = "sum", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    def score(
+        self, ops: ChannelOperands, class_reduction: str = "sum", dtype: torch.dtype = torch.float64
+    ) -> torch.Tensor:
         """Score the C channels of one layer.
 
         Args:
@@ -255,7 +258,9 @@ def _labelless(fn: Callable[[ChannelOperands, int], torch.Tensor]) -> Callable[[
     return ref
 
 
-def _per_class(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[ChannelOperands, str], torch.Tensor]:
+def _per_class(
+    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[ChannelOperands, str], torch.Tensor]:
     """fn(X (N, D), P (N_k, D), Q (N - N_k, D)) -> scalar; summed / averaged over classes."""
 
     def ref(ops: ChannelOperands, class_reduction: str = "sum") -> torch.Tensor:
