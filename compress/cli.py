@@ -47,8 +47,10 @@ def _print_result(result, out_dir: Path) -> None:
     table.add_column("")
     table.add_column("teacher", justify="right")
     table.add_column("student", justify="right")
+    from rich.markup import escape
+
     for a, b, c in result.summary_rows():
-        table.add_row(a, b, c)
+        table.add_row(escape(a), b, c)
     con = _console()
     con.print(table)
     v = result.validation

@@ -309,6 +309,7 @@ class GPPrune(Strategy):
                         + ". Loosen the budget or raise config max_ratio."
                     )
                 lo, hi, best, best_ratio = 0.0, max_ratio, hi_model, max_ratio
+                ctx.progress("bisection", 0, cfg.bisection_steps, {})
                 for step in range(cfg.bisection_steps):
                     mid = 0.5 * (lo + hi)
                     cand = prune_uniform(model, mid, importance, ctx.example_inputs, classifier_name, cfg.round_to)
@@ -326,6 +327,7 @@ class GPPrune(Strategy):
         with ctx.phase("finetune"):
             settings = cfg.finetune_settings
             if settings.epochs > 0:
+                ctx.progress("finetune", 0, settings.epochs, {})
                 def on_epoch(epoch: int, rec: dict) -> None:
                     ctx.log(phase="finetune", **rec)
                     ctx.progress("finetune", epoch, settings.epochs, rec)
