@@ -63,6 +63,15 @@ def _print_result(result, out_dir: Path) -> None:
         f"ONNX parity: {'[green]ok[/]' if v.ok else '[red]FAILED[/]'} (max |diff| {v.max_abs_diff:.2e}, "
         f"top-1 agreement {agree} on {v.n_samples} test samples)"
     )
+    mob = result.mobile
+    if mob.get("usability"):
+        cov = ", ".join(f"{ep} {100 * u['coverage_fixed_shapes']:.0f}% ({u['suitability_fixed_shapes']})"
+                        for ep, u in mob["usability"].items())
+        con.print(f"mobile: {Path(mob['ort_path']).name}; partition coverage with fixed shapes: {cov}")
+    if mob.get("int8"):
+        q = mob["int8"]
+        con.print(f"int8: {Path(q['path']).name} top-1 {100 * q['accuracy']:.2f}% vs fp32 {100 * q['fp32_accuracy']:.2f}% "
+                  f"({q['split']}), latency {q['latency_ms']:.3f} ms")
     con.print(f"wall time: {result.wall_s.get('total', 0):.1f} s; report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
 
 
@@ -98,6 +107,7 @@ def demo(
     teacher_epochs: int = typer.Option(12, help="Teacher training epochs (first run only; cached)."),
     epochs: int = typer.Option(6, help="Student fine-tune epochs."),
     config: Optional[str] = typer.Option(None, help="Strategy config as JSON (string or file)."),
+    int8: bool = typer.Option(True, help="Also write an int8 (static QDQ) student and re-validate its accuracy."),
 ) -> None:
     """Train (or load the cached) digits teacher, compress it to the budget, export, validate, profile."""
     try:
@@ -127,7 +137,7 @@ def demo(
         if strategy == "gp-prune":
             cfg.setdefault("epochs", epochs)
         result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                          config=cfg or None, model_spec=teacher_model)
+                          config=cfg or None, model_spec=teacher_model, int8=int8)
     except _known_errors() as exc:
         _fail(exc)
     _print_result(result, out)
@@ -149,6 +159,7 @@ def run(
     seed: int = typer.Option(0, help="Run seed."),
     target: str = typer.Option("cpu-1t", help="Latency target preset."),
     config: Optional[str] = typer.Option(None, help="Strategy config as JSON (string or file)."),
+    int8: bool = typer.Option(False, help="Also write an int8 (static QDQ) student and re-validate its accuracy."),
 ) -> None:
     """Compress a model on your data to a budget and write the report and artifacts to --out."""
     try:
@@ -167,7 +178,7 @@ def run(
         task = load_task(data, **kw)
         net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights)
         result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                          target=Target.preset(target), config=_load_config(config), model_spec=model)
+                          target=Target.preset(target), config=_load_config(config), model_spec=model, int8=int8)
     except _known_errors() as exc:
         _fail(exc)
     _print_result(result, out)

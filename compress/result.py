@@ -95,6 +95,7 @@ class CompressionResult:
     versions: dict[str, str] = field(default_factory=dict)
     model_spec: str | None = None
     surgery: list[str] = field(default_factory=list)
+    mobile: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (see the module docstring for the key contract)."""
@@ -133,6 +134,11 @@ class CompressionResult:
                     "per_batch": {str(k): val for k, val in v.per_batch.items()},
                     "mismatches": list(v.mismatches),
                 },
+            },
+            "mobile": {
+                "ort_path": self.mobile.get("ort_path"),
+                "usability": self.mobile.get("usability"),
+                "int8": self.mobile.get("int8"),
             },
             "wall_s": {k: round(float(s), 3) for k, s in self.wall_s.items()},
             "info": self.info,
@@ -212,18 +218,55 @@ class CompressionResult:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         for src, name, attr in ((self.onnx_path, "student.onnx", "onnx_path"), (self.teacher_onnx_path, "teacher.onnx", "teacher_onnx_path")):
-            if src is None:
-                continue
-            dst = d / name
-            if Path(src).resolve() != dst.resolve():
-                tmp = dst.with_name(f".{name}.tmp")
-                shutil.copyfile(src, tmp)
-                tmp.replace(dst)
-                setattr(self, attr, dst)
+            if src is not None:
+                setattr(self, attr, _copy_atomic(Path(src), d / name))
+        for key, name in (("ort_path", "student.ort"),):
+            if self.mobile.get(key):
+                self.mobile[key] = str(_copy_atomic(Path(self.mobile[key]), d / name))
+        if self.mobile.get("int8"):
+            self.mobile["int8"]["path"] = str(_copy_atomic(Path(self.mobile["int8"]["path"]), d / "student.int8.onnx"))
         save_student(self.student, d, base_spec=self.model_spec, surgery=self.surgery)
         write_text_atomic(d / "report.md", self.to_markdown())
         write_text_atomic(d / "report.json", json.dumps(self.to_dict(), indent=2, default=_json_default))
+        self._write_manifest(d)
         return d
+
+    def _write_manifest(self, d: Path) -> None:
+        from compress.exporters.mobile import write_manifest
+
+        v = self.validation
+        lat = self.student_report.latency
+        arts: list[dict[str, Any]] = [{
+            "file": "student.onnx", "kind": "onnx", "role": "student",
+            "validation": {"ok": v.ok, "max_abs_diff": v.max_abs_diff, "top1_agreement": v.top1_agreement,
+                           "batch_sizes": sorted(v.per_batch)},
+            "latency_ms": {"median": lat.median_ms, "p90": lat.p90_ms, "target": lat.target} if lat else None,
+            "accuracy": {"val": self.student_report.accuracy_val, "test": self.student_report.accuracy_test},
+        }]
+        if self.teacher_onnx_path is not None:
+            tl = self.teacher.latency
+            arts.append({"file": "teacher.onnx", "kind": "onnx", "role": "teacher",
+                         "latency_ms": {"median": tl.median_ms, "p90": tl.p90_ms, "target": tl.target} if tl else None,
+                         "accuracy": {"val": self.teacher.accuracy_val, "test": self.teacher.accuracy_test}})
+        if self.mobile.get("ort_path"):
+            arts.append({"file": "student.ort", "kind": "ort", "role": "student",
+                         "mobile_usability": self.mobile.get("usability")})
+        if self.mobile.get("int8"):
+            q = self.mobile["int8"]
+            arts.append({"file": "student.int8.onnx", "kind": "onnx-int8", "role": "student",
+                         "validation": {"accuracy": q["accuracy"], "fp32_accuracy": q["fp32_accuracy"],
+                                        "drop_pts": q["drop_pts"], "split": q["split"]},
+                         "latency_ms": {"median": q["latency_ms"], "p90": q["latency_p90_ms"], "target": self.target.name}})
+        write_manifest(d, arts, strategy=self.strategy, target=self.target.to_dict())
+
+
+def _copy_atomic(src: Path, dst: Path) -> Path:
+    if src.resolve() == dst.resolve():
+        return dst
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+    return dst
 
 
 def _json_default(o: Any) -> Any:

@@ -27,8 +27,13 @@ def test_demo_writes_the_report_contract(tmp_path, cache):
             "--config", '{"bisection_steps": 4, "calib_samples": 64, "max_steps_per_epoch": 4}']
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert {"report.json", "report.md", "student.onnx", "teacher.onnx"} <= {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "student.onnx", "teacher.onnx", "student.ort", "student.int8.onnx",
+            "manifest.json"} <= {p.name for p in out.iterdir()}
     report = json.loads((out / "report.json").read_text())
+    q = report["mobile"]["int8"]
+    assert 0.0 <= q["accuracy"] <= 1.0 and q["drop_pts"] == pytest.approx(100 * (q["fp32_accuracy"] - q["accuracy"]))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {a["file"] for a in manifest["artifacts"]} == {"student.onnx", "teacher.onnx", "student.ort", "student.int8.onnx"}
     assert report["budget"]["spec"] == "macs=0.5x" and report["budget"]["ok"] is True
     assert report["onnx"]["parity"]["top1_agreement"] == 1.0
     assert "teacher" in res.output and "student" in res.output

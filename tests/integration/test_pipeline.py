@@ -63,6 +63,8 @@ def test_registry_contract(strategy, teacher_cls, digits_task, tmp_path):
     assert report["student"]["latency_ms"]["median"] > 0
     assert {"measure_teacher", "export", "validate", "profile"} <= set(report["wall_s"])
     assert (tmp_path / "report.md").read_text().startswith("# slimforge report")
+    assert (tmp_path / "student.ort").is_file() and (tmp_path / "manifest.json").is_file()
+    assert report["mobile"]["usability"]["nnapi"]["nodes"] > 0
     # the saved student reloads without pickle and computes the same function
     reloaded = load_student(tmp_path, base=teacher_cls(num_classes=10))
     x = digits_task.spec and next(iter(digits_task.val))[0][:4]

@@ -1,0 +1,100 @@
+"""Bottleneck identification (SEArch §3.3, Eq. 5) and the edge-splitting plan (§3.4).
+
+``S(v_j) = deg+(v_j) / deg-(v_j) * Rbar(v_j)`` for every node with ``deg- >= 1`` (the input
+node is never a candidate); ``Rbar`` is the mean ``R_inner`` over the scoring split. The node
+with the largest ``S`` is picked (ties: lowest node id), then the edge from its *closest
+precursor* -- the in-neighbour with the largest teacher index ``q_i`` (ties: lowest id,
+ALGORITHMS.md §1(b).5). Ablation (A) drops the degree factor (``S = Rbar``).
+
+Split of ``e_ij`` (§3.4, App. B; ALGORITHMS.md §1(b).8): while ``n_ij < B_op`` deepen by
+``min(deepen_step, B_op - n_ij)`` units (1 -> 4 -> 7), then widen with
+``q_k = floor(c q_i + (1 - c) q_j)`` (Eq. 6). When ``q_j - q_i <= 1`` Eq. 6 returns ``q_i``:
+``adjacent="allow"`` widens anyway (duplicate supervision, default); ``adjacent="next_node"``
+skips the node and tries the next-best one (ALGORITHMS.md §1(b).6).
+
+Ablation (C), random splitting: a uniformly random candidate node, a uniformly random in-edge,
+and a random choice of deepen/widen (widen forced once the edge has ``B_op`` units).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from compress.strategies.grow.student import Structure, widen_index
+
+__all__ = ["Decision", "modification_scores", "closest_precursor", "plan_split", "choose_split", "random_split",
+           "ADJACENT_POLICIES"]
+
+ADJACENT_POLICIES = ("allow", "next_node")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One growth step: ``op`` ``"deepen"`` (``n_new`` units) or ``"widen"`` (new node at ``q_k``)
+    on edge ``src -> dst``, chosen for node ``dst``."""
+
+    op: str
+    src: int
+    dst: int
+    n_new: int = 0
+    q_k: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "edge": [self.src, self.dst], "node": self.dst, "n_new": self.n_new, "q_k": self.q_k}
+
+
+def modification_scores(structure: Structure, rbar: dict[int, float], *, deg_factor: bool = True,
+                        head_counts: bool = True) -> dict[int, float]:
+    """Eq. 5 for every node with at least one in-edge (``deg_factor=False``: ablation A, ``S = Rbar``)."""
+    out = {}
+    for n in structure.nodes:
+        d_in = structure.deg_in(n.id)
+        if d_in < 1:
+            continue
+        r = float(rbar.get(n.id, 0.0))
+        out[n.id] = structure.deg_out(n.id, head_counts=head_counts) / d_in * r if deg_factor else r
+    return out
+
+
+def closest_precursor(structure: Structure, j: int) -> int:
+    """The in-neighbour of ``j`` with the largest ``q`` (ties: lowest id)."""
+    pre = sorted({e.src for e in structure.in_edges(j)})
+    if not pre:
+        raise ValueError(f"node {j} has no precursor")
+    return max(pre, key=lambda i: (structure.node(i).q, -i))
+
+
+def plan_split(structure: Structure, i: int, j: int, *, b_op: int = 7, deepen_step: int = 3, c: float = 0.5) -> Decision:
+    """Deepen ``e_ij`` until ``B_op`` units, then widen it (Eq. 6 for ``q_k``)."""
+    n = structure.edge(i, j).n_ops
+    if n < b_op:
+        return Decision("deepen", i, j, n_new=min(deepen_step, b_op - n))
+    return Decision("widen", i, j, q_k=widen_index(structure.node(i).q, structure.node(j).q, c))
+
+
+def choose_split(structure: Structure, scores: dict[int, float], *, b_op: int = 7, deepen_step: int = 3,
+                 c: float = 0.5, adjacent: str = "allow") -> Decision | None:
+    """Highest-``S`` node (ties: lowest id) -> closest precursor -> :func:`plan_split`. With
+    ``adjacent="next_node"`` a widen between adjacent teacher nodes moves on to the next node;
+    returns None when no node can be split."""
+    for j in sorted(scores, key=lambda v: (-scores[v], v)):
+        i = closest_precursor(structure, j)
+        d = plan_split(structure, i, j, b_op=b_op, deepen_step=deepen_step, c=c)
+        if d.op == "widen" and adjacent == "next_node" and structure.node(j).q - structure.node(i).q <= 1:
+            continue
+        return d
+    return None
+
+
+def random_split(structure: Structure, rng: random.Random, *, b_op: int = 7, deepen_step: int = 3,
+                 c: float = 0.5) -> Decision:
+    """Ablation (C): random node, random in-edge, random deepen/widen (widen once ``n = B_op``)."""
+    cands = sorted(n.id for n in structure.nodes if structure.deg_in(n.id) >= 1)
+    j = rng.choice(cands)
+    i = rng.choice(sorted(e.src for e in structure.in_edges(j)))
+    n = structure.edge(i, j).n_ops
+    if n < b_op and rng.random() < 0.5:
+        return Decision("deepen", i, j, n_new=min(deepen_step, b_op - n))
+    return Decision("widen", i, j, q_k=widen_index(structure.node(i).q, structure.node(j).q, c))

@@ -1,0 +1,635 @@
+"""Strategy ``grow``: SEArch, a student that grows under the teacher's guidance until the budget.
+
+Source: "SEArch: a self-evolving framework for network architecture optimization" (ICLR 2024
+submission; later Liang, Xiang, Li, Neurocomputing 651, 2025), ``shared/papers/000_…``, and
+ALGORITHMS.md §1. One run:
+
+1. **Partition** the teacher along its longest input -> final-map path into ``v̂_1 .. v̂_m``
+   (§3.1; :mod:`.partition`).
+2. **Start** from ``G_1 = v1 -> v2`` (image -> final feature map, ``q = (1, m)``) plus a
+   classifier head (:mod:`.student`). If ``G_1`` already exceeds the budget:
+   :class:`BudgetUnreachableError`.
+3. **Loop** (§3.2-3.4), iteration ``z``:
+
+   * training stage on ``D_train`` (the first ``1 - score_fraction`` of a seeded split of the
+     train loader's dataset), ``stage_epochs`` epochs of SGD on
+     ``L = L_cls + inner_weight * L_inner`` (Eq. 4), ``L_inner = mean_v R_inner(v)`` over the
+     supervised nodes (Eq. 3; the input node is not a learned map and is left out),
+     ``R_inner`` through ``f_a`` (Eq. 1-2, :mod:`.attention`). ``L_cls`` also distils the
+     teacher's logits: ``L_cls = (1 - kd_alpha) CE + kd_alpha T^2 KL(teacher || student)``
+     (Hinton KD, :func:`kd_loss`; default ``kd_alpha = 0.5``, ``T = 4``; ``kd_alpha = 0`` is the
+     paper's plain CE). Learning rate constant within a stage (the paper's "step scheduler" has
+     no published steps and the stages are short);
+   * bottleneck identification on ``D_val`` (the other part of the split): ``Rbar`` per node,
+     ``S`` (Eq. 5), closest precursor (:mod:`.selection`);
+   * edge splitting on a copy: deepen (1 -> 4 -> 7 units) until ``B_op``, then widen (Eq. 6);
+     weights are inherited and the new parts are function-preserving;
+   * the copy is measured by the budget oracle ``ctx.check`` (params, MACs, measured latency);
+     over budget -> it is discarded and growth stops (ALGORITHMS.md §1(b).11). Growth also stops
+     after ``max_iterations`` (a safety cap the paper does not have; it saw 24-47 iterations).
+
+4. **Final retrain** on the whole train split: re-initialised (``final_reinit``, NAS
+   convention, ALGORITHMS.md §1(b).9) and trained ``final_epochs`` with ``final_loss``:
+   ``"kd"`` (default: Hinton KD from ``ctx.teacher`` through the shared ``finetune`` loop, best
+   epoch on the validation split), ``"kd+inner"`` (keep the teacher-guided loss ``L``,
+   ALGORITHMS.md's recommendation) or ``"ce"``.
+
+Every growth iteration is logged (``ctx.log``: node, edge, op, S and Rbar per node, params,
+MACs, latency, validation accuracy, the DOT drawing of the new graph) and checkpointed under
+``ctx.out_dir/checkpoints/grow`` (structure JSON + tensors); a killed run resumes from the last
+iteration when the config, seed, teacher partition and data sizes match.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from compress.errors import BudgetUnreachableError, ConfigError, DataError
+from compress.registry import register_strategy
+from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, augment_batch, evaluate, finetune, kd_loss
+from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
+from compress.strategies.grow.attention import ATTENTIONS, R_NORMS, NodeAttention, r_inner
+from compress.strategies.grow.partition import GRANULARITIES, FeatureExtractor, TeacherPartition, halve, partition_teacher
+from compress.strategies.grow.selection import ADJACENT_POLICIES, Decision, choose_split, modification_scores, random_split
+from compress.strategies.grow.student import (
+    STRIDE_RULES,
+    WIDEN_INITS,
+    GrowStudent,
+    NodeSpec,
+    Structure,
+    edge_units,
+    initial_structure,
+)
+
+__all__ = ["GrowConfig", "Grow", "AttentionBank", "split_indices", "train_stage", "score_nodes", "apply_decision",
+           "FINAL_LOSSES", "SPLIT_POLICIES"]
+
+FINAL_LOSSES = ("kd", "kd+inner", "ce")
+SPLIT_POLICIES = ("score", "random")
+CHECKPOINT_FORMAT = "slimforge-grow-checkpoint/1"
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # ALGORITHMS.md §1(c): every mechanism kept, sizes shrunk (minutes on 2 CPU cores)
+    "cpu-small": {"stage_epochs": 1, "max_iterations": 8, "final_epochs": 15},
+    # invariants only (CI smoke)
+    "smoke": {"stage_epochs": 1, "max_iterations": 2, "final_epochs": 1, "max_steps_per_epoch": 2,
+              "final_max_steps_per_epoch": 2, "score_max_batches": 1},
+}
+
+
+@dataclass(frozen=True)
+class GrowConfig:
+    """Settings of ``grow``; paper defaults (App. B, ALGORITHMS.md §1(a)) unless noted.
+
+    Teacher partition (§3.1, ALGORITHMS.md §1(b).12):
+        teacher_granularity: ``"blocks"`` (image, stem, each block output; m = 29 for ResNet-56)
+            or ``"path"`` (every node of the longest path).
+        teacher_nodes: explicit graph node names to supervise with (overrides the granularity).
+    Student (§3.4, App. B; §1(b).2, .6, .9, .10):
+        width_mult: student node width = round(width_mult * teacher node width) (paper: unstated).
+        b_op: max units per edge before widening (7). initial_ops: units of a new edge (1).
+        deepen_step: units appended per deepen (3, so 1 -> 4 -> 7).
+        stride_rule: ``"per_halving"`` (k stride-2 units for a 2^k resolution ratio, counted in
+            B_op) or ``"single"`` (one unit of stride 2^k).
+        c: Eq. 6 interpolation (0.5; ablation 0.25 / 0.75; Eq. 6 implemented literally, §1(b).7).
+        adjacent_widen: ``"allow"`` (q_k = q_i when q_j - q_i <= 1) or ``"next_node"``.
+        widen_init: ``"gate"`` (zero-initialised per-channel gate on the new summand) or
+            ``"zero_bn"`` (literal §1(b).9; exact but the branch gets no gradient).
+    Loss (Eq. 1-4; §1(b).1, .3):
+        attention: ``"dot"`` (parameter-free channel attention) or ``"proj"`` (learnable 1x1 Q/K).
+        r_norm: ``"mean"`` (per-element MSE) or ``"sum"`` (literal squared L2).
+        inner_weight: weight of L_inner in Eq. 4 (1).
+        kd_alpha, kd_temperature: logit distillation inside L_cls (0.5, 4; 0 = plain CE).
+    Selection (Eq. 5; §1(b).4, .5; ablations A and C):
+        split_policy: ``"score"`` (Eq. 5) or ``"random"`` (ablation C).
+        deg_factor: multiply Rbar by deg+/deg- (False = ablation A).
+        sink_head_counts: the classifier head counts as a successor of the sink.
+        score_fraction: share of the train set held out as D_val for scoring (0.5).
+        score_max_batches: cap on scoring batches (None: all of D_val).
+    Training stage (App. B): stage_epochs (10), lr (0.025), momentum (0.9), weight_decay (3e-4),
+        max_steps_per_epoch (None), augment (``"none"`` | ``"flip-crop"``), max_iterations (safety
+        cap, 100; None = until the budget).
+    Final retrain (App. B: 400 epochs CIFAR, lr 0.025): final_epochs, final_lr, final_reinit,
+        final_loss (``"kd"`` | ``"kd+inner"`` | ``"ce"``), final_max_steps_per_epoch.
+    checkpoint: write/resume per-iteration checkpoints when ``ctx.out_dir`` is set.
+    """
+
+    teacher_granularity: str = "blocks"
+    teacher_nodes: tuple[str, ...] | None = None
+    width_mult: float = 1.0
+    b_op: int = 7
+    initial_ops: int = 1
+    deepen_step: int = 3
+    stride_rule: str = "per_halving"
+    c: float = 0.5
+    adjacent_widen: str = "allow"
+    widen_init: str = "gate"
+    attention: str = "dot"
+    r_norm: str = "mean"
+    inner_weight: float = 1.0
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    split_policy: str = "score"
+    deg_factor: bool = True
+    sink_head_counts: bool = True
+    score_fraction: float = 0.5
+    score_max_batches: int | None = None
+    stage_epochs: int = 10
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    max_steps_per_epoch: int | None = None
+    augment: str = "none"
+    max_iterations: int | None = 100
+    final_epochs: int = 400
+    final_lr: float = 0.025
+    final_reinit: bool = True
+    final_loss: str = "kd"
+    final_max_steps_per_epoch: int | None = None
+    checkpoint: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {
+            "teacher_granularity": GRANULARITIES, "stride_rule": STRIDE_RULES, "adjacent_widen": ADJACENT_POLICIES,
+            "widen_init": WIDEN_INITS, "attention": ATTENTIONS, "r_norm": R_NORMS, "split_policy": SPLIT_POLICIES,
+            "augment": AUGMENTATIONS, "final_loss": FINAL_LOSSES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"GrowConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.teacher_nodes is not None:
+            if not isinstance(self.teacher_nodes, tuple) or not all(isinstance(s, str) for s in self.teacher_nodes):
+                raise ConfigError("GrowConfig.teacher_nodes must be a tuple of graph node names or None.")
+        ints = {"b_op": 1, "initial_ops": 1, "deepen_step": 1, "stage_epochs": 0, "final_epochs": 0}
+        for name, lo in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"GrowConfig.{name} must be an int >= {lo}, got {v!r}.")
+        if self.initial_ops > self.b_op:
+            raise ConfigError(f"GrowConfig.initial_ops ({self.initial_ops}) must be <= b_op ({self.b_op}).")
+        for name in ("score_max_batches", "max_steps_per_epoch", "max_iterations", "final_max_steps_per_epoch"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "max_iterations" else 1)):
+                raise ConfigError(f"GrowConfig.{name} must be None or a positive int, got {v!r}.")
+        if not 0.0 <= self.c <= 1.0:
+            raise ConfigError(f"GrowConfig.c must be in [0, 1] (Eq. 6), got {self.c}.")
+        if not 0.0 < self.score_fraction < 1.0:
+            raise ConfigError(f"GrowConfig.score_fraction must be in (0, 1), got {self.score_fraction}.")
+        if not self.width_mult > 0:
+            raise ConfigError(f"GrowConfig.width_mult must be > 0, got {self.width_mult}.")
+        if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
+            raise ConfigError("GrowConfig.kd_alpha must be in [0, 1] and kd_temperature > 0.")
+        if self.inner_weight < 0 or self.lr <= 0 or self.final_lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ConfigError("GrowConfig needs inner_weight >= 0, lr > 0, final_lr > 0, weight_decay >= 0, 0 <= momentum < 1.")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "GrowConfig":
+        """``"paper"`` (defaults), ``"cpu-small"`` (ALGORITHMS.md §1(c): 1 epoch per stage,
+        <= 8 iterations, 15 final epochs) or ``"smoke"``; ``overrides`` replace fields.
+
+        Raises:
+            ConfigError: unknown preset name.
+        """
+        if name not in _PRESETS:
+            raise ConfigError(f"unknown GrowConfig preset {name!r}; use one of {sorted(_PRESETS)}.")
+        return cls(**{**_PRESETS[name], **overrides})
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _derive(seed: int, *parts: Any) -> int:
+    blob = ":".join(str(p) for p in (seed, *parts)).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def split_indices(n: int, score_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of ``range(n)`` into ``(D_train, D_val)`` index lists (§3.1: "we split the
+    training dataset into two subsets").
+
+    Raises:
+        DataError: one part would be empty.
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_derive(seed, "split"))).tolist()
+    n_score = int(round(n * score_fraction))
+    if n_score < 1 or n - n_score < 1:
+        raise DataError(f"grow needs >= 1 sample in each part of the train split ({n} samples, "
+                        f"score_fraction {score_fraction}); give more training data.")
+    return sorted(perm[n_score:]), sorted(perm[:n_score])
+
+
+class AttentionBank(nn.Module):
+    """``f_a`` per supervised student node (``ModuleDict`` keyed by node id)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.nodes = nn.ModuleDict()
+
+    def sync(self, structure: Structure, partition: TeacherPartition, seed: int | None = None) -> None:
+        for n in structure.nodes:
+            if n.id != structure.input_id and str(n.id) not in self.nodes:
+                self.nodes[str(n.id)] = NodeAttention(n.channels, partition.points[n.q - 1].shape[0], self.kind)
+
+    def forward(self, nid: int, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return self.nodes[str(nid)](student, teacher)
+
+
+def _supervised(structure: Structure) -> list[NodeSpec]:
+    return [n for n in structure.nodes if n.id != structure.input_id]
+
+
+def grow_loss(
+    student: GrowStudent, attn: AttentionBank, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor,
+    t_feats: tuple[torch.Tensor, ...], cfg: GrowConfig, *, use_kd: bool = True,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """``L = L_cls + inner_weight * L_inner`` (Eq. 2-4) on one batch.
+
+    Returns ``(loss, {node_id: per-sample R_inner (B,)})``.
+    """
+    logits, feats = student.forward_features(x)
+    l_cls = kd_loss(logits, y, t_logits if use_kd else None, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
+    rs = {}
+    for n in _supervised(student.structure):
+        t = t_feats[n.q - 1]
+        rs[n.id] = r_inner(feats[n.id], t, norm=cfg.r_norm, projected=attn(n.id, feats[n.id], t))
+    l_inner = torch.stack([r.mean() for r in rs.values()]).mean()
+    return l_cls + cfg.inner_weight * l_inner, rs
+
+
+def train_stage(
+    student: GrowStudent, attn: AttentionBank, extractor: nn.Module, loader: DataLoader, cfg: GrowConfig, *,
+    epochs: int, lr: float, seed: int, max_steps: int | None, cosine: bool = False, use_kd: bool = True,
+    on_epoch=None,
+) -> list[float]:
+    """Training stage (§3.2): SGD (momentum, weight decay) on Eq. 4; teacher frozen in eval
+    mode under ``no_grad``. Returns the mean loss per epoch."""
+    params = [p for p in list(student.parameters()) + list(attn.parameters()) if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    total = max(1, epochs * steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) if cosine else (lambda s: 1.0)
+    )
+    gen = torch.Generator().manual_seed(_derive(seed, "augment"))
+    losses = []
+    extractor.eval()
+    for epoch in range(epochs):
+        student.train()
+        attn.train()
+        run, seen = 0.0, 0
+        for step, (x, y) in enumerate(loader):
+            if step >= steps:
+                break
+            x = augment_batch(x, cfg.augment, gen)
+            with torch.no_grad():
+                t_logits, t_feats = extractor(x)
+            loss, _ = grow_loss(student, attn, x, y, t_logits, t_feats, cfg, use_kd=use_kd)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            run += float(loss.detach()) * int(y.numel())
+            seen += int(y.numel())
+        losses.append(run / max(seen, 1))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, losses[-1])
+    student.eval()
+    return losses
+
+
+@torch.no_grad()
+def score_nodes(student: GrowStudent, attn: AttentionBank, extractor: nn.Module, loader: DataLoader, cfg: GrowConfig,
+                *, max_batches: int | None = None) -> dict[int, float]:
+    """``Rbar(v)``: mean ``R_inner`` per supervised node over ``loader`` (the scoring split), eval mode."""
+    student.eval()
+    attn.eval()
+    sums: dict[int, float] = {}
+    count = 0
+    for b, (x, y) in enumerate(loader):
+        if max_batches is not None and b >= max_batches:
+            break
+        t_logits, t_feats = extractor(x)
+        _, rs = grow_loss(student, attn, x, y, t_logits, t_feats, cfg)
+        for nid, r in rs.items():
+            sums[nid] = sums.get(nid, 0.0) + float(r.sum())
+        count += int(y.numel())
+    return {nid: s / max(count, 1) for nid, s in sums.items()}
+
+
+def apply_decision(student: GrowStudent, d: Decision, partition: TeacherPartition, cfg: GrowConfig, *,
+                   seed: int | None = None) -> int | None:
+    """Apply a :class:`Decision` in place; returns the new node id for a widen (else None)."""
+    if d.op == "deepen":
+        student.deepen(d.src, d.dst, d.n_new, seed=seed)
+        return None
+    s = student.structure
+    ni, nj = s.node(d.src), s.node(d.dst)
+    q_k = int(d.q_k)
+    pt = partition.points[q_k - 1]
+    in_hw = s.node(s.input_id).hw
+    level = min(max(pt.level, ni.level), nj.level)  # keep the new node between its neighbours
+    channels = s.node(s.input_id).channels if q_k == 1 and level == 0 else _width(pt.shape[0], cfg)
+    node = NodeSpec(s.next_id(), q_k, channels, level, (halve(in_hw[0], level), halve(in_hw[1], level)))
+
+    def wal(lv: int) -> int:
+        return _width(partition.width_at_level(lv), cfg)
+
+    u_in = edge_units(ni.channels, ni.level, node.channels, node.level, width_at_level=wal,
+                      initial_ops=cfg.initial_ops, stride_rule=cfg.stride_rule)
+    u_out = edge_units(node.channels, node.level, nj.channels, nj.level, width_at_level=wal,
+                       initial_ops=cfg.initial_ops, stride_rule=cfg.stride_rule)
+    return student.widen(d.src, d.dst, node, u_in, u_out, init=cfg.widen_init, seed=seed)
+
+
+def _width(c_teacher: int, cfg: GrowConfig) -> int:
+    return max(1, int(round(cfg.width_mult * c_teacher)))
+
+
+def build_initial(partition: TeacherPartition, num_classes: int, cfg: GrowConfig, *, seed: int) -> GrowStudent:
+    """``G_1`` for this teacher (module init seeded, global RNG restored)."""
+    first, last = partition.points[0], partition.points[-1]
+    in_hw = (first.shape[1], first.shape[2])
+    s = initial_structure(
+        in_channels=first.shape[0], in_hw=in_hw, q_sink=partition.m, c_sink=_width(last.shape[0], cfg),
+        level_sink=last.level, sink_hw=(halve(in_hw[0], last.level), halve(in_hw[1], last.level)),
+        num_classes=num_classes, width_at_level=lambda lv: _width(partition.width_at_level(lv), cfg),
+        initial_ops=cfg.initial_ops, stride_rule=cfg.stride_rule,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GrowStudent(s).eval()
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+class _Checkpoints:
+    """``<out_dir>/checkpoints/grow/state.json`` + ``weights_<iteration>.pt`` (tensors only)."""
+
+    def __init__(self, root: Path | None, key: str) -> None:
+        self.dir = root / "checkpoints" / "grow" if root is not None else None
+        self.key = key
+
+    def load(self) -> tuple[dict, dict] | None:
+        if self.dir is None or not (self.dir / "state.json").is_file():
+            return None
+        try:
+            state = json.loads((self.dir / "state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != self.key:
+            return None
+        wpath = self.dir / state["weights"]
+        if not wpath.is_file():
+            return None
+        tensors = torch.load(wpath, map_location="cpu", weights_only=True)
+        return state, tensors
+
+    def save(self, state: dict, tensors: dict) -> None:
+        if self.dir is None:
+            return
+        from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"weights_{state['iteration']:04d}_{state['phase']}.pt"
+        buf = io.BytesIO()
+        torch.save(tensors, buf)
+        write_bytes_atomic(self.dir / name, buf.getvalue())
+        write_text_atomic(self.dir / "state.json", json.dumps({**state, "format": CHECKPOINT_FORMAT, "key": self.key,
+                                                               "weights": name}, indent=1, sort_keys=True))
+        for old in self.dir.glob("weights_*.pt"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------ strategy
+
+
+@register_strategy("grow")
+class Grow(Strategy):
+    """SEArch (ICLR'24 submission): grow a sep-conv student from two nodes under teacher guidance.
+
+    Input: ``ctx.teacher`` (a CNN ``(B, C, H, W) -> (B, K)``; ``ctx.model`` is not used, the
+    student is built from scratch). Output: a :class:`GrowStudent` meeting ``ctx.budget``.
+
+    Raises:
+        UnsupportedModelError: the teacher cannot be partitioned (names the failing node/module).
+        BudgetUnreachableError: the two-node start already exceeds the budget.
+        DataError: the train loader's dataset cannot be split (not map-style, too small).
+    """
+
+    config_cls = GrowConfig
+    paper = "SEArch: A Self-Evolving Framework for Network Architecture Optimization (ICLR 2024 submission)"
+
+    def run(self, ctx: StrategyContext) -> StrategyOutput:
+        cfg: GrowConfig = self.config
+        seed = int(ctx.seed)
+        num_classes = ctx.data.spec.num_classes
+        with ctx.phase("partition"):
+            partition = partition_teacher(ctx.teacher, ctx.example_inputs, granularity=cfg.teacher_granularity,
+                                          nodes=cfg.teacher_nodes)
+            extractor = FeatureExtractor(partition).eval()
+            d_train, d_score = self._split_loaders(ctx, cfg, seed)
+
+        key_blob = json.dumps({"config": {k: v for k, v in config_to_dict(cfg).items() if k != "checkpoint"},
+                               "seed": seed, "teacher": partition.signature(), "budget": ctx.budget.describe(),
+                               "sizes": [len(d_train.dataset), len(d_score.dataset)], "classes": num_classes},
+                              sort_keys=True, default=str)
+        ckpt = _Checkpoints(ctx.out_dir if cfg.checkpoint else None, hashlib.sha256(key_blob.encode()).hexdigest()[:20])
+
+        student = build_initial(partition, num_classes, cfg, seed=_derive(seed, "init"))
+        attn = AttentionBank(cfg.attention)
+        attn.sync(student.structure, partition)
+        start, stop_reason, phase, records, resumed = 0, None, "grow", [], None
+        restored = ckpt.load()
+        if restored is not None:
+            state, tensors = restored
+            student = GrowStudent(Structure.from_dict(state["structure"])).eval()
+            student.load_state_dict(tensors["student"])
+            attn = AttentionBank(cfg.attention)
+            attn.sync(student.structure, partition)
+            attn.load_state_dict(tensors["attn"])
+            start, stop_reason, phase, records = state["iteration"], state["stop_reason"], state["phase"], state["records"]
+            resumed = {"iteration": start, "phase": phase}
+            for rec in records:
+                ctx.log(**rec)
+        else:
+            cost0, check0, lat0 = ctx.check(student)
+            if not check0.ok:
+                raise BudgetUnreachableError(
+                    f"grow cannot meet budget {ctx.budget.describe()!r}: its two-node start network already has "
+                    f"{cost0.params:,} params and {cost0.macs:,} MACs ("
+                    + "; ".join(str(v) for v in check0.violations)
+                    + "). Lower config width_mult (e.g. 0.5) or loosen the budget."
+                )
+            rec0 = {"phase": "grow", "iteration": 0, "op": "init", "params": cost0.params, "macs": cost0.macs,
+                    "latency_ms": lat0, "nodes": 2, "edges": 1, "dot": student.structure.to_dot("iteration 0")}
+            records.append(rec0)
+            ctx.log(**rec0)
+
+        def tensors_of() -> dict:
+            return {"student": {k: v.detach().clone() for k, v in student.state_dict().items()},
+                    "attn": {k: v.detach().clone() for k, v in attn.state_dict().items()}}
+
+        with ctx.phase("search"):
+            z = start
+            while phase == "grow":
+                if cfg.max_iterations is not None and z >= cfg.max_iterations:
+                    stop_reason, phase = "max_iterations", "grown"
+                    break
+                stage_seed = _derive(seed, "stage", z)
+                d_train.generator.manual_seed(stage_seed) if d_train.generator is not None else None
+                losses = train_stage(student, attn, extractor, d_train, cfg, epochs=cfg.stage_epochs, lr=cfg.lr,
+                                     seed=stage_seed, max_steps=cfg.max_steps_per_epoch)
+                val_acc = evaluate(student, ctx.data.val)
+                if cfg.split_policy == "score":
+                    rbar = score_nodes(student, attn, extractor, d_score, cfg, max_batches=cfg.score_max_batches)
+                    scores = modification_scores(student.structure, rbar, deg_factor=cfg.deg_factor,
+                                                 head_counts=cfg.sink_head_counts)
+                    decision = choose_split(student.structure, scores, b_op=cfg.b_op, deepen_step=cfg.deepen_step,
+                                            c=cfg.c, adjacent=cfg.adjacent_widen)
+                else:
+                    rbar, scores = {}, {}
+                    decision = random_split(student.structure, random.Random(_derive(seed, "random", z)),
+                                            b_op=cfg.b_op, deepen_step=cfg.deepen_step, c=cfg.c)
+                rec: dict[str, Any] = {
+                    "phase": "grow", "iteration": z + 1, "stage_loss": losses[-1] if losses else None,
+                    "val_acc": val_acc, "rbar": {str(k): v for k, v in rbar.items()},
+                    "scores": {str(k): v for k, v in scores.items()},
+                }
+                if decision is None:
+                    stop_reason, phase = "no_candidate", "grown"
+                    rec.update(op="stop", reason=stop_reason)
+                else:
+                    cand = copy.deepcopy(student)
+                    new_node = apply_decision(cand, decision, partition, cfg, seed=_derive(seed, "units", z))
+                    cand.eval()
+                    cost, check, lat = ctx.check(cand)
+                    rec.update(**decision.to_dict(), new_node=new_node, params=cost.params, macs=cost.macs,
+                               latency_ms=lat, accepted=bool(check.ok))
+                    if check.ok:
+                        student = cand
+                        attn.sync(student.structure, partition)
+                        rec.update(nodes=len(student.structure.nodes), edges=len(student.structure.edges),
+                                   ops_per_edge=student.structure.summary()["ops_per_edge"],
+                                   dot=student.structure.to_dot(f"iteration {z + 1}"))
+                    else:
+                        stop_reason, phase = "budget", "grown"
+                        rec.update(violations=[str(v) for v in check.violations], reverted=True)
+                records.append(rec)
+                ctx.log(**rec)
+                z += 1
+                ctx.progress("grow", z, cfg.max_iterations, {
+                    "op": rec.get("op"), "node": rec.get("node"), "params": rec.get("params"), "val_acc": val_acc})
+                ckpt.save({"iteration": z, "phase": phase, "stop_reason": stop_reason, "records": records,
+                           "structure": student.structure.to_dict()}, tensors_of())
+            iterations = z
+
+        final_hist: list[dict] = []
+        with ctx.phase("final_retrain"):
+            if phase == "grown":
+                final_hist = self._final_retrain(ctx, cfg, student, attn, extractor, partition, seed)
+                phase = "done"
+                ckpt.save({"iteration": iterations, "phase": phase, "stop_reason": stop_reason, "records": records,
+                           "structure": student.structure.to_dict(), "final": final_hist}, tensors_of())
+            elif restored is not None:
+                final_hist = restored[0].get("final", [])
+        student.eval()
+        s = student.structure
+        return StrategyOutput(student=student, info={
+            "iterations": iterations,
+            "accepted_splits": sum(1 for r in records if r.get("accepted")),
+            "stop_reason": stop_reason,
+            "structure": s.to_dict(),
+            "dot": s.to_dot("final student"),
+            "nodes": len(s.nodes),
+            "edges": len(s.edges),
+            "ops": sum(e.n_ops for e in s.edges),
+            "teacher_partition": partition.to_dict(),
+            "split_sizes": {"train": len(d_train.dataset), "score": len(d_score.dataset)},
+            "final_retrain": {"loss": cfg.final_loss, "reinit": cfg.final_reinit, "epochs": cfg.final_epochs,
+                              "history": final_hist},
+            "resumed": resumed,
+        })
+
+    # ---------------------------------------------------------------- parts
+    @staticmethod
+    def _split_loaders(ctx: StrategyContext, cfg: GrowConfig, seed: int) -> tuple[DataLoader, DataLoader]:
+        ds = getattr(ctx.data.train, "dataset", None)
+        try:
+            n = len(ds)  # type: ignore[arg-type]
+            ds[0]  # type: ignore[index]
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(
+                "grow splits the training set into a training and a scoring part (SEArch §3.1) and needs a "
+                "map-style dataset (len() and indexing) behind data.train; wrap your data in a Dataset."
+            ) from exc
+        tr, sc = split_indices(n, cfg.score_fraction, seed)
+        bs = getattr(ctx.data.train, "batch_size", None) or 64
+        gen = torch.Generator().manual_seed(_derive(seed, "loader"))
+        d_train = DataLoader(Subset(ds, tr), batch_size=bs, shuffle=True, generator=gen, num_workers=0)
+        d_score = DataLoader(Subset(ds, sc), batch_size=bs, shuffle=False, num_workers=0)
+        return d_train, d_score
+
+    @staticmethod
+    def _final_retrain(ctx: StrategyContext, cfg: GrowConfig, student: GrowStudent, attn: AttentionBank,
+                       extractor: nn.Module, partition: TeacherPartition, seed: int) -> list[dict]:
+        if cfg.final_reinit:
+            student.reset_parameters(seed=_derive(seed, "final-init"))
+            attn = AttentionBank(cfg.attention)
+            attn.sync(student.structure, partition)
+        if cfg.final_epochs == 0:
+            return []
+        hist: list[dict] = []
+
+        def on_epoch(epoch: int, rec: dict) -> None:
+            rec = {"phase": "final_retrain", **rec}
+            hist.append(rec)
+            ctx.log(**rec)
+            ctx.progress("final retrain", epoch, cfg.final_epochs, {"val_acc": rec.get("val_acc")})
+
+        if cfg.final_loss in ("kd", "ce"):
+            settings = FinetuneSettings(
+                epochs=cfg.final_epochs, lr=cfg.final_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                kd_alpha=cfg.kd_alpha if cfg.final_loss == "kd" else 0.0, kd_temperature=cfg.kd_temperature,
+                max_steps_per_epoch=cfg.final_max_steps_per_epoch, augment=cfg.augment,
+                seed=_derive(seed, "final"),
+            )
+            finetune(student, ctx.data.train, ctx.data.val, settings,
+                     teacher=ctx.teacher if cfg.final_loss == "kd" else None, on_epoch=on_epoch)
+            return hist
+        # "kd+inner": keep Eq. 4 (with the logit KD term) for the retrain, best epoch on val
+        best, best_state = -1.0, None
+        tr_seed = _derive(seed, "final")
+
+        def epoch_cb(epoch: int, loss: float) -> None:
+            nonlocal best, best_state
+            acc = evaluate(student, ctx.data.val)
+            on_epoch(epoch, {"epoch": epoch, "loss": loss, "val_acc": acc})
+            if acc is not None and acc > best:
+                best, best_state = acc, copy.deepcopy(student.state_dict())
+
+        train_stage(student, attn, extractor, ctx.data.train, cfg, epochs=cfg.final_epochs, lr=cfg.final_lr,
+                    seed=tr_seed, max_steps=cfg.final_max_steps_per_epoch, cosine=True, on_epoch=epoch_cb)
+        if best_state is not None:
+            student.load_state_dict(best_state)
+        student.eval()
+        return hist
+
+
+_ = dataclasses  # dataclasses.replace is used by callers via Strategy
