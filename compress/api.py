@@ -175,8 +175,8 @@ def compress(
     strategy_cls = get_strategy(strategy)
     strat = strategy_cls(config)
     task = as_task_data(data, seed=seed)
-    if isinstance(target, str):
-        target = Target.preset(target)
+    if isinstance(target, (str, Path)):
+        target = Target.resolve(target)
     target = target or budget_obj.target
     if target.input_shape is None:
         target = target.with_input_shape(task.spec.input_shape)

@@ -157,7 +157,7 @@ def run(
     mean: Optional[str] = typer.Option(None, help="Normalisation mean, e.g. '0.485,0.456,0.406'."),
     std: Optional[str] = typer.Option(None, help="Normalisation std, e.g. '0.229,0.224,0.225'."),
     seed: int = typer.Option(0, help="Run seed."),
-    target: str = typer.Option("cpu-1t", help="Latency target preset."),
+    target: str = typer.Option("cpu-1t", help="Latency target: a preset (cpu-1t, cpu-2t, ort-mobile) or a .toml/.yaml target file."),
     config: Optional[str] = typer.Option(None, help="Strategy config as JSON (string or file)."),
     int8: bool = typer.Option(False, help="Also write an int8 (static QDQ) student and re-validate its accuracy."),
 ) -> None:
@@ -178,7 +178,7 @@ def run(
         task = load_task(data, **kw)
         net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights)
         result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                          target=Target.preset(target), config=_load_config(config), model_spec=model, int8=int8)
+                          target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8)
     except _known_errors() as exc:
         _fail(exc)
     _print_result(result, out)
@@ -191,7 +191,7 @@ def measure(
     weights: Optional[Path] = typer.Option(None, help="Local weights file."),
     input_shape: str = typer.Option("3,32,32", help="Per-sample input shape C,H,W."),
     num_classes: int = typer.Option(10, help="Classifier outputs."),
-    target: str = typer.Option("cpu-1t", help="Latency target preset."),
+    target: str = typer.Option("cpu-1t", help="Latency target: a preset (cpu-1t, cpu-2t, ort-mobile) or a .toml/.yaml target file."),
     top: int = typer.Option(15, help="Rows of the per-module table."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
@@ -207,7 +207,7 @@ def measure(
         net = load_model(model, num_classes=num_classes, weights=weights).eval()
         x = torch.randn(2, *shape)
         cost = measure_cost(net, x)
-        tgt = Target.preset(target, input_shape=shape)
+        tgt = Target.resolve(target, input_shape=shape)
         ort = profile_latency(net, tgt, example_inputs=x)
         eager = profile_latency(net, tgt, engine="torch", example_inputs=x[:1])
     except _known_errors() as exc:

@@ -256,6 +256,15 @@ def _resolve_ort_shape(
 def _profile_ort(path: Path, target: Target, warmup: int, repeats: int, example_inputs: Tensor | None) -> LatencyStats:
     import onnxruntime as ort
 
+    if target.model_format == "ort" and path.suffix != ".ort":
+        from compress.exporters.mobile import convert_to_ort
+
+        with tempfile.TemporaryDirectory(prefix="compress-ort-") as tmp:
+            try:
+                ort_path = convert_to_ort(path, Path(tmp) / "model.ort")
+            except Exception as exc:
+                raise ProfilingError(f"target {target.name!r} times the ORT format, but conversion failed: {exc}") from exc
+            return _profile_ort(ort_path, target, warmup, repeats, example_inputs)
     try:
         sess = ort.InferenceSession(str(path), sess_options=target.session_options(), providers=[target.provider])
     except Exception as exc:

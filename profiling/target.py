@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compress.profiling.errors import TargetError
@@ -11,7 +13,7 @@ from compress.profiling.errors import TargetError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnxruntime
 
-__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "PRESETS", "Target"]
+__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "MODEL_FORMATS", "PRESETS", "Target"]
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 """Accepted ``Target.graph_optimization_level`` values (onnxruntime ``ORT_DISABLE_ALL`` ... ``ORT_ENABLE_ALL``)."""
@@ -26,7 +28,11 @@ _ORT_LEVEL_NAMES = {
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-1t": {"provider": "CPUExecutionProvider", "intra_op_threads": 1, "inter_op_threads": 1},
     "cpu-2t": {"provider": "CPUExecutionProvider", "intra_op_threads": 2, "inter_op_threads": 1},
+    # ORT Mobile's deployment path: the ORT-format model (.ort), 1 thread, as on a phone's little core.
+    "ort-mobile": {"provider": "CPUExecutionProvider", "intra_op_threads": 1, "inter_op_threads": 1,
+                   "model_format": "ort"},
 }
+MODEL_FORMATS = ("onnx", "ort")
 """Named targets accepted by :meth:`Target.preset`."""
 
 
@@ -49,6 +55,8 @@ class Target:
         input_shape: one sample's shape without the batch dim, e.g. ``(3, 32, 32)``; ``None`` =
             take it from the model / example input.
         graph_optimization_level: ``"disable" | "basic" | "extended" | "all"``.
+        model_format: ``"onnx"`` or ``"ort"`` (the ORT-format model ORT Mobile loads; an ONNX
+            file is converted with onnxruntime's converter before timing).
 
     Raises:
         TargetError: on construction, when a field is invalid (the message says what to use).
@@ -61,6 +69,7 @@ class Target:
     batch_size: int = 1
     input_shape: tuple[int, ...] | None = None
     graph_optimization_level: str = "all"
+    model_format: str = "onnx"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -86,11 +95,76 @@ class Target:
                     f"Target.input_shape must be non-empty with every dim >= 1 (no batch dim), got {shape!r}"
                 )
             object.__setattr__(self, "input_shape", shape)
+        if self.model_format not in MODEL_FORMATS:
+            raise TargetError(f"Target.model_format must be one of {list(MODEL_FORMATS)}, got {self.model_format!r}")
         if self.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
             raise TargetError(
                 f"Target.graph_optimization_level must be one of {list(GRAPH_OPTIMIZATION_LEVELS)}, "
                 f"got {self.graph_optimization_level!r}"
             )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Target":
+        """Load a target from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file whose keys are
+        Target fields (``name``, ``provider``, ``intra_op_threads`` ...); a ``preset`` key starts
+        from that preset and the other keys override it.
+
+        Raises:
+            TargetError: missing file, unknown suffix, unknown keys, or invalid values.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise TargetError(f"target file {p} does not exist")
+        try:
+            if p.suffix == ".toml":
+                import tomllib
+
+                data = tomllib.loads(p.read_text())
+            elif p.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(p.read_text())
+            else:
+                raise TargetError(f"target file {p} must end in .toml, .yaml or .yml")
+        except TargetError:
+            raise
+        except Exception as exc:
+            raise TargetError(f"cannot parse target file {p}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise TargetError(f"target file {p} must hold a table/mapping of Target fields")
+        data = dict(data.get("target", data))
+        base: dict[str, Any] = {}
+        if "preset" in data:
+            name = data.pop("preset")
+            if name not in PRESETS:
+                raise TargetError(f"unknown target preset {name!r} in {p}; choose one of {sorted(PRESETS)}")
+            base = {"name": name, **PRESETS[name]}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            close = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
+            hint = "; ".join(f"{u!r} (did you mean {c[0]!r}?)" if c else repr(u) for u, c in close.items())
+            raise TargetError(f"unknown Target field(s) in {p}: {hint}. Known: {sorted(known)}")
+        merged = {**base, **data}
+        if "input_shape" in merged and merged["input_shape"] is not None:
+            merged["input_shape"] = tuple(merged["input_shape"])
+        merged.setdefault("name", p.stem)
+        return cls(**merged)
+
+    @classmethod
+    def resolve(cls, spec: "str | Path | Target", input_shape: tuple[int, ...] | None = None) -> "Target":
+        """A Target from a preset name, a TOML/YAML path, or a Target (returned as is)."""
+        if isinstance(spec, Target):
+            return spec if input_shape is None or spec.input_shape else spec.with_input_shape(input_shape)
+        s = str(spec)
+        if s in PRESETS:
+            return cls.preset(s, input_shape=input_shape)
+        if s.endswith((".toml", ".yaml", ".yml")):
+            t = cls.from_file(s)
+            return t if input_shape is None or t.input_shape else t.with_input_shape(input_shape)
+        close = difflib.get_close_matches(s, list(PRESETS), n=2)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise TargetError(f"unknown target {s!r}.{hint} Use a preset ({sorted(PRESETS)}) or a .toml/.yaml target file.")
 
     @classmethod
     def preset(cls, name: str, input_shape: tuple[int, ...] | None = None) -> "Target":

@@ -193,3 +193,36 @@ def test_target_helpers() -> None:
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     with pytest.raises(Exception):
         t.batch_size = 3  # type: ignore[misc]  # frozen
+
+
+# --------------------------------------------------------------------------------------------
+# target files and the ORT-format target (issue: deployment targets)
+# --------------------------------------------------------------------------------------------
+def test_target_from_toml_and_yaml(tmp_path) -> None:
+    toml = tmp_path / "phone.toml"
+    toml.write_text('preset = "ort-mobile"\nname = "pixel-little"\ninput_shape = [3, 32, 32]\n')
+    t = Target.from_file(toml)
+    assert (t.name, t.model_format, t.intra_op_threads, t.input_shape) == ("pixel-little", "ort", 1, (3, 32, 32))
+    yml = tmp_path / "server.yaml"
+    yml.write_text("target:\n  intra_op_threads: 2\n  batch_size: 8\n")
+    y = Target.from_file(yml)
+    assert (y.name, y.intra_op_threads, y.batch_size) == ("server", 2, 8)
+    assert Target.resolve(str(toml)).name == "pixel-little"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("intra_op_thread = 2\n")
+    with pytest.raises(TargetError, match="did you mean 'intra_op_threads'"):
+        Target.from_file(bad)
+    with pytest.raises(TargetError, match="Did you mean 'cpu-1t'"):
+        Target.resolve("cpu-1")
+
+
+def test_ort_mobile_target_times_the_ort_format(tmp_path) -> None:
+    from compress.exporters import export_onnx
+    from compress.testing import TinyConvNet
+
+    m = TinyConvNet().eval()
+    path = export_onnx(m, m.example_inputs(), tmp_path / "m.onnx")
+    t = Target.preset("ort-mobile", input_shape=(3, 32, 32))
+    stats = profile_latency(path, t, warmup=1, repeats=3)
+    assert stats.median_ms > 0 and stats.target == "ort-mobile"
+    assert not list(tmp_path.glob("*.ort"))  # the conversion is temporary

@@ -1,1 +1,66 @@
-"""tmp"""
+"""Strategy ``grow``: SEArch, a student grown from two nodes under a teacher's guidance.
+
+Parts: :mod:`.partition` (teacher longest path, supervision points, feature extractor),
+:mod:`.student` (DAG of sep_conv_3x3 edges, deepen/widen), :mod:`.attention` (``f_a``, Eq. 1;
+``R_inner``, Eq. 2), :mod:`.selection` (Eq. 5, closest precursor, split plan, random ablation),
+:mod:`.strategy` (``GrowConfig``, the growth loop, checkpoints, final retrain).
+"""
+
+from compress.strategies.grow.attention import NodeAttention, attention_weights, channel_attention, r_inner
+from compress.strategies.grow.partition import FeatureExtractor, TeacherPartition, TeacherPoint, partition_teacher
+from compress.strategies.grow.selection import (
+    Decision,
+    choose_split,
+    closest_precursor,
+    modification_scores,
+    plan_split,
+    random_split,
+)
+from compress.strategies.grow.strategy import Grow, GrowConfig
+from compress.strategies.grow.student import GrowStudent, SepConvUnit, Structure, widen_index
+
+__all__ = [
+    "Grow",
+    "GrowConfig",
+    "GrowStudent",
+    "SepConvUnit",
+    "Structure",
+    "widen_index",
+    "partition_teacher",
+    "TeacherPartition",
+    "TeacherPoint",
+    "FeatureExtractor",
+    "channel_attention",
+    "attention_weights",
+    "r_inner",
+    "NodeAttention",
+    "Decision",
+    "modification_scores",
+    "closest_precursor",
+    "plan_split",
+    "choose_split",
+    "random_split",
+    "load_grown_student",
+]
+
+
+def load_grown_student(directory):
+    """Rebuild a saved grow student from a compress() output directory (``report.json`` holds the
+    structure under ``info.structure``; ``student.safetensors`` the tensors). No pickle.
+
+    Raises:
+        ModelSpecError: files missing or tensors do not fit the structure.
+    """
+    import json
+    from pathlib import Path
+
+    from compress.errors import ModelSpecError
+    from compress.serialization import load_student
+
+    d = Path(directory)
+    try:
+        report = json.loads((d / "report.json").read_text())
+        structure = report["info"]["structure"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelSpecError(f"{d} has no grow report with info.structure; point to a grow output directory.") from exc
+    return load_student(d, base=GrowStudent.from_dict(structure))

@@ -43,7 +43,6 @@ iteration when the config, seed, teacher partition and data sizes match.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import io
 import json
@@ -343,7 +342,7 @@ def apply_decision(student: GrowStudent, d: Decision, partition: TeacherPartitio
     pt = partition.points[q_k - 1]
     in_hw = s.node(s.input_id).hw
     level = min(max(pt.level, ni.level), nj.level)  # keep the new node between its neighbours
-    channels = s.node(s.input_id).channels if q_k == 1 and level == 0 else _width(pt.shape[0], cfg)
+    channels = _width(pt.shape[0], cfg)
     node = NodeSpec(s.next_id(), q_k, channels, level, (halve(in_hw[0], level), halve(in_hw[1], level)))
 
     def wal(lv: int) -> int:
@@ -493,7 +492,7 @@ class Grow(Strategy):
                     stop_reason, phase = "max_iterations", "grown"
                     break
                 stage_seed = _derive(seed, "stage", z)
-                d_train.generator.manual_seed(stage_seed) if d_train.generator is not None else None
+                d_train.generator.manual_seed(stage_seed)  # data order depends on (seed, iteration) only
                 losses = train_stage(student, attn, extractor, d_train, cfg, epochs=cfg.stage_epochs, lr=cfg.lr,
                                      seed=stage_seed, max_steps=cfg.max_steps_per_epoch)
                 val_acc = evaluate(student, ctx.data.val)
@@ -631,5 +630,3 @@ class Grow(Strategy):
         student.eval()
         return hist
 
-
-_ = dataclasses  # dataclasses.replace is used by callers via Strategy
