@@ -6,5 +6,6 @@ May import: ``compress.profiling`` (Target), ``compress.exporters``. Never ``com
 from compress.budgets.budget import METRICS, Budget, BudgetCheck, Violation
 from compress.budgets.cost import Cost, measure_cost
 from compress.budgets.errors import BudgetError, CostError
+from compress.budgets.onnx_cost import onnx_cost
 
-__all__ = ["Budget", "BudgetCheck", "BudgetError", "Cost", "CostError", "METRICS", "Violation", "measure_cost"]
+__all__ = ["Budget", "BudgetCheck", "BudgetError", "Cost", "CostError", "METRICS", "Violation", "measure_cost", "onnx_cost"]

@@ -238,6 +238,89 @@ def measure(
 
 
 @app.command()
+def gate(
+    model: Path = typer.Option(..., help="The exported model (.onnx) to gate."),
+    baseline: Path = typer.Option(..., help="Baseline JSON (written by --update-baseline)."),
+    target: str = typer.Option("cpu-1t", help="Latency target: a preset or a .toml/.yaml target file."),
+    tolerance: str = typer.Option("5%", help="Allowed relative growth of latency, MACs and params."),
+    max_latency_ms: Optional[float] = typer.Option(None, help="Absolute latency limit (median, ms)."),
+    max_accuracy_drop: float = typer.Option(1.0, help="Allowed top-1 drop in points (when --data is given)."),
+    data: Optional[Path] = typer.Option(None, help="Labelled .npz (x uint8 NHWC, y) for accuracy; normalised with --mean/--std."),
+    mean: Optional[str] = typer.Option(None, help="Normalisation mean for --data, e.g. '0.485,0.456,0.406'."),
+    std: Optional[str] = typer.Option(None, help="Normalisation std for --data."),
+    repeats: int = typer.Option(50, help="Timed runs (after warm-up)."),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="Measure and write the baseline, then exit 0."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Gate CI on a model's latency, MACs, params (and accuracy) against a baseline. Exit 1 on regression."""
+    try:
+        from compress.gate import compare, load_baseline, measure_artifact, parse_tolerance, write_baseline
+        from compress.profiling import Target
+
+        if not model.is_file():
+            from compress.errors import ConfigError
+
+            raise ConfigError(f"model {model} does not exist; pass the exported .onnx file.")
+        tol = parse_tolerance(tolerance)
+        labelled = None
+        if data is not None:
+            labelled = _npz_for_gate(data, mean, std)
+        current = measure_artifact(model, Target.resolve(target), repeats=repeats, data=labelled)
+        if update_baseline:
+            write_baseline(baseline, current)
+            _console().print(f"baseline written: {baseline} (latency median {current['latency_ms']['median']:.3f} ms, "
+                             f"MACs {current['macs']:,}, params {current['params']:,})")
+            raise typer.Exit(code=0)
+        result = compare(load_baseline(baseline), current, tolerance=tol, max_latency_ms=max_latency_ms,
+                         max_accuracy_drop_pts=max_accuracy_drop)
+    except _known_errors() as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        from rich.markup import escape
+        from rich.table import Table
+
+        t = Table(title=f"slimforge gate: {model.name} vs {baseline.name} [{escape(result.current['target']['name'])}]")
+        for col in ("metric", "baseline", "current", "change", "limit", "status", "detail"):
+            t.add_column(col)
+        for r in result.rows:
+            fmt = (lambda v: "-" if v is None else (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"))
+            ch = "-" if r.change_pct is None else f"{r.change_pct:+.1f}%"
+            style = {"REGRESSED": "bold red", "improved": "green"}.get(r.status, "")
+            t.add_row(r.metric, fmt(r.baseline), fmt(r.current), ch, escape(r.limit),
+                      f"[{style}]{r.status}[/]" if style else r.status, escape(r.detail))
+        con = _console()
+        con.print(t)
+        for n in result.notes:
+            con.print(f"note: {n}")
+        con.print("[green]gate passed[/]" if result.ok else
+                  "[bold red]gate FAILED[/]: " + ", ".join(r.metric for r in result.regressions()))
+    raise typer.Exit(code=0 if result.ok else 1)
+
+
+def _npz_for_gate(path: Path, mean: Optional[str], std: Optional[str]):
+    import numpy as np
+
+    from compress.errors import DataError
+
+    try:
+        with np.load(path) as z:
+            x, y = z["x"], z["y"]
+    except Exception as exc:
+        raise DataError(f"--data {path}: cannot read x and y arrays ({exc}).") from exc
+    x = x.astype("float32") / (255.0 if x.dtype == np.uint8 else 1.0)
+    if x.ndim == 3:
+        x = x[..., None]
+    x = x.transpose(0, 3, 1, 2)
+    if mean and std:
+        m = np.array([float(v) for v in mean.split(",")], dtype="float32")[None, :, None, None]
+        s = np.array([float(v) for v in std.split(",")], dtype="float32")[None, :, None, None]
+        x = (x - m) / s
+    return np.ascontiguousarray(x), y.astype("int64")
+
+
+@app.command()
 def strategies() -> None:
     """List the registered strategies."""
     from compress.registry import get_strategy, list_strategies
