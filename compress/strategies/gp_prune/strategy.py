@@ -24,6 +24,7 @@ paper is silent or we differ on purpose, each a config field:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,8 @@ from torch import nn
 from compress.errors import BudgetUnreachableError, ConfigError, UnsupportedModelError
 from compress.models import PadShortcut, freeze_fixed_shortcuts, pad_shortcuts_to_conv
 from compress.registry import register_strategy
+from compress.profiling.latency_model import LayerLatencyTable
+from compress.strategies._parts.channel_rounding import plan_fixed_widths, plan_widths
 from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, finetune
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
 from compress.strategies.gp_prune.features import collect_feature_maps
@@ -55,7 +58,12 @@ class GPPruneConfig:
         max_map_hw: feature maps are average-pooled to at most this side (None: full size).
         max_ratio: largest uniform channel ratio tried (0 < max_ratio < 1).
         bisection_steps: halvings of the ratio interval.
-        round_to: round kept channel counts to a multiple of this (None: exact).
+        channel_rounding: "measured" (default): each group's kept width is snapped to the most
+            efficient nearby width measured on the target (``_parts/channel_rounding.py``);
+            "fixed": kept widths rounded up to a multiple of ``round_to``; "off": exact
+            ``floor(C * (1 - ratio))`` as Torch-Pruning computes it.
+        rounding_window: relative window around the nominal width searched by "measured".
+        round_to: the multiple for ``channel_rounding="fixed"``.
         epochs, lr, momentum, weight_decay, optimizer: fine-tune schedule.
         augment: train-time augmentation, "none" or "flip-crop" (CIFAR recipe).
         kd_alpha, kd_temperature: KD weight and temperature (alpha=0: plain CE).
@@ -68,6 +76,8 @@ class GPPruneConfig:
     max_map_hw: int | None = 8
     max_ratio: float = 0.95
     bisection_steps: int = 12
+    channel_rounding: str = "measured"
+    rounding_window: float = 0.2
     round_to: int | None = None
     epochs: int = 5
     lr: float = 0.01
@@ -90,6 +100,12 @@ class GPPruneConfig:
             raise ConfigError("max_map_hw must be >= 1 or None.")
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError("round_to must be >= 1 or None.")
+        if self.channel_rounding not in ("measured", "fixed", "off"):
+            raise ConfigError(f"channel_rounding must be 'measured', 'fixed' or 'off', got {self.channel_rounding!r}.")
+        if self.channel_rounding == "fixed" and self.round_to is None:
+            raise ConfigError("channel_rounding='fixed' needs round_to (e.g. 8).")
+        if not 0.0 <= self.rounding_window < 1.0:
+            raise ConfigError("rounding_window must be in [0, 1).")
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
         if self.optimizer not in ("sgd", "adam"):
@@ -202,9 +218,11 @@ def prune_uniform(
     example_inputs: torch.Tensor,
     classifier_name: str,
     round_to: int | None = None,
+    width_planner: "Callable[[nn.Module, float, list[nn.Module]], dict[nn.Module, int]] | None" = None,
 ) -> nn.Module:
     """A deep copy of ``reference`` with ``ratio`` of the channels of every prunable group
-    removed (Torch-Pruning ``MetaPruner``, ``global_pruning=False``).
+    removed (Torch-Pruning ``MetaPruner``, ``global_pruning=False``). ``width_planner(candidate,
+    ratio, ignored)`` may return the exact kept width of each group (by root module) instead.
 
     Raises:
         UnsupportedModelError: Torch-Pruning cannot build the dependency graph or prune.
@@ -216,11 +234,19 @@ def prune_uniform(
     ignored = [modules[classifier_name]]
     importance.bind(cand)
     try:
+        ratio_dict = None
+        if width_planner is not None:
+            plan = width_planner(cand, ratio, ignored)
+            ratio_dict = {}
+            for root, keep in plan.items():
+                c = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+                ratio_dict[root] = 1.0 - (keep + 0.5) / c  # Torch-Pruning keeps int(C * (1 - r)) = keep
         pruner = tp.pruner.MetaPruner(
             cand,
             example_inputs,
             importance=importance,
             pruning_ratio=ratio,
+            pruning_ratio_dict=ratio_dict or None,
             global_pruning=False,
             ignored_layers=ignored,
             round_to=round_to,
@@ -280,6 +306,20 @@ class GPPrune(Strategy):
                 else MagnitudeBaseline()
             )
         expected = (ctx.example_inputs.shape[0], num_classes)
+        planner = None
+        round_to = None
+        rounding_log: list[dict] = []
+        if cfg.channel_rounding == "fixed":
+            def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module]) -> dict[nn.Module, int]:
+                return plan_fixed_widths(cand, ctx.example_inputs, ratio, ignored, cfg.round_to)
+
+        if cfg.channel_rounding == "measured":
+            table = LayerLatencyTable(ctx.target)
+
+            def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module]) -> dict[nn.Module, int]:
+                plan, records = plan_widths(cand, ctx.example_inputs, ratio, ignored, table, window=cfg.rounding_window)
+                rounding_log[:] = records
+                return plan
 
         with ctx.phase("prune"):
             cost0, check0, lat0 = ctx.check(model)
@@ -293,10 +333,11 @@ class GPPrune(Strategy):
                 if isinstance(m, (nn.Conv2d, nn.Linear)) and n != classifier_name
             )
             max_ratio = min(cfg.max_ratio, 1.0 - 1.0 / narrowest - 1e-6)
+            best_rounding: list[dict] = []
             if check0.ok:
                 best, best_ratio = copy.deepcopy(model), 0.0
             else:
-                hi_model = prune_uniform(model, max_ratio, importance, ctx.example_inputs, classifier_name, cfg.round_to)
+                hi_model = prune_uniform(model, max_ratio, importance, ctx.example_inputs, classifier_name, round_to, planner)
                 forward_or_explain(hi_model, ctx.example_inputs, expected, "gp-prune")
                 cost_hi, check_hi, lat_hi = ctx.check(hi_model)
                 ctx.log(phase="bisection", step=1, ratio=max_ratio, macs=cost_hi.macs, params=cost_hi.params,
@@ -309,16 +350,18 @@ class GPPrune(Strategy):
                         + ". Loosen the budget or raise config max_ratio."
                     )
                 lo, hi, best, best_ratio = 0.0, max_ratio, hi_model, max_ratio
+                best_rounding = list(rounding_log)
                 ctx.progress("bisection", 0, cfg.bisection_steps, {})
                 for step in range(cfg.bisection_steps):
                     mid = 0.5 * (lo + hi)
-                    cand = prune_uniform(model, mid, importance, ctx.example_inputs, classifier_name, cfg.round_to)
+                    cand = prune_uniform(model, mid, importance, ctx.example_inputs, classifier_name, round_to, planner)
                     cost, check, lat = ctx.check(cand)
                     ctx.log(phase="bisection", step=step + 2, ratio=mid, macs=cost.macs, params=cost.params,
                             latency_ms=lat, ok=check.ok)
                     ctx.progress("bisection", step + 1, cfg.bisection_steps, {"ratio": mid, "ok": check.ok})
                     if check.ok:
                         hi, best, best_ratio = mid, cand, mid
+                        best_rounding = list(rounding_log)
                     else:
                         lo = mid
             forward_or_explain(best, ctx.example_inputs, expected, "gp-prune")
@@ -346,6 +389,7 @@ class GPPrune(Strategy):
                 "metric_expr": metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)",
                 "pruning_ratio": best_ratio,
                 "layer_widths": widths,
+                "channel_rounding": {"mode": cfg.channel_rounding, "groups": best_rounding},
                 "shortcuts_converted": any(isinstance(m, PadShortcut) for m in ctx.model.modules()),
             },
         )
