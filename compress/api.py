@@ -312,6 +312,7 @@ def compress(
         model_spec=model_spec,
         surgery=surgery,
         mobile=mobile_info,
+        student_arch=output.arch,
     )
     if out_dir is not None:
         result.save(work_dir)

@@ -133,9 +133,9 @@ def demo(
             f"teacher {teacher_model} on digits ({task.spec.input_shape}, {task.spec.num_classes} classes): "
             f"{'loaded from cache' if meta['cached'] else 'trained'} {meta['path']}"
         )
-        cfg = _load_config(config) or {}
-        if strategy == "gp-prune":
-            cfg.setdefault("epochs", epochs)
+        from compress.registry import get_strategy
+
+        cfg = {**get_strategy(strategy).demo_config(epochs), **(_load_config(config) or {})}
         result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
                           config=cfg or None, model_spec=teacher_model, int8=int8)
     except _known_errors() as exc:

@@ -96,6 +96,7 @@ class CompressionResult:
     model_spec: str | None = None
     surgery: list[str] = field(default_factory=list)
     mobile: dict[str, Any] = field(default_factory=dict)
+    student_arch: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (see the module docstring for the key contract)."""
@@ -225,7 +226,9 @@ class CompressionResult:
                 self.mobile[key] = str(_copy_atomic(Path(self.mobile[key]), d / name))
         if self.mobile.get("int8"):
             self.mobile["int8"]["path"] = str(_copy_atomic(Path(self.mobile["int8"]["path"]), d / "student.int8.onnx"))
-        save_student(self.student, d, base_spec=self.model_spec, surgery=self.surgery)
+        builder = {"strategy": self.strategy, "args": self.student_arch} if self.student_arch is not None else None
+        save_student(self.student, d, base_spec=self.model_spec if builder is None else None, surgery=self.surgery,
+                     builder=builder)
         write_text_atomic(d / "report.md", self.to_markdown())
         write_text_atomic(d / "report.json", json.dumps(self.to_dict(), indent=2, default=_json_default))
         self._write_manifest(d)

@@ -6,7 +6,8 @@ plain ``state_dict`` is not enough. We write two files:
 * ``student.safetensors`` -- every tensor of ``state_dict()`` (safetensors: data only);
 * ``student.arch.json`` -- the base model spec (e.g. ``"timm:resnet18"``), the surgery applied
   before compression (e.g. ``"pad_shortcuts_to_conv"``) and, for every Conv/Linear/BatchNorm
-  module, its width attributes.
+  module, its width attributes; or, for students that are new architectures (grown, searched),
+  the strategy and the JSON arguments of its ``build_student``.
 
 :func:`load_student` rebuilds the base model, applies the surgery, resizes the listed modules
 to the saved widths and loads the tensors (strict). No pickle is involved at any point.
@@ -45,7 +46,8 @@ def describe_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def save_student(model: nn.Module, directory: str | Path, *, base_spec: str | None, surgery: list[str]) -> dict[str, str]:
+def save_student(model: nn.Module, directory: str | Path, *, base_spec: str | None, surgery: list[str],
+                 builder: dict[str, Any] | None = None) -> dict[str, str]:
     """Write ``student.safetensors`` and ``student.arch.json`` atomically into ``directory``."""
     from safetensors.torch import save as st_save
 
@@ -53,7 +55,8 @@ def save_student(model: nn.Module, directory: str | Path, *, base_spec: str | No
     d.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     write_bytes_atomic(d / "student.safetensors", st_save(tensors))
-    arch = {"format": "slimforge-student/1", "base_spec": base_spec, "surgery": surgery, "modules": describe_widths(model)}
+    arch = {"format": "slimforge-student/1", "base_spec": base_spec, "surgery": surgery, "modules": describe_widths(model),
+            "builder": builder}
     write_text_atomic(d / "student.arch.json", json.dumps(arch, indent=2, sort_keys=True))
     return {"weights": str(d / "student.safetensors"), "arch": str(d / "student.arch.json")}
 
@@ -101,6 +104,17 @@ def load_student(directory: str | Path, base: nn.Module | None = None, *, num_cl
     if not arch_path.is_file() or not w_path.is_file():
         raise ModelSpecError(f"{d} has no student.arch.json / student.safetensors; point to a slimforge output directory.")
     arch = json.loads(arch_path.read_text())
+    if arch.get("builder"):
+        from compress.registry import get_strategy
+
+        model = get_strategy(arch["builder"]["strategy"]).build_student(arch["builder"]["args"])
+        try:
+            from safetensors.torch import load_file as _lf
+
+            model.load_state_dict(_lf(str(w_path)), strict=True)
+        except RuntimeError as exc:
+            raise ModelSpecError(f"Saved tensors do not fit the rebuilt student: {str(exc).splitlines()[0]}") from exc
+        return model.eval()
     if base is None:
         if not arch.get("base_spec"):
             raise ModelSpecError(

@@ -1,5 +1,7 @@
 """Built-in strategies. Importing this package registers them with :mod:`compress.registry`."""
 
 from compress.strategies.gp_prune import GPPrune, GPPruneConfig  # noqa: F401
+from compress.strategies.eg_nas import EGNAS, EGNASConfig  # noqa: F401
+from compress.strategies.grow import Grow, GrowConfig  # noqa: F401
 
-__all__ = ["GPPrune", "GPPruneConfig"]
+__all__ = ["EGNAS", "EGNASConfig", "GPPrune", "GPPruneConfig", "Grow", "GrowConfig"]

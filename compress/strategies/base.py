@@ -121,10 +121,16 @@ class StrategyContext:
 
 @dataclass
 class StrategyOutput:
-    """What a strategy returns: the student (an ordinary ``nn.Module``) and facts about it."""
+    """What a strategy returns: the student (an ordinary ``nn.Module``) and facts about it.
+
+    ``arch``: JSON-ready arguments of the strategy's :meth:`Strategy.build_student` for students
+    that are *not* a resized copy of the user's model (grown or searched networks); saved in
+    ``student.arch.json`` so :func:`compress.load_student` rebuilds them without a base model.
+    """
 
     student: nn.Module
     info: dict[str, Any] = field(default_factory=dict)
+    arch: dict[str, Any] | None = None
 
 
 class Strategy(abc.ABC):
@@ -147,6 +153,18 @@ class Strategy(abc.ABC):
                 f"Strategy {self.name!r} takes a {self.config_cls.__name__}, got {type(config).__name__}."
             )
         self.config = config
+
+    @classmethod
+    def demo_config(cls, epochs: int) -> dict[str, Any]:
+        """Config overrides for ``slimforge demo`` (CPU scale, minutes): ``epochs`` is the
+        final-training budget the user asked for."""
+        return {}
+
+    @classmethod
+    def build_student(cls, arch: dict[str, Any]) -> nn.Module:
+        """Rebuild an untrained student from ``StrategyOutput.arch`` (strategies whose students
+        are new architectures override this)."""
+        raise NotImplementedError(f"strategy {cls.name!r} students are resized copies of the base model")
 
     @abc.abstractmethod
     def run(self, ctx: StrategyContext) -> StrategyOutput:

@@ -19,6 +19,12 @@ from compress.testing import HiddenStateNet, NoClassifierNet, TinyConvNet, TinyR
 # test_every_strategy_has_a_contract_config, so nothing ships untested.
 CONTRACT_CONFIGS = {
     "gp-prune": {"epochs": 1, "bisection_steps": 5, "calib_samples": 64, "max_steps_per_epoch": 5},
+    "eg-nas": {"search_C": 4, "search_layers": 3, "partial_channels": 1, "search_stem_stride": 2, "search_epochs": 2,
+               "warmup_epochs": 1, "batch_size": 32, "es_batch_size": 32, "max_steps_per_epoch": 2,
+               "search_val_batches": 1, "restarts": 2, "popsize": 4, "candidates_C": [4, 6, 8],
+               "candidates_layers": [3], "stem_strides": [1, 2], "final_epochs": 1, "final_max_steps_per_epoch": 3},
+    "grow": {"stage_epochs": 1, "max_iterations": 3, "max_steps_per_epoch": 3, "score_max_batches": 1,
+             "final_epochs": 1, "final_max_steps_per_epoch": 5},
 }
 
 REPORT_KEYS = [
@@ -66,7 +72,7 @@ def test_registry_contract(strategy, teacher_cls, digits_task, tmp_path):
     assert (tmp_path / "student.ort").is_file() and (tmp_path / "manifest.json").is_file()
     assert report["mobile"]["usability"]["nnapi"]["nodes"] > 0
     # the saved student reloads without pickle and computes the same function
-    reloaded = load_student(tmp_path, base=teacher_cls(num_classes=10))
+    reloaded = load_student(tmp_path, base=teacher_cls(num_classes=10))  # base ignored for new architectures
     x = digits_task.spec and next(iter(digits_task.val))[0][:4]
     torch.testing.assert_close(reloaded(x), res.student(x))
     # no leftovers of atomic writes

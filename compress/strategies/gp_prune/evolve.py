@@ -507,8 +507,8 @@ class EvolutionResult:
             (hall of fame #1), its infix formula, fitness and the two task accuracies.
         hall_of_fame: best distinct trees, ``{"expr", "formula", "fitness", "acc", "generation"}``.
         history: one record per generation: ``generation, best, best_so_far, p25, mean,
-            median, evaluations, cache_hits, failed, repairs, fallbacks, best_expr, fitnesses,
-            wall_s``.
+            median, evaluations, cache_hits, failed, repairs, fallbacks, best_expr, and per
+            individual ``fitnesses``, ``origins``, ``exprs``; ``wall_s``.
         soap_best_gen0: best fitness among the SOAP clones of generation 0.
         evaluations: fitness-function calls of the whole run (= size of the fitness cache).
         resumed_from: generation of the checkpoint this call resumed from (None: fresh start).
@@ -676,8 +676,7 @@ def evolve_metric(
             for ind in population:
                 if ind.expr not in cache and ind.expr not in todo:
                     todo.append(ind.expr)
-            items = [(e, individual_seed(seed if config.seed_scope == "tree" else seed, e)
-                      if config.seed_scope == "tree" else int(seed)) for e in todo]
+            items = [(e, individual_seed(seed, e) if config.seed_scope == "tree" else int(seed)) for e in todo]
             failed = 0
             for i, (item, rec) in enumerate(zip(items, mapper(fn, items))):
                 acc = [float(a) for a in rec.get("acc", [0.0, 0.0])]
@@ -719,6 +718,7 @@ def evolve_metric(
                 "best_expr": pop[best_i].expr,
                 "fitnesses": [float(f) for f in fits],
                 "origins": [ind.origin for ind in pop],
+                "exprs": [ind.expr for ind in pop],
                 "wall_s": time.perf_counter() - t0,
             }
             breeder.repairs = breeder.fallbacks = 0
@@ -749,12 +749,12 @@ def evolve_metric(
             stats = evaluate(pop, 0)
             generation = 0
             close_generation(0, stats, t0)
-        while generation < config.generations:  # bounded: generation increases every iteration
+        for generation in range(generation + 1, config.generations + 1):
             t0 = time.perf_counter()
             pop = breeder.next_generation(pop)
-            generation += 1
             stats = evaluate(pop, generation)
             close_generation(generation, stats, t0)
+        generation = max(generation, config.generations)
     finally:
         random.setstate(caller_state)
 

@@ -280,6 +280,10 @@ class GPPrune(Strategy):
     config_cls = GPPruneConfig
     paper = "Liu et al., Evolving Transferable Neural Pruning Functions, GECCO 2022"
 
+    @classmethod
+    def demo_config(cls, epochs: int) -> dict:
+        return {"epochs": epochs}
+
     def run(self, ctx: StrategyContext) -> StrategyOutput:
         cfg: GPPruneConfig = self.config
         metric = None if cfg.metric == TP_L1 else (

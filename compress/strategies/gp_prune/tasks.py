@@ -508,7 +508,7 @@ def _slice_bn(bn: nn.Module, keep: torch.Tensor) -> nn.Module:
         new.running_mean.copy_(bn.running_mean[keep])
         new.running_var.copy_(bn.running_var[keep])
         new.num_batches_tracked.copy_(bn.num_batches_tracked)
-    return new
+    return new.train(bn.training)
 
 
 def _with_weight(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
@@ -521,7 +521,7 @@ def _with_weight(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
         new.weight.copy_(weight)
         if bias is not None:
             new.bias.copy_(bias)
-    return new
+    return new.train(layer.training)
 
 
 @torch.no_grad()

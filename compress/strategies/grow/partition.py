@@ -39,6 +39,9 @@ has the size reached from the input by ``L`` stride-2 convolutions (``ceil`` hal
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,8 +158,13 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, str
     except Exception as fx_exc:  # noqa: BLE001 - any tracing failure leads to the fallback
         failing = tracer.stack[-1] if tracer.stack else type(model).__name__
         fx_msg = (str(fx_exc).strip().splitlines() or [type(fx_exc).__name__])[0]
+    quiet = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in quiet]
     try:
-        ep = torch.export.export(model, (example,), strict=False)
+        for lg in quiet:  # torch logs the failing graph at WARNING; the error below says it all
+            lg.setLevel(logging.CRITICAL)
+        with contextlib.redirect_stderr(io.StringIO()):  # torch.export prints the graph on failure
+            ep = torch.export.export(model, (example,), strict=False)
         return ep.module(), "export"
     except Exception as exp_exc:  # noqa: BLE001
         exp_msg = (str(exp_exc).strip().splitlines() or [type(exp_exc).__name__])[0]
@@ -166,6 +174,9 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, str
             "module's forward (or give a teacher that traces), or pass config teacher_nodes.",
             layer=failing,
         ) from exp_exc
+    finally:
+        for lg, lv in zip(quiet, levels):
+            lg.setLevel(lv)
 
 
 def _op_name(node: fx.Node) -> str:
@@ -408,6 +419,8 @@ def partition_teacher(
     inp = placeholders[0]
     output = next(n for n in graph_nodes if n.op == "output")
     out_arg = output.args[0]
+    while isinstance(out_arg, (tuple, list)) and len(out_arg) == 1:  # torch.export returns a 1-tuple
+        out_arg = out_arg[0]
     if not isinstance(out_arg, fx.Node) or not _is_tensor_node(out_arg):
         raise UnsupportedModelError(
             "grow needs a teacher whose forward returns one logits tensor (B, K).", layer=type(model).__name__
@@ -495,7 +508,7 @@ class FeatureExtractor(nn.Module):
         if out_node is None or inp_name is None:
             raise UnsupportedModelError("the teacher graph has no input or output node.", layer="output")
         feats = tuple(clones[p.name] for p in partition.points)
-        logits = env[out_node.args[0]]
+        logits = env[next(n for n in gm.graph.nodes if n.name == partition.output_node)]
         graph.output((logits, feats))
         self.gm = fx.GraphModule(gm, graph)
         self.gm.eval()

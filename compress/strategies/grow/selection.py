@@ -8,9 +8,13 @@ ALGORITHMS.md §1(b).5). Ablation (A) drops the degree factor (``S = Rbar``).
 
 Split of ``e_ij`` (§3.4, App. B; ALGORITHMS.md §1(b).8): while ``n_ij < B_op`` deepen by
 ``min(deepen_step, B_op - n_ij)`` units (1 -> 4 -> 7), then widen with
-``q_k = floor(c q_i + (1 - c) q_j)`` (Eq. 6). When ``q_j - q_i <= 1`` Eq. 6 returns ``q_i``:
-``adjacent="allow"`` widens anyway (duplicate supervision, default); ``adjacent="next_node"``
-skips the node and tries the next-best one (ALGORITHMS.md §1(b).6).
+``q_k = floor(c q_i + (1 - c) q_j)`` (Eq. 6). When ``q_j - q_i <= 1`` Eq. 6 returns ``q_i``
+(ALGORITHMS.md §1(b).6): ``adjacent="allow"`` widens anyway (duplicate supervision; the
+ALGORITHMS.md recommendation); ``adjacent="next_node"`` skips the node and tries the next-best
+one. ``GrowConfig`` defaults to ``"next_node"``: with ``"allow"`` a widen of ``v1 -> v_k`` with
+``q_k = 2`` creates a node supervised by the *image* (``q = 1``), which then has the largest
+``R_inner`` and is widened again, and so on -- on a 4-point teacher we saw 30+ iterations of
+such image-supervised 3-channel nodes before the budget stopped it.
 
 Ablation (C), random splitting: a uniformly random candidate node, a uniformly random in-edge,
 and a random choice of deepen/widen (widen forced once the edge has ``B_op`` units).

@@ -105,7 +105,9 @@ class GrowConfig:
         stride_rule: ``"per_halving"`` (k stride-2 units for a 2^k resolution ratio, counted in
             B_op) or ``"single"`` (one unit of stride 2^k).
         c: Eq. 6 interpolation (0.5; ablation 0.25 / 0.75; Eq. 6 implemented literally, §1(b).7).
-        adjacent_widen: ``"allow"`` (q_k = q_i when q_j - q_i <= 1) or ``"next_node"``.
+        adjacent_widen: ``"next_node"`` (default: skip a widen whose Eq. 6 gives q_k = q_i, i.e.
+            q_j - q_i <= 1, and split the next-best node) or ``"allow"`` (ALGORITHMS.md's
+            recommendation; it degenerates into image-supervised nodes, see :mod:`.selection`).
         widen_init: ``"gate"`` (zero-initialised per-channel gate on the new summand) or
             ``"zero_bn"`` (literal §1(b).9; exact but the branch gets no gradient).
     Loss (Eq. 1-4; §1(b).1, .3):
@@ -135,7 +137,7 @@ class GrowConfig:
     deepen_step: int = 3
     stride_rule: str = "per_halving"
     c: float = 0.5
-    adjacent_widen: str = "allow"
+    adjacent_widen: str = "next_node"
     widen_init: str = "gate"
     attention: str = "dot"
     r_norm: str = "mean"
@@ -182,7 +184,8 @@ class GrowConfig:
             raise ConfigError(f"GrowConfig.initial_ops ({self.initial_ops}) must be <= b_op ({self.b_op}).")
         for name in ("score_max_batches", "max_steps_per_epoch", "max_iterations", "final_max_steps_per_epoch"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "max_iterations" else 1)):
+            lo = 0 if name == "max_iterations" else 1
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
                 raise ConfigError(f"GrowConfig.{name} must be None or a positive int, got {v!r}.")
         if not 0.0 <= self.c <= 1.0:
             raise ConfigError(f"GrowConfig.c must be in [0, 1] (Eq. 6), got {self.c}.")
@@ -192,8 +195,11 @@ class GrowConfig:
             raise ConfigError(f"GrowConfig.width_mult must be > 0, got {self.width_mult}.")
         if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
             raise ConfigError("GrowConfig.kd_alpha must be in [0, 1] and kd_temperature > 0.")
-        if self.inner_weight < 0 or self.lr <= 0 or self.final_lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ConfigError("GrowConfig needs inner_weight >= 0, lr > 0, final_lr > 0, weight_decay >= 0, 0 <= momentum < 1.")
+        if (self.inner_weight < 0 or self.lr <= 0 or self.final_lr <= 0 or self.weight_decay < 0
+                or not 0 <= self.momentum < 1):
+            raise ConfigError(
+                "GrowConfig needs inner_weight >= 0, lr > 0, final_lr > 0, weight_decay >= 0, 0 <= momentum < 1."
+            )
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "GrowConfig":
@@ -239,7 +245,8 @@ class AttentionBank(nn.Module):
         self.kind = kind
         self.nodes = nn.ModuleDict()
 
-    def sync(self, structure: Structure, partition: TeacherPartition, seed: int | None = None) -> None:
+    def sync(self, structure: Structure, partition: TeacherPartition) -> None:
+        """Add an ``f_a`` for every supervised node that has none yet (existing ones keep their weights)."""
         for n in structure.nodes:
             if n.id != structure.input_id and str(n.id) not in self.nodes:
                 self.nodes[str(n.id)] = NodeAttention(n.channels, partition.points[n.q - 1].shape[0], self.kind)
@@ -435,6 +442,18 @@ class Grow(Strategy):
     config_cls = GrowConfig
     paper = "SEArch: A Self-Evolving Framework for Network Architecture Optimization (ICLR 2024 submission)"
 
+    @classmethod
+    def demo_config(cls, epochs: int) -> dict:
+        """The CPU-scale preset (ALGORITHMS.md §1(c)) with ``epochs`` final-retrain epochs."""
+        from compress.strategies.base import config_to_dict
+
+        return config_to_dict(GrowConfig.preset("cpu-small", final_epochs=epochs))
+
+    @classmethod
+    def build_student(cls, arch: dict) -> GrowStudent:
+        """Rebuild the grown student's architecture from ``{"structure": Structure.to_dict()}``."""
+        return GrowStudent.from_dict(arch["structure"])
+
     def run(self, ctx: StrategyContext) -> StrategyOutput:
         cfg: GrowConfig = self.config
         seed = int(ctx.seed)
@@ -533,10 +552,10 @@ class Grow(Strategy):
                 records.append(rec)
                 ctx.log(**rec)
                 z += 1
-                ctx.progress("grow", z, cfg.max_iterations, {
-                    "op": rec.get("op"), "node": rec.get("node"), "params": rec.get("params"), "val_acc": val_acc})
                 ckpt.save({"iteration": z, "phase": phase, "stop_reason": stop_reason, "records": records,
                            "structure": student.structure.to_dict()}, tensors_of())
+                ctx.progress("grow", z, cfg.max_iterations, {
+                    "op": rec.get("op"), "node": rec.get("node"), "params": rec.get("params"), "val_acc": val_acc})
             iterations = z
 
         final_hist: list[dict] = []
@@ -550,7 +569,7 @@ class Grow(Strategy):
                 final_hist = restored[0].get("final", [])
         student.eval()
         s = student.structure
-        return StrategyOutput(student=student, info={
+        return StrategyOutput(student=student, arch={"structure": s.to_dict()}, info={
             "iterations": iterations,
             "accepted_splits": sum(1 for r in records if r.get("accepted")),
             "stop_reason": stop_reason,
@@ -586,6 +605,14 @@ class Grow(Strategy):
         return d_train, d_score
 
     @staticmethod
+    def _full_train_loader(ctx: StrategyContext, seed: int) -> DataLoader:
+        """The whole train split with a seeded order (a resumed run sees the same batches)."""
+        ds = ctx.data.train.dataset
+        bs = getattr(ctx.data.train, "batch_size", None) or 64
+        gen = torch.Generator().manual_seed(_derive(seed, "final-loader"))
+        return DataLoader(ds, batch_size=bs, shuffle=True, generator=gen, num_workers=0)
+
+    @staticmethod
     def _final_retrain(ctx: StrategyContext, cfg: GrowConfig, student: GrowStudent, attn: AttentionBank,
                        extractor: nn.Module, partition: TeacherPartition, seed: int) -> list[dict]:
         if cfg.final_reinit:
@@ -609,7 +636,7 @@ class Grow(Strategy):
                 max_steps_per_epoch=cfg.final_max_steps_per_epoch, augment=cfg.augment,
                 seed=_derive(seed, "final"),
             )
-            finetune(student, ctx.data.train, ctx.data.val, settings,
+            finetune(student, Grow._full_train_loader(ctx, seed), ctx.data.val, settings,
                      teacher=ctx.teacher if cfg.final_loss == "kd" else None, on_epoch=on_epoch)
             return hist
         # "kd+inner": keep Eq. 4 (with the logit KD term) for the retrain, best epoch on val
@@ -623,7 +650,8 @@ class Grow(Strategy):
             if acc is not None and acc > best:
                 best, best_state = acc, copy.deepcopy(student.state_dict())
 
-        train_stage(student, attn, extractor, ctx.data.train, cfg, epochs=cfg.final_epochs, lr=cfg.final_lr,
+        train_stage(student, attn, extractor, Grow._full_train_loader(ctx, seed), cfg, epochs=cfg.final_epochs,
+                    lr=cfg.final_lr,
                     seed=tr_seed, max_steps=cfg.final_max_steps_per_epoch, cosine=True, on_epoch=epoch_cb)
         if best_state is not None:
             student.load_state_dict(best_state)

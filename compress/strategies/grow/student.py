@@ -66,7 +66,8 @@ def widen_index(q_i: int, q_j: int, c: float) -> int:
 
 @dataclass
 class UnitSpec:
-    """One sep_conv_3x3 unit: channels in/out, stride, forced projection shortcut, zero init flag."""
+    """One sep_conv_3x3 unit: channels in/out, stride, and whether the shortcut is forced to be a
+    1x1 projection even when shapes match (``widen_init="zero_bn"``)."""
 
     cin: int
     cout: int

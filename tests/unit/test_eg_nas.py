@@ -1,0 +1,365 @@
+"""EG-NAS faithfulness (ALGORITHMS.md §4(e), tests 1-10), checkpoints, the baseline switch, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from compress.errors import ConfigError
+from compress.strategies.base import config_from_dict, config_to_dict
+from compress.strategies.darts import EGNAS_PRIMITIVES, build_from_arch
+from compress.strategies.eg_nas import (
+    EGNASConfig,
+    EGNASSearch,
+    apply_direction,
+    compound_fitness,
+    derive_seed,
+    es_epoch,
+    l2_similarity,
+    run_restart,
+    select_direction,
+    sigma_schedule,
+)
+
+TINY = dict(search_C=4, search_layers=2, partial_channels=1, search_epochs=2, warmup_epochs=1, batch_size=16,
+            es_batch_size=16, max_steps_per_epoch=2, search_val_batches=1, restarts=2, popsize=4)
+
+# the fast setting for compress() on 3x32x32 digits (also the registry contract config)
+FAST = dict(search_C=4, search_layers=3, partial_channels=1, search_stem_stride=2, search_epochs=2, warmup_epochs=1,
+            batch_size=32, es_batch_size=32, max_steps_per_epoch=2, search_val_batches=1, restarts=2, popsize=4,
+            candidates_C=(4, 6, 8), candidates_layers=(3,), stem_strides=(1, 2), final_epochs=1,
+            final_max_steps_per_epoch=3)
+
+
+def _data(n: int = 64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = ((x[:, 0].mean((1, 2)) > 0).long() + (x[:, 1].mean((1, 2)) > 0).long()).clamp_max(2)
+    return TensorDataset(x, y), DataLoader(TensorDataset(x[:16], y[:16]), batch_size=16)
+
+
+def _search(over: dict | None = None, seed: int = 0, **kw) -> EGNASSearch:
+    cfg = EGNASConfig(**{**TINY, **(over or {})})
+    ds, val = _data()
+    return EGNASSearch(cfg, ds, val, 3, (3, 8, 8), seed, **kw)
+
+
+def _stub_alpha(d: int = 14) -> np.ndarray:
+    return np.linspace(-1.0, 1.0, d)
+
+
+# --------------------------------------------------------------------------- 1. Eq. 7 sign switch
+
+
+def test_eq7_sign_switch():
+    assert compound_fitness(2.0, acc_z=0.3, acc_alpha=0.5, l2=0.8) == pytest.approx(2.0 - 0.4 * 0.8)
+    assert compound_fitness(2.0, acc_z=0.6, acc_alpha=0.5, l2=0.8) == pytest.approx(2.0 + 0.4 * 0.8)
+    assert compound_fitness(2.0, acc_z=0.5, acc_alpha=0.5, l2=0.8) == pytest.approx(2.0 + 0.4 * 0.8)  # tie: +
+    assert compound_fitness(2.0, 0.3, 0.5, 0.8, zeta=0.5, eta=1.0) == pytest.approx(1.0 - 0.8)
+    # through the ES loop with a stub evaluator: Acc(alpha) = 0.5; Acc(z) = 1 if z[0] > alpha[0] else 0
+    alpha = _stub_alpha()
+
+    def stub(z):
+        if np.array_equal(z, alpha):
+            return 1.0, 0.5
+        return float(np.sum(z ** 2)), (1.0 if z[0] > alpha[0] else 0.0)
+
+    r = es_epoch(alpha, stub, num_ops=7, t=0, seed=0, restarts=1, popsize=8).restarts[0]
+    signs = set()
+    for z, f in zip(r.first_population, r.evaluated_f[1:9]):
+        better = z[0] > alpha[0]
+        signs.add(better)
+        l2 = l2_similarity(alpha, z, 7)
+        assert f == pytest.approx(np.sum(z ** 2) + (0.4 * l2 if better else -0.4 * l2))
+    assert signs == {True, False}  # both branches were exercised
+
+
+# --------------------------------------------------------------------------- 2. L2 properties
+
+
+def test_l2_properties():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(2 * 14 * 7)
+    assert l2_similarity(a, a, 7) == pytest.approx(1.0)
+    assert l2_similarity(a, -a, 7) == pytest.approx(0.0, abs=1e-12)
+    for _ in range(20):
+        z = rng.standard_normal(a.size) * rng.uniform(0.01, 10)
+        v = l2_similarity(a, z, 7)
+        assert 0.0 <= v <= 1.0
+        assert l2_similarity(a, 3.7 * z, 7) == pytest.approx(v)
+    # per edge, then averaged: one edge flipped out of two -> (1 + 0) / 2
+    e = np.array([1.0, 2.0, 3.0, -1.0, 0.5, 2.0])
+    assert l2_similarity(e, np.concatenate([e[:3], -e[3:]]), 3) == pytest.approx(0.5)
+    assert l2_similarity(torch.tensor(a), torch.tensor(a), 7) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- 3. CMA wiring
+
+
+class _Spy:
+    made: list["_Spy"] = []
+
+    def __init__(self, x0, sigma0, opts):
+        import cma
+
+        self.es = cma.CMAEvolutionStrategy(x0, sigma0, opts)
+        self.init_mean = np.array(self.es.mean, dtype=float)
+        self.sigma0, self.popsize = sigma0, opts["popsize"]
+        self.tells: list[tuple[int, int]] = []
+        _Spy.made.append(self)
+
+    def ask(self):
+        return self.es.ask()
+
+    def tell(self, X, F):
+        self.tells.append((len(X), len(F)))
+        self.es.tell(X, F)
+
+    @property
+    def mean(self):
+        return self.es.mean
+
+    @property
+    def sigma(self):
+        return self.es.sigma
+
+    @property
+    def countevals(self):
+        return self.es.countevals
+
+
+def test_cma_wiring_mean_tell_and_minimisation():
+    _Spy.made = []
+    alpha = _stub_alpha(28)
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(28)
+    res = es_epoch(alpha, lambda z: (float(np.dot(w, z)), 0.5), num_ops=7, t=3, seed=11, restarts=3, popsize=5,
+                   generations=2, restart_noise=0.01, cma_factory=_Spy)
+    assert len(_Spy.made) == 3
+    for n, (spy, r) in enumerate(zip(_Spy.made, res.restarts)):
+        noise = np.random.default_rng(derive_seed(11, "start", 3, n)).standard_normal(28)
+        np.testing.assert_array_equal(spy.init_mean, alpha + 0.01 * noise)  # mean of restart n = x_n
+        np.testing.assert_array_equal(r.x0, spy.init_mean)
+        assert spy.sigma0 == pytest.approx(0.25) and spy.popsize == 5  # sigma_t at t = 3
+        assert spy.tells == [(5, 5), (5, 5)] == [(n_, n_) for n_ in r.tell_sizes]
+    # lower f is preferred: a quadratic toy decreases over generations
+    x0 = np.full(10, 3.0)
+    q = run_restart(x0, 1.0, lambda z: (float(np.sum(z ** 2)), 0.0, 0.0), popsize=10, generations=60, seed=0)
+    assert q.best_f < 0.01 * float(np.sum(x0 ** 2))
+    assert np.linalg.norm(q.final_mean) < 0.2 * np.linalg.norm(x0)
+
+
+# --------------------------------------------------------------------------- 4. best-of-P
+
+
+def test_best_of_p():
+    alpha = _stub_alpha(28)
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal(28)
+    res = es_epoch(alpha, lambda z: (float(np.sin(z @ w) + 0.1 * z @ z), float(z[0] > 0)), num_ops=7, t=0, seed=3,
+                   restarts=3, popsize=6, generations=3)
+    for r in res.restarts:
+        assert r.best_f <= min(r.evaluated_f)
+        assert len(r.evaluated_f) == 1 + 6 * 3 + 1 and len(r.pool) == 1 + 3 + 1  # x_n, G winners, mean
+        assert r.best_f in [f for f, _ in r.pool]
+    assert res.best_fitness == min(r.best_f for r in res.restarts)
+
+
+# --------------------------------------------------------------------------- 5. Eq. 9
+
+
+def test_eq9_selects_the_most_accurate_winner():
+    assert select_direction([0.1, 0.5, 0.5, 0.2]) == 1
+    alpha = _stub_alpha(28)
+    res = es_epoch(alpha, lambda z: (float(np.sum(z ** 2)), float(1 / (1 + np.exp(-z.sum())))), num_ops=7, t=0,
+                   seed=4, restarts=4, popsize=4)
+    accs = [r.best_acc for r in res.restarts]
+    assert len(set(accs)) == 4
+    assert res.winner == int(np.argmax(accs))
+    np.testing.assert_array_equal(res.direction, res.restarts[res.winner].best_x)
+
+
+# --------------------------------------------------------------------------- 6. exact update, no .grad
+
+
+def test_exact_alpha_update_and_alpha_never_has_grad():
+    s = _search()
+    a0 = s.model.arch_vector().clone()
+    res = s.es_update(t=1)
+    d = torch.softmax(torch.tensor(res.direction, dtype=torch.float32).view(-1, 7), dim=-1)
+    assert torch.equal(s.model.arch_vector(), (a0.view(-1, 7) + 0.6 * d).view(-1))
+    raw = apply_direction(a0, res.direction, 0.6, 7, "raw")
+    assert torch.equal(raw, a0 + 0.6 * torch.tensor(res.direction, dtype=torch.float32))
+    s.train_epoch(1)
+    assert all(a.grad is None and not a.requires_grad for a in s.model.arch_parameters())
+    in_opt = {id(p) for g in s.w_opt.param_groups for p in g["params"]}
+    assert not any(id(a) in in_opt for a in s.model.arch_parameters())
+    assert any(p.grad is not None for p in s.model.weights())
+
+
+# --------------------------------------------------------------------------- 7. warm-up, sigma schedule
+
+
+def test_no_update_during_warmup_and_sigma_schedule():
+    out = _search({"search_epochs": 3, "warmup_epochs": 2}).run()
+    assert [h["alpha_changed"] for h in out.history] == [False, False, True]
+    assert "sigma" not in out.history[0] and out.history[2]["sigma"] == pytest.approx(1 / 3)
+    assert "best_fitness" not in out.history[1] and isinstance(out.history[2]["best_fitness"], float)
+    assert sigma_schedule(0) == 1.0 and sigma_schedule(15) == pytest.approx(0.0625)
+    assert sigma_schedule(48) == pytest.approx(1 / 49) and sigma_schedule(49) == 0.02 == sigma_schedule(200)
+    assert sigma_schedule(3, sigma_min=0.5) == 0.5
+
+
+# --------------------------------------------------------------------------- 8. seeds, reproducibility
+
+
+def test_restart_seeds_differ_and_numpy_global_rng_is_isolated():
+    alpha = _stub_alpha(28)
+    res = es_epoch(alpha, lambda z: (float(np.sum(z ** 2)), 0.5), num_ops=7, t=2, seed=0, restarts=3, popsize=4)
+    assert len({r.seed for r in res.restarts}) == 3
+    pops = [r.first_population for r in res.restarts]
+    assert not np.allclose(pops[0], pops[1]) and not np.allclose(pops[1], pops[2])
+    # pycma runs with a private RNG: the caller's global NumPy state is untouched, and global draws
+    # interleaved with the fitness calls do not change the samples
+    np.random.seed(123)
+    before = np.random.get_state()
+    a = run_restart(alpha, 0.5, lambda z: (float(np.sum(z ** 2)), 0.0, 0.0), popsize=6, generations=3, seed=9)
+    after = np.random.get_state()
+    assert before[0] == after[0] and np.array_equal(before[1], after[1]) and before[2:] == after[2:]
+
+    def noisy_global(z):
+        np.random.rand(3)
+        return float(np.sum(z ** 2)), 0.0, 0.0
+
+    b = run_restart(alpha, 0.5, noisy_global, popsize=6, generations=3, seed=9)
+    np.testing.assert_array_equal(a.first_population, b.first_population)
+    np.testing.assert_array_equal(a.final_mean, b.final_mean)
+
+
+def test_search_is_bit_reproducible():
+    runs = []
+    for k in range(2):
+        np.random.seed(1000 + k)  # different global NumPy / torch states must not matter
+        torch.manual_seed(1000 + k)
+        runs.append(_search(seed=5).run())
+    a, b = runs
+    assert torch.equal(a.alphas_normal, b.alphas_normal) and torch.equal(a.alphas_reduce, b.alphas_reduce)
+    assert a.genotype == b.genotype
+    assert [h["alpha_entropy"] for h in a.history] == [h["alpha_entropy"] for h in b.history]
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    c = _search(seed=6).run()
+    assert not torch.equal(a.alphas_normal, c.alphas_normal)
+
+
+# --------------------------------------------------------------------------- 9. forward count
+
+
+@pytest.mark.parametrize("keep_mean", [True, False])
+def test_forward_passes_per_es_epoch(keep_mean):
+    s = _search({"restarts": 3, "popsize": 5, "generations": 2, "keep_mean": keep_mean})
+    calls = []
+    handle = s.model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    res = s.es_update(t=1)
+    handle.remove()
+    N, lam, G = 3, 5, 2
+    expected = 1 + N * (lam * G + 1) + (N if keep_mean else 0)  # ALGORITHMS.md §4(e).9 with the mean in P
+    assert len(calls) == expected == res.evaluations
+
+
+# --------------------------------------------------------------------------- 10. genotype validity
+
+
+def test_genotype_validity_after_search():
+    g = _search({"search_epochs": 2, "warmup_epochs": 0}).run().genotype
+    for kind in ("normal", "reduce"):
+        pairs = getattr(g, kind)
+        assert len(pairs) == 8
+        assert {op for op, _ in pairs} <= set(EGNAS_PRIMITIVES) and "none" not in {op for op, _ in pairs}
+        for i, node in enumerate(g.nodes(kind)):
+            ins = [idx for _, idx in node]
+            assert len(set(ins)) == 2 and max(ins) <= i + 1
+
+
+# --------------------------------------------------------------------------- baseline, checkpoints, config
+
+
+def test_gradient_baseline_moves_alpha_after_warmup_only():
+    s = _search({"alpha_update": "gradient", "arch_lr": 0.05})
+    out = s.run()
+    assert [h["alpha_changed"] for h in out.history] == [False, True]
+    assert out.wall_arch_s > 0 and "sigma" not in out.history[1]
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    over = {"search_epochs": 3, "warmup_epochs": 1}
+    ref = _search(over, ckpt_dir=tmp_path / "ref")
+    full = ref.run()
+
+    class Killed(Exception):
+        pass
+
+    def killer(phase, done, total, info):
+        if phase == "search" and done == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _search(over, ckpt_dir=tmp_path / "run", progress=killer).run()
+    state = json.loads((tmp_path / "run" / "search_state.json").read_text())
+    assert state["epoch_done"] == 2 and len(state["cma_last_epoch"]) == 2
+    assert sorted(p.name for p in (tmp_path / "run").glob("search_tensors.*.pt")) == [state["tensors"]]
+    resumed = _search(over, ckpt_dir=tmp_path / "run")
+    out = resumed.run()
+    assert out.resumed_from_epoch == 2 and [h["epoch"] for h in out.history] == [1, 2, 3]
+    assert torch.equal(out.alphas_normal, full.alphas_normal) and torch.equal(out.alphas_reduce, full.alphas_reduce)
+    for (k, v), (k2, v2) in zip(ref.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    assert _search({**over, "xi": 0.5}, ckpt_dir=tmp_path / "run").try_resume() == 0  # other config: fresh
+
+
+def test_config_validation_presets_and_json():
+    with pytest.raises(ConfigError, match="alpha_update"):
+        EGNASConfig(alpha_update="adam")
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        EGNASConfig(search_epochs=5, warmup_epochs=6)
+    with pytest.raises(ConfigError, match="partial_channels"):
+        EGNASConfig(search_C=6, partial_channels=4)
+    with pytest.raises(ConfigError, match="preset"):
+        EGNASConfig.preset("gpu-huge")
+    paper = EGNASConfig()
+    assert (paper.zeta, paper.eta, paper.xi, paper.restarts, paper.popsize, paper.generations) == (1.0, 0.4, 0.6, 5, 25, 1)
+    small = EGNASConfig.preset("cpu-small", search_epochs=4)
+    assert small.search_epochs == 4 and small.restarts == 2 and small.popsize == 8
+    d = config_to_dict(small)
+    assert config_from_dict(EGNASConfig, json.loads(json.dumps(d))) == small
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_compress_end_to_end_meets_budget(digits_task, tmp_path):
+    import compress.strategies.eg_nas  # noqa: F401  (registers "eg-nas")
+    from compress.api import compress
+    from compress.serialization import load_student
+    from compress.testing import TinyConvNet
+
+    torch.manual_seed(0)
+    res = compress(TinyConvNet().eval(), "macs=0.5x", data=digits_task, strategy="eg-nas", config=FAST,
+                   progress=False, out_dir=tmp_path, latency_repeats=3, latency_warmup=1)
+    assert res.budget_check.ok and res.student_report.cost.macs <= 0.5 * res.teacher.cost.macs
+    assert res.validation.ok
+    info = res.info
+    assert len(info["alpha_entropy_history"]) == 2 and info["best_fitness_history"][0] is None
+    assert isinstance(info["best_fitness_history"][1], float)
+    assert info["chosen"]["C"] in FAST["candidates_C"] and info["chosen"]["layers"] == 3
+    assert info["wall_s_arch_update"] > 0 and info["wall_s_weights"] > 0
+    assert {"search", "sizing", "retrain"} <= set(res.wall_s)
+    assert [h["epoch"] for h in res.history if h.get("phase") == "search"] == [1, 2]
+    assert (tmp_path / "checkpoints" / "eg-nas" / "search_state.json").is_file()
+    report = json.loads((tmp_path / "report.json").read_text())
+    reloaded = load_student(tmp_path, base=build_from_arch(report["info"]["student_arch"]))
+    x = next(iter(digits_task.val))[0][:4]
+    torch.testing.assert_close(reloaded(x), res.student(x))
