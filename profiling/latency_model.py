@@ -8,10 +8,11 @@ It has two parts:
   the first time it is asked for: a one-layer ONNX graph is built directly with ``onnx.helper``
   (no torch export, a few ms), timed with onnxruntime under the target's session options, and the
   result is stored in a JSON file keyed by the target and the onnxruntime version.
-* :class:`LatencyModel` -- predicts a whole network as ``a * sum(layer latencies) + b``; ``a``
-  and ``b`` are fitted once per target by least squares on end-to-end measurements of a few
-  calibration networks (they absorb the element-wise ops, pooling and per-call overhead that the
-  table does not see). :meth:`LatencyModel.evaluate` reports the error against end-to-end
+* :class:`LatencyModel` -- predicts a whole network from the sums of its layers' table latencies
+  in onnxruntime's two conv regimes (channel-blocked and plain) plus a constant; the three
+  coefficients are fitted once per target by non-negative least squares on end-to-end
+  measurements of a few calibration networks (they absorb element-wise ops, pooling, layout
+  changes and per-call overhead that one-layer measurements do not see). :meth:`LatencyModel.evaluate` reports the error against end-to-end
   measurement on held-out networks. Budget checks at the end of a run always use a real
   measurement, never this model.
 """
@@ -82,11 +83,27 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("slimforge")) / "latency"
 
 
-def _onnx_for(cfg: LayerConfig, batch: int) -> bytes:
-    import onnx
+@dataclass(frozen=True)
+class _Overhead:
+    """An Identity graph on the same input: the fixed cost of one ``session.run`` call, which a
+    one-layer measurement includes but a layer inside a whole network does not pay again."""
+
+    shape: tuple[int, ...]
+
+    def key(self) -> str:
+        return "overhead:" + ":".join(map(str, self.shape))
+
+
+def _onnx_for(cfg: "LayerConfig | _Overhead", batch: int) -> bytes:
+    import onnx  # noqa: F401
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
+    if isinstance(cfg, _Overhead):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *cfg.shape])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead", [x], [y])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10).SerializeToString()
     if isinstance(cfg, ConvConfig):
         w = rng.standard_normal((cfg.cout, cfg.cin // cfg.groups, cfg.k, cfg.k)).astype(np.float32)
         b = np.zeros(cfg.cout, np.float32)
@@ -122,7 +139,7 @@ class LayerLatencyTable:
         self.target = target
         self.repeats = repeats
         self.warmup = warmup
-        ident = {**target.to_dict(), "input_shape": None, "name": None, "ort": ort.__version__}
+        ident = {**target.to_dict(), "input_shape": None, "name": None, "ort": ort.__version__, "format": 2}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         self.path = Path(cache_dir or default_cache_dir()) / f"layers-{digest}.json"
         self.entries: dict[str, float] = {}
@@ -135,15 +152,20 @@ class LayerLatencyTable:
         self._dirty = False
 
     def latency(self, cfg: LayerConfig) -> float:
-        """Median latency in ms of the layer ``cfg`` alone on the target (measured once, then cached)."""
+        """Median latency in ms of the layer ``cfg`` on the target, net of the fixed cost of a
+        ``session.run`` call on the same input (measured once, then cached; never negative)."""
         k = cfg.key()
         if k not in self.entries:
-            self.entries[k] = self._measure(cfg)
+            shape = (cfg.cin, cfg.h, cfg.w) if isinstance(cfg, ConvConfig) else (cfg.fin,)
+            ov = _Overhead(shape)
+            if ov.key() not in self.entries:
+                self.entries[ov.key()] = self._measure(ov)
+            self.entries[k] = max(self._measure(cfg) - self.entries[ov.key()], 0.0)
             self.measured += 1
             self._dirty = True
         return self.entries[k]
 
-    def _measure(self, cfg: LayerConfig) -> float:
+    def _measure(self, cfg: "LayerConfig | _Overhead") -> float:
         import onnxruntime as ort
 
         so = self.target.session_options()
@@ -151,7 +173,9 @@ class LayerLatencyTable:
             sess = ort.InferenceSession(_onnx_for(cfg, self.target.batch_size), so, providers=[self.target.provider])
         except Exception as exc:
             raise ProfilingError(f"could not time layer {cfg}: {exc}") from exc
-        if isinstance(cfg, ConvConfig):
+        if isinstance(cfg, _Overhead):
+            shape = (self.target.batch_size, *cfg.shape)
+        elif isinstance(cfg, ConvConfig):
             shape = (self.target.batch_size, cfg.cin, cfg.h, cfg.w)
         else:
             shape = (self.target.batch_size, cfg.fin)
@@ -169,7 +193,7 @@ class LayerLatencyTable:
         """Write the table atomically if anything new was measured."""
         if not self._dirty:
             return None
-        payload = {"format": "slimforge-latency-table/1", "target": self.target.to_dict(), "entries": self.entries}
+        payload = {"format": "slimforge-latency-table/2", "target": self.target.to_dict(), "entries": self.entries}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json.dumps(payload, sort_keys=True))
         self._dirty = False
@@ -205,34 +229,77 @@ def layer_configs(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[
     return found
 
 
+def _blocked(cfg: LayerConfig, block: int) -> bool:
+    """Does this layer run in onnxruntime's channel-blocked (NCHWc) layout? Only convs whose
+    output channels, and input channels unless it is the image stem, are multiples of the block."""
+    if not isinstance(cfg, ConvConfig):
+        return False
+    return cfg.cout % block == 0 and (cfg.cin % block == 0 or cfg.cin <= 4)
+
+
 @dataclass
 class LatencyModel:
-    """``predicted_ms = a * sum(table latencies of the model's layers) + b`` on one target."""
+    """``predicted_ms = a_blocked * sum(blocked layers) + a_plain * sum(other layers) + b``.
+
+    Two coefficients because onnxruntime runs a network's convs in two regimes: channel-blocked
+    (NCHWc) kernels that stay in the blocked layout from layer to layer, and plain im2col/GEMM
+    kernels; a one-layer measurement prices the two regimes differently from how they behave
+    inside a network. The block size (8 or 16, depending on the CPU's vector width) is chosen by
+    the calibration fit.
+    """
 
     table: LayerLatencyTable
-    a: float = 1.0
+    a_blocked: float = 1.0
+    a_plain: float = 1.0
     b: float = 0.0
+    block: int = 8
     calibrated_on: int = 0
 
+    def features(self, model: nn.Module, example_inputs: torch.Tensor, block: int | None = None) -> tuple[float, float]:
+        blk = block or self.block
+        fb = fp = 0.0
+        for _, cfg in layer_configs(model, example_inputs):
+            t = self.table.latency(cfg)
+            if _blocked(cfg, blk):
+                fb += t
+            else:
+                fp += t
+        return fb, fp
+
     def layer_sum(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
-        return float(sum(self.table.latency(cfg) for _, cfg in layer_configs(model, example_inputs)))
+        return float(sum(self.features(model, example_inputs)))
 
     def predict(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
         """Predicted median latency (ms) of ``model`` on the table's target."""
-        return self.a * self.layer_sum(model, example_inputs) + self.b
+        fb, fp = self.features(model, example_inputs)
+        return self.a_blocked * fb + self.a_plain * fp + self.b
+
+    def _target(self, example_inputs: torch.Tensor) -> Target:
+        t = self.table.target
+        return t if t.input_shape else t.with_input_shape(tuple(example_inputs.shape[1:]))
 
     def calibrate(self, models: Sequence[nn.Module], example_inputs: torch.Tensor, *, repeats: int = 30) -> "LatencyModel":
-        """Fit ``a, b`` by least squares on end-to-end ORT measurements of ``models`` (>= 2)."""
+        """Fit the coefficients by non-negative least squares on relative error against end-to-end
+        ORT measurements of ``models`` (>= 4 networks of different sizes and widths)."""
+        from scipy.optimize import nnls
+
         from compress.profiling.latency import profile_latency
 
-        if len(models) < 2:
-            raise ProfilingError("calibrate the latency model on at least 2 networks of different sizes")
-        xs = np.array([self.layer_sum(m, example_inputs) for m in models])
-        t = self.table.target if self.table.target.input_shape else self.table.target.with_input_shape(tuple(example_inputs.shape[1:]))
+        if len(models) < 4:
+            raise ProfilingError("calibrate the latency model on at least 4 networks of different sizes")
+        t = self._target(example_inputs)
         ys = np.array([profile_latency(m, t, repeats=repeats, example_inputs=example_inputs).median_ms for m in models])
-        A = np.stack([xs, np.ones_like(xs)], axis=1)
-        (a, b), *_ = np.linalg.lstsq(A, ys, rcond=None)
-        self.a, self.b, self.calibrated_on = float(a), float(b), len(models)
+        best = None
+        for block in (8, 16):
+            X = np.array([[*self.features(m, example_inputs, block), 1.0] for m in models])
+            w = 1.0 / ys  # relative-error weighting
+            coef, _ = nnls(X * w[:, None], ys * w)
+            err = float(np.abs(X @ coef - ys).__truediv__(ys).max())
+            if best is None or err < best[0]:
+                best = (err, block, coef)
+        _, self.block, (self.a_blocked, self.a_plain, self.b) = best
+        self.a_blocked, self.a_plain, self.b = float(self.a_blocked), float(self.a_plain), float(self.b)
+        self.calibrated_on = len(models)
         self.table.save()
         return self
 
@@ -240,7 +307,7 @@ class LatencyModel:
         """Relative errors ``(predicted - measured) / measured`` on held-out networks."""
         from compress.profiling.latency import profile_latency
 
-        t = self.table.target if self.table.target.input_shape else self.table.target.with_input_shape(tuple(example_inputs.shape[1:]))
+        t = self._target(example_inputs)
         rows = []
         for m in models:
             pred = self.predict(m, example_inputs)
@@ -249,10 +316,8 @@ class LatencyModel:
         errs = np.array([abs(r["rel_error"]) for r in rows])
         self.table.save()
         return {"rows": rows, "abs_rel_error": {"median": float(np.median(errs)), "p90": float(np.percentile(errs, 90)),
-                                                "max": float(errs.max())}, "a": self.a, "b": self.b}
+                                                "max": float(errs.max())}, **self.to_dict()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "calibrated_on": self.calibrated_on, "table": str(self.table.path),
-                "target": self.table.target.to_dict()}
-
-
+        return {"a_blocked": self.a_blocked, "a_plain": self.a_plain, "b": self.b, "block": self.block,
+                "calibrated_on": self.calibrated_on, "table": str(self.table.path), "target": self.table.target.to_dict()}
