@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -24,7 +25,7 @@ from torch import nn
 
 from compress.budgets import Budget, CostError, measure_cost
 from compress.data import TaskData, as_task_data, collect
-from compress.errors import UnsupportedModelError
+from compress.errors import ConfigError, DataError, UnsupportedModelError
 from compress.exporters import export_onnx, validate_onnx
 from compress.profiling import Target, profile_latency
 from compress.registry import get_strategy
@@ -181,18 +182,60 @@ def compress(
     if target.input_shape is None:
         target = target.with_input_shape(task.spec.input_shape)
     budget_obj = Budget.coerce(budget_obj, target=target)
-    progress_fn, close_progress = _progress_fn(progress)
     seed_everything(seed)
 
+    if out_dir is not None:
+        _check_writable(Path(out_dir))
     x_val, y_val = collect(task.val)
+    _check_batch(x_val, y_val, task.spec.num_classes)
     example = x_val[:2].clone()
     _check_model(model, example, task.spec.num_classes, "model")
     if teacher is not None:
         _check_model(teacher, example, task.spec.num_classes, "teacher")
 
-    work_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="slimforge-"))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    art_dir = Path(tempfile.mkdtemp(prefix=".artifacts-", dir=work_dir))
+    # artifacts are staged in a private temp dir; out_dir only ever receives complete files
+    # (result.save writes each atomically) and the strategies' atomic checkpoints.
+    art_dir = Path(tempfile.mkdtemp(prefix="slimforge-"))
+    work_dir = Path(out_dir) if out_dir is not None else art_dir
+    try:
+        return _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val,
+                         work_dir, art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats,
+                         mobile, int8, t_start, wall)
+    except BaseException:
+        shutil.rmtree(art_dir, ignore_errors=True)
+        raise
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an output directory that cannot be created or written, before any work."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output path {path} exists and is not a directory; choose a directory for out_dir.")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {path} cannot be written ({probe} is not writable); choose another out_dir.")
+
+
+def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+    if not x.is_floating_point():
+        raise DataError(
+            f"inputs are {x.dtype}; the model needs float images (B, C, H, W): convert with x.float() / 255 and "
+            "normalise (compress.data loaders do this for you)."
+        )
+    if y.dtype.is_floating_point or y.dim() != 1:
+        raise DataError(f"labels must be int64 class indices of shape (B,), got {y.dtype} {tuple(y.shape)}.")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise DataError(
+            f"labels range over [{int(y.min())}, {int(y.max())}] but the task has {num_classes} classes; "
+            "labels must be 0..num_classes-1."
+        )
+
+
+def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val, work_dir,
+              art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats, mobile, int8,
+              t_start, wall) -> CompressionResult:
+    progress_fn, close_progress = _progress_fn(progress)
 
     # ---------------------------------------------------------------- teacher
     t0 = time.perf_counter()

@@ -84,6 +84,17 @@ def _resize(m: nn.Module, spec: dict[str, Any]) -> None:
             m.running_var = torch.ones(n)
 
 
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise ModelSpecError(
+            f"{path} is corrupt or truncated ({exc}); re-run the compression or restore the file from its source."
+        ) from exc
+
+
 def load_student(directory: str | Path, base: nn.Module | None = None, *, num_classes: int | None = None) -> nn.Module:
     """Rebuild a saved student.
 
@@ -93,25 +104,24 @@ def load_student(directory: str | Path, base: nn.Module | None = None, *, num_cl
             ``base_spec`` with :func:`compress.models.load_model`.
 
     Raises:
-        ModelSpecError: files missing, no base model available, or tensors do not fit.
+        ModelSpecError: files missing or corrupt, no base model available, or tensors do not fit.
     """
-    from safetensors.torch import load_file
-
     from compress.models import load_model, pad_shortcuts_to_conv
 
     d = Path(directory)
     arch_path, w_path = d / "student.arch.json", d / "student.safetensors"
     if not arch_path.is_file() or not w_path.is_file():
         raise ModelSpecError(f"{d} has no student.arch.json / student.safetensors; point to a slimforge output directory.")
-    arch = json.loads(arch_path.read_text())
+    try:
+        arch = json.loads(arch_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelSpecError(f"{arch_path} is corrupt or truncated ({exc}); re-run the compression.") from exc
     if arch.get("builder"):
         from compress.registry import get_strategy
 
         model = get_strategy(arch["builder"]["strategy"]).build_student(arch["builder"]["args"])
         try:
-            from safetensors.torch import load_file as _lf
-
-            model.load_state_dict(_lf(str(w_path)), strict=True)
+            model.load_state_dict(_read_tensors(w_path), strict=True)
         except RuntimeError as exc:
             raise ModelSpecError(f"Saved tensors do not fit the rebuilt student: {str(exc).splitlines()[0]}") from exc
         return model.eval()
@@ -132,7 +142,7 @@ def load_student(directory: str | Path, base: nn.Module | None = None, *, num_cl
         if name not in modules:
             raise ModelSpecError(f"Saved module {name!r} does not exist in the base model {type(base).__name__}.")
         _resize(modules[name], spec)
-    state = load_file(str(w_path))
+    state = _read_tensors(w_path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

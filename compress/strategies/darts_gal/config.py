@@ -1,0 +1,327 @@
+"""``DartsGalConfig``: every setting of the ``darts-gal`` strategy (one frozen dataclass).
+
+Defaults are the paper's where it gives them (Zhang et al., Information Sciences 2021, §4: lr 0.01
+in every stage, search batch 32, pruning batch 100, 5 discriminator steps per generator step) and
+the GAL reference code's where the paper is silent (ALGORITHMS.md §3(b): discriminator, loss wiring,
+FISTA every 200 iterations, SGD momentum 0.9 / wd 2e-4, StepLR(30, 0.1), 100 pruning epochs). They
+are GPU scale; ``DartsGalConfig.preset("cpu-small")`` is the CPU profile of ALGORITHMS.md §3(c).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from compress.errors import ConfigError
+from compress.strategies._parts.training import AUGMENTATIONS
+from compress.strategies.darts.genotype import GENOTYPES, Genotype
+from compress.strategies.darts.sizing import DEFAULT_C, DEFAULT_LAYERS
+
+__all__ = ["DartsGalConfig", "PRESETS", "resolve_genotype", "phase_fields"]
+
+
+@dataclass(frozen=True)
+class DartsGalConfig:
+    """Settings of ``darts-gal``; every field lands in ``report.json`` under ``config``.
+
+    Stage 1 -- genotype (paper §3.1; ALGORITHMS.md §0.3-0.4):
+        genotype: ``"search"`` (DARTS search on the user's data), a published cell name
+            (``"DARTS_V2"`` = the paper's Fig. 5 cells, ``"DARTS_V1"``, ``"PC_DARTS_CIFAR"``,
+            ``"EG_NAS_CIFAR10"``), or a Genotype JSON object (``Genotype.to_json()``).
+        search_C, search_layers: supernet width and cells (16, 8).
+        search_epochs: 50. search_batch_size: 32 (paper).
+        search_lr, search_lr_min: weight SGD, cosine per epoch (0.01 paper -> 0.001 DARTS).
+        search_momentum, search_weight_decay, grad_clip: 0.9, 3e-4, 5 (DARTS).
+        train_portion: fraction of the training split that trains the weights; the rest trains
+            the architecture (0.5, DARTS).
+        second_order: unrolled architecture gradient (DARTS Eq. 7-8); default first order.
+        arch_lr, arch_weight_decay: Adam on alpha (3e-4, 1e-3; betas (0.5, 0.999)).
+        arch_warmup_epochs: epochs without alpha updates (0 DARTS; PC-DARTS uses 15).
+        partial_channels: PC-DARTS K (1 = off); edge_norm: PC-DARTS edge normalisation.
+        search_stem_stride: 1, or 2 to search at half resolution (CPU).
+        search_max_steps_per_epoch: cap on weight steps per search epoch (None: the whole half).
+        search_val_batches: task val batches for the per-epoch supernet accuracy (None: all).
+
+    Sizing (budget; no formula, every candidate measured by ``ctx.check``):
+        candidates_C, candidates_layers, stem_strides, capacity: the (C, cells) grid of
+            :func:`~compress.strategies.darts.sizing.size_to_budget`.
+        size_margin: the baseline is sized to ``size_margin`` x every budget limit (>= 1);
+            above 1 the GAL pruning (and the closing loop) must bring it into the budget.
+
+    Stage 2 -- baseline (stacked network, KD from the teacher; paper: 50 epochs, lr 0.01):
+        baseline_epochs, baseline_lr, baseline_momentum, baseline_weight_decay,
+        baseline_max_steps_per_epoch; drop_path (drop-path probability ramped over the baseline
+        and the retrain; 0 = off).
+
+    Stage 3 -- GAL (Eq. 4-7; ALGORITHMS.md §3(b)):
+        gal_epochs: 100 (GAL reference). gal_batch_size: 100 (paper).
+        gal_lr, gal_momentum, gal_weight_decay: SGD on the generator weights (wd = R(W_G)).
+        gal_lr_step_epochs, gal_lr_gamma: StepLR of every GAL learning rate (30, 0.1).
+        gal_max_g_steps_per_epoch: cap on generator steps per GAL epoch (None: one pass over the
+            data, ``n_critic + 1`` batches per generator step).
+        n_critic: discriminator steps per generator step (5, paper §3.4), each on a fresh batch.
+        gan: ``"log"`` (Eq. 5 log-loss, GAL wiring) or ``"wgan"`` (critic D(f_g) - D(f_b),
+            generator -D(f_g), weight clipping ``wgan_clip``).
+        d_input: ``"softmax"`` (paper: softmax outputs are the true/false labels) or ``"logits"``
+            (GAL code); the same features enter the data loss.
+        d_hidden, d_activation: discriminator ``K -> 128 -> 256 -> 128 -> 1`` with no hidden
+            activations (GAL code, issue #4) or ``"relu"``.
+        d_lr, d_momentum, d_weight_decay: SGD on the discriminator.
+        mu: weight of the data loss (Eq. 6, ``(1/2n) sum ||f_b - f_g||^2``).
+        sparse_lambda: lambda of ``R_lambda(s) = lambda ||s||_1`` (not given by the paper).
+        lambda_sweep: optional lambdas tried from the same baseline (ALGORITHMS.md §3(c)); the one
+            whose removed-node fraction is closest to ``target_prune_fraction`` (within the
+            budget) wins; empty = ``sparse_lambda`` only.
+        target_prune_fraction: 0.5 (the paper removes 40-65 % of the intermediate nodes).
+        mask_lr: FISTA step size (0.01); mask_step: generator steps between FISTA updates (200).
+        mask_init: ``"ones"`` (G == B at step 0) or ``"normal"`` (GAL code: N(0, 1)).
+        l1_in_gradient: the mask gradient includes ``lambda * sign(m)`` before soft-thresholding
+            (GAL code) -- off gives the textbook proximal step.
+        mask_threshold: a node whose mask is <= this value is removed (0).
+        keep_nonempty: a cell whose masks are all zero keeps its strongest node (the paper's
+            Tables 3/5 show empty cells; see the strategy docstring).
+
+    Closing loop (budget):
+        max_prune_rounds: extra GAL rounds with lambda x ``lambda_growth`` while the pruned
+            network is over budget; then the smallest masks are zeroed one by one.
+        prune_round_epochs: GAL epochs per extra round (None: ``gal_epochs``).
+
+    Stage 4 -- retrain (KD from the teacher):
+        retrain: ``"scratch"`` (paper §3.4) or ``"finetune"`` (GAL: keep the pruned weights).
+        final_epochs, final_lr, final_momentum, final_weight_decay, final_max_steps_per_epoch:
+            paper: same hyper-parameters as the baseline (50 epochs, lr 0.01).
+        kd_alpha, kd_temperature: KD in the baseline and the retrain.
+        augment: ``"none"`` or ``"flip-crop"`` (baseline and retrain).
+
+    Raises:
+        ConfigError: any value out of range (the message names the field).
+    """
+
+    # stage 1: genotype / search
+    genotype: str = "search"
+    search_C: int = 16
+    search_layers: int = 8
+    search_epochs: int = 50
+    search_batch_size: int = 32
+    search_lr: float = 0.01
+    search_lr_min: float = 0.001
+    search_momentum: float = 0.9
+    search_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    train_portion: float = 0.5
+    second_order: bool = False
+    arch_lr: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    arch_warmup_epochs: int = 0
+    partial_channels: int = 1
+    edge_norm: bool = False
+    search_stem_stride: int = 1
+    search_max_steps_per_epoch: int | None = None
+    search_val_batches: int | None = None
+    # sizing
+    candidates_C: tuple[int, ...] = DEFAULT_C
+    candidates_layers: tuple[int, ...] = DEFAULT_LAYERS
+    stem_strides: tuple[int, ...] = (1, 2)
+    capacity: str = "params"
+    size_margin: float = 1.0
+    # stage 2: baseline
+    baseline_epochs: int = 50
+    baseline_lr: float = 0.01
+    baseline_momentum: float = 0.9
+    baseline_weight_decay: float = 3e-4
+    baseline_max_steps_per_epoch: int | None = None
+    drop_path: float = 0.0
+    # stage 3: GAL
+    gal_epochs: int = 100
+    gal_batch_size: int = 100
+    gal_lr: float = 0.01
+    gal_momentum: float = 0.9
+    gal_weight_decay: float = 2e-4
+    gal_lr_step_epochs: int = 30
+    gal_lr_gamma: float = 0.1
+    gal_max_g_steps_per_epoch: int | None = None
+    n_critic: int = 5
+    gan: str = "log"
+    wgan_clip: float = 0.01
+    d_input: str = "softmax"
+    d_hidden: tuple[int, ...] = (128, 256, 128)
+    d_activation: str = "none"
+    d_lr: float = 0.01
+    d_momentum: float = 0.9
+    d_weight_decay: float = 2e-4
+    mu: float = 1.0
+    sparse_lambda: float = 0.6
+    lambda_sweep: tuple[float, ...] = ()
+    target_prune_fraction: float = 0.5
+    mask_lr: float = 0.01
+    mask_step: int = 200
+    mask_init: str = "ones"
+    l1_in_gradient: bool = True
+    mask_threshold: float = 0.0
+    keep_nonempty: bool = True
+    # closing loop
+    max_prune_rounds: int = 3
+    lambda_growth: float = 4.0
+    prune_round_epochs: int | None = None
+    # stage 4: retrain
+    retrain: str = "scratch"
+    final_epochs: int = 50
+    final_lr: float = 0.01
+    final_momentum: float = 0.9
+    final_weight_decay: float = 3e-4
+    final_max_steps_per_epoch: int | None = None
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    augment: str = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("candidates_C", "candidates_layers", "stem_strides", "d_hidden"):
+            try:
+                object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"DartsGalConfig: {name} must be a sequence of ints: {exc}") from exc
+        try:
+            object.__setattr__(self, "lambda_sweep", tuple(float(v) for v in self.lambda_sweep))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"DartsGalConfig: lambda_sweep must be a sequence of numbers: {exc}") from exc
+
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"DartsGalConfig: {msg}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        resolve_genotype(self.genotype)  # raises ConfigError with the known names
+        for name in ("search_C", "search_layers", "search_epochs", "search_batch_size", "partial_channels",
+                     "gal_batch_size", "n_critic", "mask_step", "gal_lr_step_epochs"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be an int >= 1.")
+        for name in ("baseline_epochs", "gal_epochs", "final_epochs", "arch_warmup_epochs", "max_prune_rounds"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be an int >= 0.")
+        for name in ("search_max_steps_per_epoch", "search_val_batches", "baseline_max_steps_per_epoch",
+                     "gal_max_g_steps_per_epoch", "final_max_steps_per_epoch", "prune_round_epochs"):
+            v = getattr(self, name)
+            need(v is None or (is_int(v) and v >= 1), f"{name} must be None or an int >= 1, got {v!r}.")
+        need(self.search_C % 2 == 0, f"search_C must be even (FactorizedReduce halves it), got {self.search_C}.")
+        need(self.search_C % self.partial_channels == 0,
+             f"partial_channels={self.partial_channels} must divide search_C={self.search_C}.")
+        need(self.search_stem_stride in (1, 2), f"search_stem_stride must be 1 or 2, got {self.search_stem_stride}.")
+        need(self.arch_warmup_epochs <= self.search_epochs,
+             f"arch_warmup_epochs must be <= search_epochs={self.search_epochs}, got {self.arch_warmup_epochs}.")
+        need(0.0 < self.train_portion < 1.0, f"train_portion must be in (0, 1), got {self.train_portion}.")
+        need(self.search_lr > 0 and 0 <= self.search_lr_min <= self.search_lr,
+             "need search_lr > 0 and 0 <= search_lr_min <= search_lr.")
+        for name in ("search_momentum", "baseline_momentum", "gal_momentum", "d_momentum", "final_momentum"):
+            need(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        for name in ("search_weight_decay", "baseline_weight_decay", "gal_weight_decay", "d_weight_decay",
+                     "final_weight_decay", "arch_weight_decay", "mu", "mask_threshold"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("search_lr", "arch_lr", "baseline_lr", "gal_lr", "d_lr", "mask_lr", "final_lr", "grad_clip",
+                     "wgan_clip", "kd_temperature"):
+            need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}.")
+        need(0.0 < self.gal_lr_gamma <= 1.0, f"gal_lr_gamma must be in (0, 1], got {self.gal_lr_gamma}.")
+        need(bool(self.candidates_C) and all(c >= 2 and c % 2 == 0 for c in self.candidates_C),
+             f"candidates_C must be even ints >= 2, got {self.candidates_C}.")
+        need(bool(self.candidates_layers) and all(v >= 1 for v in self.candidates_layers),
+             f"candidates_layers must be ints >= 1, got {self.candidates_layers}.")
+        need(bool(self.stem_strides) and all(s in (1, 2) for s in self.stem_strides),
+             f"stem_strides must be 1 and/or 2, got {self.stem_strides}.")
+        need(self.capacity in ("params", "macs"), f"capacity must be 'params' or 'macs', got {self.capacity!r}.")
+        need(self.size_margin >= 1.0, f"size_margin must be >= 1 (the baseline may exceed the budget, never "
+             f"undershoot it), got {self.size_margin}.")
+        need(0.0 <= self.drop_path < 1.0, f"drop_path must be in [0, 1), got {self.drop_path}.")
+        need(self.gan in ("log", "wgan"), f"gan must be 'log' or 'wgan', got {self.gan!r}.")
+        need(self.d_input in ("softmax", "logits"), f"d_input must be 'softmax' or 'logits', got {self.d_input!r}.")
+        need(self.d_activation in ("none", "relu"), f"d_activation must be 'none' or 'relu', got {self.d_activation!r}.")
+        need(all(h >= 1 for h in self.d_hidden), f"d_hidden sizes must be >= 1, got {self.d_hidden}.")
+        need(self.sparse_lambda >= 0, f"sparse_lambda must be >= 0, got {self.sparse_lambda}.")
+        need(all(v >= 0 for v in self.lambda_sweep), f"lambda_sweep values must be >= 0, got {self.lambda_sweep}.")
+        need(0.0 <= self.target_prune_fraction <= 1.0,
+             f"target_prune_fraction must be in [0, 1], got {self.target_prune_fraction}.")
+        need(self.mask_init in ("ones", "normal"), f"mask_init must be 'ones' or 'normal', got {self.mask_init!r}.")
+        need(self.lambda_growth > 1.0, f"lambda_growth must be > 1, got {self.lambda_growth}.")
+        need(self.retrain in ("scratch", "finetune"), f"retrain must be 'scratch' or 'finetune', got {self.retrain!r}.")
+        need(0.0 <= self.kd_alpha <= 1.0, f"kd_alpha must be in [0, 1], got {self.kd_alpha}.")
+        need(self.augment in AUGMENTATIONS, f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "DartsGalConfig":
+        """A named setting plus overrides.
+
+        * ``"paper"``: the defaults (GPU scale).
+        * ``"cpu-small"``: ALGORITHMS.md §3(c) -- a tiny first-order search (C 8, 5 cells, at half
+          resolution, 5 epochs), a small sizing grid, 10 baseline epochs, 4 GAL epochs with a
+          FISTA step every 2 generator steps, 10 retrain epochs. A few minutes on 2 CPU cores for
+          the digits demo.
+
+        Raises:
+            ConfigError: unknown preset name.
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"Unknown DartsGalConfig preset {name!r}; known: {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu-small": dict(
+        search_C=8, search_layers=5, search_stem_stride=2, search_epochs=5, search_batch_size=32,
+        search_lr=0.025, search_max_steps_per_epoch=10, search_val_batches=2,
+        candidates_C=(4, 6, 8, 10, 12, 16, 20, 24), candidates_layers=(5, 8),
+        baseline_epochs=10, baseline_lr=0.025,
+        gal_epochs=4, gal_max_g_steps_per_epoch=8, mask_step=2, mask_lr=0.05, sparse_lambda=0.5,
+        gal_lr_step_epochs=30, max_prune_rounds=2, prune_round_epochs=2,
+        final_epochs=10, final_lr=0.025,
+    ),
+}
+
+
+def resolve_genotype(value: str) -> Genotype | None:
+    """``None`` for ``"search"``, else the published genotype of that name or the parsed JSON.
+
+    Raises:
+        ConfigError: neither ``"search"``, a known name, nor valid Genotype JSON.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"DartsGalConfig: genotype must be a string, got {type(value).__name__}.")
+    if value == "search":
+        return None
+    if value in GENOTYPES:
+        return GENOTYPES[value]
+    if value.lstrip().startswith("{"):
+        try:
+            return Genotype.from_json(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"DartsGalConfig: genotype is not valid JSON: {exc}") from exc
+    raise ConfigError(
+        f"DartsGalConfig: genotype {value!r} is unknown; use 'search', one of {sorted(GENOTYPES)}, "
+        "or a Genotype JSON object (Genotype.to_json())."
+    )
+
+
+_SEARCH = {"genotype", "search_C", "search_layers", "search_epochs", "search_batch_size", "search_lr",
+           "search_lr_min", "search_momentum", "search_weight_decay", "grad_clip", "train_portion", "second_order",
+           "arch_lr", "arch_weight_decay", "arch_warmup_epochs", "partial_channels", "edge_norm",
+           "search_stem_stride", "search_max_steps_per_epoch", "search_val_batches"}
+_BASELINE = {"candidates_C", "candidates_layers", "stem_strides", "capacity", "size_margin", "baseline_epochs",
+             "baseline_lr", "baseline_momentum", "baseline_weight_decay", "baseline_max_steps_per_epoch",
+             "drop_path", "kd_alpha", "kd_temperature", "augment"}
+_FINAL = {"retrain", "final_epochs", "final_lr", "final_momentum", "final_weight_decay",
+          "final_max_steps_per_epoch"}
+
+
+def phase_fields(phase: str) -> set[str]:
+    """Config fields that change a phase's result (their hash guards its checkpoint): ``"search"``,
+    ``"baseline"`` (sizing + baseline training), ``"gal"`` (pruning + closing loop), ``"retrain"``."""
+    names = {f.name for f in dataclasses.fields(DartsGalConfig)}
+    if phase == "search":
+        return set(_SEARCH)
+    if phase == "baseline":
+        return set(_BASELINE)
+    if phase == "retrain":
+        return set(_FINAL)
+    if phase == "gal":
+        return names - _SEARCH - _BASELINE - _FINAL
+    raise ConfigError(f"unknown phase {phase!r}")

@@ -1,0 +1,420 @@
+"""GAL: generative adversarial learning of soft node masks (Lin et al., CVPR 2019, as used by
+DARTS-GAL §3.3, Eq. 4-7; reference-code details in ALGORITHMS.md §3(b)).
+
+The baseline ``B`` (a trained :class:`~compress.strategies.darts.model.NetworkCIFAR`) is frozen.
+The generator ``G`` is a copy of ``B`` with one scalar soft mask ``m_{c,i} >= 0`` per intermediate
+node ``i`` of every cell ``c`` (placement of ALGORITHMS.md §3(b).8: ``m_i`` multiplies node i's
+concat slice and every edge that reads node i, so a node whose mask is 0 can be removed exactly).
+A discriminator ``D`` tells ``f_b = feat(B(x))`` (real) from ``f_g = feat(G(x))`` (fake), where
+``feat`` is the softmax (paper) or the logits (GAL code).
+
+Per generator step (paper §3.4: five discriminator steps, then one generator step):
+
+* ``n_critic`` times, on a fresh batch: D step on
+  ``L_D = BCE(D(f_b), 1) + BCE(D(f_g), 0) + BCE(D(f_g), 1)`` (Eq. 5 plus ``R(W_D)`` of Eq. 7, as
+  the GAL code wires it) -- or, with ``gan="wgan"``, ``D(f_g) - D(f_b)`` and weight clipping;
+* G step on a fresh batch: ``L_G = BCE(D(f_g), 1) + mu * L_data + lambda * ||m||_1`` with
+  ``L_data = (1/2n) sum_x ||f_b - f_g||^2`` (Eq. 6) -- or ``-D(f_g)`` as the adversarial term with
+  WGAN. The weights take an SGD step (weight decay = ``R(W_G)``); the masks are not in the SGD
+  optimiser: every ``mask_step`` generator steps, :class:`MaskFISTA` takes a proximal step
+  (soft-threshold ``lr * lambda``, clamp at 0, FISTA momentum) with that step's mask gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from compress.errors import ConfigError
+from compress.strategies.darts.model import NetworkCIFAR
+
+__all__ = [
+    "Discriminator",
+    "discriminator_loss",
+    "generator_adv_loss",
+    "data_loss",
+    "soft_threshold",
+    "MaskFISTA",
+    "attach_masks",
+    "mask_values",
+    "GALSettings",
+    "GALTrainer",
+    "GALResult",
+    "features",
+]
+
+
+# --------------------------------------------------------------------------- discriminator and losses
+
+
+class Discriminator(nn.Module):
+    """The GAL discriminator: Linear layers ``K -> 128 -> 256 -> 128 -> 1``.
+
+    GAL's code has no activation between the layers (the authors confirm FC-only, GAL issue #4) and
+    initialises weights from N(0, 0.01) with zero biases. It returns a **logit** ``(B,)`` (the GAL
+    code applies a sigmoid and then BCE-with-logits, a double sigmoid; here the sigmoid is applied
+    once, inside the loss).
+
+    Args:
+        num_inputs: K, the number of classes.
+        hidden: hidden widths.
+        activation: ``"none"`` (reference) or ``"relu"`` (the GAL paper's drawing).
+        generator: torch generator for the init (None: global RNG).
+    """
+
+    def __init__(self, num_inputs: int, hidden: Sequence[int] = (128, 256, 128), activation: str = "none",
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if activation not in ("none", "relu"):
+            raise ConfigError(f"Discriminator activation must be 'none' or 'relu', got {activation!r}.")
+        dims = [int(num_inputs), *(int(h) for h in hidden), 1]
+        layers: list[nn.Module] = []
+        for k, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            lin = nn.Linear(a, b)
+            with torch.no_grad():
+                lin.weight.copy_(torch.randn(b, a, generator=generator) * 0.01)
+                lin.bias.zero_()
+            layers.append(lin)
+            if activation == "relu" and k < len(dims) - 2:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        """``f (B, K) -> logits (B,)``."""
+        return self.net(f).squeeze(-1)
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, gan: str = "log") -> torch.Tensor:
+    """Loss the discriminator minimises, from its logits on real ``f_b`` and fake ``f_g`` ``(B,)``.
+
+    ``"log"``: ``BCE(d_real, 1) + BCE(d_fake, 0) + BCE(d_fake, 1)`` -- maximising Eq. 5's
+    ``E log D(f_b) + E log(1 - D(f_g))`` plus Eq. 7's ``R(W_D) = E log D(f_g)`` (GAL ``main.py``).
+    ``"wgan"``: ``mean D(f_g) - mean D(f_b)`` (the critic maximises ``D(f_b) - D(f_g)``).
+    """
+    if gan == "log":
+        return _bce(d_real, 1.0) + _bce(d_fake, 0.0) + _bce(d_fake, 1.0)
+    if gan == "wgan":
+        return d_fake.mean() - d_real.mean()
+    raise ConfigError(f"gan must be 'log' or 'wgan', got {gan!r}.")
+
+
+def generator_adv_loss(d_fake: torch.Tensor, gan: str = "log") -> torch.Tensor:
+    """Adversarial term of the generator: ``BCE(D(f_g), 1)`` (non-saturating form of minimising
+    Eq. 5's ``log(1 - D(f_g))``, GAL code) or ``-mean D(f_g)`` (WGAN)."""
+    if gan == "log":
+        return _bce(d_fake, 1.0)
+    if gan == "wgan":
+        return -d_fake.mean()
+    raise ConfigError(f"gan must be 'log' or 'wgan', got {gan!r}.")
+
+
+def data_loss(f_b: torch.Tensor, f_g: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: ``(1/2n) sum_x ||f_b(x) - f_g(x)||_2^2`` over a batch ``(n, K)`` (= ``K/2 * F.mse_loss``)."""
+    return 0.5 * (f_b - f_g).pow(2).sum(dim=1).mean()
+
+
+def features(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """What D sees and the data loss compares: ``softmax(logits)`` (paper) or the logits (GAL code)."""
+    return F.softmax(logits, dim=1) if kind == "softmax" else logits
+
+
+def soft_threshold(v: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The proximal operator of ``threshold * ||.||_1``: ``sign(v) * max(|v| - threshold, 0)``."""
+    return torch.sign(v) * torch.clamp(v.abs() - threshold, min=0.0)
+
+
+class MaskFISTA:
+    """Proximal gradient with FISTA momentum on non-negative masks (GAL ``fista.py`` semantics).
+
+    ``step()``: ``t' = (1 + sqrt(1 + 4 t^2)) / 2``; ``y = m + ((t - 1) / t') (m - m_prev)``;
+    ``m <- max(soft_threshold(y - lr * grad, lr * lambda), 0)``. The gradient is the one already in
+    ``m.grad`` (computed at ``m``, as the reference does, not at ``y``); a missing grad counts as 0.
+    A mask with ``|y - lr * g| <= lr * lambda`` becomes exactly 0.
+
+    Args:
+        masks: the mask parameters (each any shape).
+        lr: step size. lam: lambda.
+    """
+
+    def __init__(self, masks: Sequence[torch.Tensor], lr: float, lam: float) -> None:
+        if lr <= 0 or lam < 0:
+            raise ConfigError(f"MaskFISTA needs lr > 0 and lambda >= 0, got lr={lr}, lambda={lam}.")
+        self.masks = list(masks)
+        self.lr = float(lr)
+        self.lam = float(lam)
+        self.t = 1.0
+        self.prev = [m.detach().clone() for m in self.masks]
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        t_next = (1.0 + math.sqrt(1.0 + 4.0 * self.t * self.t)) / 2.0
+        beta = (self.t - 1.0) / t_next
+        for m, prev in zip(self.masks, self.prev):
+            g = torch.zeros_like(m) if m.grad is None else m.grad
+            y = m + beta * (m - prev)
+            prev.copy_(m)
+            m.copy_(soft_threshold(y - self.lr * g, self.lr * self.lam).clamp_min(0.0))
+        self.t = t_next
+        self.steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"t": self.t, "steps": self.steps, "prev": [p.clone() for p in self.prev]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.t = float(state["t"])
+        self.steps = int(state["steps"])
+        for p, v in zip(self.prev, state["prev"]):
+            p.copy_(v)
+
+
+# --------------------------------------------------------------------------- masks on a network
+
+
+def attach_masks(net: NetworkCIFAR, init: str = "ones", generator: torch.Generator | None = None,
+                 values: Sequence[torch.Tensor] | None = None) -> list[nn.Parameter]:
+    """Give every cell of ``net`` a trainable node mask ``(steps,)`` (turned on) and return them.
+
+    ``init``: ``"ones"`` (G == B) or ``"normal"`` (N(0, 1), GAL code); ``values`` overrides both.
+    Masks of removed nodes (``None`` in the cell spec) exist but are never read.
+    """
+    masks = []
+    for c, cell in enumerate(net.cells):
+        if values is not None:
+            v = values[c].detach().clone().float()
+        elif init == "normal":
+            v = torch.randn(cell.steps, generator=generator)
+        elif init == "ones":
+            v = torch.ones(cell.steps)
+        else:
+            raise ConfigError(f"mask init must be 'ones' or 'normal', got {init!r}.")
+        m = nn.Parameter(v)
+        cell.set_node_mask(m)
+        masks.append(m)
+    return masks
+
+
+def mask_values(net: NetworkCIFAR) -> list[list[float]]:
+    """Current node-mask values per cell (plain floats)."""
+    return [[float(v) for v in cell.node_mask.detach()] for cell in net.cells]
+
+
+# --------------------------------------------------------------------------- training loop
+
+
+@dataclass(frozen=True)
+class GALSettings:
+    """One GAL run (see :class:`~compress.strategies.darts_gal.config.DartsGalConfig` for meanings)."""
+
+    epochs: int
+    batch_size: int = 100
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    lr_step_epochs: int = 30
+    lr_gamma: float = 0.1
+    max_g_steps_per_epoch: int | None = None
+    n_critic: int = 5
+    gan: str = "log"
+    wgan_clip: float = 0.01
+    d_input: str = "softmax"
+    d_hidden: tuple[int, ...] = (128, 256, 128)
+    d_activation: str = "none"
+    d_lr: float = 0.01
+    d_momentum: float = 0.9
+    d_weight_decay: float = 2e-4
+    mu: float = 1.0
+    lam: float = 0.6
+    mask_lr: float = 0.01
+    mask_step: int = 200
+    mask_init: str = "ones"
+    l1_in_gradient: bool = True
+    seed: int = 0
+
+
+@dataclass
+class GALResult:
+    """Masks and per-epoch facts of a GAL run."""
+
+    masks: list[list[float]]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    d_steps: int = 0
+    g_steps: int = 0
+    mask_updates: int = 0
+
+
+class _Cycle:
+    """A persistent seeded shuffling iterator over a dataset, cycled when exhausted."""
+
+    def __init__(self, ds: Dataset, batch_size: int, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.loader = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=self.gen, num_workers=0,
+                                 drop_last=len(ds) > batch_size)  # type: ignore[arg-type]
+        self.it: Iterator | None = None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.it is None:
+            self.it = iter(self.loader)
+        try:
+            batch = next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            batch = next(self.it)
+        return batch[0], batch[1]
+
+
+class GALTrainer:
+    """Runs GAL on a generator copy of ``baseline``.
+
+    Args:
+        baseline: the trained network B; never modified (frozen, eval mode while used).
+        train_ds: map-style dataset of ``(x, y)``; labels are unused (GAL is label-free).
+        num_classes: K (discriminator input size).
+        settings: :class:`GALSettings`.
+        generator_net: continue from this generator (already masked) instead of a fresh copy of B.
+        progress: ``progress(phase, done, total, info)``; log: ``log(**record)`` per epoch.
+
+    Attributes:
+        G, D: generator and discriminator; masks: the mask parameters (one per cell);
+        g_opt, d_opt: SGD optimisers; fista: :class:`MaskFISTA`.
+    """
+
+    def __init__(self, baseline: NetworkCIFAR, train_ds: Dataset, num_classes: int, settings: GALSettings, *,
+                 generator_net: NetworkCIFAR | None = None,
+                 progress: Callable[[str, int, int | None, dict], None] | None = None,
+                 log: Callable[..., None] | None = None, phase_name: str = "gal") -> None:
+        s = settings
+        if s.n_critic < 1 or s.mask_step < 1 or s.batch_size < 1:
+            raise ConfigError("GAL needs n_critic, mask_step and batch_size >= 1.")
+        self.s = s
+        self.B = baseline
+        self.progress = progress or (lambda *a, **k: None)
+        self.log = log or (lambda **k: None)
+        self.phase_name = phase_name
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s.seed)
+            if generator_net is None:
+                self.G = copy.deepcopy(baseline)
+                self.G.drop_path_prob = 0.0  # no dropout while pruning (paper §4)
+                self.masks = attach_masks(self.G, s.mask_init, torch.Generator().manual_seed(s.seed + 1))
+            else:
+                self.G = generator_net
+                self.masks = [cell.node_mask for cell in self.G.cells]
+                for m in self.masks:
+                    if not isinstance(m, nn.Parameter):
+                        raise ConfigError("generator_net must carry trainable node masks (attach_masks).")
+            self.D = Discriminator(num_classes, s.d_hidden, s.d_activation, torch.Generator().manual_seed(s.seed + 2))
+        for p in self.B.parameters():
+            p.requires_grad_(False)
+        mask_ids = {id(m) for m in self.masks}
+        weights = [p for p in self.G.parameters() if id(p) not in mask_ids]
+        for p in weights:
+            p.requires_grad_(True)
+        self.g_opt = torch.optim.SGD(weights, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        self.d_opt = torch.optim.SGD(self.D.parameters(), lr=s.d_lr, momentum=s.d_momentum,
+                                     weight_decay=s.d_weight_decay)
+        self.fista = MaskFISTA(self.masks, s.mask_lr, s.lam)
+        self.data = _Cycle(train_ds, s.batch_size, s.seed + 3)
+        n_batches = len(self.data.loader)
+        per_epoch = max(1, n_batches // (s.n_critic + 1))
+        if s.max_g_steps_per_epoch is not None:
+            per_epoch = min(per_epoch, s.max_g_steps_per_epoch)
+        self.g_steps_per_epoch = per_epoch
+        self.d_steps = 0
+        self.g_steps = 0
+
+    def _set_lr(self, epoch: int) -> None:
+        factor = self.s.lr_gamma ** (epoch // self.s.lr_step_epochs)
+        for group in self.g_opt.param_groups:
+            group["lr"] = self.s.lr * factor
+        for group in self.d_opt.param_groups:
+            group["lr"] = self.s.d_lr * factor
+        self.fista.lr = self.s.mask_lr * factor
+
+    def _feat(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return features(net(x), self.s.d_input)
+
+    def d_step(self, x: torch.Tensor) -> float:
+        """One discriminator update on batch ``x``; returns its loss."""
+        with torch.no_grad():
+            f_b = self._feat(self.B, x)
+            f_g = self._feat(self.G, x)
+        loss = discriminator_loss(self.D(f_b), self.D(f_g), self.s.gan)
+        self.d_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.d_opt.step()
+        if self.s.gan == "wgan":
+            with torch.no_grad():
+                for p in self.D.parameters():
+                    p.clamp_(-self.s.wgan_clip, self.s.wgan_clip)
+        self.d_steps += 1
+        return float(loss.detach())
+
+    def g_step(self, x: torch.Tensor) -> dict[str, float]:
+        """One generator update on batch ``x`` (weights by SGD; masks by FISTA every ``mask_step``)."""
+        s = self.s
+        with torch.no_grad():
+            f_b = self._feat(self.B, x)
+        self.D.requires_grad_(False)
+        f_g = self._feat(self.G, x)
+        adv = generator_adv_loss(self.D(f_g), s.gan)
+        dat = data_loss(f_b, f_g)
+        l1 = sum(m.abs().sum() for m in self.masks)
+        loss = adv + s.mu * dat + (s.lam * l1 if s.l1_in_gradient else 0.0)
+        self.g_opt.zero_grad(set_to_none=True)
+        for m in self.masks:
+            m.grad = None
+        loss.backward()
+        self.D.requires_grad_(True)
+        self.g_opt.step()
+        self.g_steps += 1
+        if self.g_steps % s.mask_step == 0:
+            self.fista.step()
+        for m in self.masks:
+            m.grad = None
+        return {"adv": float(adv.detach()), "data": float(dat.detach()), "l1": float(l1.detach()),
+                "objective": float(adv.detach()) + s.mu * float(dat.detach()) + s.lam * float(l1.detach())}
+
+    def run(self, epochs: int | None = None, start_epoch: int = 0) -> GALResult:
+        """Train for ``epochs`` (default ``settings.epochs``) GAL epochs; returns the masks."""
+        s = self.s
+        epochs = s.epochs if epochs is None else epochs
+        self.B.eval()
+        history: list[dict[str, Any]] = []
+        self.progress(self.phase_name, 0, epochs, {"lambda": s.lam})
+        for e in range(epochs):
+            self._set_lr(start_epoch + e)
+            self.G.train()
+            self.D.train()
+            sums = {"d_loss": 0.0, "adv": 0.0, "data": 0.0, "l1": 0.0, "objective": 0.0}
+            for _ in range(self.g_steps_per_epoch):
+                for _k in range(s.n_critic):
+                    sums["d_loss"] += self.d_step(self.data.next()[0]) / s.n_critic
+                for k, v in self.g_step(self.data.next()[0]).items():
+                    sums[k] += v
+            n = self.g_steps_per_epoch
+            masks = mask_values(self.G)
+            rec = {"phase": self.phase_name, "epoch": start_epoch + e + 1, "lambda": s.lam,
+                   **{k: v / n for k, v in sums.items()}, "g_steps": self.g_steps, "d_steps": self.d_steps,
+                   "mask_updates": self.fista.steps,
+                   "zero_masks": sum(1 for cell, row in zip(self.G.cells, masks) for i, v in enumerate(row)
+                                     if cell.spec.nodes[i] is not None and v <= 0.0),
+                   "masks": masks}
+            history.append(rec)
+            self.log(**rec)
+            self.progress(self.phase_name, e + 1, epochs, {k: rec[k] for k in ("data", "d_loss", "zero_masks")})
+        self.G.eval()
+        return GALResult(masks=mask_values(self.G), history=history, d_steps=self.d_steps, g_steps=self.g_steps,
+                         mask_updates=self.fista.steps)

@@ -1,0 +1,118 @@
+"""The bad-input matrix: every case raises one of our error types with a message that says what to
+do, leaves the output directory clean, and leaves the user's model unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from compress.api import compress
+from compress.budgets import BudgetError
+from compress.data import load_npz_task
+from compress.errors import ConfigError, DataError, ModelSpecError, StrategyError, UnsupportedModelError
+from compress.exporters import ExportError, OnnxValidationError, export_onnx, validate_onnx
+from compress.models import load_model
+from compress.profiling import TargetError
+from compress.serialization import load_student
+from compress.strategies.gp_prune.metrics import MetricError
+from compress.testing import HiddenStateNet, NoClassifierNet, TinyConvNet
+
+FAST = {"epochs": 0, "bisection_steps": 2, "calib_samples": 32}
+
+
+class _SVDNet(TinyConvNet):
+    """Uses an op (SVD) that the ONNX exporter cannot translate."""
+
+    def forward(self, x):
+        s = torch.linalg.svdvals(x.mean(1))  # (B, W)
+        return super().forward(x) + s[:, :1] * 0
+
+
+def _loaders(x, y, n=64):
+    ds = TensorDataset(x[:n], y[:n])
+    return {"train": DataLoader(ds, batch_size=16), "val": DataLoader(ds, batch_size=16)}
+
+
+def _cases(task, tmp):
+    x, y = next(iter(task.train))
+    xs = torch.cat([b[0] for b in task.train])[:64]
+    ys = torch.cat([b[1] for b in task.train])[:64]
+    return {
+        "no classifier": (NoClassifierNet(), dict(data=task), UnsupportedModelError, "(batch, 10)"),
+        "wrong outputs": (TinyConvNet(num_classes=5), dict(data=task), UnsupportedModelError, "num_classes"),
+        "not a module": ("resnet18", dict(data=task), UnsupportedModelError, "torch.nn.Module"),
+        "unprunable op": (HiddenStateNet(), dict(data=task, config=FAST), UnsupportedModelError, "'hidden'"),
+        "unexportable op": (_SVDNet(), dict(data=task, config=FAST), ExportError, "svd"),
+        "wrong input shape": (TinyConvNet(), dict(data=_loaders(xs[:, :1], ys)), UnsupportedModelError, "channels"),
+        "wrong dtype": (TinyConvNet(), dict(data=_loaders((xs * 50).to(torch.uint8), ys)), DataError, "float"),
+        "label range": (TinyConvNet(), dict(data=_loaders(xs, ys + 10)), UnsupportedModelError, "num_classes"),
+        "negative labels": (TinyConvNet(), dict(data=_loaders(xs, ys - 20)), DataError, "relabel"),
+        "empty dataset": (TinyConvNet(), dict(data=_loaders(xs[:0], ys[:0])), DataError, "no"),
+        "unknown strategy": (TinyConvNet(), dict(data=task, strategy="gp-prunning"), StrategyError, "gp-prune"),
+        "unknown target": (TinyConvNet(), dict(data=task, target="cpu-1"), TargetError, "cpu-1t"),
+        "config out of range": (TinyConvNet(), dict(data=task, config={"max_ratio": 1.5}), ConfigError, "(0, 1)"),
+        "unknown config field": (TinyConvNet(), dict(data=task, config={"epoch": 3}), ConfigError, "epochs"),
+        "unknown metric": (TinyConvNet(), dict(data=task, config={**FAST, "metric": "xi_stra"}), MetricError, "xi_star"),
+        "bad budget": (TinyConvNet(), dict(data=task, budget="macs=half"), BudgetError, "key=value"),
+        "unwritable out_dir": (TinyConvNet(), dict(data=task, out_dir=tmp / "a_file" / "out"), ConfigError, "out_dir"),
+    }
+
+
+CASE_NAMES = [
+    "no classifier", "wrong outputs", "not a module", "unprunable op", "unexportable op", "wrong input shape",
+    "wrong dtype", "label range", "negative labels", "empty dataset", "unknown strategy", "unknown target",
+    "config out of range", "unknown config field", "unknown metric", "bad budget", "unwritable out_dir",
+]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_bad_input(case, digits_task, tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    model, kwargs, err, needle = _cases(digits_task, tmp_path)[case]
+    budget = kwargs.pop("budget", "macs=0.5x")
+    out = kwargs.pop("out_dir", tmp_path / "out")
+    before = {k: v.clone() for k, v in model.state_dict().items()} if isinstance(model, nn.Module) else None
+    with pytest.raises(err) as exc:
+        compress(model, budget, out_dir=out, progress=False, latency_repeats=2, latency_warmup=1, **kwargs)
+    assert needle.lower() in str(exc.value).lower(), str(exc.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "output dir not clean"
+    if before is not None:
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), "the user's model changed"
+
+
+def test_case_list_is_complete(digits_task, tmp_path):
+    assert set(CASE_NAMES) == set(_cases(digits_task, tmp_path))
+    assert len(CASE_NAMES) >= 15
+
+
+def test_parity_failure_collects_every_mismatch(tmp_path):
+    torch.manual_seed(0)
+    m = TinyConvNet().eval()
+    path = export_onnx(m, m.example_inputs(), tmp_path / "m.onnx")
+    other = TinyConvNet().eval()  # different weights
+    with pytest.raises(OnnxValidationError) as exc:
+        validate_onnx(other, path, m.example_inputs(16), batch_sizes=(1, 8))
+    rep = exc.value.report
+    assert not rep.ok and len(rep.mismatches) >= 2 and set(rep.per_batch) == {1, 8}
+
+
+def test_corrupt_checkpoints_and_weights(tmp_path):
+    (tmp_path / "student.arch.json").write_text('{"format": "slimforge-student/1", "base_spec": "cifar:resnet20", '
+                                                '"surgery": [], "modules": {}}')
+    (tmp_path / "student.safetensors").write_bytes(b"\x00\x01truncated")
+    with pytest.raises(ModelSpecError, match="corrupt|truncated"):
+        load_student(tmp_path)
+    bad = tmp_path / "w.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ModelSpecError, match="state_dict|weights|load"):
+        load_model("cifar:resnet20", weights=bad)
+
+
+def test_bad_npz_is_a_data_error(tmp_path):
+    np.savez(tmp_path / "d.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match="'x'"):
+        load_npz_task(tmp_path / "d.npz")
