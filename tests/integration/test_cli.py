@@ -77,5 +77,8 @@ def test_errors_are_clean_and_exit_2(tmp_path):
 
 
 def test_python_m_compress_and_strategies():
+    from compress import list_strategies
+
     out = subprocess.run([sys.executable, "-m", "compress", "strategies"], capture_output=True, text=True, check=True)
-    assert out.stdout.startswith("gp-prune\t")
+    names = [line.split("\t")[0] for line in out.stdout.splitlines()]
+    assert names == list_strategies() and "gp-prune" in names
