@@ -51,8 +51,9 @@ class GPPruneConfig:
 
     Attributes:
         metric: a registered metric name (``xi_star``, the SOAP names ``l1``, ``fpgm`` ...),
-            a tree string such as ``"sum_g(abs(WI))"``, or ``"tp-l1"`` for Torch-Pruning's own
-            L1 magnitude importance (a baseline, not a tree).
+            a tree string such as ``"sum_g(abs(WI))"``, the path of an evolved metric's JSON
+            (``slimforge evolve-metric`` writes ``best_metric.json``), or ``"tp-l1"`` for
+            Torch-Pruning's own L1 magnitude importance (a baseline, not a tree).
         class_reduction: "sum" (reference code) or "mean" of per-class uni-tree scores.
         calib_samples: labelled calibration images used for feature maps.
         max_map_hw: feature maps are average-pooled to at most this side (None: full size).
@@ -286,9 +287,7 @@ class GPPrune(Strategy):
 
     def run(self, ctx: StrategyContext) -> StrategyOutput:
         cfg: GPPruneConfig = self.config
-        metric = None if cfg.metric == TP_L1 else (
-            get_metric(cfg.metric) if "(" not in cfg.metric else _metric_from_string(cfg.metric)
-        )
+        metric = None if cfg.metric == TP_L1 else resolve_metric(cfg.metric)
         model = ctx.model.eval()
         num_classes = ctx.data.spec.num_classes
         with ctx.phase("prepare"):
@@ -403,5 +402,30 @@ def _metric_from_string(expr: str):
     from compress.strategies.gp_prune.metrics import PruningMetric
 
     return PruningMetric.from_string(expr, name="custom")
+
+
+def resolve_metric(spec: str):
+    """A metric from a registered name (``xi_star``, ``l1`` ...), a tree string
+    (``"sum_g(abs(WI))"``), or the path of a JSON file written by ``slimforge evolve-metric``
+    (``PruningMetric.to_dict()``; JSON only, never pickle).
+
+    Raises:
+        MetricError: unknown name, unparsable tree, or unreadable file.
+    """
+    import json
+    from pathlib import Path
+
+    from compress.strategies.gp_prune.metrics import PruningMetric
+
+    if spec.endswith(".json"):
+        p = Path(spec)
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise MetricError(f"cannot read metric file {p}: {exc}; pass a best_metric.json from evolve-metric.") from exc
+        return PruningMetric.from_dict(data)
+    if "(" in spec:
+        return _metric_from_string(spec)
+    return get_metric(spec)
 
 
