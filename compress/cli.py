@@ -63,6 +63,11 @@ def _print_result(result, out_dir: Path) -> None:
         f"ONNX parity: {'[green]ok[/]' if v.ok else '[red]FAILED[/]'} (max |diff| {v.max_abs_diff:.2e}, "
         f"top-1 agreement {agree} on {v.n_samples} test samples)"
     )
+    sp = result.speedup_summary()
+    if sp["latency_cut"] is not None:
+        con.print(f"MACs cut {100 * sp['macs_cut']:.1f}%, measured latency cut {100 * sp['latency_cut']:.1f}%")
+        if sp["warning"]:
+            con.print(f"[yellow]warning[/]: {sp['warning']}")
     mob = result.mobile
     if mob.get("usability"):
         cov = ", ".join(f"{ep} {100 * u['coverage_fixed_shapes']:.0f}% ({u['suitability_fixed_shapes']})"

@@ -141,6 +141,7 @@ class CompressionResult:
                 "usability": self.mobile.get("usability"),
                 "int8": self.mobile.get("int8"),
             },
+            "speedup": self.speedup_summary(),
             "wall_s": {k: round(float(s), 3) for k, s in self.wall_s.items()},
             "info": self.info,
             "history": self.history,
@@ -165,6 +166,58 @@ class CompressionResult:
             ("latency ms torch eager", ms(t.latency_torch), ms(s.latency_torch)),
         ]
 
+    def speedup_summary(self) -> dict[str, Any]:
+        """MACs cut vs measured latency cut (fractions), and a warning when they diverge: a
+        latency cut below 80% of the MACs cut means the student's widths do not suit the target."""
+        t, s = self.teacher, self.student_report
+        macs_cut = 1 - s.cost.macs / max(t.cost.macs, 1)
+        out: dict[str, Any] = {"macs_cut": macs_cut, "latency_cut": None, "efficiency": None, "warning": None}
+        if t.latency is not None and s.latency is not None and t.latency.median_ms > 0:
+            lat_cut = 1 - s.latency.median_ms / t.latency.median_ms
+            out["latency_cut"] = lat_cut
+            if macs_cut > 0:
+                out["efficiency"] = lat_cut / macs_cut
+                if lat_cut < 0.8 * macs_cut:
+                    out["warning"] = (
+                        f"MACs fell by {100 * macs_cut:.0f}% but measured latency on {self.target.name} by only "
+                        f"{100 * lat_cut:.0f}%: try channel_rounding='measured' or a latency budget."
+                    )
+        return out
+
+    def plot_pareto(self, path: str | Path) -> Path:
+        """Accuracy vs latency and vs MACs for teacher and student, as a PNG (matplotlib, Agg)."""
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from compress.exporters.atomic import write_bytes_atomic
+
+        pts = [("teacher", self.teacher), ("student", self.student_report)]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for ax, xlab, getx in (
+            (axes[0], f"ORT latency, ms ({self.target.name}, median)", lambda r: r.latency.median_ms if r.latency else None),
+            (axes[1], "MACs per sample (fvcore)", lambda r: r.cost.macs),
+        ):
+            for name, rep in pts:
+                acc = rep.accuracy_test if rep.accuracy_test is not None else rep.accuracy_val
+                x = getx(rep)
+                if acc is None or x is None:
+                    continue
+                ax.scatter([x], [100 * acc], s=60, label=name, marker="o" if name == "teacher" else "*")
+                ax.annotate(name, (x, 100 * acc), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.set_xlabel(xlab)
+            ax.set_ylabel("top-1 accuracy, % (test, else val)")
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{self.strategy}: budget {self.budget.describe()}")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        return write_bytes_atomic(path, buf.getvalue())
+
     def to_markdown(self) -> str:
         v = self.validation
         lines = [
@@ -184,6 +237,14 @@ class CompressionResult:
             "| --- | --- | --- |",
         ]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in self.summary_rows()]
+        sp = self.speedup_summary()
+        if sp["latency_cut"] is not None:
+            lines += ["", f"MACs cut {100 * sp['macs_cut']:.1f}%, measured latency cut {100 * sp['latency_cut']:.1f}% "
+                          f"on `{self.target.name}` (latency cut / MACs cut = {sp['efficiency']:.2f})."
+                          if sp["efficiency"] is not None else ""]
+            if sp["warning"]:
+                lines.append(f"**Warning:** {sp['warning']}")
+        lines += ["", "![accuracy vs latency and MACs](pareto.png)"]
         agree = "-" if v.top1_agreement is None else f"{100 * v.top1_agreement:.2f}%"
         lines += [
             "",
@@ -229,6 +290,7 @@ class CompressionResult:
         builder = {"strategy": self.strategy, "args": self.student_arch} if self.student_arch is not None else None
         save_student(self.student, d, base_spec=self.model_spec if builder is None else None, surgery=self.surgery,
                      builder=builder)
+        self.plot_pareto(d / "pareto.png")
         write_text_atomic(d / "report.md", self.to_markdown())
         write_text_atomic(d / "report.json", json.dumps(self.to_dict(), indent=2, default=_json_default))
         self._write_manifest(d)

@@ -1,0 +1,475 @@
+"""Strategy ``darts-gal``: DARTS cells, stacked to the budget, pruned node by node with GAL, retrained.
+
+Source: Zhang, Waqas, Shen, Liu, Zhang, Li, Halim, Chen, "A neural network architecture optimizer
+based on DARTS and generative adversarial learning", Information Sciences 581 (2021) 448-468
+(``shared/papers/002_…``); implementation notes in ALGORITHMS.md §3 (GAL details from the GAL
+reference code, Lin et al. CVPR 2019).
+
+Pipeline (paper Fig. 1):
+
+1. **Genotype** (§3.1): a DARTS search of the normal and reduction cells on a train/val split of
+   the user's training data (:mod:`.search`; first order by default, second order and PC-DARTS
+   options) -- or a published genotype (the paper reuses DARTS_V2 for MNIST/FMNIST/CIFAR-10).
+2. **Sizing + baseline** (§3.2): ``(C, cells)`` of the stacked ``NetworkCIFAR`` (reductions at 1/3
+   and 2/3 of the depth, no auxiliary head) chosen by measuring a grid through ``ctx.check``: the
+   most capacity within ``size_margin`` x the budget. The stack is trained with KD from the teacher.
+3. **GAL** (§3.3, Eq. 4-7; :mod:`.gal`): a soft mask per intermediate node of every cell, an MLP
+   discriminator on softmax outputs, adversarial + data (MSE to the baseline) + L1 losses, 5 D
+   steps per G step, masks driven to exact zeros by the FISTA proximal step. Nodes whose mask is 0
+   are physically removed with their edges and output channels (:mod:`.prune`).
+   **Closing loop**: if the pruned net is over budget (only possible with ``size_margin > 1``), GAL
+   continues with a larger lambda, then the smallest masks are zeroed one at a time.
+4. **Retrain** (§3.4): the pruned architecture from scratch (paper) or fine-tuned (GAL), with KD.
+
+Checkpoints under ``<out_dir>/checkpoints/darts-gal/`` after every search epoch and at the end of
+the baseline, GAL and retrain phases; each is guarded by a hash of the config fields that shape it
+(and of the phases before it), so a killed run resumes where it stopped and a changed setting
+recomputes only what it affects.
+
+Documented deviations / resolutions (ALGORITHMS.md §3(b)):
+
+* the discriminator outputs a logit and the sigmoid is applied once (GAL code: twice);
+* log-loss GAN (Eq. 5) with 5 critic steps per generator step by default; ``gan="wgan"`` switches to
+  the Wasserstein critic with weight clipping (the paper names it without details);
+* masks start at 1 and the generator at the baseline's weights, so G == B at step 0;
+* FISTA uses the gradient at the current masks (as GAL's code), every ``mask_step`` G steps;
+* a cell whose masks all reach 0 keeps its strongest node (``keep_nonempty``): the paper's empty
+  ("None") cells output a constant that ``CellSpec`` cannot express;
+* reduction positions follow the standard ``layers//3, 2*layers//3`` rule for every sized depth
+  (the only rule that reproduces the paper's 0.13 M / 0.37 M counts, ALGORITHMS.md §0.7);
+* the baseline and the retrain use the task loaders' batch size (paper: 128) and KD from the
+  user's teacher (the paper trains on labels only); the retrain is from scratch by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from compress.budgets import BudgetCheck, Cost
+from compress.data import collect
+from compress.errors import BudgetUnreachableError, DataError
+from compress.exporters.atomic import write_text_atomic
+from compress.registry import register_strategy
+from compress.strategies._parts.training import FinetuneSettings, evaluate, finetune
+from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
+from compress.strategies.darts.genotype import Genotype
+from compress.strategies.darts.model import NetworkCIFAR, build_from_arch
+from compress.strategies.darts.sizing import size_to_budget
+from compress.strategies.darts_gal.config import PRESETS, DartsGalConfig, phase_fields, resolve_genotype
+from compress.strategies.darts_gal.gal import GALSettings, GALTrainer, mask_values
+from compress.strategies.darts_gal.prune import (
+    draw_cell,
+    draw_genotype,
+    kept_nodes,
+    node_count,
+    nodes_kept_markdown,
+    nodes_kept_rows,
+    prune_network,
+)
+from compress.strategies.darts_gal.search import DartsSearch, derive_seed, load_torch, save_torch
+
+__all__ = ["DartsGal", "STRATEGY", "gal_settings"]
+
+STRATEGY = "darts-gal"
+CheckFn = Callable[[nn.Module], "tuple[Cost, BudgetCheck, float | None]"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _hash(cfg: DartsGalConfig, phase: str, extra: dict[str, Any]) -> str:
+    d = {k: v for k, v in config_to_dict(cfg).items() if k in phase_fields(phase)}
+    blob = json.dumps({"phase": phase, "config": d, **extra}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _dataset_of(loader: DataLoader) -> Dataset:
+    ds = getattr(loader, "dataset", None)
+    try:
+        if ds is not None and len(ds) > 0 and hasattr(ds, "__getitem__"):  # type: ignore[arg-type]
+            return ds
+    except TypeError:
+        pass
+    x, y = collect(loader)
+    if len(y) == 0:
+        raise DataError("darts-gal needs a non-empty training split.")
+    return TensorDataset(x, y)
+
+
+def _loader(ds: Dataset, batch_size: int, seed: int) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                      num_workers=0)
+
+
+class _Store:
+    """Phase checkpoints: ``<phase>.pt`` (tensors) then ``<phase>.json`` (state + config hash)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.dir = directory
+
+    def load(self, phase: str, config_hash: str) -> tuple[dict[str, Any], Any] | None:
+        if self.dir is None:
+            return None
+        js, pt = self.dir / f"{phase}.json", self.dir / f"{phase}.pt"
+        if not (js.is_file() and pt.is_file()):
+            return None
+        try:
+            state = json.loads(js.read_text())
+            if state.get("config_hash") != config_hash:
+                return None
+            return state, load_torch(pt)
+        except (OSError, ValueError, RuntimeError, KeyError):
+            return None
+
+    def save(self, phase: str, config_hash: str, state: dict[str, Any], tensors: Any) -> None:
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_torch(self.dir / f"{phase}.pt", tensors)
+        write_text_atomic(self.dir / f"{phase}.json",
+                          json.dumps({"format": f"slimforge-darts-gal-{phase}/1", "config_hash": config_hash,
+                                      **state}, default=float))
+
+
+def _margin_check(ctx: StrategyContext, margin: float) -> CheckFn:
+    """``ctx.check`` against every budget limit multiplied by ``margin`` (1 = the budget itself)."""
+    if margin == 1.0:
+        return ctx.check
+    b = ctx.budget
+    scaled = dataclasses.replace(
+        b, max_macs=None if b.max_macs is None else b.max_macs * margin,
+        max_params=None if b.max_params is None else b.max_params * margin,
+        max_latency_ms=None if b.max_latency_ms is None else b.max_latency_ms * margin)
+
+    def check(m: nn.Module) -> tuple[Cost, BudgetCheck, float | None]:
+        cost, _chk, lat = ctx.check(m)
+        return cost, scaled.check(cost, latency_ms=lat), lat
+
+    return check
+
+
+def gal_settings(cfg: DartsGalConfig, lam: float, seed: int) -> GALSettings:
+    """The :class:`GALSettings` of a config at sparsity ``lam``."""
+    return GALSettings(
+        epochs=cfg.gal_epochs, batch_size=cfg.gal_batch_size, lr=cfg.gal_lr, momentum=cfg.gal_momentum,
+        weight_decay=cfg.gal_weight_decay, lr_step_epochs=cfg.gal_lr_step_epochs, lr_gamma=cfg.gal_lr_gamma,
+        max_g_steps_per_epoch=cfg.gal_max_g_steps_per_epoch, n_critic=cfg.n_critic, gan=cfg.gan,
+        wgan_clip=cfg.wgan_clip, d_input=cfg.d_input, d_hidden=cfg.d_hidden, d_activation=cfg.d_activation,
+        d_lr=cfg.d_lr, d_momentum=cfg.d_momentum, d_weight_decay=cfg.d_weight_decay, mu=cfg.mu, lam=lam,
+        mask_lr=cfg.mask_lr, mask_step=cfg.mask_step, mask_init=cfg.mask_init, l1_in_gradient=cfg.l1_in_gradient,
+        seed=seed,
+    )
+
+
+def _cost_dict(cost: Cost, lat: float | None) -> dict[str, Any]:
+    return {"macs": int(cost.macs), "params": int(cost.params), "latency_ms": lat}
+
+
+# --------------------------------------------------------------------------- strategy
+
+
+@register_strategy(STRATEGY)
+class DartsGal(Strategy):
+    """DARTS search -> budget-sized stack -> GAL node pruning -> KD retrain (Information Sciences 2021).
+
+    Input: the teacher (``ctx.teacher``, used for KD only) and the task; the user's architecture is
+    not reused. Output: a pruned :class:`~compress.strategies.darts.model.NetworkCIFAR`
+    ``(B, C, H, W) -> (B, K)`` that meets ``ctx.budget`` (rebuilt by :meth:`build_student`).
+
+    Raises:
+        BudgetUnreachableError: no (C, cells) candidate fits (``size_margin`` x) the budget, or the
+            closing loop cannot prune into it.
+        DataError: the training split is too small.
+        ConfigError: invalid config.
+    """
+
+    config_cls = DartsGalConfig
+    paper = ("Zhang, Waqas, Shen, Liu, Zhang, Li, Halim, Chen, A neural network architecture optimizer based on "
+             "DARTS and generative adversarial learning, Information Sciences 581 (2021)")
+
+    @classmethod
+    def demo_config(cls, epochs: int) -> dict[str, Any]:
+        """The CPU preset (ALGORITHMS.md §3(c)); ``epochs`` raises the final retrain (never below the preset)."""
+        small = PRESETS["cpu-small"]
+        return {**small, "final_epochs": max(int(epochs), small["final_epochs"])}
+
+    @classmethod
+    def build_student(cls, arch: dict[str, Any]) -> nn.Module:
+        """Rebuild the pruned network (fresh weights) from ``NetworkCIFAR.arch_dict()``."""
+        return build_from_arch(arch)
+
+    # ------------------------------------------------------------------ run
+    def run(self, ctx: StrategyContext) -> StrategyOutput:
+        cfg: DartsGalConfig = self.config
+        spec = ctx.data.spec
+        K, in_shape = int(spec.num_classes), tuple(int(v) for v in spec.input_shape)
+        store = _Store(None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoints" / STRATEGY)
+        train_ds = _dataset_of(ctx.data.train)
+        batch = int(getattr(ctx.data.train, "batch_size", None) or 64)
+        resumed: list[str] = []
+        extra = {"seed": ctx.seed, "n_train": len(train_ds), "num_classes": K,  # type: ignore[arg-type]
+                 "input_shape": list(in_shape)}
+
+        # ---- stage 1: genotype
+        h_search = _hash(cfg, "search", extra)
+        with ctx.phase("search"):
+            genotype, search = self._genotype(ctx, cfg, train_ds, K, in_shape, h_search, store)
+        if search.get("resumed_from_epoch") and search["resumed_from_epoch"] == cfg.search_epochs:
+            resumed.append("search")
+
+        # ---- stage 2: sizing + baseline
+        h_base = _hash(cfg, "baseline", {"prev": h_search, "genotype": genotype.to_dict(),
+                                         "budget": ctx.budget.to_dict(), "batch": batch})
+        loaded = store.load("baseline", h_base)
+        if loaded is not None:
+            st, tensors = loaded
+            baseline = build_from_arch(st["arch"])
+            baseline.load_state_dict(tensors["weights"])
+            sizing, base_hist = st["sizing"], st["history"]
+            resumed.append("baseline")
+            for rec in base_hist:
+                ctx.log(**{**rec, "restored": True})
+        else:
+            with ctx.phase("sizing"):
+                sizing = self._size(ctx, cfg, genotype, K, in_shape)
+            with ctx.phase("baseline"):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed(ctx.seed, "baseline-init"))
+                    baseline = NetworkCIFAR(sizing["C"], K, sizing["layers"], genotype, in_channels=in_shape[0],
+                                            stem_stride=sizing["stem_stride"])
+                base_hist = self._train(ctx, baseline, train_ds, batch, "baseline", cfg.baseline_epochs,
+                                        cfg.baseline_lr, cfg.baseline_momentum, cfg.baseline_weight_decay,
+                                        cfg.baseline_max_steps_per_epoch)
+            store.save("baseline", h_base, {"arch": baseline.arch_dict(), "sizing": sizing, "history": base_hist},
+                       {"weights": baseline.state_dict()})
+        baseline.eval()
+        base_cost, _chk, base_lat = ctx.check(baseline)
+        base_val = evaluate(baseline, ctx.data.val)
+
+        # ---- stage 3: GAL + closing loop
+        h_gal = _hash(cfg, "gal", {"prev": h_base})
+        loaded = store.load("gal", h_gal)
+        if loaded is not None:
+            gal, tensors = loaded
+            pruned = build_from_arch(gal["arch"])
+            pruned.load_state_dict(tensors["weights"])
+            resumed.append("gal")
+            for rec in gal["history"]:
+                ctx.log(**{**rec, "restored": True})
+        else:
+            with ctx.phase("gal"):
+                gal, pruned = self._gal(ctx, cfg, baseline, train_ds, K)
+            store.save("gal", h_gal, gal, {"weights": pruned.state_dict()})
+
+        # ---- stage 4: retrain
+        h_final = _hash(cfg, "retrain", {"prev": h_gal})
+        loaded = store.load("retrain", h_final)
+        if loaded is not None:
+            st, tensors = loaded
+            student = build_from_arch(st["arch"])
+            student.load_state_dict(tensors["weights"])
+            retrain_hist = st["history"]
+            resumed.append("retrain")
+        else:
+            with ctx.phase("retrain"):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed(ctx.seed, "student-init"))
+                    student = build_from_arch(pruned.arch_dict())
+                if cfg.retrain == "finetune":
+                    student.load_state_dict(pruned.state_dict())
+                retrain_hist = self._train(ctx, student, train_ds, batch, "retrain", cfg.final_epochs, cfg.final_lr,
+                                           cfg.final_momentum, cfg.final_weight_decay, cfg.final_max_steps_per_epoch)
+            store.save("retrain", h_final, {"arch": student.arch_dict(), "history": retrain_hist},
+                       {"weights": student.state_dict()})
+        student.eval()
+
+        rows = gal["nodes_kept"]
+        info: dict[str, Any] = {
+            "nodes_kept_markdown": nodes_kept_markdown(rows),
+            "nodes_kept": rows,
+            "nodes_total": gal["nodes_total"],
+            "nodes_removed": gal["nodes_removed"],
+            "genotype_drawing": draw_genotype(genotype),
+            "genotype": genotype.to_dict(),
+            "genotype_json": genotype.to_json(),
+            "genotype_source": search["source"],
+            "baseline": {**sizing, "params": int(base_cost.params), "macs": int(base_cost.macs),
+                         "latency_ms": base_lat, "val_acc": base_val},
+            "pruned": gal["pruned"],
+            "gal": {k: gal[k] for k in ("lambda", "lambda_sweep", "rounds", "closing_loop", "d_steps", "g_steps",
+                                        "mask_updates", "final_masks", "exact")},
+            "gal_history": [{k: v for k, v in r.items() if k != "masks"} for r in gal["history"]],
+            "pruned_cells_drawing": gal["drawing"],
+            "search_history": search["history"],
+            "search_wall_s": search["wall_s"],
+            "baseline_history": base_hist,
+            "retrain_history": retrain_hist,
+            "resumed_phases": resumed,
+            "student_arch": student.arch_dict(),
+        }
+        return StrategyOutput(student=student, info=info, arch=student.arch_dict())
+
+    # ------------------------------------------------------------------ stages
+    def _genotype(self, ctx: StrategyContext, cfg: DartsGalConfig, train_ds: Dataset, K: int,
+                  in_shape: tuple[int, ...], h_search: str, store: _Store) -> tuple[Genotype, dict[str, Any]]:
+        fixed = resolve_genotype(cfg.genotype)
+        if fixed is not None:
+            return fixed, {"source": cfg.genotype if len(cfg.genotype) < 40 else "json", "history": [],
+                           "wall_s": 0.0, "resumed_from_epoch": 0}
+        search = DartsSearch(cfg, train_ds, ctx.data.val, K, in_shape, ctx.seed,  # type: ignore[arg-type]
+                             ckpt_dir=store.dir, config_hash=h_search, progress=ctx.progress, log=ctx.log)
+        out = search.run()
+        hist = [{k: v for k, v in r.items() if k != "genotype"} for r in out.history]
+        return out.genotype, {"source": "search", "history": hist, "wall_s": out.wall_s,
+                              "resumed_from_epoch": out.resumed_from_epoch,
+                              "final_alphas": {"normal": out.alphas_normal.tolist(),
+                                               "reduce": out.alphas_reduce.tolist()}}
+
+    def _size(self, ctx: StrategyContext, cfg: DartsGalConfig, genotype: Genotype, K: int,
+              in_shape: tuple[int, ...]) -> dict[str, Any]:
+        done = [0]
+
+        def on_trial(rec: dict[str, Any]) -> None:
+            done[0] += 1
+            ctx.log(phase="sizing", **rec)
+            ctx.progress("sizing", done[0], None, {"C": rec["C"], "layers": rec["layers"], "ok": rec["ok"]})
+
+        sized = size_to_budget(genotype, _margin_check(ctx, cfg.size_margin), K, in_shape, cfg.candidates_C,
+                               cfg.candidates_layers, stem_strides=cfg.stem_strides, capacity=cfg.capacity,
+                               on_trial=on_trial)
+        return {"C": sized.C, "layers": sized.layers, "stem_stride": sized.stem_stride, "size_margin": cfg.size_margin,
+                "sized_macs": int(sized.cost.macs), "sized_params": int(sized.cost.params),
+                "trials": sized.trials}
+
+    def _train(self, ctx: StrategyContext, net: NetworkCIFAR, train_ds: Dataset, batch: int, phase: str, epochs: int,
+               lr: float, momentum: float, wd: float, max_steps: int | None) -> list[dict[str, Any]]:
+        """KD training of ``net`` (baseline or retrain) with a seeded loader and drop-path ramp."""
+        cfg: DartsGalConfig = self.config
+        if epochs == 0:
+            net.eval()
+            return []
+        settings = FinetuneSettings(epochs=epochs, lr=lr, momentum=momentum, weight_decay=wd, kd_alpha=cfg.kd_alpha,
+                                    kd_temperature=cfg.kd_temperature, optimizer="sgd", keep_best=True,
+                                    max_steps_per_epoch=max_steps, augment=cfg.augment,
+                                    seed=derive_seed(ctx.seed, phase, "augment"))
+        gen = torch.Generator().manual_seed(derive_seed(ctx.seed, phase, "drop-path"))
+        for cell in net.cells:
+            cell.generator = gen
+        net.drop_path_prob = 0.0
+        ctx.progress(phase, 0, epochs, {})
+
+        def on_epoch(epoch: int, rec: dict) -> None:
+            net.drop_path_prob = cfg.drop_path * epoch / epochs if epoch < epochs else 0.0
+            ctx.log(phase=phase, **rec)
+            ctx.progress(phase, epoch, epochs, rec)
+
+        loader = _loader(train_ds, batch, derive_seed(ctx.seed, phase, "loader"))
+        hist = finetune(net, loader, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch)
+        net.drop_path_prob = 0.0
+        for cell in net.cells:
+            cell.generator = None
+        return [{"phase": phase, **h} for h in hist]
+
+    def _gal(self, ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, train_ds: Dataset,
+             K: int) -> tuple[dict[str, Any], NetworkCIFAR]:
+        """GAL for each lambda of the sweep (or the one ``sparse_lambda``), each followed by the
+        closing loop; the candidate whose removed fraction is closest to ``target_prune_fraction``
+        wins. Returns the JSON state and the pruned network (masks off, pruned weights)."""
+        lambdas = cfg.lambda_sweep or (cfg.sparse_lambda,)
+        total_nodes = node_count(baseline)
+        candidates = []
+        for n, lam0 in enumerate(lambdas):
+            candidates.append(self._gal_one(ctx, cfg, baseline, train_ds, K, lam0, total_nodes,
+                                            tag=f"gal[{n}]" if len(lambdas) > 1 else "gal"))
+        best = min(range(len(candidates)),
+                   key=lambda i: (abs(candidates[i]["removed_fraction"] - cfg.target_prune_fraction), i))
+        chosen = candidates[best]
+        G, keep = chosen.pop("_G"), chosen.pop("_keep")
+        for c in candidates:
+            c.pop("_G", None)
+            c.pop("_keep", None)
+        plain = prune_network(G, keep, keep_masks=False).net
+        masks = mask_values(G)
+        rows = nodes_kept_rows(G, keep, masks)
+        drawing = "\n\n".join(draw_cell(cell.spec, f"cell {i + 1} ({'reduction' if cell.spec.reduction else 'normal'})")
+                              for i, cell in enumerate(plain.cells))
+        state = {
+            "arch": plain.arch_dict(), "lambda": chosen["lambda"],
+            "lambda_sweep": [{k: v for k, v in c.items() if k not in ("history",)} for c in candidates],
+            "rounds": chosen["rounds"], "closing_loop": chosen["closing_loop"], "d_steps": chosen["d_steps"],
+            "g_steps": chosen["g_steps"], "mask_updates": chosen["mask_updates"], "final_masks": masks,
+            "exact": chosen["exact"], "nodes_kept": rows, "nodes_total": total_nodes,
+            "nodes_removed": chosen["removed"], "pruned": chosen["pruned"], "history": chosen["history"],
+            "drawing": drawing,
+        }
+        return state, plain.eval()
+
+    def _gal_one(self, ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, train_ds: Dataset, K: int,
+                 lam: float, total_nodes: int, tag: str) -> dict[str, Any]:
+        check = ctx.check
+        settings = gal_settings(cfg, lam, derive_seed(ctx.seed, "gal"))
+        trainer = GALTrainer(baseline, train_ds, K, settings, progress=ctx.progress, log=ctx.log, phase_name=tag)
+        t0 = time.perf_counter()
+        res = trainer.run()
+        history = list(res.history)
+        epochs_done = cfg.gal_epochs
+
+        def measure() -> tuple[Any, Any, tuple[Cost, BudgetCheck, float | None]]:
+            keep = kept_nodes(trainer.G, threshold=cfg.mask_threshold, keep_nonempty=cfg.keep_nonempty)
+            pr = prune_network(trainer.G, keep, keep_masks=False)
+            return keep, pr, check(pr.net)
+
+        keep, pr, (cost, chk, lat) = measure()
+        rounds = [{"round": 0, "lambda": lam, "epochs": cfg.gal_epochs, "removed": pr.removed, **_cost_dict(cost, lat),
+                   "ok": chk.ok}]
+        r = 0
+        while not chk.ok and r < cfg.max_prune_rounds:
+            r += 1
+            lam *= cfg.lambda_growth
+            trainer.s = dataclasses.replace(trainer.s, lam=lam)
+            trainer.fista.lam = lam
+            extra = cfg.prune_round_epochs or cfg.gal_epochs
+            history += trainer.run(epochs=extra, start_epoch=epochs_done).history
+            epochs_done += extra
+            keep, pr, (cost, chk, lat) = measure()
+            rounds.append({"round": r, "lambda": lam, "epochs": extra, "removed": pr.removed,
+                           **_cost_dict(cost, lat), "ok": chk.ok})
+        thresholded: list[list[int]] = []
+        while not chk.ok:
+            # zero the smallest surviving mask (non-forced) and re-measure
+            with torch.no_grad():
+                cands = [(float(cell.node_mask[i]), c, i) for c, (cell, k) in enumerate(zip(trainer.G.cells, keep))
+                         for i in k.kept if i not in k.forced and float(cell.node_mask[i]) > cfg.mask_threshold]
+                if not cands:
+                    raise BudgetUnreachableError(
+                        f"darts-gal: even with every prunable node removed the network costs {cost.macs:,} MACs and "
+                        f"{cost.params:,} params and violates " + "; ".join(str(v) for v in chk.violations)
+                        + ". Lower size_margin (the baseline is sized to size_margin x the budget) or add smaller "
+                          "candidates_C / candidates_layers.")
+                _v, c, i = min(cands)
+                trainer.G.cells[c].node_mask[i] = 0.0
+                thresholded.append([c + 1, i])
+            keep, pr, (cost, chk, lat) = measure()
+        closing = {"rounds": r, "thresholded_nodes": thresholded, "ok": bool(chk.ok)}
+        removed = total_nodes - node_count(pr.net)
+        masked_pruned = prune_network(trainer.G, keep, keep_masks=True)
+        val_acc = evaluate(masked_pruned.net, ctx.data.val)
+        return {
+            "lambda": lam, "lambda_start": settings.lam, "rounds": rounds, "closing_loop": closing,
+            "removed": removed, "removed_fraction": removed / max(total_nodes, 1),
+            "pruned": {**_cost_dict(cost, lat), "val_acc_before_retrain": val_acc},
+            "d_steps": trainer.d_steps, "g_steps": trainer.g_steps, "mask_updates": trainer.fista.steps,
+            "exact": masked_pruned.exact, "wall_s": time.perf_counter() - t0, "history": history,
+            "_G": trainer.G, "_keep": keep,
+        }
+
