@@ -325,6 +325,55 @@ def _npz_for_gate(path: Path, mean: Optional[str], std: Optional[str]):
     return np.ascontiguousarray(x), y.astype("int64")
 
 
+@app.command("evolve-metric")
+def evolve_metric_cmd(
+    preset: str = typer.Option("cpu-small", help="Evolution preset: 'cpu-small' (digits tasks, minutes) or 'full' (paper)."),
+    out: Path = typer.Option(Path("slimforge-out/evolve"), help="Run directory (checkpoint, best_metric.json, fitness.png)."),
+    seed: int = typer.Option(0, help="Run seed."),
+    workers: int = typer.Option(0, help="Evaluate individuals in a local process pool of this size (0: serial)."),
+    resume: bool = typer.Option(True, help="Continue from the run directory's checkpoint when present."),
+    generations: Optional[int] = typer.Option(None, help="Override the preset's number of generations."),
+) -> None:
+    """Evolve a channel-pruning metric with genetic programming (GECCO'22), then use it with
+    `--config '{"metric": "OUT/best_metric.json"}'` in gp-prune."""
+    try:
+        from tqdm.auto import tqdm
+
+        from compress.strategies.gp_prune.evolve import EvolveConfig, evolve_metric, process_map
+
+        cfg = EvolveConfig.preset(preset, **({"generations": generations} if generations else {}))
+        bars: dict = {}
+
+        def progress(phase: str, done: int, total, info: dict) -> None:
+            bar = bars.get(phase)
+            if bar is None or (total is not None and bar.total != total):
+                if bar is not None:
+                    bar.close()
+                bar = bars[phase] = tqdm(total=total, desc=phase, leave=phase == "generation", dynamic_ncols=True)
+            bar.n = done
+            bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items()
+                             if isinstance(v, (int, float, str))}, refresh=False)
+            bar.refresh()
+
+        pool = process_map(workers) if workers > 0 else None
+        try:
+            result = evolve_metric(cfg, out_dir=out, seed=seed, map_fn=pool, progress=progress, resume=resume)
+        finally:
+            if pool is not None:
+                pool.close()
+            for bar in bars.values():
+                bar.close()
+    except _known_errors() as exc:
+        _fail(exc)
+    con = _console()
+    con.print(f"best metric (fitness {result.best_fitness:.4f}, task accuracies {list(result.best_acc)}):")
+    con.print(f"  {result.best_formula}")
+    if result.soap_best_gen0 is not None:
+        con.print(f"best SOAP fitness in generation 0: {result.soap_best_gen0:.4f}")
+    con.print(f"{result.generations_done} generations, {result.evaluations} evaluations, {result.wall_s:.0f} s; "
+              f"outputs in {out} (best_metric.json, fitness.json, fitness.png)")
+
+
 @app.command()
 def strategies() -> None:
     """List the registered strategies."""
