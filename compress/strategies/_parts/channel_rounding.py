@@ -44,6 +44,20 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
+def _prunable_groups(model: nn.Module, example_inputs: torch.Tensor, ratio: float, ignored: list[nn.Module]):
+    """Yield ``(group, root module, channels C, nominal kept width k)`` for every Torch-Pruning group
+    that ratio ``r`` would cut, with ``k = floor(C * (1 - r))`` as Torch-Pruning computes it."""
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs)
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
+        root = group[0].dep.target.module
+        c = dg.get_out_channels(root)
+        if not c:
+            continue
+        k = int(c * (1 - ratio))
+        if 1 <= k < c:
+            yield group, root, c, k
+
+
 def plan_widths(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -63,21 +77,13 @@ def plan_widths(
     names = {m: n for n, m in model.named_modules()}
     spatial = {n: cfg for n, cfg in layer_configs(model, example_inputs) if isinstance(cfg, ConvConfig)}
     in_ch = example_inputs.shape[1]
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs)
 
     def nominal(c: int, fixed: bool) -> int:
         return c if fixed else max(1, int(c * (1 - ratio)))
 
     plan: dict[nn.Module, int] = {}
     records: list[dict] = []
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
-        root = group[0].dep.target.module
-        c = dg.get_out_channels(root)
-        if not c:
-            continue
-        k = int(c * (1 - ratio))
-        if k < 1 or k >= c:
-            continue
+    for group, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored):
         producers, consumers, depthwise = [], [], []
         for dep, _ in group:
             m, fn = dep.target.module, dep.handler
@@ -127,15 +133,5 @@ def plan_widths(
 def plan_fixed_widths(model: nn.Module, example_inputs: torch.Tensor, ratio: float, ignored: list[nn.Module],
                       multiple: int) -> dict[nn.Module, int]:
     """Kept width of every group rounded *up* to a fixed multiple (never above the group's width)."""
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs)
-    plan: dict[nn.Module, int] = {}
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
-        root = group[0].dep.target.module
-        c = dg.get_out_channels(root)
-        if not c:
-            continue
-        k = int(c * (1 - ratio))
-        if k < 1 or k >= c:
-            continue
-        plan[root] = min(c, -(-k // multiple) * multiple)
-    return plan
+    return {root: min(c, -(-k // multiple) * multiple)
+            for _, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored)}
