@@ -69,3 +69,21 @@ def test_lowest_scored_channels_are_removed():
     orig = m.features[0].weight.detach()
     removed = [i for i in range(16) if not any(torch.equal(orig[i], k) for k in kept)]
     assert removed == [2, 5, 7]
+
+
+def test_measured_plan_picks_a_candidate_width_and_caches_the_table(tmp_path):
+    from compress.profiling import Target
+    from compress.profiling.latency_model import LayerLatencyTable
+    from compress.strategies._parts.channel_rounding import plan_widths
+
+    m = TinyResidualNet().eval()
+    x = m.example_inputs()
+    table = LayerLatencyTable(Target.preset("cpu-1t", input_shape=(3, 32, 32)), cache_dir=tmp_path, repeats=5, warmup=1)
+    plan, records = plan_widths(m, x, 0.3, [m.head], table)
+    assert len(plan) == len(records) == 2
+    for rec in records:
+        assert rec["chosen"] in candidate_widths(rec["nominal"], rec["channels"], 0.2)
+        assert rec["chosen_ms"] > 0 and rec["nominal_ms"] > 0
+    assert table.path.is_file() and table.measured > 0
+    again = LayerLatencyTable(Target.preset("cpu-1t"), cache_dir=tmp_path)
+    assert set(again.entries) == set(table.entries)  # reloaded from disk, nothing re-measured
