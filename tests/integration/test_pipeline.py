@@ -19,6 +19,12 @@ from compress.testing import HiddenStateNet, NoClassifierNet, TinyConvNet, TinyR
 # test_every_strategy_has_a_contract_config, so nothing ships untested.
 CONTRACT_CONFIGS = {
     "gp-prune": {"epochs": 1, "bisection_steps": 5, "calib_samples": 64, "max_steps_per_epoch": 5},
+    "darts-gal": {"search_C": 4, "search_layers": 3, "search_stem_stride": 2, "search_epochs": 1,
+                  "search_batch_size": 32, "search_max_steps_per_epoch": 2, "search_val_batches": 1,
+                  "candidates_C": [4, 6, 8], "candidates_layers": [3], "stem_strides": [1, 2],
+                  "baseline_epochs": 1, "baseline_max_steps_per_epoch": 3, "gal_epochs": 1, "gal_batch_size": 32,
+                  "gal_max_g_steps_per_epoch": 2, "n_critic": 5, "mask_step": 1, "mask_lr": 0.05,
+                  "sparse_lambda": 0.5, "final_epochs": 1, "final_max_steps_per_epoch": 3},
     "eg-nas": {"search_C": 4, "search_layers": 3, "partial_channels": 1, "search_stem_stride": 2, "search_epochs": 2,
                "warmup_epochs": 1, "batch_size": 32, "es_batch_size": 32, "max_steps_per_epoch": 2,
                "search_val_batches": 1, "restarts": 2, "popsize": 4, "candidates_C": [4, 6, 8],

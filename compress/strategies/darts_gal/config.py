@@ -59,18 +59,35 @@ class DartsGalConfig:
         gal_epochs: 100 (GAL reference). gal_batch_size: 100 (paper).
         gal_lr, gal_momentum, gal_weight_decay: SGD on the generator weights (wd = R(W_G)).
         gal_lr_step_epochs, gal_lr_gamma: StepLR of every GAL learning rate (30, 0.1).
-        gal_max_g_steps_per_epoch: cap on generator steps per GAL epoch (None: one pass over the
-            data, ``n_critic + 1`` batches per generator step).
+        gal_max_g_steps_per_epoch: cap on generator steps per GAL epoch (None: one generator pass
+            over the data; the critic reads ``n_critic`` further batches per generator step).
         n_critic: discriminator steps per generator step (5, paper §3.4), each on a fresh batch.
         gan: ``"log"`` (Eq. 5 log-loss, GAL wiring) or ``"wgan"`` (critic D(f_g) - D(f_b),
             generator -D(f_g), weight clipping ``wgan_clip``).
-        d_input: ``"softmax"`` (paper: softmax outputs are the true/false labels) or ``"logits"``
-            (GAL code); the same features enter the data loss.
-        d_hidden, d_activation: discriminator ``K -> 128 -> 256 -> 128 -> 1`` with no hidden
-            activations (GAL code, issue #4) or ``"relu"``.
+        gal_bn: ``"train"`` (GAL code: the generator trains with batch statistics) or ``"eval"``
+            (its BatchNorms keep the baseline's running statistics; on DARTS cells this makes the
+            masked network hypersensitive to mask scale -- a 5 % shrink of every mask changes
+            19 % of the digits predictions -- and the masks diverge).
+        gal_grad_clip: gradient-norm clip of the generator weights (5, the DARTS value; None = off
+            as in GAL). Without it, SGD at lr 0.01 on the logit data loss diverges on DARTS stacks.
+        d_input: what D sees: ``"softmax"`` (paper: softmax outputs are the true/false labels) or
+            ``"logits"`` (GAL code).
+        data_input: what the data loss compares: ``"logits"`` (GAL code; Eq. 6 compares with the
+            generator's output ``G(x)``) or ``"softmax"`` (saturates: with it the masks shrink
+            uniformly and no node is singled out).
+        data_scale: ``"baseline"`` divides Eq. 6 by the baseline's mean ``(1/2) ||f_b||^2`` over the
+            training set (a relative error, so lambda does not depend on the logit scale, which KD
+            with a confident teacher inflates); ``"none"`` is Eq. 6 as written.
+        d_hidden, d_activation, d_init_std: discriminator ``K -> 128 -> 256 -> 128 -> 1`` with no
+            hidden activations (GAL code, issue #4) or ``"relu"``; weights N(0, 0.01) (GAL code)
+            or None for PyTorch's default init.
         d_lr, d_momentum, d_weight_decay: SGD on the discriminator.
         mu: weight of the data loss (Eq. 6, ``(1/2n) sum ||f_b - f_g||^2``).
-        sparse_lambda: lambda of ``R_lambda(s) = lambda ||s||_1`` (not given by the paper).
+        sparse_lambda: lambda of ``R_lambda(s) = lambda ||s||_1`` (not given by the paper; GAL's
+            0.6 for ResNet block masks refers to its unnormalised loss). 0.1 with
+            ``data_scale="baseline"`` removes about half of the nodes of a 5-cell digits stack in
+            30 generator steps; the transition is sharp (0.05: none, 0.1: half), so check the
+            nodes-kept table or use ``lambda_sweep``.
         lambda_sweep: optional lambdas tried from the same baseline (ALGORITHMS.md §3(c)); the one
             whose removed-node fraction is closest to ``target_prune_fraction`` (within the
             budget) wins; empty = ``sparse_lambda`` only.
@@ -145,14 +162,19 @@ class DartsGalConfig:
     n_critic: int = 5
     gan: str = "log"
     wgan_clip: float = 0.01
+    gal_bn: str = "train"
+    gal_grad_clip: float | None = 5.0
     d_input: str = "softmax"
+    data_input: str = "logits"
+    data_scale: str = "baseline"
     d_hidden: tuple[int, ...] = (128, 256, 128)
     d_activation: str = "none"
+    d_init_std: float | None = 0.01
     d_lr: float = 0.01
     d_momentum: float = 0.9
     d_weight_decay: float = 2e-4
     mu: float = 1.0
-    sparse_lambda: float = 0.6
+    sparse_lambda: float = 0.1
     lambda_sweep: tuple[float, ...] = ()
     target_prune_fraction: float = 0.5
     mask_lr: float = 0.01
@@ -234,7 +256,16 @@ class DartsGalConfig:
         need(0.0 <= self.drop_path < 1.0, f"drop_path must be in [0, 1), got {self.drop_path}.")
         need(self.gan in ("log", "wgan"), f"gan must be 'log' or 'wgan', got {self.gan!r}.")
         need(self.d_input in ("softmax", "logits"), f"d_input must be 'softmax' or 'logits', got {self.d_input!r}.")
-        need(self.d_activation in ("none", "relu"), f"d_activation must be 'none' or 'relu', got {self.d_activation!r}.")
+        need(self.data_input in ("softmax", "logits"),
+             f"data_input must be 'softmax' or 'logits', got {self.data_input!r}.")
+        need(self.data_scale in ("baseline", "none"),
+             f"data_scale must be 'baseline' or 'none', got {self.data_scale!r}.")
+        need(self.gal_bn in ("train", "eval"), f"gal_bn must be 'train' or 'eval', got {self.gal_bn!r}.")
+        need(self.gal_grad_clip is None or self.gal_grad_clip > 0,
+             f"gal_grad_clip must be None or > 0, got {self.gal_grad_clip}.")
+        need(self.d_init_std is None or self.d_init_std > 0, f"d_init_std must be None or > 0, got {self.d_init_std}.")
+        need(self.d_activation in ("none", "relu"),
+             f"d_activation must be 'none' or 'relu', got {self.d_activation!r}.")
         need(all(h >= 1 for h in self.d_hidden), f"d_hidden sizes must be >= 1, got {self.d_hidden}.")
         need(self.sparse_lambda >= 0, f"sparse_lambda must be >= 0, got {self.sparse_lambda}.")
         need(all(v >= 0 for v in self.lambda_sweep), f"lambda_sweep values must be >= 0, got {self.lambda_sweep}.")
@@ -252,9 +283,9 @@ class DartsGalConfig:
 
         * ``"paper"``: the defaults (GPU scale).
         * ``"cpu-small"``: ALGORITHMS.md §3(c) -- a tiny first-order search (C 8, 5 cells, at half
-          resolution, 5 epochs), a small sizing grid, 10 baseline epochs, 4 GAL epochs with a
-          FISTA step every 2 generator steps, 10 retrain epochs. A few minutes on 2 CPU cores for
-          the digits demo.
+          resolution, 4 epochs of 8 steps), a small sizing grid, 6 baseline epochs, 3 GAL epochs
+          of 10 generator steps (batch 32, 5 critic steps each, a FISTA step after every generator
+          step, lambda 0.1), 8 retrain epochs. Minutes on 2 CPU cores for the digits demo.
 
         Raises:
             ConfigError: unknown preset name.
@@ -267,13 +298,13 @@ class DartsGalConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "cpu-small": dict(
-        search_C=8, search_layers=5, search_stem_stride=2, search_epochs=5, search_batch_size=32,
-        search_lr=0.025, search_max_steps_per_epoch=10, search_val_batches=2,
+        search_C=8, search_layers=5, search_stem_stride=2, search_epochs=4, search_batch_size=32,
+        search_lr=0.025, search_max_steps_per_epoch=8, search_val_batches=2,
         candidates_C=(4, 6, 8, 10, 12, 16, 20, 24), candidates_layers=(5, 8),
-        baseline_epochs=10, baseline_lr=0.025,
-        gal_epochs=4, gal_max_g_steps_per_epoch=8, mask_step=2, mask_lr=0.05, sparse_lambda=0.5,
-        gal_lr_step_epochs=30, max_prune_rounds=2, prune_round_epochs=2,
-        final_epochs=10, final_lr=0.025,
+        baseline_epochs=6, baseline_lr=0.01,
+        gal_epochs=3, gal_batch_size=32, gal_max_g_steps_per_epoch=10, mask_step=1, mask_lr=0.05,
+        sparse_lambda=0.1, max_prune_rounds=2, prune_round_epochs=2,
+        final_epochs=8, final_lr=0.025,
     ),
 }
 

@@ -6,18 +6,29 @@ The generator ``G`` is a copy of ``B`` with one scalar soft mask ``m_{c,i} >= 0`
 node ``i`` of every cell ``c`` (placement of ALGORITHMS.md §3(b).8: ``m_i`` multiplies node i's
 concat slice and every edge that reads node i, so a node whose mask is 0 can be removed exactly).
 A discriminator ``D`` tells ``f_b = feat(B(x))`` (real) from ``f_g = feat(G(x))`` (fake), where
-``feat`` is the softmax (paper) or the logits (GAL code).
+``feat`` is the softmax (paper, ``d_input``) or the logits (GAL code).
 
-Per generator step (paper §3.4: five discriminator steps, then one generator step):
+An epoch is one pass of the generator over the data (``len(loader)`` generator steps, capped by
+``max_g_steps_per_epoch``); the critic's fresh batches come from a second seeded stream over the
+same data. Per generator step (paper §3.4: five discriminator steps, then one generator step):
 
 * ``n_critic`` times, on a fresh batch: D step on
   ``L_D = BCE(D(f_b), 1) + BCE(D(f_g), 0) + BCE(D(f_g), 1)`` (Eq. 5 plus ``R(W_D)`` of Eq. 7, as
   the GAL code wires it) -- or, with ``gan="wgan"``, ``D(f_g) - D(f_b)`` and weight clipping;
 * G step on a fresh batch: ``L_G = BCE(D(f_g), 1) + mu * L_data + lambda * ||m||_1`` with
-  ``L_data = (1/2n) sum_x ||f_b - f_g||^2`` (Eq. 6) -- or ``-D(f_g)`` as the adversarial term with
-  WGAN. The weights take an SGD step (weight decay = ``R(W_G)``); the masks are not in the SGD
-  optimiser: every ``mask_step`` generator steps, :class:`MaskFISTA` takes a proximal step
-  (soft-threshold ``lr * lambda``, clamp at 0, FISTA momentum) with that step's mask gradient.
+  ``L_data = (1/2n) sum_x ||z_b - z_g||^2`` (Eq. 6) on the logits (``data_input``, GAL code),
+  divided by the baseline's mean ``(1/2)||z_b||^2`` (``data_scale="baseline"``, a relative error) --
+  or ``-D(f_g)`` as the adversarial term with WGAN. The weights take a (clipped) SGD step (weight
+  decay = ``R(W_G)``); the masks are not in the SGD optimiser: every ``mask_step`` generator steps,
+  :class:`MaskFISTA` takes a proximal step (soft-threshold ``lr * lambda``, clamp at 0, FISTA
+  momentum) with that step's mask gradient (which includes ``lambda * sign(m)``, GAL code).
+
+BatchNorm: G trains with batch statistics (``bn="train"``, GAL code); B's outputs are computed once
+in eval mode and cached. After a run G's running statistics are re-estimated with the final masks
+(they lag behind masks that move every step). Observed on DARTS stacks (digits, 5 cells): in train
+mode a node's output scale is normalised away by the next cell's BatchNorm, so most masks shrink
+together and the data loss singles nodes out only near zero; in eval mode (``bn="eval"``) the
+network is hypersensitive to the scale and the masks diverge.
 """
 
 from __future__ import annotations
@@ -68,10 +79,13 @@ class Discriminator(nn.Module):
         hidden: hidden widths.
         activation: ``"none"`` (reference) or ``"relu"`` (the GAL paper's drawing).
         generator: torch generator for the init (None: global RNG).
+        init_std: weight std of the N(0, std) init (0.01, reference); None = PyTorch's default
+            uniform init (with the reference init a 4-layer linear D passes gradients of order
+            ``std^3`` to its first layers and learns little beyond the last bias).
     """
 
     def __init__(self, num_inputs: int, hidden: Sequence[int] = (128, 256, 128), activation: str = "none",
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, init_std: float | None = 0.01) -> None:
         super().__init__()
         if activation not in ("none", "relu"):
             raise ConfigError(f"Discriminator activation must be 'none' or 'relu', got {activation!r}.")
@@ -80,8 +94,13 @@ class Discriminator(nn.Module):
         for k, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             lin = nn.Linear(a, b)
             with torch.no_grad():
-                lin.weight.copy_(torch.randn(b, a, generator=generator) * 0.01)
-                lin.bias.zero_()
+                if init_std is None:  # PyTorch's default: U(-1/sqrt(a), 1/sqrt(a)) for weight and bias
+                    bound = 1.0 / math.sqrt(a)
+                    lin.weight.copy_((torch.rand(b, a, generator=generator) * 2 - 1) * bound)
+                    lin.bias.copy_((torch.rand(b, generator=generator) * 2 - 1) * bound)
+                else:
+                    lin.weight.copy_(torch.randn(b, a, generator=generator) * init_std)
+                    lin.bias.zero_()
             layers.append(lin)
             if activation == "relu" and k < len(dims) - 2:
                 layers.append(nn.ReLU())
@@ -139,9 +158,10 @@ class MaskFISTA:
     """Proximal gradient with FISTA momentum on non-negative masks (GAL ``fista.py`` semantics).
 
     ``step()``: ``t' = (1 + sqrt(1 + 4 t^2)) / 2``; ``y = m + ((t - 1) / t') (m - m_prev)``;
-    ``m <- max(soft_threshold(y - lr * grad, lr * lambda), 0)``. The gradient is the one already in
-    ``m.grad`` (computed at ``m``, as the reference does, not at ``y``); a missing grad counts as 0.
-    A mask with ``|y - lr * g| <= lr * lambda`` becomes exactly 0.
+    ``m <- max(soft_threshold(y - lr * grad, lr * lambda), 0)``, with ``t = 1`` at the start and no
+    momentum (``y = m``, ``t`` unchanged) at the first call, as GAL's ``fista.py``. The gradient is
+    the one already in ``m.grad`` (computed at ``m``, as the reference does, not at ``y``); a
+    missing grad counts as 0. A mask with ``|y - lr * g| <= lr * lambda`` becomes exactly 0.
 
     Args:
         masks: the mask parameters (each any shape).
@@ -160,14 +180,17 @@ class MaskFISTA:
 
     @torch.no_grad()
     def step(self) -> None:
-        t_next = (1.0 + math.sqrt(1.0 + 4.0 * self.t * self.t)) / 2.0
-        beta = (self.t - 1.0) / t_next
+        if self.steps == 0:  # the reference's first call only initialises the momentum state
+            beta = 0.0
+        else:
+            t_next = (1.0 + math.sqrt(1.0 + 4.0 * self.t * self.t)) / 2.0
+            beta = (self.t - 1.0) / t_next
+            self.t = t_next
         for m, prev in zip(self.masks, self.prev):
             g = torch.zeros_like(m) if m.grad is None else m.grad
             y = m + beta * (m - prev)
             prev.copy_(m)
-            m.copy_(soft_threshold(y - self.lr * g, self.lr * self.lam).clamp_min(0.0))
-        self.t = t_next
+            m.copy_(soft_threshold(y - self.lr * g, self.lr * self.lam).clamp_min(0.0) + 0.0)  # no -0.0
         self.steps += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -241,6 +264,12 @@ class GALSettings:
     mask_step: int = 200
     mask_init: str = "ones"
     l1_in_gradient: bool = True
+    bn: str = "train"
+    data_input: str = "logits"
+    data_scale: str = "baseline"
+    recalibrate_bn: bool = True
+    grad_clip: float | None = None
+    d_init_std: float | None = 0.01
     seed: int = 0
 
 
@@ -253,6 +282,19 @@ class GALResult:
     d_steps: int = 0
     g_steps: int = 0
     mask_updates: int = 0
+
+
+class _Indexed(Dataset):
+    """``(x, index)`` pairs of a dataset of ``(x, y, ...)`` samples (GAL is label-free)."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.ds[i][0], i
 
 
 class _Cycle:
@@ -298,6 +340,8 @@ class GALTrainer:
         s = settings
         if s.n_critic < 1 or s.mask_step < 1 or s.batch_size < 1:
             raise ConfigError("GAL needs n_critic, mask_step and batch_size >= 1.")
+        if s.bn not in ("eval", "train"):
+            raise ConfigError(f"GAL bn must be 'eval' or 'train', got {s.bn!r}.")
         self.s = s
         self.B = baseline
         self.progress = progress or (lambda *a, **k: None)
@@ -315,7 +359,8 @@ class GALTrainer:
                 for m in self.masks:
                     if not isinstance(m, nn.Parameter):
                         raise ConfigError("generator_net must carry trainable node masks (attach_masks).")
-            self.D = Discriminator(num_classes, s.d_hidden, s.d_activation, torch.Generator().manual_seed(s.seed + 2))
+            self.D = Discriminator(num_classes, s.d_hidden, s.d_activation, torch.Generator().manual_seed(s.seed + 2),
+                                   init_std=s.d_init_std)
         for p in self.B.parameters():
             p.requires_grad_(False)
         mask_ids = {id(m) for m in self.masks}
@@ -326,9 +371,18 @@ class GALTrainer:
         self.d_opt = torch.optim.SGD(self.D.parameters(), lr=s.d_lr, momentum=s.d_momentum,
                                      weight_decay=s.d_weight_decay)
         self.fista = MaskFISTA(self.masks, s.mask_lr, s.lam)
-        self.data = _Cycle(train_ds, s.batch_size, s.seed + 3)
-        n_batches = len(self.data.loader)
-        per_epoch = max(1, n_batches // (s.n_critic + 1))
+        indexed = _Indexed(train_ds)
+        self.data = _Cycle(indexed, s.batch_size, s.seed + 3)
+        self.critic_data = _Cycle(indexed, s.batch_size, s.seed + 4)
+        self._zb = self._baseline_logits(indexed)
+        if s.data_scale not in ("baseline", "none"):
+            raise ConfigError(f"GAL data_scale must be 'baseline' or 'none', got {s.data_scale!r}.")
+        #: divisor of Eq. 6: 1, or the baseline's mean ``(1/2) ||f_b||^2`` so the data loss is a relative error
+        self.data_norm = 1.0
+        if s.data_scale == "baseline":
+            fb = features(self._zb, s.data_input)
+            self.data_norm = max(float(0.5 * fb.pow(2).sum(1).mean()), 1e-12)
+        per_epoch = len(self.data.loader)
         if s.max_g_steps_per_epoch is not None:
             per_epoch = min(per_epoch, s.max_g_steps_per_epoch)
         self.g_steps_per_epoch = per_epoch
@@ -346,10 +400,50 @@ class GALTrainer:
     def _feat(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return features(net(x), self.s.d_input)
 
-    def d_step(self, x: torch.Tensor) -> float:
-        """One discriminator update on batch ``x``; returns its loss."""
+    def train_mode(self) -> None:
+        """G in train mode; with ``bn="eval"`` its BatchNorms keep the baseline's running statistics."""
+        self.G.train()
+        if self.s.bn == "eval":
+            for m in self.G.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    @torch.no_grad()
+    def _baseline_logits(self, ds: Dataset) -> torch.Tensor:
+        """``B(x)`` of every training sample ``(N, K)``: B is frozen and in eval mode, so its outputs
+        are fixed and computed once (the same numbers a per-batch forward would give)."""
+        was = self.B.training
+        self.B.eval()
+        loader = DataLoader(ds, batch_size=256, shuffle=False, num_workers=0)
+        out = torch.cat([self.B(x) for x, _i in loader])
+        self.B.train(was)
+        return out
+
+    @torch.no_grad()
+    def recalibrate_bn(self) -> None:
+        """Re-estimate G's BatchNorm running statistics with the current masks (one pass over the
+        training data, cumulative average). During GAL the masks move every few steps and the
+        running averages lag behind them, so the eval-mode generator (what gets pruned and, with
+        ``retrain="finetune"``, fine-tuned) would not compute what the train-mode one learned."""
+        bns = [m for m in self.G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        was = self.G.training
+        self.G.train()
+        loader = DataLoader(self.data.loader.dataset, batch_size=self.s.batch_size, shuffle=False, num_workers=0)
+        for x, _i in loader:
+            self.G(x)
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        self.G.train(was)
+
+    def d_step(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> float:
+        """One discriminator update on batch ``x`` (``idx``: its sample indices, for the cached
+        baseline features; None computes them); returns its loss."""
         with torch.no_grad():
-            f_b = self._feat(self.B, x)
+            f_b = features(self.B(x) if idx is None else self._zb[idx], self.s.d_input)
             f_g = self._feat(self.G, x)
         loss = discriminator_loss(self.D(f_b), self.D(f_g), self.s.gan)
         self.d_opt.zero_grad(set_to_none=True)
@@ -362,15 +456,15 @@ class GALTrainer:
         self.d_steps += 1
         return float(loss.detach())
 
-    def g_step(self, x: torch.Tensor) -> dict[str, float]:
+    def g_step(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict[str, float]:
         """One generator update on batch ``x`` (weights by SGD; masks by FISTA every ``mask_step``)."""
         s = self.s
         with torch.no_grad():
-            f_b = self._feat(self.B, x)
+            z_b = self.B(x) if idx is None else self._zb[idx]
         self.D.requires_grad_(False)
-        f_g = self._feat(self.G, x)
-        adv = generator_adv_loss(self.D(f_g), s.gan)
-        dat = data_loss(f_b, f_g)
+        z_g = self.G(x)
+        adv = generator_adv_loss(self.D(features(z_g, s.d_input)), s.gan)
+        dat = data_loss(features(z_b, s.data_input), features(z_g, s.data_input)) / self.data_norm
         l1 = sum(m.abs().sum() for m in self.masks)
         loss = adv + s.mu * dat + (s.lam * l1 if s.l1_in_gradient else 0.0)
         self.g_opt.zero_grad(set_to_none=True)
@@ -378,6 +472,8 @@ class GALTrainer:
             m.grad = None
         loss.backward()
         self.D.requires_grad_(True)
+        if s.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.g_opt.param_groups[0]["params"], s.grad_clip)
         self.g_opt.step()
         self.g_steps += 1
         if self.g_steps % s.mask_step == 0:
@@ -396,13 +492,13 @@ class GALTrainer:
         self.progress(self.phase_name, 0, epochs, {"lambda": s.lam})
         for e in range(epochs):
             self._set_lr(start_epoch + e)
-            self.G.train()
+            self.train_mode()
             self.D.train()
             sums = {"d_loss": 0.0, "adv": 0.0, "data": 0.0, "l1": 0.0, "objective": 0.0}
             for _ in range(self.g_steps_per_epoch):
                 for _k in range(s.n_critic):
-                    sums["d_loss"] += self.d_step(self.data.next()[0]) / s.n_critic
-                for k, v in self.g_step(self.data.next()[0]).items():
+                    sums["d_loss"] += self.d_step(*self.critic_data.next()) / s.n_critic
+                for k, v in self.g_step(*self.data.next()).items():
                     sums[k] += v
             n = self.g_steps_per_epoch
             masks = mask_values(self.G)
@@ -415,6 +511,8 @@ class GALTrainer:
             history.append(rec)
             self.log(**rec)
             self.progress(self.phase_name, e + 1, epochs, {k: rec[k] for k in ("data", "d_loss", "zero_masks")})
+        if s.recalibrate_bn and s.bn == "train":  # with bn="eval" the running statistics never moved
+            self.recalibrate_bn()
         self.G.eval()
         return GALResult(masks=mask_values(self.G), history=history, d_steps=self.d_steps, g_steps=self.g_steps,
                          mask_updates=self.fista.steps)

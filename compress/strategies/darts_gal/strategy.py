@@ -33,6 +33,12 @@ Documented deviations / resolutions (ALGORITHMS.md §3(b)):
   the Wasserstein critic with weight clipping (the paper names it without details);
 * masks start at 1 and the generator at the baseline's weights, so G == B at step 0;
 * FISTA uses the gradient at the current masks (as GAL's code), every ``mask_step`` G steps;
+* D sees softmax outputs (paper); the data loss compares logits (GAL code) and is divided by the
+  baseline's mean squared logit norm (``data_scale``) so that lambda does not depend on the logit
+  scale; the generator's weight gradient is clipped at norm 5 (``gal_grad_clip``; GAL: none) --
+  without both, SGD at the paper's lr 0.01 diverged on DARTS stacks here;
+* a GAL epoch is one generator pass over the data; the 5 critic batches per generator step come
+  from a second seeded stream; G's BatchNorm statistics are re-estimated after GAL;
 * a cell whose masks all reach 0 keeps its strongest node (``keep_nonempty``): the paper's empty
   ("None") cells output a constant that ``CellSpec`` cannot express;
 * reduction positions follow the standard ``layers//3, 2*layers//3`` rule for every sized depth
@@ -165,6 +171,8 @@ def gal_settings(cfg: DartsGalConfig, lam: float, seed: int) -> GALSettings:
         weight_decay=cfg.gal_weight_decay, lr_step_epochs=cfg.gal_lr_step_epochs, lr_gamma=cfg.gal_lr_gamma,
         max_g_steps_per_epoch=cfg.gal_max_g_steps_per_epoch, n_critic=cfg.n_critic, gan=cfg.gan,
         wgan_clip=cfg.wgan_clip, d_input=cfg.d_input, d_hidden=cfg.d_hidden, d_activation=cfg.d_activation,
+        bn=cfg.gal_bn, data_input=cfg.data_input, data_scale=cfg.data_scale, grad_clip=cfg.gal_grad_clip,
+        d_init_std=cfg.d_init_std,
         d_lr=cfg.d_lr, d_momentum=cfg.d_momentum, d_weight_decay=cfg.d_weight_decay, mu=cfg.mu, lam=lam,
         mask_lr=cfg.mask_lr, mask_step=cfg.mask_step, mask_init=cfg.mask_init, l1_in_gradient=cfg.l1_in_gradient,
         seed=seed,
@@ -280,6 +288,8 @@ class DartsGal(Strategy):
             student.load_state_dict(tensors["weights"])
             retrain_hist = st["history"]
             resumed.append("retrain")
+            for rec in retrain_hist:
+                ctx.log(**{**rec, "restored": True})
         else:
             with ctx.phase("retrain"):
                 with torch.random.fork_rng(devices=[]):
@@ -432,6 +442,7 @@ class DartsGal(Strategy):
         keep, pr, (cost, chk, lat) = measure()
         rounds = [{"round": 0, "lambda": lam, "epochs": cfg.gal_epochs, "removed": pr.removed, **_cost_dict(cost, lat),
                    "ok": chk.ok}]
+        ctx.log(phase="closing-loop", **rounds[-1])
         r = 0
         while not chk.ok and r < cfg.max_prune_rounds:
             r += 1
@@ -444,6 +455,7 @@ class DartsGal(Strategy):
             keep, pr, (cost, chk, lat) = measure()
             rounds.append({"round": r, "lambda": lam, "epochs": extra, "removed": pr.removed,
                            **_cost_dict(cost, lat), "ok": chk.ok})
+            ctx.log(phase="closing-loop", **rounds[-1])
         thresholded: list[list[int]] = []
         while not chk.ok:
             # zero the smallest surviving mask (non-forced) and re-measure
@@ -460,6 +472,8 @@ class DartsGal(Strategy):
                 trainer.G.cells[c].node_mask[i] = 0.0
                 thresholded.append([c + 1, i])
             keep, pr, (cost, chk, lat) = measure()
+            ctx.log(phase="closing-loop", thresholded=[c + 1, i], removed=pr.removed, **_cost_dict(cost, lat),
+                    ok=chk.ok)
         closing = {"rounds": r, "thresholded_nodes": thresholded, "ok": bool(chk.ok)}
         removed = total_nodes - node_count(pr.net)
         masked_pruned = prune_network(trainer.G, keep, keep_masks=True)
