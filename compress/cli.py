@@ -333,6 +333,7 @@ def evolve_metric_cmd(
     workers: int = typer.Option(0, help="Evaluate individuals in a local process pool of this size (0: serial)."),
     resume: bool = typer.Option(True, help="Continue from the run directory's checkpoint when present."),
     generations: Optional[int] = typer.Option(None, help="Override the preset's number of generations."),
+    data: Optional[Path] = typer.Option(None, help="Folder with the real task data (the 'full' preset: MNIST and CIFAR-10 npz)."),
 ) -> None:
     """Evolve a channel-pruning metric with genetic programming (GECCO'22), then use it with
     `--config '{"metric": "OUT/best_metric.json"}'` in gp-prune."""
@@ -341,7 +342,10 @@ def evolve_metric_cmd(
 
         from compress.strategies.gp_prune.evolve import EvolveConfig, evolve_metric, process_map
 
-        cfg = EvolveConfig.preset(preset, **({"generations": generations} if generations else {}))
+        overrides: dict = {"generations": generations} if generations else {}
+        if data is not None:
+            overrides["data_dir"] = str(data)
+        cfg = EvolveConfig.preset(preset, **overrides)
         bars: dict = {}
 
         def progress(phase: str, done: int, total, info: dict) -> None:

@@ -6,6 +6,7 @@ one test runs the real (tiny) pruning tasks end to end.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -250,7 +251,7 @@ def _tiny_net(spec_name: str):
 @pytest.mark.parametrize("which", ["A", "B"])
 def test_masked_and_sliced_nets_agree(which):
     spec, net, x = _tiny_net(which)
-    masked = tk.copy.deepcopy(net)
+    masked = copy.deepcopy(net)
     g = torch.Generator().manual_seed(1)
     for i, w in enumerate(net.widths):
         keep = torch.sort(torch.randperm(w, generator=g)[: max(1, w // 2)]).values

@@ -159,8 +159,12 @@ class EvolveConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name} must be a non-negative int, got {v!r}.")
-        if self.population < 2 or self.n_select < 1 or self.tournament_size < 1 or self.max_repair_tries < 1:
-            raise ConfigError("population >= 2, n_select >= 1, tournament_size >= 1 and max_repair_tries >= 1 are required.")
+        if (self.population < 2 or self.n_select < 1 or self.tournament_size < 1 or self.max_repair_tries < 1
+                or self.hall_of_fame < 1):
+            raise ConfigError(
+                "population >= 2, n_select >= 1, tournament_size >= 1, max_repair_tries >= 1 and hall_of_fame >= 1 "
+                "are required."
+            )
         if self.n_select + self.n_reproduce + self.n_fresh != self.population:
             raise ConfigError(
                 f"n_select + n_reproduce + n_fresh = {self.n_select} + {self.n_reproduce} + {self.n_fresh} must equal "

@@ -23,15 +23,17 @@ Profiles (:data:`PROFILES`, each a pair ``(task A, task B)``):
 
 * ``"cpu-small"`` (2(c)) -- Task A, MNIST stand-in: LeNet-5 (20-50-500, 5x5 convs with
   padding 2) on scikit-learn's digits upsampled to 1x16x16, so the flattened conv output is
-  the paper's 800; pruned to 5-12-40 with the paper's per-step removals (conv1 10/5/0, conv2
-  30/8/1, fc1 400/55/5; about 94 % of the MACs), 3 steps x 2 epochs of Adam 5e-4 (constant lr,
-  wd 7e-5). Task B, CIFAR stand-in: a 4-conv VGG-like net (16-16-M-32-32-M, BN, fc 64 with
-  BN) on a seeded synthetic 10-class "shapes and textures" set of 3x16x16 colour images
-  (:func:`make_shapes`), 40 % of the channels of every layer removed in 2 steps, SGD Nesterov
-  0.9, lr 0.02 x 0.28 at 40 % and 80 % of each step's iterations, wd 1e-3, 2 epochs per step.
+  the paper's 800; pruned to 5-11-40 with the reference code's per-step removals (conv1
+  10/5/0, conv2 30/8/1, fc1 400/55/5; the paper text says 5-12-40), 94 % of the MACs removed;
+  3 steps x 2 epochs of Adam 5e-4 (constant lr, wd 7e-5). Task B, CIFAR stand-in: a 4-conv
+  VGG-like net (16-16-M-32-32-M, BN, fc 64 with BN) on a seeded synthetic 10-class "shapes
+  and textures" set of 3x16x16 colour images (:func:`make_shapes`), 40 % of the channels of
+  every layer removed in 2 steps (61 % of the MACs), SGD Nesterov 0.9, lr 0.02 x 0.28 at 40 %
+  and 80 % of each step's iterations, wd 1e-3, 2 epochs per step. Both score channels on 256
+  training images.
 * ``"tiny"`` -- the same two tasks with smaller data, 1 retrain epoch per step and 128 scoring
   images; for tests and smoke runs (seconds).
-* ``"full"`` (supp. 10.2) -- LeNet-5 on MNIST (28x28, no padding: 20-50-800-500 -> 5-12-40)
+* ``"full"`` (supp. 10.2) -- LeNet-5 on MNIST (28x28, no padding: 20-50-800-500 -> 5-11-40)
   and the Li et al. VGG-16 on CIFAR-10 with the reference removal counts (40 % per layer in 2
   steps), paper optimisers and 100 epochs per step. Needs ``data_dir`` with
   ``mnist_train60k.npz``, ``mnist_test10k.npz``, ``cifar10_train10k_lossless.npz``,
@@ -230,7 +232,7 @@ class PruneTaskSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_LENET_SCHEDULE = ((10, 5, 0), (30, 8, 1), (400, 55, 5))  # supp. 10.2 / reference: 20-50-500 -> 5-12-40
+_LENET_SCHEDULE = ((10, 5, 0), (30, 8, 1), (400, 55, 5))  # reference removals: 20-50-500 -> 5-11-40 (paper text: 5-12-40)
 
 _A_SMALL = PruneTaskSpec(name="A-lenet5-digits16", dataset="digits")
 _B_SMALL = PruneTaskSpec(
