@@ -67,6 +67,7 @@ from compress.errors import ConfigError, DataError
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 from compress.registry import register_strategy
 from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, finetune
+from compress.strategies._parts.training import evaluate
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.darts.architect import Architect
 from compress.strategies.darts.genotype import Genotype, alpha_entropy
@@ -655,22 +656,6 @@ def _cosine_lr(t: int, total: int, lr: float, lr_min: float) -> float:
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * t / max(total, 1)))
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, loader: DataLoader | None, max_batches: int | None) -> float | None:
-    if loader is None:
-        return None
-    was = model.training
-    model.eval()
-    correct = total = 0
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        correct += int((model(x).argmax(1) == y).sum())
-        total += int(y.numel())
-    model.train(was)
-    return correct / total if total else None
-
-
 @dataclass
 class SearchOutcome:
     """What the search returns: the genotype, final alpha, and per-epoch facts."""
@@ -905,7 +890,7 @@ class EGNASSearch:
             if cfg.alpha_update == "cmaes":
                 rec["wall_arch_s"] = rec.get("wall_es_s", 0.0)
             rec["alpha_changed"] = bool(not torch.equal(alpha_before, self.model.arch_vector()))
-            rec["val_acc"] = _accuracy(self.model, self.val_loader, cfg.search_val_batches)
+            rec["val_acc"] = evaluate(self.model, self.val_loader, cfg.search_val_batches)
             rec["alpha_entropy_normal"] = alpha_entropy(self.model.alphas_normal)
             rec["alpha_entropy_reduce"] = alpha_entropy(self.model.alphas_reduce)
             rec["alpha_entropy"] = 0.5 * (rec["alpha_entropy_normal"] + rec["alpha_entropy_reduce"])

@@ -77,19 +77,22 @@ def kd_loss(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader | None) -> float | None:
-    """Top-1 accuracy in [0, 1] of ``model`` on ``loader`` (None if no loader). Restores train/eval state."""
+def evaluate(model: nn.Module, loader: DataLoader | None, max_batches: int | None = None) -> float | None:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``loader`` (batches ``x (B, C, H, W)``, ``y (B,)``),
+    over at most ``max_batches`` batches. None if there is no loader or no sample. Restores the
+    model's train/eval state."""
     if loader is None:
         return None
     was = model.training
     model.eval()
     correct = total = 0
-    for x, y in loader:
-        pred = model(x).argmax(dim=1)
-        correct += int((pred == y).sum())
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        correct += int((model(x).argmax(dim=1) == y).sum())
         total += int(y.numel())
     model.train(was)
-    return correct / total if total else math.nan
+    return correct / total if total else None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from compress.errors import DataError
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
+from compress.strategies._parts.training import evaluate
 from compress.strategies.darts.architect import Architect
 from compress.strategies.darts.genotype import Genotype, alpha_entropy
 from compress.strategies.darts.search import SearchNetwork
@@ -92,22 +93,6 @@ class _Cycle:
             self.it = iter(self.loader)
             batch = next(self.it)
         return batch[0], batch[1]
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, loader: DataLoader | None, max_batches: int | None) -> float | None:
-    if loader is None:
-        return None
-    was = model.training
-    model.eval()
-    correct = total = 0
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        correct += int((model(x).argmax(1) == y).sum())
-        total += int(y.numel())
-    model.train(was)
-    return correct / total if total else None
 
 
 @dataclass
@@ -255,7 +240,7 @@ class DartsSearch:
         for t in range(done, T):
             t0 = time.perf_counter()
             rec: dict[str, Any] = {"phase": "search", "epoch": t + 1, **self.train_epoch(t)}
-            rec["val_acc"] = _accuracy(self.model, self.val_loader, cfg.search_val_batches)
+            rec["val_acc"] = evaluate(self.model, self.val_loader, cfg.search_val_batches)
             rec["alpha_entropy_normal"] = alpha_entropy(self.model.alphas_normal)
             rec["alpha_entropy_reduce"] = alpha_entropy(self.model.alphas_reduce)
             rec["genotype"] = self.model.genotype().to_dict()
