@@ -19,6 +19,7 @@ __all__ = [
     "StrategyError",
     "ConfigError",
     "BudgetUnreachableError",
+    "ExecutorError",
 ]
 
 
@@ -72,3 +73,9 @@ class ConfigError(CompressError, ValueError):
 class BudgetUnreachableError(CompressError, ValueError):
     """The strategy cannot produce a student within the budget (e.g. pruning at the maximum
     ratio still exceeds it). The message gives the smallest cost reached and what to loosen."""
+
+
+class ExecutorError(CompressError, RuntimeError):
+    """Population evaluation failed in the executor itself, not in the evaluated function:
+    worker processes kept dying after every retry, or a Ray cluster cannot be started or
+    reached. The message says which, and what to change (workers, retries, address)."""
