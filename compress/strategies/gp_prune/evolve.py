@@ -26,11 +26,12 @@ Loop (2(a) pseudo-code; every number is an :class:`EvolveConfig` field)::
 Fitness: ``acc_A ** alpha * acc_B ** (1 - alpha)`` (Eq. 2) or ``alpha acc_A + (1 - alpha) acc_B``
 (Eq. 1, ``combination="arithmetic"``); a failed evaluation has fitness 0 (2(b).4).
 
-Evaluation goes through a pluggable ``map_fn(fn, items) -> iterable of results in item order``:
-builtin ``map`` (serial, default), :func:`process_map` (a local process pool), or any engine
-with the same contract (e.g. Ray later). Items are ``(tree string, seed)`` with the seed
-derived from (run seed, tree string) -- never from execution order -- so serial and parallel
-runs are identical. DEAP draws from Python's global ``random``: the run seeds it, saves its
+Evaluation of each generation's new trees goes through an :class:`~compress.executors.Executor`
+(``executor="serial"`` default, ``"process"`` a local pool, ``"ray"`` Ray tasks on a local or
+multi-node cluster) or any ``map_fn(fn, items) -> iterable of results in item order``. Items are
+``(tree string, seed)`` with the seed derived from (run seed, tree string) by
+:func:`individual_seed` -- never from execution order -- so serial and distributed runs are
+identical. DEAP draws from Python's global ``random``: the run seeds it, saves its
 state in every checkpoint, restores it on resume, and gives the caller's state back at the end.
 
 Outputs in ``out_dir``: ``checkpoint.json`` (atomic, every generation: population, fitness,
@@ -49,7 +50,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -59,6 +59,7 @@ import numpy as np
 from deap import gp, tools
 
 from compress.errors import ConfigError
+from compress.executors import Executor, ProcessExecutor, make_executor
 from compress.exporters.atomic import write_text_atomic
 from compress.strategies.gp_prune.metrics import METRICS, SOAP, PruningMetric
 from compress.strategies.gp_prune.trees import PSET, is_valid, parse_tree
@@ -335,49 +336,14 @@ class Individual:
         return Individual(gp.PrimitiveTree(list(self.tree)), self.fitness if keep_fitness else None, self.origin)
 
 
-class ProcessMap:
-    """A ``map_fn`` over a local process pool (``concurrent.futures.ProcessPoolExecutor``).
-
-    Uses the ``"spawn"`` start method (no inherited torch/OpenMP state) by default, keeps the
-    pool alive between calls (workers load task data and baselines once), and returns results
-    lazily **in item order**, so progress can be reported per individual. ``fn`` and the items
-    must be picklable (e.g. :class:`~compress.strategies.gp_prune.tasks.TaskFitness`). Each
-    worker uses torch's default thread count; set ``OMP_NUM_THREADS`` to ``cores / workers``.
-    Use as a context manager or call :meth:`close`.
-    """
-
-    def __init__(self, workers: int, context: str = "spawn") -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ConfigError(f"workers must be a positive int, got {workers!r}.")
-        if context not in ("spawn", "forkserver"):
-            raise ConfigError(f"context must be 'spawn' or 'forkserver', got {context!r}.")
-        self.workers = workers
-        self.context = context
-        self._pool: ProcessPoolExecutor | None = None
-
-    def __call__(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterable[Any]:
-        if self._pool is None:
-            import multiprocessing
-
-            self._pool = ProcessPoolExecutor(max_workers=self.workers,
-                                             mp_context=multiprocessing.get_context(self.context))
-        return self._pool.map(fn, list(items))
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-    def __enter__(self) -> ProcessMap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+#: the local process pool moved to :mod:`compress.executors`; kept here for existing callers
+ProcessMap = ProcessExecutor
 
 
-def process_map(workers: int, context: str = "spawn") -> ProcessMap:
-    """A :class:`ProcessMap` with ``workers`` processes (``"spawn"`` or ``"forkserver"``)."""
-    return ProcessMap(workers, context)
+def process_map(workers: int, context: str = "spawn") -> ProcessExecutor:
+    """A :class:`~compress.executors.ProcessExecutor` with ``workers`` processes (``"spawn"`` or
+    ``"forkserver"``); usable as ``map_fn`` or ``executor``."""
+    return ProcessExecutor(workers, context)
 
 
 # ============================================================================ selection
@@ -604,6 +570,8 @@ def evolve_metric(
     resume: bool = True,
     fitness_fn: Callable[[tuple[str, int]], dict] | None = None,
     cache_dir: str | Path | None = None,
+    executor: Executor | str | None = None,
+    ray_address: str | None = None,
 ) -> EvolutionResult:
     """Evolve a pruning metric (GECCO'22 Sec. 3.2-3.4, Sec. 4); see the module docstring.
 
@@ -611,8 +579,12 @@ def evolve_metric(
         config: :class:`EvolveConfig` (e.g. ``EvolveConfig.preset("cpu-small")``).
         out_dir: run directory (checkpoint and outputs); created if missing.
         seed: run seed (Python ``random`` for DEAP, data splits, baselines, evaluation seeds).
-        map_fn: ``map_fn(fn, items) -> iterable`` of results in item order; builtin ``map``
-            by default, :func:`process_map` for a local pool.
+        map_fn: ``map_fn(fn, items) -> iterable`` of results in item order (any callable with
+            the :meth:`~compress.executors.Executor.map` contract); exclusive with ``executor``.
+        executor: where the fitness evaluations run: an :class:`~compress.executors.Executor`
+            (the caller closes it), or ``"serial"`` (default), ``"process"``, ``"ray"`` (created
+            here and closed at the end, see :func:`~compress.executors.make_executor`).
+        ray_address: cluster address for ``executor="ray"`` (None: a local Ray instance).
         progress: ``progress(phase, done, total, info)`` with phases ``"baseline"``,
             ``"evaluate"`` (per individual) and ``"generation"``.
         resume: continue from ``out_dir/checkpoint.json`` when present (False: start over).
@@ -634,7 +606,10 @@ def evolve_metric(
     ckpt_path = out / "checkpoint.json"
     chash = config_hash(config)
     fn = fitness_fn if fitness_fn is not None else _default_fitness(config, seed, cache_dir)
-    mapper = map_fn if map_fn is not None else map
+    if map_fn is not None and (executor is not None or ray_address is not None):
+        raise ConfigError("pass either map_fn or executor / ray_address, not both.")
+    own_executor = map_fn is None and not isinstance(executor, Executor)
+    mapper = map_fn if map_fn is not None else make_executor(executor, ray_address=ray_address)
     breeder = _Breeder(config)
     caller_state = random.getstate()
 
@@ -761,6 +736,8 @@ def evolve_metric(
         generation = max(generation, config.generations)
     finally:
         random.setstate(caller_state)
+        if own_executor:
+            mapper.close()
 
     best = hof[0]
     wall = wall_before + (time.perf_counter() - t_start)
