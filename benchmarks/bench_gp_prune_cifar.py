@@ -33,6 +33,16 @@ from compress.models import load_model  # noqa: E402
 from compress.profiling import Target  # noqa: E402
 
 
+def metric_label(metric: str) -> str:
+    """A short name for a metric given by name or as an evolved ``best_metric.json`` path."""
+    path = Path(metric)
+    if path.suffix == ".json" and path.is_file():
+        import json
+
+        return str(json.loads(path.read_text()).get("name") or f"evolved-{path.parent.name}")
+    return metric
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="the shared data folder (../shared/data)")
@@ -65,17 +75,18 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for metric in args.metrics:
+        label = metric_label(metric)
         t0 = time.perf_counter()
         res = compress(
             teacher, args.budget, data=task, strategy="gp-prune", seed=args.seed, target=target,
             config={"metric": metric, "epochs": args.epochs, "lr": args.lr, "augment": "flip-crop",
                     "calib_samples": args.calib_samples},
-            out_dir=args.out / f"gp_prune_{args.teacher}_{metric}", model_spec=f"cifar:{args.teacher}",
+            out_dir=args.out / f"gp_prune_{args.teacher}_{label}", model_spec=f"cifar:{args.teacher}",
         )
         pred = predictions(res.student, x_test)
         correct = pred == y_test.numpy()
         runs.append({
-            "metric": metric, "test_acc": float(correct.mean()), "val_acc": res.student_report.accuracy_val,
+            "metric": label, "metric_source": metric, "test_acc": float(correct.mean()), "val_acc": res.student_report.accuracy_val,
             "macs": res.student_report.cost.macs, "params": res.student_report.cost.params,
             "ort_latency_ms": res.student_report.latency.median_ms, "ort_latency_p90_ms": res.student_report.latency.p90_ms,
             "teacher_ort_latency_ms": res.teacher.latency.median_ms,
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             "finetune_history": [h for h in res.history if h.get("phase") == "finetune"],
             "elapsed_s": time.perf_counter() - t0,
         })
-        print(f"{metric}: test {100 * correct.mean():.2f}%  MACs {res.student_report.cost.macs:,}  "
+        print(f"{label}: test {100 * correct.mean():.2f}%  MACs {res.student_report.cost.macs:,}  "
               f"ORT {res.student_report.latency.median_ms:.3f} ms  wall {time.perf_counter() - t0:.0f} s", flush=True)
 
     stock = frontier(args.data, x_test, y_test, target)
