@@ -26,6 +26,7 @@ from torch import nn
 from compress.budgets import Budget, CostError, measure_cost
 from compress.data import TaskData, as_task_data, collect
 from compress.errors import ConfigError, DataError, UnsupportedModelError
+from compress.executors import Executor, make_executor
 from compress.exporters import export_onnx, validate_onnx
 from compress.profiling import Target, profile_latency
 from compress.registry import get_strategy
@@ -136,6 +137,8 @@ def compress(
     latency_repeats: int = 50,
     mobile: bool = True,
     int8: bool = False,
+    executor: Executor | str | None = None,
+    ray_address: str | None = None,
 ) -> CompressionResult:
     """Compress ``model`` to fit ``budget`` with one strategy and return a validated student.
 
@@ -159,6 +162,13 @@ def compress(
             report (onnxruntime's tools).
         int8: also quantise the student to int8 (static, calibrated on 256 training images) and
             re-validate its top-1 accuracy against the fp32 ONNX on the test (or val) split.
+        executor: where the strategy evaluates its population: ``"serial"`` (default),
+            ``"process"`` (local pool), ``"ray"`` (Ray tasks), or an
+            :class:`~compress.executors.Executor` (the caller closes it). Used by eg-nas (CMA-ES
+            candidates); grow, darts-gal and gp-prune accept it and run in-process. Results do
+            not depend on it.
+        ray_address: with ``executor="ray"``: a running cluster (``"ray://HEAD:10001"``,
+            ``"auto"``); None starts a local Ray instance for the run and stops it afterwards.
 
     Returns:
         :class:`CompressionResult` (check ``result.budget_check.ok``).
@@ -175,6 +185,7 @@ def compress(
     budget_obj = Budget.coerce(budget)
     strategy_cls = get_strategy(strategy)
     strat = strategy_cls(config)
+    runner = make_executor(executor, ray_address=ray_address)
     task = as_task_data(data, seed=seed)
     if isinstance(target, (str, Path)):
         target = Target.resolve(target)
@@ -200,10 +211,13 @@ def compress(
     try:
         return _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val,
                          work_dir, art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats,
-                         mobile, int8, t_start, wall)
+                         mobile, int8, t_start, wall, executor=runner)
     except BaseException:
         shutil.rmtree(art_dir, ignore_errors=True)
         raise
+    finally:
+        if runner is not executor:  # created here: stop its workers (a caller's executor stays open)
+            runner.close()
 
 
 def _check_writable(path: Path) -> None:
@@ -234,7 +248,7 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
 
 def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val, work_dir,
               art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats, mobile, int8,
-              t_start, wall) -> CompressionResult:
+              t_start, wall, *, executor: Executor) -> CompressionResult:
     progress_fn, close_progress = _progress_fn(progress)
 
     # ---------------------------------------------------------------- teacher
@@ -278,6 +292,7 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         out_dir=work_dir,
         progress=progress_fn,
         latency_fn=latency_probe,
+        executor=executor,
     )
     t0 = time.perf_counter()
     try:

@@ -165,6 +165,8 @@ def run(
     target: str = typer.Option("cpu-1t", help="Latency target: a preset (cpu-1t, cpu-2t, ort-mobile) or a .toml/.yaml target file."),
     config: Optional[str] = typer.Option(None, help="Strategy config as JSON (string or file)."),
     int8: bool = typer.Option(False, help="Also write an int8 (static QDQ) student and re-validate its accuracy."),
+    executor: str = typer.Option("serial", help="Population evaluation: serial, process (local pool) or ray (used by eg-nas)."),
+    ray_address: Optional[str] = typer.Option(None, help="With --executor ray: cluster address (ray://HOST:10001 or auto); default: a local Ray instance."),
 ) -> None:
     """Compress a model on your data to a budget and write the report and artifacts to --out."""
     try:
@@ -183,7 +185,8 @@ def run(
         task = load_task(data, **kw)
         net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights)
         result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                          target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8)
+                          target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
+                          executor=executor, ray_address=ray_address)
     except _known_errors() as exc:
         _fail(exc)
     _print_result(result, out)
@@ -330,17 +333,20 @@ def evolve_metric_cmd(
     preset: str = typer.Option("cpu-small", help="Evolution preset: 'cpu-small' (digits tasks, minutes) or 'full' (paper)."),
     out: Path = typer.Option(Path("slimforge-out/evolve"), help="Run directory (checkpoint, best_metric.json, fitness.png)."),
     seed: int = typer.Option(0, help="Run seed."),
-    workers: int = typer.Option(0, help="Evaluate individuals in a local process pool of this size (0: serial)."),
+    workers: int = typer.Option(0, help="Evaluate individuals in a local process pool of this size (0: serial); with --executor ray, the CPUs of the local Ray instance."),
     resume: bool = typer.Option(True, help="Continue from the run directory's checkpoint when present."),
     generations: Optional[int] = typer.Option(None, help="Override the preset's number of generations."),
     data: Optional[Path] = typer.Option(None, help="Folder with the real task data (the 'full' preset: MNIST and CIFAR-10 npz)."),
+    executor: Optional[str] = typer.Option(None, help="Where individuals are evaluated: serial, process or ray (default: process when --workers > 0, else serial)."),
+    ray_address: Optional[str] = typer.Option(None, help="With --executor ray: cluster address (ray://HOST:10001 or auto); default: a local Ray instance."),
 ) -> None:
     """Evolve a channel-pruning metric with genetic programming (GECCO'22), then use it with
     `--config '{"metric": "OUT/best_metric.json"}'` in gp-prune."""
     try:
         from tqdm.auto import tqdm
 
-        from compress.strategies.gp_prune.evolve import EvolveConfig, evolve_metric, process_map
+        from compress.executors import make_executor
+        from compress.strategies.gp_prune.evolve import EvolveConfig, evolve_metric
 
         overrides: dict = {"generations": generations} if generations else {}
         if data is not None:
@@ -359,12 +365,12 @@ def evolve_metric_cmd(
                              if isinstance(v, (int, float, str))}, refresh=False)
             bar.refresh()
 
-        pool = process_map(workers) if workers > 0 else None
+        kind = executor or ("process" if workers > 0 else "serial")
+        pool = make_executor(kind, workers=workers or None, ray_address=ray_address)
         try:
-            result = evolve_metric(cfg, out_dir=out, seed=seed, map_fn=pool, progress=progress, resume=resume)
+            result = evolve_metric(cfg, out_dir=out, seed=seed, executor=pool, progress=progress, resume=resume)
         finally:
-            if pool is not None:
-                pool.close()
+            pool.close()
             for bar in bars.values():
                 bar.close()
     except _known_errors() as exc:

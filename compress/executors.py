@@ -319,7 +319,8 @@ def make_executor(spec: Executor | str | None = None, *, workers: int | None = N
     Args:
         spec: an :class:`Executor` (returned as is; the caller keeps ownership), None or
             ``"serial"``, ``"process"``, ``"ray"``.
-        workers: pool size of ``"process"`` (default: the CPUs this process may use).
+        workers: pool size of ``"process"`` (default: the CPUs this process may use); with
+            ``"ray"`` and no ``ray_address``, the CPUs of the local Ray instance.
         ray_address: cluster address of ``"ray"`` (None: a local instance, see :class:`RayExecutor`).
         **kwargs: further arguments of the executor class (e.g. ``num_gpus_per_task``).
 
@@ -343,8 +344,8 @@ def make_executor(spec: Executor | str | None = None, *, workers: int | None = N
         raise ConfigError(f"unknown executor {spec!r}; {hint}choose one of {', '.join(EXECUTORS)}.")
     if key != "ray" and ray_address is not None:
         raise ConfigError(f"ray_address applies to executor='ray' only (got executor={spec!r}).")
-    if key != "process" and workers is not None and workers > 0:
-        raise ConfigError(f"workers applies to executor='process' only (got executor={spec!r}).")
+    if key == "serial" and workers is not None and workers > 0:
+        raise ConfigError("workers applies to executor='process' or 'ray', not 'serial'.")
     if key == "serial":
         if kwargs:
             raise ConfigError(f"the serial executor takes no options, got {sorted(kwargs)}.")
@@ -352,6 +353,11 @@ def make_executor(spec: Executor | str | None = None, *, workers: int | None = N
     if key == "process":
         n = workers if workers else _available_cpus()
         return ProcessExecutor(n, **kwargs)
+    if workers:
+        if ray_address is not None:
+            raise ConfigError("workers sizes a local Ray instance; a cluster at ray_address brings its own CPUs. "
+                              "Drop one of them.")
+        kwargs.setdefault("num_cpus", workers)
     return RayExecutor(address=ray_address, **kwargs)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from compress.budgets import Budget, BudgetCheck, Cost, measure_cost
 from compress.data import TaskData
 from compress.errors import ConfigError
+from compress.executors import Executor, SerialExecutor
 from compress.profiling import Target
 
 __all__ = ["Strategy", "StrategyContext", "StrategyOutput", "ProgressFn", "config_to_dict", "config_from_dict"]
@@ -73,6 +74,9 @@ class StrategyContext:
         seed: run seed.
         out_dir: where the strategy may write checkpoints (None: no checkpoints).
         progress: callback ``progress(phase, done, total, info)``.
+        executor: where population evaluations run (:class:`~compress.executors.Executor`;
+            serial by default). Used by eg-nas (the CMA-ES candidates of each ``tell``); the
+            other strategies accept it and run in-process. The caller owns and closes it.
     """
 
     model: nn.Module
@@ -88,6 +92,7 @@ class StrategyContext:
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_s: dict[str, float] = field(default_factory=dict)
     latency_fn: Callable[[nn.Module], float] | None = None
+    executor: Executor = field(default_factory=SerialExecutor)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

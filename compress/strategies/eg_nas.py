@@ -64,6 +64,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default
 
 from compress.data import collect
 from compress.errors import ConfigError, DataError
+from compress.executors import Executor, SerialExecutor
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 from compress.registry import register_strategy
 from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, finetune
@@ -395,10 +396,14 @@ FitnessFn = Callable[[np.ndarray], "tuple[float, float, float]"]  # z -> (f, acc
 
 
 def run_restart(x0: np.ndarray, sigma0: float, fitness: FitnessFn, *, popsize: int, generations: int, seed: int,
-                keep_mean: bool = True, cma_factory: Callable[..., Any] | None = None) -> RestartResult:
+                keep_mean: bool = True, cma_factory: Callable[..., Any] | None = None,
+                fitness_many: Callable[[list[np.ndarray]], list[tuple[float, float, float]]] | None = None,
+                ) -> RestartResult:
     """One CMA-ES run started at mean ``x0`` with step ``sigma0`` (pycma), minimising ``fitness``.
 
-    ``fitness(z) -> (f, acc, ce)``. P = {x0} + {argmin of each generation} (+ {final mean});
+    ``fitness(z) -> (f, acc, ce)``; ``fitness_many(Z) -> [fitness(z) for z in Z]`` (in order)
+    evaluates the lambda candidates of one ``tell`` at once, e.g. on an executor (default: one
+    ``fitness`` call per candidate). P = {x0} + {argmin of each generation} (+ {final mean});
     the returned winner is argmin_P f (first on ties), so ``best_f <= min(evaluated_f)``.
     Forwards: ``1 + popsize * generations (+ 1)``. pycma samples from a private generator
     seeded with ``seed``; NumPy's global RNG is left as it was.
@@ -425,7 +430,7 @@ def run_restart(x0: np.ndarray, sigma0: float, fitness: FitnessFn, *, popsize: i
             Z = [np.asarray(z, dtype=np.float64) for z in es.ask()]
         if first_pop is None:
             first_pop = np.stack(Z)
-        results = [fitness(z) for z in Z]
+        results = fitness_many(Z) if fitness_many is not None else [fitness(z) for z in Z]
         fs = [r[0] for r in results]
         evaluated += fs
         with iso.active():
@@ -478,7 +483,8 @@ def es_epoch(alpha: np.ndarray, evaluate_z: Callable[[np.ndarray], tuple[float, 
              seed: int, restarts: int, popsize: int, generations: int = 1, zeta: float = 1.0, eta: float = 0.4,
              restart_noise: float = 0.01, sigma_min: float = 0.02, keep_mean: bool = True,
              cma_factory: Callable[..., Any] | None = None,
-             on_restart: Callable[[int, RestartResult], None] | None = None) -> ESEpochResult:
+             on_restart: Callable[[int, RestartResult], None] | None = None,
+             executor: Executor | None = None) -> ESEpochResult:
     """Alg. 1 lines 4-15 on a fixed minibatch: N CMA-ES restarts around ``alpha`` and Eq. 9.
 
     Args:
@@ -490,6 +496,10 @@ def es_epoch(alpha: np.ndarray, evaluate_z: Callable[[np.ndarray], tuple[float, 
             :class:`EGNASConfig`.
         cma_factory: ``(x0, sigma0, opts) -> CMA-ES object`` (default pycma), for tests.
         on_restart: called after each restart with ``(n, result)``.
+        executor: evaluates the lambda candidates of each ``tell`` (``executor.map(evaluate_z, Z)``;
+            default serial). ``evaluate_z`` must then be picklable (:class:`SupernetEvaluator` is).
+            A candidate's value depends only on z and the fixed minibatch (the forward draws no
+            random numbers), so every executor gives the serial run's numbers.
 
     Returns:
         :class:`ESEpochResult`; the update itself is :func:`apply_direction` of ``result.direction``.
@@ -510,13 +520,24 @@ def es_epoch(alpha: np.ndarray, evaluate_z: Callable[[np.ndarray], tuple[float, 
         ce, acc = ev(z)
         return compound_fitness(ce, acc, acc0, l2_similarity(alpha, z, num_ops), zeta, eta), acc, ce
 
+    runner = executor if executor is not None else SerialExecutor()
+
+    def fitness_many(zs: list[np.ndarray]) -> list[tuple[float, float, float]]:
+        nonlocal count
+        count += len(zs)
+        out = []
+        for z, (ce, acc) in zip(zs, runner.map(evaluate_z, zs)):
+            ce, acc = float(ce), float(acc)
+            out.append((compound_fitness(ce, acc, acc0, l2_similarity(alpha, z, num_ops), zeta, eta), acc, ce))
+        return out
+
     results = []
     for n in range(restarts):
         seed_n = derive_seed(seed, "es", t, n)
         noise = np.random.default_rng(derive_seed(seed, "start", t, n)).standard_normal(alpha.size)
         x0 = alpha + restart_noise * noise
         res = run_restart(x0, sigma, fitness, popsize=popsize, generations=generations, seed=seed_n,
-                          keep_mean=keep_mean, cma_factory=cma_factory)
+                          keep_mean=keep_mean, cma_factory=cma_factory, fitness_many=fitness_many)
         results.append(res)
         if on_restart is not None:
             on_restart(n, res)
@@ -548,7 +569,9 @@ class SupernetEvaluator:
     """``z -> (CE, accuracy)`` of the supernet with architecture logits z on a fixed minibatch.
 
     No gradients; ``bn="batch"`` uses batch statistics without updating running statistics,
-    ``"running"`` evaluates in eval mode. ``calls`` counts forwards.
+    ``"running"`` evaluates in eval mode. ``calls`` counts the forwards run in this process (an
+    executor's workers run on copies). Picklable (model and minibatch), and draws no random
+    numbers, so executors return the same values as a local call.
     """
 
     def __init__(self, model: SearchNetwork, x: torch.Tensor, y: torch.Tensor, bn: str = "batch") -> None:
@@ -682,13 +705,17 @@ class EGNASSearch:
         ckpt_dir: where per-epoch checkpoints go (None: none).
         progress: ``progress(phase, done, total, info)``; log: ``log(**record)``.
         cma_factory: pycma replacement for tests.
+        executor: evaluates the lambda CMA-ES candidates of each ``tell``
+            (:class:`~compress.executors.Executor`; default serial; the caller closes it).
     """
 
     def __init__(self, cfg: EGNASConfig, train_ds: Dataset, val_loader: DataLoader | None, num_classes: int,
                  input_shape: tuple[int, int, int], seed: int, *, ckpt_dir: Path | None = None,
                  progress: Callable[[str, int, int | None, dict], None] | None = None,
-                 log: Callable[..., None] | None = None, cma_factory: Callable[..., Any] | None = None) -> None:
+                 log: Callable[..., None] | None = None, cma_factory: Callable[..., Any] | None = None,
+                 executor: Executor | None = None) -> None:
         self.cfg, self.seed = cfg, int(seed)
+        self.executor = executor if executor is not None else SerialExecutor()
         self.val_loader = val_loader
         self.progress = progress or (lambda *a, **k: None)
         self.log = log or (lambda **k: None)
@@ -813,7 +840,8 @@ class EGNASSearch:
         res = es_epoch(alpha_t.double().numpy(), evaluator, num_ops=self.num_ops, t=t, seed=self.seed,
                        restarts=cfg.restarts, popsize=cfg.popsize, generations=cfg.generations, zeta=cfg.zeta,
                        eta=cfg.eta, restart_noise=cfg.restart_noise, sigma_min=cfg.sigma_min,
-                       keep_mean=cfg.keep_mean, cma_factory=self.cma_factory, on_restart=on_restart)
+                       keep_mean=cfg.keep_mean, cma_factory=self.cma_factory, on_restart=on_restart,
+                       executor=self.executor)
         new = apply_direction(alpha_t, res.direction, cfg.xi, self.num_ops, cfg.direction)
         with torch.no_grad():
             a_n, a_r = self.model.split_arch_vector(new)
@@ -948,7 +976,7 @@ class EGNAS(Strategy):
 
         with ctx.phase("search"):
             search = EGNASSearch(cfg, train_ds, ctx.data.val, num_classes, input_shape, ctx.seed, ckpt_dir=ckpt_dir,
-                                 progress=ctx.progress, log=ctx.log)
+                                 progress=ctx.progress, log=ctx.log, executor=ctx.executor)
             outcome = search.run()
         ctx.wall_s["search_arch_update"] = outcome.wall_arch_s
         ctx.wall_s["search_weights"] = outcome.wall_weights_s
@@ -1020,6 +1048,7 @@ class EGNAS(Strategy):
             "resumed_search_from_epoch": outcome.resumed_from_epoch,
             "resumed_final": resumed_final,
             "student_arch": net.arch_dict(),
+            "executor": ctx.executor.describe(),
         }
         return StrategyOutput(student=net, info=info, arch=net.arch_dict())
 
