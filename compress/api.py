@@ -31,6 +31,7 @@ from compress.exporters import export_onnx, validate_onnx
 from compress.profiling import Target, profile_latency
 from compress.registry import get_strategy
 from compress.result import CompressionResult, ModelReport
+from compress.strategies._parts.checkpoint import open_run_dir, run_identity
 from compress.strategies._parts.training import evaluate
 from compress.strategies.base import ProgressFn, StrategyContext, config_to_dict
 
@@ -137,6 +138,7 @@ def compress(
     latency_repeats: int = 50,
     mobile: bool = True,
     int8: bool = False,
+    resume: bool = True,
     executor: Executor | str | None = None,
     ray_address: str | None = None,
 ) -> CompressionResult:
@@ -162,6 +164,12 @@ def compress(
             report (onnxruntime's tools).
         int8: also quantise the student to int8 (static, calibrated on 256 training images) and
             re-validate its top-1 accuracy against the fp32 ONNX on the test (or val) split.
+        resume: with ``out_dir``, continue from the checkpoints a killed run with the same settings
+            left in ``out_dir/checkpoints`` (every strategy checkpoints at each iteration, epoch or
+            phase boundary); the student, history and report are those of an uninterrupted run.
+            Checkpoints of another run (strategy, config, seed, budget, target, model, teacher,
+            data or slimforge/torch version) raise :class:`CheckpointError`. ``False`` deletes
+            ``out_dir/checkpoints`` first and starts over.
         executor: where the strategy evaluates its population: ``"serial"`` (default),
             ``"process"`` (local pool), ``"ray"`` (Ray tasks), or an
             :class:`~compress.executors.Executor` (the caller closes it). Used by eg-nas (CMA-ES
@@ -179,6 +187,7 @@ def compress(
             or cannot be compressed (names the layer). BudgetUnreachableError: the strategy cannot
             meet the budget. ExportError / OnnxValidationError: the student does not export or its
             ONNX disagrees with torch. DataError: unusable data. ConfigError: bad config.
+            CheckpointError: ``out_dir`` holds checkpoints of another run, or a corrupt one.
     """
     t_start = time.perf_counter()
     wall: dict[str, float] = {}
@@ -204,6 +213,13 @@ def compress(
     if teacher is not None:
         _check_model(teacher, example, task.spec.num_classes, "teacher")
 
+    run_dir = None
+    if out_dir is not None:  # checkpoints of another run are refused before any work
+        run_dir = open_run_dir(out_dir, run_identity(
+            strategy=strategy_cls.name, config=strat.config, seed=seed, budget=budget_obj.to_dict(),
+            target=target.to_dict(), data=task.to_dict(), val=(x_val, y_val), model=model, teacher=teacher,
+            train_dataset=getattr(task.train, "dataset", None)), resume=resume)
+
     # artifacts are staged in a private temp dir; out_dir only ever receives complete files
     # (result.save writes each atomically) and the strategies' atomic checkpoints.
     art_dir = Path(tempfile.mkdtemp(prefix="slimforge-"))
@@ -214,6 +230,8 @@ def compress(
                          mobile, int8, t_start, wall, executor=runner)
     except BaseException:
         shutil.rmtree(art_dir, ignore_errors=True)
+        if run_dir is not None:
+            run_dir.discard_if_unused()
         raise
     finally:
         if runner is not executor:  # created here: stop its workers (a caller's executor stays open)

@@ -19,6 +19,7 @@ __all__ = [
     "StrategyError",
     "ConfigError",
     "BudgetUnreachableError",
+    "CheckpointError",
     "ExecutorError",
 ]
 
@@ -73,6 +74,13 @@ class ConfigError(CompressError, ValueError):
 class BudgetUnreachableError(CompressError, ValueError):
     """The strategy cannot produce a student within the budget (e.g. pruning at the maximum
     ratio still exceeds it). The message gives the smallest cost reached and what to loosen."""
+
+
+class CheckpointError(CompressError, RuntimeError):
+    """A run directory's checkpoints cannot be used to resume: they were written by another run
+    (strategy, config, seed, budget, model, data or slimforge/torch version; the message lists
+    what differs) or a checkpoint file is corrupt or truncated. The message says to delete the
+    folder, pass ``resume=False`` (CLI: ``--no-resume``) or choose another output directory."""
 
 
 class ExecutorError(CompressError, RuntimeError):

@@ -25,7 +25,7 @@ from torch import nn
 from compress.errors import ModelSpecError
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 
-__all__ = ["save_student", "load_student", "describe_widths"]
+__all__ = ["save_student", "load_student", "describe_widths", "apply_widths"]
 
 _ATTRS = {
     nn.Conv2d: ("in_channels", "out_channels", "groups"),
@@ -84,6 +84,21 @@ def _resize(m: nn.Module, spec: dict[str, Any]) -> None:
             m.running_var = torch.ones(n)
 
 
+def apply_widths(model: nn.Module, modules: dict[str, dict[str, Any]]) -> nn.Module:
+    """Resize ``model``'s Conv/Linear/BN modules in place to :func:`describe_widths` output
+    (fresh, uninitialised tensors of the new shapes: load a state_dict afterwards).
+
+    Raises:
+        ModelSpecError: a listed module does not exist in ``model``.
+    """
+    named = dict(model.named_modules())
+    for name, spec in modules.items():
+        if name not in named:
+            raise ModelSpecError(f"Saved module {name!r} does not exist in the base model {type(model).__name__}.")
+        _resize(named[name], spec)
+    return model
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -137,11 +152,7 @@ def load_student(directory: str | Path, base: nn.Module | None = None, *, num_cl
     model = copy.deepcopy(base)
     if "pad_shortcuts_to_conv" in arch.get("surgery", []):
         model = pad_shortcuts_to_conv(model)
-    modules = dict(model.named_modules())
-    for name, spec in arch["modules"].items():
-        if name not in modules:
-            raise ModelSpecError(f"Saved module {name!r} does not exist in the base model {type(base).__name__}.")
-        _resize(modules[name], spec)
+    apply_widths(model, arch["modules"])
     state = _read_tensors(w_path)
     try:
         model.load_state_dict(state, strict=True)

@@ -11,6 +11,7 @@ gradient scale independent of the temperature. ``alpha = 0`` is plain cross-entr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+
+from compress.strategies._parts.checkpoint import EpochCheckpoint, loader_generators, stable_hash
 
 __all__ = ["kd_loss", "evaluate", "FinetuneSettings", "finetune", "augment_batch", "AUGMENTATIONS"]
 
@@ -122,12 +125,23 @@ def finetune(
     *,
     teacher: nn.Module | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> list[dict]:
     """Train ``model`` in place with KD from ``teacher`` (or plain CE); returns per-epoch history.
 
     ``on_epoch(epoch, record)`` is called after each epoch with
     ``{"epoch", "loss", "val_acc", "lr"}``. The model is left in eval mode with the best
     validation weights when ``settings.keep_best``.
+
+    With ``checkpoint``, every epoch boundary is committed (model, optimizer, scheduler, best
+    weights, history, the augmentation / loader / ``checkpoint.generators`` states and the global
+    RNGs; see :mod:`._parts.checkpoint`). A later call with the same key, settings and parameter
+    shapes continues after the last committed epoch: ``on_epoch`` is replayed for the epochs
+    already done (so callers rebuild their logs and per-epoch state), and the result is
+    bit-identical to an uninterrupted run. A finished checkpoint returns at once.
+
+    Raises:
+        CheckpointError: the epoch checkpoint is corrupt or truncated.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if settings.optimizer == "adam":
@@ -146,7 +160,28 @@ def finetune(
     history: list[dict] = []
     best_acc, best_state = -1.0, None
     gen = torch.Generator().manual_seed(settings.seed)
-    for epoch in range(settings.epochs):
+    start = 0
+    gens: dict[str, torch.Generator | None] = {}
+    key = ""
+    if checkpoint is not None and checkpoint.store.enabled:
+        gens = {"augment": gen, **loader_generators(train=data_train, val=data_val), **checkpoint.generators}
+        key = stable_hash({"key": checkpoint.key, "settings": dataclasses.asdict(settings),
+                           "steps_per_epoch": steps_per_epoch, "kd": teacher is not None,
+                           "params": [[n, list(p.shape)] for n, p in model.named_parameters()]})
+        restored = checkpoint.store.load(checkpoint.name, key=key)
+        if restored is not None:
+            t = restored.tensors
+            model.load_state_dict(t["model"])
+            opt.load_state_dict(t["optimizer"])
+            sched.load_state_dict(t["scheduler"])
+            best_acc, best_state = float(restored.state["best_acc"]), t.get("best")
+            for rec in restored.state["history"]:
+                history.append(rec)
+                if on_epoch:
+                    on_epoch(int(rec["epoch"]), rec)
+            start = int(restored.state["epoch"])
+            restored.restore_rng(gens)
+    for epoch in range(start, settings.epochs):
         model.train()
         running, seen = 0.0, 0
         for step, (x, y) in enumerate(data_train):
@@ -169,6 +204,13 @@ def finetune(
             on_epoch(epoch + 1, rec)
         if settings.keep_best and val_acc is not None and val_acc > best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+        if key:
+            tensors = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+            if best_state is not None:
+                tensors["best"] = best_state
+            checkpoint.store.commit(checkpoint.name, {"epoch": epoch + 1, "epochs": settings.epochs,
+                                                      "best_acc": best_acc, "history": history},
+                                    tensors, key=key, tag=epoch + 1, generators=gens)
     if settings.keep_best and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -19,6 +19,13 @@ paper is silent or we differ on purpose, each a config field:
   test set: ALGORITHMS.md 2(b).5);
 * label-aware metrics see ``calib_samples`` calibration images (paper: all training images)
   with feature maps pooled to at most ``max_map_hw``² (see ``features.py``).
+
+Checkpoints (when ``ctx.out_dir`` is set) under ``<out_dir>/checkpoints/gp-prune/``: ``pruned``
+after the bisection (the pruned widths as JSON, the weights as tensors, the run history and RNG
+states) and ``finetune`` at every fine-tune epoch boundary (model, optimizer, scheduler, best
+weights, RNG states, history). A rerun with the same settings continues from the last complete
+boundary and gives a bit-identical student and history; a changed fine-tune setting keeps the
+pruned network and redoes only the fine-tune.
 """
 
 from __future__ import annotations
@@ -34,10 +41,18 @@ from torch import nn
 from compress.errors import BudgetUnreachableError, ConfigError, UnsupportedModelError
 from compress.models import PadShortcut, freeze_fixed_shortcuts, pad_shortcuts_to_conv
 from compress.registry import register_strategy
+from compress.serialization import apply_widths, describe_widths
 from compress.profiling.latency_model import LayerLatencyTable
 from compress.strategies._parts.channel_rounding import plan_fixed_widths, plan_widths
+from compress.strategies._parts.checkpoint import (
+    CheckpointStore,
+    EpochCheckpoint,
+    loader_generators,
+    stable_hash,
+    state_fingerprint,
+)
 from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, finetune
-from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
+from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.gp_prune.features import collect_feature_maps
 from compress.strategies.gp_prune.importance import TreeImportance
 from compress.strategies.gp_prune.metrics import MetricError, get_metric
@@ -290,11 +305,68 @@ class GPPrune(Strategy):
         metric = None if cfg.metric == TP_L1 else resolve_metric(cfg.metric)
         model = ctx.model.eval()
         num_classes = ctx.data.spec.num_classes
+        store = CheckpointStore.for_strategy(ctx.out_dir, "gp-prune")
+        gens = loader_generators(train=ctx.data.train, val=ctx.data.val, calib=ctx.data.calib)
+        prune_key = stable_hash({
+            "config": {k: v for k, v in config_to_dict(cfg).items() if k not in _FINETUNE_FIELDS},
+            "seed": ctx.seed, "model": state_fingerprint(ctx.model), "budget": ctx.budget.describe(),
+            "target": ctx.target.to_dict(),
+            "data": ctx.data.to_dict()})
         with ctx.phase("prepare"):
             if any(isinstance(m, PadShortcut) for m in model.modules()):
                 model = pad_shortcuts_to_conv(model)
             classifier = find_classifier(model, num_classes)
             classifier_name = next(n for n, m in model.named_modules() if m is classifier)
+        restored = store.load("pruned", key=prune_key)
+        if restored is not None:
+            best = _rebuild_pruned(model, restored.state, restored.tensors["weights"])
+            best_ratio, best_rounding = float(restored.state["ratio"]), restored.state["rounding"]
+            ctx.history[:] = restored.state["history"]
+            restored.restore_rng(gens)
+        else:
+            best, best_ratio, best_rounding = self._prune(ctx, cfg, metric, model, classifier_name)
+            if store.enabled and _rebuildable(model, best):
+                store.commit("pruned", {"ratio": best_ratio, "rounding": best_rounding, "widths": describe_widths(best),
+                                        "trainable": {n: p.requires_grad for n, p in best.named_parameters()},
+                                        "history": ctx.history},
+                             {"weights": best.state_dict()}, key=prune_key, generators=gens)
+            else:
+                store = CheckpointStore(None)  # cannot rebuild this network from widths: no resume point
+
+        with ctx.phase("finetune"):
+            settings = cfg.finetune_settings
+            if settings.epochs > 0:
+                ctx.progress("finetune", 0, settings.epochs, {})
+                def on_epoch(epoch: int, rec: dict) -> None:
+                    ctx.log(phase="finetune", **rec)
+                    ctx.progress("finetune", epoch, settings.epochs, rec)
+
+                finetune(best, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch,
+                         checkpoint=EpochCheckpoint(store, "finetune", prune_key))
+        best.eval()
+        widths = {
+            n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for n, m in best.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))
+        }
+        return StrategyOutput(
+            student=best,
+            info={
+                "metric": metric.name if metric is not None else TP_L1,
+                "metric_expr": metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)",
+                "pruning_ratio": best_ratio,
+                "layer_widths": widths,
+                "channel_rounding": {"mode": cfg.channel_rounding, "groups": best_rounding},
+                "shortcuts_converted": any(isinstance(m, PadShortcut) for m in ctx.model.modules()),
+                "resumed": None if restored is None else "pruned",
+            },
+        )
+
+    def _prune(self, ctx: StrategyContext, cfg: GPPruneConfig, metric, model: nn.Module,
+               classifier_name: str) -> tuple[nn.Module, float, list[dict]]:
+        """Calibrate, then bisect the uniform ratio; returns (pruned network, ratio, rounding log)."""
+        num_classes = ctx.data.spec.num_classes
+        with ctx.phase("prepare"):
             maps, labels = None, None
             if metric is not None and metric.needs_feature_maps:
                 ctx.progress("calibrate", 0, 1, {"samples": cfg.calib_samples})
@@ -369,33 +441,48 @@ class GPPrune(Strategy):
                         lo = mid
             forward_or_explain(best, ctx.example_inputs, expected, "gp-prune")
             freeze_fixed_shortcuts(best)  # Torch-Pruning re-creates parameters; the 0/1 shortcut stays fixed
+        return best, best_ratio, best_rounding
 
-        with ctx.phase("finetune"):
-            settings = cfg.finetune_settings
-            if settings.epochs > 0:
-                ctx.progress("finetune", 0, settings.epochs, {})
-                def on_epoch(epoch: int, rec: dict) -> None:
-                    ctx.log(phase="finetune", **rec)
-                    ctx.progress("finetune", epoch, settings.epochs, rec)
 
-                finetune(best, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch)
-        best.eval()
-        widths = {
-            n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-            for n, m in best.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))
-        }
-        return StrategyOutput(
-            student=best,
-            info={
-                "metric": metric.name if metric is not None else TP_L1,
-                "metric_expr": metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)",
-                "pruning_ratio": best_ratio,
-                "layer_widths": widths,
-                "channel_rounding": {"mode": cfg.channel_rounding, "groups": best_rounding},
-                "shortcuts_converted": any(isinstance(m, PadShortcut) for m in ctx.model.modules()),
-            },
-        )
+_FINETUNE_FIELDS = frozenset({"epochs", "lr", "momentum", "weight_decay", "optimizer", "kd_alpha", "kd_temperature",
+                              "max_steps_per_epoch", "augment"})
+
+
+def _shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+def _rebuildable(base: nn.Module, pruned: nn.Module) -> bool:
+    """True when resizing a copy of ``base`` to ``pruned``'s Conv/Linear/BN widths gives its
+    state_dict shapes (Torch-Pruning may also resize layers the width record does not cover)."""
+    try:
+        return _shapes(apply_widths(copy.deepcopy(base), describe_widths(pruned))) == _shapes(pruned)
+    except Exception:  # noqa: BLE001 - any failure only means "no pruned checkpoint"
+        return False
+
+
+def _rebuild_pruned(base: nn.Module, state: dict, weights: dict) -> nn.Module:
+    """The pruned network of a ``pruned`` checkpoint: ``base`` resized to the saved widths,
+    weights loaded, ``requires_grad`` as saved.
+
+    Raises:
+        CheckpointError: the saved widths or tensors do not fit ``base``.
+    """
+    from compress.errors import CheckpointError
+
+    net = copy.deepcopy(base).eval()
+    try:
+        apply_widths(net, state["widths"])
+        net.load_state_dict(weights, strict=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(
+            f"the gp-prune 'pruned' checkpoint does not fit this model ({str(exc).splitlines()[0]}); delete the "
+            "checkpoints folder (or pass resume=False, CLI --no-resume) to start the run over."
+        ) from exc
+    trainable = state["trainable"]
+    for n, p in net.named_parameters():
+        p.requires_grad_(bool(trainable.get(n, p.requires_grad)))
+    return net
 
 
 def _metric_from_string(expr: str):
