@@ -389,6 +389,7 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         surgery=surgery,
         mobile=mobile_info,
         student_arch=output.arch,
+        report_sections=list(output.report_sections),
     )
     if out_dir is not None:
         result.save(work_dir)

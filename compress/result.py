@@ -97,6 +97,7 @@ class CompressionResult:
     surgery: list[str] = field(default_factory=list)
     mobile: dict[str, Any] = field(default_factory=dict)
     student_arch: dict[str, Any] | None = None
+    report_sections: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (see the module docstring for the key contract)."""
@@ -257,6 +258,8 @@ class CompressionResult:
             "| --- | --- |",
         ]
         lines += [f"| {k} | {s:.2f} |" for k, s in self.wall_s.items()]
+        for title, body in self.report_sections:
+            lines += ["", f"## {title}", "", body.rstrip()]
         lines += ["", "## Strategy", "", "```json", json.dumps(self.info, indent=2, default=str)[:4000], "```", ""]
         lines += ["## Config", "", "```json", json.dumps(self.config, indent=2, default=str), "```", ""]
         return "\n".join(lines)

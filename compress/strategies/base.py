@@ -131,11 +131,16 @@ class StrategyOutput:
     ``arch``: JSON-ready arguments of the strategy's :meth:`Strategy.build_student` for students
     that are *not* a resized copy of the user's model (grown or searched networks); saved in
     ``student.arch.json`` so :func:`compress.load_student` rebuilds them without a base model.
+
+    ``report_sections``: ``(title, markdown)`` pairs the strategy wants a reader to see in
+    ``report.md`` (e.g. darts-gal's nodes-kept table and genotype drawing), rendered in order
+    after the summary; the same facts stay machine-readable in ``info``.
     """
 
     student: nn.Module
     info: dict[str, Any] = field(default_factory=dict)
     arch: dict[str, Any] | None = None
+    report_sections: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Strategy(abc.ABC):

@@ -33,6 +33,11 @@ CONTRACT_CONFIGS = {
              "final_epochs": 1, "final_max_steps_per_epoch": 5},
 }
 
+# the sections each strategy promises a reader of report.md (beyond the common summary)
+REPORT_SECTIONS = {
+    "darts-gal": ["## Nodes kept per cell", "## Genotype", "## Cells after pruning"],
+}
+
 REPORT_KEYS = [
     "strategy", "seed", "target", "config", "versions",
     "budget.spec", "budget.ok", "budget.violations",
@@ -74,7 +79,10 @@ def test_registry_contract(strategy, teacher_cls, digits_task, tmp_path):
     assert report["student"]["macs"] == res.student_report.cost.macs
     assert report["student"]["latency_ms"]["median"] > 0
     assert {"measure_teacher", "export", "validate", "profile"} <= set(report["wall_s"])
-    assert (tmp_path / "report.md").read_text().startswith("# slimforge report")
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# slimforge report")
+    for heading in REPORT_SECTIONS.get(strategy, []):
+        assert heading in md, f"{strategy}: report.md lacks {heading!r}"
     assert (tmp_path / "student.ort").is_file() and (tmp_path / "manifest.json").is_file()
     assert report["mobile"]["usability"]["nnapi"]["nodes"] > 0
     # the saved student reloads without pickle and computes the same function

@@ -327,7 +327,15 @@ class DartsGal(Strategy):
             "resumed_phases": resumed,
             "student_arch": student.arch_dict(),
         }
-        return StrategyOutput(student=student, info=info, arch=student.arch_dict())
+        b = info["baseline"]
+        sections = [
+            ("Nodes kept per cell (GAL; the paper's Table 1/3/5 format)",
+             f"Stacked baseline before pruning: C={b.get('C')}, {b.get('layers')} cells, {b['params']:,} params, "
+             f"{b['macs']:,} MACs.\n\n" + info["nodes_kept_markdown"]),
+            (f"Genotype ({search['source']})", "```text\n" + info["genotype_drawing"].rstrip() + "\n```"),
+            ("Cells after pruning", "```text\n" + str(gal["drawing"]).rstrip() + "\n```"),
+        ]
+        return StrategyOutput(student=student, info=info, arch=student.arch_dict(), report_sections=sections)
 
     # ------------------------------------------------------------------ stages
     def _genotype(self, ctx: StrategyContext, cfg: DartsGalConfig, train_ds: Dataset, K: int,
