@@ -385,7 +385,7 @@ def test_same_seed_same_decisions_and_resume_after_kill(digits_task, tmp_path):
 
     with pytest.raises(_Killed):
         Grow(cfg).run(_ctx(teacher, digits_task, "params=60k", out_dir=tmp_path, progress=killer))
-    state = json.loads((tmp_path / "checkpoints" / "grow" / "state.json").read_text())
+    state = json.loads((tmp_path / "checkpoints" / "grow" / "state.json").read_text())["state"]
     assert state["iteration"] == 2 and state["phase"] == "grow"
     ctx_b = _ctx(teacher, digits_task, "params=60k", out_dir=tmp_path)
     out_b = Grow(cfg).run(ctx_b)

@@ -36,15 +36,15 @@ ALGORITHMS.md §1. One run:
 
 Every growth iteration is logged (``ctx.log``: node, edge, op, S and Rbar per node, params,
 MACs, latency, validation accuracy, the DOT drawing of the new graph) and checkpointed under
-``ctx.out_dir/checkpoints/grow`` (structure JSON + tensors); a killed run resumes from the last
-iteration when the config, seed, teacher partition and data sizes match.
+``ctx.out_dir/checkpoints/grow`` (structure JSON + tensors, RNG states and the run history),
+as is every epoch of the final retrain (``final_loss`` "kd"/"ce"); a killed run resumes from the
+last boundary when the config, seed, teacher partition and data sizes match, bit-identically.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import math
 import random
@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader, Subset
 
 from compress.errors import BudgetUnreachableError, ConfigError, DataError
 from compress.registry import register_strategy
+from compress.strategies._parts.checkpoint import CheckpointStore, EpochCheckpoint
 from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, augment_batch, evaluate, finetune, kd_loss
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.grow.attention import ATTENTIONS, R_NORMS, NodeAttention, r_inner
@@ -385,42 +386,22 @@ def build_initial(partition: TeacherPartition, num_classes: int, cfg: GrowConfig
 
 
 class _Checkpoints:
-    """``<out_dir>/checkpoints/grow/state.json`` + ``weights_<iteration>.pt`` (tensors only)."""
+    """``<out_dir>/checkpoints/grow/state.json`` + ``state.<iteration>-<phase>.pt`` (tensors only)
+    through the shared :class:`CheckpointStore` (atomic pair, RNG states); ``final.*`` holds the
+    per-epoch checkpoints of the final retrain."""
 
     def __init__(self, root: Path | None, key: str) -> None:
-        self.dir = root / "checkpoints" / "grow" if root is not None else None
+        self.store = CheckpointStore.for_strategy(root, "grow")
+        self.dir = self.store.dir
         self.key = key
 
-    def load(self) -> tuple[dict, dict] | None:
-        if self.dir is None or not (self.dir / "state.json").is_file():
-            return None
-        try:
-            state = json.loads((self.dir / "state.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != self.key:
-            return None
-        wpath = self.dir / state["weights"]
-        if not wpath.is_file():
-            return None
-        tensors = torch.load(wpath, map_location="cpu", weights_only=True)
-        return state, tensors
+    def load(self):
+        """The last committed boundary (``Restored``) or None; raises CheckpointError when corrupt."""
+        return self.store.load("state", key=f"{CHECKPOINT_FORMAT}:{self.key}")
 
     def save(self, state: dict, tensors: dict) -> None:
-        if self.dir is None:
-            return
-        from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"weights_{state['iteration']:04d}_{state['phase']}.pt"
-        buf = io.BytesIO()
-        torch.save(tensors, buf)
-        write_bytes_atomic(self.dir / name, buf.getvalue())
-        write_text_atomic(self.dir / "state.json", json.dumps({**state, "format": CHECKPOINT_FORMAT, "key": self.key,
-                                                               "weights": name}, indent=1, sort_keys=True))
-        for old in self.dir.glob("weights_*.pt"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        self.store.commit("state", state, tensors, key=f"{CHECKPOINT_FORMAT}:{self.key}",
+                          tag=f"{state['iteration']:04d}-{state['phase']}")
 
 
 # ------------------------------------------------------------------------------------ strategy
@@ -476,7 +457,7 @@ class Grow(Strategy):
         start, stop_reason, phase, records, resumed = 0, None, "grow", [], None
         restored = ckpt.load()
         if restored is not None:
-            state, tensors = restored
+            state, tensors = restored.state, restored.tensors
             student = GrowStudent(Structure.from_dict(state["structure"])).eval()
             student.load_state_dict(tensors["student"])
             attn = AttentionBank(cfg.attention)
@@ -484,8 +465,8 @@ class Grow(Strategy):
             attn.load_state_dict(tensors["attn"])
             start, stop_reason, phase, records = state["iteration"], state["stop_reason"], state["phase"], state["records"]
             resumed = {"iteration": start, "phase": phase}
-            for rec in records:
-                ctx.log(**rec)
+            ctx.history[:] = state["history"]  # the run history up to the boundary, as the killed run logged it
+            restored.restore_rng()
         else:
             cost0, check0, lat0 = ctx.check(student)
             if not check0.ok:
@@ -553,7 +534,7 @@ class Grow(Strategy):
                 ctx.log(**rec)
                 z += 1
                 ckpt.save({"iteration": z, "phase": phase, "stop_reason": stop_reason, "records": records,
-                           "structure": student.structure.to_dict()}, tensors_of())
+                           "structure": student.structure.to_dict(), "history": ctx.history}, tensors_of())
                 ctx.progress("grow", z, cfg.max_iterations, {
                     "op": rec.get("op"), "node": rec.get("node"), "params": rec.get("params"), "val_acc": val_acc})
             iterations = z
@@ -561,12 +542,14 @@ class Grow(Strategy):
         final_hist: list[dict] = []
         with ctx.phase("final_retrain"):
             if phase == "grown":
-                final_hist = self._final_retrain(ctx, cfg, student, attn, extractor, partition, seed)
+                final_hist = self._final_retrain(ctx, cfg, student, attn, extractor, partition, seed,
+                                                 EpochCheckpoint(ckpt.store, "final", ckpt.key))
                 phase = "done"
                 ckpt.save({"iteration": iterations, "phase": phase, "stop_reason": stop_reason, "records": records,
-                           "structure": student.structure.to_dict(), "final": final_hist}, tensors_of())
+                           "structure": student.structure.to_dict(), "final": final_hist, "history": ctx.history},
+                          tensors_of())
             elif restored is not None:
-                final_hist = restored[0].get("final", [])
+                final_hist = restored.state.get("final", [])
         student.eval()
         s = student.structure
         return StrategyOutput(student=student, arch={"structure": s.to_dict()}, info={
@@ -614,7 +597,8 @@ class Grow(Strategy):
 
     @staticmethod
     def _final_retrain(ctx: StrategyContext, cfg: GrowConfig, student: GrowStudent, attn: AttentionBank,
-                       extractor: nn.Module, partition: TeacherPartition, seed: int) -> list[dict]:
+                       extractor: nn.Module, partition: TeacherPartition, seed: int,
+                       checkpoint: EpochCheckpoint | None = None) -> list[dict]:
         if cfg.final_reinit:
             student.reset_parameters(seed=_derive(seed, "final-init"))
             attn = AttentionBank(cfg.attention)
@@ -637,7 +621,8 @@ class Grow(Strategy):
                 seed=_derive(seed, "final"),
             )
             finetune(student, Grow._full_train_loader(ctx, seed), ctx.data.val, settings,
-                     teacher=ctx.teacher if cfg.final_loss == "kd" else None, on_epoch=on_epoch)
+                     teacher=ctx.teacher if cfg.final_loss == "kd" else None, on_epoch=on_epoch,
+                     checkpoint=checkpoint)
             return hist
         # "kd+inner": keep Eq. 4 (with the logit KD term) for the retrain, best epoch on val
         best, best_state = -1.0, None
