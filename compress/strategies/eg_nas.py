@@ -65,8 +65,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default
 from compress.data import collect
 from compress.errors import ConfigError, DataError
 from compress.executors import Executor, SerialExecutor
-from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 from compress.registry import register_strategy
+from compress.strategies._parts.checkpoint import CheckpointStore, EpochCheckpoint
 from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, finetune
 from compress.strategies._parts.training import evaluate
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
@@ -607,24 +607,6 @@ def _config_hash(cfg: EGNASConfig, fields: set[str] | None, extra: dict[str, Any
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _save_torch(path: Path, obj: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes_atomic(path, buf.getvalue())
-
-
-def _load_torch(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _np_state_to_json(state: tuple) -> list:
-    return [state[0], [int(v) for v in state[1]], int(state[2]), int(state[3]), float(state[4])]
-
-
-def _np_state_from_json(d: list) -> tuple:
-    return (d[0], np.asarray(d[1], dtype=np.uint32), int(d[2]), int(d[3]), float(d[4]))
-
-
 def _dataset_of(loader: DataLoader) -> Dataset:
     ds = getattr(loader, "dataset", None)
     try:
@@ -722,6 +704,7 @@ class EGNASSearch:
         self.cma_factory = cma_factory
         self.split = _split_train(train_ds, cfg.train_portion, self.seed)
         self.ckpt_dir = ckpt_dir
+        self.store = CheckpointStore(ckpt_dir)
         self.hash = _config_hash(cfg, _search_fields(), {
             "seed": self.seed, "n_train": len(train_ds), "num_classes": num_classes,  # type: ignore[arg-type]
             "input_shape": list(input_shape)})
@@ -751,65 +734,41 @@ class EGNASSearch:
         self.es_evaluations = 0
 
     # ------------------------------------------------------------------ checkpoints
-    def _state_path(self) -> Path | None:
-        return None if self.ckpt_dir is None else self.ckpt_dir / "search_state.json"
-
     def save(self, epoch_done: int) -> None:
-        """Write the state after ``epoch_done`` epochs.
-
-        The tensors go to ``search_tensors.<epoch>.pt`` first, then ``search_state.json`` (which names
-        that file) replaces the previous JSON atomically, then older tensor files are removed: a kill
-        at any point leaves a consistent (JSON, tensors) pair on disk.
-        """
-        state_json = self._state_path()
-        if state_json is None:
-            return
-        state_json.parent.mkdir(parents=True, exist_ok=True)
-        name = f"search_tensors.{epoch_done}.pt"
+        """Commit the state after ``epoch_done`` epochs: ``search.<epoch>.pt`` (weights, alpha,
+        optimizer states, RNG states) then ``search.json`` (history, CMA-ES summaries, RNG JSON),
+        each atomically (:class:`CheckpointStore`): a kill at any point leaves a complete pair."""
         blob = {
-            "epoch_done": torch.tensor(epoch_done),
             "weights": self.model.state_dict(),
             "arch": self.model.arch_state(),
             "w_opt": self.w_opt.state_dict(),
-            "torch_rng": torch.get_rng_state(),
         }
         if self.architect is not None:
             blob["arch_opt"] = self.architect.optimizer.state_dict()
-        _save_torch(state_json.parent / name, blob)
         state = {
-            "format": "slimforge-eg-nas-search/1", "config_hash": self.hash, "epoch_done": epoch_done,
-            "tensors": name, "history": self.history, "wall_arch_s": self.wall_arch,
+            "epoch_done": epoch_done, "history": self.history, "wall_arch_s": self.wall_arch,
             "wall_weights_s": self.wall_weights, "cma_last_epoch": self.last_es,
-            "rng": {"numpy_global": _np_state_to_json(np.random.get_state()),
-                    "seeds": {"run": self.seed, "note": "loader, ES and restart seeds derive from (run seed, epoch, restart)"}},
+            "seeds": {"run": self.seed, "note": "loader, ES and restart seeds derive from (run seed, epoch, restart)"},
         }
-        write_text_atomic(state_json, json.dumps(state, default=float))
-        for old in state_json.parent.glob("search_tensors.*.pt"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        self.store.commit("search", state, blob, key=self.hash, tag=epoch_done)
 
     def try_resume(self) -> int:
         """Load the checkpoint if it was written with the same config hash; returns the epochs
-        already done (0 if there is none or it belongs to another config)."""
-        state_json = self._state_path()
-        if state_json is None or not state_json.is_file():
+        already done (0 if there is none or it belongs to another config).
+
+        Raises:
+            CheckpointError: the checkpoint is corrupt or truncated.
+        """
+        restored = self.store.load("search", key=self.hash)
+        if restored is None:
             return 0
-        try:
-            state = json.loads(state_json.read_text())
-            if state.get("config_hash") != self.hash:
-                return 0
-            blob = _load_torch(state_json.parent / state["tensors"])
-        except (OSError, ValueError, RuntimeError, KeyError):
-            return 0
-        if int(blob["epoch_done"]) != int(state["epoch_done"]):
-            return 0
+        state, blob = restored.state, restored.tensors
         self.model.load_state_dict(blob["weights"])
         self.model.load_arch_state(blob["arch"])
         self.w_opt.load_state_dict(blob["w_opt"])
         if self.architect is not None and "arch_opt" in blob:
             self.architect.optimizer.load_state_dict(blob["arch_opt"])
-        torch.set_rng_state(blob["torch_rng"])
-        np.random.set_state(_np_state_from_json(state["rng"]["numpy_global"]))
+        restored.restore_rng()
         self.history = list(state["history"])
         self.wall_arch = float(state["wall_arch_s"])
         self.wall_weights = float(state["wall_weights_s"])
@@ -898,7 +857,7 @@ class EGNASSearch:
         cfg = self.cfg
         resumed = self.try_resume() if resume else 0
         for rec in self.history:  # epochs restored from a checkpoint still belong in the run history
-            self.log(**{**rec, "restored": True})
+            self.log(**rec)
         T = cfg.search_epochs
         self.progress("search", resumed, T, {"resumed": resumed} if resumed else {})
         for t in range(resumed, T):
@@ -971,7 +930,8 @@ class EGNAS(Strategy):
         cfg: EGNASConfig = self.config
         spec = ctx.data.spec
         num_classes, input_shape = spec.num_classes, tuple(spec.input_shape)
-        ckpt_dir = None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoints" / STRATEGY
+        store = CheckpointStore.for_strategy(ctx.out_dir, STRATEGY)
+        ckpt_dir = store.dir
         train_ds = _dataset_of(ctx.data.train)
 
         with ctx.phase("search"):
@@ -985,22 +945,19 @@ class EGNAS(Strategy):
         final_hash = _config_hash(cfg, None, {"seed": ctx.seed, "genotype": genotype.to_dict(),
                                                "budget": ctx.budget.to_dict(), "num_classes": num_classes,
                                                "input_shape": list(input_shape)})
-        final_json = None if ckpt_dir is None else ckpt_dir / "final_state.json"
-        final_pt = None if ckpt_dir is None else ckpt_dir / "final_student.pt"
         resumed_final = False
         net: NetworkCIFAR | None = None
         retrain_history: list[dict[str, Any]] = []
         sizing_info: dict[str, Any] = {}
-        if final_json is not None and final_json.is_file() and final_pt is not None and final_pt.is_file():
-            try:
-                st = json.loads(final_json.read_text())
-                if st.get("config_hash") == final_hash:
-                    net = NetworkCIFAR(st["C"], num_classes, st["layers"], genotype, in_channels=input_shape[0],
-                                       stem_stride=st["stem_stride"])
-                    net.load_state_dict(_load_torch(final_pt))
-                    retrain_history, sizing_info, resumed_final = st["retrain_history"], st["sizing"], True
-            except (OSError, ValueError, RuntimeError, KeyError):
-                net = None
+        final = store.load("final", key=final_hash)
+        if final is not None:
+            st = final.state
+            net = NetworkCIFAR(st["C"], num_classes, st["layers"], genotype, in_channels=input_shape[0],
+                               stem_stride=st["stem_stride"])
+            net.load_state_dict(final.tensors["weights"])
+            retrain_history, sizing_info, resumed_final = st["retrain_history"], st["sizing"], True
+            ctx.history[:] = st["history"]
+            final.restore_rng()
         if net is None:
             with ctx.phase("sizing"):
                 done = [0]
@@ -1021,13 +978,11 @@ class EGNAS(Strategy):
                 net = NetworkCIFAR(sized.C, num_classes, sized.layers, genotype, in_channels=input_shape[0],
                                    stem_stride=sized.stem_stride)
             with ctx.phase("retrain"):
-                retrain_history = self._retrain(net, ctx)
-            if final_json is not None and final_pt is not None:
-                _save_torch(final_pt, net.state_dict())
-                write_text_atomic(final_json, json.dumps({
-                    "format": "slimforge-eg-nas-final/1", "config_hash": final_hash, "C": sized.C,
-                    "layers": sized.layers, "stem_stride": sized.stem_stride, "genotype": genotype.to_dict(),
-                    "retrain_history": retrain_history, "sizing": sizing_info}, default=float))
+                retrain_history = self._retrain(net, ctx, store, final_hash)
+            store.commit("final", {"C": sized.C, "layers": sized.layers, "stem_stride": sized.stem_stride,
+                                   "genotype": genotype.to_dict(), "retrain_history": retrain_history,
+                                   "sizing": sizing_info, "history": ctx.history},
+                         {"weights": net.state_dict()}, key=final_hash)
         net.eval()
         entropies = [h["alpha_entropy"] for h in outcome.history]
         info = {
@@ -1052,7 +1007,8 @@ class EGNAS(Strategy):
         }
         return StrategyOutput(student=net, info=info, arch=net.arch_dict())
 
-    def _retrain(self, net: NetworkCIFAR, ctx: StrategyContext) -> list[dict[str, Any]]:
+    def _retrain(self, net: NetworkCIFAR, ctx: StrategyContext, store: CheckpointStore | None = None,
+                 key: str = "") -> list[dict[str, Any]]:
         cfg: EGNASConfig = self.config
         if cfg.final_epochs == 0:
             return []
@@ -1062,6 +1018,7 @@ class EGNAS(Strategy):
             optimizer="sgd", keep_best=True, max_steps_per_epoch=cfg.final_max_steps_per_epoch,
             augment=cfg.augment, seed=derive_seed(ctx.seed, "retrain"),
         )
+        gen = None
         if cfg.final_drop_path > 0:
             gen = torch.Generator().manual_seed(derive_seed(ctx.seed, "drop-path"))
             for cell in net.cells:
@@ -1073,7 +1030,9 @@ class EGNAS(Strategy):
             ctx.log(phase="retrain", **rec)
             ctx.progress("retrain", epoch, cfg.final_epochs, rec)
 
-        history = finetune(net, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch)
+        ckpt = None if store is None else EpochCheckpoint(store, "retrain", key, generators={"drop-path": gen})
+        history = finetune(net, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch,
+                           checkpoint=ckpt)
         net.drop_path_prob = 0.0
         for cell in net.cells:
             cell.generator = None

@@ -308,9 +308,10 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
 
     with pytest.raises(Killed):
         _search(over, ckpt_dir=tmp_path / "run", progress=killer).run()
-    state = json.loads((tmp_path / "run" / "search_state.json").read_text())
+    doc = json.loads((tmp_path / "run" / "search.json").read_text())
+    state = doc["state"]
     assert state["epoch_done"] == 2 and len(state["cma_last_epoch"]) == 2
-    assert sorted(p.name for p in (tmp_path / "run").glob("search_tensors.*.pt")) == [state["tensors"]]
+    assert sorted(p.name for p in (tmp_path / "run").glob("search.*.pt")) == [doc["tensors"]] == ["search.2.pt"]
     resumed = _search(over, ckpt_dir=tmp_path / "run")
     out = resumed.run()
     assert out.resumed_from_epoch == 2 and [h["epoch"] for h in out.history] == [1, 2, 3]
@@ -358,7 +359,7 @@ def test_compress_end_to_end_meets_budget(digits_task, tmp_path):
     assert info["wall_s_arch_update"] > 0 and info["wall_s_weights"] > 0
     assert {"search", "sizing", "retrain"} <= set(res.wall_s)
     assert [h["epoch"] for h in res.history if h.get("phase") == "search"] == [1, 2]
-    assert (tmp_path / "checkpoints" / "eg-nas" / "search_state.json").is_file()
+    assert (tmp_path / "checkpoints" / "eg-nas" / "search.json").is_file()
     report = json.loads((tmp_path / "report.json").read_text())
     reloaded = load_student(tmp_path, base=build_from_arch(report["info"]["student_arch"]))
     x = next(iter(digits_task.val))[0][:4]
