@@ -380,7 +380,7 @@ def test_resume_after_a_simulated_kill_gives_the_same_student(tmp_path):
     with pytest.raises(Killed):
         DartsGal(TINY).run(_ctx(tmp_path / "run", killer))
     ck = tmp_path / "run" / "checkpoints" / "darts-gal"
-    assert {"search.json", "baseline.json", "baseline.pt"} <= {p.name for p in ck.iterdir()}
+    assert {"search.json", "baseline.json", "baseline.0.pt"} <= {p.name for p in ck.iterdir()}
     assert not (ck / "gal.json").exists()
     out = DartsGal(TINY).run(_ctx(tmp_path / "run"))
     assert out.info["resumed_phases"] == ["search", "baseline"]
@@ -397,7 +397,7 @@ def test_retrain_from_scratch_reinitialises_but_keeps_the_structure(tmp_path):
     over = {**TINY, "genotype": "DARTS_V2", "final_epochs": 0, "sparse_lambda": 5.0}
     scratch = DartsGal(over).run(_ctx(tmp_path / "a"))
     tuned = DartsGal({**over, "retrain": "finetune"}).run(_ctx(tmp_path / "b"))
-    pruned = torch.load(tmp_path / "a" / "checkpoints" / "darts-gal" / "gal.pt", weights_only=True)["weights"]
+    pruned = torch.load(tmp_path / "a" / "checkpoints" / "darts-gal" / "gal.0.pt", weights_only=True)["tensors"]["weights"]
     assert scratch.info["student_arch"] == tuned.info["student_arch"]
     assert scratch.info["nodes_removed"] > 0
     arch = scratch.info["student_arch"]

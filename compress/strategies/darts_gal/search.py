@@ -7,16 +7,15 @@ second order: the unrolled gradient of DARTS Eq. 7-8) on a batch of the architec
 SGD step (cosine learning rate per epoch, gradient clipping) on the weights with a batch of the
 weight part. PC-DARTS partial channels / edge normalisation / alpha warm-up are options.
 
-Checkpoints after every epoch (tensors first, then the JSON naming them, atomically), so a killed
-search resumes bit-identically: loaders are reseeded per epoch from (run seed, epoch), and the
-weight / architecture optimiser states are restored.
+Checkpoints after every epoch (tensors first, then the JSON naming them, atomically, through the
+shared :class:`~compress.strategies._parts.checkpoint.CheckpointStore`), so a killed search resumes
+bit-identically: loaders are reseeded per epoch from (run seed, epoch), and the weight /
+architecture optimiser states and the global RNG states are restored.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -30,32 +29,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from compress.errors import DataError
-from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
+from compress.strategies._parts.checkpoint import CheckpointStore
 from compress.strategies._parts.training import evaluate
 from compress.strategies.darts.architect import Architect
 from compress.strategies.darts.genotype import Genotype, alpha_entropy
 from compress.strategies.darts.search import SearchNetwork
 from compress.strategies.darts_gal.config import DartsGalConfig
 
-__all__ = ["derive_seed", "DartsSearch", "SearchOutcome", "save_torch", "load_torch", "split_train"]
+__all__ = ["derive_seed", "DartsSearch", "SearchOutcome", "split_train"]
 
 
 def derive_seed(seed: int, *keys: Any) -> int:
     """A stable 31-bit seed from the run seed and keys (e.g. ``("search-loader", epoch)``)."""
     h = hashlib.sha256(repr((int(seed),) + tuple(keys)).encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
-
-
-def save_torch(path: Path, obj: Any) -> None:
-    """``torch.save`` of tensors / plain containers, written atomically."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes_atomic(path, buf.getvalue())
-
-
-def load_torch(path: Path) -> Any:
-    """``torch.load(..., weights_only=True)`` on CPU."""
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def split_train(ds: Dataset, portion: float, seed: int) -> tuple[Subset, Subset]:
@@ -129,6 +116,7 @@ class DartsSearch:
         self.progress = progress or (lambda *a, **k: None)
         self.log = log or (lambda **k: None)
         self.ckpt_dir = ckpt_dir
+        self.store = CheckpointStore(ckpt_dir)
         self.hash = config_hash
         w_part, a_part = split_train(train_ds, cfg.train_portion, self.seed)
         with torch.random.fork_rng(devices=[]):
@@ -150,44 +138,28 @@ class DartsSearch:
         self.wall = 0.0
 
     # ------------------------------------------------------------------ checkpoints
-    def _json(self) -> Path | None:
-        return None if self.ckpt_dir is None else self.ckpt_dir / "search.json"
-
     def save(self, epoch_done: int) -> None:
-        """Write the state after ``epoch_done`` epochs (tensors, then the JSON naming them)."""
-        path = self._json()
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        name = f"search.{epoch_done}.pt"
-        save_torch(path.parent / name, {"epoch_done": torch.tensor(epoch_done), "weights": self.model.state_dict(),
-                                        "arch": self.model.arch_state(), "w_opt": self.w_opt.state_dict(),
-                                        "arch_opt": self.architect.optimizer.state_dict()})
-        write_text_atomic(path, json.dumps({"format": "slimforge-darts-gal-search/1", "config_hash": self.hash,
-                                            "epoch_done": epoch_done, "tensors": name, "history": self.history,
-                                            "wall_s": self.wall}, default=float))
-        for old in path.parent.glob("search.*.pt"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        """Commit the state after ``epoch_done`` epochs (``search.<epoch>.pt``, then ``search.json``)."""
+        self.store.commit("search", {"epoch_done": epoch_done, "history": self.history, "wall_s": self.wall},
+                          {"weights": self.model.state_dict(), "arch": self.model.arch_state(),
+                           "w_opt": self.w_opt.state_dict(), "arch_opt": self.architect.optimizer.state_dict()},
+                          key=self.hash, tag=epoch_done)
 
     def try_resume(self) -> int:
-        """Load a checkpoint written with the same hash; returns the epochs done (0 if none)."""
-        path = self._json()
-        if path is None or not path.is_file():
+        """Load a checkpoint written with the same hash; returns the epochs done (0 if none).
+
+        Raises:
+            CheckpointError: the checkpoint is corrupt or truncated.
+        """
+        restored = self.store.load("search", key=self.hash)
+        if restored is None:
             return 0
-        try:
-            state = json.loads(path.read_text())
-            if state.get("config_hash") != self.hash:
-                return 0
-            blob = load_torch(path.parent / state["tensors"])
-            if int(blob["epoch_done"]) != int(state["epoch_done"]):
-                return 0
-            self.model.load_state_dict(blob["weights"])
-            self.model.load_arch_state(blob["arch"])
-            self.w_opt.load_state_dict(blob["w_opt"])
-            self.architect.optimizer.load_state_dict(blob["arch_opt"])
-        except (OSError, ValueError, RuntimeError, KeyError):
-            return 0
+        state, blob = restored.state, restored.tensors
+        self.model.load_state_dict(blob["weights"])
+        self.model.load_arch_state(blob["arch"])
+        self.w_opt.load_state_dict(blob["w_opt"])
+        self.architect.optimizer.load_state_dict(blob["arch_opt"])
+        restored.restore_rng()
         self.history = list(state["history"])
         self.wall = float(state.get("wall_s", 0.0))
         return int(state["epoch_done"])
@@ -233,8 +205,8 @@ class DartsSearch:
     def run(self, resume: bool = True) -> SearchOutcome:
         cfg = self.cfg
         done = self.try_resume() if resume else 0
-        for rec in self.history:
-            self.log(**{**rec, "restored": True})
+        for rec in self.history:  # restored epochs belong in the run history as they were logged
+            self.log(**rec)
         T = cfg.search_epochs
         self.progress("search", done, T, {"resumed": done} if done else {})
         for t in range(done, T):

@@ -21,10 +21,11 @@ Pipeline (paper Fig. 1):
    continues with a larger lambda, then the smallest masks are zeroed one at a time.
 4. **Retrain** (§3.4): the pruned architecture from scratch (paper) or fine-tuned (GAL), with KD.
 
-Checkpoints under ``<out_dir>/checkpoints/darts-gal/`` after every search epoch and at the end of
-the baseline, GAL and retrain phases; each is guarded by a hash of the config fields that shape it
-(and of the phases before it), so a killed run resumes where it stopped and a changed setting
-recomputes only what it affects.
+Checkpoints under ``<out_dir>/checkpoints/darts-gal/`` (shared ``CheckpointStore``: atomic JSON +
+tensors, RNG states, the run history) after every search, baseline and retrain epoch and at the end
+of the baseline, GAL and retrain phases; each is guarded by a hash of the config fields that shape
+it (and of the phases before it), so a killed run resumes bit-identically from the last boundary
+and a changed setting recomputes only what it affects. GAL itself resumes from its phase start.
 
 Documented deviations / resolutions (ALGORITHMS.md §3(b)):
 
@@ -64,8 +65,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from compress.budgets import BudgetCheck, Cost
 from compress.data import collect
 from compress.errors import BudgetUnreachableError, DataError
-from compress.exporters.atomic import write_text_atomic
 from compress.registry import register_strategy
+from compress.strategies._parts.checkpoint import CheckpointStore, EpochCheckpoint
 from compress.strategies._parts.training import FinetuneSettings, evaluate, finetune
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.darts.genotype import Genotype
@@ -82,7 +83,7 @@ from compress.strategies.darts_gal.prune import (
     nodes_kept_rows,
     prune_network,
 )
-from compress.strategies.darts_gal.search import DartsSearch, derive_seed, load_torch, save_torch
+from compress.strategies.darts_gal.search import DartsSearch, derive_seed
 
 __all__ = ["DartsGal", "STRATEGY", "gal_settings"]
 
@@ -118,33 +119,25 @@ def _loader(ds: Dataset, batch_size: int, seed: int) -> DataLoader:
 
 
 class _Store:
-    """Phase checkpoints: ``<phase>.pt`` (tensors) then ``<phase>.json`` (state + config hash)."""
+    """Phase checkpoints ``<phase>.json`` + ``<phase>.0.pt`` in the shared :class:`CheckpointStore`
+    (atomic pair, RNG states); each also keeps the run history up to its boundary."""
 
     def __init__(self, directory: Path | None) -> None:
-        self.dir = directory
+        self.store = CheckpointStore(directory)
+        self.dir = self.store.dir
 
-    def load(self, phase: str, config_hash: str) -> tuple[dict[str, Any], Any] | None:
-        if self.dir is None:
+    def load(self, phase: str, config_hash: str, ctx: StrategyContext) -> tuple[dict[str, Any], Any] | None:
+        """(state, tensors) of a phase written with ``config_hash``, or None; sets ``ctx.history``
+        and the RNGs to the boundary's. Raises CheckpointError when corrupt."""
+        restored = self.store.load(phase, key=config_hash)
+        if restored is None:
             return None
-        js, pt = self.dir / f"{phase}.json", self.dir / f"{phase}.pt"
-        if not (js.is_file() and pt.is_file()):
-            return None
-        try:
-            state = json.loads(js.read_text())
-            if state.get("config_hash") != config_hash:
-                return None
-            return state, load_torch(pt)
-        except (OSError, ValueError, RuntimeError, KeyError):
-            return None
+        ctx.history[:] = restored.state["run_history"]
+        restored.restore_rng()
+        return restored.state["data"], restored.tensors
 
-    def save(self, phase: str, config_hash: str, state: dict[str, Any], tensors: Any) -> None:
-        if self.dir is None:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        save_torch(self.dir / f"{phase}.pt", tensors)
-        write_text_atomic(self.dir / f"{phase}.json",
-                          json.dumps({"format": f"slimforge-darts-gal-{phase}/1", "config_hash": config_hash,
-                                      **state}, default=float))
+    def save(self, phase: str, config_hash: str, state: dict[str, Any], tensors: Any, ctx: StrategyContext) -> None:
+        self.store.commit(phase, {"data": state, "run_history": ctx.history}, tensors, key=config_hash)
 
 
 def _margin_check(ctx: StrategyContext, margin: float) -> CheckFn:
@@ -238,15 +231,13 @@ class DartsGal(Strategy):
         # ---- stage 2: sizing + baseline
         h_base = _hash(cfg, "baseline", {"prev": h_search, "genotype": genotype.to_dict(),
                                          "budget": ctx.budget.to_dict(), "batch": batch})
-        loaded = store.load("baseline", h_base)
+        loaded = store.load("baseline", h_base, ctx)
         if loaded is not None:
             st, tensors = loaded
             baseline = build_from_arch(st["arch"])
             baseline.load_state_dict(tensors["weights"])
             sizing, base_hist = st["sizing"], st["history"]
             resumed.append("baseline")
-            for rec in base_hist:
-                ctx.log(**{**rec, "restored": True})
         else:
             with ctx.phase("sizing"):
                 sizing = self._size(ctx, cfg, genotype, K, in_shape)
@@ -257,39 +248,35 @@ class DartsGal(Strategy):
                                             stem_stride=sizing["stem_stride"])
                 base_hist = self._train(ctx, baseline, train_ds, batch, "baseline", cfg.baseline_epochs,
                                         cfg.baseline_lr, cfg.baseline_momentum, cfg.baseline_weight_decay,
-                                        cfg.baseline_max_steps_per_epoch)
+                                        cfg.baseline_max_steps_per_epoch, EpochCheckpoint(store.store, "baseline-epochs", h_base))
             store.save("baseline", h_base, {"arch": baseline.arch_dict(), "sizing": sizing, "history": base_hist},
-                       {"weights": baseline.state_dict()})
+                       {"weights": baseline.state_dict()}, ctx)
         baseline.eval()
         base_cost, _chk, base_lat = ctx.check(baseline)
         base_val = evaluate(baseline, ctx.data.val)
 
         # ---- stage 3: GAL + closing loop
         h_gal = _hash(cfg, "gal", {"prev": h_base})
-        loaded = store.load("gal", h_gal)
+        loaded = store.load("gal", h_gal, ctx)
         if loaded is not None:
             gal, tensors = loaded
             pruned = build_from_arch(gal["arch"])
             pruned.load_state_dict(tensors["weights"])
             resumed.append("gal")
-            for rec in gal["history"]:
-                ctx.log(**{**rec, "restored": True})
         else:
             with ctx.phase("gal"):
                 gal, pruned = self._gal(ctx, cfg, baseline, train_ds, K)
-            store.save("gal", h_gal, gal, {"weights": pruned.state_dict()})
+            store.save("gal", h_gal, gal, {"weights": pruned.state_dict()}, ctx)
 
         # ---- stage 4: retrain
         h_final = _hash(cfg, "retrain", {"prev": h_gal})
-        loaded = store.load("retrain", h_final)
+        loaded = store.load("retrain", h_final, ctx)
         if loaded is not None:
             st, tensors = loaded
             student = build_from_arch(st["arch"])
             student.load_state_dict(tensors["weights"])
             retrain_hist = st["history"]
             resumed.append("retrain")
-            for rec in retrain_hist:
-                ctx.log(**{**rec, "restored": True})
         else:
             with ctx.phase("retrain"):
                 with torch.random.fork_rng(devices=[]):
@@ -298,9 +285,10 @@ class DartsGal(Strategy):
                 if cfg.retrain == "finetune":
                     student.load_state_dict(pruned.state_dict())
                 retrain_hist = self._train(ctx, student, train_ds, batch, "retrain", cfg.final_epochs, cfg.final_lr,
-                                           cfg.final_momentum, cfg.final_weight_decay, cfg.final_max_steps_per_epoch)
+                                           cfg.final_momentum, cfg.final_weight_decay, cfg.final_max_steps_per_epoch,
+                                           EpochCheckpoint(store.store, "retrain-epochs", h_final))
             store.save("retrain", h_final, {"arch": student.arch_dict(), "history": retrain_hist},
-                       {"weights": student.state_dict()})
+                       {"weights": student.state_dict()}, ctx)
         student.eval()
 
         rows = gal["nodes_kept"]
@@ -370,8 +358,10 @@ class DartsGal(Strategy):
                 "trials": sized.trials}
 
     def _train(self, ctx: StrategyContext, net: NetworkCIFAR, train_ds: Dataset, batch: int, phase: str, epochs: int,
-               lr: float, momentum: float, wd: float, max_steps: int | None) -> list[dict[str, Any]]:
-        """KD training of ``net`` (baseline or retrain) with a seeded loader and drop-path ramp."""
+               lr: float, momentum: float, wd: float, max_steps: int | None,
+               checkpoint: EpochCheckpoint | None = None) -> list[dict[str, Any]]:
+        """KD training of ``net`` (baseline or retrain) with a seeded loader and drop-path ramp;
+        with ``checkpoint``, every epoch boundary is committed and a rerun continues from it."""
         cfg: DartsGalConfig = self.config
         if epochs == 0:
             net.eval()
@@ -392,7 +382,10 @@ class DartsGal(Strategy):
             ctx.progress(phase, epoch, epochs, rec)
 
         loader = _loader(train_ds, batch, derive_seed(ctx.seed, phase, "loader"))
-        hist = finetune(net, loader, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch)
+        if checkpoint is not None:
+            checkpoint.generators["drop-path"] = gen
+        hist = finetune(net, loader, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch,
+                        checkpoint=checkpoint)
         net.drop_path_prob = 0.0
         for cell in net.cells:
             cell.generator = None
