@@ -211,9 +211,10 @@ class RayExecutor(Executor):
     """One Ray task per item, with resources declared per candidate.
 
     Args:
-        address: a running cluster (``"ray://head:10001"`` through Ray Client, ``"auto"`` or
-            ``"head:6379"`` on a cluster node). None: reuse the Ray instance this process is
-            already connected to, or start a local one.
+        address: a running cluster (``"ray://head:10001"`` through Ray Client, needs
+            ``ray[client]``; ``"auto"`` or ``"head:6379"`` on a cluster node). None: reuse the Ray
+            instance this process is already connected to, or start a local one. A cluster with
+            token authentication needs ``RAY_AUTH_MODE=token`` in this process's environment.
         num_cpus: CPUs of the local instance started when ``address`` is None (None: all cores).
         num_cpus_per_task, num_gpus_per_task: resources of each task (``.options(num_cpus=...,
             num_gpus=...)``); Ray runs as many tasks at once as the cluster has resources for.
@@ -257,6 +258,14 @@ class RayExecutor(Executor):
         ray = _import_ray()
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"log_to_driver": False, **self.init_kwargs}
+            if self.address is not None and self.address.startswith("ray://"):
+                try:
+                    import grpc  # noqa: F401  (Ray Client's transport)
+                except ImportError as exc:
+                    raise ConfigError(
+                        f"ray_address={self.address!r} uses Ray Client, which needs grpcio: {RAY_INSTALL_HINT} "
+                        "(installs ray[client])."
+                    ) from exc
             try:
                 if self.address is not None:
                     ray.init(address=self.address, **kwargs)
@@ -266,7 +275,10 @@ class RayExecutor(Executor):
                 where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
                 raise ExecutorError(
                     f"cannot start or reach {where}: {exc}. Start the head with `ray start --head` and pass its "
-                    "address (ray://HOST:10001 or auto), or omit ray_address to start a local instance."
+                    "address (ray://HOST:10001, HOST:6379 or auto); if the cluster uses token authentication "
+                    "(the default of `ray start` since Ray 2.59), export RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN, "
+                    "see `ray get-auth-token`, unless ~/.ray/auth_token holds it) before starting this process. "
+                    "Or omit ray_address to start a local instance."
                 ) from exc
             self._started = True
         if self._remote is None:
