@@ -1,6 +1,6 @@
 """The ``slimforge`` command line (typer). ``python -m compress`` runs the same app.
 
-Commands: ``demo``, ``run``, ``measure``, ``strategies``. Exit codes: 0 success, 2 bad input
+Commands: ``demo``, ``run``, ``resume``, ``measure``, ``strategies``. Exit codes: 0 success, 2 bad input
 (a slimforge error; the message says what to do), 3 the student was produced but misses its
 budget or fails ONNX parity (so CI pipelines can gate on it).
 """
@@ -102,6 +102,71 @@ def _load_config(config: Optional[str]) -> Optional[dict]:
     return data
 
 
+RUN_ARGS = "run_args.json"
+RUN_ARGS_FORMAT = "slimforge-run-args/1"
+_NOT_RECORDED = ("out", "resume")  # the run directory is where the record lives; resume is how it is used
+_NOT_COMPARED = ("executor", "ray_address")  # where the work runs, not what it computes
+
+
+def _recorded_args(args: dict) -> dict:
+    """An invocation's arguments as JSON, with paths that exist made absolute (so ``slimforge
+    resume`` works from any working directory)."""
+    out = {}
+    for k, v in args.items():
+        if k in _NOT_RECORDED or callable(v):  # parameters only (not the caller's helpers)
+            continue
+        if isinstance(v, Path) or (isinstance(v, str) and k in ("data", "test_data", "config", "target")
+                                   and len(v) < 4096 and Path(v).exists()):
+            v = str(Path(v).resolve())
+        out[k] = v
+    return out
+
+
+def _record_run(out: Path, command: str, args: dict, resume: bool):
+    """Write ``out/run_args.json`` atomically before any work, so ``slimforge resume OUT`` can repeat
+    this invocation after a crash. With ``resume``, an existing record must describe the same
+    invocation. Returns a cleanup callable for a run that fails with a clean error (it removes the
+    record, and ``out`` if this call created it and it is empty).
+
+    Raises:
+        CheckpointError: ``out`` was started by another invocation (lists what differs), or its
+            record is corrupt. ConfigError: ``out`` cannot be written.
+    """
+    from compress.errors import CheckpointError, ConfigError
+    from compress.exporters.atomic import write_text_atomic
+
+    rec = {"format": RUN_ARGS_FORMAT, "command": command, "args": _recorded_args(args)}
+    path = Path(out) / RUN_ARGS
+    if resume and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path} is corrupt or truncated ({exc}); delete it or pass --no-resume.") from exc
+        same = lambda d: {k: v for k, v in d.items() if k not in _NOT_COMPARED}  # noqa: E731
+        if old.get("command") != command or same(old.get("args") or {}) != same(rec["args"]):
+            a, b = old.get("args") or {}, rec["args"]
+            diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                    if k not in _NOT_COMPARED and a.get(k) != b.get(k)]
+            raise CheckpointError(
+                f"{out} holds a `slimforge {old.get('command')}` run with other arguments ("
+                + ("; ".join(diff[:6]) or f"command {old.get('command')} -> {command}")
+                + f"). Continue it with `slimforge resume {out}`, start over with --no-resume, or choose another --out."
+            )
+        return lambda: None
+    created = not Path(out).exists()
+    try:
+        write_text_atomic(path, json.dumps(rec, indent=2, sort_keys=True))
+    except OSError as exc:
+        raise ConfigError(f"output directory {out} cannot be written ({exc}); choose another --out.") from exc
+
+    def cleanup() -> None:
+        path.unlink(missing_ok=True)
+        if created and Path(out).is_dir() and not any(Path(out).iterdir()):
+            Path(out).rmdir()
+
+    return cleanup
+
+
 @app.command()
 def demo(
     strategy: str = typer.Option("gp-prune", help="Strategy to run."),
@@ -113,9 +178,12 @@ def demo(
     epochs: int = typer.Option(6, help="Student fine-tune epochs."),
     config: Optional[str] = typer.Option(None, help="Strategy config as JSON (string or file)."),
     int8: bool = typer.Option(True, help="Also write an int8 (static QDQ) student and re-validate its accuracy."),
+    resume: bool = typer.Option(True, help="Continue from --out's checkpoints when they belong to this run (--no-resume: start over)."),
 ) -> None:
     """Train (or load the cached) digits teacher, compress it to the budget, export, validate, profile."""
+    cleanup = lambda: None  # noqa: E731
     try:
+        cleanup = _record_run(out, "demo", dict(locals()), resume)
         from compress.api import compress
         from compress.data import load_digits_task
         from compress.teachers import TeacherRecipe, get_or_train_teacher
@@ -142,8 +210,9 @@ def demo(
 
         cfg = {**get_strategy(strategy).demo_config(epochs), **(_load_config(config) or {})}
         result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                          config=cfg or None, model_spec=teacher_model, int8=int8)
+                          config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume)
     except _known_errors() as exc:
+        cleanup()
         _fail(exc)
     _print_result(result, out)
     raise typer.Exit(code=_exit_code(result))
@@ -167,9 +236,12 @@ def run(
     int8: bool = typer.Option(False, help="Also write an int8 (static QDQ) student and re-validate its accuracy."),
     executor: str = typer.Option("serial", help="Population evaluation: serial, process (local pool) or ray (used by eg-nas)."),
     ray_address: Optional[str] = typer.Option(None, help="With --executor ray: cluster address (ray://HOST:10001 or auto); default: a local Ray instance."),
+    resume: bool = typer.Option(True, help="Continue from --out's checkpoints when they belong to this run (--no-resume: start over)."),
 ) -> None:
     """Compress a model on your data to a budget and write the report and artifacts to --out."""
+    cleanup = lambda: None  # noqa: E731
     try:
+        cleanup = _record_run(out, "run", dict(locals()), resume)
         from compress.api import compress
         from compress.data import load_task
         from compress.models import load_model
@@ -186,11 +258,47 @@ def run(
         net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights)
         result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
                           target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
-                          executor=executor, ray_address=ray_address)
+                          executor=executor, ray_address=ray_address, resume=resume)
     except _known_errors() as exc:
+        cleanup()
         _fail(exc)
     _print_result(result, out)
     raise typer.Exit(code=_exit_code(result))
+
+
+@app.command("resume")
+def resume_cmd(
+    run_dir: Path = typer.Argument(..., help="Output directory of a `slimforge demo` or `slimforge run` (holds run_args.json)."),
+) -> None:
+    """Continue a killed `slimforge demo` / `slimforge run` from its last checkpoint; writes the
+    report the uninterrupted run would have written (same student, history and numbers)."""
+    import inspect
+
+    try:
+        from compress.errors import CheckpointError
+
+        path = run_dir / RUN_ARGS
+        if not path.is_file():
+            raise CheckpointError(f"{run_dir} has no {RUN_ARGS}; point to the --out directory of a `slimforge demo` "
+                                  "or `slimforge run`.")
+        try:
+            rec = json.loads(path.read_text())
+            command, args = rec["command"], dict(rec["args"])
+            fn = {"demo": demo, "run": run}[command]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path} is corrupt or truncated ({exc}); start the run again with "
+                                  "`slimforge demo/run ... --no-resume`.") from exc
+        kwargs = {}
+        for name, p in inspect.signature(fn).parameters.items():
+            if name in args:
+                v = args[name]
+                kwargs[name] = Path(v) if v is not None and "Path" in str(p.annotation) else v
+            else:  # an option added after the run was started: its default
+                kwargs[name] = getattr(p.default, "default", p.default)
+    except _known_errors() as exc:
+        _fail(exc)
+    kwargs.update(out=run_dir, resume=True)
+    fn(**kwargs)
 
 
 @app.command()
