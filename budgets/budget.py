@@ -1,18 +1,22 @@
-"""Budgets: absolute and relative limits on MACs, parameters and measured latency.
+"""Budgets: absolute and relative limits on MACs, parameters, measured latency and peak memory.
 
 A :class:`Budget` holds limits of two kinds:
 
 * absolute: ``max_macs`` (MACs per sample, fvcore's count), ``max_params`` (elements),
-  ``max_latency_ms`` (median latency in ms on ``target``, measured with onnxruntime);
+  ``max_latency_ms`` (median latency in ms on ``target``, measured with onnxruntime),
+  ``max_memory_bytes`` (peak resident memory in bytes that an onnxruntime session on ``target``
+  adds, measured in a child process: :func:`compress.profiling.memory.profile_peak_memory`);
 * relative: a fraction of the teacher's figure (``Budget.parse("macs=0.5x")``), turned into
   absolute limits by :meth:`Budget.resolve` once the teacher has been measured.
 
-``Budget.check(cost, latency_ms=...)`` compares a student against every limit and returns a
+``Budget.check(cost, latency_ms=..., memory_bytes=...)`` compares a student against every limit and returns a
 :class:`BudgetCheck` that lists every violation with its margin, never only the first.
 
 Spec grammar (``Budget.parse``): comma-separated ``key=value`` items, keys ``macs``,
-``params``, ``latency``; values ``0.5x`` (relative to the teacher), ``12.5M`` / ``300k`` /
-``1.2G`` / ``41000`` (absolute counts) or ``3.5ms`` / ``0.01s`` / ``800us`` (latency).
+``params``, ``latency``, ``memory``; values ``0.5x`` (relative to the teacher), ``12.5M`` / ``300k`` /
+``1.2G`` / ``41000`` (absolute counts), ``3.5ms`` / ``0.01s`` / ``800us`` (latency) or
+``64MB`` / ``48MiB`` / ``2GB`` / ``500000`` (memory in bytes; kB/MB/GB are powers of 1000,
+KiB/MiB/GiB powers of 1024).
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ from compress.profiling.target import Target
 
 __all__ = ["Budget", "BudgetCheck", "Violation", "METRICS"]
 
-METRICS = ("macs", "params", "latency")
+METRICS = ("macs", "params", "latency", "memory")
+# the absolute field behind each metric
+_ABS_FIELD = {"macs": "max_macs", "params": "max_params", "latency": "max_latency_ms", "memory": "max_memory_bytes"}
+_MEM_SUFFIX = {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30}
 _COUNT_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
 _TIME_SUFFIX = {"ms": 1.0, "s": 1e3, "us": 1e-3}
 _ITEM = re.compile(r"^\s*([a-z_]+)\s*=\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -93,6 +100,8 @@ class BudgetCheck:
 def _fmt(value: float, unit: str) -> str:
     if unit == "ms":
         return f"{value:.3f} ms"
+    if unit == "bytes":
+        return f"{value / 2**20:.1f} MiB"
     a = abs(value)
     for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if a >= div:
@@ -108,7 +117,9 @@ class Budget:
         max_macs: MACs per sample (fvcore count; one fused multiply-add = 1).
         max_params: parameter elements.
         max_latency_ms: median latency in milliseconds on ``target`` (onnxruntime).
-        rel_macs, rel_params, rel_latency: fractions of the teacher's figure; resolved into the
+        max_memory_bytes: peak resident memory in bytes that an onnxruntime session of the
+            student adds on ``target`` (see :mod:`compress.profiling.memory`).
+        rel_macs, rel_params, rel_latency, rel_memory: fractions of the teacher's figure; resolved into the
             absolute fields by :meth:`resolve`.
         target: the runtime profile latency is measured on (default: 1-thread CPU).
         spec: the string the budget was parsed from, kept for reports.
@@ -123,6 +134,8 @@ class Budget:
     rel_macs: float | None = None
     rel_params: float | None = None
     rel_latency: float | None = None
+    max_memory_bytes: float | None = None
+    rel_memory: float | None = None
     target: Target = field(default_factory=Target)
     spec: str = ""
 
@@ -134,6 +147,8 @@ class Budget:
             "rel_macs": self.rel_macs,
             "rel_params": self.rel_params,
             "rel_latency": self.rel_latency,
+            "max_memory_bytes": self.max_memory_bytes,
+            "rel_memory": self.rel_memory,
         }
         for name, v in values.items():
             if v is None:
@@ -145,8 +160,8 @@ class Budget:
                 "A budget needs at least one limit: e.g. Budget(max_macs=20e6) or "
                 'Budget.parse("macs=0.5x,latency=2ms").'
             )
-        for metric in ("macs", "params", "latency"):
-            absolute = values["max_latency_ms" if metric == "latency" else f"max_{metric}"]
+        for metric in METRICS:
+            absolute = values[_ABS_FIELD[metric]]
             if absolute is not None and values[f"rel_{metric}"] is not None:
                 raise BudgetError(
                     f"{metric} has both an absolute and a relative limit; give one of them."
@@ -165,6 +180,7 @@ class Budget:
         if not isinstance(spec, str) or not spec.strip():
             raise BudgetError('A budget spec is a non-empty string such as "macs=0.5x".')
         kwargs: dict[str, float] = {}
+        seen: set[str] = set()
         for raw in spec.split(","):
             if not raw.strip():
                 continue
@@ -184,10 +200,9 @@ class Budget:
                 close = difflib.get_close_matches(key, METRICS, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise BudgetError(f"Unknown budget metric {key!r}; known: {', '.join(METRICS)}.{hint}")
-            if key in {k.split("_", 1)[1] for k in kwargs} or (
-                key == "latency" and ("max_latency_ms" in kwargs or "rel_latency" in kwargs)
-            ):
+            if key in seen:
                 raise BudgetError(f"Budget metric {key!r} is given twice in {spec!r}.")
+            seen.add(key)
             if unit == "x":
                 kwargs[f"rel_{key}"] = number
             elif key == "latency":
@@ -196,6 +211,13 @@ class Budget:
                         f"Latency {raw.strip()!r} needs a unit: 'ms', 's', 'us', or 'x' relative to the teacher."
                     )
                 kwargs["max_latency_ms"] = number * _TIME_SUFFIX[unit]
+            elif key == "memory":
+                if unit not in _MEM_SUFFIX:
+                    raise BudgetError(
+                        f"Memory {raw.strip()!r}: unit must be one of B, kB, MB, GB, KiB, MiB, GiB (or none = bytes), "
+                        "or 'x' relative to the teacher."
+                    )
+                kwargs["max_memory_bytes"] = number * _MEM_SUFFIX[unit]
             else:
                 if unit not in _COUNT_SUFFIX:
                     raise BudgetError(
@@ -225,32 +247,38 @@ class Budget:
     # ------------------------------------------------------------------ queries
     @property
     def is_relative(self) -> bool:
-        return any(v is not None for v in (self.rel_macs, self.rel_params, self.rel_latency))
+        return any(v is not None for v in (self.rel_macs, self.rel_params, self.rel_latency, self.rel_memory))
 
     @property
     def needs_latency(self) -> bool:
         return self.max_latency_ms is not None or self.rel_latency is not None
 
+    @property
+    def needs_memory(self) -> bool:
+        return self.max_memory_bytes is not None or self.rel_memory is not None
+
     def describe(self) -> str:
         if self.spec:
             return self.spec
         parts = []
-        for metric, unit in (("macs", ""), ("params", ""), ("latency", "ms")):
+        for metric, unit in (("macs", ""), ("params", ""), ("latency", "ms"), ("memory", "B")):
             rel = getattr(self, f"rel_{metric}")
-            ab = getattr(self, "max_latency_ms" if metric == "latency" else f"max_{metric}")
+            ab = getattr(self, _ABS_FIELD[metric])
             if rel is not None:
                 parts.append(f"{metric}={rel:g}x")
             elif ab is not None:
                 parts.append(f"{metric}={ab:g}{unit}")
         return ",".join(parts)
 
-    def resolve(self, teacher: Cost, teacher_latency_ms: float | None = None) -> "Budget":
-        """Turn relative limits into absolute ones using the teacher's cost and latency.
+    def resolve(self, teacher: Cost, teacher_latency_ms: float | None = None,
+                teacher_memory_bytes: float | None = None) -> "Budget":
+        """Turn relative limits into absolute ones using the teacher's cost, latency (ms) and
+        session peak memory (bytes).
 
         Raises:
-            BudgetError: a relative latency limit without a measured teacher latency.
+            BudgetError: a relative latency or memory limit without the teacher's measurement.
         """
-        upd: dict[str, Any] = {"rel_macs": None, "rel_params": None, "rel_latency": None}
+        upd: dict[str, Any] = {"rel_macs": None, "rel_params": None, "rel_latency": None, "rel_memory": None}
         if self.rel_macs is not None:
             upd["max_macs"] = self.rel_macs * teacher.macs
         if self.rel_params is not None:
@@ -262,17 +290,25 @@ class Budget:
                     "teacher_latency_ms to Budget.resolve()."
                 )
             upd["max_latency_ms"] = self.rel_latency * teacher_latency_ms
+        if self.rel_memory is not None:
+            if teacher_memory_bytes is None:
+                raise BudgetError(
+                    "memory is relative (e.g. 'memory=0.5x'): measure the teacher's session peak memory first "
+                    "(compress.profiling.memory.profile_peak_memory) and pass teacher_memory_bytes to Budget.resolve()."
+                )
+            upd["max_memory_bytes"] = self.rel_memory * teacher_memory_bytes
         return replace(self, **upd)
 
-    def check(self, cost: Cost, latency_ms: float | None = None) -> BudgetCheck:
-        """Check a student's cost (and measured median latency in ms) against every limit.
+    def check(self, cost: Cost, latency_ms: float | None = None, memory_bytes: float | None = None) -> BudgetCheck:
+        """Check a student's cost (and measured median latency in ms, session peak memory in
+        bytes) against every limit.
 
         Returns:
             :class:`BudgetCheck` listing every violation with its margin.
 
         Raises:
             BudgetError: the budget is still relative (call :meth:`resolve` first), or it limits
-                latency and ``latency_ms`` was not given.
+                latency (memory) and ``latency_ms`` (``memory_bytes``) was not given.
         """
         if self.is_relative:
             raise BudgetError(
@@ -290,6 +326,12 @@ class Budget:
                     "This budget limits latency: pass the student's measured median latency (ms) as latency_ms."
                 )
             pairs.append(("latency_ms", self.max_latency_ms, float(latency_ms), "ms"))
+        if self.max_memory_bytes is not None:
+            if memory_bytes is None:
+                raise BudgetError(
+                    "This budget limits peak memory: pass the student's measured session peak (bytes) as memory_bytes."
+                )
+            pairs.append(("memory_bytes", self.max_memory_bytes, float(memory_bytes), "bytes"))
         for metric, limit, actual, unit in pairs:
             if limit is None or actual is None:
                 continue
@@ -307,5 +349,7 @@ class Budget:
             "rel_macs": self.rel_macs,
             "rel_params": self.rel_params,
             "rel_latency": self.rel_latency,
+            "max_memory_bytes": self.max_memory_bytes,
+            "rel_memory": self.rel_memory,
             "target": self.target.to_dict(),
         }

@@ -28,7 +28,7 @@ from compress.data import TaskData, as_task_data, collect
 from compress.errors import ConfigError, DataError, UnsupportedModelError
 from compress.executors import Executor, make_executor
 from compress.exporters import export_onnx, validate_onnx
-from compress.profiling import Target, profile_latency
+from compress.profiling import Target, profile_latency, profile_peak_memory
 from compress.registry import get_strategy
 from compress.result import CompressionResult, ModelReport
 from compress.strategies._parts.checkpoint import open_run_dir, run_identity
@@ -138,6 +138,7 @@ def compress(
     latency_repeats: int = 50,
     mobile: bool = True,
     int8: bool = False,
+    memory: bool = True,
     resume: bool = True,
     executor: Executor | str | None = None,
     ray_address: str | None = None,
@@ -164,6 +165,10 @@ def compress(
             report (onnxruntime's tools).
         int8: also quantise the student to int8 (static, calibrated on 256 training images) and
             re-validate its top-1 accuracy against the fp32 ONNX on the test (or val) split.
+        memory: measure the peak resident memory (bytes) an onnxruntime session of the teacher and
+            of the student adds on ``target``, each in a child process (about a second each;
+            :func:`compress.profiling.profile_peak_memory`). Always on when the budget limits
+            ``memory``.
         resume: with ``out_dir``, continue from the checkpoints a killed run with the same settings
             left in ``out_dir/checkpoints`` (every strategy checkpoints at each iteration, epoch or
             phase boundary); the student, history and report are those of an uninterrupted run.
@@ -227,7 +232,7 @@ def compress(
     try:
         return _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val,
                          work_dir, art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats,
-                         mobile, int8, t_start, wall, executor=runner)
+                         mobile, int8, t_start, wall, executor=runner, memory=memory)
     except BaseException:
         shutil.rmtree(art_dir, ignore_errors=True)
         if run_dir is not None:
@@ -266,7 +271,7 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
 
 def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val, work_dir,
               art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats, mobile, int8,
-              t_start, wall, *, executor: Executor) -> CompressionResult:
+              t_start, wall, *, executor: Executor, memory: bool = True) -> CompressionResult:
     progress_fn, close_progress = _progress_fn(progress)
 
     # ---------------------------------------------------------------- teacher
@@ -289,7 +294,9 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
     teacher_lat_torch = profile_latency(working, target, engine="torch", warmup=latency_warmup,
                                         repeats=latency_repeats, example_inputs=example[:1])
     progress_fn("measure teacher", 3, 3, {"latency_ms": teacher_lat.median_ms})
-    resolved = budget_obj.resolve(teacher_cost, teacher_lat.median_ms)
+    teacher_mem = profile_peak_memory(teacher_onnx, target) if memory or budget_obj.needs_memory else None
+    resolved = budget_obj.resolve(teacher_cost, teacher_lat.median_ms,
+                                  teacher_mem.session_peak_bytes if teacher_mem is not None else None)
     wall["measure_teacher"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- strategy
@@ -297,6 +304,11 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         with tempfile.TemporaryDirectory(dir=art_dir) as tmp:
             path = export_onnx(m, example, Path(tmp) / "candidate.onnx")
             return profile_latency(path, target, warmup=3, repeats=max(10, latency_repeats // 3)).median_ms
+
+    def memory_probe(m: nn.Module) -> float:
+        with tempfile.TemporaryDirectory(dir=art_dir) as tmp:
+            path = export_onnx(m, example, Path(tmp) / "candidate.onnx")
+            return float(profile_peak_memory(path, target).session_peak_bytes)
 
     ctx = StrategyContext(
         model=working,
@@ -310,6 +322,7 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         out_dir=work_dir,
         progress=progress_fn,
         latency_fn=latency_probe,
+        memory_fn=memory_probe,
         executor=executor,
     )
     t0 = time.perf_counter()
@@ -339,6 +352,7 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
     student_lat = profile_latency(student_onnx, target, warmup=latency_warmup, repeats=latency_repeats)
     student_lat_torch = profile_latency(student, target, engine="torch", warmup=latency_warmup,
                                         repeats=latency_repeats, example_inputs=example[:1])
+    student_mem = profile_peak_memory(student_onnx, target) if memory or resolved.needs_memory else None
     wall["profile"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mobile_info: dict[str, Any] = {}
@@ -362,7 +376,8 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
             "split": "test" if task.test is not None else "val",
         }
     wall["mobile"] = time.perf_counter() - t0
-    check = resolved.check(student_cost, latency_ms=student_lat.median_ms if resolved.needs_latency else None)
+    check = resolved.check(student_cost, latency_ms=student_lat.median_ms if resolved.needs_latency else None,
+                           memory_bytes=student_mem.session_peak_bytes if student_mem is not None else None)
     if not check.ok:
         log.warning("student does not meet the budget: %s", "; ".join(map(str, check.violations)))
     surgery = ["pad_shortcuts_to_conv"] if output.info.get("shortcuts_converted") else []
@@ -374,8 +389,9 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         config=config_to_dict(strat.config),
         budget=resolved,
         budget_check=check,
-        teacher=ModelReport(teacher_cost, teacher_acc_val, teacher_acc_test, teacher_lat, teacher_lat_torch),
-        student_report=ModelReport(student_cost, student_acc_val, student_acc_test, student_lat, student_lat_torch),
+        teacher=ModelReport(teacher_cost, teacher_acc_val, teacher_acc_test, teacher_lat, teacher_lat_torch, teacher_mem),
+        student_report=ModelReport(student_cost, student_acc_val, student_acc_test, student_lat, student_lat_torch,
+                                   student_mem),
         onnx_path=student_onnx,
         teacher_onnx_path=teacher_onnx,
         validation=validation,

@@ -23,6 +23,7 @@ from compress.budgets import Budget, BudgetCheck, Cost
 from compress.exporters import ValidationReport
 from compress.exporters.atomic import write_text_atomic
 from compress.profiling import LatencyStats, Target
+from compress.profiling.memory import MemoryStats
 
 __all__ = ["ModelReport", "CompressionResult"]
 
@@ -36,6 +37,7 @@ class ModelReport:
     accuracy_test: float | None
     latency: LatencyStats | None
     latency_torch: LatencyStats | None = None
+    peak_memory: MemoryStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -56,6 +58,9 @@ class ModelReport:
             }
         if self.latency_torch is not None:
             d["latency_ms_torch"] = {"median": self.latency_torch.median_ms, "p90": self.latency_torch.p90_ms}
+        d["peak_memory_bytes"] = None if self.peak_memory is None else {
+            "session": self.peak_memory.session_peak_bytes, "process": self.peak_memory.peak_rss_bytes,
+            "target": self.peak_memory.target}
         return d
 
 
@@ -119,6 +124,7 @@ class CompressionResult:
                     "max_macs": self.budget.max_macs,
                     "max_params": self.budget.max_params,
                     "max_latency_ms": self.budget.max_latency_ms,
+                    "max_memory_bytes": self.budget.max_memory_bytes,
                 },
             },
             "teacher": self.teacher.to_dict(),
@@ -155,6 +161,9 @@ class CompressionResult:
         def pct(x: float | None) -> str:
             return "-" if x is None else f"{100 * x:.2f}%"
 
+        def mib(x: MemoryStats | None) -> str:
+            return "-" if x is None else f"{x.session_peak_bytes / 2**20:.1f} (process {x.peak_rss_bytes / 2**20:.1f})"
+
         def ms(x: LatencyStats | None) -> str:
             return "-" if x is None else f"{x.median_ms:.3f} (p90 {x.p90_ms:.3f})"
 
@@ -165,6 +174,7 @@ class CompressionResult:
             ("accuracy test", pct(t.accuracy_test), pct(s.accuracy_test)),
             (f"latency ms ORT [{self.target.name}]", ms(t.latency), ms(s.latency)),
             ("latency ms torch eager", ms(t.latency_torch), ms(s.latency_torch)),
+            (f"peak memory MiB ORT session [{self.target.name}]", mib(t.peak_memory), mib(s.peak_memory)),
         ]
 
     def speedup_summary(self) -> dict[str, Any]:

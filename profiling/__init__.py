@@ -5,6 +5,7 @@ May import only ``compress.exporters`` from the project. ``onnxruntime`` is impo
 
 from compress.profiling.errors import ProfilingError, TargetError
 from compress.profiling.latency import ENGINES, LatencyStats, profile_latency
+from compress.profiling.memory import MemoryStats, profile_peak_memory
 from compress.profiling.target import GRAPH_OPTIMIZATION_LEVELS, PRESETS, Target
 
 __all__ = [
@@ -12,8 +13,10 @@ __all__ = [
     "GRAPH_OPTIMIZATION_LEVELS",
     "PRESETS",
     "LatencyStats",
+    "MemoryStats",
     "ProfilingError",
     "Target",
     "TargetError",
     "profile_latency",
+    "profile_peak_memory",
 ]

@@ -92,6 +92,7 @@ class StrategyContext:
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_s: dict[str, float] = field(default_factory=dict)
     latency_fn: Callable[[nn.Module], float] | None = None
+    memory_fn: Callable[[nn.Module], float] | None = None
     executor: Executor = field(default_factory=SerialExecutor)
 
     @contextlib.contextmanager
@@ -113,15 +114,20 @@ class StrategyContext:
     def check(self, model: nn.Module) -> tuple[Cost, BudgetCheck, float | None]:
         """The budget oracle: measure ``model`` and check it against the budget.
 
-        Latency (ms, median on ``target``) is measured only when the budget limits it.
+        Latency (ms, median on ``target``) and peak session memory (bytes, measured in a child
+        process) are measured only when the budget limits them.
         """
         cost = self.cost(model)
-        latency = None
+        latency = memory = None
         if self.budget.needs_latency:
             if self.latency_fn is None:  # pragma: no cover - set by the API
                 raise ConfigError("This budget limits latency but no latency probe was configured.")
             latency = self.latency_fn(model)
-        return cost, self.budget.check(cost, latency_ms=latency), latency
+        if self.budget.needs_memory:
+            if self.memory_fn is None:  # pragma: no cover - set by the API
+                raise ConfigError("This budget limits peak memory but no memory probe was configured.")
+            memory = self.memory_fn(model)
+        return cost, self.budget.check(cost, latency_ms=latency, memory_bytes=memory), latency
 
 
 @dataclass

@@ -56,6 +56,33 @@ def _get(d: dict, dotted: str):
     return d
 
 
+def _assert_mobile_artifacts(out_dir, report: dict, student: torch.nn.Module, x: torch.Tensor) -> None:
+    """student.ort loads in onnxruntime and computes what the student computes; the NNAPI/CoreML
+    usability report is in report.json and the manifest; the manifest's hash is the file's."""
+    import hashlib
+
+    import numpy as np
+    import onnxruntime as ort
+
+    ort_file = out_dir / "student.ort"
+    assert ort_file.read_bytes()[4:8] == b"ORTM"  # the ORT-format flatbuffer identifier
+    sess = ort.InferenceSession(str(ort_file), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = student.eval()(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+    usability = report["mobile"]["usability"]
+    assert set(usability) == {"nnapi", "coreml_neuralnetwork", "coreml_mlprogram"}
+    for ep, info in usability.items():
+        assert 0 <= info["supported_nodes"] <= info["nodes"] and info["nodes"] > 0, ep
+        assert info["coverage"] == pytest.approx(info["supported_nodes"] / info["nodes"]), ep
+        assert info["suitability"] in {"YES", "MAYBE", "NO"}, ep
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    row = next(a for a in manifest["artifacts"] if a["file"] == "student.ort")
+    assert row["sha256"] == hashlib.sha256(ort_file.read_bytes()).hexdigest()
+    assert row["mobile_usability"] == usability
+
+
 def test_every_strategy_has_a_contract_config():
     missing = sorted(set(list_strategies()) - set(CONTRACT_CONFIGS))
     assert not missing, f"registered strategies without a contract test config: {missing}"
@@ -89,6 +116,7 @@ def test_registry_contract(strategy, teacher_cls, digits_task, tmp_path):
     reloaded = load_student(tmp_path, base=teacher_cls(num_classes=10))  # base ignored for new architectures
     x = digits_task.spec and next(iter(digits_task.val))[0][:4]
     torch.testing.assert_close(reloaded(x), res.student(x))
+    _assert_mobile_artifacts(tmp_path, report, res.student, x)
     # no leftovers of atomic writes
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -144,3 +172,22 @@ def test_progress_callback_and_history(digits_task):
     assert phases.count("finetune") == 2 and "bisection" in phases
     oks = [h for h in res.history if h["phase"] == "bisection" and h["ok"]]
     assert min(h["ratio"] for h in oks) == pytest.approx(res.info["pruning_ratio"])
+
+
+def test_peak_memory_budget_is_measured_and_honoured(digits_task, tmp_path):
+    torch.manual_seed(0)
+    teacher = TinyConvNet(num_classes=10).eval()
+    cfg = {"epochs": 1, "bisection_steps": 3, "max_steps_per_epoch": 3}
+    # an onnxruntime session of any student of this tiny net needs about as much as the teacher's
+    # (the arena and thread pool dominate), so half the teacher's peak is out of reach
+    with pytest.raises(BudgetUnreachableError, match="memory_bytes"):
+        compress(teacher, "macs=0.5x,memory=0.5x", data=digits_task, config=cfg, progress=False,
+                 latency_repeats=3, latency_warmup=1)
+    res = compress(teacher, "macs=0.5x,memory=1.5x", data=digits_task, config=cfg, progress=False,
+                   out_dir=tmp_path, latency_repeats=3, latency_warmup=1)
+    report = json.loads((tmp_path / "report.json").read_text())
+    t_mem, s_mem = report["teacher"]["peak_memory_bytes"], report["student"]["peak_memory_bytes"]
+    assert 0 < t_mem["session"] < t_mem["process"] and 0 < s_mem["session"] < s_mem["process"]
+    assert report["budget"]["limits"]["max_memory_bytes"] == pytest.approx(1.5 * t_mem["session"])
+    assert report["budget"]["headroom"]["memory_bytes"] == pytest.approx(1.5 * t_mem["session"] - s_mem["session"])
+    assert res.budget_check.ok and "peak memory MiB" in (tmp_path / "report.md").read_text()

@@ -62,6 +62,10 @@ def test_measure_cost_restores_training_mode():
         ("latency=800us", "max_latency_ms", 0.8),
         ("latency=0.5x", "rel_latency", 0.5),
         ("MACS=2G", "max_macs", 2e9),
+        ("memory=64MB", "max_memory_bytes", 64e6),
+        ("memory=48MiB", "max_memory_bytes", 48 * 2**20),
+        ("memory=500000", "max_memory_bytes", 5e5),
+        ("memory=0.5x", "rel_memory", 0.5),
     ],
 )
 def test_parse(spec, field, value):
@@ -87,6 +91,9 @@ def test_parse_many_and_resolve():
         ("latency=3", "needs a unit"),
         ("macs=3q", "unit must be"),
         ("macs=0.5x,macs=0.4x", "twice"),
+        ("latency=2ms,latency=0.5x", "twice"),
+        ("memory=1MB,memory=0.5x", "twice"),
+        ("memory=3q", "KiB, MiB"),
         ("", "non-empty"),
         ("macs", "key=value"),
     ],
@@ -125,6 +132,23 @@ def test_check_needs_resolution_and_latency():
         Budget(max_latency_ms=1.0).check(Cost(macs=1, params=1))
     with pytest.raises(BudgetError, match="teacher_latency_ms"):
         Budget.parse("latency=0.5x").resolve(Cost(macs=1, params=1))
+
+
+def test_memory_limit_resolve_and_check():
+    b = Budget.parse("macs=0.5x,memory=0.5x")
+    assert b.needs_memory and not b.needs_latency
+    with pytest.raises(BudgetError, match="teacher_memory_bytes"):
+        b.resolve(Cost(macs=100, params=10))
+    r = b.resolve(Cost(macs=100, params=10), teacher_memory_bytes=40 * 2**20)
+    assert r.max_memory_bytes == 20 * 2**20 and not r.is_relative
+    with pytest.raises(BudgetError, match="memory_bytes"):
+        r.check(Cost(macs=10, params=1))
+    chk = r.check(Cost(macs=10, params=1), memory_bytes=25 * 2**20)
+    (v,) = chk.violations
+    assert v.metric == "memory_bytes" and v.margin == 5 * 2**20
+    assert "25.0 MiB > limit 20.0 MiB" in str(v)
+    assert r.check(Cost(macs=10, params=1), memory_bytes=20 * 2**20).ok
+    assert r.to_dict()["max_memory_bytes"] == 20 * 2**20
 
 
 def test_coerce_and_target():

@@ -226,3 +226,31 @@ def test_ort_mobile_target_times_the_ort_format(tmp_path) -> None:
     stats = profile_latency(path, t, warmup=1, repeats=3)
     assert stats.median_ms > 0 and stats.target == "ort-mobile"
     assert not list(tmp_path.glob("*.ort"))  # the conversion is temporary
+
+
+# ------------------------------------------------------------------------------ peak memory
+def test_peak_memory_grows_with_the_weights_the_session_holds(onnx_path: Path, tmp_path: Path) -> None:
+    from compress.profiling import profile_peak_memory
+
+    small = profile_peak_memory(onnx_path, "cpu-1t", input_shape=SHAPE)
+    assert 0 < small.baseline_rss_bytes < small.peak_rss_bytes
+    assert small.session_peak_bytes == small.peak_rss_bytes - small.baseline_rss_bytes
+    # 8M float32 weights = 32 MiB that the session must hold resident
+    big_net = nn.Sequential(nn.Flatten(), nn.Linear(SHAPE[0] * SHAPE[1] * SHAPE[2], 8 * 2**20 // 768)).eval()
+    n_weights = sum(p.numel() for p in big_net.parameters())
+    big = profile_peak_memory(export_onnx(big_net, torch.randn(2, *SHAPE), tmp_path / "big.onnx"), "cpu-1t",
+                              input_shape=SHAPE)
+    assert big.session_peak_bytes - small.session_peak_bytes >= 0.9 * 4 * n_weights
+    assert big.to_dict()["target"] == "cpu-1t"
+
+
+def test_peak_memory_errors(onnx_path: Path, tmp_path: Path) -> None:
+    from compress.profiling import profile_peak_memory
+
+    with pytest.raises(ProfilingError, match="export the model first"):
+        profile_peak_memory(tmp_path / "missing.onnx", "cpu-1t", input_shape=SHAPE)
+    with pytest.raises(ProfilingError, match="runs must be"):
+        profile_peak_memory(onnx_path, "cpu-1t", input_shape=SHAPE, runs=0)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ProfilingError, match="failed"):
+        profile_peak_memory(tmp_path / "junk.onnx", "cpu-1t", input_shape=SHAPE)
