@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slimforge-installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench bench-suite clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_gp_prune_cifar.py --data ../shared/data
+
+# pytest-benchmark suite (benchmarks/test_bench_suite.py); compare runs with BENCH_ARGS=--benchmark-compare
+bench-suite: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest benchmarks -m bench --benchmark-enable --benchmark-only \
+		--benchmark-group-by=group --benchmark-autosave $(BENCH_ARGS)
 
 clean:
 	rm -rf slimforge-out .pytest_cache
