@@ -5,6 +5,7 @@ Ray runs on one local instance of 2 CPUs started once for the module (``ray_clus
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -204,3 +205,26 @@ def test_supernet_evaluation_draws_no_random_numbers():
     first = ev(z)
     assert torch.equal(torch.get_rng_state(), state)
     assert ev(z) == first
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_evolve_metric_executors(ray_cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+
+    cli = CliRunner()
+    base = ["evolve-metric", "--preset", "synthetic", "--generations", "1", "--seed", "5"]
+    best = {}
+    for name, extra in {"serial": [], "ray": ["--executor", "ray"]}.items():
+        res = cli.invoke(app, base + ["--out", str(tmp_path / name)] + extra)
+        assert res.exit_code == 0, res.output
+        best[name] = json.loads((tmp_path / name / "best_metric.json").read_text())
+    assert best["ray"]["fitness"] == best["serial"]["fitness"]
+    assert best["ray"]["expr"] == best["serial"]["expr"]
+    assert ray.is_initialized()  # the CLI reused the running instance and left it alone
+    res = cli.invoke(app, base + ["--out", str(tmp_path / "bad"), "--executor", "rya"])
+    assert res.exit_code == 2 and "did you mean 'ray'" in res.output
+    assert not (tmp_path / "bad" / "best_metric.json").exists()
