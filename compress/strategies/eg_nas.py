@@ -71,6 +71,7 @@ from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings,
 from compress.strategies._parts.training import evaluate
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.darts.architect import Architect
+from compress.strategies.darts.drawing import draw_genotype
 from compress.strategies.darts.genotype import Genotype, alpha_entropy
 from compress.strategies.darts.model import NetworkCIFAR
 from compress.strategies.darts.ops import PRIMITIVE_SETS
@@ -1005,7 +1006,8 @@ class EGNAS(Strategy):
             "student_arch": net.arch_dict(),
             "executor": ctx.executor.describe(),
         }
-        return StrategyOutput(student=net, info=info, arch=net.arch_dict())
+        return StrategyOutput(student=net, info=info, arch=net.arch_dict(),
+                              report_sections=_report_sections(outcome.history, genotype, info))
 
     def _retrain(self, net: NetworkCIFAR, ctx: StrategyContext, store: CheckpointStore | None = None,
                  key: str = "") -> list[dict[str, Any]]:
@@ -1038,3 +1040,23 @@ class EGNAS(Strategy):
             cell.generator = None
         return history
 
+
+def _report_sections(history: list[dict[str, Any]], genotype: Genotype, info: dict[str, Any]) -> list[tuple[str, str]]:
+    """report.md sections: the search history per epoch (alpha entropy in nats, the best compound
+    fitness of Eq. 7, supernet val accuracy, seconds in the alpha update vs the weights) and the
+    derived genotype drawn as cells."""
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    rows = ["| epoch | alpha entropy | best fitness | val acc | alpha update s | weights s |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for h in history:
+        rows.append(f"| {h['epoch']} | {num(h.get('alpha_entropy'), '.4f')} | {num(h.get('best_fitness'), '.4f')} | "
+                    f"{num(h.get('val_acc'), '.3f')} | {num(h.get('wall_arch_s'), '.1f')} | "
+                    f"{num(h.get('wall_weights_s'), '.1f')} |")
+    c = info["chosen"]
+    n_ops = len(info["final_alphas"]["normal"][0])
+    rows += ["", f"Final alpha entropy {info['final_alpha_entropy']:.4f} nats (uniform over the {n_ops} ops: "
+                 f"{math.log(n_ops):.4f}); derived network C={c.get('C')}, {c.get('layers')} cells."]
+    return [(f"Search ({info['alpha_update']}; alpha entropy = mean per-edge entropy in nats)", "\n".join(rows)),
+            ("Genotype", "```text\n" + draw_genotype(genotype).rstrip() + "\n```")]
