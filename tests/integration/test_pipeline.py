@@ -36,6 +36,7 @@ CONTRACT_CONFIGS = {
 # the sections each strategy promises a reader of report.md (beyond the common summary)
 REPORT_SECTIONS = {
     "darts-gal": ["## Nodes kept per cell", "## Genotype", "## Cells after pruning"],
+    "grow": ["## Growth decisions", "| iteration | op | edge |", "## Final student structure", "digraph student"],
     "eg-nas": ["## Search (cmaes", "| epoch | alpha entropy |", "## Genotype", "normal cell"],
 }
 
