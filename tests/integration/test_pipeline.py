@@ -37,6 +37,7 @@ CONTRACT_CONFIGS = {
 REPORT_SECTIONS = {
     "darts-gal": ["## Nodes kept per cell", "## Genotype", "## Cells after pruning"],
     "grow": ["## Growth decisions", "| iteration | op | edge |", "## Final student structure", "digraph student"],
+    "gp-prune": ["## Channels kept per layer", "| layer | teacher | student | kept |"],
     "eg-nas": ["## Search (cmaes", "| epoch | alpha entropy |", "## Genotype", "normal cell"],
 }
 

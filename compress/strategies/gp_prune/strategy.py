@@ -280,6 +280,21 @@ def prune_uniform(
     return cand.eval()
 
 
+def _layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels (conv) / features (linear) of every layer, by module name."""
+    return {n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _widths_markdown(before: dict[str, int], after: dict[str, int]) -> str:
+    rows = ["| layer | teacher | student | kept |", "| --- | --- | --- | --- |"]
+    for name, w in after.items():
+        b = before.get(name)
+        kept = "-" if not b else f"{100 * w / b:.0f}%"
+        rows.append(f"| `{name}` | {b if b is not None else '-'} | {w} | {kept} |")
+    return "\n".join(rows)
+
+
 @register_strategy("gp-prune")
 class GPPrune(Strategy):
     """Uniform one-shot channel pruning with an expression-tree importance (GECCO'22 §5, Eq. 3).
@@ -317,6 +332,7 @@ class GPPrune(Strategy):
                 model = pad_shortcuts_to_conv(model)
             classifier = find_classifier(model, num_classes)
             classifier_name = next(n for n, m in model.named_modules() if m is classifier)
+            before = _layer_widths(model)
         restored = store.load("pruned", key=prune_key)
         if restored is not None:
             best = _rebuild_pruned(model, restored.state, restored.tensors["weights"])
@@ -344,13 +360,13 @@ class GPPrune(Strategy):
                 finetune(best, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch,
                          checkpoint=EpochCheckpoint(store, "finetune", prune_key))
         best.eval()
-        widths = {
-            n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-            for n, m in best.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))
-        }
+        widths = _layer_widths(best)
+        formula = metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)"
         return StrategyOutput(
             student=best,
+            report_sections=[("Channels kept per layer (GECCO'22 uniform one-shot pruning)",
+                              f"Importance: `{formula}`; uniform ratio {best_ratio:.4f}; channel rounding "
+                              f"`{cfg.channel_rounding}`.\n\n" + _widths_markdown(before, widths))],
             info={
                 "metric": metric.name if metric is not None else TP_L1,
                 "metric_expr": metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)",
