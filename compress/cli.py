@@ -255,6 +255,9 @@ def run(
         if std:
             kw["std"] = tuple(float(v) for v in std.split(","))
         task = load_task(data, **kw)
+        from compress.api import seed_everything
+
+        seed_everything(seed)  # a model without --weights is initialised the same way in every run (and resume)
         net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights)
         result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
                           target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
