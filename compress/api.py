@@ -32,6 +32,7 @@ from compress.profiling import Target, profile_latency, profile_peak_memory
 from compress.registry import get_strategy
 from compress.result import CompressionResult, ModelReport
 from compress.strategies._parts.checkpoint import open_run_dir, run_identity
+from compress.strategies._parts.checkpoint import loader_generators
 from compress.strategies._parts.training import evaluate
 from compress.strategies.base import ProgressFn, StrategyContext, config_to_dict
 
@@ -229,6 +230,10 @@ def compress(
     # (result.save writes each atomically) and the strategies' atomic checkpoints.
     art_dir = Path(tempfile.mkdtemp(prefix="slimforge-"))
     work_dir = Path(out_dir) if out_dir is not None else art_dir
+    # the run draws from the loaders' own shuffling generators; hand them back as found, so that
+    # calling compress() again with the same data and seed gives the same student
+    loader_gens = loader_generators(train=task.train, val=task.val, test=task.test, calib=task.calib)
+    loader_states = {k: g.get_state() for k, g in loader_gens.items()}
     try:
         return _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val,
                          work_dir, art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats,
@@ -241,6 +246,8 @@ def compress(
     finally:
         if runner is not executor:  # created here: stop its workers (a caller's executor stays open)
             runner.close()
+        for k, g in loader_gens.items():
+            g.set_state(loader_states[k])
 
 
 def _check_writable(path: Path) -> None:

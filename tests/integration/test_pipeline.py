@@ -194,3 +194,16 @@ def test_peak_memory_budget_is_measured_and_honoured(digits_task, tmp_path):
     assert report["budget"]["limits"]["max_memory_bytes"] == pytest.approx(1.5 * t_mem["session"])
     assert report["budget"]["headroom"]["memory_bytes"] == pytest.approx(1.5 * t_mem["session"] - s_mem["session"])
     assert res.budget_check.ok and "peak memory MiB" in (tmp_path / "report.md").read_text()
+
+
+def test_two_calls_with_the_same_data_and_seed_give_the_same_student(digits_task):
+    # the training loader's shuffling generator is handed back as found, so a second call does not
+    # see a different data order than the first
+    teacher = TinyConvNet(num_classes=10).eval()
+    gen = digits_task.train.generator
+    before = gen.get_state().clone()
+    cfg = {"epochs": 1, "bisection_steps": 3, "max_steps_per_epoch": 4}
+    runs = [compress(teacher, "macs=0.5x", data=digits_task, config=cfg, progress=False, latency_repeats=3,
+                     latency_warmup=1, mobile=False, memory=False).student.state_dict() for _ in range(2)]
+    assert torch.equal(gen.get_state(), before)
+    assert runs[0].keys() == runs[1].keys() and all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
