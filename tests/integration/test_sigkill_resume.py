@@ -91,6 +91,12 @@ def _wait_and_kill(proc: subprocess.Popen, marker: Path, what: str, timeout: flo
     return json.loads(marker.read_text())["label"]
 
 
+def test_every_strategy_has_a_sigkill_case():
+    from compress import list_strategies
+
+    assert set(list_strategies()) == set(CASES), "add a tiny config to CASES in tests/integration/sigkill_worker.py"
+
+
 @pytest.mark.parametrize("strategy", sorted(CASES))
 def test_sigkill_at_a_random_boundary_then_resume_is_bit_identical(strategy, tmp_path):
     t0 = time.perf_counter()

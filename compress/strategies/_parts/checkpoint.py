@@ -46,6 +46,7 @@ from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 __all__ = [
     "CHECKPOINTS",
     "CheckpointStore",
+    "Restored",
     "EpochCheckpoint",
     "capture_rng",
     "restore_rng",
