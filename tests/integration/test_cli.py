@@ -32,6 +32,8 @@ def test_demo_writes_the_report_contract(tmp_path, cache):
     report = json.loads((out / "report.json").read_text())
     q = report["mobile"]["int8"]
     assert 0.0 <= q["accuracy"] <= 1.0 and q["drop_pts"] == pytest.approx(100 * (q["fp32_accuracy"] - q["accuracy"]))
+    assert abs(q["drop_pts"]) <= 1.0, q  # issue 7: int8 keeps top-1 within 1 point on the digits demo
+    assert q["fp32_accuracy"] == pytest.approx(report["student"]["accuracy"][q["split"]])  # same images, same model
     manifest = json.loads((out / "manifest.json").read_text())
     assert {a["file"] for a in manifest["artifacts"]} == {"student.onnx", "teacher.onnx", "student.ort", "student.int8.onnx"}
     assert report["budget"]["spec"] == "macs=0.5x" and report["budget"]["ok"] is True
