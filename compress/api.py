@@ -200,7 +200,6 @@ def compress(
     budget_obj = Budget.coerce(budget)
     strategy_cls = get_strategy(strategy)
     strat = strategy_cls(config)
-    runner = make_executor(executor, ray_address=ray_address)
     task = as_task_data(data, seed=seed)
     if isinstance(target, (str, Path)):
         target = Target.resolve(target)
@@ -228,6 +227,12 @@ def compress(
 
     # artifacts are staged in a private temp dir; out_dir only ever receives complete files
     # (result.save writes each atomically) and the strategies' atomic checkpoints.
+    try:  # made after every input check, so that a refused call leaves no Ray or process workers behind
+        runner = make_executor(executor, ray_address=ray_address)
+    except BaseException:
+        if run_dir is not None:
+            run_dir.discard_if_unused()
+        raise
     art_dir = Path(tempfile.mkdtemp(prefix="slimforge-"))
     work_dir = Path(out_dir) if out_dir is not None else art_dir
     # the run draws from the loaders' own shuffling generators; hand them back as found, so that
