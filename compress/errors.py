@@ -11,6 +11,8 @@ Convention: a message says what went wrong *and* what to do about it, e.g.
 
 from __future__ import annotations
 
+from compress.budgets.errors import BudgetError
+
 __all__ = [
     "CompressError",
     "ModelSpecError",
@@ -21,6 +23,9 @@ __all__ = [
     "BudgetUnreachableError",
     "CheckpointError",
     "ExecutorError",
+    "TimeLimitError",
+    "BudgetAlreadyMetError",
+    "TrainingDivergedError",
 ]
 
 
@@ -87,3 +92,59 @@ class ExecutorError(CompressError, RuntimeError):
     """Population evaluation failed in the executor itself, not in the evaluated function:
     worker processes kept dying after every retry, or a Ray cluster cannot be started or
     reached. The message says which, and what to change (workers, retries, address)."""
+
+
+class TimeLimitError(UnsupportedModelError):
+    """A tracing step (fvcore counting, Torch-Pruning's dependency-graph build) did not finish
+    within ``compress(..., trace_time_limit_s=...)``. The message names the step and the limit and
+    says how to raise it. The limit is enforced with ``SIGALRM`` on the main thread of a POSIX
+    process only (see :mod:`compress.strategies._parts.time_limit`).
+
+    Attributes:
+        step: what was running (e.g. ``"counting the teacher's MACs (fvcore trace)"``).
+        limit_s: the limit in seconds.
+    """
+
+    def __init__(self, message: str, *, step: str, limit_s: float, layer: str | None = None) -> None:
+        super().__init__(message, layer=layer)
+        self.step = step
+        self.limit_s = limit_s
+
+    def __reduce__(self):
+        return (_rebuild_time_limit, (str(self), self.step, self.limit_s, self.layer))
+
+
+def _rebuild_time_limit(message: str, step: str, limit_s: float, layer: str | None) -> TimeLimitError:
+    return TimeLimitError(message, step=step, limit_s=limit_s, layer=layer)
+
+
+class BudgetAlreadyMetError(CompressError, BudgetError):
+    """The model to compress already meets the budget, and the strategy can only shrink that
+    model (``Strategy.shrinks_teacher``, e.g. gp-prune): there is nothing to compress. Raised by
+    :func:`compress.compress` before the strategy runs; the message gives the model's figures and
+    says to tighten the budget or ship the model as it is. Also a :class:`BudgetError`."""
+
+
+class TrainingDivergedError(CompressError, RuntimeError):
+    """A training loop met a non-finite (NaN or inf) loss. The loop stopped, the model holds the
+    weights of the last completed epoch (or those it started with), and the epoch checkpoints
+    already committed stay on disk. The message names the phase, epoch and step and says what to
+    do (lower the learning rate, check the data for NaN / inf values).
+
+    Attributes:
+        phase: the training loop (``"finetune"``, ``"grow stage"`` ...).
+        epoch: 1-based epoch in which the loss became non-finite.
+        step: 0-based step within that epoch.
+        loss: the offending loss value (``nan``, ``inf`` or ``-inf``).
+    """
+
+    def __init__(self, message: str, *, phase: str, epoch: int, step: int, loss: float) -> None:
+        super().__init__(message)
+        self.phase, self.epoch, self.step, self.loss = phase, epoch, step, loss
+
+    def __reduce__(self):
+        return (_rebuild_diverged, (str(self), self.phase, self.epoch, self.step, self.loss))
+
+
+def _rebuild_diverged(message: str, phase: str, epoch: int, step: int, loss: float) -> TrainingDivergedError:
+    return TrainingDivergedError(message, phase=phase, epoch=epoch, step=step, loss=loss)

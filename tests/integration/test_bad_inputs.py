@@ -3,6 +3,8 @@ do, leaves the output directory clean, and leaves the user's model unchanged."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from compress.api import compress
 from compress.budgets import BudgetError
 from compress.data import load_npz_task
-from compress.errors import ConfigError, DataError, ModelSpecError, StrategyError, UnsupportedModelError
+from compress.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ModelSpecError,
+    StrategyError,
+    TrainingDivergedError,
+    UnsupportedModelError,
+)
 from compress.exporters import ExportError, OnnxValidationError, export_onnx, validate_onnx
 from compress.models import load_model
 from compress.profiling import TargetError
@@ -21,6 +31,8 @@ from compress.strategies.gp_prune.metrics import MetricError
 from compress.testing import HiddenStateNet, NoClassifierNet, TinyConvNet
 
 FAST = {"epochs": 0, "bisection_steps": 2, "calib_samples": 32}
+# lr=1e8 blows the fine-tune up within its first steps (after the pruned network is checkpointed)
+DIVERGE = {**FAST, "epochs": 1, "lr": 1e8, "max_steps_per_epoch": 3, "channel_rounding": "off"}
 
 
 class _SVDNet(TinyConvNet):
@@ -58,13 +70,56 @@ def _cases(task, tmp):
         "unknown metric": (TinyConvNet(), dict(data=task, config={**FAST, "metric": "xi_stra"}), MetricError, "xi_star"),
         "bad budget": (TinyConvNet(), dict(data=task, budget="macs=half"), BudgetError, "key=value"),
         "unwritable out_dir": (TinyConvNet(), dict(data=task, out_dir=tmp / "a_file" / "out"), ConfigError, "out_dir"),
+        "training diverges": (TinyConvNet(), dict(data=task, config=DIVERGE), TrainingDivergedError, "learning rate"),
+        "corrupt checkpoint": (TinyConvNet(), dict(data=task, config=DIVERGE), CheckpointError, "resume=False"),
+        "corrupt run manifest": (TinyConvNet(), dict(data=task, config=FAST), CheckpointError, "resume=False"),
     }
+
+
+def _truncated_checkpoint_of_this_run(model, kwargs, out):
+    """A real run of the same settings leaves its manifest and the gp-prune 'pruned' checkpoint (its
+    fine-tune diverges); then the checkpoint's tensor file is cut in half, as a full disk would."""
+    with pytest.raises(TrainingDivergedError):
+        compress(model, "macs=0.5x", out_dir=out, progress=False, latency_repeats=2, latency_warmup=1, **kwargs)
+    (pt,) = (out / "checkpoints" / "gp-prune").glob("pruned.*.pt")
+    pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
+
+
+def _truncated_manifest(model, kwargs, out):
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "run.json").write_text('{"format": "slimforge-run/1", "identity": {"strat')
+
+
+# Cases that find files in the output directory (written by the setup before the call), and cases
+# allowed to leave some there: "as found" -- the user's files, byte for byte; "checkpoints" -- only
+# complete checkpoints of boundaries committed before the failure (issue 8: "keep the last good
+# checkpoint"), no report, no artifact, no temp file.
+SETUP = {"corrupt checkpoint": _truncated_checkpoint_of_this_run, "corrupt run manifest": _truncated_manifest}
+LEAVES = {"training diverges": "checkpoints", "corrupt checkpoint": "as found", "corrupt run manifest": "as found"}
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _assert_complete_checkpoints(out):
+    files = _files(out)
+    assert files, "the checkpoints of the completed boundaries were removed"
+    assert all(name.startswith("checkpoints/") for name in files), f"not only checkpoints left: {sorted(files)}"
+    for name in files:
+        path = out / name
+        assert path.suffix in (".json", ".pt"), f"half-written file left: {name}"
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        else:
+            torch.load(path, weights_only=True)
 
 
 CASE_NAMES = [
     "no classifier", "wrong outputs", "not a module", "unprunable op", "unexportable op", "wrong input shape",
     "wrong dtype", "label range", "negative labels", "empty dataset", "unknown strategy", "unknown target",
     "config out of range", "unknown config field", "unknown metric", "bad budget", "unwritable out_dir",
+    "training diverges", "corrupt checkpoint", "corrupt run manifest",
 ]
 
 
@@ -75,10 +130,20 @@ def test_bad_input(case, digits_task, tmp_path):
     budget = kwargs.pop("budget", "macs=0.5x")
     out = kwargs.pop("out_dir", tmp_path / "out")
     before = {k: v.clone() for k, v in model.state_dict().items()} if isinstance(model, nn.Module) else None
+    if case in SETUP:
+        SETUP[case](model, kwargs, out)
+    found = _files(out) if out.is_dir() else {}
     with pytest.raises(err) as exc:
         compress(model, budget, out_dir=out, progress=False, latency_repeats=2, latency_warmup=1, **kwargs)
     assert needle.lower() in str(exc.value).lower(), str(exc.value)
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "output dir not clean"
+    leaves = LEAVES.get(case)
+    if leaves == "as found":
+        assert found and _files(out) == found, "the files found in the output directory were changed"
+    elif leaves == "checkpoints":
+        assert str(out / "checkpoints") in str(exc.value), "the message does not say where the checkpoints are"
+        _assert_complete_checkpoints(out)
+    else:
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "output dir not clean"
     if before is not None:
         after = model.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), "the user's model changed"

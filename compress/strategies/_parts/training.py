@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compress.errors import TrainingDivergedError
 from compress.strategies._parts.checkpoint import EpochCheckpoint, loader_generators, stable_hash
 
-__all__ = ["kd_loss", "evaluate", "FinetuneSettings", "finetune", "augment_batch", "AUGMENTATIONS"]
+__all__ = ["kd_loss", "evaluate", "FinetuneSettings", "finetune", "augment_batch", "AUGMENTATIONS",
+           "all_finite", "diverged_error"]
 
 AUGMENTATIONS = ("none", "flip-crop")
 
@@ -98,6 +100,33 @@ def evaluate(model: nn.Module, loader: DataLoader | None, max_batches: int | Non
     return correct / total if total else None
 
 
+def all_finite(*modules: nn.Module) -> bool:
+    """True when every parameter and floating-point buffer of ``modules`` is finite."""
+    for m in modules:
+        for t in list(m.parameters()) + [b for b in m.buffers() if b.is_floating_point()]:
+            if not bool(torch.isfinite(t).all()):
+                return False
+    return True
+
+
+def diverged_error(phase: str, *, epoch: int, epochs: int, step: int, loss: float, lr: float, restored: str,
+                   checkpoint_dir: object | None = None, weights: bool = False) -> TrainingDivergedError:
+    """The :class:`TrainingDivergedError` of a loop that met a non-finite loss at ``step``
+    (0-based) of ``epoch`` (1-based) and restored ``restored`` (e.g. "the weights after epoch 2").
+    ``weights=True``: the loss was finite but the weights became non-finite at the end of the epoch."""
+    what = (f"the weights became non-finite during epoch {epoch}/{epochs} (after step {step + 1})" if weights
+            else f"the loss became {loss} at epoch {epoch}/{epochs}, step {step + 1}")
+    msg = (f"training diverged in phase {phase!r}: {what}. Training stopped and the model holds {restored}. "
+           f"Lower the learning rate (it was {lr:g}; try 10x lower) and check the training data for NaN or inf "
+           "values (and for inputs far outside the normalised range).")
+    if checkpoint_dir is not None:
+        msg += (f" The checkpoints of the boundaries completed before the divergence stay in {checkpoint_dir}. "
+                "compress() resumes from them only with the same settings and data, which would diverge again; "
+                "after changing the learning rate or the data, rerun with resume=False (CLI --no-resume), "
+                "or choose another out_dir.")
+    return TrainingDivergedError(msg, phase=phase, epoch=epoch, step=step, loss=loss)
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
     """Fine-tune schedule: SGD with Nesterov momentum and a cosine learning rate (the GECCO'22
@@ -126,6 +155,7 @@ def finetune(
     teacher: nn.Module | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     checkpoint: EpochCheckpoint | None = None,
+    phase: str | None = None,
 ) -> list[dict]:
     """Train ``model`` in place with KD from ``teacher`` (or plain CE); returns per-epoch history.
 
@@ -140,8 +170,15 @@ def finetune(
     already done (so callers rebuild their logs and per-epoch state), and the result is
     bit-identical to an uninterrupted run. A finished checkpoint returns at once.
 
+    A non-finite loss (NaN / inf), or weights that became non-finite by the end of an epoch, stop
+    the loop: the model gets the weights of the last completed epoch back (those it started with
+    in the first epoch), the epochs already committed stay in the checkpoint, and
+    :class:`TrainingDivergedError` is raised, naming ``phase`` (default: the checkpoint's name, or
+    ``"finetune"``), the epoch and the step.
+
     Raises:
         CheckpointError: the epoch checkpoint is corrupt or truncated.
+        TrainingDivergedError: the loss became NaN or inf.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if settings.optimizer == "adam":
@@ -181,9 +218,20 @@ def finetune(
                     on_epoch(int(rec["epoch"]), rec)
             start = int(restored.state["epoch"])
             restored.restore_rng(gens)
+    phase = phase or (checkpoint.name if checkpoint is not None else "finetune")
+    ckpt_dir = checkpoint.store.dir if key else None
     for epoch in range(start, settings.epochs):
+        good = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the last good weights
+        restored = f"the weights after epoch {epoch}" if epoch else "the weights it started with"
+
+        def diverged(step: int, loss_value: float, weights: bool = False) -> TrainingDivergedError:
+            model.load_state_dict(good)
+            model.eval()
+            return diverged_error(phase, epoch=epoch + 1, epochs=settings.epochs, step=step, loss=loss_value,
+                                  lr=settings.lr, restored=restored, checkpoint_dir=ckpt_dir, weights=weights)
+
         model.train()
-        running, seen = 0.0, 0
+        running, seen, done = 0.0, 0, 0
         for step, (x, y) in enumerate(data_train):
             if step >= steps_per_epoch:
                 break
@@ -191,12 +239,18 @@ def finetune(
             with torch.no_grad():
                 t_logits = teacher(x) if teacher is not None else None
             loss = kd_loss(model(x), y, t_logits, alpha=settings.kd_alpha, temperature=settings.kd_temperature)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise diverged(step, loss_value)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            running += float(loss.detach()) * int(y.numel())
+            running += loss_value * int(y.numel())
             seen += int(y.numel())
+            done += 1
+        if not all_finite(model):
+            raise diverged(max(done - 1, 0), float("nan"), weights=True)
         val_acc = evaluate(model, data_val)
         rec = {"epoch": epoch + 1, "loss": running / max(seen, 1), "val_acc": val_acc, "lr": sched.get_last_lr()[0]}
         history.append(rec)

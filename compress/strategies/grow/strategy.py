@@ -60,6 +60,7 @@ from compress.errors import BudgetUnreachableError, ConfigError, DataError
 from compress.registry import register_strategy
 from compress.strategies._parts.checkpoint import CheckpointStore, EpochCheckpoint
 from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, augment_batch, evaluate, finetune, kd_loss
+from compress.strategies._parts.training import all_finite, diverged_error
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.grow.attention import ATTENTIONS, R_NORMS, NodeAttention, r_inner
 from compress.strategies.grow.partition import GRANULARITIES, FeatureExtractor, TeacherPartition, halve, partition_teacher
@@ -281,10 +282,17 @@ def grow_loss(
 def train_stage(
     student: GrowStudent, attn: AttentionBank, extractor: nn.Module, loader: DataLoader, cfg: GrowConfig, *,
     epochs: int, lr: float, seed: int, max_steps: int | None, cosine: bool = False, use_kd: bool = True,
-    on_epoch=None,
+    on_epoch=None, phase: str = "grow stage", checkpoint_dir: Path | None = None,
 ) -> list[float]:
     """Training stage (§3.2): SGD (momentum, weight decay) on Eq. 4; teacher frozen in eval
-    mode under ``no_grad``. Returns the mean loss per epoch."""
+    mode under ``no_grad``. Returns the mean loss per epoch.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or inf (or the weights non-finite); the student
+            and the attention bank get the weights of the last completed epoch back (those they
+            started with in the first epoch). The message names ``phase``, the epoch and the step,
+            and ``checkpoint_dir`` (where the boundaries committed so far stay) when given.
+    """
     params = [p for p in list(student.parameters()) + list(attn.parameters()) if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
@@ -296,9 +304,21 @@ def train_stage(
     losses = []
     extractor.eval()
     for epoch in range(epochs):
+        good = ({k: v.detach().clone() for k, v in student.state_dict().items()},
+                {k: v.detach().clone() for k, v in attn.state_dict().items()})
+
+        def diverged(step: int, loss_value: float, weights: bool = False) -> Exception:
+            student.load_state_dict(good[0])
+            attn.load_state_dict(good[1])
+            student.eval()
+            attn.eval()
+            restored = f"the weights after epoch {epoch}" if epoch else "the weights it started the stage with"
+            return diverged_error(phase, epoch=epoch + 1, epochs=epochs, step=step, loss=loss_value, lr=lr,
+                                  restored=restored, checkpoint_dir=checkpoint_dir, weights=weights)
+
         student.train()
         attn.train()
-        run, seen = 0.0, 0
+        run, seen, done = 0.0, 0, 0
         for step, (x, y) in enumerate(loader):
             if step >= steps:
                 break
@@ -306,12 +326,18 @@ def train_stage(
             with torch.no_grad():
                 t_logits, t_feats = extractor(x)
             loss, _ = grow_loss(student, attn, x, y, t_logits, t_feats, cfg, use_kd=use_kd)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise diverged(step, loss_value)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            run += float(loss.detach()) * int(y.numel())
+            run += loss_value * int(y.numel())
             seen += int(y.numel())
+            done += 1
+        if not all_finite(student, attn):
+            raise diverged(max(done - 1, 0), float("nan"), weights=True)
         losses.append(run / max(seen, 1))
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1])
@@ -494,7 +520,8 @@ class Grow(Strategy):
                 stage_seed = _derive(seed, "stage", z)
                 d_train.generator.manual_seed(stage_seed)  # data order depends on (seed, iteration) only
                 losses = train_stage(student, attn, extractor, d_train, cfg, epochs=cfg.stage_epochs, lr=cfg.lr,
-                                     seed=stage_seed, max_steps=cfg.max_steps_per_epoch)
+                                     seed=stage_seed, max_steps=cfg.max_steps_per_epoch,
+                                     phase=f"grow stage (iteration {z + 1})", checkpoint_dir=ckpt.dir)
                 val_acc = evaluate(student, ctx.data.val)
                 if cfg.split_policy == "score":
                     rbar = score_nodes(student, attn, extractor, d_score, cfg, max_batches=cfg.score_max_batches)
@@ -638,7 +665,9 @@ class Grow(Strategy):
 
         train_stage(student, attn, extractor, Grow._full_train_loader(ctx, seed), cfg, epochs=cfg.final_epochs,
                     lr=cfg.final_lr,
-                    seed=tr_seed, max_steps=cfg.final_max_steps_per_epoch, cosine=True, on_epoch=epoch_cb)
+                    seed=tr_seed, max_steps=cfg.final_max_steps_per_epoch, cosine=True, on_epoch=epoch_cb,
+                    phase="grow final retrain (kd+inner)",
+                    checkpoint_dir=checkpoint.store.dir if checkpoint is not None else None)
         if best_state is not None:
             student.load_state_dict(best_state)
         student.eval()
