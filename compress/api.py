@@ -33,6 +33,7 @@ from compress.registry import get_strategy
 from compress.result import CompressionResult, ModelReport
 from compress.strategies._parts.checkpoint import open_run_dir, run_identity
 from compress.strategies._parts.checkpoint import loader_generators
+from compress.strategies._parts.time_limit import time_limit
 from compress.strategies._parts.training import evaluate
 from compress.strategies.base import ProgressFn, StrategyContext, config_to_dict
 
@@ -143,6 +144,7 @@ def compress(
     resume: bool = True,
     executor: Executor | str | None = None,
     ray_address: str | None = None,
+    trace_time_limit_s: float | None = 300.0,
 ) -> CompressionResult:
     """Compress ``model`` to fit ``budget`` with one strategy and return a validated student.
 
@@ -183,6 +185,11 @@ def compress(
             not depend on it.
         ray_address: with ``executor="ray"``: a running cluster (``"ray://HEAD:10001"``,
             ``"auto"``); None starts a local Ray instance for the run and stops it afterwards.
+        trace_time_limit_s: wall-clock limit (seconds) for each trace of the model: fvcore's MAC
+            count of the teacher and gp-prune's Torch-Pruning dependency-graph builds. A step
+            that takes longer raises :class:`TimeLimitError` instead of hanging. None: no limit.
+            Enforced with ``SIGALRM``, so only when ``compress()`` runs on the main thread of a
+            POSIX process; elsewhere the steps run unbounded and a warning is logged once.
 
     Returns:
         :class:`CompressionResult` (check ``result.budget_check.ok``).
@@ -197,6 +204,7 @@ def compress(
     """
     t_start = time.perf_counter()
     wall: dict[str, float] = {}
+    _check_time_limit(trace_time_limit_s)
     budget_obj = Budget.coerce(budget)
     strategy_cls = get_strategy(strategy)
     strat = strategy_cls(config)
@@ -242,7 +250,8 @@ def compress(
     try:
         return _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val,
                          work_dir, art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats,
-                         mobile, int8, t_start, wall, executor=runner, memory=memory)
+                         mobile, int8, t_start, wall, executor=runner, memory=memory,
+                         trace_time_limit_s=trace_time_limit_s)
     except BaseException:
         shutil.rmtree(art_dir, ignore_errors=True)
         if run_dir is not None:
@@ -253,6 +262,12 @@ def compress(
             runner.close()
         for k, g in loader_gens.items():
             g.set_state(loader_states[k])
+
+
+def _check_time_limit(seconds: Any) -> None:
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                or not np.isfinite(seconds) or seconds <= 0):
+        raise ConfigError(f"trace_time_limit_s must be a positive number of seconds or None (no limit), got {seconds!r}.")
 
 
 def _check_writable(path: Path) -> None:
@@ -283,7 +298,8 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
 
 def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val, work_dir,
               art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats, mobile, int8,
-              t_start, wall, *, executor: Executor, memory: bool = True) -> CompressionResult:
+              t_start, wall, *, executor: Executor, memory: bool = True,
+              trace_time_limit_s: float | None = None) -> CompressionResult:
     progress_fn, close_progress = _progress_fn(progress)
 
     # ---------------------------------------------------------------- teacher
@@ -293,7 +309,8 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
     for p in kd_teacher.parameters():
         p.requires_grad_(False)
     try:
-        teacher_cost = measure_cost(working, example)
+        with time_limit(trace_time_limit_s, "counting the teacher's MACs (fvcore traces its forward)"):
+            teacher_cost = measure_cost(working, example)
     except CostError as exc:
         raise UnsupportedModelError(str(exc), layer=type(model).__name__) from exc
     progress_fn("measure teacher", 0, 3, {})
@@ -336,6 +353,7 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         latency_fn=latency_probe,
         memory_fn=memory_probe,
         executor=executor,
+        trace_time_limit_s=trace_time_limit_s,
     )
     t0 = time.perf_counter()
     try:

@@ -77,6 +77,9 @@ class StrategyContext:
         executor: where population evaluations run (:class:`~compress.executors.Executor`;
             serial by default). Used by eg-nas (the CMA-ES candidates of each ``tell``); the
             other strategies accept it and run in-process. The caller owns and closes it.
+        trace_time_limit_s: wall-clock limit (seconds) for tracing steps that may hang, e.g.
+            building a Torch-Pruning dependency graph (use
+            :func:`compress.strategies._parts.time_limit.time_limit`); None: no limit.
     """
 
     model: nn.Module
@@ -94,6 +97,7 @@ class StrategyContext:
     latency_fn: Callable[[nn.Module], float] | None = None
     memory_fn: Callable[[nn.Module], float] | None = None
     executor: Executor = field(default_factory=SerialExecutor)
+    trace_time_limit_s: float | None = None
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

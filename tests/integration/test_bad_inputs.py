@@ -4,6 +4,7 @@ do, leaves the output directory clean, and leaves the user's model unchanged."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from compress.errors import (
     DataError,
     ModelSpecError,
     StrategyError,
+    TimeLimitError,
     TrainingDivergedError,
     UnsupportedModelError,
 )
@@ -41,6 +43,21 @@ class _SVDNet(TinyConvNet):
     def forward(self, x):
         s = torch.linalg.svdvals(x.mean(1))  # (B, W)
         return super().forward(x) + s[:, :1] * 0
+
+
+class _SlowNet(TinyConvNet):
+    """forward() takes 0.5 s per call (``grad_only``: only with autograd on, as when Torch-Pruning
+    traces it; fvcore and the input checks run under no_grad): a stand-in for a model whose trace
+    does not finish."""
+
+    def __init__(self, grad_only: bool = False) -> None:
+        super().__init__()
+        self.grad_only = grad_only
+
+    def forward(self, x):
+        if torch.is_grad_enabled() or not self.grad_only:
+            time.sleep(0.5)
+        return super().forward(x)
 
 
 def _loaders(x, y, n=64):
@@ -73,6 +90,10 @@ def _cases(task, tmp):
         "training diverges": (TinyConvNet(), dict(data=task, config=DIVERGE), TrainingDivergedError, "learning rate"),
         "corrupt checkpoint": (TinyConvNet(), dict(data=task, config=DIVERGE), CheckpointError, "resume=False"),
         "corrupt run manifest": (TinyConvNet(), dict(data=task, config=FAST), CheckpointError, "resume=False"),
+        "slow trace": (_SlowNet(), dict(data=task, trace_time_limit_s=0.2), TimeLimitError, "trace_time_limit_s"),
+        "slow dependency graph": (_SlowNet(grad_only=True), dict(data=task, trace_time_limit_s=0.2, mobile=False,
+                                  memory=False, config={**FAST, "channel_rounding": "off"}), TimeLimitError,
+                                  "dependency graph"),
     }
 
 
@@ -119,7 +140,7 @@ CASE_NAMES = [
     "no classifier", "wrong outputs", "not a module", "unprunable op", "unexportable op", "wrong input shape",
     "wrong dtype", "label range", "negative labels", "empty dataset", "unknown strategy", "unknown target",
     "config out of range", "unknown config field", "unknown metric", "bad budget", "unwritable out_dir",
-    "training diverges", "corrupt checkpoint", "corrupt run manifest",
+    "training diverges", "corrupt checkpoint", "corrupt run manifest", "slow trace", "slow dependency graph",
 ]
 
 

@@ -24,6 +24,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.profiling.latency_model import ConvConfig, LayerLatencyTable, LinearConfig, layer_configs
+from compress.strategies._parts.time_limit import time_limit
 
 __all__ = ["plan_widths", "plan_fixed_widths", "candidate_widths"]
 
@@ -44,10 +45,13 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
-def _prunable_groups(model: nn.Module, example_inputs: torch.Tensor, ratio: float, ignored: list[nn.Module]):
+def _prunable_groups(model: nn.Module, example_inputs: torch.Tensor, ratio: float, ignored: list[nn.Module],
+                     time_limit_s: float | None = None):
     """Yield ``(group, root module, channels C, nominal kept width k)`` for every Torch-Pruning group
-    that ratio ``r`` would cut, with ``k = floor(C * (1 - r))`` as Torch-Pruning computes it."""
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs)
+    that ratio ``r`` would cut, with ``k = floor(C * (1 - r))`` as Torch-Pruning computes it. The
+    dependency-graph build is bounded by ``time_limit_s`` (:class:`TimeLimitError`)."""
+    with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (channel rounding)"):
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs)
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
         c = dg.get_out_channels(root)
@@ -67,8 +71,10 @@ def plan_widths(
     *,
     window: float = 0.2,
     tie_band: float = 0.03,
+    time_limit_s: float | None = None,
 ) -> tuple[dict[nn.Module, int], list[dict]]:
     """Choose the kept width of every prunable group of ``model`` at uniform ratio ``ratio``.
+    ``time_limit_s`` bounds the dependency-graph build (:class:`~compress.errors.TimeLimitError`).
 
     Returns:
         ``({root module: kept channels}, records)``; the records (one per group: nominal width,
@@ -83,7 +89,7 @@ def plan_widths(
 
     plan: dict[nn.Module, int] = {}
     records: list[dict] = []
-    for group, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored):
+    for group, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored, time_limit_s):
         producers, consumers, depthwise = [], [], []
         for dep, _ in group:
             m, fn = dep.target.module, dep.handler
@@ -131,7 +137,8 @@ def plan_widths(
 
 
 def plan_fixed_widths(model: nn.Module, example_inputs: torch.Tensor, ratio: float, ignored: list[nn.Module],
-                      multiple: int) -> dict[nn.Module, int]:
-    """Kept width of every group rounded *up* to a fixed multiple (never above the group's width)."""
+                      multiple: int, *, time_limit_s: float | None = None) -> dict[nn.Module, int]:
+    """Kept width of every group rounded *up* to a fixed multiple (never above the group's width).
+    ``time_limit_s`` bounds the dependency-graph build (:class:`~compress.errors.TimeLimitError`)."""
     return {root: min(c, -(-k // multiple) * multiple)
-            for _, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored)}
+            for _, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored, time_limit_s)}

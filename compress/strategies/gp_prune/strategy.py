@@ -51,6 +51,7 @@ from compress.strategies._parts.checkpoint import (
     stable_hash,
     state_fingerprint,
 )
+from compress.strategies._parts.time_limit import time_limit
 from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, finetune
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.gp_prune.features import collect_feature_maps
@@ -235,13 +236,17 @@ def prune_uniform(
     classifier_name: str,
     round_to: int | None = None,
     width_planner: "Callable[[nn.Module, float, list[nn.Module]], dict[nn.Module, int]] | None" = None,
+    *,
+    time_limit_s: float | None = None,
 ) -> nn.Module:
     """A deep copy of ``reference`` with ``ratio`` of the channels of every prunable group
     removed (Torch-Pruning ``MetaPruner``, ``global_pruning=False``). ``width_planner(candidate,
     ratio, ignored)`` may return the exact kept width of each group (by root module) instead.
+    ``time_limit_s`` bounds the dependency-graph build (``MetaPruner``'s constructor).
 
     Raises:
         UnsupportedModelError: Torch-Pruning cannot build the dependency graph or prune.
+        TimeLimitError: the dependency-graph build took longer than ``time_limit_s``.
     """
     cand = copy.deepcopy(reference).eval()
     if ratio <= 0.0:
@@ -257,16 +262,17 @@ def prune_uniform(
             for root, keep in plan.items():
                 c = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
                 ratio_dict[root] = 1.0 - (keep + 0.5) / c  # Torch-Pruning keeps int(C * (1 - r)) = keep
-        pruner = tp.pruner.MetaPruner(
-            cand,
-            example_inputs,
-            importance=importance,
-            pruning_ratio=ratio,
-            pruning_ratio_dict=ratio_dict or None,
-            global_pruning=False,
-            ignored_layers=ignored,
-            round_to=round_to,
-        )
+        with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (gp-prune)"):
+            pruner = tp.pruner.MetaPruner(
+                cand,
+                example_inputs,
+                importance=importance,
+                pruning_ratio=ratio,
+                pruning_ratio_dict=ratio_dict or None,
+                global_pruning=False,
+                ignored_layers=ignored,
+                round_to=round_to,
+            )
         pruner.step()
     except (MetricError, UnsupportedModelError):
         raise
@@ -402,13 +408,15 @@ class GPPrune(Strategy):
         rounding_log: list[dict] = []
         if cfg.channel_rounding == "fixed":
             def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module]) -> dict[nn.Module, int]:
-                return plan_fixed_widths(cand, ctx.example_inputs, ratio, ignored, cfg.round_to)
+                return plan_fixed_widths(cand, ctx.example_inputs, ratio, ignored, cfg.round_to,
+                                         time_limit_s=ctx.trace_time_limit_s)
 
         if cfg.channel_rounding == "measured":
             table = LayerLatencyTable(ctx.target)
 
             def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module]) -> dict[nn.Module, int]:
-                plan, records = plan_widths(cand, ctx.example_inputs, ratio, ignored, table, window=cfg.rounding_window)
+                plan, records = plan_widths(cand, ctx.example_inputs, ratio, ignored, table, window=cfg.rounding_window,
+                                            time_limit_s=ctx.trace_time_limit_s)
                 rounding_log[:] = records
                 return plan
 
@@ -428,7 +436,8 @@ class GPPrune(Strategy):
             if check0.ok:
                 best, best_ratio = copy.deepcopy(model), 0.0
             else:
-                hi_model = prune_uniform(model, max_ratio, importance, ctx.example_inputs, classifier_name, round_to, planner)
+                hi_model = prune_uniform(model, max_ratio, importance, ctx.example_inputs, classifier_name, round_to, planner,
+                                         time_limit_s=ctx.trace_time_limit_s)
                 forward_or_explain(hi_model, ctx.example_inputs, expected, "gp-prune")
                 cost_hi, check_hi, lat_hi = ctx.check(hi_model)
                 ctx.log(phase="bisection", step=1, ratio=max_ratio, macs=cost_hi.macs, params=cost_hi.params,
@@ -445,7 +454,8 @@ class GPPrune(Strategy):
                 ctx.progress("bisection", 0, cfg.bisection_steps, {})
                 for step in range(cfg.bisection_steps):
                     mid = 0.5 * (lo + hi)
-                    cand = prune_uniform(model, mid, importance, ctx.example_inputs, classifier_name, round_to, planner)
+                    cand = prune_uniform(model, mid, importance, ctx.example_inputs, classifier_name, round_to, planner,
+                                         time_limit_s=ctx.trace_time_limit_s)
                     cost, check, lat = ctx.check(cand)
                     ctx.log(phase="bisection", step=step + 2, ratio=mid, macs=cost.macs, params=cost.params,
                             latency_ms=lat, ok=check.ok)
