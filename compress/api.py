@@ -25,7 +25,7 @@ from torch import nn
 
 from compress.budgets import Budget, CostError, measure_cost
 from compress.data import TaskData, as_task_data, collect
-from compress.errors import ConfigError, DataError, UnsupportedModelError
+from compress.errors import BudgetAlreadyMetError, ConfigError, DataError, UnsupportedModelError
 from compress.executors import Executor, make_executor
 from compress.exporters import export_onnx, validate_onnx
 from compress.profiling import Target, profile_latency, profile_peak_memory
@@ -201,6 +201,10 @@ def compress(
             meet the budget. ExportError / OnnxValidationError: the student does not export or its
             ONNX disagrees with torch. DataError: unusable data. ConfigError: bad config.
             CheckpointError: ``out_dir`` holds checkpoints of another run, or a corrupt one.
+        BudgetAlreadyMetError: ``model`` already meets the budget and the strategy only shrinks it
+            (gp-prune); strategies that build a new network (grow, eg-nas, darts-gal) run and log it.
+        TimeLimitError: counting or dependency-graph tracing exceeded ``trace_time_limit_s``.
+        TrainingDivergedError: a training loss became NaN or inf (the committed checkpoints stay).
     """
     t_start = time.perf_counter()
     wall: dict[str, float] = {}
@@ -270,6 +274,27 @@ def _check_time_limit(seconds: Any) -> None:
         raise ConfigError(f"trace_time_limit_s must be a positive number of seconds or None (no limit), got {seconds!r}.")
 
 
+def _check_budget_not_met(strategy_cls, resolved: Budget, cost, latency_ms: float | None = None,
+                          memory_bytes: float | None = None) -> None:
+    """Refuse (strategies that only shrink the given model) or log a budget the model already meets."""
+    check = resolved.check(cost, latency_ms=latency_ms if resolved.needs_latency else None,
+                           memory_bytes=memory_bytes if resolved.needs_memory else None)
+    if not check.ok:
+        return
+    figures = {"macs": (cost.macs, "MACs {:,.0f}"), "params": (cost.params, "params {:,.0f}"),
+               "latency_ms": (latency_ms, "latency {:.3f} ms"), "memory_bytes": (memory_bytes, "memory {:,.0f} B")}
+    met = ", ".join(f"{fmt.format(v)} <= {fmt.format(v + room).split(' ', 1)[1]}"
+                    for k, room in check.headroom.items() for v, fmt in [figures[k]] if v is not None)
+    if getattr(strategy_cls, "shrinks_teacher", False):
+        raise BudgetAlreadyMetError(
+            f"the model already meets budget {resolved.describe()!r} ({met}), and {strategy_cls.name} only removes parts "
+            "of the given model, so there is nothing to compress. Tighten the budget (e.g. 'macs=0.5x'), or ship the "
+            "model as it is."
+        )
+    log.info("the model already meets budget %r (%s); %s builds a new network, which the budget still bounds.",
+             resolved.describe(), met, strategy_cls.name)
+
+
 def _check_writable(path: Path) -> None:
     """Refuse an output directory that cannot be created or written, before any work."""
     if path.exists() and not path.is_dir():
@@ -313,6 +338,8 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
             teacher_cost = measure_cost(working, example)
     except CostError as exc:
         raise UnsupportedModelError(str(exc), layer=type(model).__name__) from exc
+    if not (budget_obj.needs_latency or budget_obj.needs_memory):  # decided by the counts: before any export
+        _check_budget_not_met(strategy_cls, budget_obj.resolve(teacher_cost), teacher_cost)
     progress_fn("measure teacher", 0, 3, {})
     teacher_acc_val = evaluate(working, task.val)
     teacher_acc_test = evaluate(working, task.test)
@@ -326,6 +353,9 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
     teacher_mem = profile_peak_memory(teacher_onnx, target) if memory or budget_obj.needs_memory else None
     resolved = budget_obj.resolve(teacher_cost, teacher_lat.median_ms,
                                   teacher_mem.session_peak_bytes if teacher_mem is not None else None)
+    if budget_obj.needs_latency or budget_obj.needs_memory:
+        _check_budget_not_met(strategy_cls, resolved, teacher_cost, teacher_lat.median_ms,
+                              teacher_mem.session_peak_bytes if teacher_mem is not None else None)
     wall["measure_teacher"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- strategy

@@ -160,6 +160,10 @@ class Strategy(abc.ABC):
     name: ClassVar[str] = ""
     config_cls: ClassVar[type]
     paper: ClassVar[str] = ""
+    #: True for strategies that only remove parts of the given model (gp-prune): ``compress()``
+    #: then refuses a budget the model already meets (:class:`~compress.errors.BudgetAlreadyMetError`).
+    #: False for strategies that build a new network, which such a budget still bounds.
+    shrinks_teacher: ClassVar[bool] = False
 
     def __init__(self, config: Any | None = None, **overrides: Any) -> None:
         if config is None:

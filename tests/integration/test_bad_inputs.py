@@ -16,6 +16,8 @@ from compress.api import compress
 from compress.budgets import BudgetError
 from compress.data import load_npz_task
 from compress.errors import (
+    BudgetAlreadyMetError,
+    BudgetUnreachableError,
     CheckpointError,
     ConfigError,
     DataError,
@@ -90,6 +92,12 @@ def _cases(task, tmp):
         "training diverges": (TinyConvNet(), dict(data=task, config=DIVERGE), TrainingDivergedError, "learning rate"),
         "corrupt checkpoint": (TinyConvNet(), dict(data=task, config=DIVERGE), CheckpointError, "resume=False"),
         "corrupt run manifest": (TinyConvNet(), dict(data=task, config=FAST), CheckpointError, "resume=False"),
+        "budget already met": (TinyConvNet(), dict(data=task, budget="macs=2x"), BudgetAlreadyMetError,
+                               "already meets"),
+        "impossible budget": (TinyConvNet(), dict(data=task, budget="params=10", config=FAST),
+                              BudgetUnreachableError, "max_ratio"),
+        "impossible budget (grow)": (TinyConvNet(), dict(data=task, budget="params=10", strategy="grow"),
+                                     BudgetUnreachableError, "width_mult"),
         "slow trace": (_SlowNet(), dict(data=task, trace_time_limit_s=0.2), TimeLimitError, "trace_time_limit_s"),
         "slow dependency graph": (_SlowNet(grad_only=True), dict(data=task, trace_time_limit_s=0.2, mobile=False,
                                   memory=False, config={**FAST, "channel_rounding": "off"}), TimeLimitError,
@@ -141,6 +149,7 @@ CASE_NAMES = [
     "wrong dtype", "label range", "negative labels", "empty dataset", "unknown strategy", "unknown target",
     "config out of range", "unknown config field", "unknown metric", "bad budget", "unwritable out_dir",
     "training diverges", "corrupt checkpoint", "corrupt run manifest", "slow trace", "slow dependency graph",
+    "budget already met", "impossible budget", "impossible budget (grow)",
 ]
 
 
@@ -202,3 +211,27 @@ def test_bad_npz_is_a_data_error(tmp_path):
     np.savez(tmp_path / "d.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
     with pytest.raises(DataError, match="'x'"):
         load_npz_task(tmp_path / "d.npz")
+
+
+def test_a_budget_the_model_meets_is_refused_only_by_strategies_that_shrink_it(caplog):
+    import logging
+
+    from compress.api import _check_budget_not_met
+    from compress.budgets import Budget, measure_cost
+    from compress.registry import get_strategy, list_strategies
+
+    cost = measure_cost(TinyConvNet(), torch.randn(1, 3, 8, 8))
+    assert {s for s in list_strategies() if get_strategy(s).shrinks_teacher} == {"gp-prune"}
+    met = Budget.parse("macs=2x,params=1x").resolve(cost)  # params=1x: equal counts as met
+    with pytest.raises(BudgetAlreadyMetError, match=f"params {cost.params:,} <= {cost.params:,}"):
+        _check_budget_not_met(get_strategy("gp-prune"), met, cost)
+    with caplog.at_level(logging.INFO, logger="compress.api"):
+        for name in ("grow", "eg-nas", "darts-gal"):  # they build a new network: the budget still bounds it
+            _check_budget_not_met(get_strategy(name), met, cost)
+        _check_budget_not_met(get_strategy("gp-prune"), Budget.parse("macs=0.99x").resolve(cost), cost)
+    logged = [r.getMessage() for r in caplog.records if "already meets" in r.getMessage()]
+    assert len(logged) == 3 and all("builds a new network" in m for m in logged)
+    lat = Budget.parse("latency=1.5x").resolve(cost, teacher_latency_ms=2.0)
+    with pytest.raises(BudgetAlreadyMetError, match="latency 2.000 ms <= 3.000 ms"):
+        _check_budget_not_met(get_strategy("gp-prune"), lat, cost, latency_ms=2.0)
+    _check_budget_not_met(get_strategy("gp-prune"), lat, cost, latency_ms=3.5)  # slower than the limit: no error

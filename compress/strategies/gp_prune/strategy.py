@@ -316,6 +316,7 @@ class GPPrune(Strategy):
 
     config_cls = GPPruneConfig
     paper = "Liu et al., Evolving Transferable Neural Pruning Functions, GECCO 2022"
+    shrinks_teacher = True
 
     @classmethod
     def demo_config(cls, epochs: int) -> dict:
