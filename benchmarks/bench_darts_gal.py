@@ -71,21 +71,21 @@ SMOKE = dict(
 )
 
 
+def _scalar(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            continue
+    return {"true": True, "false": False, "none": None}.get(v.lower(), v)
+
+
 def _parse_set(items: list[str]) -> dict:
+    """``key=value`` overrides; ``a,b,c`` gives a tuple (ints or floats, e.g. lambda_sweep=0.1,0.3)."""
     out: dict = {}
     for item in items:
         k, _, v = item.partition("=")
-        if "," in v:
-            out[k] = tuple(int(x) for x in v.split(","))
-            continue
-        for cast in (int, float):
-            try:
-                out[k] = cast(v)
-                break
-            except ValueError:
-                continue
-        else:
-            out[k] = {"true": True, "false": False, "none": None}.get(v.lower(), v)
+        out[k] = tuple(_scalar(x) for x in v.split(",")) if "," in v else _scalar(v)
     return out
 
 
