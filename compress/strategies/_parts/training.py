@@ -144,6 +144,7 @@ class FinetuneSettings:
     max_steps_per_epoch: int | None = None
     augment: str = "none"
     seed: int = 0
+    grad_clip: float | None = None  # max global gradient norm per step (None: no clipping)
 
 
 def finetune(
@@ -202,7 +203,9 @@ def finetune(
     key = ""
     if checkpoint is not None and checkpoint.store.enabled:
         gens = {"augment": gen, **loader_generators(train=data_train, val=data_val), **checkpoint.generators}
-        key = stable_hash({"key": checkpoint.key, "settings": dataclasses.asdict(settings),
+        # grad_clip=None is left out, so checkpoints written before the field existed still resume
+        settings_key = {k: v for k, v in dataclasses.asdict(settings).items() if not (k == "grad_clip" and v is None)}
+        key = stable_hash({"key": checkpoint.key, "settings": settings_key,
                            "steps_per_epoch": steps_per_epoch, "kd": teacher is not None,
                            "params": [[n, list(p.shape)] for n, p in model.named_parameters()]})
         restored = checkpoint.store.load(checkpoint.name, key=key)
@@ -244,6 +247,8 @@ def finetune(
                 raise diverged(step, loss_value)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if settings.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
             sched.step()
             running += loss_value * int(y.numel())

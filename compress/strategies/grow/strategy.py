@@ -128,6 +128,11 @@ class GrowConfig:
         cap, 100; None = until the budget).
     Final retrain (App. B: 400 epochs CIFAR, lr 0.025): final_epochs, final_lr, final_reinit,
         final_loss (``"kd"`` | ``"kd+inner"`` | ``"ce"``), final_max_steps_per_epoch.
+    grad_clip: global gradient-norm clip for every SGD step, growth stages and final retrain (5;
+        None = off). Not in the paper; App. B's recipe (SGD lr 0.025, sep-conv units, cosine) is
+        DARTS' evaluation training, whose reference code clips at 5. Without it, a re-initialised
+        deep DAG can blow up in its first retrain epoch and never recover (seen on CIFAR: a
+        random-split student, epoch-1 loss 48.7, then stuck at 15% val).
     checkpoint: write/resume per-iteration checkpoints when ``ctx.out_dir`` is set.
     """
 
@@ -163,6 +168,7 @@ class GrowConfig:
     final_reinit: bool = True
     final_loss: str = "kd"
     final_max_steps_per_epoch: int | None = None
+    grad_clip: float | None = 5.0
     checkpoint: bool = True
 
     def __post_init__(self) -> None:
@@ -189,6 +195,9 @@ class GrowConfig:
             lo = 0 if name == "max_iterations" else 1
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
                 raise ConfigError(f"GrowConfig.{name} must be None or a positive int, got {v!r}.")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float))
+                                           or not math.isfinite(self.grad_clip) or self.grad_clip <= 0):
+            raise ConfigError(f"GrowConfig.grad_clip must be None (off) or a positive number, got {self.grad_clip!r}.")
         if not 0.0 <= self.c <= 1.0:
             raise ConfigError(f"GrowConfig.c must be in [0, 1] (Eq. 6), got {self.c}.")
         if not 0.0 < self.score_fraction < 1.0:
@@ -331,6 +340,8 @@ def train_stage(
                 raise diverged(step, loss_value)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
             run += loss_value * int(y.numel())
@@ -646,7 +657,7 @@ class Grow(Strategy):
                 epochs=cfg.final_epochs, lr=cfg.final_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                 kd_alpha=cfg.kd_alpha if cfg.final_loss == "kd" else 0.0, kd_temperature=cfg.kd_temperature,
                 max_steps_per_epoch=cfg.final_max_steps_per_epoch, augment=cfg.augment,
-                seed=_derive(seed, "final"),
+                seed=_derive(seed, "final"), grad_clip=cfg.grad_clip,
             )
             finetune(student, Grow._full_train_loader(ctx, seed), ctx.data.val, settings,
                      teacher=ctx.teacher if cfg.final_loss == "kd" else None, on_epoch=on_epoch,
