@@ -370,6 +370,10 @@ def gate(
     repeats: int = typer.Option(50, help="Timed runs (after warm-up)."),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="Measure and write the baseline, then exit 0."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    reference: Optional[Path] = typer.Option(
+        None, help="The baseline's .onnx: time it side by side with --model in this run (interleaved rounds) "
+                   "and gate on their ratio instead of the stored latency. Recommended on shared CI runners."),
+    rounds: int = typer.Option(10, help="Interleaved rounds for --reference (each: warm-up + repeats/rounds calls)."),
 ) -> None:
     """Gate CI on a model's latency, MACs, params (and accuracy) against a baseline. Exit 1 on regression."""
     try:
@@ -390,8 +394,24 @@ def gate(
             _console().print(f"baseline written: {baseline} (latency median {current['latency_ms']['median']:.3f} ms, "
                              f"MACs {current['macs']:,}, params {current['params']:,})")
             raise typer.Exit(code=0)
-        result = compare(load_baseline(baseline), current, tolerance=tol, max_latency_ms=max_latency_ms,
-                         max_accuracy_drop_pts=max_accuracy_drop)
+        base = load_baseline(baseline)
+        lat_row = None
+        if reference is not None:
+            if not reference.is_file():
+                from compress.errors import ConfigError
+
+                raise ConfigError(f"reference {reference} does not exist; pass the baseline model's .onnx file.")
+            if rounds < 2:
+                from compress.errors import ConfigError
+
+                raise ConfigError(f"--rounds must be >= 2 for a side-by-side comparison, got {rounds}.")
+            from compress.gate import side_by_side_latency
+
+            lat_row = side_by_side_latency(reference, model, Target.resolve(target).with_input_shape(
+                tuple(current["target"]["input_shape"])), tolerance=tol, rounds=rounds,
+                repeats=max(1, repeats // rounds))
+        result = compare(base, current, tolerance=tol, max_latency_ms=max_latency_ms,
+                         max_accuracy_drop_pts=max_accuracy_drop, latency_row=lat_row)
     except _known_errors() as exc:
         _fail(exc)
     if as_json:

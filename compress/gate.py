@@ -11,6 +11,12 @@ medians: the sum of their 95% notch half-widths ``1.58 * IQR / sqrt(n)`` (McGill
 1978, the notches of a notched box plot; non-overlapping notches = medians differ at ~95%). Both
 conditions are needed, so jitter on a noisy machine does not raise false alarms while a real
 slowdown beyond the tolerance is caught.
+Side-by-side mode (``reference``, recommended on shared CI runners): the baseline model file is
+timed in the same run, interleaved round-robin with the model
+(:func:`compress.profiling.latency_model.measure_interleaved`), so load drift between the day the
+baseline was written and today hits both alike. The latency row then compares the two medians of
+this run: a regression needs the median per-round ratio model/reference above ``1 + tolerance``
+**and** its 95% notch (``1.58 * IQR / sqrt(rounds)``) clear of 1.
 MACs and params regress when they grow by more than ``tolerance``; accuracy when it drops by more
 than ``max_accuracy_drop_pts`` points; an absolute ``max_latency_ms`` fails when exceeded.
 
@@ -33,7 +39,8 @@ from compress.exporters.atomic import write_text_atomic
 from compress.exporters.mobile import onnx_accuracy, sha256_file
 from compress.profiling import Target, profile_latency
 
-__all__ = ["GateRow", "GateResult", "measure_artifact", "compare", "parse_tolerance", "BASELINE_FORMAT"]
+__all__ = ["GateRow", "GateResult", "measure_artifact", "compare", "side_by_side_latency", "parse_tolerance",
+           "BASELINE_FORMAT"]
 
 BASELINE_FORMAT = "slimforge-baseline/1"
 
@@ -124,6 +131,46 @@ class GateResult:
         return [r for r in self.rows if r.status == "REGRESSED"]
 
 
+def side_by_side_latency(
+    reference: str | Path,
+    model: str | Path,
+    target: Target,
+    *,
+    tolerance: float = 0.05,
+    rounds: int = 10,
+    repeats: int = 5,
+    warmup: int = 3,
+) -> GateRow:
+    """Latency row of the gate measured side by side: ``reference`` and ``model`` (ONNX files) are
+    timed round-robin on ``target``, ``rounds`` rounds of ``warmup`` + ``repeats`` calls each.
+
+    The per-round ratio r_i = median_i(model) / median_i(reference) removes the load both saw in
+    round i. Status: ``REGRESSED`` when median(r) > 1 + tolerance and median(r) - notch > 1,
+    ``improved`` when median(r) < 1 - tolerance and median(r) + notch < 1 (notch = 1.58 IQR(r) /
+    sqrt(rounds)), else ``ok``. Baseline/current columns are the two medians of this run (ms).
+
+    Raises:
+        ProfilingError: a file does not load in onnxruntime, or rounds/repeats < 1.
+    """
+    from compress.profiling.latency_model import measure_interleaved
+
+    ref, cur = measure_interleaved([Path(reference), Path(model)], target, rounds=rounds, repeats=repeats,
+                                   warmup=warmup)
+    ratios = np.asarray(cur["rounds_ms"]) / np.maximum(np.asarray(ref["rounds_ms"]), 1e-9)
+    med = float(np.median(ratios))
+    q75, q25 = np.percentile(ratios, [75, 25])
+    notch = 1.58 * float(q75 - q25) / max(len(ratios), 1) ** 0.5
+    if med > 1 + tolerance and med - notch > 1:
+        status = "REGRESSED"
+    elif med < 1 - tolerance and med + notch < 1:
+        status = "improved"
+    else:
+        status = "ok"
+    return GateRow("latency_ms.median", ref["median_ms"], cur["median_ms"],
+                   f"ratio <= {1 + tolerance:.3g} or notch covers 1", status,
+                   f"side by side with {Path(reference).name}: ratio {med:.3f} +- {notch:.3f} over {len(ratios)} rounds")
+
+
 def compare(
     baseline: dict[str, Any],
     current: dict[str, Any],
@@ -131,8 +178,13 @@ def compare(
     tolerance: float = 0.05,
     max_latency_ms: float | None = None,
     max_accuracy_drop_pts: float = 1.0,
+    latency_row: GateRow | None = None,
 ) -> GateResult:
     """Compare a measurement with a baseline (both from :func:`measure_artifact`).
+
+    Args:
+        latency_row: a row from :func:`side_by_side_latency`; it replaces the comparison of the
+            current latency with the stored one.
 
     Raises:
         ConfigError: the baseline is not a slimforge baseline, or was measured on another target.
@@ -149,12 +201,15 @@ def compare(
         )
     rows: list[GateRow] = []
     bl, cl = baseline["latency_ms"], current["latency_ms"]
-    delta = cl["median"] - bl["median"]
-    noise = _notch(bl) + _notch(cl)
-    regressed = delta > tolerance * bl["median"] and delta > noise
-    status = "REGRESSED" if regressed else ("improved" if -delta > max(tolerance * bl["median"], noise) else "ok")
-    rows.append(GateRow("latency_ms.median", bl["median"], cl["median"], f"+{100 * tolerance:.1f}% and > spread",
-                        status, f"delta {delta:+.3f} ms, spread (notches) {noise:.3f} ms"))
+    if latency_row is not None:
+        rows.append(latency_row)
+    else:
+        delta = cl["median"] - bl["median"]
+        noise = _notch(bl) + _notch(cl)
+        regressed = delta > tolerance * bl["median"] and delta > noise
+        status = "REGRESSED" if regressed else ("improved" if -delta > max(tolerance * bl["median"], noise) else "ok")
+        rows.append(GateRow("latency_ms.median", bl["median"], cl["median"], f"+{100 * tolerance:.1f}% and > spread",
+                            status, f"delta {delta:+.3f} ms, spread (notches) {noise:.3f} ms"))
     if max_latency_ms is not None:
         rows.append(GateRow("latency_ms.median (absolute)", None, cl["median"], f"<= {max_latency_ms:g} ms",
                             "REGRESSED" if cl["median"] > max_latency_ms else "ok"))

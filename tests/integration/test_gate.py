@@ -56,21 +56,25 @@ def test_gate_passes_unchanged_and_catches_a_30pct_regression(models):
     stored = json.loads(base.read_text())
     assert stored["macs"] > 0 and stored["latency_ms"]["median"] > 0
 
-    # no false alarm: the unchanged model passes five times in a row
+    # no false alarm: the unchanged model passes five times in a row, timed side by side with the
+    # baseline's own file (the recommended CI mode: load drift since the baseline hits both alike)
     for _ in range(5):
-        res = _gate("--model", str(fast), "--baseline", str(base))
+        res = _gate("--model", str(fast), "--baseline", str(base), "--reference", str(fast), "--json")
         assert res.exit_code == 0, res.output
-        assert "gate passed" in res.output
+        rows = {r["metric"]: r for r in json.loads(res.output)["rows"]}
+        assert rows["latency_ms.median"]["status"] in ("ok", "improved")
+        assert "side by side" in rows["latency_ms.median"]["detail"]
 
     # the deliberate regression is real (>= 30% slower, measured side by side) and is caught
     t = Target.preset("cpu-1t", input_shape=(3, 32, 32))
     ratio = profile_latency(slow, t, repeats=30).median_ms / profile_latency(fast, t, repeats=30).median_ms
     assert ratio >= 1.3, f"the test's slowdown is only {ratio:.2f}x"
-    res = _gate("--model", str(slow), "--baseline", str(base), "--json")
-    assert res.exit_code == 1, res.output
-    rows = {r["metric"]: r for r in json.loads(res.output)["rows"]}
-    assert rows["latency_ms.median"]["status"] == "REGRESSED"
-    assert rows["macs"]["status"] == "REGRESSED"
+    for side_by_side in ((), ("--reference", str(fast))):  # caught against the stored and the re-timed baseline
+        res = _gate("--model", str(slow), "--baseline", str(base), "--json", *side_by_side)
+        assert res.exit_code == 1, res.output
+        rows = {r["metric"]: r for r in json.loads(res.output)["rows"]}
+        assert rows["latency_ms.median"]["status"] == "REGRESSED"
+        assert rows["macs"]["status"] == "REGRESSED"
 
 
 def test_gate_exit_codes(models, tmp_path):
@@ -84,6 +88,10 @@ def test_gate_exit_codes(models, tmp_path):
     res = _gate("--model", str(fast), "--baseline", str(base), "--max-latency-ms", "0.0001", "--repeats", "10")
     assert res.exit_code == 1 and "absolute" in res.output
     assert _gate("--model", str(tmp_path / "none.onnx"), "--baseline", str(base)).exit_code == 2
+    res = _gate("--model", str(fast), "--baseline", str(base), "--reference", str(tmp_path / "gone.onnx"), "--repeats", "10")
+    assert res.exit_code == 2 and "reference" in res.output  # a missing reference file is bad input
+    res = _gate("--model", str(fast), "--baseline", str(base), "--reference", str(fast), "--rounds", "1", "--repeats", "10")
+    assert res.exit_code == 2 and "rounds" in res.output
 
 
 def test_gate_accuracy_from_labelled_npz(models, tmp_path):
