@@ -153,3 +153,28 @@ def test_grow_stage_training_stops_on_nan_and_restores_student_and_attention(dig
         train_stage(student2, attn2, FeatureExtractor(partition), _PoisonedLoader(sub, 0, 1), cfg, epochs=1,
                     lr=0.01, seed=0, max_steps=2)
     assert _same(_snapshot(student2), s0) and _same(_snapshot(attn2), a0)  # ... epoch 1 of this one did not finish
+
+
+def test_grad_clip_bounds_every_step():
+    """FinetuneSettings.grad_clip clips the global gradient norm before each SGD step: with a
+    clip of 1e-9 and no weight decay, 3 Nesterov steps (momentum 0.9) move the weights by at
+    most 3 * lr * 1e-9 * (1 + 0.9 / (1 - 0.9)) = 1.5e-8 in global norm."""
+    torch.manual_seed(0)
+    free, clipped = TinyConvNet(width=4), TinyConvNet(width=4)
+    clipped.load_state_dict(free.state_dict())
+    start = _snapshot(free)
+    base = dict(epochs=1, lr=0.5, momentum=0.9, weight_decay=0.0, keep_best=False, max_steps_per_epoch=3)
+    finetune(free, _data(), None, FinetuneSettings(**base))
+    finetune(clipped, _data(), None, FinetuneSettings(**base, grad_clip=1e-9))
+    params = [k for k, _ in clipped.named_parameters()]
+    moved_free = max(float((free.state_dict()[k] - start[k]).norm()) for k in params)
+    moved_clipped = sum(float((clipped.state_dict()[k] - start[k]).norm()) ** 2 for k in params) ** 0.5
+    assert moved_free > 1e-3
+    assert moved_clipped <= 3 * 0.5 * 1e-9 * 10 * 1.0001
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), True, "5"])
+def test_grow_grad_clip_must_be_positive_or_none(bad):
+    assert GrowConfig(grad_clip=None).grad_clip is None and GrowConfig().grad_clip == 5.0
+    with pytest.raises(CompressError, match="grad_clip"):
+        GrowConfig(grad_clip=bad)
