@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+
+from compress.testing.fixtures import digits_task, seed_torch  # noqa: F401  (shared with tests/)
 
 _PIPELINE_TESTS = Path(__file__).resolve().parents[1] / "tests" / "integration" / "test_pipeline.py"
 
@@ -37,17 +38,3 @@ def load_contract_configs() -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="session")
 def contract_configs() -> dict[str, dict[str, Any]]:
     return load_contract_configs()
-
-
-@pytest.fixture(scope="session")
-def digits_task():
-    """sklearn digits as ``(B, 3, 32, 32)`` batches, seeded split (the CLI's default task)."""
-    from compress.data import load_digits_task
-
-    return load_digits_task(seed=0, batch_size=64)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-    yield

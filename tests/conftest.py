@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
+
+from compress.testing.fixtures import digits_task, seed_torch  # noqa: F401  (shared with benchmarks/)
 
 FAST_GP = {"epochs": 0, "bisection_steps": 4, "calib_samples": 64}
-
-
-@pytest.fixture(scope="session")
-def digits_task():
-    from compress.data import load_digits_task
-
-    return load_digits_task(seed=0, batch_size=64)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-    yield
 
 
 @pytest.fixture()
