@@ -36,6 +36,7 @@ from compress.strategies._parts.checkpoint import loader_generators
 from compress.strategies._parts.time_limit import time_limit
 from compress.strategies._parts.training import evaluate
 from compress.strategies.base import ProgressFn, StrategyContext, config_to_dict
+from compress.training.runtime import Runtime, RuntimeOptions
 
 __all__ = ["compress", "seed_everything", "library_versions"]
 
@@ -145,6 +146,10 @@ def compress(
     executor: Executor | str | None = None,
     ray_address: str | None = None,
     trace_time_limit_s: float | None = 300.0,
+    device: str | None = None,
+    precision: str | None = None,
+    devices: int | None = None,
+    runtime: RuntimeOptions | dict | None = None,
 ) -> CompressionResult:
     """Compress ``model`` to fit ``budget`` with one strategy and return a validated student.
 
@@ -190,6 +195,15 @@ def compress(
             that takes longer raises :class:`TimeLimitError` instead of hanging. None: no limit.
             Enforced with ``SIGALRM``, so only when ``compress()`` runs on the main thread of a
             POSIX process; elsewhere the steps run unbounded and a warning is logged once.
+        device: where every training phase runs: ``"auto"`` (default: CUDA when available, else
+            the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Export, ONNX validation, counting and
+            latency always use a float32 CPU copy of the student.
+        precision: ``"fp32"`` (default), ``"bf16"`` (bf16 autocast) or ``"fp16"`` (CUDA only).
+        devices: processes for data-parallel (DDP) fine-tunes on this machine (default 1); under
+            ``torchrun``/SLURM the job's world size applies instead.
+        runtime: a :class:`compress.training.RuntimeOptions` (or dict of its fields) for the other
+            runtime settings (``num_workers``, ``pin_memory``, ``channels_last``); ``device``,
+            ``precision`` and ``devices`` given as arguments override its fields.
 
     Returns:
         :class:`CompressionResult` (check ``result.budget_check.ok``).
@@ -209,6 +223,7 @@ def compress(
     t_start = time.perf_counter()
     wall: dict[str, float] = {}
     _check_time_limit(trace_time_limit_s)
+    rt = Runtime(RuntimeOptions.coerce(runtime, device=device, precision=precision, devices=devices))
     budget_obj = Budget.coerce(budget)
     strategy_cls = get_strategy(strategy)
     strat = strategy_cls(config)
@@ -255,7 +270,7 @@ def compress(
         return _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val,
                          work_dir, art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats,
                          mobile, int8, t_start, wall, executor=runner, memory=memory,
-                         trace_time_limit_s=trace_time_limit_s)
+                         trace_time_limit_s=trace_time_limit_s, runtime=rt)
     except BaseException:
         shutil.rmtree(art_dir, ignore_errors=True)
         if run_dir is not None:
@@ -324,7 +339,8 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
 def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val, work_dir,
               art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats, mobile, int8,
               t_start, wall, *, executor: Executor, memory: bool = True,
-              trace_time_limit_s: float | None = None) -> CompressionResult:
+              trace_time_limit_s: float | None = None, runtime: Runtime | None = None) -> CompressionResult:
+    runtime = runtime or Runtime()
     progress_fn, close_progress = _progress_fn(progress)
 
     # ---------------------------------------------------------------- teacher
@@ -384,6 +400,7 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         memory_fn=memory_probe,
         executor=executor,
         trace_time_limit_s=trace_time_limit_s,
+        runtime=runtime,
     )
     t0 = time.perf_counter()
     try:
@@ -392,7 +409,9 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         close_progress()
     wall.update(ctx.wall_s)
     wall["strategy"] = time.perf_counter() - t0
-    student = output.student.eval()
+    student = output.student.cpu().float().eval()  # export, counting and profiling use a float32 CPU copy
+    if any(p.dim() == 4 for p in student.parameters()):
+        student = student.to(memory_format=torch.contiguous_format)
 
     # ---------------------------------------------------------------- student
     t0 = time.perf_counter()
@@ -461,6 +480,7 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         info={**output.info, "paper": strategy_cls.paper},
         data=task.to_dict(),
         versions=library_versions(),
+        runtime=runtime.describe(),
         model_spec=model_spec,
         surgery=surgery,
         mobile=mobile_info,

@@ -5,7 +5,7 @@ never renamed (dots = nesting): ``strategy``, ``seed``, ``target``, ``config``, 
 ``budget.{spec,ok,violations}``, ``{teacher,student}.{macs,params}``,
 ``{teacher,student}.accuracy.{val,test}``, ``{teacher,student}.latency_ms.{median,p90}``,
 ``onnx.{path}``, ``onnx.parity.{ok,max_abs_diff,top1_agreement}``, ``wall_s.total`` and
-``wall_s.<phase>``. Accuracies are fractions in [0, 1]; latencies are milliseconds; MACs are
+``wall_s.<phase>``, ``runtime.{device,precision,world_size,torch,cuda}``. Accuracies are fractions in [0, 1]; latencies are milliseconds; MACs are
 fvcore's count per sample (one fused multiply-add = 1).
 """
 
@@ -103,6 +103,7 @@ class CompressionResult:
     mobile: dict[str, Any] = field(default_factory=dict)
     student_arch: dict[str, Any] | None = None
     report_sections: list[tuple[str, str]] = field(default_factory=list)
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (see the module docstring for the key contract)."""
@@ -113,6 +114,7 @@ class CompressionResult:
             "target": self.target.to_dict(),
             "config": self.config,
             "versions": dict(self.versions),
+            "runtime": dict(self.runtime),
             "model_spec": self.model_spec,
             "data": self.data,
             "budget": {

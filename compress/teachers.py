@@ -20,7 +20,7 @@ from torch import nn
 
 from compress.data import TaskData
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
-from compress.strategies._parts.training import FinetuneSettings, evaluate, finetune
+from compress.training import FinetuneSettings, Runtime, evaluate, finetune
 
 __all__ = ["TeacherRecipe", "cache_dir", "get_or_train_teacher"]
 
@@ -56,8 +56,12 @@ def get_or_train_teacher(
     task: TaskData,
     *,
     on_epoch: Callable[[int, dict], None] | None = None,
+    runtime: Runtime | None = None,
 ) -> tuple[nn.Module, dict]:
     """Load the cached teacher for ``recipe`` or train it on ``task`` and cache it.
+
+    ``runtime``: where the teacher trains (:class:`compress.training.Runtime`; default CPU fp32).
+    A teacher trained on another device type or precision is cached under its own key.
 
     Returns:
         ``(model, meta)``; ``meta`` has ``cached`` (bool), ``path``, ``val_acc`` and the recipe.
@@ -68,7 +72,11 @@ def get_or_train_teacher(
 
     from compress.models import load_model
 
-    path = cache_dir() / "teachers" / f"digits-{recipe.key()}.safetensors"
+    runtime = runtime or Runtime()
+    key = recipe.key()
+    if not runtime.is_default:  # the numbers differ by device type and precision: never share a cache entry
+        key = hashlib.sha256(f"{key}|{runtime.device.type}|{runtime.precision}".encode()).hexdigest()[:16]
+    path = cache_dir() / "teachers" / f"digits-{key}.safetensors"
     model = load_model(recipe.model_spec, num_classes=task.spec.num_classes)
     meta = {"recipe": asdict(recipe), "path": str(path)}
     if path.is_file():
@@ -82,7 +90,7 @@ def get_or_train_teacher(
     torch.manual_seed(recipe.seed)
     model = load_model(recipe.model_spec, num_classes=task.spec.num_classes)
     settings = FinetuneSettings(epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, kd_alpha=0.0)
-    history = finetune(model, task.train, task.val, settings, teacher=None, on_epoch=on_epoch)
+    history = finetune(model, task.train, task.val, settings, teacher=None, on_epoch=on_epoch, runtime=runtime)
     val_acc = evaluate(model, task.val)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, st_save({k: v.contiguous() for k, v in model.state_dict().items()}))

@@ -27,6 +27,7 @@ from compress.data import TaskData
 from compress.errors import ConfigError
 from compress.executors import Executor, SerialExecutor
 from compress.profiling import Target
+from compress.training.runtime import Runtime
 
 __all__ = ["Strategy", "StrategyContext", "StrategyOutput", "ProgressFn", "config_to_dict", "config_from_dict"]
 
@@ -80,6 +81,10 @@ class StrategyContext:
         trace_time_limit_s: wall-clock limit (seconds) for tracing steps that may hang, e.g.
             building a Torch-Pruning dependency graph (use
             :func:`compress.strategies._parts.time_limit.time_limit`); None: no limit.
+        runtime: device, precision and data parallelism of every training phase
+            (:class:`compress.training.Runtime`); pass it to :func:`compress.training.fit` /
+            :func:`~compress.training.finetune`. The models in the context live on the CPU in
+            float32 between phases (export, counting and profiling need that).
     """
 
     model: nn.Module
@@ -98,6 +103,7 @@ class StrategyContext:
     memory_fn: Callable[[nn.Module], float] | None = None
     executor: Executor = field(default_factory=SerialExecutor)
     trace_time_limit_s: float | None = None
+    runtime: Runtime = field(default_factory=Runtime)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -364,7 +364,7 @@ class GPPrune(Strategy):
                     ctx.log(phase="finetune", **rec)
                     ctx.progress("finetune", epoch, settings.epochs, rec)
 
-                finetune(best, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch,
+                finetune(best, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch, runtime=ctx.runtime,
                          checkpoint=EpochCheckpoint(store, "finetune", prune_key))
         best.eval()
         widths = _layer_widths(best)
