@@ -361,7 +361,7 @@ def gate(
     model: Path = typer.Option(..., help="The exported model (.onnx) to gate."),
     baseline: Path = typer.Option(..., help="Baseline JSON (written by --update-baseline)."),
     target: str = typer.Option("cpu-1t", help="Latency target: a preset or a .toml/.yaml target file."),
-    tolerance: str = typer.Option("5%", help="Allowed relative growth of latency, MACs and params."),
+    tolerance: str = typer.Option("5%", help="Allowed relative growth of latency, MACs and params: '5%' or 0.05 (a bare number >= 1 is refused)."),
     max_latency_ms: Optional[float] = typer.Option(None, help="Absolute latency limit (median, ms)."),
     max_accuracy_drop: float = typer.Option(1.0, help="Allowed top-1 drop in points (when --data is given)."),
     data: Optional[Path] = typer.Option(None, help="Labelled .npz (x uint8 NHWC, y) for accuracy; normalised with --mean/--std."),
@@ -372,69 +372,102 @@ def gate(
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
     reference: Optional[Path] = typer.Option(
         None, help="The baseline's .onnx: time it side by side with --model in this run (interleaved rounds) "
-                   "and gate on their ratio instead of the stored latency. Recommended on shared CI runners."),
+                   "and gate on their ratio. Without it latency is reported but not judged (a stored latency is not comparable across runs)."),
     rounds: int = typer.Option(10, help="Interleaved rounds for --reference (each: warm-up + repeats/rounds calls)."),
 ) -> None:
-    """Gate CI on a model's latency, MACs, params (and accuracy) against a baseline. Exit 1 on regression."""
-    try:
-        from compress.gate import compare, load_baseline, measure_artifact, parse_tolerance, write_baseline
+    """Gate CI on a model's MACs, params, accuracy and (with --reference) latency against a baseline.
+
+    Exit codes: 0 pass, 1 regression, 2 bad input or usage (missing, corrupt or foreign baseline, bad
+    --tolerance, missing file, target mismatch ...): a message says what to do, never a traceback.
+    Without --reference the latency row is reported but not judged (a stored latency is not
+    comparable across runs; see compress.gate).
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    def work():
+        import math
+
+        from compress.errors import ConfigError
+        from compress.gate import (check_target, compare, load_baseline, measure_artifact, parse_tolerance,
+                                   side_by_side_latency, write_baseline)
         from compress.profiling import Target
 
+        tol = parse_tolerance(tolerance)  # validate every option and file before measuring anything
+        bad = []
+        if repeats < 1:
+            bad.append(f"--repeats must be >= 1, got {repeats}")
+        if reference is not None and rounds < 2:
+            bad.append(f"--rounds must be >= 2 for a side-by-side comparison, got {rounds}")
+        if max_latency_ms is not None and not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
+            bad.append(f"--max-latency-ms must be a finite number of milliseconds > 0, got {max_latency_ms}")
+        if not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
+            bad.append(f"--max-accuracy-drop must be a finite number of points >= 0, got {max_accuracy_drop}")
         if not model.is_file():
-            from compress.errors import ConfigError
-
-            raise ConfigError(f"model {model} does not exist; pass the exported .onnx file.")
-        tol = parse_tolerance(tolerance)
-        labelled = None
-        if data is not None:
-            labelled = _npz_for_gate(data, mean, std)
-        current = measure_artifact(model, Target.resolve(target), repeats=repeats, data=labelled)
-        if update_baseline:
+            bad.append(f"model {model} does not exist; pass the exported .onnx file")
+        if reference is not None and not update_baseline and not reference.is_file():
+            bad.append(f"reference {reference} does not exist; pass the baseline model's .onnx file")
+        if bad:
+            raise ConfigError("; ".join(bad) + ".")
+        tgt = Target.resolve(target)
+        base = None
+        if not update_baseline:
+            base = load_baseline(baseline)
+            check_target(base, tgt)
+        labelled = _npz_for_gate(data, mean, std) if data is not None else None
+        current = measure_artifact(model, tgt, repeats=repeats, data=labelled)
+        if base is None:
             write_baseline(baseline, current)
-            _console().print(f"baseline written: {baseline} (latency median {current['latency_ms']['median']:.3f} ms, "
-                             f"MACs {current['macs']:,}, params {current['params']:,})")
-            raise typer.Exit(code=0)
-        base = load_baseline(baseline)
+            return current
         lat_row = None
         if reference is not None:
-            if not reference.is_file():
-                from compress.errors import ConfigError
-
-                raise ConfigError(f"reference {reference} does not exist; pass the baseline model's .onnx file.")
-            if rounds < 2:
-                from compress.errors import ConfigError
-
-                raise ConfigError(f"--rounds must be >= 2 for a side-by-side comparison, got {rounds}.")
-            from compress.gate import side_by_side_latency
-
-            lat_row = side_by_side_latency(reference, model, Target.resolve(target).with_input_shape(
+            lat_row = side_by_side_latency(reference, model, tgt.with_input_shape(
                 tuple(current["target"]["input_shape"])), tolerance=tol, rounds=rounds,
                 repeats=max(1, repeats // rounds))
-        result = compare(base, current, tolerance=tol, max_latency_ms=max_latency_ms,
-                         max_accuracy_drop_pts=max_accuracy_drop, latency_row=lat_row)
-    except _known_errors() as exc:
-        _fail(exc)
+        return compare(base, current, tolerance=tol, max_latency_ms=max_latency_ms,
+                       max_accuracy_drop_pts=max_accuracy_drop, latency_row=lat_row)
+
+    try:
+        result = work()
+    except Exception as exc:  # exit 1 means "regression" to CI, so every failure here exits 2
+        import click
+
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and ctx.find_root().params.get("debug"):
+            raise
+        if isinstance(exc, _known_errors()):
+            msg = f"{type(exc).__name__}: {exc}"
+        elif isinstance(exc, (OSError, ValueError)):  # e.g. an unreadable --data file, '--mean abc'
+            msg = f"{type(exc).__name__}: {exc}; check the files and options given."
+        else:
+            msg = (f"internal error ({type(exc).__name__}: {exc}); this is a slimforge bug, please report it with "
+                   f"the command line. The gate did not judge the model.")
+        Console(stderr=True).print(f"[bold red]error[/]: {escape(msg)}")
+        raise typer.Exit(code=2)
+    if update_baseline:
+        _console().print(escape(f"baseline written: {baseline} (latency median {result['latency_ms']['median']:.3f} ms, "
+                                f"MACs {result['macs']:,}, params {result['params']:,})"))
+        raise typer.Exit(code=0)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=f"slimforge gate: {model.name} vs {baseline.name} [{escape(result.current['target']['name'])}]")
+        t = Table(title=escape(f"slimforge gate: {model.name} vs {baseline.name} [{result.current['target']['name']}]"))
         for col in ("metric", "baseline", "current", "change", "limit", "status", "detail"):
             t.add_column(col)
         for r in result.rows:
             fmt = (lambda v: "-" if v is None else (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"))
             ch = "-" if r.change_pct is None else f"{r.change_pct:+.1f}%"
             style = {"REGRESSED": "bold red", "improved": "green"}.get(r.status, "")
-            t.add_row(r.metric, fmt(r.baseline), fmt(r.current), ch, escape(r.limit),
+            t.add_row(escape(r.metric), fmt(r.baseline), fmt(r.current), ch, escape(r.limit),
                       f"[{style}]{r.status}[/]" if style else r.status, escape(r.detail))
         con = _console()
         con.print(t)
         for n in result.notes:
-            con.print(f"note: {n}")
+            con.print(f"note: {escape(n)}")
         con.print("[green]gate passed[/]" if result.ok else
-                  "[bold red]gate FAILED[/]: " + ", ".join(r.metric for r in result.regressions()))
+                  "[bold red]gate FAILED[/]: " + escape(", ".join(r.metric for r in result.regressions())))
     raise typer.Exit(code=0 if result.ok else 1)
 
 
