@@ -407,6 +407,80 @@ def test_unreachable_budget_raises(digits_task):
         Grow(GrowConfig(**LOOP)).run(ctx)
 
 
+def test_kd_inner_retrain_resumes_mid_phase_bit_identically(digits_task, tmp_path, monkeypatch):
+    """The ``kd+inner`` final retrain commits a checkpoint per epoch: a run killed in epoch 2
+    (raised from the epoch callback, before epoch 2's commit) resumes after epoch 1, trains only
+    epochs 2-3, and ends with the weights and history of an uninterrupted run."""
+    from compress.strategies.grow import strategy as grow_strategy
+
+    torch.manual_seed(0)
+    teacher = TinyConvNet(width=8).eval()
+    # no growth iteration: the run goes straight to the retrain; flip-crop and the learnable
+    # attention add generator and weight state that must resume exactly
+    cfg = GrowConfig(**{**LOOP, "max_iterations": 0, "final_epochs": 3, "final_max_steps_per_epoch": 2,
+                        "final_loss": "kd+inner", "attention": "proj", "augment": "flip-crop"})
+    ctx_a = _ctx(teacher, digits_task, "params=60k")
+    out_a = Grow(cfg).run(ctx_a)
+
+    def killer(phase, done, total, info):
+        if phase == "final retrain" and done == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        Grow(cfg).run(_ctx(teacher, digits_task, "params=60k", out_dir=tmp_path, progress=killer))
+    final = json.loads((tmp_path / "checkpoints" / "grow" / "final.json").read_text())["state"]
+    assert final["epoch"] == 1 and final["epochs"] == 3
+    steps = []
+    forward = grow_strategy._GrowObjective.forward
+    monkeypatch.setattr(grow_strategy._GrowObjective, "forward", lambda self, *a: steps.append(1) or forward(self, *a))
+    ctx_b = _ctx(teacher, digits_task, "params=60k", out_dir=tmp_path)
+    out_b = Grow(cfg).run(ctx_b)
+    assert len(steps) == 2 * 2  # epochs 2 and 3 only, 2 steps each
+    sa, sb = out_a.student.state_dict(), out_b.student.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    ha = [r for r in ctx_a.history if r["phase"] == "final_retrain"]
+    hb = [r for r in ctx_b.history if r["phase"] == "final_retrain"]
+    assert [r["epoch"] for r in ha] == [1, 2, 3] and ha == hb
+    assert out_a.info["final_retrain"]["history"] == out_b.info["final_retrain"]["history"]
+
+
+def test_stage_training_runs_on_the_runtime_and_ends_on_the_cpu(tiny_partition):
+    """The runtime's channels_last layout is used while training and scoring; the modules come
+    back on the CPU in float32 and the default layout (surgery, counting and export need it)."""
+    from compress.training import Runtime, RuntimeOptions
+
+    cfg = GrowConfig()
+    student = build_initial(tiny_partition, 10, cfg, seed=0)
+    attn = AttentionBank("proj")
+    attn.sync(student.structure, tiny_partition)
+    extractor = FeatureExtractor(tiny_partition)
+    ds = torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+    rt = Runtime(RuntimeOptions(device="cpu", channels_last="on"))
+    seen = []
+    hook = extractor.register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    losses = train_stage(student, attn, extractor, DataLoader(ds, batch_size=8), cfg, epochs=2, lr=0.01, seed=0,
+                         max_steps=None, runtime=rt)
+    rbar = score_nodes(student, attn, extractor, DataLoader(ds, batch_size=8), cfg, runtime=rt)
+    hook.remove()
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses) and set(rbar) == {2}
+    assert seen and all(seen)
+    for m in (student, attn, extractor):
+        for t in list(m.parameters()) + list(m.buffers()):
+            assert t.device.type == "cpu" and (not t.is_floating_point() or t.dtype == torch.float32)
+            assert t.is_contiguous()
+
+
+def test_grow_has_no_hand_written_training_loop():
+    """Every optimisation step of grow goes through the training runtime (``Runtime.optimize``)."""
+    from pathlib import Path
+
+    import compress.strategies.grow as pkg
+
+    offenders = [p.name for p in Path(pkg.__file__).parent.glob("*.py") if ".backward(" in p.read_text()]
+    assert offenders == []
+
+
 # ------------------------------------------------------------------------------------- partition
 
 

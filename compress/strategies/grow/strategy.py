@@ -37,17 +37,25 @@ ALGORITHMS.md §1. One run:
 Every growth iteration is logged (``ctx.log``: node, edge, op, S and Rbar per node, params,
 MACs, latency, validation accuracy, the DOT drawing of the new graph) and checkpointed under
 ``ctx.out_dir/checkpoints/grow`` (structure JSON + tensors, RNG states and the run history),
-as is every epoch of the final retrain (``final_loss`` "kd"/"ce"); a killed run resumes from the
+as is every epoch of the final retrain (every ``final_loss``); a killed run resumes from the
 last boundary when the config, seed, teacher partition and data sizes match, bit-identically.
+
+Every training phase (the stages and the final retrain) runs on the training runtime
+(:func:`compress.training.fit`, ``ctx.runtime``'s device and precision); so do the scoring and
+validation passes. Between them the student, the attention bank and the teacher live on the CPU
+in float32: graph surgery, the budget oracle and export run there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import math
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,11 +64,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from compress.errors import BudgetUnreachableError, ConfigError, DataError
+from compress.errors import BudgetUnreachableError, ConfigError, DataError, TrainingDivergedError
 from compress.registry import register_strategy
-from compress.strategies._parts.checkpoint import CheckpointStore, EpochCheckpoint
-from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, augment_batch, evaluate, finetune, kd_loss
-from compress.strategies._parts.training import all_finite, diverged_error
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.grow.attention import ATTENTIONS, R_NORMS, NodeAttention, r_inner
 from compress.strategies.grow.partition import GRANULARITIES, FeatureExtractor, TeacherPartition, halve, partition_teacher
@@ -74,6 +79,10 @@ from compress.strategies.grow.student import (
     edge_units,
     initial_structure,
 )
+from compress.training import (AUGMENTATIONS, CheckpointStore, EpochCheckpoint, FinetuneSettings, FitPlan, Runtime,
+                               cosine_factor, diverged_error, evaluate, finetune, fit, kd_loss, make_optimizer,
+                               training_loader)
+from compress.training.checkpoint import loader_generators
 
 __all__ = ["GrowConfig", "Grow", "AttentionBank", "split_indices", "train_stage", "score_nodes", "apply_decision",
            "FINAL_LOSSES", "SPLIT_POLICIES"]
@@ -288,13 +297,82 @@ def grow_loss(
     return l_cls + cfg.inner_weight * l_inner, rs
 
 
+class _GrowObjective(nn.Module):
+    """Eq. 4 on one batch as a module (the student and the attention bank as its children), so
+    that a data-parallel runtime wraps both in one DDP module and all-reduces every gradient."""
+
+    def __init__(self, student: GrowStudent, attn: AttentionBank, cfg: GrowConfig, use_kd: bool) -> None:
+        super().__init__()
+        self.student, self.attn = student, attn
+        self.cfg, self.use_kd = cfg, use_kd
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor,
+                t_feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return grow_loss(self.student, self.attn, x, y, t_logits, t_feats, self.cfg, use_kd=self.use_kd)[0]
+
+
+@contextlib.contextmanager
+def _placed(runtime: Runtime, *modules: nn.Module) -> Iterator[None]:
+    """``modules`` on ``runtime.device`` inside the block (:meth:`Runtime.prepare`), and back on
+    the CPU in float32 and the default memory format after it, also when it raises: cost counting,
+    graph surgery, the budget oracle and export run on the CPU."""
+    runtime.prepare(*modules)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.to(torch.device("cpu"), torch.float32, memory_format=torch.contiguous_format)
+
+
+def _fit_grow(
+    student: GrowStudent, attn: AttentionBank, extractor: nn.Module, loader: DataLoader, cfg: GrowConfig, *,
+    epochs: int, lr: float, seed: int, max_steps: int | None, cosine: bool, use_kd: bool, runtime: Runtime,
+    phase: str, validate: Callable[[], float | None] | None = None, keep_best: bool = False,
+    checkpoint: EpochCheckpoint | None = None, checkpoint_key: dict[str, Any] | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Eq. 4 training of ``student`` and ``attn`` on :func:`compress.training.fit` (SGD with
+    momentum and weight decay, cosine or constant LR per step, ``cfg.grad_clip``, ``cfg.augment``
+    in the loader seeded from ``seed``); the frozen extractor runs under ``no_grad``. The three
+    modules are on ``runtime.device`` during training and on the CPU afterwards. Returns fit's
+    per-epoch history."""
+    params = [p for p in list(student.parameters()) + list(attn.parameters()) if p.requires_grad]
+    with _placed(runtime, student, attn, extractor):
+        extractor.eval()
+        train_loader, collate = training_loader(
+            loader, augment=cfg.augment, seed=seed, num_workers=runtime.options.num_workers,
+            pin_memory=runtime.pin_memory, persistent_workers=runtime.options.persistent_workers,
+            world_size=runtime.world_size, rank=runtime.global_rank)
+        opt = make_optimizer(params, "sgd", lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                             nesterov=False)
+        steps = len(train_loader) if max_steps is None else min(len(train_loader), max_steps)
+        total = max(1, epochs * steps)
+        objective = runtime.wrap(_GrowObjective(student, attn, cfg, use_kd))
+
+        def step(batch: Any) -> tuple[torch.Tensor, int]:
+            x, y = batch[0], batch[1]
+            with torch.no_grad():
+                t_logits, t_feats = extractor(x)
+            return objective(x, y, t_logits, t_feats), int(y.numel())
+
+        plan = FitPlan(modules=[student, attn], optimizer=opt, step=step, epochs=epochs, steps_per_epoch=steps,
+                       lr_factor=(lambda s: cosine_factor(s, total)) if cosine else None, grad_clip=cfg.grad_clip,
+                       clip_params=params, validate=validate, keep_best=keep_best,
+                       extra_generators={"augment": collate.generator} if collate is not None else {})
+        return fit(plan, train_loader, runtime=runtime, phase=phase, lr=lr, checkpoint=checkpoint,
+                   checkpoint_key=checkpoint_key, on_epoch=on_epoch, augment_collate=collate)
+
+
 def train_stage(
     student: GrowStudent, attn: AttentionBank, extractor: nn.Module, loader: DataLoader, cfg: GrowConfig, *,
     epochs: int, lr: float, seed: int, max_steps: int | None, cosine: bool = False, use_kd: bool = True,
-    on_epoch=None, phase: str = "grow stage", checkpoint_dir: Path | None = None,
+    on_epoch=None, phase: str = "grow stage", checkpoint_dir: Path | None = None, runtime: Runtime | None = None,
 ) -> list[float]:
-    """Training stage (§3.2): SGD (momentum, weight decay) on Eq. 4; teacher frozen in eval
-    mode under ``no_grad``. Returns the mean loss per epoch.
+    """Training stage (§3.2): SGD (momentum, weight decay) on Eq. 4 through the training runtime
+    (:func:`compress.training.fit`); teacher frozen in eval mode under ``no_grad``. The student,
+    the attention bank and the extractor train on ``runtime.device`` (default: ``Runtime()``, the
+    CPU in fp32) and end on the CPU in float32. ``on_epoch(epoch, mean_loss)`` after each epoch.
+    Returns the mean loss per epoch.
 
     Raises:
         TrainingDivergedError: the loss became NaN or inf (or the weights non-finite); the student
@@ -302,76 +380,42 @@ def train_stage(
             started with in the first epoch). The message names ``phase``, the epoch and the step,
             and ``checkpoint_dir`` (where the boundaries committed so far stay) when given.
     """
-    params = [p for p in list(student.parameters()) + list(attn.parameters()) if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
-    total = max(1, epochs * steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) if cosine else (lambda s: 1.0)
-    )
-    gen = torch.Generator().manual_seed(_derive(seed, "augment"))
-    losses = []
-    extractor.eval()
-    for epoch in range(epochs):
-        good = ({k: v.detach().clone() for k, v in student.state_dict().items()},
-                {k: v.detach().clone() for k, v in attn.state_dict().items()})
-
-        def diverged(step: int, loss_value: float, weights: bool = False) -> Exception:
-            student.load_state_dict(good[0])
-            attn.load_state_dict(good[1])
-            student.eval()
-            attn.eval()
-            restored = f"the weights after epoch {epoch}" if epoch else "the weights it started the stage with"
-            return diverged_error(phase, epoch=epoch + 1, epochs=epochs, step=step, loss=loss_value, lr=lr,
-                                  restored=restored, checkpoint_dir=checkpoint_dir, weights=weights)
-
-        student.train()
-        attn.train()
-        run, seen, done = 0.0, 0, 0
-        for step, (x, y) in enumerate(loader):
-            if step >= steps:
-                break
-            x = augment_batch(x, cfg.augment, gen)
-            with torch.no_grad():
-                t_logits, t_feats = extractor(x)
-            loss, _ = grow_loss(student, attn, x, y, t_logits, t_feats, cfg, use_kd=use_kd)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise diverged(step, loss_value)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            run += loss_value * int(y.numel())
-            seen += int(y.numel())
-            done += 1
-        if not all_finite(student, attn):
-            raise diverged(max(done - 1, 0), float("nan"), weights=True)
-        losses.append(run / max(seen, 1))
-        if on_epoch is not None:
-            on_epoch(epoch + 1, losses[-1])
-    student.eval()
-    return losses
+    runtime = runtime or Runtime()
+    try:
+        hist = _fit_grow(student, attn, extractor, loader, cfg, epochs=epochs, lr=lr, seed=seed, max_steps=max_steps,
+                         cosine=cosine, use_kd=use_kd, runtime=runtime, phase=phase,
+                         on_epoch=(lambda e, rec: on_epoch(e, rec["loss"])) if on_epoch is not None else None)
+    except TrainingDivergedError as err:  # fit has no checkpoint here: name the stage's own folder and start
+        restored = (f"the weights after epoch {err.epoch - 1}" if err.epoch > 1
+                    else "the weights it started the stage with")
+        raise diverged_error(err.phase, epoch=err.epoch, epochs=epochs, step=err.step, loss=err.loss, lr=lr,
+                             restored=restored, checkpoint_dir=checkpoint_dir,
+                             weights="weights became non-finite" in str(err)) from None
+    return [float(rec["loss"]) for rec in hist]
 
 
 @torch.no_grad()
 def score_nodes(student: GrowStudent, attn: AttentionBank, extractor: nn.Module, loader: DataLoader, cfg: GrowConfig,
-                *, max_batches: int | None = None) -> dict[int, float]:
-    """``Rbar(v)``: mean ``R_inner`` per supervised node over ``loader`` (the scoring split), eval mode."""
+                *, max_batches: int | None = None, runtime: Runtime | None = None) -> dict[int, float]:
+    """``Rbar(v)``: mean ``R_inner`` per supervised node over ``loader`` (the scoring split), eval
+    mode, on ``runtime.device`` under its autocast (default: the CPU in fp32); the modules end on
+    the CPU."""
+    runtime = runtime or Runtime()
     student.eval()
     attn.eval()
     sums: dict[int, float] = {}
     count = 0
-    for b, (x, y) in enumerate(loader):
-        if max_batches is not None and b >= max_batches:
-            break
-        t_logits, t_feats = extractor(x)
-        _, rs = grow_loss(student, attn, x, y, t_logits, t_feats, cfg)
-        for nid, r in rs.items():
-            sums[nid] = sums.get(nid, 0.0) + float(r.sum())
-        count += int(y.numel())
+    with _placed(runtime, student, attn, extractor):
+        for b, batch in enumerate(loader):
+            if max_batches is not None and b >= max_batches:
+                break
+            x, y = runtime.to_device((batch[0], batch[1]))
+            with runtime.autocast():
+                t_logits, t_feats = extractor(x)
+                _, rs = grow_loss(student, attn, x, y, t_logits, t_feats, cfg)
+            for nid, r in rs.items():
+                sums[nid] = sums.get(nid, 0.0) + float(r.float().sum())
+            count += int(y.numel())
     return {nid: s / max(count, 1) for nid, s in sums.items()}
 
 
@@ -532,10 +576,13 @@ class Grow(Strategy):
                 d_train.generator.manual_seed(stage_seed)  # data order depends on (seed, iteration) only
                 losses = train_stage(student, attn, extractor, d_train, cfg, epochs=cfg.stage_epochs, lr=cfg.lr,
                                      seed=stage_seed, max_steps=cfg.max_steps_per_epoch,
-                                     phase=f"grow stage (iteration {z + 1})", checkpoint_dir=ckpt.dir)
-                val_acc = evaluate(student, ctx.data.val)
+                                     phase=f"grow stage (iteration {z + 1})", checkpoint_dir=ckpt.dir,
+                                     runtime=ctx.runtime)
+                with _placed(ctx.runtime, student):
+                    val_acc = evaluate(student, ctx.data.val, runtime=ctx.runtime)
                 if cfg.split_policy == "score":
-                    rbar = score_nodes(student, attn, extractor, d_score, cfg, max_batches=cfg.score_max_batches)
+                    rbar = score_nodes(student, attn, extractor, d_score, cfg, max_batches=cfg.score_max_batches,
+                                       runtime=ctx.runtime)
                     scores = modification_scores(student.structure, rbar, deg_factor=cfg.deg_factor,
                                                  head_counts=cfg.sink_head_counts)
                     decision = choose_split(student.structure, scores, b_op=cfg.b_op, deepen_step=cfg.deepen_step,
@@ -638,6 +685,10 @@ class Grow(Strategy):
     def _final_retrain(ctx: StrategyContext, cfg: GrowConfig, student: GrowStudent, attn: AttentionBank,
                        extractor: nn.Module, partition: TeacherPartition, seed: int,
                        checkpoint: EpochCheckpoint | None = None) -> list[dict]:
+        """Final retrain on the whole train split (``cfg.final_loss``) on ``ctx.runtime``, best
+        epoch on the validation split, one ``checkpoint`` per epoch (a killed run resumes after
+        the last committed epoch, bit-identically, ``"kd+inner"`` included). Returns the per-epoch
+        history (restored epochs included)."""
         if cfg.final_reinit:
             student.reset_parameters(seed=_derive(seed, "final-init"))
             attn = AttentionBank(cfg.attention)
@@ -652,6 +703,7 @@ class Grow(Strategy):
             ctx.log(**rec)
             ctx.progress("final retrain", epoch, cfg.final_epochs, {"val_acc": rec.get("val_acc")})
 
+        runtime = ctx.runtime
         if cfg.final_loss in ("kd", "ce"):
             settings = FinetuneSettings(
                 epochs=cfg.final_epochs, lr=cfg.final_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -661,27 +713,20 @@ class Grow(Strategy):
             )
             finetune(student, Grow._full_train_loader(ctx, seed), ctx.data.val, settings,
                      teacher=ctx.teacher if cfg.final_loss == "kd" else None, on_epoch=on_epoch,
-                     checkpoint=checkpoint)
+                     checkpoint=checkpoint, runtime=runtime)
             return hist
-        # "kd+inner": keep Eq. 4 (with the logit KD term) for the retrain, best epoch on val
-        best, best_state = -1.0, None
-        tr_seed = _derive(seed, "final")
-
-        def epoch_cb(epoch: int, loss: float) -> None:
-            nonlocal best, best_state
-            acc = evaluate(student, ctx.data.val)
-            on_epoch(epoch, {"epoch": epoch, "loss": loss, "val_acc": acc})
-            if acc is not None and acc > best:
-                best, best_state = acc, copy.deepcopy(student.state_dict())
-
-        train_stage(student, attn, extractor, Grow._full_train_loader(ctx, seed), cfg, epochs=cfg.final_epochs,
-                    lr=cfg.final_lr,
-                    seed=tr_seed, max_steps=cfg.final_max_steps_per_epoch, cosine=True, on_epoch=epoch_cb,
-                    phase="grow final retrain (kd+inner)",
-                    checkpoint_dir=checkpoint.store.dir if checkpoint is not None else None)
-        if best_state is not None:
-            student.load_state_dict(best_state)
-        student.eval()
+        # "kd+inner": keep Eq. 4 (with the logit KD term) for the retrain, cosine LR, best epoch on val,
+        # a checkpoint per epoch (the validation loader's generator, if any, is part of it)
+        val = ctx.data.val
+        if checkpoint is not None and val is not None:
+            checkpoint = dataclasses.replace(checkpoint, generators={**loader_generators(val=val),
+                                                                     **checkpoint.generators})
+        _fit_grow(student, attn, extractor, Grow._full_train_loader(ctx, seed), cfg, epochs=cfg.final_epochs,
+                  lr=cfg.final_lr, seed=_derive(seed, "final"), max_steps=cfg.final_max_steps_per_epoch, cosine=True,
+                  use_kd=True, runtime=runtime, phase="grow final retrain (kd+inner)",
+                  validate=(lambda: evaluate(student, val, runtime=runtime)) if val is not None else None,
+                  keep_best=True, checkpoint=checkpoint, checkpoint_key={"final_loss": "kd+inner", "format": "fit/1"},
+                  on_epoch=on_epoch)
         return hist
 
 
