@@ -61,27 +61,34 @@ def save_student(model: nn.Module, directory: str | Path, *, base_spec: str | No
     return {"weights": str(d / "student.safetensors"), "arch": str(d / "student.arch.json")}
 
 
+def _like(old: torch.Tensor, *shape: int) -> nn.Parameter:
+    """A fresh, uninitialised parameter of ``shape`` with ``old``'s device, dtype and ``requires_grad``."""
+    return nn.Parameter(old.new_empty(shape), old.requires_grad)
+
+
 def _resize(m: nn.Module, spec: dict[str, Any]) -> None:
+    """Set ``m``'s width attributes from ``spec`` and replace its tensors by fresh ones of the new
+    shapes, each on the device and in the dtype of the tensor it replaces."""
     for k, v in spec.items():
         if k != "type":
             setattr(m, k, v)
     if isinstance(m, nn.Conv2d):
         kh, kw = m.kernel_size
-        m.weight = nn.Parameter(torch.empty(m.out_channels, m.in_channels // m.groups, kh, kw), m.weight.requires_grad)
+        m.weight = _like(m.weight, m.out_channels, m.in_channels // m.groups, kh, kw)
         if m.bias is not None:
-            m.bias = nn.Parameter(torch.empty(m.out_channels))
+            m.bias = _like(m.bias, m.out_channels)
     elif isinstance(m, nn.Linear):
-        m.weight = nn.Parameter(torch.empty(m.out_features, m.in_features))
+        m.weight = _like(m.weight, m.out_features, m.in_features)
         if m.bias is not None:
-            m.bias = nn.Parameter(torch.empty(m.out_features))
+            m.bias = _like(m.bias, m.out_features)
     elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
         n = m.num_features
         if m.weight is not None:
-            m.weight = nn.Parameter(torch.empty(n))
-            m.bias = nn.Parameter(torch.empty(n))
+            m.weight = _like(m.weight, n)
+            m.bias = _like(m.bias, n)
         if m.running_mean is not None:
-            m.running_mean = torch.zeros(n)
-            m.running_var = torch.ones(n)
+            m.running_mean = m.running_mean.new_zeros(n)
+            m.running_var = m.running_var.new_ones(n)
 
 
 def apply_widths(model: nn.Module, modules: dict[str, dict[str, Any]]) -> nn.Module:

@@ -29,6 +29,8 @@ from compress.strategies.gp_prune.evolve import (
 )
 from compress.strategies.gp_prune.metrics import METRICS, SOAP, PruningMetric
 from compress.strategies.gp_prune.trees import is_valid, parse_tree
+from compress.training import Runtime, RuntimeOptions
+from compress.training.data import flip_crop
 
 
 def _pop(n: int, seed: int = 0) -> list[Individual]:
@@ -278,6 +280,71 @@ def test_lowest_scored_channels_are_removed_and_chunking_is_exact():
     assert max(scores[list(removed)]) <= min(scores[keep])  # exactly the r lowest
     torch.testing.assert_close(net.units[3].layer.weight, before[keep])
     assert tk.removal_order(torch.tensor([1.0, 0.0, 1.0, 0.0])).tolist() == [1, 3, 0, 2]  # stable ties
+
+
+def _reference_train(net, data, *, lr, epochs, batch_size, seed, milestones, gamma):
+    """The task training written out by hand (SGD Nesterov, step schedule, flip-crop, keep-best):
+    what train_epochs must compute on the runtime."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    n = len(data.y_train)
+    steps = math.ceil(n / batch_size)
+    marks = [int(m * epochs * steps) for m in milestones]
+    gen = torch.Generator().manual_seed(seed)
+    best, best_state, it = -1.0, None, 0
+    for _ in range(epochs):
+        net.train()
+        perm = torch.randperm(n, generator=gen)
+        for s in range(steps):
+            idx = perm[s * batch_size: (s + 1) * batch_size]
+            xb = flip_crop(data.x_train[idx], gen)
+            for g in opt.param_groups:
+                g["lr"] = lr * gamma ** sum(it >= m for m in marks)
+            loss = torch.nn.functional.cross_entropy(net(xb), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            it += 1
+        acc = tk.accuracy(net, data.x_val, data.y_val)
+        if acc > best:
+            best, best_state = acc, copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+    return best
+
+
+def test_task_training_runs_on_fit_and_matches_the_hand_written_loop(monkeypatch):
+    spec = tk.PROFILES["tiny"][1]  # VGG-4 with BN, SGD with the step schedule
+    full = tk.load_splits(spec, 0)
+    data = tk.Splits(full.x_train[:200], full.y_train[:200], full.x_val, full.y_val, full.x_fit, full.y_fit,
+                     full.num_classes)
+    plans = []
+    real_fit = tk.fit
+    monkeypatch.setattr(tk, "fit", lambda plan, loader, **kw: plans.append(plan) or real_fit(plan, loader, **kw))
+    kw = dict(lr=0.05, epochs=3, batch_size=32, seed=5, milestones=(0.4, 0.8), gamma=0.28)
+
+    def trained(runtime):
+        torch.manual_seed(0)
+        net = tk.build_net(spec, data.input_shape, data.num_classes)
+        acc = tk.train_epochs(net, data, optimizer="sgd", weight_decay=1e-3, schedule="step", augment="flip-crop",
+                              runtime=runtime, **kw)
+        return net, acc
+
+    plain = Runtime(RuntimeOptions(device="cpu", channels_last="off"))
+    net, acc = trained(plain)
+    assert len(plans) == 1 and plans[0].keep_best and plans[0].epochs == 3
+    total = 3 * math.ceil(200 / 32)
+    assert [plans[0].lr_factor(i) for i in (0, int(0.4 * total), total - 1)] == [1.0, 0.28, 0.28**2]
+    torch.manual_seed(0)
+    ref = tk.build_net(spec, data.input_shape, data.num_classes)
+    assert acc == _reference_train(ref, data, **kw)  # same batches, schedule and kept epoch, bit for bit
+    for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not net.training and {p.device.type for p in net.parameters()} == {"cpu"}
+    assert all(p.is_contiguous() for p in net.parameters())
+    net2, acc2 = trained(None)  # the default runtime (channels_last): deterministic for the seed
+    net3, acc3 = trained(None)
+    assert acc2 == acc3
+    assert all(torch.equal(a, b) for a, b in zip(net2.state_dict().values(), net3.state_dict().values()))
+    assert all(p.is_contiguous() for p in net2.parameters())
 
 
 def test_tiny_real_task_evaluation(tmp_path):

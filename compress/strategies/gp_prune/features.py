@@ -34,6 +34,8 @@ def collect_feature_maps(
     module_names: set[str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Run ``model`` (eval mode, state restored) on up to ``max_samples`` samples of ``loader``.
+    Batches move to the device of the model's first parameter (or buffer; CPU for a model with
+    neither), where the maps and labels are returned.
 
     Returns:
         ``(maps, labels)``: ``maps[name]`` is ``(C, N, D)`` float32 for every hooked module
@@ -62,6 +64,10 @@ def collect_feature_maps(
     for name, mod in model.named_modules():
         if isinstance(mod, HOOKED_TYPES) and (module_names is None or name in module_names):
             handles.append(mod.register_forward_hook(make_hook(name)))
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    device = first.device if first is not None else torch.device("cpu")
     was = model.training
     model.eval()
     labels: list[torch.Tensor] = []
@@ -71,12 +77,12 @@ def collect_feature_maps(
             take = min(len(y), max_samples - seen)
             if take <= 0:
                 break
-            model(x[:take])
-            labels.append(y[:take].long())
+            model(x[:take].to(device))
+            labels.append(y[:take].to(device).long())
             seen += take
     finally:
         for h in handles:
             h.remove()
         model.train(was)
     maps = {k: torch.cat(v, dim=0).transpose(0, 1).contiguous() for k, v in buffers.items()}
-    return maps, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    return maps, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)

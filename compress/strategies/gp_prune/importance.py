@@ -31,14 +31,18 @@ __all__ = ["TreeImportance"]
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 
 
-def _bn_params(bn: nn.BatchNorm2d | None, c: int) -> torch.Tensor:
+def _bn_params(bn: nn.BatchNorm2d | None, w: torch.Tensor) -> torch.Tensor:
+    """``(C, 4)`` float32 ``[gamma, beta, mean, var]`` of ``bn`` for the ``C = w.shape[0]`` output
+    channels of weight ``w`` (``[1, 0, 0, 1]`` where ``bn`` or a field is missing), on ``w``'s device."""
+    c = w.shape[0]
+    ones, zeros = w.new_ones(c, dtype=torch.float32), w.new_zeros(c, dtype=torch.float32)
     if bn is None:
-        return torch.stack([torch.ones(c), torch.zeros(c), torch.zeros(c), torch.ones(c)], dim=1)
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones(c)
-    beta = bn.bias.detach() if bn.bias is not None else torch.zeros(c)
-    mean = bn.running_mean.detach() if bn.running_mean is not None else torch.zeros(c)
-    var = bn.running_var.detach() if bn.running_var is not None else torch.ones(c)
-    return torch.stack([gamma, beta, mean, var], dim=1).float()
+        return torch.stack([ones, zeros, zeros, ones], dim=1)
+    gamma = bn.weight.detach() if bn.weight is not None else ones
+    beta = bn.bias.detach() if bn.bias is not None else zeros
+    mean = bn.running_mean.detach() if bn.running_mean is not None else zeros
+    var = bn.running_var.detach() if bn.running_var is not None else ones
+    return torch.stack([gamma.float(), beta.float(), mean.float(), var.float()], dim=1)
 
 
 class TreeImportance(tp.importance.Importance):
@@ -93,7 +97,7 @@ class TreeImportance(tp.importance.Importance):
         ops = ChannelOperands(
             W=w.unsqueeze(0),
             WI=w,
-            B=_bn_params(bn if isinstance(bn, nn.BatchNorm2d) else None, c),
+            B=_bn_params(bn if isinstance(bn, nn.BatchNorm2d) else None, w),
             F=feats,
             y=self.labels if feats is not None else None,
         )
@@ -125,8 +129,8 @@ class TreeImportance(tp.importance.Importance):
             local = self.layer_scores(name, bn_of.get(id(layer)))[list(idxs)]
             local = local / (local.abs().mean() + 1e-12)
             if reduced is None:
-                reduced = torch.zeros(len(group[0].idxs), dtype=torch.float64)
-            reduced.scatter_add_(0, torch.tensor(root_idxs, dtype=torch.long), local)
+                reduced = local.new_zeros(len(group[0].idxs))  # float64, on the scores' device
+            reduced.scatter_add_(0, torch.tensor(root_idxs, dtype=torch.long, device=local.device), local)
             n += 1
         if reduced is None:
             return None

@@ -267,13 +267,14 @@ def _per_class(
         if ops.F is None or ops.y is None:
             raise MetricError("label-aware reference needs F and y")
         classes = sorted(set(ops.y.tolist()))
+        y = ops.y.to(ops.F.device)
         out = []
         for c in range(ops.num_channels):
             x = ops.F[c].double()
-            total = torch.zeros((), dtype=torch.float64)
+            total = x.new_zeros(())
             for k in classes:
-                p = x[ops.y == k]
-                q = x[ops.y != k]
+                p = x[y == k]
+                q = x[y != k]
                 total = total + fn(x, p, q)
             out.append(total / len(classes) if class_reduction == "mean" else total)
         return torch.stack(out)
@@ -296,14 +297,14 @@ def _ref_fpgm(ops: ChannelOperands) -> torch.Tensor:
 def _ref_di(x, p, q):
     mu = x.mean(0)
     xc = x - mu
-    s = xc.T @ xc + RIDGE * torch.eye(x.shape[1], dtype=x.dtype)
+    s = xc.T @ xc + RIDGE * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     d = p.mean(0) - mu
     return p.shape[0] * (d @ torch.linalg.solve(s, d))
 
 
 def _kernel_sum(a, b):
     d = a.shape[1]
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
     for i in range(a.shape[0]):
         total = total + torch.exp(-((a[i] - b) ** 2).sum(1) / d).sum()
     return total

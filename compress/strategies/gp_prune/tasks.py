@@ -53,12 +53,11 @@ so the same (tree, seed) gives the same accuracies in any process and in any ord
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -70,6 +69,9 @@ from torch import nn
 from compress.errors import ConfigError, DataError
 from compress.strategies.gp_prune.metrics import ChannelOperands, MetricError, PruningMetric, reference_score
 from compress.strategies.gp_prune.trees import EvalLimits, evaluation_limits
+from compress.training.data import flip_crop
+from compress.training.loop import FitPlan, cosine_factor, evaluate, fit, main_logits, make_optimizer
+from compress.training.runtime import Runtime
 
 __all__ = [
     "EVAL_FAILURES",
@@ -503,7 +505,7 @@ def build_net(spec: PruneTaskSpec, input_shape: tuple[int, ...], num_classes: in
 def _slice_bn(bn: nn.Module, keep: torch.Tensor) -> nn.Module:
     if isinstance(bn, nn.Identity):
         return bn
-    new = type(bn)(len(keep), eps=bn.eps, momentum=bn.momentum)
+    new = type(bn)(len(keep), eps=bn.eps, momentum=bn.momentum, device=bn.weight.device, dtype=bn.weight.dtype)
     with torch.no_grad():
         new.weight.copy_(bn.weight[keep])
         new.bias.copy_(bn.bias[keep])
@@ -514,11 +516,12 @@ def _slice_bn(bn: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 
 def _with_weight(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    like = {"device": weight.device, "dtype": weight.dtype}
     if isinstance(layer, nn.Conv2d):
         new = nn.Conv2d(weight.shape[1], weight.shape[0], layer.kernel_size, stride=layer.stride,
-                        padding=layer.padding, bias=bias is not None)
+                        padding=layer.padding, bias=bias is not None, **like)
     else:
-        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, **like)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
@@ -533,10 +536,10 @@ def prune_unit(net: PrunableNet, index: int, keep: torch.Tensor) -> None:
     Slices the layer's weight/bias, its BN, its mask, and the input channels of the next layer
     (for a conv feeding a linear layer, the ``H x W`` block of flattened features per channel).
     """
-    keep = keep.to(torch.long)
     u = net.units[index]
     old = u.width
     lay = u.layer
+    keep = keep.to(device=lay.weight.device, dtype=torch.long)
     u.layer = _with_weight(lay, lay.weight[keep], lay.bias[keep] if lay.bias is not None else None)
     u.bn = _slice_bn(u.bn, keep)
     if u.mask is not None:
@@ -548,7 +551,7 @@ def prune_unit(net: PrunableNet, index: int, keep: torch.Tensor) -> None:
         new_w = w[:, cols]
     elif isinstance(lay, nn.Conv2d):  # conv -> flatten -> linear: channel-major blocks of H*W features
         hw = w.shape[1] // old
-        cols = (keep[:, None] * hw + torch.arange(hw)[None, :]).reshape(-1)
+        cols = (keep[:, None] * hw + torch.arange(hw, device=keep.device)[None, :]).reshape(-1)
         new_w = w[:, cols]
     else:
         new_w = w[:, keep]
@@ -562,8 +565,8 @@ def prune_unit(net: PrunableNet, index: int, keep: torch.Tensor) -> None:
 def mask_channels(net: PrunableNet, index: int, keep: torch.Tensor) -> None:
     """Mask-based pruning (no surgery): zero every channel of unit ``index`` not in ``keep`` after its ReLU."""
     u = net.units[index]
-    m = torch.zeros(u.width)
-    m[keep.to(torch.long)] = 1.0
+    m = u.layer.weight.new_zeros(u.width)
+    m[keep.to(device=m.device, dtype=torch.long)] = 1.0
     if u.mask is not None:
         m = m * u.mask
     u.mask = m
@@ -579,15 +582,16 @@ def removal_order(scores: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _unit_maps(net: PrunableNet, index: int, x: torch.Tensor, max_map_hw: int | None, batch: int = 500) -> torch.Tensor:
-    """``(C, N, D)`` float32 pre-ReLU maps of unit ``index`` on ``x`` (eval mode)."""
+    """``(C, N, D)`` float32 pre-ReLU maps of unit ``index`` on ``x`` (eval mode), on the net's device."""
     u = net.units[index]
+    device = u.layer.weight.device
     was = net.training
     net.eval()
     outs = []
     try:
         for i in range(0, len(x), batch):
             u.record = []
-            h = x[i: i + batch]
+            h = x[i: i + batch].to(device)
             for j in range(index + 1):
                 h = net.units[j](h)
             z = u.record[0]
@@ -618,7 +622,8 @@ def channel_operands(
     if isinstance(u.bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
         b = torch.stack([u.bn.weight, u.bn.bias, u.bn.running_mean, u.bn.running_var], dim=1).detach().float()
     else:
-        b = torch.stack([torch.ones(c), torch.zeros(c), torch.zeros(c), torch.ones(c)], dim=1)
+        ones, zeros = w.new_ones(c), w.new_zeros(c)
+        b = torch.stack([ones, zeros, zeros, ones], dim=1)
     feats = _unit_maps(net, index, x, max_map_hw) if x is not None else None
     return ChannelOperands(W=w.unsqueeze(0), WI=w, B=b, F=feats, y=y if feats is not None else None)
 
@@ -636,8 +641,12 @@ def score_channels(
     if c <= chunk:
         return metric.score(ops, class_reduction=class_reduction)
     parts = []
-    for idx in torch.tensor_split(torch.arange(c), math.ceil(c / chunk)):
-        sl = slice(int(idx[0]), int(idx[-1]) + 1)
+    k = math.ceil(c / chunk)
+    base, rem = divmod(c, k)  # the chunk sizes of torch.tensor_split(range(c), k)
+    start = 0
+    for i in range(k):
+        sl = slice(start, start + base + (1 if i < rem else 0))
+        start = sl.stop
         sub = ChannelOperands(W=ops.W, WI=ops.WI[sl], B=ops.B[sl], F=None if ops.F is None else ops.F[sl], y=ops.y)
         parts.append(metric.score(sub, class_reduction=class_reduction))
     return torch.cat(parts)
@@ -646,20 +655,46 @@ def score_channels(
 # ============================================================================ training
 
 
-@torch.no_grad()
-def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
-    """Top-1 accuracy in [0, 1] (eval mode, state restored)."""
-    was = net.training
-    net.eval()
-    correct = sum(int((net(x[i: i + batch]).argmax(1) == y[i: i + batch]).sum()) for i in range(0, len(x), batch))
-    net.train(was)
-    return correct / max(1, len(y))
+def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000,
+             runtime: Runtime | None = None) -> float:
+    """Top-1 accuracy in [0, 1] (eval mode, state restored); batches of ``batch`` go to the
+    net's device (the ``runtime``'s, under its autocast, when given). 0.0 without samples."""
+    batches = [(x[i: i + batch], y[i: i + batch]) for i in range(0, len(x), batch)]
+    return evaluate(net, batches, runtime=runtime) or 0.0
 
 
-def _flip_crop(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    from compress.strategies._parts.training import augment_batch
+class _SeededBatches:
+    """The training batches of :func:`train_epochs`: each pass draws a permutation of the
+    ``N`` samples from ``generator``, then yields ``ceil(N / batch_size)`` batches in that order
+    (the last one smaller), flip-crop augmented from the same generator when asked. Iterated
+    once per epoch, it draws the same stream for the same seed (and the same stream as the loop
+    it replaced)."""
 
-    return augment_batch(x, "flip-crop", gen)
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
+                 augment: str) -> None:
+        self.x, self.y, self.batch_size, self.generator, self.augment = x, y, batch_size, generator, augment
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm = torch.randperm(len(self.y), generator=self.generator)
+        for s in range(len(self)):
+            idx = perm[s * self.batch_size: (s + 1) * self.batch_size]
+            xb, yb = self.x[idx], self.y[idx]
+            if self.augment == "flip-crop":
+                xb = flip_crop(xb, self.generator)
+            yield xb, yb
+
+
+def _lr_factor(schedule: str, total: int, milestones: tuple[float, ...], gamma: float) -> Callable[[int], float] | None:
+    """The per-iteration lr factor of a :func:`train_epochs` schedule (None: constant)."""
+    if schedule == "step":
+        marks = [int(m * total) for m in milestones]
+        return lambda it: gamma ** sum(it >= m for m in marks)
+    if schedule == "cosine":
+        return lambda it: cosine_factor(it, total)
+    return None
 
 
 def train_epochs(
@@ -677,52 +712,47 @@ def train_epochs(
     milestones: tuple[float, ...] = (),
     gamma: float = 1.0,
     augment: str = "none",
+    runtime: Runtime | None = None,
 ) -> float:
-    """Train in place, keep the weights of the best validation epoch; returns that accuracy.
+    """Train in place on :func:`compress.training.fit`, keep the weights of the best validation
+    epoch; returns that accuracy.
 
     ``schedule``: "constant", "step" (lr x ``gamma`` at each ``milestones`` fraction of all
-    iterations) or "cosine". Batches come from a ``torch.Generator`` seeded with ``seed``.
+    iterations) or "cosine" (:func:`~compress.training.cosine_factor`). Batches come from a
+    ``torch.Generator`` seeded with ``seed`` (:class:`_SeededBatches`), so the same seed gives the
+    same weights. The net trains on ``runtime`` (default ``Runtime()``: CPU, fp32) and comes back
+    to the device it was on, in the default memory format.
+
+    Raises:
+        TrainingDivergedError: the loss or the weights became non-finite (the net holds the
+            weights of the last finished epoch).
     """
-    if epochs <= 0:
-        return accuracy(net, data.x_val, data.y_val)
-    params = [p for p in net.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
-    n = len(data.y_train)
-    steps = math.ceil(n / batch_size)
-    total = max(1, epochs * steps)
-    if schedule == "step":
-        marks = [int(m * total) for m in milestones]
-        factor = lambda it: gamma ** sum(it >= m for m in marks)  # noqa: E731
-    elif schedule == "cosine":
-        factor = lambda it: 0.5 * (1 + math.cos(math.pi * min(it, total) / total))  # noqa: E731
-    else:
-        factor = lambda it: 1.0  # noqa: E731
-    gen = torch.Generator().manual_seed(int(seed))
-    best_acc, best_state, it = -1.0, None, 0
-    for _ in range(epochs):
-        net.train()
-        perm = torch.randperm(n, generator=gen)
-        for s in range(steps):
-            idx = perm[s * batch_size: (s + 1) * batch_size]
-            xb, yb = data.x_train[idx], data.y_train[idx]
-            if augment == "flip-crop":
-                xb = _flip_crop(xb, gen)
-            for g in opt.param_groups:
-                g["lr"] = lr * factor(it)
-            loss = F.cross_entropy(net(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            it += 1
-        acc = accuracy(net, data.x_val, data.y_val)
-        if acc > best_acc:
-            best_acc, best_state = acc, copy.deepcopy(net.state_dict())
-    net.load_state_dict(best_state)
-    net.eval()
-    return best_acc
+    runtime = runtime or Runtime()
+    first = next(iter(net.parameters()), None)
+    home = first.device if first is not None else torch.device("cpu")
+    runtime.prepare(net)
+    try:
+        if epochs <= 0:
+            return accuracy(net, data.x_val, data.y_val, runtime=runtime)
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = make_optimizer(params, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        batches = _SeededBatches(data.x_train, data.y_train, batch_size, torch.Generator().manual_seed(int(seed)),
+                                 augment)
+        total = max(1, epochs * len(batches))
+
+        def step(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+            x, y = batch
+            return F.cross_entropy(main_logits(net(x)).float(), y), int(y.numel())
+
+        plan = FitPlan(modules=[net], optimizer=opt, step=step, epochs=epochs,
+                       lr_factor=_lr_factor(schedule, total, milestones, gamma),
+                       validate=lambda: accuracy(net, data.x_val, data.y_val, runtime=runtime), keep_best=True)
+        history = fit(plan, batches, runtime=runtime, phase="gp-task-train", lr=lr)
+        return max(float(rec["val_acc"]) for rec in history)
+    finally:
+        net.to(home)
+        if any(p.dim() == 4 for p in net.parameters()):
+            net.to(memory_format=torch.contiguous_format)
 
 
 # ============================================================================ prepared task
@@ -747,7 +777,8 @@ class PreparedTask:
 def _macs(net: PrunableNet, input_shape) -> int:
     from compress.budgets import measure_cost
 
-    return int(measure_cost(net, torch.zeros(1, *input_shape)).macs)
+    first = next(iter(net.parameters()))
+    return int(measure_cost(net, first.new_zeros(1, *input_shape)).macs)
 
 
 def prepare_task(
@@ -920,15 +951,18 @@ class TaskFitness:
 
 
 def _synthetic_operands(seed: int) -> ChannelOperands:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # a CPU generator: these operands live on the CPU
+    cpu, f64 = torch.device("cpu"), torch.float64
     c, n_cls, per, d = 12, 3, 6, 9
-    w = torch.randn(c + 2, 3, 3, 3, generator=g, dtype=torch.float64) * torch.rand(c + 2, 1, 1, 1, generator=g)
-    bn = torch.cat([torch.rand(c, 1, generator=g) + 0.2, torch.randn(c, 1, generator=g) * 0.1,
-                    torch.randn(c, 1, generator=g) * 0.1, torch.rand(c, 1, generator=g) + 0.5], dim=1).double()
-    y = torch.arange(n_cls * per) % n_cls
-    sep = torch.rand(c, 1, 1, generator=g, dtype=torch.float64) * 2
-    means = torch.randn(c, n_cls, d, generator=g, dtype=torch.float64)[:, y] * sep
-    f = torch.relu(torch.randn(c, len(y), d, generator=g, dtype=torch.float64) + means) + 0.01
+    w = (torch.randn(c + 2, 3, 3, 3, generator=g, dtype=f64, device=cpu)
+         * torch.rand(c + 2, 1, 1, 1, generator=g, device=cpu))
+    bn = torch.cat([torch.rand(c, 1, generator=g, device=cpu) + 0.2, torch.randn(c, 1, generator=g, device=cpu) * 0.1,
+                    torch.randn(c, 1, generator=g, device=cpu) * 0.1, torch.rand(c, 1, generator=g, device=cpu) + 0.5],
+                   dim=1).double()
+    y = torch.arange(n_cls * per, device=cpu) % n_cls
+    sep = torch.rand(c, 1, 1, generator=g, dtype=f64, device=cpu) * 2
+    means = torch.randn(c, n_cls, d, generator=g, dtype=f64, device=cpu)[:, y] * sep
+    f = torch.relu(torch.randn(c, len(y), d, generator=g, dtype=f64, device=cpu) + means) + 0.01
     return ChannelOperands(W=w.unsqueeze(0), WI=w[:c], B=bn, F=f, y=y)
 
 

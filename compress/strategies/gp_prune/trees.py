@@ -285,7 +285,7 @@ class ChannelOperands:
             w = w[:, :, None, None]
         c = w.shape[0]
         if bn is None:
-            bn = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=w.dtype).expand(c, 4).clone()
+            bn = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=w.dtype, device=w.device).expand(c, 4).clone()
         f = None
         if feature_maps is not None:
             fm = feature_maps.detach()
@@ -909,21 +909,22 @@ def validity_operands(seed: int = 0) -> ChannelOperands:
     columns; any small fixed argument serves the purpose (reject trees that fail or are
     non-scalar / non-finite) and keeps the test cheap.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # a CPU generator: the argument lives on the CPU
+    cpu = torch.device("cpu")
     c, c_out, c_in, k, n, d, n_cls = 3, 5, 2, 3, 12, 16, 3
-    w = torch.randn(c_out, c_in, k, k, generator=g, dtype=torch.float64)
+    w = torch.randn(c_out, c_in, k, k, generator=g, dtype=torch.float64, device=cpu)
     bn = torch.stack(
         [
-            torch.rand(c_out, generator=g, dtype=torch.float64) + 0.5,
-            torch.randn(c_out, generator=g, dtype=torch.float64) * 0.1,
-            torch.randn(c_out, generator=g, dtype=torch.float64) * 0.1,
-            torch.rand(c_out, generator=g, dtype=torch.float64) + 0.5,
+            torch.rand(c_out, generator=g, dtype=torch.float64, device=cpu) + 0.5,
+            torch.randn(c_out, generator=g, dtype=torch.float64, device=cpu) * 0.1,
+            torch.randn(c_out, generator=g, dtype=torch.float64, device=cpu) * 0.1,
+            torch.rand(c_out, generator=g, dtype=torch.float64, device=cpu) + 0.5,
         ],
         dim=1,
     )
-    y = torch.arange(n) % n_cls
-    shift = torch.randn(c_out, n_cls, d, generator=g, dtype=torch.float64)[:, y]  # class-dependent means
-    f = torch.relu(torch.randn(c_out, n, d, generator=g, dtype=torch.float64) + shift) + 0.01
+    y = torch.arange(n, device=cpu) % n_cls
+    shift = torch.randn(c_out, n_cls, d, generator=g, dtype=torch.float64, device=cpu)[:, y]  # class-dependent means
+    f = torch.relu(torch.randn(c_out, n, d, generator=g, dtype=torch.float64, device=cpu) + shift) + 0.01
     return ChannelOperands(W=w.unsqueeze(0), WI=w[:c], B=bn[:c], F=f[:c], y=y)
 
 
