@@ -19,6 +19,10 @@ epoch ``t >= warmup_epochs``, on one minibatch of the *direction half*:
    the restart's winner ``x_n*`` is the best fitness in P = {x_n, best of each generation, final mean};
 3. Eq. 9: ``s = argmax_n Acc(w, x_n*)``; Eq. 8: ``alpha_{t+1} = alpha_t + xi * dir(s)``.
 
+The loop (weight steps on the training runtime's device and precision, checkpoints, resume) is the
+shared :class:`~compress.strategies.darts.supernet_search.SupernetSearch` that ``darts-gal`` uses
+too; steps 1-3 are its architecture updater, :class:`CMAESUpdater`.
+
 Documented choices (ALGORITHMS.md §4(b)), each a config field:
 
 * CMA-ES searches logit space (paper), candidate op weights are ``softmax(z)`` per edge;
@@ -45,14 +49,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
-import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +62,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from compress.data import collect
-from compress.errors import ConfigError, DataError
+from compress.errors import ConfigError
 from compress.executors import Executor, SerialExecutor
 from compress.registry import register_strategy
-from compress.strategies._parts.checkpoint import CheckpointStore, EpochCheckpoint
-from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, finetune
-from compress.strategies._parts.training import evaluate
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.darts.architect import Architect
 from compress.strategies.darts.drawing import draw_genotype
@@ -77,6 +75,12 @@ from compress.strategies.darts.model import NetworkCIFAR
 from compress.strategies.darts.ops import PRIMITIVE_SETS
 from compress.strategies.darts.search import SearchNetwork
 from compress.strategies.darts.sizing import DEFAULT_C, DEFAULT_LAYERS, size_to_budget
+from compress.strategies.darts.supernet_search import (ArchUpdater, SearchOutcome, SearchSchedule, SupernetSearch,
+                                                       build_supernet, dataset_of)
+from compress.training import AUGMENTATIONS, CheckpointStore, EpochCheckpoint, FinetuneSettings, finetune
+from compress.training.checkpoint import stable_hash
+from compress.training.data import derive_seed, split_dataset
+from compress.training.runtime import Runtime
 
 __all__ = [
     "EGNASConfig",
@@ -91,6 +95,9 @@ __all__ = [
     "RestartResult",
     "ESEpochResult",
     "SupernetEvaluator",
+    "CMAESUpdater",
+    "EGNASSearch",
+    "SearchOutcome",
     "derive_seed",
 ]
 
@@ -284,12 +291,6 @@ def _search_fields() -> set[str]:
 # =========================================================================== ES building blocks
 
 
-def derive_seed(seed: int, *keys: Any) -> int:
-    """A stable 32-bit seed from the run seed and keys (e.g. ``("es", epoch, restart)``)."""
-    h = hashlib.sha256(repr((int(seed),) + tuple(keys)).encode()).digest()
-    return int.from_bytes(h[:4], "little")
-
-
 def sigma_schedule(t: int, sigma_min: float = 0.02) -> float:
     """CMA-ES step size at epoch ``t`` (0-based): ``max(1/(t+1), sigma_min)`` (ALGORITHMS.md §4(b).5)."""
     return max(1.0 / (t + 1), sigma_min)
@@ -323,8 +324,8 @@ def apply_direction(alpha: torch.Tensor, s: np.ndarray | torch.Tensor, xi: float
                     mode: str = "softmax") -> torch.Tensor:
     """Eq. 8: ``alpha + xi * dir(s)`` with ``dir(s)`` the per-edge softmax of ``s`` (``"softmax"``)
     or ``s`` itself (``"raw"``). ``alpha``: float tensor of any shape with ``num_ops`` columns; the
-    result has ``alpha``'s shape and dtype and no autograd history."""
-    st = torch.as_tensor(s).to(alpha.dtype).reshape(-1, num_ops)
+    result has ``alpha``'s shape, dtype and device and no autograd history."""
+    st = torch.as_tensor(s, dtype=alpha.dtype, device=alpha.device).reshape(-1, num_ops)
     d = torch.softmax(st, dim=-1) if mode == "softmax" else st
     return (alpha.detach().reshape(-1, num_ops) + xi * d).reshape(alpha.shape)
 
@@ -566,238 +567,111 @@ def _bn_batch_stats_frozen(model: nn.Module) -> Iterator[None]:
         model.train(was)
 
 
+#: autocast dtype of the fitness forwards per runtime precision (None: float32)
+_AUTOCAST: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class SupernetEvaluator:
     """``z -> (CE, accuracy)`` of the supernet with architecture logits z on a fixed minibatch.
 
     No gradients; ``bn="batch"`` uses batch statistics without updating running statistics,
-    ``"running"`` evaluates in eval mode. ``calls`` counts the forwards run in this process (an
-    executor's workers run on copies). Picklable (model and minibatch), and draws no random
-    numbers, so executors return the same values as a local call.
+    ``"running"`` evaluates in eval mode. The minibatch ``x (B, C, H, W)``, ``y (B,)`` must be on
+    the model's device; z becomes a tensor on that device. ``autocast_dtype`` (bfloat16 / float16)
+    runs the forward under autocast, as the runtime's weight steps do (None: float32). ``calls``
+    counts the forwards run in this process (an executor's workers run on copies). Picklable
+    (model and minibatch), and draws no random numbers, so executors return the same values as a
+    local call.
     """
 
-    def __init__(self, model: SearchNetwork, x: torch.Tensor, y: torch.Tensor, bn: str = "batch") -> None:
+    def __init__(self, model: SearchNetwork, x: torch.Tensor, y: torch.Tensor, bn: str = "batch",
+                 autocast_dtype: torch.dtype | None = None) -> None:
         self.model, self.x, self.y, self.bn = model, x, y, bn
+        self.autocast_dtype = autocast_dtype
         self.calls = 0
 
     @torch.no_grad()
     def __call__(self, z: np.ndarray) -> tuple[float, float]:
         self.calls += 1
-        zt = torch.as_tensor(np.asarray(z), dtype=torch.float32)
+        zt = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=self.x.device)
         a_n, a_r = self.model.split_arch_vector(zt)
-        if self.bn == "batch":
-            with _bn_batch_stats_frozen(self.model):
+        amp = (torch.autocast(self.x.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+               else contextlib.nullcontext())
+        with amp:
+            if self.bn == "batch":
+                with _bn_batch_stats_frozen(self.model):
+                    logits = self.model(self.x, alphas=(a_n, a_r))
+            else:
+                was = self.model.training
+                self.model.eval()
                 logits = self.model(self.x, alphas=(a_n, a_r))
-        else:
-            was = self.model.training
-            self.model.eval()
-            logits = self.model(self.x, alphas=(a_n, a_r))
-            self.model.train(was)
+                self.model.train(was)
+        logits = logits.float()
         ce = float(F.cross_entropy(logits, self.y))
         acc = float((logits.argmax(1) == self.y).float().mean())
         return ce, acc
 
 
-# =========================================================================== search state / checkpoints
+# =========================================================================== the search
 
 
 def _config_hash(cfg: EGNASConfig, fields: set[str] | None, extra: dict[str, Any]) -> str:
     d = config_to_dict(cfg)
     if fields is not None:
         d = {k: v for k, v in d.items() if k in fields}
-    blob = json.dumps({"config": d, **extra}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return stable_hash({"config": d, **extra})
 
 
-def _dataset_of(loader: DataLoader) -> Dataset:
-    ds = getattr(loader, "dataset", None)
-    try:
-        if ds is not None and len(ds) > 0 and hasattr(ds, "__getitem__"):  # type: ignore[arg-type]
-            return ds
-    except TypeError:
-        pass
-    x, y = collect(loader)
-    if len(y) == 0:
-        raise DataError("eg-nas needs a non-empty training split.")
-    return TensorDataset(x, y)
-
-
-@dataclass
-class _Split:
-    weights: Dataset
-    direction: Dataset
-
-
-def _split_train(ds: Dataset, portion: float, seed: int) -> _Split:
-    n = len(ds)  # type: ignore[arg-type]
-    if n < 4:
-        raise DataError(f"eg-nas needs at least 4 training samples to split into weight and direction halves, got {n}.")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "split"))).tolist()
-    k = min(max(1, int(round(portion * n))), n - 1)
-    return _Split(Subset(ds, perm[:k]), Subset(ds, perm[k:]))
-
-
-class _Cycle:
-    """A persistent iterator over a seeded shuffling loader (reseeded per epoch, cycled when exhausted)."""
-
-    def __init__(self, ds: Dataset, batch_size: int) -> None:
-        self.gen = torch.Generator()
-        self.loader = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=self.gen, num_workers=0)
-        self.it: Iterator | None = None
-
-    def reseed(self, seed: int) -> None:
-        self.gen.manual_seed(seed)
-        self.it = iter(self.loader)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.it is None:
-            self.it = iter(self.loader)
-        try:
-            return next(self.it)
-        except StopIteration:
-            self.it = iter(self.loader)
-            return next(self.it)
-
-
-def _cosine_lr(t: int, total: int, lr: float, lr_min: float) -> float:
-    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * t / max(total, 1)))
-
-
-@dataclass
-class SearchOutcome:
-    """What the search returns: the genotype, final alpha, and per-epoch facts."""
-
-    genotype: Genotype
-    alphas_normal: torch.Tensor
-    alphas_reduce: torch.Tensor
-    history: list[dict[str, Any]] = field(default_factory=list)
-    wall_arch_s: float = 0.0
-    wall_weights_s: float = 0.0
-    resumed_from_epoch: int = 0
-    last_es: list[dict[str, Any]] = field(default_factory=list)
-
-
-class EGNASSearch:
-    """The search loop (one object per run) with per-epoch checkpoints and resume.
+class CMAESUpdater(ArchUpdater):
+    """EG-NAS's architecture update (Alg. 1 lines 4-16), once per epoch after the warm-up: CMA-ES
+    directions on one minibatch of the direction half (:func:`es_epoch`), Eq. 9, Eq. 8. Alpha never
+    receives gradients.
 
     Args:
-        cfg: the config; ctx-like inputs are passed explicitly so tests can drive it directly:
-        train_ds: the training dataset (split into weight / direction halves inside).
-        val_loader: loader for the per-epoch supernet accuracy (may be None).
-        num_classes, input_shape: task sizes.
+        cfg: the config (ES fields).
+        model: the supernet, on ``runtime.device``.
+        direction: the direction half of the training split.
         seed: run seed.
-        ckpt_dir: where per-epoch checkpoints go (None: none).
-        progress: ``progress(phase, done, total, info)``; log: ``log(**record)``.
+        runtime: device and precision of the fitness forwards.
         cma_factory: pycma replacement for tests.
-        executor: evaluates the lambda CMA-ES candidates of each ``tell``
-            (:class:`~compress.executors.Executor`; default serial; the caller closes it).
+        executor: evaluates the lambda candidates of each ``tell`` (default serial).
+        progress: ``progress(phase, done, total, info)`` after each restart.
     """
 
-    def __init__(self, cfg: EGNASConfig, train_ds: Dataset, val_loader: DataLoader | None, num_classes: int,
-                 input_shape: tuple[int, int, int], seed: int, *, ckpt_dir: Path | None = None,
-                 progress: Callable[[str, int, int | None, dict], None] | None = None,
-                 log: Callable[..., None] | None = None, cma_factory: Callable[..., Any] | None = None,
-                 executor: Executor | None = None) -> None:
-        self.cfg, self.seed = cfg, int(seed)
-        self.executor = executor if executor is not None else SerialExecutor()
-        self.val_loader = val_loader
-        self.progress = progress or (lambda *a, **k: None)
-        self.log = log or (lambda **k: None)
+    per_step = False
+    alpha_requires_grad = False
+
+    def __init__(self, cfg: EGNASConfig, model: SearchNetwork, direction: Dataset, seed: int, *, runtime: Runtime,
+                 cma_factory: Callable[..., Any] | None = None, executor: Executor | None = None,
+                 progress: Callable[[str, int, int | None, dict], None] | None = None) -> None:
+        self.cfg, self.model, self.direction, self.seed = cfg, model, direction, int(seed)
+        self.runtime = runtime
         self.cma_factory = cma_factory
-        self.split = _split_train(train_ds, cfg.train_portion, self.seed)
-        self.ckpt_dir = ckpt_dir
-        self.store = CheckpointStore(ckpt_dir)
-        self.hash = _config_hash(cfg, _search_fields(), {
-            "seed": self.seed, "n_train": len(train_ds), "num_classes": num_classes,  # type: ignore[arg-type]
-            "input_shape": list(input_shape)})
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, "supernet"))
-            self.model = SearchNetwork(
-                cfg.search_C, num_classes, cfg.search_layers, primitives=cfg.primitives,
-                in_channels=input_shape[0], partial_channels=cfg.partial_channels, edge_norm=cfg.edge_norm,
-                pool_bn=cfg.pool_bn, stem_stride=cfg.search_stem_stride,
-                generator=torch.Generator().manual_seed(derive_seed(self.seed, "alpha")),
-            )
-        self.num_ops = len(self.model.primitives)
-        self.model.set_arch_requires_grad(False)
-        self.w_opt = torch.optim.SGD(self.model.weights(), lr=cfg.w_lr, momentum=cfg.w_momentum,
-                                     weight_decay=cfg.w_weight_decay)
-        self.architect = None
-        if cfg.alpha_update == "gradient":
-            self.architect = Architect(self.model, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
-                                       second_order=False)
-        self.train_iter = _Cycle(self.split.weights, cfg.batch_size)
-        self.dir_iter = _Cycle(self.split.direction, cfg.batch_size)
-        self.history: list[dict[str, Any]] = []
-        self.wall_arch = 0.0
-        self.wall_weights = 0.0
-        self.start_epoch = 0
+        self.executor = executor if executor is not None else SerialExecutor()
+        self.progress = progress or (lambda *a, **k: None)
+        self.num_ops = len(model.primitives)
         self.last_es: list[dict[str, Any]] = []
         self.es_evaluations = 0
 
-    # ------------------------------------------------------------------ checkpoints
-    def save(self, epoch_done: int) -> None:
-        """Commit the state after ``epoch_done`` epochs: ``search.<epoch>.pt`` (weights, alpha,
-        optimizer states, RNG states) then ``search.json`` (history, CMA-ES summaries, RNG JSON),
-        each atomically (:class:`CheckpointStore`): a kill at any point leaves a complete pair."""
-        blob = {
-            "weights": self.model.state_dict(),
-            "arch": self.model.arch_state(),
-            "w_opt": self.w_opt.state_dict(),
-        }
-        if self.architect is not None:
-            blob["arch_opt"] = self.architect.optimizer.state_dict()
-        state = {
-            "epoch_done": epoch_done, "history": self.history, "wall_arch_s": self.wall_arch,
-            "wall_weights_s": self.wall_weights, "cma_last_epoch": self.last_es,
-            "seeds": {"run": self.seed, "note": "loader, ES and restart seeds derive from (run seed, epoch, restart)"},
-        }
-        self.store.commit("search", state, blob, key=self.hash, tag=epoch_done)
-
-    def try_resume(self) -> int:
-        """Load the checkpoint if it was written with the same config hash; returns the epochs
-        already done (0 if there is none or it belongs to another config).
-
-        Raises:
-            CheckpointError: the checkpoint is corrupt or truncated.
-        """
-        restored = self.store.load("search", key=self.hash)
-        if restored is None:
-            return 0
-        state, blob = restored.state, restored.tensors
-        self.model.load_state_dict(blob["weights"])
-        self.model.load_arch_state(blob["arch"])
-        self.w_opt.load_state_dict(blob["w_opt"])
-        if self.architect is not None and "arch_opt" in blob:
-            self.architect.optimizer.load_state_dict(blob["arch_opt"])
-        restored.restore_rng()
-        self.history = list(state["history"])
-        self.wall_arch = float(state["wall_arch_s"])
-        self.wall_weights = float(state["wall_weights_s"])
-        self.last_es = list(state.get("cma_last_epoch", []))
-        self.start_epoch = int(state["epoch_done"])
-        return self.start_epoch
-
-    # ------------------------------------------------------------------ epoch parts
     def es_batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The epoch's direction minibatch (seeded by run seed and epoch)."""
-        ds = self.split.direction
+        """The epoch's direction minibatch (seeded by run seed and epoch), on the CPU."""
+        ds = self.direction
         n = len(ds)  # type: ignore[arg-type]
         g = torch.Generator().manual_seed(derive_seed(self.seed, "es-batch", t))
         idx = torch.randperm(n, generator=g)[: min(self.cfg.es_batch_size, n)].tolist()
         x, y = default_collate([ds[i] for i in idx])[:2]
         return x, y
 
-    def es_update(self, t: int) -> ESEpochResult:
+    def update(self, t: int) -> ESEpochResult:
         """Alg. 1 lines 4-16 at epoch ``t``: ES directions, Eq. 9, Eq. 8 (alpha changed in place)."""
         cfg = self.cfg
-        x, y = self.es_batch(t)
-        evaluator = SupernetEvaluator(self.model, x, y, bn=cfg.es_bn)
+        x, y = self.runtime.to_device(self.es_batch(t))
+        evaluator = SupernetEvaluator(self.model, x, y, bn=cfg.es_bn, autocast_dtype=_AUTOCAST[self.runtime.precision])
         alpha_t = self.model.arch_vector()
 
         def on_restart(n: int, r: RestartResult) -> None:
             self.progress("es restarts", n + 1, cfg.restarts, {"epoch": t, "best_f": r.best_f, "best_acc": r.best_acc})
 
-        res = es_epoch(alpha_t.double().numpy(), evaluator, num_ops=self.num_ops, t=t, seed=self.seed,
+        res = es_epoch(alpha_t.cpu().double().numpy(), evaluator, num_ops=self.num_ops, t=t, seed=self.seed,
                        restarts=cfg.restarts, popsize=cfg.popsize, generations=cfg.generations, zeta=cfg.zeta,
                        eta=cfg.eta, restart_noise=cfg.restart_noise, sigma_min=cfg.sigma_min,
                        keep_mean=cfg.keep_mean, cma_factory=self.cma_factory, on_restart=on_restart,
@@ -811,88 +685,92 @@ class EGNASSearch:
         self.last_es = [dict(r.summary(), restart=i) for i, r in enumerate(res.restarts)]
         return res
 
-    def train_epoch(self, t: int) -> dict[str, float]:
-        """One epoch of SGD on the weight half (and, in gradient mode after warm-up, DARTS alpha steps)."""
-        cfg = self.cfg
-        lr = _cosine_lr(t, cfg.search_epochs, cfg.w_lr, cfg.w_lr_min)
-        for group in self.w_opt.param_groups:
-            group["lr"] = lr
-        self.train_iter.reseed(derive_seed(self.seed, "w-loader", t))
-        self.dir_iter.reseed(derive_seed(self.seed, "a-loader", t))
-        steps = len(self.train_iter.loader)
-        if cfg.max_steps_per_epoch is not None:
-            steps = min(steps, cfg.max_steps_per_epoch)
-        update_alpha = self.architect is not None and t >= cfg.warmup_epochs
-        self.model.train()
-        loss_sum = correct = seen = 0.0
-        arch_s = 0.0
+    def epoch_update(self, t: int) -> dict[str, Any]:
         t0 = time.perf_counter()
-        for step in range(steps):
-            x, y = self.train_iter.next()
-            if update_alpha:
-                ta = time.perf_counter()
-                xv, yv = self.dir_iter.next()
-                self.architect.step(x, y, xv, yv, eta=lr, w_optimizer=self.w_opt)
-                arch_s += time.perf_counter() - ta
-            if self.architect is not None:  # weight steps must not build alpha gradients
-                self.model.set_arch_requires_grad(False)
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
-            self.w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(list(self.model.weights()), cfg.grad_clip)
-            self.w_opt.step()
-            if self.architect is not None:
-                self.model.set_arch_requires_grad(True)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += float((logits.detach().argmax(1) == y).sum())
-            seen += len(y)
-        total = time.perf_counter() - t0
-        self.wall_arch += arch_s
-        self.wall_weights += total - arch_s
-        return {"lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                "steps": steps, "wall_arch_s": arch_s, "wall_weights_s": total - arch_s}
+        res = self.update(t)
+        return {"sigma": res.sigma, "es_acc_alpha": res.acc_alpha, "es_ce_alpha": res.ce_alpha,
+                "best_fitness": res.best_fitness, "es_winner": res.winner,
+                "es_winner_acc": res.restarts[res.winner].best_acc, "es_evaluations": res.evaluations,
+                "wall_es_s": time.perf_counter() - t0}
 
-    # ------------------------------------------------------------------ loop
-    def run(self, resume: bool = True) -> SearchOutcome:
-        cfg = self.cfg
-        resumed = self.try_resume() if resume else 0
-        for rec in self.history:  # epochs restored from a checkpoint still belong in the run history
-            self.log(**rec)
-        T = cfg.search_epochs
-        self.progress("search", resumed, T, {"resumed": resumed} if resumed else {})
-        for t in range(resumed, T):
-            rec: dict[str, Any] = {"phase": "search", "epoch": t + 1, "alpha_update": cfg.alpha_update}
-            alpha_before = self.model.arch_vector().clone()
-            if cfg.alpha_update == "cmaes" and t >= cfg.warmup_epochs:
-                t0 = time.perf_counter()
-                res = self.es_update(t)
-                dt = time.perf_counter() - t0
-                self.wall_arch += dt
-                rec.update(sigma=res.sigma, es_acc_alpha=res.acc_alpha, es_ce_alpha=res.ce_alpha,
-                           best_fitness=res.best_fitness, es_winner=res.winner,
-                           es_winner_acc=res.restarts[res.winner].best_acc, es_evaluations=res.evaluations,
-                           wall_es_s=dt)
-            stats = self.train_epoch(t)
-            rec.update(stats)
-            if cfg.alpha_update == "cmaes":
-                rec["wall_arch_s"] = rec.get("wall_es_s", 0.0)
-            rec["alpha_changed"] = bool(not torch.equal(alpha_before, self.model.arch_vector()))
-            rec["val_acc"] = evaluate(self.model, self.val_loader, cfg.search_val_batches)
-            rec["alpha_entropy_normal"] = alpha_entropy(self.model.alphas_normal)
-            rec["alpha_entropy_reduce"] = alpha_entropy(self.model.alphas_reduce)
-            rec["alpha_entropy"] = 0.5 * (rec["alpha_entropy_normal"] + rec["alpha_entropy_reduce"])
-            rec["genotype"] = self.model.genotype().to_dict()
-            self.history.append(rec)
-            self.log(**rec)
-            self.save(t + 1)
-            self.progress("search", t + 1, T, {k: rec[k] for k in ("val_acc", "alpha_entropy") if rec.get(k) is not None})
-        return SearchOutcome(
-            genotype=self.model.genotype(), alphas_normal=self.model.alphas_normal.detach().clone(),
-            alphas_reduce=self.model.alphas_reduce.detach().clone(), history=self.history,
-            wall_arch_s=self.wall_arch, wall_weights_s=self.wall_weights, resumed_from_epoch=resumed,
-            last_es=self.last_es,
-        )
+    def state_json(self) -> dict[str, Any]:
+        return {"cma_last_epoch": self.last_es}
+
+    def load_state_json(self, state: Mapping[str, Any]) -> None:
+        self.last_es = list(state.get("cma_last_epoch", []))
+
+
+class EGNASSearch(SupernetSearch):
+    """The EG-NAS search (one object per run): the shared supernet loop with the CMA-ES updater
+    (``alpha_update="cmaes"``) or first-order DARTS (``"gradient"``), per-epoch checkpoints and resume.
+
+    Args:
+        cfg: the config; ctx-like inputs are passed explicitly so tests can drive it directly:
+        train_ds: the training dataset (split into weight / direction halves inside).
+        val_loader: loader for the per-epoch supernet accuracy (may be None).
+        num_classes, input_shape: task sizes.
+        seed: run seed.
+        ckpt_dir: where per-epoch checkpoints go (None: none).
+        progress: ``progress(phase, done, total, info)``; log: ``log(**record)``.
+        cma_factory: pycma replacement for tests.
+        executor: evaluates the lambda CMA-ES candidates of each ``tell``
+            (:class:`~compress.executors.Executor`; default serial; the caller closes it).
+        runtime: device and precision (default: CPU fp32).
+
+    Raises:
+        DataError: fewer than 4 training samples.
+    """
+
+    def __init__(self, cfg: EGNASConfig, train_ds: Dataset, val_loader: DataLoader | None, num_classes: int,
+                 input_shape: tuple[int, int, int], seed: int, *, ckpt_dir: Path | None = None,
+                 progress: Callable[[str, int, int | None, dict], None] | None = None,
+                 log: Callable[..., None] | None = None, cma_factory: Callable[..., Any] | None = None,
+                 executor: Executor | None = None, runtime: Runtime | None = None) -> None:
+        self.cfg = cfg
+        runtime = runtime or Runtime()
+        weights, direction = split_dataset(train_ds, cfg.train_portion, seed, who="eg-nas")
+        model = build_supernet(seed, cfg.search_C, num_classes, cfg.search_layers, primitives=cfg.primitives,
+                               in_channels=input_shape[0], partial_channels=cfg.partial_channels,
+                               edge_norm=cfg.edge_norm, pool_bn=cfg.pool_bn, stem_stride=cfg.search_stem_stride)
+        runtime.prepare(model)
+        model.set_arch_requires_grad(False)
+        self.num_ops = len(model.primitives)
+        self.architect: Architect | None = None
+        self.es: CMAESUpdater | None = None
+        updater: ArchUpdater
+        if cfg.alpha_update == "gradient":
+            updater = self.architect = Architect(model, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
+                                                 second_order=False, runtime=runtime)
+        else:
+            updater = self.es = CMAESUpdater(cfg, model, direction, seed, runtime=runtime, cma_factory=cma_factory,
+                                             executor=executor, progress=progress)
+        schedule = SearchSchedule(
+            epochs=cfg.search_epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, lr=cfg.w_lr,
+            lr_min=cfg.w_lr_min, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay, grad_clip=cfg.grad_clip,
+            max_steps_per_epoch=cfg.max_steps_per_epoch, val_batches=cfg.search_val_batches)
+        key = _config_hash(cfg, _search_fields(), {
+            "seed": int(seed), "n_train": len(train_ds), "num_classes": num_classes,  # type: ignore[arg-type]
+            "input_shape": list(input_shape)})
+        super().__init__(schedule, model, weights, direction, val_loader, seed, updater, runtime=runtime,
+                         ckpt_dir=ckpt_dir, key=key, progress=progress, log=log,
+                         record={"alpha_update": cfg.alpha_update})
+        self.hash = key
+
+    def es_batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's direction minibatch (seeded by run seed and epoch), on the CPU."""
+        if self.es is None:
+            raise ConfigError("es_batch needs alpha_update='cmaes'.")
+        return self.es.es_batch(t)
+
+    def es_update(self, t: int) -> ESEpochResult:
+        """Alg. 1 lines 4-16 at epoch ``t``: ES directions, Eq. 9, Eq. 8 (alpha changed in place).
+
+        Raises:
+            ConfigError: the search moves alpha by gradient (``alpha_update="gradient"``).
+        """
+        if self.es is None:
+            raise ConfigError("es_update needs alpha_update='cmaes'.")
+        return self.es.update(t)
 
 
 # =========================================================================== strategy
@@ -933,11 +811,11 @@ class EGNAS(Strategy):
         num_classes, input_shape = spec.num_classes, tuple(spec.input_shape)
         store = CheckpointStore.for_strategy(ctx.out_dir, STRATEGY)
         ckpt_dir = store.dir
-        train_ds = _dataset_of(ctx.data.train)
+        train_ds = dataset_of(ctx.data.train, STRATEGY)
 
         with ctx.phase("search"):
             search = EGNASSearch(cfg, train_ds, ctx.data.val, num_classes, input_shape, ctx.seed, ckpt_dir=ckpt_dir,
-                                 progress=ctx.progress, log=ctx.log, executor=ctx.executor)
+                                 progress=ctx.progress, log=ctx.log, executor=ctx.executor, runtime=ctx.runtime)
             outcome = search.run()
         ctx.wall_s["search_arch_update"] = outcome.wall_arch_s
         ctx.wall_s["search_weights"] = outcome.wall_weights_s
@@ -1034,7 +912,7 @@ class EGNAS(Strategy):
 
         ckpt = None if store is None else EpochCheckpoint(store, "retrain", key, generators={"drop-path": gen})
         history = finetune(net, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch,
-                           checkpoint=ckpt)
+                           checkpoint=ckpt, runtime=ctx.runtime)
         net.drop_path_prob = 0.0
         for cell in net.cells:
             cell.generator = None

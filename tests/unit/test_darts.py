@@ -143,6 +143,17 @@ def test_arch_parameters_are_outside_the_weights():
     assert pc(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
+def test_module_conversions_move_the_architecture():
+    net = SearchNetwork(4, 3, 3, edge_norm=True)
+    arch = net.arch_parameters()
+    net.double()  # in place: an optimiser over the architecture stays valid
+    assert all(a is b and a.dtype == torch.float64 for a, b in zip(arch, net.arch_parameters()))
+    net.set_arch_requires_grad(True)
+    net.to("meta")
+    assert all(a.device.type == "meta" and a.requires_grad for a in net.arch_parameters())
+    assert len(net.arch_parameters()) == 4
+
+
 def test_factorized_reduce_handles_odd_sizes():
     fr = FactorizedReduce(6, 8)
     assert fr(torch.randn(2, 6, 7, 7)).shape == (2, 8, 4, 4)

@@ -156,6 +156,8 @@ def test_generator_equals_baseline_at_step_0_and_baseline_is_untouched():
     after = base.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "the baseline changed during GAL"
     assert not base.training and not any(p.requires_grad for p in base.parameters())
+    for net in (tr.G, tr.D, base):  # back on the CPU in float32 and the default layout after the run
+        assert all(p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous() for p in net.parameters())
     assert not torch.equal(tr.G.cells[0].preprocess1.op[1].weight, base.cells[0].preprocess1.op[1].weight)
 
 

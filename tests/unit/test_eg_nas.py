@@ -15,6 +15,7 @@ from compress.strategies.darts import EGNAS_PRIMITIVES, build_from_arch
 from compress.strategies.eg_nas import (
     EGNASConfig,
     EGNASSearch,
+    SupernetEvaluator,
     apply_direction,
     compound_fitness,
     derive_seed,
@@ -199,6 +200,21 @@ def test_exact_alpha_update_and_alpha_never_has_grad():
     in_opt = {id(p) for g in s.w_opt.param_groups for p in g["params"]}
     assert not any(id(a) in in_opt for a in s.model.arch_parameters())
     assert any(p.grad is not None for p in s.model.weights())
+
+
+def test_alpha_update_and_fitness_forward_stay_on_the_model_device():
+    s = _search()
+    model = s.model.to("meta")  # a tensor created on the CPU would meet meta ones and raise
+    alpha = model.arch_vector()
+    moved = apply_direction(alpha, np.zeros(alpha.numel()), 0.6, 7)
+    assert moved.device.type == "meta" and moved.shape == alpha.shape
+    x, y = s.es_batch(0)
+    seen = []
+    model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["alphas"][0].device.type), with_kwargs=True)
+    ev = SupernetEvaluator(model, x.to("meta"), y.to("meta"))
+    with pytest.raises((RuntimeError, NotImplementedError)):  # only reading the loss as a float fails on meta
+        ev(np.zeros(alpha.numel()))
+    assert seen == ["meta"]
 
 
 # --------------------------------------------------------------------------- 7. warm-up, sigma schedule

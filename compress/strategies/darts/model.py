@@ -89,12 +89,14 @@ def cell_specs_from_genotype(genotype: Genotype, layers: int,
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Zero whole samples with probability ``drop_prob`` and rescale the rest by ``1/(1-p)`` (train only)."""
+    """Zero whole samples with probability ``drop_prob`` and rescale the rest by ``1/(1-p)`` (train only).
+    The keep mask is drawn on the CPU from ``generator`` (a CPU generator, checkpointed) and moved
+    to ``x``'s device."""
     if drop_prob <= 0.0:
         return x
     keep = 1.0 - drop_prob
     mask = torch.bernoulli(torch.full((x.shape[0], 1, 1, 1), keep, dtype=x.dtype), generator=generator)
-    return x * mask / keep
+    return x * mask.to(x.device) / keep
 
 
 class EvalCell(nn.Module):

@@ -12,8 +12,9 @@ optional PC-DARTS partial channels and edge normalisation (Xu et al., ICLR 2020,
 The architecture parameters (``alphas_normal`` / ``alphas_reduce``, logits ``(14, |O|)``, init
 ``1e-3 N(0, 1)``; plus ``betas_*`` ``(14,)`` with edge normalisation) are plain tensors **held
 outside** :meth:`nn.Module.parameters`: :meth:`SearchNetwork.weights` are the network weights,
-:meth:`SearchNetwork.arch_parameters` the architecture. ``forward(x, alphas=...)`` evaluates any
-other architecture (e.g. a CMA-ES candidate) without touching the stored one.
+:meth:`SearchNetwork.arch_parameters` the architecture; module conversions (``.to(device)``)
+move them too, in place. ``forward(x, alphas=...)`` evaluates any other architecture (e.g. a CMA-ES
+candidate) without touching the stored one.
 """
 
 from __future__ import annotations
@@ -186,6 +187,24 @@ class SearchNetwork(nn.Module):
         self.betas_normal = 1e-3 * torch.randn(E, generator=generator) if edge_norm else None
         self.betas_reduce = 1e-3 * torch.randn(E, generator=generator) if edge_norm else None
 
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (torch's signature)
+        """Module conversions (``.to(device)``, ``.double()`` ...) convert the architecture tensors
+        too: in place (``t.data = fn(t.data)``) where the tensor types allow it (CPU <-> CUDA, dtypes),
+        so the optimisers that hold them stay valid; otherwise (e.g. to ``meta``) they are
+        replaced, as ``nn.Module`` does with its parameters."""
+        super()._apply(fn, recurse)
+        for name in self._arch_names():
+            t = getattr(self, name)
+            new = fn(t.data)
+            try:
+                t.data = new
+            except RuntimeError:  # incompatible tensor types
+                setattr(self, name, new.requires_grad_(t.requires_grad))
+        return self
+
+    def _arch_names(self) -> list[str]:
+        return ["alphas_normal", "alphas_reduce"] + (["betas_normal", "betas_reduce"] if self.edge_norm else [])
+
     # ------------------------------------------------------------------ parameters
     def weights(self) -> Iterator[nn.Parameter]:
         """The network weights (what the SGD optimiser trains). Same as ``parameters()``: the
@@ -206,8 +225,7 @@ class SearchNetwork(nn.Module):
 
     def arch_state(self) -> dict[str, torch.Tensor]:
         """Detached copies of the architecture tensors by name (for checkpoints)."""
-        names = ["alphas_normal", "alphas_reduce"] + (["betas_normal", "betas_reduce"] if self.edge_norm else [])
-        return {n: getattr(self, n).detach().clone() for n in names}
+        return {n: getattr(self, n).detach().clone() for n in self._arch_names()}
 
     @torch.no_grad()
     def load_arch_state(self, state: dict[str, torch.Tensor]) -> None:

@@ -23,6 +23,14 @@ same data. Per generator step (paper §3.4: five discriminator steps, then one g
   :class:`MaskFISTA` takes a proximal step (soft-threshold ``lr * lambda``, clamp at 0, FISTA
   momentum) with that step's mask gradient (which includes ``lambda * sign(m)``, GAL code).
 
+Runtime: B, G and D go to ``runtime.device`` when the trainer is built and at the start of every
+:meth:`GALTrainer.run` (batches there too, forwards under its autocast) and come back to the CPU in
+float32 and the default memory format at the end of each run, for counting and pruning. Both
+optimisation steps go through ``runtime.optimize``. The masks ride in the generator's optimiser as
+a group with learning rate 0 (no momentum, no weight decay), so that fp16 loss scaling unscales
+their gradients with the weights'; that SGD step leaves them unchanged (``m + 0 * g``) and FISTA
+moves them (skipped when an fp16 step found non-finite gradients).
+
 BatchNorm: G trains with batch statistics (``bn="train"``, GAL code); B's outputs are computed once
 in eval mode and cached. After a run G's running statistics are re-estimated with the final masks
 (they lag behind masks that move every step). Observed on DARTS stacks (digits, 5 cells): in train
@@ -35,7 +43,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +54,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from compress.errors import ConfigError
 from compress.strategies.darts.model import NetworkCIFAR
+from compress.training.data import Cycle
+from compress.training.runtime import Runtime
 
 __all__ = [
     "Discriminator",
@@ -297,24 +307,14 @@ class _Indexed(Dataset):
         return self.ds[i][0], i
 
 
-class _Cycle:
-    """A persistent seeded shuffling iterator over a dataset, cycled when exhausted."""
-
-    def __init__(self, ds: Dataset, batch_size: int, seed: int) -> None:
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self.loader = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=self.gen, num_workers=0,
-                                 drop_last=len(ds) > batch_size)  # type: ignore[arg-type]
-        self.it: Iterator | None = None
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.it is None:
-            self.it = iter(self.loader)
-        try:
-            batch = next(self.it)
-        except StopIteration:
-            self.it = iter(self.loader)
-            batch = next(self.it)
-        return batch[0], batch[1]
+def _cycle(ds: Dataset, batch_size: int, seed: int) -> Cycle:
+    """A :class:`Cycle` over ``ds`` seeded once with ``seed``; a last partial batch is dropped when
+    there is more than one batch."""
+    c = Cycle(ds, batch_size)
+    c.loader = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=c.gen, num_workers=0,
+                          drop_last=len(ds) > batch_size)  # type: ignore[arg-type]
+    c.reseed(int(seed))
+    return c
 
 
 class GALTrainer:
@@ -327,22 +327,26 @@ class GALTrainer:
         settings: :class:`GALSettings`.
         generator_net: continue from this generator (already masked) instead of a fresh copy of B.
         progress: ``progress(phase, done, total, info)``; log: ``log(**record)`` per epoch.
+        runtime: device and precision (default: CPU fp32); see the module docstring.
 
     Attributes:
         G, D: generator and discriminator; masks: the mask parameters (one per cell);
-        g_opt, d_opt: SGD optimisers; fista: :class:`MaskFISTA`.
+        g_opt, d_opt: SGD optimisers (``g_opt``'s first group: G's weights; second: the masks at
+        lr 0); fista: :class:`MaskFISTA`.
     """
 
     def __init__(self, baseline: NetworkCIFAR, train_ds: Dataset, num_classes: int, settings: GALSettings, *,
                  generator_net: NetworkCIFAR | None = None,
                  progress: Callable[[str, int, int | None, dict], None] | None = None,
-                 log: Callable[..., None] | None = None, phase_name: str = "gal") -> None:
+                 log: Callable[..., None] | None = None, phase_name: str = "gal",
+                 runtime: Runtime | None = None) -> None:
         s = settings
         if s.n_critic < 1 or s.mask_step < 1 or s.batch_size < 1:
             raise ConfigError("GAL needs n_critic, mask_step and batch_size >= 1.")
         if s.bn not in ("eval", "train"):
             raise ConfigError(f"GAL bn must be 'eval' or 'train', got {s.bn!r}.")
         self.s = s
+        self.runtime = runtime or Runtime()
         self.B = baseline
         self.progress = progress or (lambda *a, **k: None)
         self.log = log or (lambda **k: None)
@@ -364,16 +368,20 @@ class GALTrainer:
         for p in self.B.parameters():
             p.requires_grad_(False)
         mask_ids = {id(m) for m in self.masks}
-        weights = [p for p in self.G.parameters() if id(p) not in mask_ids]
-        for p in weights:
+        self.weights = [p for p in self.G.parameters() if id(p) not in mask_ids]
+        for p in self.weights:
             p.requires_grad_(True)
-        self.g_opt = torch.optim.SGD(weights, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        self.g_opt = torch.optim.SGD(
+            [{"params": self.weights},
+             {"params": self.masks, "lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}],
+            lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
         self.d_opt = torch.optim.SGD(self.D.parameters(), lr=s.d_lr, momentum=s.d_momentum,
                                      weight_decay=s.d_weight_decay)
         self.fista = MaskFISTA(self.masks, s.mask_lr, s.lam)
         indexed = _Indexed(train_ds)
-        self.data = _Cycle(indexed, s.batch_size, s.seed + 3)
-        self.critic_data = _Cycle(indexed, s.batch_size, s.seed + 4)
+        self.data = _cycle(indexed, s.batch_size, s.seed + 3)
+        self.critic_data = _cycle(indexed, s.batch_size, s.seed + 4)
+        self.to_runtime()
         self._zb = self._baseline_logits(indexed)
         if s.data_scale not in ("baseline", "none"):
             raise ConfigError(f"GAL data_scale must be 'baseline' or 'none', got {s.data_scale!r}.")
@@ -389,10 +397,26 @@ class GALTrainer:
         self.d_steps = 0
         self.g_steps = 0
 
+    def to_runtime(self) -> None:
+        """B, G, D (and the FISTA state) onto the runtime's device."""
+        self.runtime.prepare(self.G, self.D, self.B)
+        self._move_state(self.runtime.device)
+
+    def to_cpu(self) -> None:
+        """B, G, D (and the FISTA state) back on the CPU in float32, default memory format."""
+        for m in (self.G, self.D, self.B):
+            m.to("cpu")
+            m.to(memory_format=torch.contiguous_format)
+        self._move_state(torch.device("cpu"))
+
+    def _move_state(self, device: torch.device) -> None:
+        self.fista.prev = [p.to(device) for p in self.fista.prev]
+        if hasattr(self, "_zb"):
+            self._zb = self._zb.to(device)
+
     def _set_lr(self, epoch: int) -> None:
         factor = self.s.lr_gamma ** (epoch // self.s.lr_step_epochs)
-        for group in self.g_opt.param_groups:
-            group["lr"] = self.s.lr * factor
+        self.g_opt.param_groups[0]["lr"] = self.s.lr * factor
         for group in self.d_opt.param_groups:
             group["lr"] = self.s.d_lr * factor
         self.fista.lr = self.s.mask_lr * factor
@@ -415,9 +439,13 @@ class GALTrainer:
         was = self.B.training
         self.B.eval()
         loader = DataLoader(ds, batch_size=256, shuffle=False, num_workers=0)
-        out = torch.cat([self.B(x) for x, _i in loader])
+        rt = self.runtime
+        outs = []
+        for x, _i in loader:
+            with rt.autocast():
+                outs.append(self.B(rt.to_device(x)).float())
         self.B.train(was)
-        return out
+        return torch.cat(outs)
 
     @torch.no_grad()
     def recalibrate_bn(self) -> None:
@@ -434,21 +462,20 @@ class GALTrainer:
         self.G.train()
         loader = DataLoader(self.data.loader.dataset, batch_size=self.s.batch_size, shuffle=False, num_workers=0)
         for x, _i in loader:
-            self.G(x)
+            self.G(self.runtime.to_device(x))
         for m, mom in zip(bns, saved):
             m.momentum = mom
         self.G.train(was)
 
     def d_step(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> float:
         """One discriminator update on batch ``x`` (``idx``: its sample indices, for the cached
-        baseline features; None computes them); returns its loss."""
-        with torch.no_grad():
+        baseline features; None computes them); returns its loss. ``x``, ``idx`` on the runtime's device."""
+        with torch.no_grad(), self.runtime.autocast():
             f_b = features(self.B(x) if idx is None else self._zb[idx], self.s.d_input)
             f_g = self._feat(self.G, x)
-        loss = discriminator_loss(self.D(f_b), self.D(f_g), self.s.gan)
-        self.d_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.d_opt.step()
+        with self.runtime.autocast():
+            loss = discriminator_loss(self.D(f_b), self.D(f_g), self.s.gan)
+        self.runtime.optimize(loss, self.d_opt)
         if self.s.gan == "wgan":
             with torch.no_grad():
                 for p in self.D.parameters():
@@ -457,36 +484,41 @@ class GALTrainer:
         return float(loss.detach())
 
     def g_step(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict[str, float]:
-        """One generator update on batch ``x`` (weights by SGD; masks by FISTA every ``mask_step``)."""
-        s = self.s
-        with torch.no_grad():
+        """One generator update on batch ``x`` (weights by SGD; masks by FISTA every ``mask_step``).
+        ``x``, ``idx`` on the runtime's device."""
+        s, rt = self.s, self.runtime
+        with torch.no_grad(), rt.autocast():
             z_b = self.B(x) if idx is None else self._zb[idx]
         self.D.requires_grad_(False)
-        z_g = self.G(x)
-        adv = generator_adv_loss(self.D(features(z_g, s.d_input)), s.gan)
-        dat = data_loss(features(z_b, s.data_input), features(z_g, s.data_input)) / self.data_norm
-        l1 = sum(m.abs().sum() for m in self.masks)
-        loss = adv + s.mu * dat + (s.lam * l1 if s.l1_in_gradient else 0.0)
-        self.g_opt.zero_grad(set_to_none=True)
-        for m in self.masks:
-            m.grad = None
-        loss.backward()
+        with rt.autocast():
+            z_g = self.G(x)
+            adv = generator_adv_loss(self.D(features(z_g, s.d_input)), s.gan)
+            dat = data_loss(features(z_b, s.data_input), features(z_g, s.data_input)) / self.data_norm
+            l1 = sum(m.abs().sum() for m in self.masks)
+            loss = adv + s.mu * dat + (s.lam * l1 if s.l1_in_gradient else 0.0)
+        # zeroes the weights' and the masks' gradients (both are in g_opt); the clip covers the weights only
+        rt.optimize(loss, self.g_opt, grad_clip=s.grad_clip, clip_params=self.weights)
         self.D.requires_grad_(True)
-        if s.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.g_opt.param_groups[0]["params"], s.grad_clip)
-        self.g_opt.step()
         self.g_steps += 1
-        if self.g_steps % s.mask_step == 0:
+        if self.g_steps % s.mask_step == 0 and self._mask_grads_usable():
             self.fista.step()
         for m in self.masks:
             m.grad = None
         return {"adv": float(adv.detach()), "data": float(dat.detach()), "l1": float(l1.detach()),
                 "objective": float(adv.detach()) + s.mu * float(dat.detach()) + s.lam * float(l1.detach())}
 
+    def _mask_grads_usable(self) -> bool:
+        """False only in fp16 when the loss scaler found non-finite gradients (it skipped the step)."""
+        if self.runtime.precision != "fp16":
+            return True
+        return all(bool(torch.isfinite(m.grad).all()) for m in self.masks if m.grad is not None)
+
     def run(self, epochs: int | None = None, start_epoch: int = 0) -> GALResult:
-        """Train for ``epochs`` (default ``settings.epochs``) GAL epochs; returns the masks."""
-        s = self.s
+        """Train for ``epochs`` (default ``settings.epochs``) GAL epochs on the runtime's device;
+        returns the masks. B, G and D end on the CPU (float32, default memory format)."""
+        s, rt = self.s, self.runtime
         epochs = s.epochs if epochs is None else epochs
+        self.to_runtime()
         self.B.eval()
         history: list[dict[str, Any]] = []
         self.progress(self.phase_name, 0, epochs, {"lambda": s.lam})
@@ -497,8 +529,8 @@ class GALTrainer:
             sums = {"d_loss": 0.0, "adv": 0.0, "data": 0.0, "l1": 0.0, "objective": 0.0}
             for _ in range(self.g_steps_per_epoch):
                 for _k in range(s.n_critic):
-                    sums["d_loss"] += self.d_step(*self.critic_data.next()) / s.n_critic
-                for k, v in self.g_step(*self.data.next()).items():
+                    sums["d_loss"] += self.d_step(*rt.to_device(self.critic_data.next())) / s.n_critic
+                for k, v in self.g_step(*rt.to_device(self.data.next())).items():
                     sums[k] += v
             n = self.g_steps_per_epoch
             masks = mask_values(self.G)
@@ -514,5 +546,6 @@ class GALTrainer:
         if s.recalibrate_bn and s.bn == "train":  # with bn="eval" the running statistics never moved
             self.recalibrate_bn()
         self.G.eval()
+        self.to_cpu()
         return GALResult(masks=mask_values(self.G), history=history, d_steps=self.d_steps, g_steps=self.g_steps,
                          mask_updates=self.fista.steps)

@@ -51,8 +51,6 @@ Documented deviations / resolutions (ALGORITHMS.md §3(b)):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,18 +58,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from compress.budgets import BudgetCheck, Cost
-from compress.data import collect
-from compress.errors import BudgetUnreachableError, DataError
+from compress.errors import BudgetUnreachableError
 from compress.registry import register_strategy
-from compress.strategies._parts.checkpoint import CheckpointStore, EpochCheckpoint
-from compress.strategies._parts.training import FinetuneSettings, evaluate, finetune
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.darts.genotype import Genotype
 from compress.strategies.darts.model import NetworkCIFAR, build_from_arch
 from compress.strategies.darts.sizing import size_to_budget
+from compress.strategies.darts.supernet_search import dataset_of
 from compress.strategies.darts_gal.config import PRESETS, DartsGalConfig, phase_fields, resolve_genotype
 from compress.strategies.darts_gal.gal import GALSettings, GALTrainer, mask_values
 from compress.strategies.darts_gal.prune import (
@@ -83,7 +79,10 @@ from compress.strategies.darts_gal.prune import (
     nodes_kept_rows,
     prune_network,
 )
-from compress.strategies.darts_gal.search import DartsSearch, derive_seed
+from compress.strategies.darts_gal.search import DartsSearch
+from compress.training import CheckpointStore, EpochCheckpoint, FinetuneSettings, evaluate, finetune
+from compress.training.checkpoint import stable_hash
+from compress.training.data import derive_seed
 
 __all__ = ["DartsGal", "STRATEGY", "gal_settings"]
 
@@ -96,21 +95,7 @@ CheckFn = Callable[[nn.Module], "tuple[Cost, BudgetCheck, float | None]"]
 
 def _hash(cfg: DartsGalConfig, phase: str, extra: dict[str, Any]) -> str:
     d = {k: v for k, v in config_to_dict(cfg).items() if k in phase_fields(phase)}
-    blob = json.dumps({"phase": phase, "config": d, **extra}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def _dataset_of(loader: DataLoader) -> Dataset:
-    ds = getattr(loader, "dataset", None)
-    try:
-        if ds is not None and len(ds) > 0 and hasattr(ds, "__getitem__"):  # type: ignore[arg-type]
-            return ds
-    except TypeError:
-        pass
-    x, y = collect(loader)
-    if len(y) == 0:
-        raise DataError("darts-gal needs a non-empty training split.")
-    return TensorDataset(x, y)
+    return stable_hash({"phase": phase, "config": d, **extra})
 
 
 def _loader(ds: Dataset, batch_size: int, seed: int) -> DataLoader:
@@ -215,7 +200,7 @@ class DartsGal(Strategy):
         spec = ctx.data.spec
         K, in_shape = int(spec.num_classes), tuple(int(v) for v in spec.input_shape)
         store = _Store(None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoints" / STRATEGY)
-        train_ds = _dataset_of(ctx.data.train)
+        train_ds = dataset_of(ctx.data.train, STRATEGY)
         batch = int(getattr(ctx.data.train, "batch_size", None) or 64)
         resumed: list[str] = []
         extra = {"seed": ctx.seed, "n_train": len(train_ds), "num_classes": K,  # type: ignore[arg-type]
@@ -333,7 +318,8 @@ class DartsGal(Strategy):
             return fixed, {"source": cfg.genotype if len(cfg.genotype) < 40 else "json", "history": [],
                            "wall_s": 0.0, "resumed_from_epoch": 0}
         search = DartsSearch(cfg, train_ds, ctx.data.val, K, in_shape, ctx.seed,  # type: ignore[arg-type]
-                             ckpt_dir=store.dir, config_hash=h_search, progress=ctx.progress, log=ctx.log)
+                             ckpt_dir=store.dir, config_hash=h_search, progress=ctx.progress, log=ctx.log,
+                             runtime=ctx.runtime)
         out = search.run()
         hist = [{k: v for k, v in r.items() if k != "genotype"} for r in out.history]
         return out.genotype, {"source": "search", "history": hist, "wall_s": out.wall_s,
@@ -385,7 +371,7 @@ class DartsGal(Strategy):
         if checkpoint is not None:
             checkpoint.generators["drop-path"] = gen
         hist = finetune(net, loader, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch,
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, runtime=ctx.runtime)
         net.drop_path_prob = 0.0
         for cell in net.cells:
             cell.generator = None
@@ -429,7 +415,8 @@ class DartsGal(Strategy):
                  lam: float, total_nodes: int, tag: str) -> dict[str, Any]:
         check = ctx.check
         settings = gal_settings(cfg, lam, derive_seed(ctx.seed, "gal"))
-        trainer = GALTrainer(baseline, train_ds, K, settings, progress=ctx.progress, log=ctx.log, phase_name=tag)
+        trainer = GALTrainer(baseline, train_ds, K, settings, progress=ctx.progress, log=ctx.log, phase_name=tag,
+                             runtime=ctx.runtime)
         t0 = time.perf_counter()
         res = trainer.run()
         history = list(res.history)
