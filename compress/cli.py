@@ -7,6 +7,7 @@ budget or fails ONNX parity (so CI pipelines can gate on it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -179,6 +180,10 @@ def demo(
     config: Optional[str] = typer.Option(None, help="Strategy config as JSON (string or file)."),
     int8: bool = typer.Option(True, help="Also write an int8 (static QDQ) student and re-validate its accuracy."),
     resume: bool = typer.Option(True, help="Continue from --out's checkpoints when they belong to this run (--no-resume: start over)."),
+    device: str = typer.Option("auto", help="Training device: auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", help="Training precision: fp32, bf16 (autocast) or fp16 (CUDA only)."),
+    devices: int = typer.Option(1, help="Processes for data-parallel (DDP) fine-tunes on this machine."),
+    num_workers: int = typer.Option(0, help="DataLoader worker processes for training batches (augmentation runs there)."),
 ) -> None:
     """Train (or load the cached) digits teacher, compress it to the budget, export, validate, profile."""
     cleanup = lambda: None  # noqa: E731
@@ -189,6 +194,9 @@ def demo(
         from compress.teachers import TeacherRecipe, get_or_train_teacher
 
         con = _console()
+        from compress.training import Runtime, RuntimeOptions
+
+        rt_opts = RuntimeOptions(device=device, precision=precision, devices=devices, num_workers=num_workers)
         task = load_digits_task(seed=seed)
         recipe = TeacherRecipe(model_spec=teacher_model, epochs=teacher_epochs, seed=seed)
         from tqdm.auto import tqdm
@@ -200,7 +208,8 @@ def demo(
             bar.set_postfix(val_acc=f"{rec['val_acc']:.3f}")
             bar.refresh()
 
-        teacher, meta = get_or_train_teacher(recipe, task, on_epoch=on_epoch)
+        teacher, meta = get_or_train_teacher(recipe, task, on_epoch=on_epoch,
+                                             runtime=Runtime(dataclasses.replace(rt_opts, devices=1)))
         bar.close()
         con.print(
             f"teacher {teacher_model} on digits ({task.spec.input_shape}, {task.spec.num_classes} classes): "
@@ -210,7 +219,7 @@ def demo(
 
         cfg = {**get_strategy(strategy).demo_config(epochs), **(_load_config(config) or {})}
         result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                          config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume)
+                          config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume, runtime=rt_opts)
     except _known_errors() as exc:
         cleanup()
         _fail(exc)
@@ -237,6 +246,10 @@ def run(
     executor: str = typer.Option("serial", help="Population evaluation: serial, process (local pool) or ray (used by eg-nas)."),
     ray_address: Optional[str] = typer.Option(None, help="With --executor ray: cluster address (ray://HOST:10001 or auto); default: a local Ray instance."),
     resume: bool = typer.Option(True, help="Continue from --out's checkpoints when they belong to this run (--no-resume: start over)."),
+    device: str = typer.Option("auto", help="Training device: auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", help="Training precision: fp32, bf16 (autocast) or fp16 (CUDA only)."),
+    devices: int = typer.Option(1, help="Processes for data-parallel (DDP) fine-tunes on this machine."),
+    num_workers: int = typer.Option(0, help="DataLoader worker processes for training batches (augmentation runs there)."),
 ) -> None:
     """Compress a model on your data to a budget and write the report and artifacts to --out."""
     cleanup = lambda: None  # noqa: E731
@@ -261,7 +274,8 @@ def run(
         net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights)
         result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
                           target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
-                          executor=executor, ray_address=ray_address, resume=resume)
+                          executor=executor, ray_address=ray_address, resume=resume,
+                          runtime=dict(device=device, precision=precision, devices=devices, num_workers=num_workers))
     except _known_errors() as exc:
         cleanup()
         _fail(exc)

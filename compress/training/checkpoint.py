@@ -249,6 +249,20 @@ class CheckpointStore:
             raise _corrupt(self.dir / str(doc["tensors"]), "unexpected contents")
         return Restored(doc["state"], blob["tensors"], doc["rng"], blob["rng"])
 
+    def peek(self, name: str) -> dict[str, Any] | None:
+        """The JSON ``state`` of checkpoint ``name`` whatever its key (None if absent), e.g. to
+        refuse a checkpoint of another world size before comparing keys.
+
+        Raises:
+            CheckpointError: the JSON is corrupt or truncated.
+        """
+        if self.dir is None or not (self.dir / f"{name}.json").is_file():
+            return None
+        doc = _read_json(self.dir / f"{name}.json")
+        if not isinstance(doc.get("state"), dict):
+            raise _corrupt(self.dir / f"{name}.json", f"not a {STATE_FORMAT} state file")
+        return doc["state"]
+
     def discard(self, name: str) -> None:
         """Remove checkpoint ``name`` (JSON first, so a kill in between leaves no half pair)."""
         if self.dir is None:

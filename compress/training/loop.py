@@ -286,9 +286,11 @@ def fit(
         if not runtime.is_default:  # keys of CPU fp32 single-process runs are those written before the runtime
             ident["runtime"] = {"precision": runtime.precision, "device_type": runtime.device.type}
         key = stable_hash(ident)
+        peeked = checkpoint.store.peek(checkpoint.name)
+        if peeked is not None:  # before the key: the steps per epoch (in the key) differ with the world size
+            _world_size_guard(peeked, runtime, checkpoint.name)
         restored = checkpoint.store.load(checkpoint.name, key=key)
         if restored is not None:
-            _world_size_guard(restored.state, runtime, checkpoint.name)
             t = restored.tensors
             mods = t["modules"] if "modules" in t else [t["model"]]
             for m, sd in zip(modules, mods):
@@ -350,6 +352,7 @@ def fit(
         extra: dict[str, Any] = {}
         if runtime.distributed:
             running, seen = runtime.all_reduce_sum(running), runtime.all_reduce_sum(seen)
+            runtime.sync_buffers(*modules)
             extra["ranks_agree"] = runtime.ranks_agree(weights_checksum(*modules))
         val_acc = plan.validate() if plan.validate is not None else None
         cur_lr = sched.get_last_lr()[0] if sched is not None else opt.param_groups[0]["lr"]

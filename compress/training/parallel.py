@@ -15,7 +15,10 @@ Under ``torchrun`` or SLURM no processes are spawned: the job's ranks already ex
 from __future__ import annotations
 
 import dataclasses
+import io
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,23 +33,46 @@ __all__ = ["finetune_parallel", "spawn"]
 
 def spawn(runtime: Runtime, fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(rank_runtime, *args)`` on ``runtime.options.devices`` spawned processes; returns
-    rank 0's return value. ``fn`` and ``args`` must pickle."""
+    rank 0's return value (tensors and plain containers only). ``fn`` and ``args`` must pickle.
+
+    Raises:
+        CompressError: the error every rank raised (e.g. :class:`TrainingDivergedError`).
+    """
     from lightning_fabric import Fabric
 
     opts = runtime.options
     accelerator = "cuda" if runtime.device.type == "cuda" else "cpu"
     fabric = Fabric(accelerator=accelerator, devices=opts.devices, strategy="ddp_spawn",
                     precision=PRECISIONS[opts.precision])
-    return fabric.launch(_rank_entry, fn, dataclasses.replace(opts, devices=1), *args)
+    # Arguments travel pickled in the spawn pipe; rank 0's result comes back through a file in a
+    # private temp folder (a large result in the launcher's return queue would block the child
+    # while the parent waits for it to exit).
+    with tempfile.TemporaryDirectory(prefix="slimforge-ddp-") as tmp:
+        out_path = Path(tmp) / "rank0.pt"
+        failure = fabric.launch(_rank_entry, fn, _pack((dataclasses.replace(opts, devices=1), args)), str(out_path))
+        if failure is not None:
+            raise failure.error
+        return torch.load(out_path, map_location="cpu", weights_only=True)
 
 
-def _rank_entry(fabric: Any, fn: Callable[..., Any], options: Any, *args: Any) -> Any:
+def _pack(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _rank_entry(fabric: Any, fn: Callable[..., Any], payload: bytes, out_path: str) -> "_Failure | None":
+    # our own in-memory payload from the calling process (never a file): full unpickling is safe here
+    options, args = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     rt = Runtime(dataclasses.replace(options, device=str(fabric.device) if fabric.device.type == "cuda" else "cpu"),
                  fabric=fabric)
     try:
-        return fn(rt, *args)
+        result = fn(rt, *args)
     except CompressError as exc:  # every rank raises the same typed error (fit agrees on it collectively)
         return _Failure(exc)
+    if rt.is_global_zero:
+        torch.save(result, out_path)
+    return None
 
 
 @dataclasses.dataclass
@@ -72,12 +98,11 @@ def finetune_parallel(model: nn.Module, data_train: Any, data_val: Any, settings
     """:func:`compress.training.finetune` on ``runtime.options.devices`` spawned DDP processes;
     ``model`` gets rank 0's final weights. Same arguments and errors as ``finetune``."""
     home = next(iter(model.parameters()), torch.empty(0)).device
-    out = spawn(runtime, _finetune_rank, model.cpu(), data_train, data_val, settings,
-                None if teacher is None else teacher, checkpoint, phase)
-    if isinstance(out, _Failure):
+    try:
+        state, history = spawn(runtime, _finetune_rank, model.cpu(), data_train, data_val, settings, teacher,
+                               checkpoint, phase)
+    finally:
         model.to(home)
-        raise out.error
-    state, history = out
     model.load_state_dict(state)
     model.to(home).eval()
     if on_epoch is not None:

@@ -225,8 +225,10 @@ class Runtime:
 
     @property
     def is_default(self) -> bool:
-        """CPU, fp32, one process: the runtime every checkpoint before the runtime existed ran on."""
-        return self.device.type == "cpu" and self.precision == "fp32" and self.world_size == 1
+        """CPU and fp32: the numbers every checkpoint and cached teacher before the runtime existed
+        were computed with (keys of other runtimes get the device type and precision added; the
+        world size is checked separately, with its own message)."""
+        return self.device.type == "cpu" and self.precision == "fp32"
 
     # ------------------------------------------------------------------ placement
     def prepare(self, *modules: nn.Module) -> None:
@@ -316,6 +318,18 @@ class Runtime:
             return float(value)
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         return float(self.fabric.all_reduce(t, reduce_op="sum").item())
+
+    def sync_buffers(self, *modules: nn.Module) -> None:
+        """Give every rank rank 0's floating buffers (BatchNorm running statistics). DDP broadcasts
+        them at the start of each forward, so after an epoch's last step the ranks' buffers differ
+        by that step's update; evaluation, keep-best and checkpoints use rank 0's, as DDP does."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        for m in modules:
+            for b in m.buffers():
+                dist.broadcast(b.data, src=0)
 
     def ranks_agree(self, value: float) -> bool:
         """True when ``value`` is bit-equal on every rank (all-gathered)."""
