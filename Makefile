@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slimforge-installed
 
-.PHONY: demo test install bench bench-suite clean
+.PHONY: demo test install bench bench-suite bench-runtime gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not bench"
+
+# the checks that need a CUDA device (tests marked gpu + the bf16 demo on cuda), one summary line
+gpu-check: $(STAMP)
+	$(PY) -m compress.testing.gpu_check
+
+bench-runtime: $(STAMP)
+	$(PY) benchmarks/bench_runtime.py --data ../shared/data
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_gp_prune_cifar.py --data ../shared/data

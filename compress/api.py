@@ -246,7 +246,8 @@ def compress(
         _check_model(teacher, example, task.spec.num_classes, "teacher")
 
     run_dir = None
-    if out_dir is not None:  # checkpoints of another run are refused before any work
+    if out_dir is not None and rt.is_global_zero:  # checkpoints of another run are refused before any work
+        # (under torchrun / SLURM only rank 0 writes: the manifest, the checkpoints and the report)
         run_dir = open_run_dir(out_dir, run_identity(
             strategy=strategy_cls.name, config=strat.config, seed=seed, budget=budget_obj.to_dict(),
             target=target.to_dict(), data=task.to_dict(), val=(x_val, y_val), model=model, teacher=teacher,
@@ -488,7 +489,8 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         report_sections=list(output.report_sections),
     )
     if out_dir is not None:
-        result.save(work_dir)
+        if runtime.is_global_zero:
+            result.save(work_dir)
         shutil.rmtree(art_dir, ignore_errors=True)
     return result
 

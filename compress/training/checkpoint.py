@@ -191,6 +191,13 @@ def restore_rng(js: Mapping[str, Any], tensors: Mapping[str, Any],
 # ----------------------------------------------------------------------------------- store
 
 
+def _is_rank_zero() -> bool:
+    """False on the ranks > 0 of an initialised process group: only rank 0 writes checkpoints."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
 class CheckpointStore:
     """One strategy's checkpoint folder (``<out_dir>/checkpoints/<strategy>``; None: disabled).
 
@@ -215,7 +222,7 @@ class CheckpointStore:
         """Write one boundary: ``<name>.<tag>.pt`` (``tensors`` + RNG states), then ``<name>.json``
         (``state`` + key + RNG JSON), then remove older ``<name>.*.pt`` files. ``state`` must be
         JSON-ready; ``tensors`` tensors / plain containers only."""
-        if self.dir is None:
+        if self.dir is None or not _is_rank_zero():
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         rng_js, rng_t = capture_rng(generators)

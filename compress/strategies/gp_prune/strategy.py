@@ -364,8 +364,8 @@ class GPPrune(Strategy):
                     ctx.log(phase="finetune", **rec)
                     ctx.progress("finetune", epoch, settings.epochs, rec)
 
-                finetune(best, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch, runtime=ctx.runtime,
-                         checkpoint=EpochCheckpoint(store, "finetune", prune_key))
+                finetune(best, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch,
+                         checkpoint=EpochCheckpoint(store, "finetune", prune_key), runtime=ctx.runtime)
         best.eval()
         widths = _layer_widths(best)
         formula = metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)"
