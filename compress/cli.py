@@ -109,6 +109,60 @@ _NOT_RECORDED = ("out", "resume")  # the run directory is where the record lives
 _NOT_COMPARED = ("executor", "ray_address")  # where the work runs, not what it computes
 
 
+_RUN_ARGS_FIX = "start the run again with `slimforge demo/run ... --no-resume` (or choose another --out)"
+
+
+def _args_schema(fn):
+    """A strict pydantic model of ``fn``'s recorded parameters (from its signature: ``Path`` is
+    stored as ``str``; options without a default are required, the others default to the CLI's)."""
+    import inspect
+    import typing
+
+    from pydantic import create_model
+
+    from compress._strict_json import STRICT
+
+    hints = typing.get_type_hints(fn)
+    fields = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if name in _NOT_RECORDED:
+            continue
+        hint = hints.get(name, typing.Any)
+        hint = {Path: str, Optional[Path]: Optional[str]}.get(hint, hint)
+        default = getattr(p.default, "default", p.default)
+        fields[name] = (hint, ... if default is ... else default)
+    return create_model(f"{fn.__name__.capitalize()}Args", __config__=STRICT, **fields)
+
+
+def _read_run_args(path: Path) -> tuple[str, dict]:
+    """``(command, args)`` of a ``run_args.json``, validated: the record's envelope and the
+    arguments against the command's signature (:func:`_args_schema`); NaN / infinities refused.
+    ``args`` holds every recorded option, absent ones (added to the CLI later) at their defaults.
+
+    Raises:
+        CheckpointError: unreadable, not JSON, or not valid (every problem listed, and what to do).
+    """
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    from compress._strict_json import STRICT, read_json_file, validate
+    from compress.errors import CheckpointError
+
+    class RunArgsRecord(BaseModel):
+        model_config = STRICT
+        format: Literal["slimforge-run-args/1"]
+        command: Literal["demo", "run"]
+        args: dict
+
+    raw = read_json_file(path, CheckpointError, what="run record", fix=_RUN_ARGS_FIX)
+    rec = validate(RunArgsRecord, raw, CheckpointError, what="run record", path=path, fix=_RUN_ARGS_FIX)
+    fn = {"demo": demo, "run": run}[rec.command]
+    args = validate(_args_schema(fn), rec.args, CheckpointError, what=f"run record ({rec.command} arguments)",
+                    path=path, fix=_RUN_ARGS_FIX)
+    return rec.command, args.model_dump()  # options added after the run was started: their defaults
+
+
 def _recorded_args(args: dict) -> dict:
     """An invocation's arguments as JSON, with paths that exist made absolute (so ``slimforge
     resume`` works from any working directory)."""
@@ -139,10 +193,8 @@ def _record_run(out: Path, command: str, args: dict, resume: bool):
     rec = {"format": RUN_ARGS_FORMAT, "command": command, "args": _recorded_args(args)}
     path = Path(out) / RUN_ARGS
     if resume and path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path} is corrupt or truncated ({exc}); delete it or pass --no-resume.") from exc
+        old_command, old_args = _read_run_args(path)
+        old = {"command": old_command, "args": old_args}
         same = lambda d: {k: v for k, v in d.items() if k not in _NOT_COMPARED}  # noqa: E731
         if old.get("command") != command or same(old.get("args") or {}) != same(rec["args"]):
             a, b = old.get("args") or {}, rec["args"]
@@ -286,25 +338,47 @@ def run(
 @app.command("resume")
 def resume_cmd(
     run_dir: Path = typer.Argument(..., help="Output directory of a `slimforge demo` or `slimforge run` (holds run_args.json)."),
+    model: Optional[str] = typer.Option(None, help="The run's model spec, passed again: needed (or --trust-remote-code) "
+                                        "when run_args.json names a package.module:factory rather than a registry spec."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Resolve the model spec and Ray address "
+                                           "that run_args.json names, whatever they are (only for run directories you trust)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address for a run started with --executor ray "
+                                              "--ray-address: pass it again (a file never chooses the cluster)."),
 ) -> None:
     """Continue a killed `slimforge demo` / `slimforge run` from its last checkpoint; writes the
-    report the uninterrupted run would have written (same student, history and numbers)."""
+    report the uninterrupted run would have written (same student, history and numbers).
+
+    run_args.json is validated against the command's options. A model spec it names is resolved
+    only when it is a registry spec (timm:, torchvision:, cifar:, a compress.testing model), or
+    when passed again with --model, or with --trust-remote-code; nothing is imported from the run
+    directory or the current directory."""
     import inspect
 
     try:
-        from compress.errors import CheckpointError
+        from compress.errors import CheckpointError, UntrustedCodeError
+        from compress.models import no_imports_from, require_registry_spec
 
         path = run_dir / RUN_ARGS
         if not path.is_file():
             raise CheckpointError(f"{run_dir} has no {RUN_ARGS}; point to the --out directory of a `slimforge demo` "
                                   "or `slimforge run`.")
-        try:
-            rec = json.loads(path.read_text())
-            command, args = rec["command"], dict(rec["args"])
-            fn = {"demo": demo, "run": run}[command]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path} is corrupt or truncated ({exc}); start the run again with "
-                                  "`slimforge demo/run ... --no-resume`.") from exc
+        command, args = _read_run_args(path)
+        fn = {"demo": demo, "run": run}[command]
+        spec_key = "model" if command == "run" else "teacher_model"
+        recorded = args.get(spec_key, getattr(inspect.signature(fn).parameters[spec_key].default, "default", None))
+        if model is not None and model.strip() != str(recorded).strip():
+            raise CheckpointError(f"--model {model!r} differs from the model this run was started with ({recorded!r} "
+                                  f"in {path}); resume repeats the recorded run. Start a new run for another model.")
+        require_registry_spec(recorded, source=path, explicit=model, trust_remote_code=trust_remote_code,
+                              how_to_pass=f"slimforge resume {run_dir} --model SPEC")
+        if args.get("ray_address") and not trust_remote_code and ray_address != args["ray_address"]:
+            raise UntrustedCodeError(
+                f"{path} names the Ray cluster {args['ray_address']!r}; results from a cluster are unpickled, so an "
+                f"address from a file could run code here. If you trust it, pass it again (slimforge resume {run_dir} "
+                f"--ray-address {args['ray_address']}), or pass --trust-remote-code."
+            )
+        if ray_address is not None:
+            args["ray_address"] = ray_address  # where the work runs, not what it computes
         kwargs = {}
         for name, p in inspect.signature(fn).parameters.items():
             if name in args:
@@ -315,7 +389,8 @@ def resume_cmd(
     except _known_errors() as exc:
         _fail(exc)
     kwargs.update(out=run_dir, resume=True)
-    fn(**kwargs)
+    with no_imports_from(run_dir):
+        fn(**kwargs)
 
 
 @app.command()

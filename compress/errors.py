@@ -26,6 +26,7 @@ __all__ = [
     "TimeLimitError",
     "BudgetAlreadyMetError",
     "TrainingDivergedError",
+    "UntrustedCodeError",
 ]
 
 
@@ -74,6 +75,14 @@ class StrategyError(CompressError, LookupError):
 
 class ConfigError(CompressError, ValueError):
     """A configuration value is invalid (out of range, wrong type, inconsistent)."""
+
+
+class UntrustedCodeError(CompressError, PermissionError):
+    """A file slimforge reads (``run_args.json``, ``student.arch.json``) names code to run: a
+    ``package.module:factory`` model spec or a Ray cluster address. Only registry specs
+    (``timm:``, ``torchvision:``, ``cifar:``, ``compress.testing:``) are resolved from files; the
+    message says how to allow the rest: pass the same value again explicitly, or
+    ``trust_remote_code=True`` (CLI ``--trust-remote-code``)."""
 
 
 class BudgetUnreachableError(CompressError, ValueError):

@@ -10,22 +10,31 @@ plain ``state_dict`` is not enough. We write two files:
   the strategy and the JSON arguments of its ``build_student``.
 
 :func:`load_student` rebuilds the base model, applies the surgery, resizes the listed modules
-to the saved widths and loads the tensors (strict). No pickle is involved at any point.
+to the saved widths and loads the tensors (strict). No pickle is involved at any point, and
+loading runs no code named by the folder: ``student.arch.json`` is checked against a schema
+(:class:`StudentArch`; NaN and infinities refused), its ``base_spec`` is built only when it is a
+registry spec (``timm:``, ``torchvision:``, ``cifar:``, a ``compress.testing`` model) unless the
+caller passes it again (``base_spec=``) or ``trust_remote_code=True``, and nothing is imported
+from the folder itself.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
+from pydantic import BaseModel, Field
 from torch import nn
 
-from compress.errors import ModelSpecError
+from compress._strict_json import STRICT, read_json_file, validate
+from compress.errors import CompressError, ModelSpecError
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 
-__all__ = ["save_student", "load_student", "describe_widths", "apply_widths"]
+__all__ = ["save_student", "load_student", "describe_widths", "apply_widths", "StudentArch", "STUDENT_FORMAT"]
+
+STUDENT_FORMAT = "slimforge-student/1"
 
 _ATTRS = {
     nn.Conv2d: ("in_channels", "out_channels", "groups"),
@@ -55,10 +64,57 @@ def save_student(model: nn.Module, directory: str | Path, *, base_spec: str | No
     d.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     write_bytes_atomic(d / "student.safetensors", st_save(tensors))
-    arch = {"format": "slimforge-student/1", "base_spec": base_spec, "surgery": surgery, "modules": describe_widths(model),
+    arch = {"format": STUDENT_FORMAT, "base_spec": base_spec, "surgery": surgery, "modules": describe_widths(model),
             "builder": builder}
     write_text_atomic(d / "student.arch.json", json.dumps(arch, indent=2, sort_keys=True))
     return {"weights": str(d / "student.safetensors"), "arch": str(d / "student.arch.json")}
+
+
+# ------------------------------------------------------------------------------ the arch schema
+
+_Width = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class _ConvWidths(BaseModel):
+    model_config = STRICT
+    type: Literal["Conv2d"]
+    in_channels: _Width
+    out_channels: _Width
+    groups: _Width
+
+
+class _LinearWidths(BaseModel):
+    model_config = STRICT
+    type: Literal["Linear"]
+    in_features: _Width
+    out_features: _Width
+
+
+class _NormWidths(BaseModel):
+    model_config = STRICT
+    type: Literal["BatchNorm2d", "BatchNorm1d"]
+    num_features: _Width
+
+
+class _Builder(BaseModel):
+    model_config = STRICT
+    strategy: str = Field(min_length=1)
+    args: dict[str, Any]
+
+
+class StudentArch(BaseModel):
+    """Schema of ``student.arch.json`` (strict: no coercion, no NaN / infinities, no unknown keys;
+    ``builder`` may be absent)."""
+
+    model_config = STRICT
+    format: Literal["slimforge-student/1"]
+    base_spec: Optional[str] = Field(min_length=1)
+    surgery: list[Literal["pad_shortcuts_to_conv"]]
+    modules: dict[str, Annotated[Union[_ConvWidths, _LinearWidths, _NormWidths], Field(discriminator="type")]]
+    builder: Optional[_Builder] = None
+
+
+_ARCH_FIX = "re-save the student (CompressionResult.save) or restore the folder from its source"
 
 
 def _like(old: torch.Tensor, *shape: int) -> nn.Parameter:
@@ -102,8 +158,33 @@ def apply_widths(model: nn.Module, modules: dict[str, dict[str, Any]]) -> nn.Mod
     for name, spec in modules.items():
         if name not in named:
             raise ModelSpecError(f"Saved module {name!r} does not exist in the base model {type(model).__name__}.")
+        kind = spec.get("type")
+        cls = next((c for c in _ATTRS if c.__name__ == kind), None)
+        if cls is None or not isinstance(named[name], cls):
+            raise ModelSpecError(f"Saved module {name!r} is a {kind}, but the base model's is a "
+                                 f"{type(named[name]).__name__}; pass the architecture the student was compressed from.")
         _resize(named[name], spec)
     return model
+
+
+def _planned_shapes(model: nn.Module, modules: dict[str, dict[str, Any]]) -> dict[str, tuple[int, ...]]:
+    """``{tensor name: shape}`` of the weights :func:`apply_widths` would allocate (Conv/Linear
+    weights and BatchNorm running means), to compare with the saved tensors before allocating."""
+    named = dict(model.named_modules())
+    out: dict[str, tuple[int, ...]] = {}
+    for name, spec in modules.items():
+        m = named.get(name)
+        prefix = f"{name}." if name else ""
+        if isinstance(m, nn.Conv2d) and spec["type"] == "Conv2d":
+            if spec["in_channels"] % spec["groups"]:
+                out[prefix + "weight"] = (-1,)  # cannot be built: reported as a mismatch
+            else:
+                out[prefix + "weight"] = (spec["out_channels"], spec["in_channels"] // spec["groups"], *m.kernel_size)
+        elif isinstance(m, nn.Linear) and spec["type"] == "Linear":
+            out[prefix + "weight"] = (spec["out_features"], spec["in_features"])
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_mean is not None:
+            out[prefix + "running_mean"] = (spec["num_features"],)
+    return out
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -117,50 +198,81 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
-def load_student(directory: str | Path, base: nn.Module | None = None, *, num_classes: int | None = None) -> nn.Module:
+def load_student(directory: str | Path, base: nn.Module | None = None, *, num_classes: int | None = None,
+                 base_spec: str | None = None, trust_remote_code: bool = False) -> nn.Module:
     """Rebuild a saved student.
 
     Args:
         directory: holds ``student.safetensors`` and ``student.arch.json``.
         base: an instance of the uncompressed architecture; if None it is built from the saved
             ``base_spec`` with :func:`compress.models.load_model`.
+        base_spec: the spec the student was compressed from, passed again by the caller. Needed
+            (or ``trust_remote_code``) when the saved ``base_spec`` is a ``package.module:factory``
+            rather than a registry spec; must equal the saved one.
+        trust_remote_code: build whatever ``base_spec`` the folder names (the Hugging Face
+            convention). Even then nothing is imported from ``directory`` or the current directory.
 
     Raises:
-        ModelSpecError: files missing or corrupt, no base model available, or tensors do not fit.
+        ModelSpecError: files missing or corrupt, ``student.arch.json`` not valid against
+            :class:`StudentArch` (every problem listed), no base model available, or tensors do
+            not fit.
+        UntrustedCodeError: the saved ``base_spec`` names code to import and neither ``base``,
+            the same ``base_spec`` nor ``trust_remote_code`` was passed.
     """
-    from compress.models import load_model, pad_shortcuts_to_conv
+    from compress.models import load_model, no_imports_from, pad_shortcuts_to_conv, require_registry_spec
 
     d = Path(directory)
     arch_path, w_path = d / "student.arch.json", d / "student.safetensors"
     if not arch_path.is_file() or not w_path.is_file():
         raise ModelSpecError(f"{d} has no student.arch.json / student.safetensors; point to a slimforge output directory.")
-    try:
-        arch = json.loads(arch_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelSpecError(f"{arch_path} is corrupt or truncated ({exc}); re-run the compression.") from exc
+    raw = read_json_file(arch_path, ModelSpecError, what="student architecture file", fix=_ARCH_FIX)
+    arch = validate(StudentArch, raw, ModelSpecError, what="student architecture file", path=arch_path,
+                    fix=_ARCH_FIX).model_dump()
     if arch.get("builder"):
         from compress.registry import get_strategy
 
-        model = get_strategy(arch["builder"]["strategy"]).build_student(arch["builder"]["args"])
+        strategy = get_strategy(arch["builder"]["strategy"])
+        try:
+            model = strategy.build_student(arch["builder"]["args"])
+        except CompressError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - hostile or damaged builder arguments
+            raise ModelSpecError(f"the builder arguments in {arch_path} do not build a {strategy.name} student "
+                                 f"({type(exc).__name__}: {exc}); {_ARCH_FIX}.") from exc
         try:
             model.load_state_dict(_read_tensors(w_path), strict=True)
         except RuntimeError as exc:
             raise ModelSpecError(f"Saved tensors do not fit the rebuilt student: {str(exc).splitlines()[0]}") from exc
         return model.eval()
     if base is None:
-        if not arch.get("base_spec"):
+        saved = arch["base_spec"]
+        if base_spec is not None and saved is not None and base_spec.strip() != saved.strip():
+            raise ModelSpecError(f"base_spec={base_spec!r} differs from the spec the student was compressed from "
+                                 f"({saved!r} in {arch_path}); pass that spec, or base= an instance of its architecture.")
+        spec = saved or base_spec
+        if not spec:
             raise ModelSpecError(
                 "This student was compressed from a model object, not a spec string: pass `base=` an instance of "
                 "the original architecture to load_student()."
             )
-        base = load_model(arch["base_spec"], num_classes=num_classes)
+        if saved:
+            require_registry_spec(saved, source=arch_path, explicit=base_spec, trust_remote_code=trust_remote_code,
+                                  how_to_pass="load_student(dir, base_spec='SPEC')")
+        with no_imports_from(d):
+            base = load_model(spec, num_classes=num_classes)
     import copy
 
     model = copy.deepcopy(base)
-    if "pad_shortcuts_to_conv" in arch.get("surgery", []):
+    if "pad_shortcuts_to_conv" in arch["surgery"]:
         model = pad_shortcuts_to_conv(model)
-    apply_widths(model, arch["modules"])
     state = _read_tensors(w_path)
+    wrong = [f"{k} (arch {want} vs file {tuple(state[k].shape) if k in state else 'absent'})"
+             for k, want in _planned_shapes(model, arch["modules"]).items()
+             if k not in state or tuple(state[k].shape) != want]
+    if wrong:
+        raise ModelSpecError(f"the widths in {arch_path} do not match the tensors in {w_path}: {', '.join(wrong[:5])}"
+                             f"{' ...' if len(wrong) > 5 else ''}; {_ARCH_FIX}.")
+    apply_widths(model, arch["modules"])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -40,6 +40,33 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _target_file_problems(data: dict[str, Any]) -> list[str]:
+    """Every way the Target fields of a target file fail their schema (strict types, no NaN)."""
+    from typing import Annotated, Literal, Optional
+
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError  # lazy: the schema is only for files
+
+    pos = Annotated[int, Field(ge=1)]
+
+    class TargetFile(BaseModel):
+        model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+        name: str = Field(default="x", min_length=1)
+        provider: str = Field(default="x", min_length=1)
+        intra_op_threads: pos = 1
+        inter_op_threads: pos = 1
+        batch_size: pos = 1
+        input_shape: Optional[Annotated[list[pos], Field(min_length=1)]] = None
+        graph_optimization_level: Literal[GRAPH_OPTIMIZATION_LEVELS] = "all"  # type: ignore[valid-type]
+        model_format: Literal[MODEL_FORMATS] = "onnx"  # type: ignore[valid-type]
+
+    try:
+        TargetFile.model_validate(data)
+    except ValidationError as exc:
+        return [f"`{'.'.join(str(x) for x in e['loc'])}`: {e['msg'].replace('Input should', 'should')} "
+                f"(got {e.get('input')!r})" for e in exc.errors(include_url=False)]
+    return []
+
+
 @dataclass(frozen=True)
 class Target:
     """Where and how a model will run; latency is measured against this.
@@ -106,11 +133,14 @@ class Target:
     @classmethod
     def from_file(cls, path: str | Path) -> "Target":
         """Load a target from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file whose keys are
-        Target fields (``name``, ``provider``, ``intra_op_threads`` ...); a ``preset`` key starts
-        from that preset and the other keys override it.
+        Target fields (``name``, ``provider``, ``intra_op_threads`` ...), at the top level or in
+        a ``[target]`` table; a ``preset`` key starts from that preset and the other keys override
+        it. The keys are checked against a pydantic schema (:func:`_target_file_problems`): no
+        coercion, no NaN / infinities.
 
         Raises:
-            TargetError: missing file, unknown suffix, unknown keys, or invalid values.
+            TargetError: missing file, unknown suffix, unknown keys, or invalid values (every
+                problem listed).
         """
         p = Path(path)
         if not p.is_file():
@@ -130,13 +160,25 @@ class Target:
             raise
         except Exception as exc:
             raise TargetError(f"cannot parse target file {p}: {exc}") from exc
+        fix = (f"write Target fields (e.g. preset = \"cpu-1t\", intra_op_threads = 2) at the top level of {p} "
+               "or in a [target] table")
         if not isinstance(data, dict):
-            raise TargetError(f"target file {p} must hold a table/mapping of Target fields")
-        data = dict(data.get("target", data))
+            raise TargetError(f"target file {p} must hold a table/mapping of Target fields, not a "
+                              f"{type(data).__name__}; {fix}")
+        if "target" in data:
+            inner = data["target"]
+            if not isinstance(inner, dict) or len(data) > 1:
+                how = (f'to start from that preset write preset = "{inner}"' if isinstance(inner, str) and inner in PRESETS
+                       else "make `target` a table ([target]) of Target fields")
+                raise TargetError(f"target file {p}: `target` is {type(inner).__name__} {inner!r}"
+                                  + (f" next to other keys {sorted(k for k in data if k != 'target')}" if len(data) > 1 else "")
+                                  + f", not a table of Target fields; {how}, or {fix}")
+            data = inner
+        data = dict(data)
         base: dict[str, Any] = {}
         if "preset" in data:
             name = data.pop("preset")
-            if name not in PRESETS:
+            if not isinstance(name, str) or name not in PRESETS:
                 raise TargetError(f"unknown target preset {name!r} in {p}; choose one of {sorted(PRESETS)}")
             base = {"name": name, **PRESETS[name]}
         known = {f.name for f in fields(cls)}
@@ -145,6 +187,9 @@ class Target:
             close = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
             hint = "; ".join(f"{u!r} (did you mean {c[0]!r}?)" if c else repr(u) for u, c in close.items())
             raise TargetError(f"unknown Target field(s) in {p}: {hint}. Known: {sorted(known)}")
+        problems = _target_file_problems(data)
+        if problems:
+            raise TargetError(f"target file {p} is not valid ({'; '.join(problems)}); {fix}")
         merged = {**base, **data}
         if "input_shape" in merged and merged["input_shape"] is not None:
             merged["input_shape"] = tuple(merged["input_shape"])

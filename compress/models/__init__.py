@@ -19,7 +19,15 @@ from compress.models.cifar_resnet import (
     cifar_resnet56,
     cifar_resnet110,
 )
-from compress.models.spec import MODEL_SCHEMES, describe_model_spec, load_model, load_weights
+from compress.models.spec import (
+    MODEL_SCHEMES,
+    describe_model_spec,
+    is_registry_spec,
+    load_model,
+    load_weights,
+    no_imports_from,
+    require_registry_spec,
+)
 from compress.models.surgery import (
     FixedShortcutConv,
     freeze_fixed_shortcuts,
@@ -42,8 +50,11 @@ __all__ = [
     "cifar_resnet110",
     "describe_model_spec",
     "freeze_fixed_shortcuts",
+    "is_registry_spec",
     "load_model",
     "load_weights",
+    "no_imports_from",
     "pad_shortcuts_to_conv",
+    "require_registry_spec",
     "shortcut_as_conv",
 ]

@@ -15,30 +15,46 @@ Spec forms (``MODEL_SCHEMES``):
   a dotted attribute path (``Class.build``).
 
 Nothing is ever downloaded: pretrained weights come only from a local file
-passed as ``weights``.
+passed as ``weights``. A ``package.module:factory`` is never imported from the current
+directory (an implicit ``sys.path`` entry) nor from a folder named by :func:`no_imports_from`
+(the run directory or student folder being loaded): install the package or put its folder on
+``PYTHONPATH``.
+
+Files slimforge reads (``run_args.json``, ``student.arch.json``) may name a model only as a
+*registry spec* (:func:`is_registry_spec`: ``timm:``, ``torchvision:``, ``cifar:`` or a model
+of ``compress.testing``); :func:`require_registry_spec` refuses the rest unless the caller names
+the same spec again or trusts the file (``trust_remote_code=True``, the Hugging Face convention).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import importlib
 import inspect
+import os
 import re
+import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from compress.errors import ModelSpecError
+from compress.errors import ModelSpecError, UntrustedCodeError
 from compress.models.cifar_resnet import cifar_resnet
 
-__all__ = ["MODEL_SCHEMES", "load_model", "describe_model_spec", "load_weights"]
+__all__ = ["MODEL_SCHEMES", "REGISTRY_MODULES", "load_model", "describe_model_spec", "load_weights",
+           "is_registry_spec", "require_registry_spec", "no_imports_from"]
 
 #: Spec schemes understood by :func:`load_model`; ``"python"`` is the
 #: ``package.module:factory`` form.
 MODEL_SCHEMES: tuple[str, ...] = ("timm", "torchvision", "cifar", "python")
+
+#: Modules whose public models (``__all__``) count as registry specs: shipped with slimforge.
+REGISTRY_MODULES: tuple[str, ...] = ("compress.testing",)
 
 _TV_AUX_LOGITS = ("googlenet", "inception_v3")
 _CIFAR_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
@@ -95,6 +111,108 @@ def describe_model_spec(spec: str) -> dict:
     """
     scheme, name = _split_spec(spec)
     return {"spec": spec.strip(), "scheme": scheme, "name": name}
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def is_registry_spec(spec: str) -> bool:
+    """True when ``spec`` builds a model without running code named by the spec itself:
+    ``timm:NAME``, ``torchvision:NAME``, ``cifar:NAME``, or ``MODULE:NAME`` with ``MODULE`` in
+    :data:`REGISTRY_MODULES` and ``NAME`` an ``nn.Module`` class in its ``__all__``. Malformed specs are not."""
+    try:
+        scheme, name = _split_spec(spec)
+    except ModelSpecError:
+        return False
+    if scheme != "python":
+        return True
+    module_name, _, attr = name.partition(":")
+    if module_name not in REGISTRY_MODULES:
+        return False
+    module = importlib.import_module(module_name)
+    obj = getattr(module, attr, None) if attr in getattr(module, "__all__", ()) else None
+    return isinstance(obj, type) and issubclass(obj, nn.Module)
+
+
+def require_registry_spec(spec: str, *, source: str | Path, explicit: str | None = None,
+                          trust_remote_code: bool = False, how_to_pass: str = "") -> None:
+    """Refuse a model spec read from the file ``source`` unless it is a registry spec, the caller
+    passed the same spec again (``explicit``), or ``trust_remote_code``.
+
+    Args:
+        how_to_pass: how the caller names the spec again (``"--model SPEC"``,
+            ``"load_student(dir, base_spec=SPEC)"``), for the message.
+
+    Raises:
+        UntrustedCodeError: ``spec`` would import and call code that only the file asks for.
+    """
+    if is_registry_spec(spec) or trust_remote_code or (explicit is not None and explicit.strip() == spec.strip()):
+        return
+    again = f" ({how_to_pass.replace('SPEC', spec)})" if how_to_pass else ""
+    raise UntrustedCodeError(
+        f"{source} names the model {spec!r}, which is not a registry spec (timm:, torchvision:, cifar: or a "
+        f"compress.testing model), so loading it would import and run code that only the file asks for. "
+        f"If you trust that code, pass the spec again explicitly{again}, or set trust_remote_code=True "
+        f"(CLI --trust-remote-code)."
+    )
+
+
+_NO_IMPORT_DIRS: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("no_import_dirs", default=())
+
+
+@contextlib.contextmanager
+def no_imports_from(*dirs: str | Path) -> Iterator[None]:
+    """While active, a ``package.module:factory`` spec is never imported from ``dirs`` or folders
+    below them (in addition to the current directory, which is always excluded)."""
+    token = _NO_IMPORT_DIRS.set(_NO_IMPORT_DIRS.get() + tuple(Path(d).resolve() for d in dirs))
+    try:
+        yield
+    finally:
+        _NO_IMPORT_DIRS.reset(token)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _import_outside(module_name: str) -> object:
+    """``importlib.import_module`` with ``sys.path`` cleared, for the import, of the current
+    directory (``''``, ``'.'`` or its absolute path, unless listed in ``PYTHONPATH``) and of every
+    entry inside a :func:`no_imports_from` folder. Modules imported before are returned as is."""
+    if module_name in sys.modules:
+        return importlib.import_module(module_name)
+    cwd = Path.cwd().resolve()
+    banned = _NO_IMPORT_DIRS.get()
+    explicit = {Path(e).resolve() for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e not in ("", ".")}
+
+    def refused(entry: str) -> bool:
+        if entry in ("", "."):
+            return True
+        try:
+            p = Path(entry).resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False
+        return (p == cwd and p not in explicit) or any(_within(p, b) for b in banned)
+
+    saved = list(sys.path)
+    kept = [e for e in saved if not (isinstance(e, str) and refused(e))]
+    sys.path[:] = kept
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        added = [e for e in sys.path if e not in kept]  # entries the imported code added itself
+        sys.path[:] = saved + [e for e in added if e not in saved]
+
+
+def _local_hint(module_name: str) -> str:
+    """Where an unimportable module sits in a folder we do not import from, if it does."""
+    top = module_name.split(".")[0]
+    for folder, what in [(Path.cwd(), "the current directory"),
+                         *((d, "the folder being loaded") for d in _NO_IMPORT_DIRS.get())]:
+        if (folder / f"{top}.py").is_file() or (folder / top).is_dir():
+            return (f"'{top}' is in {what} ({folder}), and slimforge never imports from there; install the "
+                    f"package or add its folder to PYTHONPATH. ")
+    return ""
 
 
 # --------------------------------------------------------------------------- suggestions
@@ -257,7 +375,7 @@ def _build_cifar(name: str, num_classes: int | None, in_chans: int) -> nn.Module
 def _build_python(target: str, num_classes: int | None, in_chans: int) -> nn.Module:
     module_name, _, attr_path = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_outside(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and not module_name.startswith(exc.name):
             # the module exists but one of *its* imports is missing
@@ -270,7 +388,7 @@ def _build_python(target: str, num_classes: int | None, in_chans: int) -> nn.Mod
             if "." not in module_name
             else []
         )
-        hint = f"did you mean '{close[0]}:{attr_path}'? " if close else ""
+        hint = _local_hint(module_name) + (f"did you mean '{close[0]}:{attr_path}'? " if close else "")
         raise ModelSpecError(
             f"model spec '{target}': '{module_name}' is neither a scheme ({', '.join(MODEL_SCHEMES[:3])}) "
             f"nor an importable module; {hint}{_HOW_TO_SPEC}"

@@ -19,7 +19,9 @@ the same random numbers as the uninterrupted one from the boundary on.
 
 Stale phase checkpoints (another phase key, e.g. a changed retrain setting when a strategy is
 driven directly) are ignored and overwritten; corrupt or truncated files raise
-:class:`~compress.errors.CheckpointError`. Through :func:`compress.compress`, the run manifest
+:class:`~compress.errors.CheckpointError`, and so do files that fail their schema: the manifest
+(:class:`RunManifest`; NaN and infinities refused anywhere) and the envelope of every state JSON
+(:class:`StateEnvelope`: format, name, key, a tensor file name inside the folder, RNG states). Through :func:`compress.compress`, the run manifest
 refuses an output directory whose checkpoints belong to another run (:func:`open_run_dir`).
 """
 
@@ -34,12 +36,14 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field, Strict
 from torch import nn
 
+from compress._strict_json import STRICT, read_json_file, schema_problems
 from compress.errors import CheckpointError
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 
@@ -57,6 +61,8 @@ __all__ = [
     "run_identity",
     "open_run_dir",
     "RunDir",
+    "RunManifest",
+    "StateEnvelope",
 ]
 
 CHECKPOINTS = "checkpoints"  #: folder under the output directory
@@ -136,13 +142,54 @@ def _load_tensors(path: Path) -> Any:
         raise _corrupt(path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _corrupt(path, exc) from exc
-    if not isinstance(data, dict):
-        raise _corrupt(path, "not a JSON object")
+_U32 = Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)]
+_Float = Annotated[float, Strict()]
+
+
+class _RngJson(BaseModel):
+    """JSON part of :func:`capture_rng`: Python ``random`` (version 3, 625 words) and NumPy MT19937."""
+
+    model_config = STRICT
+    python: Annotated[tuple[Literal[3], Annotated[list[_U32], Field(min_length=625, max_length=625)],
+                            Optional[_Float]], Field(strict=False)]
+    numpy: Annotated[tuple[Literal["MT19937"], Annotated[list[_U32], Field(min_length=624, max_length=624)],
+                           Annotated[int, Strict(), Field(ge=0, le=624)], Annotated[int, Strict(), Field(ge=0, le=1)],
+                           _Float], Field(strict=False)]
+
+
+class StateEnvelope(BaseModel):
+    """Schema of a checkpoint state JSON around its strategy-specific ``state`` (not checked here)."""
+
+    model_config = STRICT
+    format: Literal["slimforge-checkpoint/1"]
+    name: str = Field(min_length=1)
+    key: str
+    tensors: str = Field(pattern=r"^[A-Za-z0-9_.+-]+\.pt$")  # a file in the same folder, no path
+    rng: _RngJson
+    state: dict[str, Any]
+
+
+class RunManifest(BaseModel):
+    """Schema of ``checkpoints/run.json``. The identity is whatever :func:`run_identity` (or the
+    caller of :func:`open_run_dir`) wrote; it is only compared, key by key, with the current one."""
+
+    model_config = STRICT
+    format: Literal["slimforge-run/1"]
+    identity: dict[str, Any]
+
+
+def _read_json(path: Path, schema: type[BaseModel], *, allow_non_finite: bool = False) -> dict[str, Any]:
+    """Parse ``path`` (NaN / infinities refused unless ``allow_non_finite``) and check ``schema``.
+
+    Raises:
+        CheckpointError: unreadable, not JSON, or not valid against ``schema`` (every problem listed).
+    """
+    fix = _HOW_TO_FIX.format(d=path.parent) + "."
+    data = read_json_file(path, CheckpointError, what="checkpoint", fix=fix, allow_non_finite=allow_non_finite)
+    problems = schema_problems(schema, data)
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems) - 8} more)" if len(problems) > 8 else "")
+        raise _corrupt(path, f"not a valid {schema.__name__}: {shown}")
     return data
 
 
@@ -246,9 +293,9 @@ class CheckpointStore:
         path = self.dir / f"{name}.json"
         if not path.is_file():
             return None
-        doc = _read_json(path)
-        if doc.get("format") != STATE_FORMAT or not isinstance(doc.get("state"), dict) or "tensors" not in doc:
-            raise _corrupt(path, f"not a {STATE_FORMAT} state file")
+        doc = _read_json(path, StateEnvelope, allow_non_finite=True)  # a strategy's state is its own business
+        if doc["name"] != name or not doc["tensors"].startswith(f"{name}."):
+            raise _corrupt(path, f"it names checkpoint {doc['name']!r} / tensor file {doc['tensors']!r}, not {name!r}")
         if doc.get("key") != key:
             return None
         blob = _load_tensors(self.dir / str(doc["tensors"]))
@@ -265,9 +312,7 @@ class CheckpointStore:
         """
         if self.dir is None or not (self.dir / f"{name}.json").is_file():
             return None
-        doc = _read_json(self.dir / f"{name}.json")
-        if not isinstance(doc.get("state"), dict):
-            raise _corrupt(self.dir / f"{name}.json", f"not a {STATE_FORMAT} state file")
+        doc = _read_json(self.dir / f"{name}.json", StateEnvelope, allow_non_finite=True)
         return doc["state"]
 
     def discard(self, name: str) -> None:
@@ -418,10 +463,7 @@ def open_run_dir(out_dir: str | Path, identity: Mapping[str, Any], *, resume: bo
         shutil.rmtree(ck)
     ident = json_ready(dict(identity))
     if path.is_file():
-        doc = _read_json(path)
-        old = doc.get("identity")
-        if doc.get("format") != MANIFEST_FORMAT or not isinstance(old, dict):
-            raise _corrupt(path, f"not a {MANIFEST_FORMAT} manifest")
+        old = _read_json(path, RunManifest)["identity"]
         diffs = _diff(old, ident)
         if diffs:
             shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs) - 6} more)" if len(diffs) > 6 else "")
