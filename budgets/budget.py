@@ -31,9 +31,11 @@ from compress.budgets.cost import Cost
 from compress.budgets.errors import BudgetError
 from compress.profiling.target import Target
 
-__all__ = ["Budget", "BudgetCheck", "Violation", "METRICS"]
+__all__ = ["Budget", "BudgetCheck", "Violation", "METRICS", "LATENCY_NOT_REDUCED"]
 
 METRICS = ("macs", "params", "latency", "memory")
+LATENCY_NOT_REDUCED = "latency_not_reduced"
+"""The violation of a student that is not faster than its teacher (see :meth:`Budget.check`)."""
 # the absolute field behind each metric
 _ABS_FIELD = {"macs": "max_macs", "params": "max_params", "latency": "max_latency_ms", "memory": "max_memory_bytes"}
 _MEM_SUFFIX = {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30}
@@ -71,6 +73,13 @@ class Violation:
         }
 
     def __str__(self) -> str:
+        if self.metric == LATENCY_NOT_REDUCED:
+            return (
+                f"{self.metric}: the student takes {_fmt(self.actual, self.unit)}, the teacher {_fmt(self.limit, self.unit)} "
+                f"measured side by side ({100 * (self.ratio - 1):+.1f}%): not faster than the model it replaces. "
+                "Tighten the budget (e.g. a latency limit), try another strategy, or accept a slower student "
+                "with allow_slower=True (CLI: --allow-slower)"
+            )
         return (
             f"{self.metric}: {_fmt(self.actual, self.unit)} > limit {_fmt(self.limit, self.unit)} "
             f"(over by {_fmt(self.margin, self.unit)}, {100 * (self.ratio - 1):.1f}%)"
@@ -80,17 +89,23 @@ class Violation:
 @dataclass(frozen=True)
 class BudgetCheck:
     """Result of :meth:`Budget.check`. ``headroom`` maps every checked metric to
-    ``limit - actual`` (negative = over budget)."""
+    ``limit - actual`` (negative = over budget). ``latency_vs_teacher`` is the side-by-side
+    comparison with the teacher when one was made (``teacher_ms``, ``student_ms``, ``reduced``),
+    ``allow_slower`` whether a student that is not faster was accepted."""
 
     ok: bool
     violations: tuple[Violation, ...]
     headroom: dict[str, float]
+    latency_vs_teacher: dict[str, Any] | None = None
+    allow_slower: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "violations": [v.to_dict() for v in self.violations],
             "headroom": dict(self.headroom),
+            "latency_vs_teacher": None if self.latency_vs_teacher is None else dict(self.latency_vs_teacher),
+            "allow_slower": self.allow_slower,
         }
 
     def __bool__(self) -> bool:  # `if budget.check(cost):`
@@ -299,16 +314,25 @@ class Budget:
             upd["max_memory_bytes"] = self.rel_memory * teacher_memory_bytes
         return replace(self, **upd)
 
-    def check(self, cost: Cost, latency_ms: float | None = None, memory_bytes: float | None = None) -> BudgetCheck:
+    def check(self, cost: Cost, latency_ms: float | None = None, memory_bytes: float | None = None, *,
+              teacher_latency_ms: float | None = None, student_latency_ms: float | None = None,
+              allow_slower: bool = False) -> BudgetCheck:
         """Check a student's cost (and measured median latency in ms, session peak memory in
         bytes) against every limit.
+
+        With ``teacher_latency_ms`` (the teacher's latency measured side by side with the
+        student's ``student_latency_ms``, which defaults to ``latency_ms``), a student that is
+        not faster (``student >= teacher``) is a violation named ``latency_not_reduced`` (limit:
+        the teacher's ms), unless ``allow_slower``: "compressed" has to mean faster on the target.
 
         Returns:
             :class:`BudgetCheck` listing every violation with its margin.
 
         Raises:
             BudgetError: the budget is still relative (call :meth:`resolve` first), or it limits
-                latency (memory) and ``latency_ms`` (``memory_bytes``) was not given.
+                latency (memory) and ``latency_ms`` (``memory_bytes``) was not given, or
+                ``teacher_latency_ms`` came without a student latency, or a latency compared with
+                the teacher's is not a positive finite number.
         """
         if self.is_relative:
             raise BudgetError(
@@ -338,7 +362,19 @@ class Budget:
             headroom[metric] = limit - actual
             if actual > limit:
                 violations.append(Violation(metric, float(limit), actual, unit))
-        return BudgetCheck(ok=not violations, violations=tuple(violations), headroom=headroom)
+        vs_teacher = None
+        if teacher_latency_ms is not None:
+            student_ms = latency_ms if student_latency_ms is None else student_latency_ms
+            if student_ms is None:
+                raise BudgetError("Comparing with the teacher's latency needs the student's: pass student_latency_ms.")
+            t_ms, s_ms = float(teacher_latency_ms), float(student_ms)
+            if not (math.isfinite(t_ms) and math.isfinite(s_ms) and t_ms > 0 and s_ms > 0):
+                raise BudgetError(f"latencies must be positive finite ms, got teacher {t_ms!r}, student {s_ms!r}.")
+            vs_teacher = {"teacher_ms": t_ms, "student_ms": s_ms, "reduced": s_ms < t_ms}
+            if s_ms >= t_ms and not allow_slower:
+                violations.append(Violation(LATENCY_NOT_REDUCED, t_ms, s_ms, "ms"))
+        return BudgetCheck(ok=not violations, violations=tuple(violations), headroom=headroom,
+                           latency_vs_teacher=vs_teacher, allow_slower=bool(allow_slower))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ ONNX -> validate parity on real data -> measure its latency -> check the budget 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import random
@@ -29,6 +30,7 @@ from compress.errors import BudgetAlreadyMetError, ConfigError, DataError, Unsup
 from compress.executors import Executor, make_executor
 from compress.exporters import export_onnx, validate_onnx
 from compress.profiling import Target, profile_latency, profile_peak_memory
+from compress.profiling.latency_model import measure_interleaved
 from compress.registry import get_strategy
 from compress.result import CompressionResult, ModelReport
 from compress.strategies._parts.checkpoint import open_run_dir, run_identity
@@ -150,6 +152,7 @@ def compress(
     precision: str | None = None,
     devices: int | None = None,
     runtime: RuntimeOptions | dict | None = None,
+    allow_slower: bool = False,
 ) -> CompressionResult:
     """Compress ``model`` to fit ``budget`` with one strategy and return a validated student.
 
@@ -204,6 +207,12 @@ def compress(
         runtime: a :class:`compress.training.RuntimeOptions` (or dict of its fields) for the other
             runtime settings (``num_workers``, ``pin_memory``, ``channels_last``); ``device``,
             ``precision`` and ``devices`` given as arguments override its fields.
+        allow_slower: accept a student that is not faster than the teacher on ``target``. By
+            default the final check times the teacher's and the student's ONNX side by side
+            (interleaved rounds, so load drift hits both alike) and a student whose median is not
+            lower fails the budget: ``budget_check.ok`` is False with a violation named
+            ``latency_not_reduced`` (the CLI exits 3). The comparison is in
+            ``budget_check.latency_vs_teacher`` (report ``budget.latency_vs_teacher``) either way.
 
     Returns:
         :class:`CompressionResult` (check ``result.budget_check.ok``).
@@ -271,7 +280,7 @@ def compress(
         return _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val,
                          work_dir, art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats,
                          mobile, int8, t_start, wall, executor=runner, memory=memory,
-                         trace_time_limit_s=trace_time_limit_s, runtime=rt)
+                         trace_time_limit_s=trace_time_limit_s, runtime=rt, allow_slower=allow_slower)
     except BaseException:
         shutil.rmtree(art_dir, ignore_errors=True)
         if run_dir is not None:
@@ -282,6 +291,21 @@ def compress(
             runner.close()
         for k, g in loader_gens.items():
             g.set_state(loader_states[k])
+
+
+_VS_TEACHER_ROUNDS = 5
+
+
+def _latency_vs_teacher(teacher_onnx: Path, student_onnx: Path, target: Target, latency_repeats: int) -> dict:
+    """The teacher's and the student's median latency (ms) on ``target``, timed side by side:
+    :data:`_VS_TEACHER_ROUNDS` interleaved rounds of ``latency_repeats / rounds`` calls each
+    (at least 5), so that load drift during the run hits both alike."""
+    repeats = max(5, latency_repeats // _VS_TEACHER_ROUNDS)
+    teacher, student = measure_interleaved([teacher_onnx, student_onnx], target, rounds=_VS_TEACHER_ROUNDS,
+                                           repeats=repeats, warmup=2)
+    return {"teacher_ms": teacher["median_ms"], "student_ms": student["median_ms"],
+            "teacher_rounds_ms": teacher["rounds_ms"], "student_rounds_ms": student["rounds_ms"],
+            "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats}
 
 
 def _check_time_limit(seconds: Any) -> None:
@@ -340,7 +364,8 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
 def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val, work_dir,
               art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats, mobile, int8,
               t_start, wall, *, executor: Executor, memory: bool = True,
-              trace_time_limit_s: float | None = None, runtime: Runtime | None = None) -> CompressionResult:
+              trace_time_limit_s: float | None = None, runtime: Runtime | None = None,
+              allow_slower: bool = False) -> CompressionResult:
     runtime = runtime or Runtime()
     progress_fn, close_progress = _progress_fn(progress)
 
@@ -456,8 +481,14 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
             "split": "test" if task.test is not None else "val",
         }
     wall["mobile"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vs_teacher = _latency_vs_teacher(teacher_onnx, student_onnx, target, latency_repeats)
+    wall["latency_vs_teacher"] = time.perf_counter() - t0
     check = resolved.check(student_cost, latency_ms=student_lat.median_ms if resolved.needs_latency else None,
-                           memory_bytes=student_mem.session_peak_bytes if student_mem is not None else None)
+                           memory_bytes=student_mem.session_peak_bytes if student_mem is not None else None,
+                           teacher_latency_ms=vs_teacher["teacher_ms"], student_latency_ms=vs_teacher["student_ms"],
+                           allow_slower=allow_slower)
+    check = dataclasses.replace(check, latency_vs_teacher={**check.latency_vs_teacher, **vs_teacher})
     if not check.ok:
         log.warning("student does not meet the budget: %s", "; ".join(map(str, check.violations)))
     surgery = ["pad_shortcuts_to_conv"] if output.info.get("shortcuts_converted") else []

@@ -2,7 +2,8 @@
 
 Commands: ``demo``, ``run``, ``resume``, ``measure``, ``strategies``. Exit codes: 0 success, 2 bad input
 (a slimforge error; the message says what to do), 3 the student was produced but misses its
-budget or fails ONNX parity (so CI pipelines can gate on it).
+budget, is not faster than its teacher on the target (``latency_not_reduced``; ``--allow-slower``
+accepts it) or fails ONNX parity (so CI pipelines can gate on it).
 """
 
 from __future__ import annotations
@@ -236,6 +237,7 @@ def demo(
     precision: str = typer.Option("fp32", help="Training precision: fp32, bf16 (autocast) or fp16 (CUDA only)."),
     devices: int = typer.Option(1, help="Processes for data-parallel (DDP) fine-tunes on this machine."),
     num_workers: int = typer.Option(0, help="DataLoader worker processes for training batches (augmentation runs there)."),
+    allow_slower: bool = typer.Option(False, "--allow-slower", help="Accept a student that is not faster than the teacher on the target (by default that fails the budget check: exit 3)."),
 ) -> None:
     """Train (or load the cached) digits teacher, compress it to the budget, export, validate, profile."""
     cleanup = lambda: None  # noqa: E731
@@ -271,7 +273,8 @@ def demo(
 
         cfg = {**get_strategy(strategy).demo_config(epochs), **(_load_config(config) or {})}
         result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                          config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume, runtime=rt_opts)
+                          config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume, runtime=rt_opts,
+                          allow_slower=allow_slower)
     except _known_errors() as exc:
         cleanup()
         _fail(exc)
@@ -302,6 +305,7 @@ def run(
     precision: str = typer.Option("fp32", help="Training precision: fp32, bf16 (autocast) or fp16 (CUDA only)."),
     devices: int = typer.Option(1, help="Processes for data-parallel (DDP) fine-tunes on this machine."),
     num_workers: int = typer.Option(0, help="DataLoader worker processes for training batches (augmentation runs there)."),
+    allow_slower: bool = typer.Option(False, "--allow-slower", help="Accept a student that is not faster than the teacher on the target (by default that fails the budget check: exit 3)."),
 ) -> None:
     """Compress a model on your data to a budget and write the report and artifacts to --out."""
     cleanup = lambda: None  # noqa: E731
@@ -327,7 +331,8 @@ def run(
         result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
                           target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
                           executor=executor, ray_address=ray_address, resume=resume,
-                          runtime=dict(device=device, precision=precision, devices=devices, num_workers=num_workers))
+                          runtime=dict(device=device, precision=precision, devices=devices, num_workers=num_workers),
+                          allow_slower=allow_slower)
     except _known_errors() as exc:
         cleanup()
         _fail(exc)

@@ -72,7 +72,8 @@ class CompressionResult:
         student: the compressed ``nn.Module`` (eval mode).
         strategy, seed, config: what ran (``config`` is the strategy's dataclass as a dict).
         budget: the resolved absolute budget; ``budget_check`` its check on the final student
-            with the *measured* latency.
+            with the *measured* latency, including the side-by-side comparison with the teacher
+            (``latency_not_reduced`` unless ``allow_slower``).
         teacher, student_report: :class:`ModelReport` of each.
         onnx_path, validation: the student's ONNX file and its parity report.
         teacher_onnx_path: the teacher's ONNX export (for side-by-side latency).
@@ -122,6 +123,9 @@ class CompressionResult:
                 "ok": self.budget_check.ok,
                 "violations": [x.to_dict() for x in self.budget_check.violations],
                 "headroom": dict(self.budget_check.headroom),
+                "allow_slower": self.budget_check.allow_slower,
+                "latency_vs_teacher": (None if self.budget_check.latency_vs_teacher is None
+                                       else dict(self.budget_check.latency_vs_teacher)),
                 "limits": {
                     "max_macs": self.budget.max_macs,
                     "max_params": self.budget.max_params,
@@ -240,6 +244,11 @@ class CompressionResult:
         ]
         for viol in self.budget_check.violations:
             lines.append(f"  - violation: {viol}")
+        vt = self.budget_check.latency_vs_teacher
+        if vt is not None:
+            lines.append(f"- latency vs teacher, side by side: student {vt['student_ms']:.3f} ms, teacher "
+                         f"{vt['teacher_ms']:.3f} ms ({'faster' if vt['reduced'] else 'NOT faster'}"
+                         f"{'; a slower student is allowed' if self.budget_check.allow_slower else ''})")
         lines += [
             f"- target: `{self.target.name}` ({self.target.provider}, {self.target.intra_op_threads} intra-op threads, "
             f"batch {self.target.batch_size})",

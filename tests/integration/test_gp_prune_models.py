@@ -28,7 +28,8 @@ def test_gp_prune_on_real_architectures(spec, digits_task, fast_gp_config, tmp_p
     model = load_model(spec, num_classes=10).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = compress(model, "macs=0.6x", data=digits_task, strategy="gp-prune", config=fast_gp_config,
-                   progress=False, out_dir=tmp_path, latency_repeats=5, latency_warmup=1, model_spec=spec)
+                   progress=False, out_dir=tmp_path, latency_repeats=5, latency_warmup=1, model_spec=spec,
+                   allow_slower=True)  # the MACs budget and surgery are tested here, not wall-clock speed
     # budget met, physically smaller
     assert res.budget_check.ok, res.budget_check.violations
     assert res.student_report.cost.macs <= 0.6 * res.teacher.cost.macs

@@ -43,7 +43,8 @@ REPORT_SECTIONS = {
 
 REPORT_KEYS = [
     "strategy", "seed", "target", "config", "versions",
-    "budget.spec", "budget.ok", "budget.violations",
+    "budget.spec", "budget.ok", "budget.violations", "budget.allow_slower",
+    "budget.latency_vs_teacher.teacher_ms", "budget.latency_vs_teacher.student_ms", "budget.latency_vs_teacher.reduced",
     "onnx.path", "onnx.parity.ok", "onnx.parity.max_abs_diff", "onnx.parity.top1_agreement",
     "wall_s.total",
 ] + [
@@ -96,8 +97,12 @@ def test_every_strategy_has_a_contract_config():
 def test_registry_contract(strategy, teacher_cls, digits_task, tmp_path):
     torch.manual_seed(0)
     teacher = teacher_cls(num_classes=10).eval()
+    # allow_slower: this contract is the MACs budget, parity and the report; whether a student of a
+    # 3-layer teacher wins on wall-clock is a timing question no test may hang on (on a 2-core
+    # AVX-512 machine the darts-gal and eg-nas students of these teachers ran 2-6x *slower*:
+    # refused by default, see test_a_student_slower_than_its_teacher_is_refused_unless_allowed)
     res = compress(teacher, "macs=0.5x", data=digits_task, strategy=strategy, config=CONTRACT_CONFIGS[strategy],
-                   progress=False, out_dir=tmp_path, latency_repeats=5, latency_warmup=1)
+                   progress=False, out_dir=tmp_path, latency_repeats=5, latency_warmup=1, allow_slower=True)
     assert res.budget_check.ok
     assert res.student_report.cost.macs <= 0.5 * res.teacher.cost.macs
     assert res.validation.ok and res.validation.top1_agreement == 1.0
@@ -105,7 +110,9 @@ def test_registry_contract(strategy, teacher_cls, digits_task, tmp_path):
     for key in REPORT_KEYS:
         _get(report, key)  # KeyError = broken contract
     assert report["strategy"] == strategy
-    assert report["budget"]["ok"] is True
+    assert report["budget"]["ok"] is True and report["budget"]["allow_slower"] is True
+    vs = report["budget"]["latency_vs_teacher"]  # measured side by side, recorded whether or not it is faster
+    assert vs["teacher_ms"] > 0 and vs["student_ms"] > 0 and vs["reduced"] == (vs["student_ms"] < vs["teacher_ms"])
     assert report["student"]["macs"] == res.student_report.cost.macs
     assert report["student"]["latency_ms"]["median"] > 0
     assert {"measure_teacher", "export", "validate", "profile"} <= set(report["wall_s"])
@@ -187,7 +194,7 @@ def test_peak_memory_budget_is_measured_and_honoured(digits_task, tmp_path):
         compress(teacher, "macs=0.5x,memory=0.5x", data=digits_task, config=cfg, progress=False,
                  latency_repeats=3, latency_warmup=1)
     res = compress(teacher, "macs=0.5x,memory=1.5x", data=digits_task, config=cfg, progress=False,
-                   out_dir=tmp_path, latency_repeats=3, latency_warmup=1)
+                   out_dir=tmp_path, latency_repeats=3, latency_warmup=1, allow_slower=True)  # memory, not speed
     report = json.loads((tmp_path / "report.json").read_text())
     t_mem, s_mem = report["teacher"]["peak_memory_bytes"], report["student"]["peak_memory_bytes"]
     assert 0 < t_mem["session"] < t_mem["process"] and 0 < s_mem["session"] < s_mem["process"]
@@ -207,3 +214,67 @@ def test_two_calls_with_the_same_data_and_seed_give_the_same_student(digits_task
                      latency_warmup=1, mobile=False, memory=False).student.state_dict() for _ in range(2)]
     assert torch.equal(gen.get_state(), before)
     assert runs[0].keys() == runs[1].keys() and all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+# ------------------------------------------------------------------ a student must be faster (issue 16, part 6)
+
+
+def _side_by_side(teacher_ms: float, student_ms: float):
+    """A stand-in for the final side-by-side timing in compress.api: fixed figures, no clock."""
+    def fake(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3):
+        assert len(models) == 2 and str(models[0]).endswith("teacher.onnx") and str(models[1]).endswith("student.onnx")
+        return [{"median_ms": ms, "min_ms": ms, "rounds_ms": [ms] * rounds} for ms in (teacher_ms, student_ms)]
+    return fake
+
+
+@pytest.mark.parametrize("student_ms", [1.25, 1.0])  # slower, and exactly as fast: neither is "compressed"
+def test_a_student_slower_than_its_teacher_is_refused_unless_allowed(digits_task, tmp_path, monkeypatch, student_ms):
+    monkeypatch.setattr("compress.api.measure_interleaved", _side_by_side(1.0, student_ms))
+    teacher = TinyConvNet(num_classes=10).eval()
+    cfg = {"epochs": 0, "bisection_steps": 3, "calib_samples": 64}
+    kw = dict(data=digits_task, config=cfg, progress=False, latency_repeats=3, latency_warmup=1, mobile=False,
+              memory=False)
+    res = compress(teacher, "macs=0.5x", out_dir=tmp_path / "refused", **kw)
+    assert res.student_report.cost.macs <= 0.5 * res.teacher.cost.macs  # the MACs budget alone is met
+    assert not res.budget_check.ok
+    (viol,) = res.budget_check.violations
+    assert (viol.metric, viol.limit, viol.actual, viol.unit) == ("latency_not_reduced", 1.0, student_ms, "ms")
+    assert "allow_slower=True" in str(viol) and "--allow-slower" in str(viol)
+    report = json.loads((tmp_path / "refused" / "report.json").read_text())
+    assert report["budget"]["ok"] is False and report["budget"]["allow_slower"] is False
+    assert [v["metric"] for v in report["budget"]["violations"]] == ["latency_not_reduced"]
+    assert report["budget"]["latency_vs_teacher"]["reduced"] is False
+    assert "latency_not_reduced" in (tmp_path / "refused" / "report.md").read_text()
+
+    allowed = compress(teacher, "macs=0.5x", out_dir=tmp_path / "allowed", allow_slower=True, **kw)
+    assert allowed.budget_check.ok and allowed.budget_check.violations == ()
+    report = json.loads((tmp_path / "allowed" / "report.json").read_text())
+    assert report["budget"]["ok"] is True and report["budget"]["allow_slower"] is True
+    assert report["budget"]["latency_vs_teacher"]["student_ms"] == student_ms
+
+
+def test_a_faster_student_passes_and_the_comparison_is_recorded(digits_task, monkeypatch):
+    monkeypatch.setattr("compress.api.measure_interleaved", _side_by_side(1.0, 0.6))
+    res = compress(TinyConvNet(num_classes=10).eval(), "macs=0.5x", data=digits_task,
+                   config={"epochs": 0, "bisection_steps": 3, "calib_samples": 64}, progress=False,
+                   latency_repeats=3, latency_warmup=1, mobile=False, memory=False)
+    assert res.budget_check.ok
+    assert res.budget_check.latency_vs_teacher["reduced"] is True
+    assert res.budget_check.latency_vs_teacher["method"] == "interleaved"
+
+
+@pytest.mark.parametrize("extra, code", [([], 3), (["--allow-slower"], 0)])
+def test_cli_exits_3_for_a_slower_student_and_0_with_allow_slower(tmp_path, monkeypatch, extra, code):
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+
+    monkeypatch.setattr("compress.api.measure_interleaved", _side_by_side(1.0, 1.5))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--model", "compress.testing:TinyConvNet", "--data", "digits",
+                                   "--budget", "macs=0.5x", "--out", str(out), "--config",
+                                   '{"epochs": 0, "bisection_steps": 3, "calib_samples": 64}', *extra])
+    assert res.exit_code == code, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"]["allow_slower"] is bool(extra)
+    assert ("latency_not_reduced" in res.output) is (code == 3)

@@ -159,3 +159,39 @@ def test_coerce_and_target():
     with pytest.raises(BudgetError):
         Budget.coerce(3.0)
     assert b.to_dict()["target"]["name"] == "cpu-2t"
+
+
+def test_a_student_not_faster_than_its_teacher_violates_latency_not_reduced():
+    b = Budget(max_macs=200)
+    cost = Cost(macs=150, params=12)
+    slower = b.check(cost, teacher_latency_ms=1.0, student_latency_ms=1.2)
+    assert not slower.ok and [v.metric for v in slower.violations] == ["latency_not_reduced"]
+    (v,) = slower.violations
+    assert (v.limit, v.actual, v.unit) == (1.0, 1.2, "ms") and v.margin == pytest.approx(0.2)
+    assert "not faster" in str(v) and "allow_slower=True" in str(v) and "--allow-slower" in str(v)
+    assert slower.latency_vs_teacher == {"teacher_ms": 1.0, "student_ms": 1.2, "reduced": False}
+    assert "latency_not_reduced" not in slower.headroom  # a rule, not a limit with headroom
+    assert not b.check(cost, teacher_latency_ms=1.0, student_latency_ms=1.0).ok  # as fast is not faster
+    faster = b.check(cost, teacher_latency_ms=1.0, student_latency_ms=0.8)
+    assert faster.ok and faster.latency_vs_teacher["reduced"] is True
+    allowed = b.check(cost, teacher_latency_ms=1.0, student_latency_ms=1.2, allow_slower=True)
+    assert allowed.ok and allowed.allow_slower and allowed.latency_vs_teacher["reduced"] is False
+    assert allowed.to_dict()["allow_slower"] is True and allowed.to_dict()["violations"] == []
+    # every violation is listed: over the MACs limit and slower
+    both = b.check(Cost(macs=300, params=12), teacher_latency_ms=1.0, student_latency_ms=1.5)
+    assert [v.metric for v in both.violations] == ["macs", "latency_not_reduced"]
+    # the student's side-by-side figure defaults to latency_ms; without a teacher figure nothing is compared
+    assert not b.check(cost, latency_ms=2.0, teacher_latency_ms=1.0).ok
+    assert b.check(cost, latency_ms=2.0).ok and b.check(cost).latency_vs_teacher is None
+
+
+def test_latency_vs_teacher_needs_positive_finite_figures():
+    b = Budget(max_macs=200)
+    cost = Cost(macs=150, params=12)
+    with pytest.raises(BudgetError, match="student_latency_ms"):
+        b.check(cost, teacher_latency_ms=1.0)
+    for bad in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(BudgetError, match="positive finite"):
+            b.check(cost, teacher_latency_ms=1.0, student_latency_ms=bad)
+        with pytest.raises(BudgetError, match="positive finite"):
+            b.check(cost, teacher_latency_ms=bad, student_latency_ms=1.0)

@@ -364,8 +364,10 @@ def test_compress_end_to_end_meets_budget(digits_task, tmp_path):
     from compress.testing import TinyConvNet
 
     torch.manual_seed(0)
+    # allow_slower: this tiny DARTS student runs several times slower than the 3-layer teacher on
+    # onnxruntime (more, smaller ops), which compress() refuses by default; the MACs budget is tested here
     res = compress(TinyConvNet().eval(), "macs=0.5x", data=digits_task, strategy="eg-nas", config=FAST,
-                   progress=False, out_dir=tmp_path, latency_repeats=3, latency_warmup=1)
+                   progress=False, out_dir=tmp_path, latency_repeats=3, latency_warmup=1, allow_slower=True)
     assert res.budget_check.ok and res.student_report.cost.macs <= 0.5 * res.teacher.cost.macs
     assert res.validation.ok
     info = res.info
