@@ -166,7 +166,12 @@ def compress(
         teacher: distillation teacher; defaults to a frozen copy of ``model``.
         target: runtime profile for latency (a :class:`Target` or preset name); default ``cpu-1t``.
         out_dir: when given, the report and artifacts are saved there (``result.save``).
-        seed: seeds ``random``, NumPy and torch.
+        seed: seeds ``random``, NumPy and torch, and restarts the shuffling ``torch.Generator`` of
+            every loader in ``data`` from it (each is handed back in the state it came in). The
+            rule: the student is a function of the model's weights and buffers, the data's
+            contents, ``seed``, the config, the library versions and the thread count, never of
+            what drew from the loaders or RNGs before the call (a teacher trained on the same
+            loaders in the same process gives the student a teacher loaded from disk gives).
         config: the strategy's config dataclass, or a dict of its fields.
         progress: True for tqdm bars on stderr, False for silence, or a callback
             ``progress(phase, done, total, info)``.
@@ -272,10 +277,13 @@ def compress(
         raise
     art_dir = Path(tempfile.mkdtemp(prefix="slimforge-"))
     work_dir = Path(out_dir) if out_dir is not None else art_dir
-    # the run draws from the loaders' own shuffling generators; hand them back as found, so that
-    # calling compress() again with the same data and seed gives the same student
+    # the run draws from the loaders' own shuffling generators: start them from the seed (whatever
+    # drew from them before, e.g. the demo's teacher training, does not reach the student) and hand
+    # them back as found
     loader_gens = loader_generators(train=task.train, val=task.val, test=task.test, calib=task.calib)
     loader_states = {k: g.get_state() for k, g in loader_gens.items()}
+    for g in loader_gens.values():
+        g.manual_seed(seed)
     try:
         return _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val,
                          work_dir, art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats,

@@ -21,6 +21,7 @@ from torch import nn
 from compress.data import TaskData
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 from compress.training import FinetuneSettings, Runtime, evaluate, finetune
+from compress.training.checkpoint import loader_generators
 
 __all__ = ["TeacherRecipe", "cache_dir", "get_or_train_teacher"]
 
@@ -90,7 +91,18 @@ def get_or_train_teacher(
     torch.manual_seed(recipe.seed)
     model = load_model(recipe.model_spec, num_classes=task.spec.num_classes)
     settings = FinetuneSettings(epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, kd_alpha=0.0)
-    history = finetune(model, task.train, task.val, settings, teacher=None, on_epoch=on_epoch, runtime=runtime)
+    # the teacher's batch order comes from its recipe's seed, and the task's shuffling generators
+    # are handed back as found: training here changes nothing a later compress() of the task sees
+    gens = loader_generators(train=task.train, val=task.val)
+    states = {k: g.get_state() for k, g in gens.items()}
+    for g in gens.values():
+        g.manual_seed(recipe.seed)
+    try:
+        history = finetune(model, task.train, task.val, settings, teacher=None, on_epoch=on_epoch, runtime=runtime)
+    finally:
+        for k, g in gens.items():
+            g.set_state(states[k])
+    model.zero_grad(set_to_none=True)  # the trained teacher holds what a loaded one holds: weights and buffers
     val_acc = evaluate(model, task.val)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, st_save({k: v.contiguous() for k, v in model.state_dict().items()}))

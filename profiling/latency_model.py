@@ -124,7 +124,7 @@ def _onnx_for(cfg: "LayerConfig | _Overhead", batch: int) -> bytes:
         graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead", [x], [y])
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10).SerializeToString()
     if isinstance(cfg, ConvConfig):
-        w = rng.standard_normal((cfg.cout, cfg.cin // cfg.groups, cfg.k, cfg.k)).astype(np.float32)
+        w = rng.standard_normal((cfg.cout, cfg.cin // cfg.groups, cfg.k, cfg.k), dtype=np.float32)
         b = np.zeros(cfg.cout, np.float32)
         node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[cfg.k, cfg.k], strides=[cfg.stride] * 2,
                                 pads=[cfg.padding] * 4, group=cfg.groups)
@@ -132,7 +132,7 @@ def _onnx_for(cfg: "LayerConfig | _Overhead", batch: int) -> bytes:
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
         inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
     else:
-        w = rng.standard_normal((cfg.fin, cfg.fout)).astype(np.float32)
+        w = rng.standard_normal((cfg.fin, cfg.fout), dtype=np.float32)
         b = np.zeros(cfg.fout, np.float32)
         node = helper.make_node("Gemm", ["x", "w", "b"], ["y"])
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cfg.fin])
@@ -143,31 +143,60 @@ def _onnx_for(cfg: "LayerConfig | _Overhead", batch: int) -> bytes:
     return model.SerializeToString()
 
 
+LAYER_ROUNDS = 7
+"""One-layer timings are taken in this many interleaved rounds (:meth:`LayerLatencyTable.measure_layers`)."""
+
+
+def _time_calls(sess: Any, feed: dict[str, np.ndarray], repeats: int, warmup: int) -> float:
+    """Median ms of ``sess.run(None, feed)`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
 class LayerLatencyTable:
     """Measured per-layer latencies (ms, median) on one target, persisted as JSON.
 
     Args:
         target: where latencies are measured (provider, threads, batch size, optimisation level).
         cache_dir: folder of the JSON tables (default ``$SLIMFORGE_CACHE/latency`` or the user cache).
-        repeats, warmup: timed and untimed runs per configuration.
+        repeats, warmup: timed and untimed runs per configuration (per round, for layers).
+        rounds: interleaved rounds per layer (:meth:`measure_layers`).
+
+    A layer's entry is the median of its per-round medians; the per-round figures are kept too
+    (:meth:`latency_rounds`), so that a comparison between layers timed together can be made
+    round by round and its noise read off the spread. Both are persisted.
     """
 
-    def __init__(self, target: Target, cache_dir: str | Path | None = None, *, repeats: int = 25, warmup: int = 5):
+    def __init__(self, target: Target, cache_dir: str | Path | None = None, *, repeats: int = 25, warmup: int = 5,
+                 rounds: int = LAYER_ROUNDS):
         import onnxruntime as ort
 
+        if rounds < 1 or repeats < 1 or warmup < 0:
+            raise ProfilingError(f"rounds and repeats must be >= 1 and warmup >= 0, got {rounds}, {repeats}, {warmup}")
         self.target = target
         self.repeats = repeats
         self.warmup = warmup
+        self.rounds = rounds
         ident = {**target.to_dict(), "input_shape": None, "name": None, "ort": ort.__version__, "format": 2}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         self.path = Path(cache_dir or default_cache_dir()) / f"layers-{digest}.json"
         self.entries: dict[str, float] = {}
+        self.layer_rounds: dict[str, list[float]] = {}
         self.measured = 0
         if self.path.is_file():
             try:
-                self.entries = dict(json.loads(self.path.read_text()).get("entries", {}))
-            except (json.JSONDecodeError, OSError):
+                stored = json.loads(self.path.read_text())
+                self.entries = dict(stored.get("entries", {}))
+                self.layer_rounds = {k: [float(v) for v in r] for k, r in dict(stored.get("rounds", {})).items()}
+            except (json.JSONDecodeError, OSError, AttributeError, TypeError, ValueError):
                 log.warning("ignoring unreadable latency table %s", self.path)
+                self.entries, self.layer_rounds = {}, {}
         self._dirty = False
 
     def latency(self, cfg: LayerConfig) -> float:
@@ -175,21 +204,68 @@ class LayerLatencyTable:
         ``session.run`` call on the same input (measured once, then cached; never negative)."""
         k = cfg.key()
         if k not in self.entries:
-            shape = (cfg.cin, cfg.h, cfg.w) if isinstance(cfg, ConvConfig) else (cfg.fin,)
-            ov = _Overhead(shape)
-            if ov.key() not in self.entries:
-                self.entries[ov.key()] = self._measure(ov)
-            self.entries[k] = max(self._measure(cfg) - self.entries[ov.key()], 0.0)
-            self.measured += 1
-            self._dirty = True
+            self.measure_layers([cfg])
         return self.entries[k]
 
-    def _measure(self, cfg: "LayerConfig | _Overhead") -> float:
+    def latency_rounds(self, cfg: LayerConfig) -> list[float]:
+        """The per-round figures (ms, net of the call overhead, never negative) behind
+        :meth:`latency`; measured now if the table has none for ``cfg``."""
+        if cfg.key() not in self.layer_rounds:
+            self.measure_layers([cfg])
+        return self.layer_rounds[cfg.key()]
+
+    def measure_layers(self, cfgs: Sequence[LayerConfig]) -> None:
+        """Time, interleaved, every layer of ``cfgs`` that has no per-round figures yet.
+
+        The layers and the Identity graphs on their inputs (the fixed cost of a ``session.run``
+        call) run round-robin: ``rounds`` rounds in which each gets a fresh onnxruntime session
+        and input buffer, ``warmup`` untimed and ``repeats`` timed calls (the order reversed
+        every other round). A change of machine load thus hits every layer of the sweep alike,
+        round ``r`` of one layer can be compared with round ``r`` of another, and the spread over
+        rounds includes what one session's memory placement adds or saves (as large as 30% for
+        a one-layer graph), not only the call-to-call jitter. A layer's figure in round ``r`` is
+        its median there minus its overhead graph's median in the same round (never negative);
+        its entry is the median over rounds.
+
+        Raises:
+            ProfilingError: onnxruntime cannot build or run a one-layer graph.
+        """
+        todo: dict[str, LayerConfig] = {}
+        for cfg in cfgs:
+            if cfg.key() not in self.layer_rounds:
+                todo.setdefault(cfg.key(), cfg)
+        if not todo:
+            return
+        graphs: dict[str, LayerConfig | _Overhead] = {}
+        overhead_of: dict[str, str] = {}
+        for k, cfg in todo.items():
+            ov = _Overhead((cfg.cin, cfg.h, cfg.w) if isinstance(cfg, ConvConfig) else (cfg.fin,))
+            overhead_of[k] = ov.key()
+            graphs[k] = cfg
+            graphs.setdefault(ov.key(), ov)
+        protos = {k: _onnx_for(g, self.target.batch_size) for k, g in graphs.items()}
+        keys = list(graphs)
+        per_round: dict[str, list[float]] = {k: [] for k in keys}
+        for r in range(self.rounds):
+            for k in (keys if r % 2 == 0 else keys[::-1]):
+                sess, feed = self._session(graphs[k], protos[k], seed=r)
+                per_round[k].append(_time_calls(sess, feed, self.repeats, self.warmup))
+                del sess, feed
+        for key in set(overhead_of.values()):
+            self.entries[key] = float(np.median(per_round[key]))
+        for k in todo:
+            net = [max(t - o, 0.0) for t, o in zip(per_round[k], per_round[overhead_of[k]])]
+            self.layer_rounds[k] = net
+            self.entries[k] = float(np.median(net))
+            self.measured += 1
+        self._dirty = True
+
+    def _session(self, cfg: "LayerConfig | _Overhead", proto: bytes, seed: int = 0) -> tuple[Any, dict[str, np.ndarray]]:
         import onnxruntime as ort
 
         so = self.target.session_options()
         try:
-            sess = ort.InferenceSession(_onnx_for(cfg, self.target.batch_size), so, providers=[self.target.provider])
+            sess = ort.InferenceSession(proto, so, providers=[self.target.provider])
         except Exception as exc:
             raise ProfilingError(f"could not time layer {cfg}: {exc}") from exc
         if isinstance(cfg, _Overhead):
@@ -198,19 +274,7 @@ class LayerLatencyTable:
             shape = (self.target.batch_size, cfg.cin, cfg.h, cfg.w)
         else:
             shape = (self.target.batch_size, cfg.fin)
-        feed = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
-        return self._time(sess, feed)
-
-    def _time(self, sess: Any, feed: dict[str, np.ndarray]) -> float:
-        """Median ms of ``sess.run(None, feed)`` over ``repeats`` calls after ``warmup`` calls."""
-        for _ in range(self.warmup):
-            sess.run(None, feed)
-        times = []
-        for _ in range(self.repeats):
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return float(np.median(times))
+        return sess, {"x": np.random.default_rng(1 + seed).standard_normal(shape, dtype=np.float32)}
 
     def node_latency(self, node: "OrtNode") -> float:
         """Median latency in ms of one node of onnxruntime's optimised graph, alone, in the layout
@@ -227,7 +291,8 @@ class LayerLatencyTable:
         """Write the table atomically if anything new was measured."""
         if not self._dirty:
             return None
-        payload = {"format": "slimforge-latency-table/2", "target": self.target.to_dict(), "entries": self.entries}
+        payload = {"format": "slimforge-latency-table/2", "target": self.target.to_dict(), "entries": self.entries,
+                   "rounds": self.layer_rounds}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json.dumps(payload, sort_keys=True))
         self._dirty = False

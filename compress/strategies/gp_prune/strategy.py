@@ -43,6 +43,7 @@ from compress.models import PadShortcut, freeze_fixed_shortcuts, pad_shortcuts_t
 from compress.registry import register_strategy
 from compress.serialization import apply_widths, describe_widths
 from compress.profiling.latency_model import LayerLatencyTable
+from compress.strategies._parts import channel_rounding
 from compress.strategies._parts.channel_rounding import plan_fixed_widths, plan_widths
 from compress.strategies._parts.checkpoint import (
     CheckpointStore,
@@ -379,7 +380,8 @@ class GPPrune(Strategy):
                 "metric_expr": metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)",
                 "pruning_ratio": best_ratio,
                 "layer_widths": widths,
-                "channel_rounding": {"mode": cfg.channel_rounding, "groups": best_rounding},
+                "channel_rounding": {"mode": cfg.channel_rounding, "groups": best_rounding,
+                                     **({"rule": _ROUNDING_RULE} if cfg.channel_rounding == "measured" else {})},
                 "shortcuts_converted": any(isinstance(m, PadShortcut) for m in ctx.model.modules()),
                 "resumed": None if restored is None else "pruned",
             },
@@ -413,7 +415,7 @@ class GPPrune(Strategy):
                                          time_limit_s=ctx.trace_time_limit_s)
 
         if cfg.channel_rounding == "measured":
-            table = LayerLatencyTable(ctx.target)
+            table = LayerLatencyTable(ctx.target, **channel_rounding.TIMING)
 
             def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module]) -> dict[nn.Module, int]:
                 plan, records = plan_widths(cand, ctx.example_inputs, ratio, ignored, table, window=cfg.rounding_window,
@@ -470,6 +472,13 @@ class GPPrune(Strategy):
             freeze_fixed_shortcuts(best)  # Torch-Pruning re-creates parameters; the 0/1 shortcut stays fixed
         return best, best_ratio, best_rounding
 
+
+_ROUNDING_RULE = {
+    "min_gain": channel_rounding.MIN_GAIN, "noise_z": channel_rounding.NOISE_Z, **channel_rounding.TIMING,
+    "criterion": "ms per kept channel vs the nominal width, round by round; accepted when the cut exceeds "
+                 "max(min_gain, noise_z x standard error); among the accepted: most aligned, then nearest",
+}
+"""How "measured" rounding decided, written beside its per-group records in the report."""
 
 _FINETUNE_FIELDS = frozenset({"epochs", "lr", "momentum", "weight_decay", "optimizer", "kd_alpha", "kd_temperature",
                               "max_steps_per_epoch", "augment"})
