@@ -474,12 +474,13 @@ def finetune(
     total = max(1, settings.epochs * steps)
     if teacher is not None:
         teacher.eval()
-    ddp_model = runtime.wrap(model)
+    ddp_model = runtime.compiled(runtime.wrap(model))
+    teacher_fwd = runtime.compiled(teacher) if teacher is not None else None
 
     def step(batch: Any) -> tuple[torch.Tensor, int]:
         x, y = batch[0], batch[1]
         with torch.no_grad():
-            t_logits = main_logits(teacher(x)) if teacher is not None else None
+            t_logits = main_logits(teacher_fwd(x)) if teacher_fwd is not None else None
         loss = kd_loss(main_logits(ddp_model(x)), y, t_logits, alpha=settings.kd_alpha,
                        temperature=settings.kd_temperature)
         return loss, int(y.numel())

@@ -19,10 +19,11 @@ Choices written down here (where Fabric leaves them to us):
   re-executes ``sys.argv`` is never used, so this works from user code and pytest. Under
   ``torchrun``/SLURM (a cluster environment Fabric detects, ``WORLD_SIZE > 1``) slimforge is one
   rank of the job and every phase that goes through :func:`compress.training.fit` runs DDP.
-* ``channels_last``: ``"auto"`` turns it on for CUDA and for the CPU, where
-  ``benchmarks/results/runtime.md`` measured it faster for conv nets; ``"off"`` keeps the default
-  layout. It changes the memory layout of 4-D weights and batches only, never the numbers a layer
-  computes beyond float rounding.
+* ``channels_last``: ``"auto"`` turns it on for CUDA only (the layout tensor cores want). On our
+  2-core AMD EPYC (Zen 4) CPU, ``benchmarks/results/runtime.md`` measured the ResNet-56 KD step
+  at less than half the images/s in channels_last, so the CPU keeps the default layout; ``"on"``
+  forces it. It changes the memory layout of 4-D weights and batches only, never the numbers a
+  layer computes beyond float rounding.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class RuntimeOptions:
         pin_memory: page-locked host batches; None: on when the device is CUDA.
         persistent_workers: keep the workers alive between epochs (with ``num_workers > 0``).
         channels_last: ``"auto"``, ``"on"`` or ``"off"`` (see the module docstring).
+        compile: ``torch.compile`` the student's and the teacher's forward in the KD fine-tunes
+            (TorchInductor). It costs a compilation (about 1.5 min per process for a CIFAR ResNet
+            on our 2-core CPU) and pays off only for fine-tunes much longer than that.
     """
 
     device: str = "auto"
@@ -102,6 +106,7 @@ class RuntimeOptions:
     pin_memory: bool | None = None
     persistent_workers: bool = False
     channels_last: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         resolve_device(self.device)  # raises for unknown strings and missing CUDA
@@ -115,6 +120,8 @@ class RuntimeOptions:
             raise ConfigError(f"pin_memory must be true, false or None (auto), got {self.pin_memory!r}.")
         if not isinstance(self.persistent_workers, bool):
             raise ConfigError(f"persistent_workers must be true or false, got {self.persistent_workers!r}.")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}.")
         if self.channels_last not in _CHANNELS_LAST:
             raise ConfigError(f"channels_last must be one of {_CHANNELS_LAST}, got {self.channels_last!r}.")
         dev = resolve_device(self.device)
@@ -216,7 +223,10 @@ class Runtime:
 
     @property
     def channels_last(self) -> bool:
-        return self.options.channels_last != "off"
+        """``"on"``/``"off"`` as set; ``"auto"``: on CUDA only (slower on the CPU we measured)."""
+        if self.options.channels_last == "auto":
+            return self.device.type == "cuda"
+        return self.options.channels_last == "on"
 
     @property
     def pin_memory(self) -> bool:
@@ -271,6 +281,10 @@ class Runtime:
         if not self.distributed:
             return model
         return self.fabric.setup_module(model)
+
+    def compiled(self, fn: Any) -> Any:
+        """``torch.compile(fn)`` when the options ask for it, else ``fn`` (weights stay shared)."""
+        return torch.compile(fn) if self.options.compile else fn
 
     def backward(self, loss: torch.Tensor, module: nn.Module | None = None) -> None:
         """``loss.backward()`` through Fabric (loss scaling in fp16)."""
@@ -351,6 +365,7 @@ class Runtime:
             "devices": self.options.devices,
             "channels_last": self.channels_last,
             "num_workers": self.options.num_workers,
+            "compile": self.options.compile,
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "lightning_fabric": _fabric_version(),
