@@ -475,8 +475,9 @@ class GPPrune(Strategy):
 
 _ROUNDING_RULE = {
     "min_gain": channel_rounding.MIN_GAIN, "noise_z": channel_rounding.NOISE_Z, **channel_rounding.TIMING,
-    "criterion": "ms per kept channel vs the nominal width, round by round; accepted when the cut exceeds "
-                 "max(min_gain, noise_z x standard error); among the accepted: most aligned, then nearest",
+    "criterion": "ms per kept channel vs the nominal width, round by round; the group leaves the nominal width when "
+                 "the candidates' median cut exceeds max(min_gain, noise_z x median standard error); then, among "
+                 "the widths cutting over min_gain / 2: most aligned (up to 16), then nearest",
 }
 """How "measured" rounding decided, written beside its per-group records in the report."""
 
