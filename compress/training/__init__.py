@@ -11,12 +11,12 @@
 
 from compress.training.checkpoint import CheckpointStore, EpochCheckpoint
 from compress.training.data import AUGMENTATIONS, Cycle, augment_batch, derive_seed, split_dataset, training_loader
-from compress.training.loop import (FinetuneSettings, FitPlan, all_finite, clip_gradients, cosine_factor,
+from compress.training.loop import (FinetuneSettings, FitPlan, all_finite, cosine_factor,
                                     diverged_error, evaluate, finetune, fit, kd_loss, main_logits, make_optimizer,
                                     weights_checksum)
 from compress.training.runtime import PRECISIONS, Runtime, RuntimeOptions, resolve_device
 
 __all__ = ["AUGMENTATIONS", "CheckpointStore", "Cycle", "EpochCheckpoint", "FinetuneSettings", "FitPlan", "PRECISIONS",
-           "Runtime", "RuntimeOptions", "all_finite", "augment_batch", "clip_gradients", "cosine_factor",
+           "Runtime", "RuntimeOptions", "all_finite", "augment_batch", "cosine_factor",
            "derive_seed", "diverged_error", "evaluate", "finetune", "fit", "kd_loss", "main_logits", "make_optimizer",
            "resolve_device", "split_dataset", "training_loader", "weights_checksum"]

@@ -43,7 +43,7 @@ from compress.training.data import AUGMENTATIONS, training_loader
 from compress.training.runtime import Runtime
 
 __all__ = ["kd_loss", "evaluate", "main_logits", "all_finite", "diverged_error", "cosine_factor", "make_optimizer",
-           "clip_gradients", "fit", "FitPlan", "FinetuneSettings", "finetune", "AUGMENTATIONS"]
+           "fit", "FitPlan", "FinetuneSettings", "finetune", "AUGMENTATIONS"]
 
 
 def main_logits(out: Any) -> torch.Tensor:
@@ -172,12 +172,6 @@ def make_optimizer(params: Iterable[nn.Parameter], name: str, *, lr: float, mome
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                nesterov=nesterov and momentum > 0)
     raise ConfigError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'.")
-
-
-def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> None:
-    """Clip the global gradient norm of ``params`` to ``max_norm`` (None: no clipping)."""
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(list(params), max_norm)
 
 
 StepFn = Callable[[Any], "torch.Tensor | tuple[torch.Tensor, int]"]

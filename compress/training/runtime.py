@@ -285,7 +285,7 @@ class Runtime:
         """``torch.compile(fn)`` when the options ask for it, else ``fn`` (weights stay shared)."""
         return torch.compile(fn) if self.options.compile else fn
 
-    def backward(self, loss: torch.Tensor, module: nn.Module | None = None) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()`` through Fabric (loss scaling in fp16)."""
         self.fabric.backward(loss)
 
