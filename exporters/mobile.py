@@ -8,7 +8,8 @@ writes, structured (JSON-ready) results and clear errors.
   optimisation style), the ``.ort`` file ORT Mobile loads.
 * :func:`mobile_usability` -- NNAPI and CoreML partition coverage, as
   ``python -m onnxruntime.tools.check_onnx_model_mobile_usability`` prints it, but as data.
-* :func:`quantize_int8` -- static QDQ int8 quantisation calibrated on the user's data.
+* :func:`quantize_int8` -- static int8 quantisation calibrated on the user's data, with the
+  :class:`Int8Settings` measured fastest on x86 (``benchmarks/results/int8.md``).
 * :func:`onnx_accuracy` -- top-1 accuracy of an ONNX file on labelled inputs.
 * :func:`write_manifest` -- ``manifest.json``: hashes, sizes, opset, input/output specs and the
   validation and latency figures of every artifact.
@@ -17,6 +18,7 @@ writes, structured (JSON-ready) results and clear errors.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -24,6 +26,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,8 @@ __all__ = [
     "convert_to_ort",
     "mobile_usability",
     "quantize_int8",
+    "Int8Settings",
+    "DEFAULT_INT8_SETTINGS",
     "onnx_accuracy",
     "onnx_spec",
     "sha256_file",
@@ -153,26 +158,147 @@ class _Reader:
         self.pos = 0
 
 
+QUANT_FORMATS = ("qdq", "qoperator")
+"""``Int8Settings.quant_format`` values: ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs around
+float ops, fused into integer kernels by ORT at load) or ``"qoperator"`` (QLinearConv, ...)."""
+QUANT_TYPES = ("int8", "uint8")
+"""``Int8Settings.activation_type`` / ``weight_type`` values (QInt8 / QUInt8)."""
+OP_SETS = ("all", "conv-matmul")
+"""``Int8Settings.ops``: every op ORT can quantise, or only Conv, MatMul and Gemm."""
+_OP_TYPES = {"all": None, "conv-matmul": ["Conv", "MatMul", "Gemm"]}
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How :func:`quantize_int8` calls ``onnxruntime.quantization.quantize_static``.
+
+    The defaults (QDQ, uint8 activations, int8 per-channel weights, every op ORT can quantise,
+    no layer kept in float32, no ``reduce_range``) measured fastest at <= 1 point of accuracy drop
+    on this project's x86 reference machine (Xeon with AVX-512 VNNI and AMX, onnxruntime 1.31,
+    ``cpu-1t``): ``benchmarks/results/int8.md``, written by ``benchmarks/bench_int8.py``, which
+    sweeps every field below on the demo students, the pretrained CIFAR ResNet-20/56 and timm
+    ResNet-18 / MobileNetV3 at 224x224.
+
+    onnxruntime's guide (https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html)
+    names QDQ with S8S8 as the first choice, U8S8 as the alternative, warns that S8S8 in the
+    QOperator format is slow on x86-64, says ``reduce_range`` (7-bit weights) is only for x86
+    CPUs *without* VNNI (whose ``vpmaddubsw`` u8s8 path can saturate), and recommends running
+    ``quant_pre_process`` (shape inference and ORT's basic fusions) first. On our machine S8S8 QDQ
+    was no faster than float32 and QOperator S8S8 was 5-6x slower, while U8S8 (QDQ or QOperator,
+    within noise of each other; QDQ kept as the portable format) was 2-5x faster: hence uint8
+    activations. On an x86 CPU without VNNI, pass ``reduce_range=True``; the accuracy the report
+    re-measures shows whether it is needed.
+
+    Attributes:
+        quant_format: ``"qdq"`` or ``"qoperator"``.
+        per_channel: one weight scale per output channel (else one per tensor).
+        reduce_range: 7-bit weights (avoids the u8s8 ``vpmaddubsw`` saturation of pre-VNNI x86).
+        activation_type / weight_type: ``"int8"`` or ``"uint8"`` (``uint8``/``int8`` = U8S8).
+        ops: ``"all"`` (every op ORT can quantise) or ``"conv-matmul"`` (Conv, MatMul, Gemm only).
+        exclude_first_last: keep the first Conv and the last Gemm/MatMul in float32.
+        preprocess: run ``quant_pre_process`` first.
+
+    Raises:
+        ValueError: an unknown value (the message lists the valid ones).
+    """
+
+    quant_format: str = "qdq"
+    per_channel: bool = True
+    reduce_range: bool = False
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    ops: str = "all"
+    exclude_first_last: bool = False
+    preprocess: bool = True
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("quant_format", QUANT_FORMATS), ("activation_type", QUANT_TYPES),
+                              ("weight_type", QUANT_TYPES), ("ops", OP_SETS)):
+            v = getattr(self, name)
+            if v not in allowed:
+                raise ValueError(f"Int8Settings.{name} must be one of {list(allowed)}, got {v!r}")
+        for name in ("per_channel", "reduce_range", "exclude_first_last", "preprocess"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ValueError(f"Int8Settings.{name} must be True or False, got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of all fields."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Int8Settings":
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def label(self) -> str:
+        """Short human-readable description, e.g. ``QDQ S8S8 per-channel all-ops``."""
+        fmt = {"qdq": "QDQ", "qoperator": "QOperator"}[self.quant_format]
+        types = f"{'S' if self.activation_type == 'int8' else 'U'}8{'S' if self.weight_type == 'int8' else 'U'}8"
+        parts = [fmt, types, "per-channel" if self.per_channel else "per-tensor", f"{self.ops}-ops"]
+        if self.reduce_range:
+            parts.append("reduce-range")
+        if self.exclude_first_last:
+            parts.append("first/last fp32")
+        if not self.preprocess:
+            parts.append("no-preprocess")
+        return " ".join(parts)
+
+
+DEFAULT_INT8_SETTINGS = Int8Settings()
+"""The settings :func:`quantize_int8` uses unless told otherwise."""
+
+
+def _first_last_nodes(model: Any) -> list[str]:
+    """Names of the first Conv and the last Gemm/MatMul node (graph order is topological);
+    unnamed nodes get a name so that they can be excluded."""
+    nodes = list(model.graph.node)
+    for i, n in enumerate(nodes):
+        if not n.name:
+            n.name = f"{n.op_type}_{i}"
+    first = next((n.name for n in nodes if n.op_type == "Conv"), None)
+    last = next((n.name for n in reversed(nodes) if n.op_type in ("Gemm", "MatMul")), None)
+    return [x for x in (first, last) if x is not None]
+
+
 def quantize_int8(
     onnx_path: str | Path,
     out_path: str | Path,
     calibration: np.ndarray,
     *,
-    per_channel: bool = True,
+    per_channel: bool | None = None,
     batch: int = 16,
+    settings: Int8Settings | None = None,
+    quant_format: str | None = None,
+    reduce_range: bool | None = None,
+    activation_type: str | None = None,
+    weight_type: str | None = None,
+    ops: str | None = None,
+    exclude_first_last: bool | None = None,
 ) -> Path:
-    """Static int8 quantisation (QDQ format, ``onnxruntime.quantization.quantize_static``).
+    """Static int8 quantisation with ``onnxruntime.quantization.quantize_static`` (MinMax
+    calibration), by default with :data:`DEFAULT_INT8_SETTINGS` (see :class:`Int8Settings` for
+    what each setting does and why the defaults, measured in ``benchmarks/results/int8.md``).
 
     Args:
         calibration: ``(N, C, H, W)`` float32 inputs from the user's data (a few hundred suffice).
+        per_channel, quant_format, reduce_range, activation_type, weight_type, ops,
+            exclude_first_last: override one field of ``settings`` (``None`` = keep it).
+        batch: calibration batch size.
+        settings: the base settings (default :data:`DEFAULT_INT8_SETTINGS`).
 
     Raises:
+        ValueError: an invalid setting.
         ExportError: quantisation failed.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    overrides = {k: v for k, v in dict(per_channel=per_channel, quant_format=quant_format, reduce_range=reduce_range,
+                                       activation_type=activation_type, weight_type=weight_type, ops=ops,
+                                       exclude_first_last=exclude_first_last).items() if v is not None}
+    st = (settings or DEFAULT_INT8_SETTINGS).replace(**overrides)
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     src, dst = Path(onnx_path), Path(out_path)
     name = onnx.load(str(src), load_external_data=False).graph.input[0].name
     x = np.ascontiguousarray(calibration, dtype=np.float32)
@@ -181,11 +307,22 @@ def quantize_int8(
         q = Path(tmp) / "q.onnx"
         try:
             with _quiet():
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-                quantize_static(str(pre), str(q), _Reader(name, x, batch), quant_format=QuantFormat.QDQ,
-                                per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
+                if st.preprocess:
+                    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+                else:
+                    shutil.copyfile(src, pre)
+                exclude = None
+                if st.exclude_first_last:
+                    model = onnx.load(str(pre))
+                    exclude = _first_last_nodes(model)
+                    onnx.save(model, str(pre))
+                quantize_static(str(pre), str(q), _Reader(name, x, batch),
+                                quant_format=QuantFormat.QDQ if st.quant_format == "qdq" else QuantFormat.QOperator,
+                                op_types_to_quantize=_OP_TYPES[st.ops], per_channel=st.per_channel,
+                                reduce_range=st.reduce_range, activation_type=qtype[st.activation_type],
+                                weight_type=qtype[st.weight_type], nodes_to_exclude=exclude)
         except Exception as exc:
-            raise ExportError(f"int8 quantisation of {src.name} failed: {exc}") from exc
+            raise ExportError(f"int8 quantisation of {src.name} failed ({st.label()}): {exc}") from exc
         write_bytes_atomic(dst, q.read_bytes())
     return dst
 
