@@ -179,8 +179,16 @@ def compress(
             reloaded by name.
         mobile: also write the ORT-format model (``student.ort``) and the NNAPI/CoreML usability
             report (onnxruntime's tools).
-        int8: also quantise the student to int8 (static, calibrated on 256 training images) and
-            re-validate its top-1 accuracy against the fp32 ONNX on the test (or val) split.
+        int8: also quantise the student to int8 (static, calibrated on 256 training images, with
+            :data:`compress.exporters.mobile.DEFAULT_INT8_SETTINGS`), re-validate its top-1 accuracy
+            against the fp32 ONNX on the test (or val) split, and time int8 and fp32 side by side on
+            ``target``. ``result.mobile["int8"]`` then holds ``accuracy``, ``fp32_accuracy``,
+            ``drop_pts``, ``latency_ms`` (int8) and ``fp32_latency_ms`` (medians of the side-by-side
+            rounds), ``latency_p90_ms`` (a separate ``profile_latency`` run of the int8 file),
+            ``speedup`` (fp32 / int8), ``recommended`` (speedup >= 1 and drop <= 1 point, see
+            :func:`compress.exporters.mobile.int8_recommendation`), ``reason`` (why not, else None)
+            and ``settings``; the manifest marks ``student.int8.onnx`` ``recommended: false`` with
+            the reason when int8 does not pay.
         memory: measure the peak resident memory (bytes) an onnxruntime session of the teacher and
             of the student adds on ``target``, each in a child process (about a second each;
             :func:`compress.profiling.profile_peak_memory`). Always on when the budget limits
@@ -362,6 +370,19 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
         )
     if y.dtype.is_floating_point or y.dim() != 1:
         raise DataError(f"labels must be int64 class indices of shape (B,), got {y.dtype} {tuple(y.shape)}.")
+def _int8_vs_fp32(fp32_onnx: Path, int8_onnx: Path, target: Target, latency_repeats: int) -> dict:
+    """The fp32 and int8 students' median latency (ms) on ``target``, timed side by side like
+    :func:`_latency_vs_teacher`, and the rule :func:`compress.exporters.mobile.int8_recommendation`
+    applies to them."""
+    from compress.exporters.mobile import INT8_MAX_DROP_PTS, INT8_MIN_SPEEDUP
+
+    repeats = max(5, latency_repeats // _VS_TEACHER_ROUNDS)
+    fp32, int8 = measure_interleaved([fp32_onnx, int8_onnx], target, rounds=_VS_TEACHER_ROUNDS, repeats=repeats, warmup=2)
+    return {"fp32_ms": fp32["median_ms"], "int8_ms": int8["median_ms"], "fp32_rounds_ms": fp32["rounds_ms"],
+            "int8_rounds_ms": int8["rounds_ms"], "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats,
+            "rule": f"recommended = speedup >= {INT8_MIN_SPEEDUP:g} and drop_pts <= {INT8_MAX_DROP_PTS:g}"}
+
+
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         raise DataError(
             f"labels range over [{int(y.min())}, {int(y.max())}] but the task has {num_classes} classes; "
@@ -475,17 +496,17 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         mobile_info["ort_path"] = str(convert_to_ort(student_onnx, art_dir / "student.ort"))
         mobile_info["usability"] = mobile_usability(student_onnx)
     if int8:
-        from compress.exporters.mobile import onnx_accuracy, quantize_int8
+        from compress.exporters.mobile import DEFAULT_INT8_SETTINGS, int8_recommendation, onnx_accuracy, quantize_int8
 
         x_cal = collect(task.train, max_samples=256)[0].numpy()
-        q_path = quantize_int8(student_onnx, art_dir / "student.int8.onnx", x_cal)
+        q_path = quantize_int8(student_onnx, art_dir / "student.int8.onnx", x_cal, settings=DEFAULT_INT8_SETTINGS)
         x_eval, y_eval = collect(task.test) if task.test is not None else (x_val, y_val)
         acc_fp32 = onnx_accuracy(student_onnx, x_eval.numpy(), y_eval.numpy())
         acc_int8 = onnx_accuracy(q_path, x_eval.numpy(), y_eval.numpy())
         q_lat = profile_latency(q_path, target, warmup=latency_warmup, repeats=latency_repeats)
         mobile_info["int8"] = {
             "path": str(q_path), "accuracy": acc_int8, "fp32_accuracy": acc_fp32,
-            "drop_pts": 100 * (acc_fp32 - acc_int8), "latency_ms": q_lat.median_ms, "latency_p90_ms": q_lat.p90_ms,
+            "drop_pts": drop, "latency_ms": side["int8_ms"], "latency_p90_ms": q_lat.p90_ms,
             "split": "test" if task.test is not None else "val",
         }
     wall["mobile"] = time.perf_counter() - t0
@@ -529,8 +550,18 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
     )
     if out_dir is not None:
         if runtime.is_global_zero:
+        side = _int8_vs_fp32(student_onnx, q_path, target, latency_repeats)
+        drop = 100 * (acc_fp32 - acc_int8)
+        rec = int8_recommendation(side["fp32_ms"], side["int8_ms"], drop)
+        if not rec["recommended"]:
+            log.warning("int8 student not recommended on %s: %s", target.name, rec["reason"])
             result.save(work_dir)
         shutil.rmtree(art_dir, ignore_errors=True)
     return result
 
+            "fp32_latency_ms": side["fp32_ms"], "speedup": rec["speedup"], "recommended": rec["recommended"],
+            "reason": rec["reason"], "rule": side["rule"],
+            "settings": {**DEFAULT_INT8_SETTINGS.to_dict(), "calibration_samples": int(len(x_cal)),
+                         "calibrate_method": "minmax"},
+            "latency_method": {k: side[k] for k in ("method", "rounds", "repeats", "fp32_rounds_ms", "int8_rounds_ms")},
 

@@ -342,11 +342,26 @@ class CompressionResult:
                          "mobile_usability": self.mobile.get("usability")})
         if self.mobile.get("int8"):
             q = self.mobile["int8"]
-            arts.append({"file": "student.int8.onnx", "kind": "onnx-int8", "role": "student",
-                         "validation": {"accuracy": q["accuracy"], "fp32_accuracy": q["fp32_accuracy"],
-                                        "drop_pts": q["drop_pts"], "split": q["split"]},
-                         "latency_ms": {"median": q["latency_ms"], "p90": q["latency_p90_ms"], "target": self.target.name}})
+            art = {"file": "student.int8.onnx", "kind": "onnx-int8", "role": "student",
+                   "validation": {"accuracy": q["accuracy"], "fp32_accuracy": q["fp32_accuracy"],
+                                  "drop_pts": q["drop_pts"], "split": q["split"]},
+                   "latency_ms": {"median": q["latency_ms"], "p90": q["latency_p90_ms"], "target": self.target.name}}
+            art.update(int8_manifest_fields(q))
+            arts.append(art)
         write_manifest(d, arts, strategy=self.strategy, target=self.target.to_dict())
+
+
+def int8_manifest_fields(q: dict[str, Any]) -> dict[str, Any]:
+    """The keys the manifest adds to the ``student.int8.onnx`` artifact from ``mobile["int8"]``:
+    ``recommended`` (True / False; absent for a report made before the rule existed), the
+    ``reason`` when False, and the side-by-side fp32 latency and speedup on the target."""
+    if "recommended" not in q:
+        return {}
+    out: dict[str, Any] = {"recommended": bool(q["recommended"]), "speedup_vs_fp32": q.get("speedup"),
+                           "fp32_latency_ms": q.get("fp32_latency_ms"), "settings": q.get("settings")}
+    if not q["recommended"]:
+        out["reason"] = q.get("reason") or "not recommended"
+    return out
 
 
 def _copy_atomic(src: Path, dst: Path) -> Path:

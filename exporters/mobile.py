@@ -10,6 +10,7 @@ writes, structured (JSON-ready) results and clear errors.
   ``python -m onnxruntime.tools.check_onnx_model_mobile_usability`` prints it, but as data.
 * :func:`quantize_int8` -- static int8 quantisation calibrated on the user's data, with the
   :class:`Int8Settings` measured fastest on x86 (``benchmarks/results/int8.md``).
+* :func:`int8_recommendation` -- the rule that marks an int8 file recommended or not.
 * :func:`onnx_accuracy` -- top-1 accuracy of an ONNX file on labelled inputs.
 * :func:`write_manifest` -- ``manifest.json``: hashes, sizes, opset, input/output specs and the
   validation and latency figures of every artifact.
@@ -41,6 +42,7 @@ __all__ = [
     "quantize_int8",
     "Int8Settings",
     "DEFAULT_INT8_SETTINGS",
+    "int8_recommendation",
     "onnx_accuracy",
     "onnx_spec",
     "sha256_file",
@@ -325,6 +327,42 @@ def quantize_int8(
             raise ExportError(f"int8 quantisation of {src.name} failed ({st.label()}): {exc}") from exc
         write_bytes_atomic(dst, q.read_bytes())
     return dst
+
+
+INT8_MIN_SPEEDUP = 1.0
+"""int8 is recommended only when it runs at least this many times as fast as fp32 on the target."""
+INT8_MAX_DROP_PTS = 1.0
+"""... and loses at most this many points of top-1 accuracy."""
+
+
+def int8_recommendation(fp32_ms: float, int8_ms: float, drop_pts: float, *, min_speedup: float = INT8_MIN_SPEEDUP,
+                        max_drop_pts: float = INT8_MAX_DROP_PTS) -> dict[str, Any]:
+    """Whether to recommend the int8 model over the fp32 one: the rule is ``speedup >= min_speedup``
+    (``speedup = fp32_ms / int8_ms``, both measured side by side on the target) and
+    ``drop_pts <= max_drop_pts`` (fp32 minus int8 top-1, in points). A pure function of its
+    arguments, so that the rule is testable without timing anything.
+
+    Returns:
+        ``{"recommended": bool, "speedup": float, "reason": str | None}``; ``reason`` says what
+        failed (``"slower than fp32 (0.40x on the target)"``, ``"accuracy drop 2.30 points > 1"``),
+        ``None`` when recommended.
+
+    Raises:
+        ValueError: a latency that is not a positive finite number, or a non-finite drop.
+    """
+    for name, v in (("fp32_ms", fp32_ms), ("int8_ms", int8_ms)):
+        if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive finite latency in ms, got {v!r}")
+    if not (isinstance(drop_pts, (int, float)) and np.isfinite(drop_pts)):
+        raise ValueError(f"drop_pts must be a finite number of points, got {drop_pts!r}")
+    speedup = float(fp32_ms) / float(int8_ms)
+    reasons = []
+    if speedup < min_speedup:
+        reasons.append(f"slower than fp32 ({speedup:.2f}x on the target)" if speedup < 1.0
+                       else f"speedup {speedup:.2f}x < {min_speedup:g}x")
+    if drop_pts > max_drop_pts:
+        reasons.append(f"accuracy drop {drop_pts:.2f} points > {max_drop_pts:g}")
+    return {"recommended": not reasons, "speedup": speedup, "reason": "; ".join(reasons) or None}
 
 
 def onnx_accuracy(path: str | Path, inputs: np.ndarray, labels: np.ndarray, *, batch: int = 64) -> float:
