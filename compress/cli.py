@@ -78,7 +78,8 @@ def _print_result(result, out_dir: Path) -> None:
     if mob.get("int8"):
         q = mob["int8"]
         con.print(f"int8: {Path(q['path']).name} top-1 {100 * q['accuracy']:.2f}% vs fp32 {100 * q['fp32_accuracy']:.2f}% "
-                  f"({q['split']}), latency {q['latency_ms']:.3f} ms")
+                  f"({q['split']}), latency {q['latency_ms']:.3f} ms"
+                  + ("" if q.get("recommended", True) else f" [yellow](not recommended: {q.get('reason')})[/]"))
     con.print(f"wall time: {result.wall_s.get('total', 0):.1f} s; report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
 
 
