@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import logging
 import os
 import random
@@ -26,12 +27,14 @@ from torch import nn
 
 from compress.budgets import Budget, CostError, measure_cost
 from compress.data import TaskData, as_task_data, collect
-from compress.errors import BudgetAlreadyMetError, ConfigError, DataError, UnsupportedModelError
+from compress.errors import (BudgetAlreadyMetError, CompressError, ConfigError, DataError, ModelSpecError,
+                             UnsupportedModelError, disk_full)
 from compress.executors import Executor, make_executor
 from compress.exporters import export_onnx, validate_onnx
 from compress.profiling import Target, profile_latency, profile_peak_memory
 from compress.profiling.latency_model import measure_interleaved
 from compress.registry import get_strategy
+from compress.signals import cleanup_on_signals
 from compress.result import CompressionResult, ModelReport
 from compress.strategies._parts.checkpoint import open_run_dir, run_identity
 from compress.strategies._parts.checkpoint import loader_generators
@@ -40,9 +43,17 @@ from compress.strategies._parts.training import evaluate
 from compress.strategies.base import ProgressFn, StrategyContext, config_to_dict
 from compress.training.runtime import Runtime, RuntimeOptions
 
-__all__ = ["compress", "seed_everything", "library_versions"]
+__all__ = ["compress", "check_seed", "seed_everything", "library_versions"]
 
 log = logging.getLogger(__name__)
+
+
+def check_seed(seed: Any, *, name: str = "seed") -> int:
+    """``seed`` if it is an int in ``[0, 2**32 - 1]`` (what NumPy and every RNG here accept), else a
+    :class:`ConfigError` saying so."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**32:
+        raise ConfigError(f"{name} must be an integer from 0 to {2**32 - 1}, got {seed!r}; pick another seed.")
+    return int(seed)
 
 
 def seed_everything(seed: int) -> None:
@@ -101,31 +112,65 @@ def _progress_fn(progress: bool | ProgressFn) -> tuple[ProgressFn, Callable[[], 
 
 
 def _check_model(model: Any, x: torch.Tensor, num_classes: int, who: str) -> None:
+    """``model`` maps the data's batches to ``(B, num_classes)`` logits in eval mode and in train mode.
+
+    In train mode the main logits count (:func:`compress.training.main_logits`: the tensor itself,
+    or the first element of a tuple such as torchvision GoogLeNet / Inception v3's
+    ``(logits, aux_logits)``); auxiliary outputs are ignored by every training loop. The train-mode
+    forward leaves the model as found (buffers such as BatchNorm statistics restored, torch RNG
+    forked).
+
+    Raises:
+        UnsupportedModelError: not a module, fails on the batch, wrong output shape.
+        ModelSpecError: weights (parameters or buffers) that are NaN or infinite.
+    """
+    from compress.training.loop import main_logits
+
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"{who} must be a torch.nn.Module, got {type(model).__name__}.", layer=who)
+    bad = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ModelSpecError(
+            f"{who} has NaN or infinite weights in {len(bad)} tensor(s) ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); load finite weights (check the checkpoint or the training that "
+            "wrote it) before compressing."
+        )
     was = model.training
-    model.eval()
+    saved = {k: b.detach().clone() for k, b in model.named_buffers()}
+    mode = "eval"
     try:
-        with torch.no_grad():
-            out = model(x)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model.eval()(x)
+            mode = "train"  # (a batch of one cannot go through BatchNorm in train mode; training drops it too)
+            train_out = main_logits(model.train()(x)) if x.shape[0] > 1 else out
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UnsupportedModelError(
-            f"{who} fails on a batch of the data {tuple(x.shape)}: {type(exc).__name__}: {first}. "
-            "Check that the model's input shape and channels match the data.",
+            f"{who} fails on a batch of the data {tuple(x.shape)} in {mode} mode: {type(exc).__name__}: {first}. "
+            "Check that the model's input channels and size match the data (slimforge run: --in-chans, "
+            "--image-size) and that it returns class logits (B, K), or a tuple whose first element is the logits.",
             layer=who,
         ) from exc
     finally:
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                if k in saved and b.shape == saved[k].shape:
+                    b.copy_(saved[k])
         model.train(was)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UnsupportedModelError(
-            f"{who} must return class logits of shape (batch, {num_classes}) for this data, got {got}. "
-            "Give a classifier whose head matches the number of classes (e.g. num_classes=...).",
-            layer=who,
-        )
+    for mode, o in (("eval", out), ("train", train_out)):
+        if not isinstance(o, torch.Tensor) or o.dim() != 2 or o.shape[1] != num_classes:
+            got = tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
+            raise UnsupportedModelError(
+                f"{who} must return class logits of shape (batch, {num_classes}) for this data, got {got} in {mode} "
+                f"mode. Give a classifier whose head has {num_classes} outputs, one per class of the data "
+                "(slimforge run builds it with --num-classes, by default the data's class count; API: "
+                "load_model(spec, num_classes=...)).",
+                layer=who,
+            )
 
 
+@cleanup_on_signals()  # SIGTERM unwinds through the cleanup below (temp folder, unused manifest)
 def compress(
     model: nn.Module,
     budget: Budget | str | dict,
@@ -232,18 +277,22 @@ def compress(
 
     Raises:
         BudgetError: invalid budget. StrategyError: unknown strategy (with close matches).
-        UnsupportedModelError: the model does not produce ``(B, K)`` logits, cannot be counted,
-            or cannot be compressed (names the layer). BudgetUnreachableError: the strategy cannot
+        UnsupportedModelError: the model does not produce ``(B, K)`` logits (in eval mode, and in
+            train mode as its main logits: a ``(logits, aux...)`` tuple such as GoogLeNet's counts by
+            its first element), cannot be counted, or cannot be compressed (names the layer).
+            ModelSpecError: the model's or teacher's weights are NaN or infinite. BudgetUnreachableError: the strategy cannot
             meet the budget. ExportError / OnnxValidationError: the student does not export or its
-            ONNX disagrees with torch. DataError: unusable data. ConfigError: bad config.
+            ONNX disagrees with torch. DataError: unusable data. ConfigError: bad config or seed (an int in [0, 2**32 - 1]).
             CheckpointError: ``out_dir`` holds checkpoints of another run, or a corrupt one.
         BudgetAlreadyMetError: ``model`` already meets the budget and the strategy only shrinks it
             (gp-prune); strategies that build a new network (grow, eg-nas, darts-gal) run and log it.
         TimeLimitError: counting or dependency-graph tracing exceeded ``trace_time_limit_s``.
         TrainingDivergedError: a training loss became NaN or inf (the committed checkpoints stay).
+        DiskFullError: the disk filled up while writing (names the path; nothing half-written).
     """
     t_start = time.perf_counter()
     wall: dict[str, float] = {}
+    seed = check_seed(seed)
     _check_time_limit(trace_time_limit_s)
     rt = Runtime(RuntimeOptions.coerce(runtime, device=device, precision=precision, devices=devices))
     budget_obj = Budget.coerce(budget)
@@ -297,10 +346,12 @@ def compress(
                          work_dir, art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats,
                          mobile, int8, t_start, wall, executor=runner, memory=memory,
                          trace_time_limit_s=trace_time_limit_s, runtime=rt, allow_slower=allow_slower)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(art_dir, ignore_errors=True)
         if run_dir is not None:
             run_dir.discard_if_unused()
+        if isinstance(exc, OSError) and not isinstance(exc, CompressError) and exc.errno == errno.ENOSPC:
+            raise disk_full(exc, out_dir) from exc
         raise
     finally:
         if runner is not executor:  # created here: stop its workers (a caller's executor stays open)
@@ -322,6 +373,19 @@ def _latency_vs_teacher(teacher_onnx: Path, student_onnx: Path, target: Target, 
     return {"teacher_ms": teacher["median_ms"], "student_ms": student["median_ms"],
             "teacher_rounds_ms": teacher["rounds_ms"], "student_rounds_ms": student["rounds_ms"],
             "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats}
+
+
+def _int8_vs_fp32(fp32_onnx: Path, int8_onnx: Path, target: Target, latency_repeats: int) -> dict:
+    """The fp32 and int8 students' median latency (ms) on ``target``, timed side by side like
+    :func:`_latency_vs_teacher`, and the rule :func:`compress.exporters.mobile.int8_recommendation`
+    applies to them."""
+    from compress.exporters.mobile import INT8_MAX_DROP_PTS, INT8_MIN_SPEEDUP
+
+    repeats = max(5, latency_repeats // _VS_TEACHER_ROUNDS)
+    fp32, int8 = measure_interleaved([fp32_onnx, int8_onnx], target, rounds=_VS_TEACHER_ROUNDS, repeats=repeats, warmup=2)
+    return {"fp32_ms": fp32["median_ms"], "int8_ms": int8["median_ms"], "fp32_rounds_ms": fp32["rounds_ms"],
+            "int8_rounds_ms": int8["rounds_ms"], "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats,
+            "rule": f"recommended = speedup >= {INT8_MIN_SPEEDUP:g} and drop_pts <= {INT8_MAX_DROP_PTS:g}"}
 
 
 def _check_time_limit(seconds: Any) -> None:
@@ -370,19 +434,6 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
         )
     if y.dtype.is_floating_point or y.dim() != 1:
         raise DataError(f"labels must be int64 class indices of shape (B,), got {y.dtype} {tuple(y.shape)}.")
-def _int8_vs_fp32(fp32_onnx: Path, int8_onnx: Path, target: Target, latency_repeats: int) -> dict:
-    """The fp32 and int8 students' median latency (ms) on ``target``, timed side by side like
-    :func:`_latency_vs_teacher`, and the rule :func:`compress.exporters.mobile.int8_recommendation`
-    applies to them."""
-    from compress.exporters.mobile import INT8_MAX_DROP_PTS, INT8_MIN_SPEEDUP
-
-    repeats = max(5, latency_repeats // _VS_TEACHER_ROUNDS)
-    fp32, int8 = measure_interleaved([fp32_onnx, int8_onnx], target, rounds=_VS_TEACHER_ROUNDS, repeats=repeats, warmup=2)
-    return {"fp32_ms": fp32["median_ms"], "int8_ms": int8["median_ms"], "fp32_rounds_ms": fp32["rounds_ms"],
-            "int8_rounds_ms": int8["rounds_ms"], "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats,
-            "rule": f"recommended = speedup >= {INT8_MIN_SPEEDUP:g} and drop_pts <= {INT8_MAX_DROP_PTS:g}"}
-
-
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         raise DataError(
             f"labels range over [{int(y.min())}, {int(y.max())}] but the task has {num_classes} classes; "
@@ -504,10 +555,20 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         acc_fp32 = onnx_accuracy(student_onnx, x_eval.numpy(), y_eval.numpy())
         acc_int8 = onnx_accuracy(q_path, x_eval.numpy(), y_eval.numpy())
         q_lat = profile_latency(q_path, target, warmup=latency_warmup, repeats=latency_repeats)
+        side = _int8_vs_fp32(student_onnx, q_path, target, latency_repeats)
+        drop = 100 * (acc_fp32 - acc_int8)
+        rec = int8_recommendation(side["fp32_ms"], side["int8_ms"], drop)
+        if not rec["recommended"]:
+            log.warning("int8 student not recommended on %s: %s", target.name, rec["reason"])
         mobile_info["int8"] = {
             "path": str(q_path), "accuracy": acc_int8, "fp32_accuracy": acc_fp32,
             "drop_pts": drop, "latency_ms": side["int8_ms"], "latency_p90_ms": q_lat.p90_ms,
             "split": "test" if task.test is not None else "val",
+            "fp32_latency_ms": side["fp32_ms"], "speedup": rec["speedup"], "recommended": rec["recommended"],
+            "reason": rec["reason"], "rule": side["rule"],
+            "settings": {**DEFAULT_INT8_SETTINGS.to_dict(), "calibration_samples": int(len(x_cal)),
+                         "calibrate_method": "minmax"},
+            "latency_method": {k: side[k] for k in ("method", "rounds", "repeats", "fp32_rounds_ms", "int8_rounds_ms")},
         }
     wall["mobile"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -550,18 +611,8 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
     )
     if out_dir is not None:
         if runtime.is_global_zero:
-        side = _int8_vs_fp32(student_onnx, q_path, target, latency_repeats)
-        drop = 100 * (acc_fp32 - acc_int8)
-        rec = int8_recommendation(side["fp32_ms"], side["int8_ms"], drop)
-        if not rec["recommended"]:
-            log.warning("int8 student not recommended on %s: %s", target.name, rec["reason"])
             result.save(work_dir)
         shutil.rmtree(art_dir, ignore_errors=True)
     return result
 
-            "fp32_latency_ms": side["fp32_ms"], "speedup": rec["speedup"], "recommended": rec["recommended"],
-            "reason": rec["reason"], "rule": side["rule"],
-            "settings": {**DEFAULT_INT8_SETTINGS.to_dict(), "calibration_samples": int(len(x_cal)),
-                         "calibrate_method": "minmax"},
-            "latency_method": {k: side[k] for k in ("method", "rounds", "repeats", "fp32_rounds_ms", "int8_rounds_ms")},
 

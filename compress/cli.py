@@ -1,14 +1,19 @@
 """The ``slimforge`` command line (typer). ``python -m compress`` runs the same app.
 
-Commands: ``demo``, ``run``, ``resume``, ``measure``, ``strategies``. Exit codes: 0 success, 2 bad input
-(a slimforge error; the message says what to do), 3 the student was produced but misses its
-budget, is not faster than its teacher on the target (``latency_not_reduced``; ``--allow-slower``
-accepts it) or fails ONNX parity (so CI pipelines can gate on it).
+Commands: ``demo``, ``run``, ``resume``, ``measure``, ``gate``, ``evolve-metric``, ``strategies``.
+Exit codes: 0 success, 2 any failure (bad input, a slimforge error, a full disk, an internal error:
+one paragraph on stderr that says what to do, no traceback unless ``slimforge --debug COMMAND``),
+3 the student was produced but misses its budget, is not faster than its teacher on the target
+(``latency_not_reduced``; ``--allow-slower`` accepts it) or fails ONNX parity (so CI pipelines can
+gate on it), 1 ``gate`` found a regression, 130 interrupted (Ctrl-C / SIGINT), 143 terminated
+(SIGTERM). An interrupted or failed ``run``/``demo`` removes its temp folder, and its
+``run_args.json`` when no checkpoint was committed yet.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import sys
 from pathlib import Path
@@ -19,17 +24,84 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="slimforge: compress a teacher to a budget, export validated ONNX.")
 
 
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (by default: a one-paragraph message and exit 2).")) -> None:
+    """slimforge: compress a teacher to a budget, export validated ONNX."""
+    _DEBUG["on"] = debug
+
+
 def _console():
     from rich.console import Console
 
     return Console(stderr=False)
 
 
-def _fail(exc: Exception) -> None:
-    from rich.console import Console
+_DEBUG = {"on": False}  # set by the root callback on every invocation
 
-    Console(stderr=True).print(f"[bold red]error[/]: {type(exc).__name__}: {exc}")
+
+def _debug() -> bool:
+    """``slimforge --debug ...``: let exceptions through with their traceback."""
+    return _DEBUG["on"]
+
+
+def _error_message(exc: BaseException) -> str:
+    """One paragraph for any exception: ours as they are (they say what to do); a full disk, other
+    OS errors, bad values and anything else with what to do about them."""
+    if isinstance(exc, _known_errors()):
+        msg = f"{type(exc).__name__}: {exc}"
+    elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        msg = (f"the disk is full (OSError ENOSPC{where}); free some space or choose an --out on another disk, "
+               "then run the command again.")
+    elif isinstance(exc, OSError):
+        msg = f"{type(exc).__name__}: {exc}; check the paths given and that they can be read and written."
+    elif isinstance(exc, (ValueError, TypeError)):
+        msg = f"{type(exc).__name__}: {exc}; check the files and options given (slimforge COMMAND --help)."
+    else:
+        msg = (f"internal error ({type(exc).__name__}: {exc}); this is a slimforge bug, please report it with "
+               "the command line (run it again with `slimforge --debug ...` for the traceback).")
+    return " ".join(msg.split())
+
+
+def _fail(exc: BaseException) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error[/]: {escape(_error_message(exc))}")
     raise typer.Exit(code=2)
+
+
+def _clean_errors(fn):
+    """Every exception a command raises becomes one paragraph on stderr and exit 2 (Ctrl-C and
+    SIGINT: exit 130, SIGTERM: exit 143), without a traceback unless ``slimforge --debug``. The
+    command's own exits (``typer.Exit``: 0, 1 gate regression, 3 budget not met) pass through."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from compress.signals import Terminated, cleanup_on_signals
+
+        try:
+            with cleanup_on_signals():
+                return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # the command's own exit codes, usage errors
+            raise
+        except (KeyboardInterrupt, Terminated) as exc:
+            if _debug():
+                raise
+            from rich.console import Console
+
+            code = getattr(exc, "exit_code", 130)
+            Console(stderr=True).print(f"[bold red]interrupted[/] ({'SIGTERM' if code == 143 else 'SIGINT / Ctrl-C'}); "
+                                       "temporary files removed. `slimforge resume OUT` continues a run from its "
+                                       "last checkpoint.")
+            raise typer.Exit(code=code) from None
+        except Exception as exc:
+            if _debug():
+                raise
+            _fail(exc)
+
+    return wrapper
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -81,6 +153,76 @@ def _print_result(result, out_dir: Path) -> None:
                   f"({q['split']}), latency {q['latency_ms']:.3f} ms"
                   + ("" if q.get("recommended", True) else f" [yellow](not recommended: {q.get('reason')})[/]"))
     con.print(f"wall time: {result.wall_s.get('total', 0):.1f} s; report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
+
+
+def _check_seed(seed: int, option: str = "--seed") -> None:
+    from compress.api import check_seed
+
+    check_seed(seed, name=option)
+
+
+def _floats(option: str, text: Optional[str], *, positive: bool = False) -> Optional[tuple[float, ...]]:
+    """``'0.485,0.456,0.406'`` -> floats (one per channel, or one for all), or a ConfigError saying the format."""
+    import math
+
+    from compress.errors import ConfigError
+
+    if text is None:
+        return None
+    example = "0.229,0.224,0.225" if positive else "0.485,0.456,0.406"
+    fmt = (f"{option} takes comma-separated numbers, one per image channel or one for all channels "
+           f"(e.g. {option} {example} for RGB, {option} 0.5 for all)")
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{fmt}; got {text!r}.") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise ConfigError(f"{fmt}, finite; got {text!r}.")
+    if positive and min(vals) <= 0:
+        raise ConfigError(f"{fmt}, each > 0 (a std of 0 divides by zero); got {text!r}.")
+    return vals
+
+
+def _data_options(data: str, *, seed: int, test_data: Optional[str], mean: Optional[str], std: Optional[str],
+                  image_size: Optional[int], in_chans: Optional[int], num_classes: Optional[int]) -> dict:
+    """``slimforge run``'s data options as ``load_task`` keyword arguments, each checked against the
+    kind of ``--data`` (digits, .npz or an image folder) with a ConfigError naming the flag."""
+    from compress.errors import ConfigError
+
+    _check_seed(seed)
+    kw: dict = {"seed": seed}
+    m, s = _floats("--mean", mean), _floats("--std", std, positive=True)
+    digits = data.strip().lower() == "digits"
+    folder = Path(data).expanduser().is_dir()
+    bad = []
+    if digits and (m is not None or s is not None):
+        bad.append("--mean/--std apply to .npz and image-folder data (digits is normalised by slimforge); drop them")
+    if digits and test_data:
+        bad.append("--test-data applies to .npz and image-folder data (digits has its own test split); drop it")
+    if image_size is not None and not folder:
+        bad.append("--image-size applies to image-folder data only (an .npz is used at its stored size); drop it")
+    if image_size is not None and image_size < 1:
+        bad.append(f"--image-size must be a positive number of pixels, got {image_size}")
+    if in_chans is not None and in_chans < 1:
+        bad.append(f"--in-chans must be a positive number of channels, got {in_chans}")
+    if in_chans is not None and folder and in_chans not in (1, 3):
+        bad.append(f"--in-chans must be 1 (grayscale) or 3 (RGB) for an image folder, got {in_chans}")
+    if num_classes is not None and num_classes < 1:
+        bad.append(f"--num-classes must be >= 1, got {num_classes}")
+    if bad:
+        raise ConfigError("; ".join(bad) + ".")
+    if test_data:
+        kw["test_path"] = test_data
+    if m is not None:
+        kw["mean"] = m
+    if s is not None:
+        kw["std"] = s
+    if folder:
+        if image_size is not None:
+            kw["image_size"] = image_size
+        if in_chans is not None:
+            kw["channels"] = in_chans
+    return kw
 
 
 def _exit_code(result) -> int:
@@ -183,7 +325,8 @@ def _record_run(out: Path, command: str, args: dict, resume: bool):
     """Write ``out/run_args.json`` atomically before any work, so ``slimforge resume OUT`` can repeat
     this invocation after a crash. With ``resume``, an existing record must describe the same
     invocation. Returns a cleanup callable for a run that fails with a clean error (it removes the
-    record, and ``out`` if this call created it and it is empty).
+    record unless a checkpoint was committed after it, and ``out`` if this call created it and it is
+    empty), so that the corrected command is not refused.
 
     Raises:
         CheckpointError: ``out`` was started by another invocation (lists what differs), or its
@@ -212,9 +355,18 @@ def _record_run(out: Path, command: str, args: dict, resume: bool):
     try:
         write_text_atomic(path, json.dumps(rec, indent=2, sort_keys=True))
     except OSError as exc:
+        if created and Path(out).is_dir() and not any(Path(out).iterdir()):
+            Path(out).rmdir()
+        if exc.errno == errno.ENOSPC:
+            from compress.errors import disk_full
+
+            raise disk_full(exc, path) from exc
         raise ConfigError(f"output directory {out} cannot be written ({exc}); choose another --out.") from exc
 
-    def cleanup() -> None:
+    def cleanup() -> None:  # only while no checkpoint was committed: after one, `slimforge resume` needs the record
+        ck = Path(out) / "checkpoints"
+        if ck.is_dir() and any(p.is_file() and p.name != "run.json" for p in ck.rglob("*")):
+            return
         path.unlink(missing_ok=True)
         if created and Path(out).is_dir() and not any(Path(out).iterdir()):
             Path(out).rmdir()
@@ -223,6 +375,7 @@ def _record_run(out: Path, command: str, args: dict, resume: bool):
 
 
 @app.command()
+@_clean_errors
 def demo(
     strategy: str = typer.Option("gp-prune", help="Strategy to run."),
     seed: int = typer.Option(0, help="Run seed."),
@@ -242,8 +395,10 @@ def demo(
 ) -> None:
     """Train (or load the cached) digits teacher, compress it to the budget, export, validate, profile."""
     cleanup = lambda: None  # noqa: E731
+    args = dict(locals())
     try:
-        cleanup = _record_run(out, "demo", dict(locals()), resume)
+        _check_seed(seed)
+        cleanup = _record_run(out, "demo", args, resume)
         from compress.api import compress
         from compress.data import load_digits_task
         from compress.teachers import TeacherRecipe, get_or_train_teacher
@@ -276,14 +431,15 @@ def demo(
         result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
                           config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume, runtime=rt_opts,
                           allow_slower=allow_slower)
-    except _known_errors() as exc:
+    except BaseException:  # any failure, Ctrl-C or SIGTERM before the first checkpoint: leave no record behind
         cleanup()
-        _fail(exc)
+        raise
     _print_result(result, out)
     raise typer.Exit(code=_exit_code(result))
 
 
 @app.command()
+@_clean_errors
 def run(
     model: str = typer.Option(..., help="Model spec: timm:NAME, torchvision:NAME, cifar:resnet56, or package.module:factory."),
     data: str = typer.Option(..., help="Data: 'digits', an .npz with x (uint8 NHWC) and y, or an ImageFolder directory."),
@@ -295,6 +451,8 @@ def run(
     num_classes: Optional[int] = typer.Option(None, help="Classes (default: from the data)."),
     mean: Optional[str] = typer.Option(None, help="Normalisation mean, e.g. '0.485,0.456,0.406'."),
     std: Optional[str] = typer.Option(None, help="Normalisation std, e.g. '0.229,0.224,0.225'."),
+    image_size: Optional[int] = typer.Option(None, help="Image folders: resize every image to N x N pixels (default: keep the files' size, which must then be the same for all)."),
+    in_chans: Optional[int] = typer.Option(None, help="Input channels of the model (default: the data's). Image folders are read as grayscale with 1, RGB with 3."),
     seed: int = typer.Option(0, help="Run seed."),
     target: str = typer.Option("cpu-1t", help="Latency target: a preset (cpu-1t, cpu-2t, ort-mobile) or a .toml/.yaml target file."),
     config: Optional[str] = typer.Option(None, help="Strategy config as JSON (string or file)."),
@@ -310,38 +468,40 @@ def run(
 ) -> None:
     """Compress a model on your data to a budget and write the report and artifacts to --out."""
     cleanup = lambda: None  # noqa: E731
+    args = dict(locals())
     try:
-        cleanup = _record_run(out, "run", dict(locals()), resume)
+        kw = _data_options(data, seed=seed, test_data=test_data, mean=mean, std=std, image_size=image_size,
+                           in_chans=in_chans, num_classes=num_classes)  # every option checked before anything is written
+        cleanup = _record_run(out, "run", args, resume)
         from compress.api import compress
         from compress.data import load_task
+        from compress.errors import ConfigError
         from compress.models import load_model
         from compress.profiling import Target
 
-        kw: dict = {"seed": seed}
-        if test_data:
-            kw["test_path"] = test_data
-        if mean:
-            kw["mean"] = tuple(float(v) for v in mean.split(","))
-        if std:
-            kw["std"] = tuple(float(v) for v in std.split(","))
         task = load_task(data, **kw)
+        chans = task.spec.input_shape[0]
+        if in_chans is not None and in_chans != chans:
+            raise ConfigError(f"--in-chans {in_chans} but the data {data!r} has {chans}-channel images; omit --in-chans "
+                              "(the model then takes the data's channels) or convert the data.")
         from compress.api import seed_everything
 
         seed_everything(seed)  # a model without --weights is initialised the same way in every run (and resume)
-        net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights)
+        net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights, in_chans=chans)
         result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
                           target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
                           executor=executor, ray_address=ray_address, resume=resume,
                           runtime=dict(device=device, precision=precision, devices=devices, num_workers=num_workers),
                           allow_slower=allow_slower)
-    except _known_errors() as exc:
+    except BaseException:  # any failure, Ctrl-C or SIGTERM before the first checkpoint: leave no record behind
         cleanup()
-        _fail(exc)
+        raise
     _print_result(result, out)
     raise typer.Exit(code=_exit_code(result))
 
 
 @app.command("resume")
+@_clean_errors
 def resume_cmd(
     run_dir: Path = typer.Argument(..., help="Output directory of a `slimforge demo` or `slimforge run` (holds run_args.json)."),
     model: Optional[str] = typer.Option(None, help="The run's model spec, passed again: needed (or --trust-remote-code) "
@@ -400,6 +560,7 @@ def resume_cmd(
 
 
 @app.command()
+@_clean_errors
 def measure(
     model: str = typer.Option(..., help="Model spec."),
     weights: Optional[Path] = typer.Option(None, help="Local weights file."),
@@ -452,6 +613,7 @@ def measure(
 
 
 @app.command()
+@_clean_errors
 def gate(
     model: Path = typer.Option(..., help="The exported model (.onnx) to gate."),
     baseline: Path = typer.Option(..., help="Baseline JSON (written by --update-baseline)."),
@@ -525,10 +687,7 @@ def gate(
     try:
         result = work()
     except Exception as exc:  # exit 1 means "regression" to CI, so every failure here exits 2
-        import click
-
-        ctx = click.get_current_context(silent=True)
-        if ctx is not None and ctx.find_root().params.get("debug"):
+        if _debug():
             raise
         if isinstance(exc, _known_errors()):
             msg = f"{type(exc).__name__}: {exc}"
@@ -588,6 +747,7 @@ def _npz_for_gate(path: Path, mean: Optional[str], std: Optional[str]):
 
 
 @app.command("evolve-metric")
+@_clean_errors
 def evolve_metric_cmd(
     preset: str = typer.Option("cpu-small", help="Evolution preset: 'cpu-small' (digits tasks, minutes) or 'full' (paper)."),
     out: Path = typer.Option(Path("slimforge-out/evolve"), help="Run directory (checkpoint, best_metric.json, fitness.png)."),
@@ -606,6 +766,8 @@ def evolve_metric_cmd(
 
         from compress.executors import make_executor
         from compress.strategies.gp_prune.evolve import EvolveConfig, evolve_metric
+
+        _check_seed(seed)
 
         overrides: dict = {"generations": generations} if generations else {}
         if data is not None:
@@ -644,6 +806,7 @@ def evolve_metric_cmd(
 
 
 @app.command()
+@_clean_errors
 def strategies() -> None:
     """List the registered strategies."""
     from compress.registry import get_strategy, list_strategies

@@ -452,6 +452,19 @@ def _npz_to_tensor(x: np.ndarray) -> Tensor:
     return t.to(torch.float32).contiguous()
 
 
+def _check_finite(x: Tensor, path: Path) -> Tensor:
+    """``x`` unchanged, or a :class:`DataError` when it holds NaN or infinite values (float npz)."""
+    if x.is_floating_point():
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            imgs = torch.nonzero(bad.flatten(1).any(dim=1)).flatten().tolist()
+            raise DataError(
+                f"npz array 'x' in '{path}' holds {int(bad.sum())} NaN or infinite value(s) in {len(imgs)} image(s) "
+                f"(first: {imgs[:5]}); replace or drop them (e.g. np.nan_to_num, or x[np.isfinite(x).all(axis=(1, 2, 3))])"
+            )
+    return x
+
+
 def load_npz_task(
     path: str | Path,
     *,
@@ -474,11 +487,18 @@ def load_npz_task(
     stratified seeded val split (``val_fraction``). An optional ``classes``
     string array becomes ``spec.class_names``.
 
+    Classes: one output per distinct label. Labels that are not ``0..K-1``
+    (e.g. ``0, 100000, ..., 900000``) are remapped to ``0..K-1`` in sorted
+    order with a ``UserWarning`` (``spec.class_names`` then holds the original
+    labels), rather than building a head with ``max + 1`` outputs. Float ``x``
+    with NaN or infinite values is refused.
+
     Batches: ``x`` float32 ``(B, C, H, W)``, ``y`` int64 ``(B,)``.
 
     Raises:
         DataError: missing file, missing ``x``/``y`` key, wrong dtype or shape,
-            label problems, test images of another shape, bad mean/std.
+            NaN / infinite pixels, label problems, test images of another shape,
+            bad mean/std.
     """
     path = Path(path).expanduser()
     val_fraction = _check_fraction("val_fraction", val_fraction)
@@ -489,7 +509,7 @@ def load_npz_task(
         x_np, y_np = x_np[keep], y_np[keep]
     train_idx, val_idx = _split_indices(y_np, val_fraction, seed, what="val split")
 
-    x = _npz_to_tensor(x_np)
+    x = _check_finite(_npz_to_tensor(x_np), path)
     del x_np
     channels = x.shape[1]
     computed = _channel_stats(x[torch.from_numpy(train_idx)]) if (mean is None or std is None) else None
@@ -498,7 +518,7 @@ def load_npz_task(
     y = torch.from_numpy(y_np)
 
     test_ds = None
-    num_classes = int(y_np.max()) + 1
+    yt_np = None
     if test_path is not None:
         test_path = Path(test_path).expanduser()
         xt_np, yt_np, _ = _read_npz(test_path)
@@ -507,13 +527,28 @@ def load_npz_task(
                 f"test npz '{test_path}' images are {xt_np.shape[1:]} (H, W, C) but '{path}' images are "
                 f"{tuple(x.shape[2:]) + (channels,)}; use test images of the same size and channels"
             )
-        xt = _normalize_(_npz_to_tensor(xt_np), mean_t, std_t)
-        test_ds = TensorDataset(xt, torch.from_numpy(yt_np))
-        num_classes = max(num_classes, int(yt_np.max()) + 1)
+        xt = _normalize_(_check_finite(_npz_to_tensor(xt_np), test_path), mean_t, std_t)
+    num_classes = int(max(y_np.max(), -1 if yt_np is None else yt_np.max())) + 1
     if names is not None and len(names) >= num_classes:
         num_classes = len(names)
     else:
         names = None
+        uniq = np.unique(y_np if yt_np is None else np.concatenate([y_np, yt_np]))
+        if len(uniq) < num_classes:  # sparse labels (0, 100000, ...): one output per distinct label
+            warnings.warn(
+                f"labels in '{path}' take {len(uniq)} distinct values between {int(uniq[0])} and {int(uniq[-1])}, "
+                f"not 0..{len(uniq) - 1}; remapped to 0..{len(uniq) - 1} in sorted order (spec.class_names holds the "
+                f"original labels), so the head has {len(uniq)} outputs instead of {num_classes}. Store labels as "
+                "0..K-1 to silence this warning.",
+                UserWarning,
+                stacklevel=2,
+            )
+            y = torch.from_numpy(np.searchsorted(uniq, y_np).astype(np.int64))
+            if yt_np is not None:
+                yt_np = np.searchsorted(uniq, yt_np).astype(np.int64)
+            num_classes, names = len(uniq), tuple(str(int(v)) for v in uniq)
+    if test_path is not None:
+        test_ds = TensorDataset(xt, torch.from_numpy(yt_np))
 
     tr, va = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     spec = DataSpec(
@@ -536,11 +571,83 @@ def load_npz_task(
 # =========================================================================== image folder
 
 
-def _image_folder(root: Path, transform, what: str):
+_PIL_MODE = {1: "L", 3: "RGB"}
+
+
+def _open_image(path: str, mode: str):
+    """The image at ``path`` decoded and converted to ``mode``; a file that fails to decode (found
+    after the header scan, e.g. corrupt in the middle) is a :class:`DataError` naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert(mode)
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: UnidentifiedImageError, "image file is truncated"
+        raise DataError(f"image '{path}' cannot be decoded ({type(exc).__name__}: {exc}); remove or replace it "
+                        "and run again") from exc
+
+
+def _truncated(path: str, fmt: str | None) -> bool:
+    """Cheap truncation check from the file's last KiB: a JPEG ends with its EOI marker, a PNG with
+    its IEND chunk (other formats: header only)."""
+    marker = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(fmt or "")
+    if marker is None:
+        return False
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 1024))
+        return marker not in f.read()
+
+
+def _scan_images(datasets: Mapping[str, object], root: Path, check_sizes: bool) -> tuple[int, int] | None:
+    """Read the header of every image (PIL ``Image.open`` decodes nothing) of every split.
+
+    Returns the common ``(width, height)`` when ``check_sizes`` (else None).
+
+    Raises:
+        DataError: files that are not readable images (a text file named ``.png``, an empty or
+            truncated JPEG/PNG), all listed; or, with ``check_sizes``, images of different sizes
+            (the odd ones listed, with the CLI's ``--image-size`` / the API's ``image_size``).
+    """
+    from PIL import Image
+
+    bad: list[str] = []
+    sizes: dict[tuple[int, int], list[str]] = {}
+    for ds in datasets.values():
+        for path, _ in ds.samples:  # type: ignore[attr-defined]
+            try:
+                with Image.open(path) as im:
+                    size, fmt = im.size, im.format
+                if _truncated(path, fmt):
+                    raise OSError(f"{fmt} file is truncated")
+            except (OSError, SyntaxError, ValueError) as exc:
+                bad.append(f"{path} ({type(exc).__name__}: {exc})")
+                continue
+            sizes.setdefault(size, []).append(path)
+    if bad:
+        shown = "; ".join(bad[:10]) + (f"; ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise DataError(f"{len(bad)} file(s) in '{root}' are not readable images: {shown}. Remove or replace them "
+                        "(slimforge refuses rather than silently training on fewer images) and run again.")
+    if not check_sizes or len(sizes) <= 1:
+        return next(iter(sizes), None)
+    common = max(sizes, key=lambda k: len(sizes[k]))
+    odd = [f"{p} ({w}x{h})" for (w, h), ps in sizes.items() if (w, h) != common for p in ps]
+    shown = ", ".join(odd[:10]) + (f", ... and {len(odd) - 10} more" if len(odd) > 10 else "")
+    raise DataError(
+        f"images in '{root}' have {len(sizes)} different sizes: most are {common[0]}x{common[1]} (W x H), but {shown}. "
+        f"Resize them all: slimforge run --image-size {common[1]} (API: image_size={common[1]} or (H, W)), "
+        "or make the files the same size."
+    )
+
+
+def _image_folder(root: Path, transform, what: str, channels: int = 3):
+    import functools
+
     from torchvision.datasets import ImageFolder
 
     try:
-        return ImageFolder(str(root), transform=transform)
+        return ImageFolder(str(root), transform=transform, loader=functools.partial(_open_image, mode=_PIL_MODE[channels]))
     except (FileNotFoundError, OSError) as exc:
         raise DataError(
             f"{what} '{root}' is not a usable image folder ({exc}); expected one sub-folder per class "
@@ -576,6 +683,7 @@ def load_image_folder_task(
     test_path: str | Path | None = None,
     stats_samples: int = 256,
     num_workers: int = 0,
+    channels: int = 3,
 ) -> TaskData:
     """Task from a torchvision ``ImageFolder`` tree (one sub-folder per class).
 
@@ -586,9 +694,17 @@ def load_image_folder_task(
     (another class-folder tree with the same classes) is used as the test
     split and takes precedence over a ``test`` sub-folder.
 
-    Images are loaded as RGB (3 channels), resized to ``image_size``
-    (int -> square; None keeps the file size, which must then be the same for
-    all images), converted with ``ToTensor`` ([0, 1]) and normalised with
+    Every file's header is read first (PIL, nothing decoded): files that are
+    not readable images (a text file named ``.png``, an empty or truncated
+    JPEG/PNG) are **refused** with a :class:`DataError` that lists them all,
+    rather than skipped, so that a run never trains on fewer images than the
+    folder holds without saying so; remove or replace them. A file that still
+    fails to decode later raises a :class:`DataError` naming it.
+
+    Images are loaded as RGB (``channels=3``) or grayscale (``channels=1``; CLI
+    ``--in-chans``), resized to ``image_size`` (int -> square; None keeps the
+    file size, which must then be the same for all images: checked on every
+    image's header, the odd ones listed), converted with ``ToTensor`` ([0, 1]) and normalised with
     ``mean``/``std``: by default the per-channel statistics of up to
     ``stats_samples`` seeded train images (pass :data:`IMAGENET_MEAN` /
     :data:`IMAGENET_STD` for ImageNet-pretrained teachers). ``limit`` keeps a
@@ -597,9 +713,9 @@ def load_image_folder_task(
     Batches: ``x`` float32 ``(B, 3, H, W)``, ``y`` int64 ``(B,)``.
 
     Raises:
-        DataError: not a directory, no class folders/images, mismatching class
-            folders between splits, images of different sizes without
-            ``image_size``, bad mean/std.
+        DataError: not a directory, no class folders/images, files that are not
+            readable images, mismatching class folders between splits, images of
+            different sizes without ``image_size``, bad mean/std or ``channels``.
     """
     from torchvision import transforms as T
 
@@ -608,12 +724,19 @@ def load_image_folder_task(
         raise DataError(f"image folder '{root}' is not a directory; pass a folder with one sub-folder per class")
     val_fraction = _check_fraction("val_fraction", val_fraction)
     batch_size = _check_batch_size(batch_size)
+    if isinstance(channels, bool) or channels not in _PIL_MODE:
+        raise DataError(f"channels must be 1 (grayscale) or 3 (RGB) for an image folder, got {channels!r} "
+                        "(CLI: --in-chans 1 or 3)")
 
     base: list = []
     if image_size is not None:
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        size = (image_size, image_size) if isinstance(image_size, int) and not isinstance(image_size, bool) else image_size
+        try:
+            size = tuple(int(v) for v in size)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            size = ()
         if len(size) != 2 or min(size) < 1:
-            raise DataError(f"image_size must be an int or (H, W), got {image_size!r}")
+            raise DataError(f"image_size must be a positive int or (H, W), got {image_size!r} (CLI: --image-size N)")
         base.append(T.Resize(size, antialias=True))
     base.append(T.ToTensor())
     base_tf = T.Compose(base)
@@ -629,7 +752,7 @@ def load_image_folder_task(
         splits = dict(splits or {"train": root})
         splits["test"] = test_root
     train_root = splits["train"] if splits else root
-    train_full = _image_folder(train_root, base_tf, "image folder")
+    train_full = _image_folder(train_root, base_tf, "image folder", channels)
     labels = np.asarray(train_full.targets, dtype=np.int64)
     pool = np.arange(len(labels))
     if limit is not None:
@@ -638,13 +761,14 @@ def load_image_folder_task(
     extra: dict[str, object] = {}
     for key in ("val", "test"):
         if splits and key in splits:
-            ds = _image_folder(splits[key], base_tf, f"{key} folder")
+            ds = _image_folder(splits[key], base_tf, f"{key} folder", channels)
             if ds.classes != train_full.classes:
                 raise DataError(
                     f"{key} folder '{splits[key]}' has classes {ds.classes} but train has "
                     f"{train_full.classes}; give every split the same class sub-folders"
                 )
             extra[key] = ds
+    _scan_images({"train": train_full, **extra}, root, check_sizes=image_size is None)
     if "val" in extra:
         train_idx, val_idx = pool, None
     else:
@@ -661,9 +785,10 @@ def load_image_folder_task(
         img, _ = train_full[int(i)]
         shapes.add(tuple(img.shape))
         sample.append(img)
-    if len(shapes) > 1:
+    if len(shapes) > 1:  # pragma: no cover - _scan_images checked every image's size
         raise DataError(
-            f"images in '{root}' have different sizes {sorted(shapes)[:3]}...; pass image_size=N to resize them"
+            f"images in '{root}' have different sizes {sorted(shapes)[:3]}...; resize them with --image-size N "
+            "(API: image_size=N)"
         )
     input_shape = shapes.pop()
     computed = _channel_stats(torch.stack(sample)) if (mean is None or std is None) else None

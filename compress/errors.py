@@ -27,6 +27,8 @@ __all__ = [
     "BudgetAlreadyMetError",
     "TrainingDivergedError",
     "UntrustedCodeError",
+    "DiskFullError",
+    "disk_full",
 ]
 
 
@@ -40,7 +42,8 @@ class ModelSpecError(CompressError, ValueError):
     Raised by :func:`compress.models.load_model` for an unknown scheme or model
     name (the message lists close matches), a factory that cannot be imported
     or called, and a weights file that is missing, unreadable or does not match
-    the architecture (the message lists the first missing/unexpected keys).
+    the architecture (the message lists the first missing/unexpected keys). Also raised by
+    :func:`compress.compress` for a model or teacher whose weights are NaN or infinite.
     """
 
 
@@ -157,3 +160,21 @@ class TrainingDivergedError(CompressError, RuntimeError):
 
 def _rebuild_diverged(message: str, phase: str, epoch: int, step: int, loss: float) -> TrainingDivergedError:
     return TrainingDivergedError(message, phase=phase, epoch=epoch, step=step, loss=loss)
+
+
+class DiskFullError(CompressError, OSError):
+    """Writing an artifact, checkpoint or temp file failed because the disk is full (``ENOSPC``).
+    Files are written atomically, so nothing half-written is left; the message names the path and
+    says to free space or write elsewhere (``out_dir`` / CLI ``--out``, or ``TMPDIR`` for temp files)."""
+
+
+def disk_full(exc: OSError, fallback_path: object = None) -> DiskFullError:
+    """A :class:`DiskFullError` for an ``OSError`` with ``errno.ENOSPC`` (``exc.filename`` or
+    ``fallback_path`` named as the file being written)."""
+    path = exc.filename or fallback_path
+    where = f" while writing {path}" if path else ""
+    err = DiskFullError(f"the disk is full{where} ({exc.strerror or exc}); nothing half-written was left. Free some "
+                        "space, or write elsewhere (out_dir / --out; TMPDIR for slimforge's temporary files), and run "
+                        "again.")
+    err.errno, err.filename = exc.errno, path
+    return err

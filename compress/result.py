@@ -368,8 +368,12 @@ def _copy_atomic(src: Path, dst: Path) -> Path:
     if src.resolve() == dst.resolve():
         return dst
     tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    except BaseException:  # e.g. a full disk: no half-written copy left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return dst
 
 

@@ -65,6 +65,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from compress.errors import ConfigError
+from compress.strategies._parts.config_fields import check_fields
 from compress.executors import Executor, SerialExecutor
 from compress.registry import register_strategy
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
@@ -206,6 +207,7 @@ class EGNASConfig:
     augment: str = "none"
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every field's type and, by its name, its range
         for name in ("candidates_C", "candidates_layers", "stem_strides"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
 

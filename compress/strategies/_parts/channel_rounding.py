@@ -38,6 +38,7 @@ bar, is in the records :func:`plan_widths` returns (gp-prune writes them to
 
 from __future__ import annotations
 
+import contextvars
 import math
 
 import numpy as np
@@ -71,6 +72,29 @@ def candidate_widths(k: int, c: int, window: float) -> list[int]:
     return sorted(w for w in out if lo <= w <= hi and 1 <= w <= c or w == k)
 
 
+#: How Torch-Pruning runs the model while it builds a dependency graph (None: ``model(x)`` in eval
+#: mode). gp-prune sets :func:`train_mode_forward` for models whose train mode runs more modules
+#: than eval mode (GoogLeNet / Inception aux heads), so that those modules are pruned consistently.
+TRACE_FORWARD: contextvars.ContextVar = contextvars.ContextVar("slimforge_trace_forward", default=None)
+
+
+def train_mode_forward(model: nn.Module, example_inputs: torch.Tensor):
+    """``model(x)`` in train mode, for Torch-Pruning's tracer (which calls ``model.eval()`` first):
+    every module that runs in training is in the graph. Buffers (BatchNorm statistics) and the torch
+    RNG are restored after, and the model is left in eval mode."""
+    saved = {k: b.detach().clone() for k, b in model.named_buffers()}
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return model(example_inputs)
+    finally:
+        model.eval()
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                if k in saved and b.shape == saved[k].shape:
+                    b.copy_(saved[k])
+
+
 def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
@@ -81,7 +105,7 @@ def _prunable_groups(model: nn.Module, example_inputs: torch.Tensor, ratio: floa
     that ratio ``r`` would cut, with ``k = floor(C * (1 - r))`` as Torch-Pruning computes it. The
     dependency-graph build is bounded by ``time_limit_s`` (:class:`TimeLimitError`)."""
     with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (channel rounding)"):
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs)
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=TRACE_FORWARD.get())
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
         c = dg.get_out_channels(root)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compress.errors import ConfigError
+from compress.strategies._parts.config_fields import check_fields
 from compress.strategies._parts.training import AUGMENTATIONS
 from compress.strategies.darts.genotype import GENOTYPES, Genotype
 from compress.strategies.darts.sizing import DEFAULT_C, DEFAULT_LAYERS
@@ -199,6 +200,7 @@ class DartsGalConfig:
     augment: str = "none"
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every field's type and, by its name, its range
         for name in ("candidates_C", "candidates_layers", "stem_strides", "d_hidden"):
             try:
                 object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))

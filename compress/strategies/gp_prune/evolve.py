@@ -59,6 +59,7 @@ import numpy as np
 from deap import gp, tools
 
 from compress.errors import ConfigError
+from compress.strategies._parts.config_fields import check_fields
 from compress.executors import Executor, ProcessExecutor, make_executor
 from compress.exporters.atomic import write_text_atomic
 from compress.strategies.gp_prune.metrics import METRICS, SOAP, PruningMetric
@@ -151,6 +152,7 @@ class EvolveConfig:
     seed_scope: str = "tree"
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every field's type and, by its name, its range
         from compress.strategies.gp_prune.tasks import PROFILES
 
         ints = ("population", "generations", "init_soap", "tournament_size", "n_select", "n_reproduce", "n_fresh",

@@ -39,6 +39,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.errors import BudgetUnreachableError, ConfigError, UnsupportedModelError
+from compress.strategies._parts.config_fields import check_fields
 from compress.models import PadShortcut, freeze_fixed_shortcuts, pad_shortcuts_to_conv
 from compress.registry import register_strategy
 from compress.serialization import apply_widths, describe_widths
@@ -108,6 +109,7 @@ class GPPruneConfig:
     augment: str = "none"
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every field's type and, by its name, its range
         if self.class_reduction not in ("sum", "mean"):
             raise ConfigError(f"class_reduction must be 'sum' or 'mean', got {self.class_reduction!r}.")
         if not 0.0 < self.max_ratio < 1.0:
@@ -159,6 +161,28 @@ class MagnitudeBaseline(tp.importance.MagnitudeImportance):
 
     def bind(self, candidate: nn.Module) -> "MagnitudeBaseline":
         return self
+
+
+def _head_outputs(m: nn.Module) -> int | None:
+    """Outputs of a would-be class head (``nn.Linear`` or 1x1 ``Conv2d``), else None."""
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
+        return m.out_channels
+    return None
+
+
+def train_only_outputs(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` returns a tuple / list in train mode but a tensor in eval mode (torchvision
+    GoogLeNet and Inception v3 add aux logits in training). Buffers and the RNG are left as found."""
+    was = model.training
+    try:
+        with torch.no_grad():
+            eval_out = model.eval()(x)
+            train_out = channel_rounding.train_mode_forward(model, x)
+    finally:
+        model.train(was)
+    return isinstance(eval_out, torch.Tensor) and isinstance(train_out, (tuple, list))
 
 
 def find_classifier(model: nn.Module, num_classes: int) -> nn.Module:
@@ -254,6 +278,10 @@ def prune_uniform(
         return cand
     modules = dict(cand.named_modules())
     ignored = [modules[classifier_name]]
+    forward_fn = channel_rounding.TRACE_FORWARD.get()
+    if forward_fn is not None:  # train-mode tracing (aux heads): every class head keeps its outputs
+        k = _head_outputs(modules[classifier_name])
+        ignored += [m for m in cand.modules() if m is not ignored[0] and _head_outputs(m) == k]
     importance.bind(cand)
     try:
         ratio_dict = None
@@ -273,6 +301,7 @@ def prune_uniform(
                 global_pruning=False,
                 ignored_layers=ignored,
                 round_to=round_to,
+                forward_fn=forward_fn,
             )
         pruner.step()
     except (MetricError, UnsupportedModelError):
@@ -348,7 +377,15 @@ class GPPrune(Strategy):
             ctx.history[:] = restored.state["history"]
             restored.restore_rng(gens)
         else:
-            best, best_ratio, best_rounding = self._prune(ctx, cfg, metric, model, classifier_name)
+            # a model whose train mode returns (logits, aux ...) (GoogLeNet, Inception v3): the aux heads
+            # run only in training, so the dependency graph is traced in train mode and every class head
+            # keeps its outputs; training uses the main logits (compress.training.main_logits)
+            aux = train_only_outputs(model, ctx.example_inputs)
+            token = channel_rounding.TRACE_FORWARD.set(channel_rounding.train_mode_forward if aux else None)
+            try:
+                best, best_ratio, best_rounding = self._prune(ctx, cfg, metric, model, classifier_name)
+            finally:
+                channel_rounding.TRACE_FORWARD.reset(token)
             if store.enabled and _rebuildable(model, best):
                 store.commit("pruned", {"ratio": best_ratio, "rounding": best_rounding, "widths": describe_widths(best),
                                         "trainable": {n: p.requires_grad for n, p in best.named_parameters()},

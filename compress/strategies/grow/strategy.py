@@ -65,6 +65,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from compress.errors import BudgetUnreachableError, ConfigError, DataError, TrainingDivergedError
+from compress.strategies._parts.config_fields import check_fields
 from compress.registry import register_strategy
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.grow.attention import ATTENTIONS, R_NORMS, NodeAttention, r_inner
@@ -181,6 +182,7 @@ class GrowConfig:
     checkpoint: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every field's type and, by its name, its range
         choices = {
             "teacher_granularity": GRANULARITIES, "stride_rule": STRIDE_RULES, "adjacent_widen": ADJACENT_POLICIES,
             "widen_init": WIDEN_INITS, "attention": ATTENTIONS, "r_norm": R_NORMS, "split_policy": SPLIT_POLICIES,
