@@ -500,7 +500,7 @@ def load_npz_task(
             NaN / infinite pixels, label problems, test images of another shape,
             bad mean/std.
     """
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().resolve()  # absolute: the run identity must not depend on the cwd
     val_fraction = _check_fraction("val_fraction", val_fraction)
     batch_size = _check_batch_size(batch_size)
     x_np, y_np, names = _read_npz(path)
@@ -520,7 +520,7 @@ def load_npz_task(
     test_ds = None
     yt_np = None
     if test_path is not None:
-        test_path = Path(test_path).expanduser()
+        test_path = Path(test_path).expanduser().resolve()
         xt_np, yt_np, _ = _read_npz(test_path)
         if xt_np.shape[1:] != tuple(x.shape[2:]) + (channels,):
             raise DataError(
@@ -719,7 +719,7 @@ def load_image_folder_task(
     """
     from torchvision import transforms as T
 
-    root = Path(path).expanduser()
+    root = Path(path).expanduser().resolve()  # absolute: the run identity must not depend on the cwd
     if not root.is_dir():
         raise DataError(f"image folder '{root}' is not a directory; pass a folder with one sub-folder per class")
     val_fraction = _check_fraction("val_fraction", val_fraction)
@@ -743,7 +743,7 @@ def load_image_folder_task(
 
     splits = _find_split_dirs(root)
     if test_path is not None:
-        test_root = Path(test_path).expanduser()
+        test_root = Path(test_path).expanduser().resolve()
         if not test_root.is_dir():
             raise DataError(
                 f"test folder '{test_root}' is not a directory; pass a folder with the same class "

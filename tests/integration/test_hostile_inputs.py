@@ -456,3 +456,325 @@ def test_resume_with_the_factory_spec_passed_again_runs(tmp_path, trusted_pkg, p
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((run / "report.json").read_text())["model_spec"] == "mytrusted_factory:factory"
     assert _stray(private_tmp) == []
+
+
+# ---- 3. every failure typed and clean
+
+_RUN = ("run", "--model", "compress.testing:TinyConvNet", "--budget", "macs=0.5x")
+_FAST = {"epochs": 1, "bisection_steps": 2, "calib_samples": 32, "max_steps_per_epoch": 2, "channel_rounding": "off"}
+_FAST_API = dict(config=_FAST, progress=False, allow_slower=True, mobile=False, memory=False, latency_warmup=1,
+                 latency_repeats=3)
+
+
+def _refused(*args: str, code: int = 2) -> str:
+    """``slimforge ARGS`` in this process: exit ``code``, no traceback, the message as one line."""
+    res = runner.invoke(app, list(args), env={"COLUMNS": "1000"})
+    text = _text(res.output)
+    assert res.exit_code == code and "Traceback" not in res.output, f"exit {res.exit_code}: {text}"
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return text
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    after = model.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    """The digits task with a few val samples (the API checks run on them)."""
+    from compress.data import load_digits_task
+
+    return load_digits_task(seed=0, batch_size=32)
+
+
+def _npz(path: Path, x, y) -> Path:
+    import numpy as np
+
+    np.savez(path, x=np.asarray(x), y=np.asarray(y))
+    return path
+
+
+def _rgb_npz(path: Path, n: int = 40, labels=None, dtype="uint8") -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(n, 8, 8, 3)).astype(dtype)
+    if dtype != "uint8":
+        x = x / 255.0
+    y = np.arange(n) % 4 if labels is None else np.asarray(labels)
+    return _npz(path, x, y)
+
+
+# the CLI: one paragraph, exit 2, --debug, Ctrl-C, no record left behind
+
+
+def test_cli_internal_error_is_one_paragraph_exit_2_and_debug_shows_it(tmp_path, private_tmp, monkeypatch):
+    import compress.data
+
+    def boom(*a, **k):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(compress.data, "load_task", boom)
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", "digits", "--out", str(out))
+    assert "internal error (RuntimeError: boom second line)" in text and "slimforge --debug" in text, text
+    assert not out.exists() and _stray(private_tmp) == []
+    res = runner.invoke(app, ["--debug", *_RUN, "--data", "digits", "--out", str(out)])
+    assert isinstance(res.exception, RuntimeError) and str(res.exception).startswith("boom")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("exc, fragment", [
+    (ValueError("bad value"), "ValueError: bad value; check the files and options given"),
+    (PermissionError(13, "Permission denied", "/x/y"), "check the paths given"),
+], ids=["value-error", "os-error"])
+def test_cli_maps_builtin_errors_to_exit_2(exc, fragment, tmp_path, monkeypatch):
+    import compress.data
+
+    monkeypatch.setattr(compress.data, "load_task", lambda *a, **k: (_ for _ in ()).throw(exc))
+    text = _refused(*_RUN, "--data", "digits", "--out", str(tmp_path / "out"))
+    assert fragment in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_ctrl_c_exits_130_without_traceback_or_record(tmp_path, private_tmp, monkeypatch):
+    import compress.data
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compress.data, "load_task", interrupted)
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", "digits", "--out", str(out), code=130)
+    assert "interrupted (SIGINT / Ctrl-C)" in text and "slimforge resume OUT" in text
+    assert not out.exists() and _stray(private_tmp) == []
+
+
+def test_failed_run_removes_its_record_so_the_corrected_command_runs(tmp_path, private_tmp):
+    out = tmp_path / "out"
+    bad = json.dumps({**_FAST, "lr": -1})
+    text = _refused(*_RUN, "--data", "digits", "--out", str(out), "--config", bad, "--allow-slower")
+    assert "ConfigError" in text and "`lr` = -1: a learning rate, must be > 0" in text and "--config" in text
+    assert not (out / "run_args.json").exists() and not out.exists()
+    res = runner.invoke(app, [*_RUN, "--data", "digits", "--out", str(out), "--config", json.dumps(_FAST),
+                              "--allow-slower"], env={"COLUMNS": "1000"})
+    assert res.exit_code == 0, res.output
+    assert (out / "report.json").is_file() and (out / "run_args.json").is_file()
+    assert _stray(private_tmp) == []
+
+
+def test_failed_run_keeps_its_record_once_a_checkpoint_is_committed(tmp_path):
+    """After a committed checkpoint the record stays: ``slimforge resume`` needs it."""
+    from compress.cli import _record_run
+
+    out = tmp_path / "out"
+    cleanup = _record_run(out, "run", _run_args("timm:resnet18"), resume=True)
+    (out / "checkpoints" / "gp-prune").mkdir(parents=True)
+    (out / "checkpoints" / "gp-prune" / "pruned.json").write_text("{}")
+    cleanup()
+    assert (out / "run_args.json").is_file()
+    (out / "checkpoints" / "gp-prune" / "pruned.json").unlink()
+    cleanup()
+    assert not (out / "run_args.json").exists()
+
+
+# seeds
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_cli_out_of_range_seed_is_a_config_error(seed, tmp_path, private_tmp):
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", "digits", "--out", str(out), "--seed", seed)
+    assert f"ConfigError: --seed must be an integer from 0 to 4294967295, got {seed}" in text
+    assert not out.exists() and _stray(private_tmp) == []
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "0", True])
+def test_api_bad_seed_is_a_config_error(seed, small_digits):
+    from compress import compress as compress_fn
+    from compress.errors import ConfigError
+
+    model = TinyConvNet()
+    before = _state(model)
+    with pytest.raises(ConfigError, match=r"seed must be an integer from 0 to 4294967295, got .*pick another seed"):
+        compress_fn(model, "macs=0.5x", data=small_digits, seed=seed, progress=False)
+    assert _same_state(model, before)
+
+
+# --mean / --std / --image-size / --in-chans
+
+
+@pytest.mark.parametrize("opts, fragment", [
+    (("--mean", "abc"), "--mean takes comma-separated numbers, one per image channel or one for all channels (e.g. "
+                        "--mean 0.485,0.456,0.406 for RGB, --mean 0.5 for all); got 'abc'"),
+    (("--std", "0"), "each > 0 (a std of 0 divides by zero); got '0'"),
+    (("--std", "nan,1,1"), "--std takes comma-separated numbers"),
+    (("--mean", "0.5,0.5"), "mean has 2 values but the images have 3 channel(s); pass one value per channel"),
+    (("--image-size", "0"), "--image-size applies to image-folder data only"),
+    (("--in-chans", "1"), "--in-chans 1 but the data"),
+], ids=["mean-abc", "std-0", "std-nan", "mean-wrong-length", "image-size-on-npz", "in-chans-mismatch"])
+def test_cli_bad_normalisation_and_shape_options(opts, fragment, tmp_path, private_tmp):
+    data = _rgb_npz(tmp_path / "d.npz")
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", str(data), "--out", str(out), *opts)
+    assert fragment in text, text
+    assert ("ConfigError" in text) or ("DataError" in text)
+    assert not out.exists() and _stray(private_tmp) == []
+
+
+def test_cli_mean_on_digits_names_the_flags_not_the_loader_arguments(tmp_path):
+    text = _refused(*_RUN, "--data", "digits", "--out", str(tmp_path / "out"), "--std", "0.5")
+    assert "--mean/--std apply to .npz and image-folder data" in text
+    assert "load_digits_task does not take" not in text and "image_size" not in text
+
+
+# strategy configs: every field, bools included
+
+
+@pytest.mark.parametrize("strategy, config, fragment", [
+    ("grow", {"grad_clip": "yes"}, "`grad_clip` = 'yes': should be a valid number (the field is float | None)"),
+    ("gp-prune", {"lr": -1}, "`lr` = -1: a learning rate, must be > 0"),
+    ("gp-prune", {"weight_decay": -0.1}, "`weight_decay` = -0.1: a weight decay, must be >= 0"),
+    ("grow", {"checkpoint": 1}, "`checkpoint` = 1: should be a valid boolean"),
+    ("grow", {"checkpoint": "true"}, "`checkpoint` = 'true': should be a valid boolean"),
+    ("eg-nas", {"keep_mean": "false", "search_epochs": 1.5},
+     "`search_epochs` = 1.5: should be a valid integer (the field is int); `keep_mean` = 'false': should be a valid boolean"),
+    ("darts-gal", {"momentum": 1.0}, "DartsGalConfig has no field(s) ['momentum']"),
+    ("darts-gal", {"search_momentum": 1.0}, "`search_momentum` = 1.0: a momentum, must be >= 0 and < 1"),
+], ids=["grad-clip-yes", "lr-negative", "wd-negative", "bool-1", "bool-string", "bool-and-float-epochs",
+        "unknown-field", "momentum-1"])
+def test_cli_config_fields_are_validated(strategy, config, fragment, tmp_path, private_tmp):
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", "digits", "--out", str(out), "--strategy", strategy,
+                    "--config", json.dumps(config))
+    assert "ConfigError" in text and fragment in text, text
+    assert not out.exists() and _stray(private_tmp) == []
+
+
+@pytest.mark.parametrize("cls_path", ["compress.strategies.gp_prune.strategy:GPPruneConfig",
+                                      "compress.strategies.grow.strategy:GrowConfig",
+                                      "compress.strategies.eg_nas:EGNASConfig",
+                                      "compress.strategies.darts_gal.config:DartsGalConfig",
+                                      "compress.strategies.gp_prune.evolve:EvolveConfig"])
+def test_every_config_class_checks_types_and_ranges(cls_path):
+    """A string for a number, 1 for a bool, True for an int, NaN, and a negative learning rate."""
+    import dataclasses
+    import importlib
+    import typing
+
+    from compress.errors import ConfigError
+
+    mod, name = cls_path.split(":")
+    cls = getattr(importlib.import_module(mod), name)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    bad = {}
+    for fname, hint in fields.items():
+        if hint is bool and "bool" not in bad.values():
+            bad[fname] = 1
+        elif hint is int and 1 not in bad.values():
+            bad[fname] = True
+        elif hint is float and "0.5" not in bad.values():
+            bad[fname] = "0.5"
+    lr = next((f for f in fields if f.endswith("lr")), None)
+    if lr is not None:
+        bad[lr] = -1.0
+    with pytest.raises(ConfigError) as exc:
+        cls(**bad)
+    msg = str(exc.value)
+    for fname, value in bad.items():
+        assert f"`{fname}` = {value!r}" in msg, (fname, msg)
+    assert "Fix these fields in the config" in msg
+
+
+# ImageFolder: unreadable files, sizes on every image, --image-size, --in-chans
+
+
+def _image_folder(root: Path, per_class: int = 6, size: int = 8) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i:04d}.png")
+    return root
+
+
+def _truncated_jpeg(path: Path, keep: float) -> Path:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, "JPEG")
+    path.write_bytes(buf.getvalue()[: int(len(buf.getvalue()) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda d: (d / "cat" / "notes.png").write_text("not an image"), "notes.png (UnidentifiedImageError"),
+    (lambda d: _truncated_jpeg(d / "dog" / "cut.jpg", 0.5), "cut.jpg (OSError: Truncated File Read)"),
+    (lambda d: _truncated_jpeg(d / "dog" / "cut.jpg", 0.9), "cut.jpg (OSError: JPEG file is truncated)"),
+    (lambda d: (d / "dog" / "empty.jpeg").write_bytes(b""), "empty.jpeg ("),
+], ids=["text-named-png", "jpeg-cut-in-header", "jpeg-cut-in-data", "empty-file"])
+def test_image_folder_with_unreadable_files_is_refused_listing_them(make, fragment, tmp_path, private_tmp):
+    from compress.data import load_task
+    from compress.errors import DataError
+
+    root = _image_folder(tmp_path / "imgs")
+    make(root)
+    before = _snapshot(root)
+    with pytest.raises(DataError) as exc:
+        load_task(root)
+    msg = str(exc.value)
+    assert "1 file(s) in" in msg and fragment in msg and "Remove or replace them" in msg, msg
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", str(root), "--out", str(out))
+    assert "DataError" in text and fragment in text
+    assert not out.exists() and _snapshot(root) == before and _stray(private_tmp) == []
+
+
+def test_image_folder_odd_size_outside_the_stats_sample_is_found(tmp_path, private_tmp):
+    from PIL import Image
+
+    from compress.data import load_image_folder_task
+    from compress.errors import DataError
+
+    root = _image_folder(tmp_path / "imgs", per_class=12)
+    Image.new("RGB", (9, 8)).save(root / "dog" / "9999.png")  # sorted last; the 4-image sample cannot hold it
+    with pytest.raises(DataError) as exc:
+        load_image_folder_task(root, stats_samples=4)
+    msg = str(exc.value)
+    assert "2 different sizes: most are 8x8" in msg and "9999.png (9x8)" in msg and "--image-size 8" in msg
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", str(root), "--out", str(out))
+    assert "9999.png (9x8)" in text and "slimforge run --image-size 8" in text
+    assert not out.exists() and _stray(private_tmp) == []
+    task = load_image_folder_task(root, image_size=8, stats_samples=4)  # what the message says works
+    assert task.spec.input_shape == (3, 8, 8)
+
+
+def test_image_folder_in_chans_1_reads_grayscale_and_bad_values_are_refused(tmp_path):
+    from compress.cli import _data_options
+    from compress.data import load_task
+    from compress.errors import ConfigError
+
+    root = _image_folder(tmp_path / "imgs")
+    kw = _data_options(str(root), seed=0, test_data=None, mean=None, std=None, image_size=6, in_chans=1,
+                       num_classes=None)
+    task = load_task(str(root), **kw)
+    x, _ = next(iter(task.train))
+    assert task.spec.input_shape == (1, 6, 6) and tuple(x.shape[1:]) == (1, 6, 6)
+    text = _refused(*_RUN, "--data", str(root), "--out", str(tmp_path / "out"), "--in-chans", "2")
+    assert "--in-chans must be 1 (grayscale) or 3 (RGB) for an image folder, got 2" in text
+    with pytest.raises(ConfigError, match="--image-size applies to image-folder data only"):
+        _data_options("digits", seed=0, test_data=None, mean=None, std=None, image_size=32, in_chans=None,
+                      num_classes=None)
