@@ -165,7 +165,13 @@ def _rebuild_diverged(message: str, phase: str, epoch: int, step: int, loss: flo
 class DiskFullError(CompressError, OSError):
     """Writing an artifact, checkpoint or temp file failed because the disk is full (``ENOSPC``).
     Files are written atomically, so nothing half-written is left; the message names the path and
-    says to free space or write elsewhere (``out_dir`` / CLI ``--out``, or ``TMPDIR`` for temp files)."""
+    says to free space or write elsewhere (``out_dir`` / CLI ``--out``, or ``TMPDIR`` for temp files).
+
+    Attributes: ``errno`` (``errno.ENOSPC``) and ``filename`` (the path being written), as on the
+    ``OSError`` it replaces."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno 28] ..." form
+        return str(self.args[0]) if self.args else ""
 
 
 def disk_full(exc: OSError, fallback_path: object = None) -> DiskFullError:

@@ -5,7 +5,9 @@ no stray ``slimforge-*`` temp files. Sections follow the issue's classes."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -481,7 +483,13 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _same_state(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
     after = model.state_dict()
-    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+    def same(a, b):
+        if a.is_floating_point():
+            return a.shape == b.shape and bool(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+        return torch.equal(a, b)
+
+    return after.keys() == before.keys() and all(same(after[k], before[k]) for k in before)
 
 
 @pytest.fixture(scope="module")
@@ -778,3 +786,312 @@ def test_image_folder_in_chans_1_reads_grayscale_and_bad_values_are_refused(tmp_
     with pytest.raises(ConfigError, match="--image-size applies to image-folder data only"):
         _data_options("digits", seed=0, test_data=None, mean=None, std=None, image_size=32, in_chans=None,
                       num_classes=None)
+
+
+# models: train-mode (logits, aux) tuples, NaN weights, heads that do not match the data
+
+
+class _AuxNet(torch.nn.Module):
+    """TinyConvNet's layers plus an aux head that runs only in train mode and returns
+    ``(logits, aux_logits)`` there, like torchvision GoogLeNet / Inception v3. The aux head is
+    registered after ``fc``, so "the last 10-output Linear" is the aux head."""
+
+    def __init__(self, num_classes: int = 10, aux_classes: int | None = None) -> None:
+        super().__init__()
+        base = TinyConvNet(num_classes)
+        self.features, self.pool, self.fc = base.features, base.pool, base.fc
+        self.aux = torch.nn.Linear(64, aux_classes or num_classes)
+
+    def forward(self, x):
+        f = self.pool(self.features(x)).flatten(1)
+        return (self.fc(f), self.aux(f)) if self.training else self.fc(f)
+
+
+def test_model_returning_aux_logits_in_train_mode_compresses_on_its_main_logits(small_digits, tmp_path, private_tmp):
+    from compress import compress as compress_fn
+
+    model = _AuxNet()
+    before = _state(model)
+    res = compress_fn(model, "macs=0.5x", data=small_digits, strategy="gp-prune", out_dir=tmp_path / "out", **_FAST_API)
+    assert res.budget_check.ok, res.budget_check.violations
+    student = res.student.eval()
+    assert student.fc.out_features == 10 and student.aux.out_features == 10  # every class head kept
+    assert student.aux.in_features == student.fc.in_features < 64  # the aux head was pruned with the features
+    x = next(iter(small_digits.val))[0][:4]
+    assert student(x).shape == (4, 10)
+    logits, aux = student.train()(x)  # train mode still works on the pruned student
+    assert logits.shape == aux.shape == (4, 10)
+    assert _same_state(model, before) and model.training  # the user's model untouched (mode included)
+    assert _stray(private_tmp) == []
+
+
+def test_model_with_a_wrong_train_mode_output_is_refused_before_any_work(small_digits, tmp_path, private_tmp):
+    from compress import compress as compress_fn
+    from compress.errors import UnsupportedModelError
+
+    model = _AuxNet()
+    model.fc = torch.nn.Identity()  # eval: (B, 64) features; train: a tuple whose first element is (B, 64)
+    before = _state(model)
+    with pytest.raises(UnsupportedModelError, match=r"got \(2, 64\) in eval mode.*--num-classes"):
+        compress_fn(model, "macs=0.5x", data=small_digits, out_dir=tmp_path / "out", progress=False)
+    wrong_aux = _AuxNet()
+    wrong_aux.forward = lambda x: (torch.zeros(len(x), 3), None) if wrong_aux.training else torch.zeros(len(x), 10)
+    with pytest.raises(UnsupportedModelError, match=r"got \(2, 3\) in train mode"):
+        compress_fn(wrong_aux, "macs=0.5x", data=small_digits, progress=False)
+    assert _same_state(model, before) and not (tmp_path / "out").exists() and _stray(private_tmp) == []
+
+
+@pytest.mark.parametrize("who", ["model", "teacher"])
+def test_non_finite_weights_are_a_model_spec_error(who, small_digits, tmp_path, private_tmp):
+    from compress import compress as compress_fn
+    from compress.errors import ModelSpecError
+
+    model, teacher = TinyConvNet(), TinyConvNet()
+    broken = model if who == "model" else teacher
+    with torch.no_grad():
+        broken.features[1].running_var[3] = float("inf")
+        broken.fc.weight[0, 0] = float("nan")
+    before = _state(broken)
+    with pytest.raises(ModelSpecError) as exc:
+        compress_fn(model, "macs=0.5x", data=small_digits, teacher=teacher, out_dir=tmp_path / "out", progress=False)
+    msg = str(exc.value)
+    assert f"{who} has NaN or infinite weights in 2 tensor(s) (fc.weight, features.1.running_var)" in msg
+    assert "load finite weights" in msg and "ridge" not in msg
+    assert _same_state(broken, before) and not (tmp_path / "out").exists() and _stray(private_tmp) == []
+
+
+def test_head_that_does_not_match_the_data_names_the_cli_flag(tmp_path, private_tmp):
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", "digits", "--out", str(out), "--num-classes", "7")
+    assert "UnsupportedModelError" in text and "got (2, 7) in eval mode" in text
+    assert "--num-classes" in text and "by default the data's class count" in text
+    assert not out.exists() and _stray(private_tmp) == []
+
+
+def test_grayscale_npz_builds_a_one_channel_model_instead_of_failing(tmp_path, monkeypatch):
+    """(Before: a 3-channel model met 1-channel data and the message advised an option the CLI lacked.)"""
+    import numpy as np
+
+    import compress.api
+    from compress.errors import ConfigError
+
+    data = _npz(tmp_path / "gray.npz", np.random.default_rng(0).integers(0, 255, (40, 8, 8), dtype=np.uint8),
+                np.arange(40) % 4)
+    seen = {}
+
+    def stub(model, budget, *, data, **kw):
+        seen["conv"] = model.features[0].in_channels
+        seen["shape"] = data.spec.input_shape
+        raise ConfigError("stub: stop here")
+
+    monkeypatch.setattr(compress.api, "compress", stub)
+    text = _refused(*_RUN, "--data", str(data), "--out", str(tmp_path / "out"))
+    assert "stub: stop here" in text and seen == {"conv": 1, "shape": (1, 8, 8)}
+    assert not (tmp_path / "out").exists()
+
+
+# data: sparse labels, non-finite pixels
+
+
+def test_sparse_labels_are_remapped_with_a_warning_not_a_900001_class_head(tmp_path):
+    from compress.data import load_task
+
+    labels = [100000 * (i % 10) for i in range(60)]
+    path = _rgb_npz(tmp_path / "sparse.npz", n=60, labels=labels)
+    with pytest.warns(UserWarning, match=r"10 distinct values between 0 and 900000, not 0..9; remapped to 0..9"):
+        task = load_task(path)
+    assert task.spec.num_classes == 10
+    assert task.spec.class_names == tuple(str(100000 * k) for k in range(10))
+    ys = torch.cat([y for _, y in task.train] + [y for _, y in task.val])
+    assert int(ys.min()) == 0 and int(ys.max()) == 9
+
+
+def test_sparse_labels_in_train_and_test_share_one_mapping(tmp_path):
+    from compress.data import load_task
+
+    path = _rgb_npz(tmp_path / "train.npz", n=40, labels=[5 * (i % 4) for i in range(40)])  # 0, 5, 10, 15
+    test = _rgb_npz(tmp_path / "test.npz", n=8, labels=[15, 0, 5, 10, 15, 15, 0, 0])
+    with pytest.warns(UserWarning, match="remapped to 0..3"):
+        task = load_task(path, test_path=test)
+    assert task.spec.num_classes == 4
+    assert torch.cat([y for _, y in task.test]).tolist() == [3, 0, 1, 2, 3, 3, 0, 0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_pixels_are_a_data_error(bad, tmp_path, private_tmp):
+    import numpy as np
+
+    from compress.data import load_task
+    from compress.errors import DataError
+
+    path = _rgb_npz(tmp_path / "f.npz", dtype="float32")
+    with np.load(path) as z:
+        x, y = z["x"].copy(), z["y"]
+    x[7, 2, 3, 1] = bad
+    _npz(path, x, y)
+    with pytest.raises(DataError, match=r"holds 1 NaN or infinite value\(s\) in 1 image\(s\) \(first: \[7\]\); replace"):
+        load_task(path)
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", str(path), "--out", str(out))
+    assert "DataError" in text and "NaN or infinite" in text and "ridge" not in text
+    assert not out.exists() and _stray(private_tmp) == []
+
+
+# run identity: absolute paths, so `slimforge resume` works from another directory
+
+
+def test_resume_from_another_directory_after_a_relative_data_path(tmp_path, monkeypatch, private_tmp):
+    import compress.api
+    from compress.cli import _record_run
+    from compress.errors import ConfigError
+
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    _rgb_npz(start / "d.npz")
+    monkeypatch.chdir(start)
+    _record_run(Path("out"), "run", {**_run_args("compress.testing:TinyConvNet", data="d.npz"), "test_data": "d.npz",
+                                     "weights": None}, resume=True)  # a run killed after it wrote its record
+    rec = json.loads((start / "out" / "run_args.json").read_text())["args"]
+    assert rec["data"] == rec["test_data"] == str(start / "d.npz")
+    seen = {}
+
+    def stub(model, budget, *, data, **kw):
+        seen["source"] = data.spec.source
+        raise ConfigError("stub: stop here")
+
+    monkeypatch.setattr(compress.api, "compress", stub)
+    monkeypatch.chdir(elsewhere)
+    text = _refused("resume", "../start/out")
+    assert "stub: stop here" in text, text
+    assert seen["source"].startswith(str(start / "d.npz"))
+    assert (start / "out" / "run_args.json").is_file()  # resuming never drops the record it resumes
+
+
+# a full disk
+
+
+def _enospc(path) -> OSError:
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_full_disk_during_compress_is_a_disk_full_error_and_leaves_nothing(small_digits, tmp_path, private_tmp,
+                                                                           monkeypatch):
+    import compress.api
+    from compress import compress as compress_fn
+    from compress.errors import DiskFullError
+
+    def full(model, example, path, *a, **k):
+        Path(path).write_bytes(b"half an onnx file")
+        raise _enospc(path)
+
+    monkeypatch.setattr(compress.api, "export_onnx", full)
+    model, out = TinyConvNet(), tmp_path / "out"
+    before = _state(model)
+    with pytest.raises(DiskFullError) as exc:
+        compress_fn(model, "macs=0.5x", data=small_digits, out_dir=out, progress=False)
+    msg = str(exc.value)
+    assert "the disk is full while writing" in msg and "teacher.onnx" in msg and "Free some space" in msg
+    assert isinstance(exc.value, OSError) and exc.value.errno == 28
+    assert not any(p.is_file() for p in out.rglob("*")) and _stray(private_tmp) == []
+    assert _same_state(model, before)
+
+
+def test_full_disk_in_the_cli_exits_2_without_a_record(tmp_path, private_tmp, monkeypatch):
+    import compress.api
+
+    monkeypatch.setattr(compress.api, "export_onnx", lambda m, x, path, *a, **k: (_ for _ in ()).throw(_enospc(path)))
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", "digits", "--out", str(out))
+    assert "DiskFullError: the disk is full while writing" in text and "write elsewhere (out_dir / --out" in text
+    assert not (out / "run_args.json").exists() and not any(p.is_file() for p in out.rglob("*"))
+    assert _stray(private_tmp) == []
+
+
+def test_full_disk_writing_the_run_record(tmp_path, monkeypatch):
+    import compress.exporters.atomic as atomic
+
+    def full(path, text, *a, **k):
+        raise _enospc(path)
+
+    monkeypatch.setattr(atomic, "write_text_atomic", full)
+    out = tmp_path / "out"
+    text = _refused(*_RUN, "--data", "digits", "--out", str(out))
+    assert f"the disk is full while writing {out / 'run_args.json'}" in text
+    assert not out.exists()
+
+
+def test_full_disk_copying_an_artifact_leaves_no_partial_file(tmp_path, monkeypatch):
+    import shutil
+
+    from compress import result
+
+    src, dst = tmp_path / "a.onnx", tmp_path / "out" / "student.onnx"
+    src.write_bytes(b"x" * 1000)
+    dst.parent.mkdir()
+
+    def half(a, b, *k, **kw):
+        Path(b).write_bytes(Path(a).read_bytes()[:500])
+        raise _enospc(b)
+
+    monkeypatch.setattr(shutil, "copyfile", half)
+    with pytest.raises(OSError, match="No space left"):
+        result._copy_atomic(src, dst)
+    assert list(dst.parent.iterdir()) == []
+
+
+# training: a BatchNorm1d head and a last batch of one sample
+
+
+def test_batchnorm1d_head_with_a_last_batch_of_one_trains(private_tmp):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compress.training import FinetuneSettings, finetune
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    x, y = torch.randn(9, 3, 8, 8), torch.arange(9) % 3
+    loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert [len(b[0]) for b in loader][-1] == 1  # the hazard: a last batch of one sample
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        net.train()(x[:1])  # what BatchNorm1d does with it in train mode
+    before = [p.detach().clone() for p in net.parameters()]
+    hist = finetune(net, loader, None, FinetuneSettings(epochs=2, lr=0.01, keep_best=False))
+    assert len(hist) == 2 and all(math.isfinite(h["loss"]) for h in hist)
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert _stray(private_tmp) == []
+
+
+# SIGTERM / SIGINT: the private temp folder is removed, conventional exit codes
+
+
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")],
+                         ids=["sigterm", "sigint"])
+def test_signal_mid_run_removes_the_temp_folder(sig, code, name, tmp_path):
+    import time
+
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(TMPDIR=str(systmp), OMP_NUM_THREADS="1", COLUMNS="1000")
+    proc = subprocess.Popen([str(SLIMFORGE), *_RUN, "--data", "digits", "--out", str(out), "--config",
+                             json.dumps({"epochs": 50})], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not _stray(systmp) and proc.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    assert _stray(systmp), "the run never created its temp folder"
+    time.sleep(0.3)  # inside the teacher's measurements
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    out_text = stdout + stderr
+    assert proc.returncode == code, out_text
+    assert "Traceback" not in out_text and f"interrupted ({name}" in out_text and "temporary files removed" in out_text
+    assert _stray(systmp) == [] and list(systmp.rglob("*.onnx")) == []
+    ck = out / "checkpoints"
+    if not (ck.is_dir() and any(p.name != "run.json" for p in ck.rglob("*") if p.is_file())):
+        assert not (out / "run_args.json").exists()  # no checkpoint yet: no record to refuse the next run
