@@ -432,6 +432,12 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
             f"inputs are {x.dtype}; the model needs float images (B, C, H, W): convert with x.float() / 255 and "
             "normalise (compress.data loaders do this for you)."
         )
+    if not bool(torch.isfinite(x).all()):
+        rows = torch.nonzero(~torch.isfinite(x.flatten(1)).all(dim=1)).flatten().tolist()
+        raise DataError(
+            f"the validation images hold NaN or infinite values ({len(rows)} image(s), first: {rows[:5]}); replace or "
+            "drop them (and check the train and test splits too) before compressing."
+        )
     if y.dtype.is_floating_point or y.dim() != 1:
         raise DataError(f"labels must be int64 class indices of shape (B,), got {y.dtype} {tuple(y.shape)}.")
     if int(y.min()) < 0 or int(y.max()) >= num_classes:

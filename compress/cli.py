@@ -67,6 +67,9 @@ def _fail(exc: BaseException) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    if _debug():
+        raise exc
+
     Console(stderr=True).print(f"[bold red]error[/]: {escape(_error_message(exc))}")
     raise typer.Exit(code=2)
 
@@ -578,7 +581,14 @@ def measure(
         from compress.models import load_model
         from compress.profiling import Target, profile_latency
 
-        shape = tuple(int(v) for v in input_shape.split(","))
+        from compress.errors import ConfigError
+
+        try:
+            shape = tuple(int(v) for v in input_shape.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise ConfigError(f"--input-shape takes C,H,W as three positive integers (e.g. 3,32,32), got {input_shape!r}.")
         net = load_model(model, num_classes=num_classes, weights=weights).eval()
         x = torch.randn(2, *shape)
         cost = measure_cost(net, x)

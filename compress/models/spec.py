@@ -305,7 +305,8 @@ def _adapt_in_chans(model: nn.Module, in_chans: int, what: str) -> nn.Module:
             return model
     raise ModelSpecError(
         f"{what} has no 3-channel nn.Conv2d input layer to adapt to in_chans={in_chans}; "
-        "use in_chans=3 (replicate grayscale images to 3 channels) or a factory that takes in_chans"
+        "use in_chans=3 (replicate grayscale images to 3 channels; slimforge run: store the images as RGB, or "
+        "read an image folder with --in-chans 3) or a factory that takes in_chans"
     )
 
 
@@ -547,7 +548,7 @@ def load_weights(model: nn.Module, path: str | Path, *, spec: str = "model") -> 
             parts.append(f"{len(mismatched)} shape mismatch(es): {_fmt_keys(mismatched)}")
         advice = (
             "pass the spec of the architecture the file was saved from"
-            + (" and the num_classes it was trained with" if mismatched else "")
+            + (" and the num_classes it was trained with (slimforge run: --num-classes N)" if mismatched else "")
         )
         raise ModelSpecError(
             f"weights file '{path}' does not fit {spec}: " + "; ".join(parts) + f"; {advice}"

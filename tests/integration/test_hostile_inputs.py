@@ -535,6 +535,8 @@ def test_cli_internal_error_is_one_paragraph_exit_2_and_debug_shows_it(tmp_path,
     res = runner.invoke(app, ["--debug", *_RUN, "--data", "digits", "--out", str(out)])
     assert isinstance(res.exception, RuntimeError) and str(res.exception).startswith("boom")
     assert not out.exists()
+    res = runner.invoke(app, ["--debug", "resume", str(tmp_path / "nothing")])  # our own errors too
+    assert type(res.exception).__name__ == "CheckpointError" and "has no run_args.json" in str(res.exception)
 
 
 @pytest.mark.parametrize("exc, fragment", [
@@ -935,6 +937,30 @@ def test_non_finite_pixels_are_a_data_error(bad, tmp_path, private_tmp):
     text = _refused(*_RUN, "--data", str(path), "--out", str(out))
     assert "DataError" in text and "NaN or infinite" in text and "ridge" not in text
     assert not out.exists() and _stray(private_tmp) == []
+
+
+def test_non_finite_pixels_in_the_callers_own_loaders_are_a_data_error(tmp_path, private_tmp):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compress import compress as compress_fn
+    from compress.errors import DataError
+
+    x, y = torch.randn(16, 3, 16, 16), torch.arange(16) % 4
+    xv = x.clone()
+    xv[5, 1, 2, 3] = float("nan")
+    model = TinyConvNet(num_classes=4)
+    before = _state(model)
+    with pytest.raises(DataError, match=r"validation images hold NaN or infinite values \(1 image\(s\), first: \[5\]\)"):
+        compress_fn(model, "macs=0.5x", data=(DataLoader(TensorDataset(x, y), batch_size=8),
+                                              DataLoader(TensorDataset(xv, y), batch_size=8)),
+                    out_dir=tmp_path / "out", progress=False)
+    assert _same_state(model, before) and not (tmp_path / "out").exists() and _stray(private_tmp) == []
+
+
+@pytest.mark.parametrize("shape", ["3,abc,32", "3,32", "3,0,32"])
+def test_measure_with_a_malformed_input_shape_is_a_config_error(shape):
+    text = _refused("measure", "--model", "compress.testing:TinyConvNet", "--input-shape", shape)
+    assert f"ConfigError: --input-shape takes C,H,W as three positive integers (e.g. 3,32,32), got '{shape}'" in text
 
 
 # run identity: absolute paths, so `slimforge resume` works from another directory

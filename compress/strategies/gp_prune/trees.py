@@ -839,7 +839,8 @@ def _per_channel(value: torch.Tensor, c: int, expr: str, where: str) -> torch.Te
         idx = bad.nonzero().flatten()[:8].tolist()
         raise MetricError(
             f"tree {expr!r} gives non-finite scores{where} for channels {idx} (of {c}); add ridge/ridge5 to "
-            "denominators, or treat the tree as invalid"
+            "denominators, or treat the tree as invalid (if the model's weights or the data hold NaN / inf, fix "
+            "those first: compress() refuses them where it can see them)"
         )
     return value
 
