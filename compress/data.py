@@ -1012,7 +1012,10 @@ def as_task_data(
     batch (``x`` must be ``(B, C, H, W)``), ``num_classes`` = max label + 1 over
     train/val/test (labels read from the dataset when cheap, else by iterating
     the loaders once); ``mean``/``std`` are empty (unknown: the loaders
-    normalise); ``name`` is ``"custom"``.
+    normalise); ``name`` is ``"custom"``. Labels that skip values (some of
+    ``0..max`` never occur) warn; sparse labels (fewer than half of ``0..max``
+    occur, e.g. ``0, 100000, ...``) are a :class:`DataError`, since labels
+    inside the caller's loaders cannot be remapped here.
 
     Raises:
         DataError: anything else (message says what is expected), bad batches
@@ -1055,14 +1058,23 @@ def as_task_data(
                 "add the channel dimension (x.unsqueeze(1) for grayscale)"
             )
         max_label = -1
+        distinct: set[int] = set()
         for role, obj in (("train", train), ("val", val), ("test", test)):
             loader = _as_loader(obj, role, batch_size, seed)
             if loader is not None:
                 labels = _all_labels(loader, role)
                 if labels.size:
                     max_label = max(max_label, int(labels.max()))
+                    distinct.update(np.unique(labels).tolist())
         if max_label < 0:
             raise DataError("no labels found in the train/val/test data; loaders must yield (x, y) with y (B,)")
+        if len(distinct) < max_label + 1:  # labels inside the caller's loaders cannot be remapped here
+            msg = (f"the labels take {len(distinct)} distinct values between {min(distinct)} and {max_label}, so a head "
+                   f"of {max_label + 1} outputs would be built; relabel them 0..{len(distinct) - 1} "
+                   "(np.unique(y, return_inverse=True)) or pass spec=DataSpec(num_classes=...)")
+            if max_label + 1 > 2 * len(distinct):
+                raise DataError(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
         spec = DataSpec(
             name="custom",
             num_classes=max_label + 1,

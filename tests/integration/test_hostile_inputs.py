@@ -919,6 +919,23 @@ def test_sparse_labels_in_train_and_test_share_one_mapping(tmp_path):
     assert torch.cat([y for _, y in task.test]).tolist() == [3, 0, 1, 2, 3, 3, 0, 0]
 
 
+def test_sparse_labels_in_the_callers_own_loaders(tmp_path):
+    """Labels inside a caller's loaders cannot be remapped: sparse ones are refused, gaps warn."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compress.data import as_task_data
+    from compress.errors import DataError
+
+    x = torch.randn(20, 3, 8, 8)
+    sparse = DataLoader(TensorDataset(x, torch.arange(20) % 4 * 100000), batch_size=8)
+    with pytest.raises(DataError, match=r"4 distinct values between 0 and 300000, so a head of 300001 outputs.*"
+                                        r"relabel them 0..3 \(np.unique\(y, return_inverse=True\)\)"):
+        as_task_data((sparse, sparse))
+    gap = DataLoader(TensorDataset(x, torch.tensor([0, 1, 3] * 6 + [0, 1])), batch_size=8)
+    with pytest.warns(UserWarning, match="3 distinct values between 0 and 3"):
+        assert as_task_data((gap, gap)).spec.num_classes == 4
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_non_finite_pixels_are_a_data_error(bad, tmp_path, private_tmp):
     import numpy as np
