@@ -185,11 +185,15 @@ class Int8Settings:
     names QDQ with S8S8 as the first choice, U8S8 as the alternative, warns that S8S8 in the
     QOperator format is slow on x86-64, says ``reduce_range`` (7-bit weights) is only for x86
     CPUs *without* VNNI (whose ``vpmaddubsw`` u8s8 path can saturate), and recommends running
-    ``quant_pre_process`` (shape inference and ORT's basic fusions) first. On our machine S8S8 QDQ
-    was no faster than float32 and QOperator S8S8 was 5-6x slower, while U8S8 (QDQ or QOperator,
-    within noise of each other; QDQ kept as the portable format) was 2-5x faster: hence uint8
-    activations. On an x86 CPU without VNNI, pass ``reduce_range=True``; the accuracy the report
-    re-measures shows whether it is needed.
+    ``quant_pre_process`` (shape inference and ORT's basic fusions) first. On our machine S8S8
+    QDQ was slower than float32 (0.66x, geometric mean over the CIFAR ResNets and the timm nets)
+    and QOperator S8S8 5-8x slower, while QDQ U8S8 was 2.0-2.9x faster (QOperator U8S8 no faster) on the CIFAR ResNet-20/56 and ResNet-18 at
+    224x224, at -0.3 to +0.2 points of CIFAR accuracy: hence uint8 activations. Per-tensor
+    weights, ``reduce_range``, quantising only Conv/MatMul/Gemm and keeping the first and last
+    layers in float32 were each no faster on those models. int8 does not pay everywhere: 0.98x on
+    MobileNetV3-Large and 0.64-0.87x on the tiny demo students, which is why
+    :func:`int8_recommendation` exists. On an x86 CPU without VNNI, pass ``reduce_range=True``;
+    the accuracy the report re-measures shows whether it is needed.
 
     Attributes:
         quant_format: ``"qdq"`` or ``"qoperator"``.
