@@ -20,8 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/slimforge demo
 
+# TEST_WORKERS pytest-xdist processes (one test file each at a time, so module fixtures run once),
+# each with its share of the cores as torch threads (tests/conftest.py); TEST_WORKERS=0: one process
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not bench"
+	$(PY) -m pytest -q -m "not bench" -n $(TEST_WORKERS) --dist loadfile
 
 # the checks that need a CUDA device (tests marked gpu + the bf16 demo on cuda), one summary line
 gpu-check: $(STAMP)
