@@ -13,7 +13,8 @@ median of the per-round medians, and the spread of the per-round fp32/int8 ratio
 Models:
 
 * demo-sized students: the tiny ``compress.testing`` nets, trained for a few seconds on the
-  digits task (the CLI demo's data), accuracy on its test split;
+  digits task (the CLI demo's data), accuracy on its test split; and (group ``gp-prune-demo``)
+  the student ``slimforge demo`` builds, a gp-prune'd timm resnet18 at 32x32;
 * the pretrained CIFAR-10 ResNet-20 and ResNet-56 from ``--data`` (calibration: 256 training
   images; accuracy: ``cifar10_test1k_lossless.npz``, +-1.6 points at 95% on 1,000 images);
 * timm ``resnet18`` and ``mobilenetv3_large_100`` at 224x224, randomly initialised (no ImageNet
@@ -130,6 +131,33 @@ def _bn_like_trained(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def _gp_prune_demo_student(quick: bool):
+    """The student ``slimforge demo`` makes: a timm resnet18 teacher trained on digits (the demo's
+    recipe, in a private cache) pruned by gp-prune to ``macs=0.5x`` (a shorter fine-tune than the
+    demo's 6 epochs; the widths, which set the latency, come from the same bisection and rounding)."""
+    from compress.api import compress
+    from compress.data import collect, load_digits_task
+    from compress.teachers import TeacherRecipe, get_or_train_teacher
+
+    task = load_digits_task(seed=0)
+    with tempfile.TemporaryDirectory(prefix="bench-int8-cache-") as cache:
+        old = os.environ.get("SLIMFORGE_CACHE")
+        os.environ["SLIMFORGE_CACHE"] = cache
+        try:
+            teacher, _ = get_or_train_teacher(TeacherRecipe(epochs=3 if quick else 12, seed=0), task)
+        finally:
+            if old is None:
+                os.environ.pop("SLIMFORGE_CACHE")
+            else:
+                os.environ["SLIMFORGE_CACHE"] = old
+    res = compress(teacher, "macs=0.5x", data=task, strategy="gp-prune", seed=0, progress=False, int8=False,
+                   mobile=False, allow_slower=True,
+                   config={"epochs": 1 if quick else 2, "bisection_steps": 4, "calib_samples": 64})
+    x_cal = collect(task.train, max_samples=256)[0].numpy()
+    x_te, y_te = (t.numpy() for t in collect(task.test))
+    return "demo gp-prune student of timm resnet18 (digits)", res.student.eval(), (3, 32, 32), x_cal, x_te, y_te
+
+
 def build_models(groups: set[str], data: Path, quick: bool):
     """Yield ``(name, module, input_chw, x_calib, x_eval, y_eval or None)``."""
     if "demo" in groups:
@@ -144,6 +172,8 @@ def build_models(groups: set[str], data: Path, quick: bool):
                 ("demo TinyConvNet w8 (digits)", TinyConvNet(width=8))]
         for name, net in nets[:1] if quick else nets:
             yield name, _train_tiny(net, task, epochs=4 if quick else 12), (3, 32, 32), x_cal, x_te, y_te
+    if "gp-prune-demo" in groups:
+        yield _gp_prune_demo_student(quick)
     if "cifar" in groups:
         from compress.models import load_model
 
@@ -369,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/int8.md"))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--models", default="demo,cifar,timm", help="comma list of groups: demo, cifar, timm")
+    ap.add_argument("--models", default="demo,cifar,timm",
+                    help="comma list of groups: demo (tiny nets), gp-prune-demo (the CLI demo's student), cifar, timm")
+    ap.add_argument("--settings-from", type=Path, default=None,
+                    help="a previous run's .json: measure its chosen settings instead of choosing (the sweep still runs)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="one model per group, fewer images (development)")
     args = ap.parse_args(argv)
@@ -400,16 +433,26 @@ def main(argv: list[str] | None = None) -> int:
                 run(models[-1], BASE.replace(**change), level, "sweep", axis)
         sweep = lambda: [r for r in state["rows"] if r["phase"] == "sweep"]  # noqa: E731
         base_axis, base2, notes1 = choose_stage1(sweep())
+        if args.settings_from is not None:  # stage 2 from the given settings, when stage 1 measured them
+            given = Int8Settings(**json.loads(args.settings_from.read_text())["chosen"])
+            match = next((a for a, c, _ in STAGE1 if BASE.replace(**c) == given), None)
+            if match is not None:
+                base_axis, base2 = match, given
         state["decision"] = "\n".join(notes1)
         for model in models:
             for axis, change, level in STAGE2:
                 run(model, base2.replace(**change), level, "sweep", axis)
         chosen, notes2 = choose_stage2(sweep(), base_axis, base2)
+        decided = notes1 + [""] + notes2 + ["", f"Chosen: {chosen.label()}."]
+        if args.settings_from is not None:
+            chosen = Int8Settings(**json.loads(args.settings_from.read_text())["chosen"])
+            decided = [f"The measured settings are those chosen in `{args.settings_from.name}`: {chosen.label()}. "
+                       "What these models alone would have chosen, for information:", ""] + decided
         state["chosen"], state["chosen_label"] = chosen.to_dict(), chosen.label()
-        state["decision"] = "\n".join(notes1 + [""] + notes2 + ["", f"Chosen: {chosen.label()}."])
+        state["decision"] = "\n".join(decided)
         for model in models:
             run(model, chosen, "all", "chosen", "chosen")
-    r18 = [r for r in state["rows"] if r["phase"] == "chosen" and "resnet18" in r["model"]]
+    r18 = [r for r in state["rows"] if r["phase"] == "chosen" and r["model"].startswith("timm resnet18")]
     if r18:
         r = r18[0]
         met = r["speedup"] >= 1.3
