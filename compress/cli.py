@@ -401,6 +401,10 @@ def demo(
     args = dict(locals())
     try:
         _check_seed(seed)
+        from compress.registry import get_strategy
+
+        cfg = {**get_strategy(strategy).demo_config(epochs), **(_load_config(config) or {})}
+        get_strategy(strategy)(cfg or None)  # strategy name and every config field checked before the teacher trains
         cleanup = _record_run(out, "demo", args, resume)
         from compress.api import compress
         from compress.data import load_digits_task
@@ -428,9 +432,6 @@ def demo(
             f"teacher {teacher_model} on digits ({task.spec.input_shape}, {task.spec.num_classes} classes): "
             f"{'loaded from cache' if meta['cached'] else 'trained'} {meta['path']}"
         )
-        from compress.registry import get_strategy
-
-        cfg = {**get_strategy(strategy).demo_config(epochs), **(_load_config(config) or {})}
         result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
                           config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume, runtime=rt_opts,
                           allow_slower=allow_slower)
@@ -475,6 +476,9 @@ def run(
     try:
         kw = _data_options(data, seed=seed, test_data=test_data, mean=mean, std=std, image_size=image_size,
                            in_chans=in_chans, num_classes=num_classes)  # every option checked before anything is written
+        from compress.registry import get_strategy
+
+        get_strategy(strategy)(_load_config(config))  # strategy name and every config field checked first
         cleanup = _record_run(out, "run", args, resume)
         from compress.api import compress
         from compress.data import load_task

@@ -666,6 +666,16 @@ def test_cli_config_fields_are_validated(strategy, config, fragment, tmp_path, p
     assert not out.exists() and _stray(private_tmp) == []
 
 
+def test_demo_checks_its_config_before_training_the_teacher(tmp_path, private_tmp, monkeypatch):
+    import compress.teachers
+
+    monkeypatch.setattr(compress.teachers, "get_or_train_teacher", lambda *a, **k: pytest.fail("teacher trained"))
+    out = tmp_path / "demo"
+    text = _refused("demo", "--out", str(out), "--config", json.dumps({"lr": -1, "augment": True}))
+    assert "`lr` = -1: a learning rate, must be > 0" in text and "`augment` = True: should be a valid string" in text
+    assert not out.exists() and _stray(private_tmp) == []
+
+
 @pytest.mark.parametrize("cls_path", ["compress.strategies.gp_prune.strategy:GPPruneConfig",
                                       "compress.strategies.grow.strategy:GrowConfig",
                                       "compress.strategies.eg_nas:EGNASConfig",
