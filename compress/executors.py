@@ -40,6 +40,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ClassVar
 
+import torch
+
 from compress.errors import ConfigError, ExecutorError
 
 __all__ = [
@@ -80,6 +82,16 @@ class Executor(abc.ABC):
         """JSON-ready settings, for reports."""
         return {"name": self.name}
 
+    def can_run_on(self, device: torch.device | str) -> bool:
+        """Whether items holding tensors on ``device`` can be evaluated by this executor's workers.
+
+        The base rule: CPU tensors only (a worker process gets a pickled copy, and a CUDA tensor
+        needs a GPU that the worker can see). :class:`SerialExecutor` runs in the caller's process
+        and takes any device; :class:`RayExecutor` takes CUDA when each task reserves a GPU share
+        (``num_gpus_per_task > 0``), since Ray hides the GPUs from tasks that reserve none.
+        """
+        return torch.device(device).type == "cpu"
+
     def __call__(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         return self.map(fn, items)
 
@@ -101,6 +113,9 @@ class SerialExecutor(Executor):
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         return [fn(x) for x in items]
+
+    def can_run_on(self, device: torch.device | str) -> bool:
+        return True
 
 
 _MISSING = object()
@@ -319,6 +334,10 @@ class RayExecutor(Executor):
         return {"name": self.name, "address": self.address, "num_cpus": self.num_cpus,
                 "num_cpus_per_task": self.num_cpus_per_task, "num_gpus_per_task": self.num_gpus_per_task,
                 "max_retries": self.max_retries}
+
+    def can_run_on(self, device: torch.device | str) -> bool:
+        return torch.device(device).type == "cpu" or (torch.device(device).type == "cuda"
+                                                      and self.num_gpus_per_task > 0)
 
 
 EXECUTORS: dict[str, type[Executor]] = {"serial": SerialExecutor, "process": ProcessExecutor, "ray": RayExecutor}

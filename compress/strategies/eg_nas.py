@@ -809,6 +809,13 @@ class EGNAS(Strategy):
 
     def run(self, ctx: StrategyContext) -> StrategyOutput:
         cfg: EGNASConfig = self.config
+        if not ctx.executor.can_run_on(ctx.runtime.device):
+            raise ConfigError(
+                f"eg-nas evaluates its CMA-ES population on {ctx.runtime.device}, but the {ctx.executor.name!r} "
+                "executor's workers cannot use that device (a worker gets a pickled copy of the supernet, and Ray "
+                "hides the GPUs from tasks that reserve none). Use executor='serial' (the population is then "
+                "evaluated on the GPU in this process), executor=RayExecutor(num_gpus_per_task=0.25) to give each "
+                "Ray task a GPU share, or device='cpu'.")
         spec = ctx.data.spec
         num_classes, input_shape = spec.num_classes, tuple(spec.input_shape)
         store = CheckpointStore.for_strategy(ctx.out_dir, STRATEGY)

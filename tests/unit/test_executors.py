@@ -228,3 +228,23 @@ def test_cli_evolve_metric_executors(ray_cluster, tmp_path):
     res = cli.invoke(app, base + ["--out", str(tmp_path / "bad"), "--executor", "rya"])
     assert res.exit_code == 2 and "did you mean 'ray'" in res.output
     assert not (tmp_path / "bad" / "best_metric.json").exists()
+
+
+def test_executors_say_which_devices_their_workers_can_use():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert SerialExecutor().can_run_on(cpu) and SerialExecutor().can_run_on(cuda)  # the caller's own process
+    procs = ProcessExecutor(2)
+    assert procs.can_run_on("cpu") and not procs.can_run_on(cuda)
+    assert RayExecutor().can_run_on(cpu) and not RayExecutor().can_run_on(cuda)  # Ray hides GPUs from such tasks
+    assert RayExecutor(num_gpus_per_task=0.25).can_run_on(cuda)
+
+
+def test_eg_nas_refuses_a_cuda_runtime_with_workers_that_cannot_see_the_gpu():
+    from types import SimpleNamespace
+
+    from compress.strategies.eg_nas import EGNAS
+
+    ctx = SimpleNamespace(executor=RayExecutor(), runtime=SimpleNamespace(device=torch.device("cuda")))
+    with pytest.raises(ConfigError, match="num_gpus_per_task") as err:
+        EGNAS(EGNASConfig()).run(ctx)
+    assert "executor='serial'" in str(err.value)
