@@ -804,19 +804,22 @@ def test_image_folder_in_chans_1_reads_grayscale_and_bad_values_are_refused(tmp_
 
 
 class _AuxNet(torch.nn.Module):
-    """TinyConvNet's layers plus an aux head that runs only in train mode and returns
-    ``(logits, aux_logits)`` there, like torchvision GoogLeNet / Inception v3. The aux head is
-    registered after ``fc``, so "the last 10-output Linear" is the aux head."""
+    """TinyConvNet's layers plus an aux head (conv, pool, flatten, linear, like torchvision's
+    InceptionAux) that runs only in train mode, where the model returns ``(logits, aux_logits)``
+    like GoogLeNet / Inception v3. The aux head is registered after ``fc``, so "the last 10-output
+    Linear" is the aux head's."""
 
-    def __init__(self, num_classes: int = 10, aux_classes: int | None = None) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         base = TinyConvNet(num_classes)
         self.features, self.pool, self.fc = base.features, base.pool, base.fc
-        self.aux = torch.nn.Linear(64, aux_classes or num_classes)
+        self.aux = torch.nn.Sequential(torch.nn.Conv2d(64, 8, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                                       torch.nn.Flatten(), torch.nn.Linear(32, num_classes))
 
     def forward(self, x):
-        f = self.pool(self.features(x)).flatten(1)
-        return (self.fc(f), self.aux(f)) if self.training else self.fc(f)
+        f = self.features(x)
+        logits = self.fc(self.pool(f).flatten(1))
+        return (logits, self.aux(f)) if self.training else logits
 
 
 def test_model_returning_aux_logits_in_train_mode_compresses_on_its_main_logits(small_digits, tmp_path, private_tmp):
@@ -827,8 +830,9 @@ def test_model_returning_aux_logits_in_train_mode_compresses_on_its_main_logits(
     res = compress_fn(model, "macs=0.5x", data=small_digits, strategy="gp-prune", out_dir=tmp_path / "out", **_FAST_API)
     assert res.budget_check.ok, res.budget_check.violations
     student = res.student.eval()
-    assert student.fc.out_features == 10 and student.aux.out_features == 10  # every class head kept
-    assert student.aux.in_features == student.fc.in_features < 64  # the aux head was pruned with the features
+    assert student.fc.out_features == student.aux[4].out_features == 10  # every class head kept
+    assert student.aux[0].in_channels == student.fc.in_features < 64  # the aux head's input follows the features
+    assert student.aux[0].out_channels == 8  # layers that run only in training are not pruned themselves
     x = next(iter(small_digits.val))[0][:4]
     assert student(x).shape == (4, 10)
     logits, aux = student.train()(x)  # train mode still works on the pruned student

@@ -30,6 +30,7 @@ pruned network and redoes only the fine-tune.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -172,17 +173,32 @@ def _head_outputs(m: nn.Module) -> int | None:
     return None
 
 
-def train_only_outputs(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``model`` returns a tuple / list in train mode but a tensor in eval mode (torchvision
-    GoogLeNet and Inception v3 add aux logits in training). Buffers and the RNG are left as found."""
+#: Names of the modules that run only in train mode (aux heads) while gp-prune traces in train mode.
+_TRAIN_ONLY: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("slimforge_train_only",
+                                                                              default=frozenset())
+
+
+def train_only_modules(model: nn.Module, x: torch.Tensor) -> frozenset[str]:
+    """The modules that run only in train mode, when ``model`` returns a tuple / list in train mode but a
+    tensor in eval mode (torchvision GoogLeNet and Inception v3 add aux logits in training); else an
+    empty set. Buffers and the RNG are left as found."""
+    ran: dict[str, set[str]] = {"eval": set(), "train": set()}
+    mode = ["eval"]
+    hooks = [m.register_forward_hook(lambda _m, _i, _o, n=n: ran[mode[0]].add(n))
+             for n, m in model.named_modules() if n]
     was = model.training
     try:
         with torch.no_grad():
             eval_out = model.eval()(x)
+            mode[0] = "train"
             train_out = channel_rounding.train_mode_forward(model, x)
     finally:
+        for h in hooks:
+            h.remove()
         model.train(was)
-    return isinstance(eval_out, torch.Tensor) and isinstance(train_out, (tuple, list))
+    if not (isinstance(eval_out, torch.Tensor) and isinstance(train_out, (tuple, list))):
+        return frozenset()
+    return frozenset(ran["train"] - ran["eval"]) or frozenset({"<none>"})
 
 
 def find_classifier(model: nn.Module, num_classes: int) -> nn.Module:
@@ -279,9 +295,13 @@ def prune_uniform(
     modules = dict(cand.named_modules())
     ignored = [modules[classifier_name]]
     forward_fn = channel_rounding.TRACE_FORWARD.get()
-    if forward_fn is not None:  # train-mode tracing (aux heads): every class head keeps its outputs
+    if forward_fn is not None:  # train-mode tracing (aux heads): every class head keeps its outputs, and the
+        # layers that run only in training are not pruned themselves (no calibration maps in eval mode);
+        # their inputs follow the layers that feed them
         k = _head_outputs(modules[classifier_name])
-        ignored += [m for m in cand.modules() if m is not ignored[0] and _head_outputs(m) == k]
+        train_only = _TRAIN_ONLY.get()
+        ignored += [m for n, m in cand.named_modules() if m is not ignored[0]
+                    and (_head_outputs(m) == k or (n in train_only and isinstance(m, (nn.Conv2d, nn.Linear))))]
     importance.bind(cand)
     try:
         ratio_dict = None
@@ -380,12 +400,14 @@ class GPPrune(Strategy):
             # a model whose train mode returns (logits, aux ...) (GoogLeNet, Inception v3): the aux heads
             # run only in training, so the dependency graph is traced in train mode and every class head
             # keeps its outputs; training uses the main logits (compress.training.main_logits)
-            aux = train_only_outputs(model, ctx.example_inputs)
+            aux = train_only_modules(model, ctx.example_inputs)
             token = channel_rounding.TRACE_FORWARD.set(channel_rounding.train_mode_forward if aux else None)
+            token2 = _TRAIN_ONLY.set(aux)
             try:
                 best, best_ratio, best_rounding = self._prune(ctx, cfg, metric, model, classifier_name)
             finally:
                 channel_rounding.TRACE_FORWARD.reset(token)
+                _TRAIN_ONLY.reset(token2)
             if store.enabled and _rebuildable(model, best):
                 store.commit("pruned", {"ratio": best_ratio, "rounding": best_rounding, "widths": describe_widths(best),
                                         "trainable": {n: p.requires_grad for n, p in best.named_parameters()},
