@@ -358,6 +358,13 @@ class GPPrune(Strategy):
     Input: ``ctx.model`` ``(B, C, H, W) -> (B, K)``; output: a physically smaller ``nn.Module``
     with the same input/output shapes that meets ``ctx.budget``.
 
+    A model that returns ``(logits, aux_logits...)`` in train mode only (torchvision GoogLeNet and
+    Inception v3 with ``aux_logits=True``) is traced in train mode: the aux heads' inputs are pruned
+    with the features that feed them, the layers that run only in training keep their widths, every
+    class head keeps its ``K`` outputs, and the fine-tune trains on the main logits
+    (:func:`compress.training.main_logits`; the aux outputs are ignored). The student keeps its aux
+    heads, so it behaves like the teacher in both modes.
+
     Raises:
         UnsupportedModelError: the model cannot be pruned (names the layer or op).
         BudgetUnreachableError: even ``max_ratio`` does not meet the budget.
