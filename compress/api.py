@@ -293,6 +293,8 @@ def compress(
     t_start = time.perf_counter()
     wall: dict[str, float] = {}
     seed = check_seed(seed)
+    _check_options(mobile=mobile, int8=int8, memory=memory, resume=resume, allow_slower=allow_slower,
+                   latency_warmup=latency_warmup, latency_repeats=latency_repeats)
     _check_time_limit(trace_time_limit_s)
     rt = Runtime(RuntimeOptions.coerce(runtime, device=device, precision=precision, devices=devices))
     budget_obj = Budget.coerce(budget)
@@ -386,6 +388,25 @@ def _int8_vs_fp32(fp32_onnx: Path, int8_onnx: Path, target: Target, latency_repe
     return {"fp32_ms": fp32["median_ms"], "int8_ms": int8["median_ms"], "fp32_rounds_ms": fp32["rounds_ms"],
             "int8_rounds_ms": int8["rounds_ms"], "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats,
             "rule": f"recommended = speedup >= {INT8_MIN_SPEEDUP:g} and drop_pts <= {INT8_MAX_DROP_PTS:g}"}
+
+
+def _check_options(**options: Any) -> None:
+    """compress()'s switches are real bools (``"false"`` or ``0`` is not), its counts real ints.
+
+    Raises:
+        ConfigError: every option of the wrong type or range, with the value given.
+    """
+    bad = []
+    for name, v in options.items():
+        if name.startswith("latency_"):
+            low = 1 if name == "latency_repeats" else 0
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                bad.append(f"{name}={v!r} (an int >= {low})")
+        elif not isinstance(v, (bool, np.bool_)):
+            bad.append(f"{name}={v!r} (True or False)")
+    if bad:
+        raise ConfigError(f"compress() options of the wrong type or range: {', '.join(bad)}; pass the values shown in "
+                          "brackets.")
 
 
 def _check_time_limit(seconds: Any) -> None:

@@ -616,6 +616,22 @@ def test_api_bad_seed_is_a_config_error(seed, small_digits):
     assert _same_state(model, before)
 
 
+def test_api_switches_must_be_bools_and_counts_ints(small_digits, tmp_path):
+    from compress import compress as compress_fn
+    from compress.errors import ConfigError
+
+    model = TinyConvNet()
+    before = _state(model)
+    with pytest.raises(ConfigError) as exc:
+        compress_fn(model, "macs=0.5x", data=small_digits, int8="false", memory=0, allow_slower="yes",
+                    latency_repeats=0, out_dir=tmp_path / "out", progress=False)
+    msg = str(exc.value)
+    for part in ("int8='false' (True or False)", "memory=0 (True or False)", "allow_slower='yes' (True or False)",
+                 "latency_repeats=0 (an int >= 1)"):
+        assert part in msg, msg
+    assert _same_state(model, before) and not (tmp_path / "out").exists()
+
+
 # --mean / --std / --image-size / --in-chans
 
 
