@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import contextvars
 import copy
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,10 @@ class GPPruneConfig:
         augment: train-time augmentation, "none" or "flip-crop" (CIFAR recipe).
         kd_alpha, kd_temperature: KD weight and temperature (alpha=0: plain CE).
         max_steps_per_epoch: cap on fine-tune steps per epoch (None: whole train split).
+        ignored_layers: qualified module names (``"layer2.0.conv1"``, as in ``model.named_modules()``)
+            whose output channels are never pruned, for layers with channel-dependent state that
+            the dependency graph cannot see. The classifier is always kept whole. An unknown name is
+            a ``ConfigError`` listing close matches.
     """
 
     metric: str = "xi_star"
@@ -108,6 +113,7 @@ class GPPruneConfig:
     kd_temperature: float = 4.0
     max_steps_per_epoch: int | None = None
     augment: str = "none"
+    ignored_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_fields(self)  # every field's type and, by its name, its range
@@ -227,6 +233,7 @@ def forward_or_explain(model: nn.Module, x: torch.Tensor, expected: tuple[int, .
     module that was executing (found with forward pre/post hooks)."""
     stack: list[str] = []
     deepest: list[str] = []
+    last_layer: list[str] = []  # the last Conv2d / Linear that finished: what feeds the failing module
     handles = []
     for name, mod in model.named_modules():
         if not name:
@@ -236,9 +243,11 @@ def forward_or_explain(model: nn.Module, x: torch.Tensor, expected: tuple[int, .
             stack.append(name)
             deepest[:] = list(stack)
 
-        def post(_m, _i, _o, name=name):
+        def post(m, _i, _o, name=name):
             if stack and stack[-1] == name:
                 stack.pop()
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                last_layer[:] = [name]
 
         handles.append(mod.register_forward_pre_hook(pre))
         handles.append(mod.register_forward_hook(post))
@@ -253,8 +262,10 @@ def forward_or_explain(model: nn.Module, x: torch.Tensor, expected: tuple[int, .
         raise UnsupportedModelError(
             f"{what}: layer {where!r} ({kind}) failed after channel removal: {first}. "
             "It holds channel-dependent state the dependency graph cannot see (e.g. a plain tensor attribute "
-            "or a hard-coded channel count). Register such tensors as parameters/buffers, or pass the layer in "
-            "config ignored_layers.",
+            "or a hard-coded channel count). Register such tensors as parameters/buffers"
+            + (f", or keep the layer that feeds it whole: config ignored_layers, e.g. --config "
+               f"'{{\"ignored_layers\": [\"{last_layer[0]}\"]}}'" if last_layer and last_layer[0] != where else "")
+            + ".",
             layer=where,
         ) from exc
     finally:
@@ -279,11 +290,13 @@ def prune_uniform(
     width_planner: "Callable[[nn.Module, float, list[nn.Module]], dict[nn.Module, int]] | None" = None,
     *,
     time_limit_s: float | None = None,
+    keep_whole: Sequence[str] = (),
 ) -> nn.Module:
     """A deep copy of ``reference`` with ``ratio`` of the channels of every prunable group
     removed (Torch-Pruning ``MetaPruner``, ``global_pruning=False``). ``width_planner(candidate,
     ratio, ignored)`` may return the exact kept width of each group (by root module) instead.
     ``time_limit_s`` bounds the dependency-graph build (``MetaPruner``'s constructor).
+    ``keep_whole`` names further modules (``named_modules()`` names) whose output channels stay.
 
     Raises:
         UnsupportedModelError: Torch-Pruning cannot build the dependency graph or prune.
@@ -293,7 +306,7 @@ def prune_uniform(
     if ratio <= 0.0:
         return cand
     modules = dict(cand.named_modules())
-    ignored = [modules[classifier_name]]
+    ignored = [modules[classifier_name]] + [modules[n] for n in keep_whole if n != classifier_name]
     forward_fn = channel_rounding.TRACE_FORWARD.get()
     if forward_fn is not None:  # train-mode tracing (aux heads): every class head keeps its outputs, and the
         # layers that run only in training are not pruned themselves (no calibration maps in eval mode);
@@ -396,6 +409,15 @@ class GPPrune(Strategy):
                 model = pad_shortcuts_to_conv(model)
             classifier = find_classifier(model, num_classes)
             classifier_name = next(n for n, m in model.named_modules() if m is classifier)
+            names = [n for n, _ in model.named_modules() if n]
+            unknown = [n for n in cfg.ignored_layers if n not in names]
+            if unknown:
+                hints = {n: difflib.get_close_matches(n, names, n=3) for n in unknown}
+                raise ConfigError(
+                    "gp-prune config ignored_layers names modules the model does not have: "
+                    + "; ".join(f"{n!r}" + (f" (did you mean {', '.join(map(repr, h))}?)" if h else "")
+                                for n, h in hints.items())
+                    + ". Use the names of model.named_modules(), e.g. 'layer1.0.conv1'.")
             before = _layer_widths(model)
         restored = store.load("pruned", key=prune_key)
         if restored is not None:
@@ -506,7 +528,7 @@ class GPPrune(Strategy):
                 best, best_ratio = copy.deepcopy(model), 0.0
             else:
                 hi_model = prune_uniform(model, max_ratio, importance, ctx.example_inputs, classifier_name, round_to, planner,
-                                         time_limit_s=ctx.trace_time_limit_s)
+                                         time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.ignored_layers)
                 forward_or_explain(hi_model, ctx.example_inputs, expected, "gp-prune")
                 cost_hi, check_hi, lat_hi = ctx.check(hi_model)
                 ctx.log(phase="bisection", step=1, ratio=max_ratio, macs=cost_hi.macs, params=cost_hi.params,
@@ -524,7 +546,7 @@ class GPPrune(Strategy):
                 for step in range(cfg.bisection_steps):
                     mid = 0.5 * (lo + hi)
                     cand = prune_uniform(model, mid, importance, ctx.example_inputs, classifier_name, round_to, planner,
-                                         time_limit_s=ctx.trace_time_limit_s)
+                                         time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.ignored_layers)
                     cost, check, lat = ctx.check(cand)
                     ctx.log(phase="bisection", step=step + 2, ratio=mid, macs=cost.macs, params=cost.params,
                             latency_ms=lat, ok=check.ok)
