@@ -280,10 +280,14 @@ def compress(
         UnsupportedModelError: the model does not produce ``(B, K)`` logits (in eval mode, and in
             train mode as its main logits: a ``(logits, aux...)`` tuple such as GoogLeNet's counts by
             its first element), cannot be counted, or cannot be compressed (names the layer).
-            ModelSpecError: the model's or teacher's weights are NaN or infinite. BudgetUnreachableError: the strategy cannot
-            meet the budget. ExportError / OnnxValidationError: the student does not export or its
-            ONNX disagrees with torch. DataError: unusable data. ConfigError: bad config or seed (an int in [0, 2**32 - 1]).
-            CheckpointError: ``out_dir`` holds checkpoints of another run, or a corrupt one.
+        ModelSpecError: the model's or teacher's weights are NaN or infinite.
+        BudgetUnreachableError: the strategy cannot meet the budget.
+        ExportError: the student does not export. An ONNX that disagrees with torch is not
+            raised: it is recorded in ``result.validation`` (``report.json`` ``onnx.parity``,
+            ``ok: false`` with every mismatch), and the CLI exits 3.
+        DataError: unusable data.
+        ConfigError: bad config or seed (an int in [0, 2**32 - 1]).
+        CheckpointError: ``out_dir`` holds checkpoints of another run, or a corrupt one.
         BudgetAlreadyMetError: ``model`` already meets the budget and the strategy only shrinks it
             (gp-prune); strategies that build a new network (grow, eg-nas, darts-gal) run and log it.
         TimeLimitError: counting or dependency-graph tracing exceeded ``trace_time_limit_s``.
