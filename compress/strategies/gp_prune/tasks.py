@@ -58,7 +58,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -1004,8 +1004,3 @@ class SyntheticFitness:
             return {"acc": [0.0, 0.0], "error": f"{type(exc).__name__}: {str(exc)[:200]}", "tasks": [],
                     "wall_s": time.perf_counter() - t0}
         return {"acc": accs, "error": None, "tasks": [], "wall_s": time.perf_counter() - t0}
-
-
-def profile_info() -> dict:
-    """JSON-ready description of every profile's two tasks (for reports)."""
-    return {k: [asdict(s) for s in v] for k, v in PROFILES.items()}

@@ -123,7 +123,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -150,9 +149,7 @@ __all__ = [
     "is_valid",
     "make_pset",
     "parse_tree",
-    "random_valid_fraction",
     "score_tree",
-    "tree_arguments",
     "validity_operands",
 ]
 
@@ -704,12 +701,6 @@ def parse_tree(expr: str | gp.PrimitiveTree, pset: gp.PrimitiveSet = PSET) -> gp
     return tree
 
 
-def tree_arguments(tree: str | gp.PrimitiveTree, pset: gp.PrimitiveSet = PSET) -> frozenset[str]:
-    """The operand names (subset of :data:`ARG_NAMES`) a tree uses."""
-    t = parse_tree(tree, pset)
-    return frozenset(node.value for node in t if isinstance(node, gp.Terminal) and node.value in ARG_NAMES)
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -948,17 +939,3 @@ def is_valid(
     except (RuntimeError, ArithmeticError, MemoryError, RecursionError):
         return False
     return True
-
-
-def random_valid_fraction(n: int = 50, seed: int = 0, min_: int = 1, max_: int = 4) -> float:
-    """Fraction of ``n`` seeded ``gp.genHalfAndHalf(PSET, min_, max_)`` trees that pass :func:`is_valid`.
-
-    Reseeds Python's global ``random`` (which deap uses) with ``seed`` and restores its state afterwards.
-    """
-    state = random.getstate()
-    try:
-        random.seed(seed)
-        trees = [gp.PrimitiveTree(gp.genHalfAndHalf(PSET, min_, max_)) for _ in range(n)]
-    finally:
-        random.setstate(state)
-    return sum(is_valid(t) for t in trees) / n
