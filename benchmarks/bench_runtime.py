@@ -12,10 +12,14 @@ only the second is timed, so warm-up and compilation are not counted):
   schedule, the loss read back for logging), for the runtime's own overhead per step;
 * ``runtime fp32`` (the default layout), ``runtime fp32 channels_last``, ``runtime fp32 1 worker``,
   ``runtime fp32 compiled`` (``torch.compile``; its compilation happens in the warm-up round);
-  ``runtime bf16`` and ``runtime bf16 channels_last`` on fewer steps (they are very slow here);
-* ``DDP 2 processes (gloo)``: the runtime fp32 (compiled by default) on 2 spawned processes (1 thread each),
-  timed differentially (3 epochs minus 1 epoch of ``--steps`` steps each), so that process start-up
-  is not counted.
+  ``runtime bf16`` and ``runtime bf16 channels_last``;
+* ``DDP 2 processes (gloo)``: the runtime fp32 channels_last on 2 spawned processes (1 thread each;
+  ``--ddp-compile`` adds ``torch.compile``), timed differentially (3 epochs minus 1 epoch of
+  ``--steps`` steps each), so that process start-up is not counted.
+
+Every timing is written to ``OUT/runtime.partial.json`` as soon as it is taken; a stopped run started
+again with the same settings skips what it already has (``--no-resume`` starts over). ``--rows``
+picks rows (the old, bare and fp32 reference rows always run).
 
 Usage::
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import statistics
 import subprocess
@@ -39,6 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import frontier, machine, write_outputs  # noqa: E402
+
+from compress.exporters.atomic import write_text_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-ddp", action="store_true")
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads of every 1-process row (default: torch's); DDP ranks use 1 each")
-    ap.add_argument("--ddp-compile", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--rows", default="all",
+                    help="comma list of rows to run: old,bare,fp32,channels_last,worker,compiled,bf16,ddp (default all)")
+    ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                    help="reuse the timings in OUT/runtime.partial.json written by an earlier, stopped run with the "
+                         "same --steps/--batch-size/--threads (every timing is written there as soon as it is taken)")
+    ap.add_argument("--ddp-compile", action=argparse.BooleanOptionalAction, default=False,
                     help="torch.compile in the DDP row (a first untimed run fills the compilation cache; the timed 1- and "
                          "3-epoch runs then both load it, so their difference is training alone)")
     args = ap.parse_args(argv)
@@ -148,34 +160,55 @@ def main(argv: list[str] | None = None) -> int:
         _bare_loop(s, teacher, loader, steps)
         return time.perf_counter() - t
 
-    rows: dict[str, Callable] = {
-        "old loop (7830fd2)": old_row,
-        "bare loop (fp32)": bare,
-        "runtime fp32": runtime_row(channels_last="off"),
-        "runtime fp32 channels_last": runtime_row(channels_last="on"),
-        "runtime fp32 1 worker": runtime_row(num_workers=1, channels_last="off"),
-        "runtime fp32 compiled": runtime_row(compile=True, channels_last="off"),
+    wanted = {"old", "bare", "fp32", "channels_last", "worker", "compiled", "bf16", "ddp"}
+    chosen = wanted if args.rows == "all" else {r.strip() for r in args.rows.split(",")}
+    if chosen - wanted or not {"old", "bare", "fp32"} <= chosen:
+        ap.error(f"--rows takes names from {sorted(wanted)} and needs old,bare,fp32 (the reference rows); got {args.rows!r}")
+    all_rows: dict[str, tuple[str, Callable]] = {
+        "old loop (7830fd2)": ("old", old_row),
+        "bare loop (fp32)": ("bare", bare),
+        "runtime fp32": ("fp32", runtime_row(channels_last="off")),
+        "runtime fp32 channels_last": ("channels_last", runtime_row(channels_last="on")),
+        "runtime fp32 1 worker": ("worker", runtime_row(num_workers=1, channels_last="off")),
+        "runtime fp32 compiled": ("compiled", runtime_row(compile=True, channels_last="off")),
+        "runtime bf16": ("bf16", runtime_row(precision="bf16", channels_last="off")),
+        "runtime bf16 channels_last": ("bf16", runtime_row(precision="bf16", channels_last="on")),
     }
-    # bf16: measured on fewer steps, outside the rounds (under load it ran at a few images/s)
-    slow = {"runtime bf16": dict(precision="bf16", channels_last="off"), "runtime bf16 channels_last": dict(precision="bf16",
-                                                                                     channels_last="on")}
+    rows = {k: fn for k, (key, fn) in all_rows.items() if key in chosen}
+    partial_path = args.out / "runtime.partial.json"
+    identity = {"steps": steps, "batch_size": bs, "threads": torch.get_num_threads(), "old_commit": args.old_commit,
+                "ddp_compile": args.ddp_compile}
     times: dict[str, list[float]] = {k: [] for k in rows}
+    walls: dict[int, float] = {}
+    if args.resume and partial_path.is_file():
+        old_state = json.loads(partial_path.read_text())
+        if old_state.get("identity") == identity:
+            for k, v in old_state.get("times", {}).items():
+                if k in times:
+                    times[k] = [float(t) for t in v][: args.rounds]
+            walls = {int(k): float(v) for k, v in old_state.get("walls", {}).items()}
+            print(f"resuming from {partial_path}: {sum(map(len, times.values()))} timings, {len(walls)} DDP runs",
+                  flush=True)
+
+    def save_partial() -> None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(partial_path, json.dumps({"identity": identity, "times": times, "walls": walls}, indent=1))
+
     for r in range(args.rounds):  # every call times its second epoch; rows interleaved round by round
         for name, fn in rows.items():
+            if len(times[name]) > r:
+                continue
             dt = fn(copy.deepcopy(student0))
             times[name].append(dt)
+            save_partial()
             print(f"round {r} {name}: {steps * bs / dt:.1f} img/s", flush=True)
     table = {k: {"images_per_s": steps * bs / statistics.median(v), "rounds_s": v} for k, v in times.items()}
-    slow_steps = max(2, steps // 4)
-    for name, opts in slow.items():
-        dt = runtime_row(**opts)(copy.deepcopy(student0), slow_steps)
-        table[name] = {"images_per_s": slow_steps * bs / dt, "rounds_s": [dt], "steps": slow_steps}
-        print(f"{name}: {slow_steps * bs / dt:.1f} img/s", flush=True)
 
-    if not args.skip_ddp:
+    if "ddp" in chosen and not args.skip_ddp:
         os.environ["OMP_NUM_THREADS"] = "1"  # each of the 2 ranks gets one of the 2 cores
-        walls = {}
-        for epochs in (0, 1, 3):  # "0": a 1-epoch run that fills the compilation cache, not used
+        for epochs in (0, 1, 3):  # "0": a 1-epoch warm-up run (fills the compilation cache when compiling), not used
+            if epochs in walls:
+                continue
             s = copy.deepcopy(student0)
             st = FinetuneSettings(epochs=max(epochs, 1), lr=0.01, max_steps_per_epoch=steps, augment="flip-crop",
                                   keep_best=False)
@@ -184,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                      runtime=Runtime(RuntimeOptions(device="cpu", devices=2, compile=args.ddp_compile,
                                                     channels_last="on")))
             walls[epochs] = time.perf_counter() - t
+            save_partial()
             print(f"DDP {epochs} epoch(s): {walls[epochs]:.1f} s", flush=True)
         # each rank takes bs/2 images a step, so an epoch of `steps` steps is steps * bs images in all
         table["DDP 2 processes (gloo) channels_last" + (" compiled" if args.ddp_compile else "")] = {
@@ -204,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"CIFAR ResNet-56 teacher -> gp-prune student at {rep['student']['macs'] / rep['teacher']['macs']:.2f}x MACs "
         f"({rep['student']['macs']:,} MACs, {rep['student']['params']:,} params), batch {bs}, flip-crop, KD. "
-        f"Median of {args.rounds} interleaved rounds; each timed on the second of two {steps}-step epochs, in one process on this "
+        f"Median of {args.rounds} interleaved rounds (bf16 rows included); each timed on the second of two {steps}-step epochs, in one process on this "
         f"machine ({machine()['cpu_count']} cores, torch threads {torch.get_num_threads()}). "
         "`python benchmarks/bench_runtime.py --data ../shared/data`.",
         "",
