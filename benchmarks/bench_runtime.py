@@ -62,6 +62,16 @@ def _old_finetune(commit: str, worktree: Path) -> Callable:
     return mod.finetune, mod.FinetuneSettings
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def _student(teacher: torch.nn.Module, task: Any) -> torch.nn.Module:
     from compress.api import compress
 
@@ -110,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="reuse the timings in OUT/runtime.partial.json written by an earlier, stopped run with the "
                          "same --steps/--batch-size/--threads (every timing is written there as soon as it is taken)")
+    ap.add_argument("--ddp-channels-last", choices=("auto", "on", "off"), default="auto",
+                    help="layout of the DDP row (auto: the runtime's default for the device)")
     ap.add_argument("--ddp-compile", action=argparse.BooleanOptionalAction, default=False,
                     help="torch.compile in the DDP row (a first untimed run fills the compilation cache; the timed 1- and "
                          "3-epoch runs then both load it, so their difference is training alone)")
@@ -176,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows = {k: fn for k, (key, fn) in all_rows.items() if key in chosen}
     partial_path = args.out / "runtime.partial.json"
-    identity = {"steps": steps, "batch_size": bs, "threads": torch.get_num_threads(), "old_commit": args.old_commit,
-                "ddp_compile": args.ddp_compile}
+    identity = {"steps": steps, "batch_size": bs, "threads": torch.get_num_threads(), "old_commit": args.old_commit}
+    ddp_identity = {"compile": args.ddp_compile, "channels_last": args.ddp_channels_last}
     times: dict[str, list[float]] = {k: [] for k in rows}
     walls: dict[int, float] = {}
     if args.resume and partial_path.is_file():
@@ -186,13 +198,15 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in old_state.get("times", {}).items():
                 if k in times:
                     times[k] = [float(t) for t in v][: args.rounds]
-            walls = {int(k): float(v) for k, v in old_state.get("walls", {}).items()}
+            if old_state.get("ddp_identity") == ddp_identity:
+                walls = {int(k): float(v) for k, v in old_state.get("walls", {}).items()}
             print(f"resuming from {partial_path}: {sum(map(len, times.values()))} timings, {len(walls)} DDP runs",
                   flush=True)
 
     def save_partial() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(partial_path, json.dumps({"identity": identity, "times": times, "walls": walls}, indent=1))
+        write_text_atomic(partial_path, json.dumps({"identity": identity, "ddp_identity": ddp_identity, "times": times,
+                                                         "walls": walls}, indent=1))
 
     for r in range(args.rounds):  # every call times its second epoch; rows interleaved round by round
         for name, fn in rows.items():
@@ -215,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             finetune(s, task.train, None, st, teacher=teacher,
                      runtime=Runtime(RuntimeOptions(device="cpu", devices=2, compile=args.ddp_compile,
-                                                    channels_last="on")))
+                                                    channels_last=args.ddp_channels_last)))
             walls[epochs] = time.perf_counter() - t
             save_partial()
             print(f"DDP {epochs} epoch(s): {walls[epochs]:.1f} s", flush=True)
         # each rank takes bs/2 images a step, so an epoch of `steps` steps is steps * bs images in all
-        table["DDP 2 processes (gloo) channels_last" + (" compiled" if args.ddp_compile else "")] = {
+        table["DDP 2 processes (gloo)" + ("" if args.ddp_channels_last == "auto" else f" channels_last {args.ddp_channels_last}")
+              + (" compiled" if args.ddp_compile else "")] = {
             "images_per_s": 2 * steps * bs / (walls[3] - walls[1]), "walls_s": walls}
 
     old = table["old loop (7830fd2)"]["images_per_s"]
@@ -239,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         f"CIFAR ResNet-56 teacher -> gp-prune student at {rep['student']['macs'] / rep['teacher']['macs']:.2f}x MACs "
         f"({rep['student']['macs']:,} MACs, {rep['student']['params']:,} params), batch {bs}, flip-crop, KD. "
         f"Median of {args.rounds} interleaved rounds (bf16 rows included); each timed on the second of two {steps}-step epochs, in one process on this "
-        f"machine ({machine()['cpu_count']} cores, torch threads {torch.get_num_threads()}). "
+        f"machine ({_cpu_model()}, {machine()['cpu_count']} cores, torch threads {torch.get_num_threads()}). "
         "`python benchmarks/bench_runtime.py --data ../shared/data`.",
         "",
         "| loop | images/s | vs old loop |",

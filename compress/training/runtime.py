@@ -19,11 +19,12 @@ Choices written down here (where Fabric leaves them to us):
   re-executes ``sys.argv`` is never used, so this works from user code and pytest. Under
   ``torchrun``/SLURM (a cluster environment Fabric detects, ``WORLD_SIZE > 1``) slimforge is one
   rank of the job and every phase that goes through :func:`compress.training.fit` runs DDP.
-* ``channels_last``: ``"auto"`` turns it on, on CUDA (the layout tensor cores want) and on the
-  CPU: ``benchmarks/results/runtime.md`` measured the ResNet-56 KD step at 1.4x the images/s in
-  fp32 and 1.5x in bf16 with one thread per process. With 2 threads on a machine where another
-  job took a core, every 2-thread row collapsed (OpenMP spin-waits), channels_last worst: we
-  could not measure 2 threads cleanly. ``"off"`` keeps the default layout. It changes the memory
+* ``channels_last``: ``"auto"`` turns it on on CUDA (the layout tensor cores want) and leaves the
+  CPU in the default layout, because on the CPU it depends on the machine: the ResNet-56 KD step
+  ran at 1.4x the images/s in fp32 (1.5x in bf16) on an AMD EPYC (Zen 4) at one thread per
+  process (``benchmarks/results/runtime.md``), and at 0.8x in fp32 (0.56x in bf16) on an Intel
+  Xeon with AMX at two threads (``benchmarks/results/runtime_2threads/runtime.md``). ``"on"`` and
+  ``"off"`` force it. It changes the memory
   layout of 4-D weights and batches only, never the numbers a layer computes beyond rounding.
 """
 
@@ -224,8 +225,10 @@ class Runtime:
 
     @property
     def channels_last(self) -> bool:
-        """``"on"``/``"off"`` as set; ``"auto"``: on (CUDA and CPU; see the module docstring)."""
-        return self.options.channels_last != "off"
+        """``"on"``/``"off"`` as set; ``"auto"``: on on CUDA, off on the CPU (see the module docstring)."""
+        if self.options.channels_last == "auto":
+            return self.device.type == "cuda"
+        return self.options.channels_last == "on"
 
     @property
     def pin_memory(self) -> bool:

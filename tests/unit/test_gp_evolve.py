@@ -340,7 +340,7 @@ def test_task_training_runs_on_fit_and_matches_the_hand_written_loop(monkeypatch
         assert torch.equal(a, b), name
     assert not net.training and {p.device.type for p in net.parameters()} == {"cpu"}
     assert all(p.is_contiguous() for p in net.parameters())
-    net2, acc2 = trained(None)  # the default runtime (channels_last): deterministic for the seed
+    net2, acc2 = trained(None)  # the default runtime: deterministic for the seed
     net3, acc3 = trained(None)
     assert acc2 == acc3
     assert all(torch.equal(a, b) for a, b in zip(net2.state_dict().values(), net3.state_dict().values()))

@@ -182,3 +182,21 @@ def test_grow_grad_clip_must_be_positive_or_none(bad):
     assert GrowConfig(grad_clip=None).grad_clip is None and GrowConfig().grad_clip == 5.0
     with pytest.raises(CompressError, match="grad_clip"):
         GrowConfig(grad_clip=bad)
+
+
+def test_spawn_without_a_main_guard_is_a_config_error(monkeypatch):
+    """Fabric's spawn launcher refuses a script without ``if __name__ == "__main__":`` with a bare
+    RuntimeError; slimforge turns it into a ConfigError that says what to change."""
+    import lightning_fabric
+
+    from compress.errors import ConfigError
+    from compress.training import Runtime, RuntimeOptions
+    from compress.training.parallel import spawn
+
+    def launch(self, *args, **kwargs):
+        raise RuntimeError('Launching multiple processes with the \'spawn\' start method requires that your script '
+                           'guards the main function with an `if __name__ == "__main__"` clause.')
+
+    monkeypatch.setattr(lightning_fabric.Fabric, "launch", launch)
+    with pytest.raises(ConfigError, match="__main__.*devices=1"):
+        spawn(Runtime(RuntimeOptions(device="cpu", devices=2)), print)
