@@ -1151,9 +1151,12 @@ def test_signal_mid_run_removes_the_temp_folder(sig, code, name, tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(TMPDIR=str(systmp), OMP_NUM_THREADS="1", COLUMNS="1000")
+    # the default SIGINT disposition, as in a terminal: a pytest-xdist worker ignores SIGINT, and an
+    # ignored signal stays ignored in the processes it starts (slimforge then leaves it ignored too)
     proc = subprocess.Popen([str(SLIMFORGE), *_RUN, "--data", "digits", "--out", str(out), "--config",
                              json.dumps({"epochs": 50})], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     while not _stray(systmp) and proc.poll() is None and time.monotonic() - t0 < 120:
         time.sleep(0.05)
