@@ -195,9 +195,12 @@ class CompressionResult:
             if macs_cut > 0:
                 out["efficiency"] = lat_cut / macs_cut
                 if lat_cut < 0.8 * macs_cut:
+                    rounding = ("channel_rounding='measured' or " if self.strategy == "gp-prune"
+                                and (self.config or {}).get("channel_rounding") != "measured" else "")
                     out["warning"] = (
                         f"MACs fell by {100 * macs_cut:.0f}% but measured latency on {self.target.name} by only "
-                        f"{100 * lat_cut:.0f}%: try channel_rounding='measured' or a latency budget."
+                        f"{100 * lat_cut:.0f}%: try {rounding}a latency budget (e.g. --budget "
+                        "macs=0.5x,latency=0.5x)."
                     )
         return out
 
