@@ -200,3 +200,13 @@ def test_spawn_without_a_main_guard_is_a_config_error(monkeypatch):
     monkeypatch.setattr(lightning_fabric.Fabric, "launch", launch)
     with pytest.raises(ConfigError, match="__main__.*devices=1"):
         spawn(Runtime(RuntimeOptions(device="cpu", devices=2)), print)
+
+
+def test_channels_last_auto_leaves_the_cpu_layout_alone():
+    """"auto" is on for CUDA only: on the CPU the measured effect went both ways between machines
+    (compress/training/runtime.py); "on"/"off" force it."""
+    from compress.training import Runtime, RuntimeOptions
+
+    assert Runtime(RuntimeOptions(device="cpu")).channels_last is False
+    assert Runtime(RuntimeOptions(device="cpu", channels_last="on")).channels_last is True
+    assert Runtime(RuntimeOptions(device="cpu", channels_last="off")).channels_last is False
