@@ -369,28 +369,29 @@ def compress(
 _VS_TEACHER_ROUNDS = 5
 
 
-def _latency_vs_teacher(teacher_onnx: Path, student_onnx: Path, target: Target, latency_repeats: int) -> dict:
-    """The teacher's and the student's median latency (ms) on ``target``, timed side by side:
-    :data:`_VS_TEACHER_ROUNDS` interleaved rounds of ``latency_repeats / rounds`` calls each
-    (at least 5), so that load drift during the run hits both alike."""
+def _side_by_side(paths: dict[str, Path], target: Target, latency_repeats: int) -> dict:
+    """The median latency (ms) on ``target`` of each ONNX file in ``paths`` (``{name: path}``),
+    timed side by side: :data:`_VS_TEACHER_ROUNDS` interleaved rounds of ``latency_repeats / rounds``
+    calls each (at least 5), so that load drift during the run hits all alike. Returns
+    ``{name}_ms`` and ``{name}_rounds_ms`` (the per-round medians) for each name, and the method."""
     repeats = max(5, latency_repeats // _VS_TEACHER_ROUNDS)
-    teacher, student = measure_interleaved([teacher_onnx, student_onnx], target, rounds=_VS_TEACHER_ROUNDS,
-                                           repeats=repeats, warmup=2)
-    return {"teacher_ms": teacher["median_ms"], "student_ms": student["median_ms"],
-            "teacher_rounds_ms": teacher["rounds_ms"], "student_rounds_ms": student["rounds_ms"],
-            "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats}
+    measured = measure_interleaved(list(paths.values()), target, rounds=_VS_TEACHER_ROUNDS, repeats=repeats, warmup=2)
+    out: dict = {f"{name}_ms": m["median_ms"] for name, m in zip(paths, measured)}
+    out.update({f"{name}_rounds_ms": m["rounds_ms"] for name, m in zip(paths, measured)})
+    return {**out, "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats}
+
+
+def _latency_vs_teacher(teacher_onnx: Path, student_onnx: Path, target: Target, latency_repeats: int) -> dict:
+    """Teacher and student timed side by side (:func:`_side_by_side`): ``teacher_ms``, ``student_ms``."""
+    return _side_by_side({"teacher": teacher_onnx, "student": student_onnx}, target, latency_repeats)
 
 
 def _int8_vs_fp32(fp32_onnx: Path, int8_onnx: Path, target: Target, latency_repeats: int) -> dict:
-    """The fp32 and int8 students' median latency (ms) on ``target``, timed side by side like
-    :func:`_latency_vs_teacher`, and the rule :func:`compress.exporters.mobile.int8_recommendation`
-    applies to them."""
+    """The fp32 and int8 students timed side by side (:func:`_side_by_side`): ``fp32_ms``,
+    ``int8_ms``, and the rule :func:`compress.exporters.mobile.int8_recommendation` applies to them."""
     from compress.exporters.mobile import INT8_MAX_DROP_PTS, INT8_MIN_SPEEDUP
 
-    repeats = max(5, latency_repeats // _VS_TEACHER_ROUNDS)
-    fp32, int8 = measure_interleaved([fp32_onnx, int8_onnx], target, rounds=_VS_TEACHER_ROUNDS, repeats=repeats, warmup=2)
-    return {"fp32_ms": fp32["median_ms"], "int8_ms": int8["median_ms"], "fp32_rounds_ms": fp32["rounds_ms"],
-            "int8_rounds_ms": int8["rounds_ms"], "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats,
+    return {**_side_by_side({"fp32": fp32_onnx, "int8": int8_onnx}, target, latency_repeats),
             "rule": f"recommended = speedup >= {INT8_MIN_SPEEDUP:g} and drop_pts <= {INT8_MAX_DROP_PTS:g}"}
 
 

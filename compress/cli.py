@@ -47,12 +47,12 @@ def _debug() -> bool:
 def _error_message(exc: BaseException) -> str:
     """One paragraph for any exception: ours as they are (they say what to do); a full disk, other
     OS errors, bad values and anything else with what to do about them."""
+    if isinstance(exc, OSError) and not isinstance(exc, _known_errors()) and exc.errno == errno.ENOSPC:
+        from compress.errors import disk_full
+
+        exc = disk_full(exc, cleaned=False)  # the message compress() gives, without its cleanup claim
     if isinstance(exc, _known_errors()):
         msg = f"{type(exc).__name__}: {exc}"
-    elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        where = f" writing {exc.filename}" if exc.filename else ""
-        msg = (f"the disk is full (OSError ENOSPC{where}); free some space or choose an --out on another disk, "
-               "then run the command again.")
     elif isinstance(exc, OSError):
         msg = f"{type(exc).__name__}: {exc}; check the paths given and that they can be read and written."
     elif isinstance(exc, (ValueError, TypeError)):
@@ -100,9 +100,7 @@ def _clean_errors(fn):
                                        "last checkpoint.")
             raise typer.Exit(code=code) from None
         except Exception as exc:
-            if _debug():
-                raise
-            _fail(exc)
+            _fail(exc)  # re-raises under --debug
 
     return wrapper
 

@@ -174,12 +174,14 @@ class DiskFullError(CompressError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
-def disk_full(exc: OSError, fallback_path: object = None) -> DiskFullError:
+def disk_full(exc: OSError, fallback_path: object = None, *, cleaned: bool = True) -> DiskFullError:
     """A :class:`DiskFullError` for an ``OSError`` with ``errno.ENOSPC`` (``exc.filename`` or
-    ``fallback_path`` named as the file being written)."""
+    ``fallback_path`` named as the file being written). ``cleaned``: the caller removed what the
+    failed write left, and the message says so."""
     path = exc.filename or fallback_path
     where = f" while writing {path}" if path else ""
-    err = DiskFullError(f"the disk is full{where} ({exc.strerror or exc}); nothing half-written was left. Free some "
+    left = " nothing half-written was left." if cleaned else ""
+    err = DiskFullError(f"the disk is full{where} ({exc.strerror or exc});{left} Free some "
                         "space, or write elsewhere (out_dir / --out; TMPDIR for slimforge's temporary files), and run "
                         "again.")
     err.errno, err.filename = exc.errno, path
