@@ -81,13 +81,15 @@ class ConvConfig:
 
 @dataclass(frozen=True)
 class LinearConfig:
-    """One ``Linear`` layer (``fin -> fout``)."""
+    """One ``Linear`` layer (``fin -> fout``) applied to ``rows`` vectors per sample (1 for a
+    classifier on pooled features; tokens or pixels for a transformer / ConvNeXt MLP)."""
 
     fin: int
     fout: int
+    rows: int = 1
 
     def key(self) -> str:
-        return f"linear:{self.fin}:{self.fout}"
+        return f"linear:{self.fin}:{self.fout}" + (f":{self.rows}" if self.rows != 1 else "")
 
 
 LayerConfig = ConvConfig | LinearConfig
@@ -135,7 +137,7 @@ def _onnx_for(cfg: "LayerConfig | _Overhead", batch: int) -> bytes:
         w = rng.standard_normal((cfg.fin, cfg.fout), dtype=np.float32)
         b = np.zeros(cfg.fout, np.float32)
         node = helper.make_node("Gemm", ["x", "w", "b"], ["y"])
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cfg.fin])
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch * cfg.rows, cfg.fin])
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
         inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
     graph = helper.make_graph([node], "layer", [x], [y], initializer=inits)
@@ -239,7 +241,8 @@ class LayerLatencyTable:
         graphs: dict[str, LayerConfig | _Overhead] = {}
         overhead_of: dict[str, str] = {}
         for k, cfg in todo.items():
-            ov = _Overhead((cfg.cin, cfg.h, cfg.w) if isinstance(cfg, ConvConfig) else (cfg.fin,))
+            ov = _Overhead((cfg.cin, cfg.h, cfg.w) if isinstance(cfg, ConvConfig)
+                           else (cfg.fin,) if cfg.rows == 1 else (cfg.rows, cfg.fin))
             overhead_of[k] = ov.key()
             graphs[k] = cfg
             graphs.setdefault(ov.key(), ov)
@@ -273,7 +276,7 @@ class LayerLatencyTable:
         elif isinstance(cfg, ConvConfig):
             shape = (self.target.batch_size, cfg.cin, cfg.h, cfg.w)
         else:
-            shape = (self.target.batch_size, cfg.fin)
+            shape = (self.target.batch_size * cfg.rows, cfg.fin)
         return sess, {"x": np.random.default_rng(1 + seed).standard_normal(shape, dtype=np.float32)}
 
     def node_latency(self, node: "OrtNode") -> float:
@@ -314,8 +317,9 @@ def layer_configs(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[
                                                int(pad), mod.groups, int(x.shape[2]), int(x.shape[3]))))
             hooks.append(m.register_forward_hook(hook))
         elif isinstance(m, nn.Linear):
-            def hook_l(mod, _inp, _out, name=name):
-                found.append((name, LinearConfig(mod.in_features, mod.out_features)))
+            def hook_l(mod, inp, _out, name=name):
+                rows = max(1, int(inp[0].numel()) // (int(inp[0].shape[0]) * mod.in_features))
+                found.append((name, LinearConfig(mod.in_features, mod.out_features, rows)))
             hooks.append(m.register_forward_hook(hook_l))
     was = model.training
     model.eval()

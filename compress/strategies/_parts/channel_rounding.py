@@ -100,9 +100,10 @@ def _is_depthwise(m: nn.Module) -> bool:
 
 
 def _prunable_groups(model: nn.Module, example_inputs: torch.Tensor, ratio: float, ignored: list[nn.Module],
-                     time_limit_s: float | None = None):
+                     time_limit_s: float | None = None, nominal: "dict[nn.Module, int] | None" = None):
     """Yield ``(group, root module, channels C, nominal kept width k)`` for every Torch-Pruning group
-    that ratio ``r`` would cut, with ``k = floor(C * (1 - r))`` as Torch-Pruning computes it. The
+    that ratio ``r`` would cut, with ``k = floor(C * (1 - r))`` as Torch-Pruning computes it, or
+    ``k = nominal[root]`` when ``nominal`` is given (groups it does not name are not cut). The
     dependency-graph build is bounded by ``time_limit_s`` (:class:`TimeLimitError`)."""
     with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (channel rounding)"):
         dg = tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=TRACE_FORWARD.get())
@@ -111,7 +112,7 @@ def _prunable_groups(model: nn.Module, example_inputs: torch.Tensor, ratio: floa
         c = dg.get_out_channels(root)
         if not c:
             continue
-        k = int(c * (1 - ratio))
+        k = int(c * (1 - ratio)) if nominal is None else int(nominal.get(root, c))
         if 1 <= k < c:
             yield group, root, c, k
 
@@ -127,8 +128,11 @@ def plan_widths(
     min_gain: float = MIN_GAIN,
     noise_z: float = NOISE_Z,
     time_limit_s: float | None = None,
+    nominal: "dict[nn.Module, int] | None" = None,
 ) -> tuple[dict[nn.Module, int], list[dict]]:
-    """Choose the kept width of every prunable group of ``model`` at uniform ratio ``ratio``.
+    """Choose the kept width of every prunable group of ``model`` at uniform ratio ``ratio``, or
+    around the per-group widths ``nominal`` (root module -> kept channels, from a non-uniform
+    allocation; ``ratio`` is then the overall pruned share, used for the far side of each layer).
     ``time_limit_s`` bounds the dependency-graph build (:class:`~compress.errors.TimeLimitError`).
 
     The layers of all of a group's candidates are timed together, interleaved
@@ -155,12 +159,12 @@ def plan_widths(
     spatial = {n: cfg for n, cfg in layer_configs(model, example_inputs) if isinstance(cfg, ConvConfig)}
     in_ch = example_inputs.shape[1]
 
-    def nominal(c: int, fixed: bool) -> int:
+    def far_side(c: int, fixed: bool) -> int:
         return c if fixed else max(1, int(c * (1 - ratio)))
 
     plan: dict[nn.Module, int] = {}
     records: list[dict] = []
-    for group, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored, time_limit_s):
+    for group, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored, time_limit_s, nominal):
         producers, consumers, depthwise = [], [], []
         for dep, _ in group:
             m, fn = dep.target.module, dep.handler
@@ -177,17 +181,17 @@ def plan_widths(
             for m in producers:
                 if isinstance(m, nn.Conv2d) and names.get(m) in spatial:
                     s = spatial[names[m]]
-                    cin = nominal(m.in_channels, m.in_channels == in_ch and s.h == example_inputs.shape[2])
+                    cin = far_side(m.in_channels, m.in_channels == in_ch and s.h == example_inputs.shape[2])
                     out.append(ConvConfig(cin, w, s.k, s.stride, s.padding, 1, s.h, s.w))
                 elif isinstance(m, nn.Linear):
-                    out.append(LinearConfig(nominal(m.in_features, False), w))
+                    out.append(LinearConfig(far_side(m.in_features, False), w))
             for m in consumers:
                 if isinstance(m, nn.Conv2d) and names.get(m) in spatial:
                     s = spatial[names[m]]
-                    out.append(ConvConfig(w, nominal(m.out_channels, m in ignored), s.k, s.stride, s.padding, 1,
+                    out.append(ConvConfig(w, far_side(m.out_channels, m in ignored), s.k, s.stride, s.padding, 1,
                                           s.h, s.w))
                 elif isinstance(m, nn.Linear):
-                    out.append(LinearConfig(w, nominal(m.out_features, m in ignored)))
+                    out.append(LinearConfig(w, far_side(m.out_features, m in ignored)))
             for m in depthwise:
                 if names.get(m) in spatial:
                     s = spatial[names[m]]
@@ -251,8 +255,10 @@ def _decide(k: int, rounds_of: dict[int, list[list[float]]], *, min_gain: float,
 
 
 def plan_fixed_widths(model: nn.Module, example_inputs: torch.Tensor, ratio: float, ignored: list[nn.Module],
-                      multiple: int, *, time_limit_s: float | None = None) -> dict[nn.Module, int]:
-    """Kept width of every group rounded *up* to a fixed multiple (never above the group's width).
+                      multiple: int, *, time_limit_s: float | None = None,
+                      nominal: "dict[nn.Module, int] | None" = None) -> dict[nn.Module, int]:
+    """Kept width of every group rounded *up* to a fixed multiple (never above the group's width),
+    from ``ratio`` or from per-group widths ``nominal`` (see :func:`plan_widths`).
     ``time_limit_s`` bounds the dependency-graph build (:class:`~compress.errors.TimeLimitError`)."""
     return {root: min(c, -(-k // multiple) * multiple)
-            for _, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored, time_limit_s)}
+            for _, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored, time_limit_s, nominal)}

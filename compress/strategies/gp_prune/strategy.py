@@ -58,6 +58,14 @@ from compress.strategies._parts.checkpoint import (
 from compress.strategies._parts.time_limit import time_limit
 from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, finetune
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
+from compress.strategies.gp_prune.allocation import (
+    ALLOCATIONS,
+    analyse_groups,
+    global_widths,
+    latency_charges,
+    latency_table,
+    solve_knapsack,
+)
 from compress.strategies.gp_prune.features import collect_feature_maps
 from compress.strategies.gp_prune.importance import TreeImportance
 from compress.strategies.gp_prune.metrics import MetricError, get_metric
@@ -89,6 +97,14 @@ class GPPruneConfig:
         augment: train-time augmentation, "none" or "flip-crop" (CIFAR recipe).
         kd_alpha, kd_temperature: KD weight and temperature (alpha=0: plain CE).
         max_steps_per_epoch: cap on fine-tune steps per epoch (None: whole train split).
+        allocation: how many channels each group keeps (``allocation.py``): "uniform" (the
+            paper: one ratio for every group), "global" (one importance ranking across groups,
+            DepGraph's global pruning), "latency" (HALP: the widths of all groups chosen together
+            by a knapsack on a per-layer latency table measured on the target, to keep the most
+            importance per millisecond), or "auto" (default): "latency" when the budget limits
+            latency, else "uniform".
+        max_group_ratio: with "global" and "latency", the largest share of a group's channels that
+            may be removed (0 < max_group_ratio < 1), so that no layer collapses.
         ignored_layers: qualified module names (``"layer2.0.conv1"``, as in ``model.named_modules()``)
             whose output channels are never pruned, for layers with channel-dependent state that
             the dependency graph cannot see. The classifier is always kept whole. An unknown name is
@@ -114,6 +130,8 @@ class GPPruneConfig:
     max_steps_per_epoch: int | None = None
     augment: str = "none"
     ignored_layers: tuple[str, ...] = ()
+    allocation: str = "auto"
+    max_group_ratio: float = 0.8
 
     def __post_init__(self) -> None:
         check_fields(self)  # every field's type and, by its name, its range
@@ -139,6 +157,10 @@ class GPPruneConfig:
             raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
         if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
             raise ConfigError("kd_alpha must be in [0, 1] and kd_temperature > 0.")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"allocation must be one of {', '.join(map(repr, ALLOCATIONS))}, got {self.allocation!r}.")
+        if not 0.0 < self.max_group_ratio < 1.0:
+            raise ConfigError(f"max_group_ratio must be in (0, 1), got {self.max_group_ratio}.")
 
     @property
     def finetune_settings(self) -> FinetuneSettings:
@@ -303,7 +325,7 @@ def prune_uniform(
         TimeLimitError: the dependency-graph build took longer than ``time_limit_s``.
     """
     cand = copy.deepcopy(reference).eval()
-    if ratio <= 0.0:
+    if ratio <= 0.0 and width_planner is None:
         return cand
     modules = dict(cand.named_modules())
     ignored = [modules[classifier_name]] + [modules[n] for n in keep_whole if n != classifier_name]
@@ -423,6 +445,7 @@ class GPPrune(Strategy):
         if restored is not None:
             best = _rebuild_pruned(model, restored.state, restored.tensors["weights"])
             best_ratio, best_rounding = float(restored.state["ratio"]), restored.state["rounding"]
+            alloc_record = restored.state.get("allocation")
             ctx.history[:] = restored.state["history"]
             restored.restore_rng(gens)
         else:
@@ -433,12 +456,13 @@ class GPPrune(Strategy):
             token = channel_rounding.TRACE_FORWARD.set(channel_rounding.train_mode_forward if aux else None)
             token2 = _TRAIN_ONLY.set(aux)
             try:
-                best, best_ratio, best_rounding = self._prune(ctx, cfg, metric, model, classifier_name)
+                best, best_ratio, best_rounding, alloc_record = self._prune(ctx, cfg, metric, model, classifier_name)
             finally:
                 channel_rounding.TRACE_FORWARD.reset(token)
                 _TRAIN_ONLY.reset(token2)
             if store.enabled and _rebuildable(model, best):
-                store.commit("pruned", {"ratio": best_ratio, "rounding": best_rounding, "widths": describe_widths(best),
+                store.commit("pruned", {"ratio": best_ratio, "rounding": best_rounding, "allocation": alloc_record,
+                                        "widths": describe_widths(best),
                                         "trainable": {n: p.requires_grad for n, p in best.named_parameters()},
                                         "history": ctx.history},
                              {"weights": best.state_dict()}, key=prune_key, generators=gens)
@@ -461,8 +485,8 @@ class GPPrune(Strategy):
         return StrategyOutput(
             student=best,
             report_sections=[("Channels kept per layer (GECCO'22 uniform one-shot pruning)",
-                              f"Importance: `{formula}`; uniform ratio {best_ratio:.4f}; channel rounding "
-                              f"`{cfg.channel_rounding}`.\n\n" + _widths_markdown(before, widths))],
+                              f"Importance: `{formula}`; " + _allocation_line(alloc_record, best_ratio, cfg)
+                              + "\n\n" + _widths_markdown(before, widths))],
             info={
                 "metric": metric.name if metric is not None else TP_L1,
                 "metric_expr": metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)",
@@ -470,15 +494,16 @@ class GPPrune(Strategy):
                 "layer_widths": widths,
                 "channel_rounding": {"mode": cfg.channel_rounding, "groups": best_rounding,
                                      **({"rule": _ROUNDING_RULE} if cfg.channel_rounding == "measured" else {})},
+                "allocation": alloc_record or {"mode": "uniform"},
                 "shortcuts_converted": any(isinstance(m, PadShortcut) for m in ctx.model.modules()),
                 "resumed": None if restored is None else "pruned",
             },
         )
 
     def _prune(self, ctx: StrategyContext, cfg: GPPruneConfig, metric, model: nn.Module,
-               classifier_name: str) -> tuple[nn.Module, float, list[dict]]:
-        """Calibrate, then bisect the uniform ratio; returns (pruned network, ratio, rounding log)."""
-        num_classes = ctx.data.spec.num_classes
+               classifier_name: str) -> tuple[nn.Module, float, list[dict], dict | None]:
+        """Calibrate, allocate and bisect toward the budget; returns (pruned network, pruning ratio,
+        rounding log, allocation record or None for uniform)."""
         with ctx.phase("prepare"):
             maps, labels = None, None
             if metric is not None and metric.needs_feature_maps:
@@ -493,28 +518,80 @@ class GPPrune(Strategy):
                 if metric is not None
                 else MagnitudeBaseline()
             )
-        expected = (ctx.example_inputs.shape[0], num_classes)
-        planner = None
-        round_to = None
-        rounding_log: list[dict] = []
-        if cfg.channel_rounding == "fixed":
-            def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module]) -> dict[nn.Module, int]:
-                return plan_fixed_widths(cand, ctx.example_inputs, ratio, ignored, cfg.round_to,
-                                         time_limit_s=ctx.trace_time_limit_s)
+        allocation = cfg.allocation
+        if allocation == "auto":
+            allocation = "latency" if ctx.budget.needs_latency else "uniform"
+        if allocation == "uniform":
+            best, ratio, rounding = self._prune_uniform(ctx, cfg, importance, model, classifier_name)
+            return best, ratio, rounding, None
+        return self._prune_allocated(ctx, cfg, importance, model, classifier_name, allocation)
 
+    def _planner(self, ctx: StrategyContext, cfg: GPPruneConfig, rounding_log: list[dict]):
+        """The width planner of ``channel_rounding`` (None for "off"), for :func:`prune_uniform`;
+        ``planner(candidate, ratio, ignored, nominal=None)``, ``nominal`` a kept width per root."""
+        if cfg.channel_rounding == "fixed":
+            def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module], nominal=None) -> dict[nn.Module, int]:
+                return plan_fixed_widths(cand, ctx.example_inputs, ratio, ignored, cfg.round_to,
+                                         time_limit_s=ctx.trace_time_limit_s, nominal=nominal)
+            return planner
         if cfg.channel_rounding == "measured":
             table = LayerLatencyTable(ctx.target, **channel_rounding.TIMING)
 
-            def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module]) -> dict[nn.Module, int]:
+            def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module], nominal=None) -> dict[nn.Module, int]:
                 plan, records = plan_widths(cand, ctx.example_inputs, ratio, ignored, table, window=cfg.rounding_window,
-                                            time_limit_s=ctx.trace_time_limit_s)
+                                            time_limit_s=ctx.trace_time_limit_s, nominal=nominal)
                 rounding_log[:] = records
                 return plan
+            return planner
+        return None
 
+    def _bisect(self, ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module, hi: float,
+                build: "Callable[[float], nn.Module]", what: str, describe: "Callable[[float], dict]",
+                rounding_log: list[dict]) -> tuple[nn.Module, float, list[dict]]:
+        """Bisect the pruning amount ``t`` in ``[0, hi]`` (larger ``t``: smaller network) to the
+        smallest that meets the budget, each candidate ``build(t)`` checked by the budget oracle.
+        Returns (best network, its ``t``, the rounding log of its build).
+
+        Raises:
+            BudgetUnreachableError: ``build(hi)`` does not meet the budget (``what`` says why not).
+        """
+        expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
+        cost0, check0, lat0 = ctx.check(model)
+        ctx.log(phase="bisection", step=0, **describe(0.0), macs=cost0.macs, params=cost0.params,
+                latency_ms=lat0, ok=check0.ok)
+        if check0.ok:
+            return copy.deepcopy(model), 0.0, []
+        hi_model = build(hi)
+        forward_or_explain(hi_model, ctx.example_inputs, expected, "gp-prune")
+        cost_hi, check_hi, lat_hi = ctx.check(hi_model)
+        ctx.log(phase="bisection", step=1, **describe(hi), macs=cost_hi.macs, params=cost_hi.params,
+                latency_ms=lat_hi, ok=check_hi.ok)
+        if not check_hi.ok:
+            raise BudgetUnreachableError(
+                f"gp-prune cannot meet budget {ctx.budget.describe()!r}: even {what} leaves "
+                + "; ".join(str(v) for v in check_hi.violations) + ".")
+        lo, best, best_t, best_rounding = 0.0, hi_model, hi, list(rounding_log)
+        ctx.progress("bisection", 0, cfg.bisection_steps, {})
+        for step in range(cfg.bisection_steps):
+            mid = 0.5 * (lo + hi)
+            cand = build(mid)
+            cost, check, lat = ctx.check(cand)
+            ctx.log(phase="bisection", step=step + 2, **describe(mid), macs=cost.macs, params=cost.params,
+                    latency_ms=lat, ok=check.ok)
+            ctx.progress("bisection", step + 1, cfg.bisection_steps, {**describe(mid), "ok": check.ok})
+            if check.ok:
+                hi, best, best_t, best_rounding = mid, cand, mid, list(rounding_log)
+            else:
+                lo = mid
+        return best, best_t, best_rounding
+
+    def _prune_uniform(self, ctx: StrategyContext, cfg: GPPruneConfig, importance, model: nn.Module,
+                       classifier_name: str) -> tuple[nn.Module, float, list[dict]]:
+        """The paper's uniform one-shot pruning: bisect the ratio of every group."""
+        rounding_log: list[dict] = []
+        planner = self._planner(ctx, cfg, rounding_log)
+        expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
         with ctx.phase("prune"):
-            cost0, check0, lat0 = ctx.check(model)
-            ctx.log(phase="bisection", step=0, ratio=0.0, macs=cost0.macs, params=cost0.params,
-                    latency_ms=lat0, ok=check0.ok)
             # Torch-Pruning keeps floor(C * (1 - r)) channels of a C-channel group and skips a group
             # that would keep none, so the uniform ratio is capped where the narrowest layer keeps one.
             narrowest = min(
@@ -523,42 +600,147 @@ class GPPrune(Strategy):
                 if isinstance(m, (nn.Conv2d, nn.Linear)) and n != classifier_name
             )
             max_ratio = min(cfg.max_ratio, 1.0 - 1.0 / narrowest - 1e-6)
-            best_rounding: list[dict] = []
-            if check0.ok:
-                best, best_ratio = copy.deepcopy(model), 0.0
-            else:
-                hi_model = prune_uniform(model, max_ratio, importance, ctx.example_inputs, classifier_name, round_to, planner,
-                                         time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.ignored_layers)
-                forward_or_explain(hi_model, ctx.example_inputs, expected, "gp-prune")
-                cost_hi, check_hi, lat_hi = ctx.check(hi_model)
-                ctx.log(phase="bisection", step=1, ratio=max_ratio, macs=cost_hi.macs, params=cost_hi.params,
-                        latency_ms=lat_hi, ok=check_hi.ok)
-                if not check_hi.ok:
-                    raise BudgetUnreachableError(
-                        f"gp-prune cannot meet budget {ctx.budget.describe()!r}: even removing "
-                        f"{100 * max_ratio:.1f}% of the channels of every layer leaves "
-                        + "; ".join(str(v) for v in check_hi.violations)
-                        + ". Loosen the budget or raise config max_ratio."
-                    )
-                lo, hi, best, best_ratio = 0.0, max_ratio, hi_model, max_ratio
-                best_rounding = list(rounding_log)
-                ctx.progress("bisection", 0, cfg.bisection_steps, {})
-                for step in range(cfg.bisection_steps):
-                    mid = 0.5 * (lo + hi)
-                    cand = prune_uniform(model, mid, importance, ctx.example_inputs, classifier_name, round_to, planner,
-                                         time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.ignored_layers)
-                    cost, check, lat = ctx.check(cand)
-                    ctx.log(phase="bisection", step=step + 2, ratio=mid, macs=cost.macs, params=cost.params,
-                            latency_ms=lat, ok=check.ok)
-                    ctx.progress("bisection", step + 1, cfg.bisection_steps, {"ratio": mid, "ok": check.ok})
-                    if check.ok:
-                        hi, best, best_ratio = mid, cand, mid
-                        best_rounding = list(rounding_log)
-                    else:
-                        lo = mid
+
+            def build(ratio: float) -> nn.Module:
+                return prune_uniform(model, ratio, importance, ctx.example_inputs, classifier_name, None, planner,
+                                     time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.ignored_layers)
+
+            best, best_ratio, best_rounding = self._bisect(
+                ctx, cfg, model, max_ratio, build,
+                f"removing {100 * max_ratio:.1f}% of the channels of every layer (loosen the budget or raise config "
+                "max_ratio)", lambda r: {"ratio": r}, rounding_log)
             forward_or_explain(best, ctx.example_inputs, expected, "gp-prune")
             freeze_fixed_shortcuts(best)  # Torch-Pruning re-creates parameters; the 0/1 shortcut stays fixed
         return best, best_ratio, best_rounding
+
+    def _prune_allocated(self, ctx: StrategyContext, cfg: GPPruneConfig, importance, model: nn.Module,
+                         classifier_name: str, allocation: str) -> tuple[nn.Module, float, list[dict], dict]:
+        """``allocation="global"`` or ``"latency"`` (``allocation.py``): per-group widths from one
+        ranking or from the latency knapsack, bisected toward the budget (the knapsack's latency
+        limit, in predicted ms, or the global ratio), every candidate checked by real measurement."""
+        expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
+        ignored_names = _ignored_names(model, classifier_name, cfg.ignored_layers)
+        with ctx.phase("prepare"):
+            groups = analyse_groups(model, ctx.example_inputs, importance, ignored_names,
+                                    max_group_ratio=cfg.max_group_ratio, forward_fn=channel_rounding.TRACE_FORWARD.get(),
+                                    time_limit_s=ctx.trace_time_limit_s)
+        if not groups:
+            raise UnsupportedModelError(
+                f"gp-prune allocation={allocation!r} found no prunable channel group in {type(model).__name__} "
+                "(every conv/linear is ignored or cannot be pruned); try allocation='uniform'.",
+                layer=type(model).__name__)
+        total = sum(g.channels for g in groups)
+        rounding_log: list[dict] = []
+        record: dict = {"mode": allocation, "max_group_ratio": cfg.max_group_ratio}
+
+        def apply(widths: dict[str, int], planner=None, ratio: float = 0.0) -> nn.Module:
+            def plan(cand: nn.Module, r: float, ignored: list[nn.Module]) -> dict[nn.Module, int]:
+                mods = dict(cand.named_modules())
+                nominal = {mods[n]: k for n, k in widths.items() if n in mods}
+                return planner(cand, ratio, ignored, nominal=nominal) if planner is not None else nominal
+            return prune_uniform(model, 0.0, importance, ctx.example_inputs, classifier_name, None, plan,
+                                 time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.ignored_layers)
+
+        if allocation == "global":
+            planner = self._planner(ctx, cfg, rounding_log)
+            hi = cfg.max_ratio
+            with ctx.phase("prune"):
+                best, t, best_rounding = self._bisect(
+                    ctx, cfg, model, hi, lambda r: apply(global_widths(groups, r), planner, r),
+                    f"removing the {100 * hi:.1f}% least important channels across layers, no layer losing over "
+                    f"{100 * cfg.max_group_ratio:.0f}% (loosen the budget, or raise config max_ratio / max_group_ratio)",
+                    lambda r: {"ratio": r}, rounding_log)
+            record["ratio"] = t
+        else:
+            with ctx.phase("prepare"):
+                table = latency_table(ctx.target)
+                ctx.progress("latency table", 0, 2, {"groups": len(groups)})
+                charges = latency_charges(model, ctx.example_inputs, groups, table)
+                values = [[g.value(w) for w in ws] for g, ws in zip(groups, charges.widths)]
+                lo_ms = float(sum(ms.min() for ms in charges.ms))
+                hi_ms = float(sum(ms.max() for ms in charges.ms))
+                guess = _budget_fraction(ctx, model) * hi_ms
+                pick = solve_knapsack(values, charges.ms, max(guess, lo_ms))
+                reference = {g.name: charges.widths[i][pick[i]] for i, g in enumerate(groups)}
+                ctx.progress("latency table", 1, 2, {"groups": len(groups)})
+                charges = latency_charges(model, ctx.example_inputs, groups, table, reference)  # HALP: inputs as pruned
+                ctx.progress("latency table", 2, 2, {"layers_timed": table.measured})
+                lo_ms = float(sum(ms.min() for ms in charges.ms))
+                hi_ms = float(sum(ms.max() for ms in charges.ms))
+
+            def widths_at(t: float) -> tuple[dict[str, int], float]:
+                limit = hi_ms - t * (hi_ms - lo_ms)
+                choice = solve_knapsack(values, charges.ms, limit)
+                return ({g.name: charges.widths[i][choice[i]] for i, g in enumerate(groups)},
+                        charges.predict(choice))
+
+            def describe(t: float) -> dict:
+                return {"limit_ms": charges.fixed_ms + hi_ms - t * (hi_ms - lo_ms), "predicted_ms": widths_at(t)[1]}
+
+            with ctx.phase("prune"):
+                best, t, best_rounding = self._bisect(
+                    ctx, cfg, model, 1.0, lambda t: apply(widths_at(t)[0]),
+                    f"the knapsack's narrowest allocation (no layer losing over {100 * cfg.max_group_ratio:.0f}% of its "
+                    "channels) (loosen the budget or raise config max_group_ratio)", describe, rounding_log)
+            chosen, predicted = widths_at(t)
+            record.update({
+                "solver": "multiple-choice knapsack, exact dynamic programming on a discretised latency axis "
+                          "(HALP, Shen et al. NeurIPS 2022)",
+                "limit_ms": charges.fixed_ms + hi_ms - t * (hi_ms - lo_ms), "predicted_ms": predicted,
+                "predicted_full_ms": charges.fixed_ms + hi_ms, "fixed_ms": charges.fixed_ms,
+                "table": str(table.path), "reference_widths": reference,
+                "groups": [{"group": g.name, "channels": g.channels, "kept": chosen[g.name],
+                            "ms_full": float(charges.ms[i][-1]),
+                            "ms_kept": float(charges.ms[i][charges.widths[i].index(chosen[g.name])]),
+                            "charged_layers": charges.charged[i]} for i, g in enumerate(groups)],
+            })
+        forward_or_explain(best, ctx.example_inputs, expected, "gp-prune")
+        freeze_fixed_shortcuts(best)
+        kept = _layer_widths(best)
+        ratio = 1.0 - sum(min(kept.get(g.name, g.channels), g.channels) for g in groups) / total
+        record["pruned_channel_share"] = ratio
+        return best, ratio, best_rounding, record
+
+
+def _allocation_line(record: dict | None, ratio: float, cfg: GPPruneConfig) -> str:
+    """One sentence on how the widths were allocated, for ``report.md``."""
+    if record is None:
+        return f"uniform ratio {ratio:.4f}; channel rounding `{cfg.channel_rounding}`."
+    if record["mode"] == "global":
+        return (f"global ranking, {100 * ratio:.1f}% of the prunable channels removed (no group over "
+                f"{100 * cfg.max_group_ratio:.0f}%); channel rounding `{cfg.channel_rounding}`.")
+    return (f"latency knapsack (HALP): predicted {record['predicted_ms']:.3f} ms of {record['predicted_full_ms']:.3f} ms "
+            f"for the full network (conv/linear layers only, from the table `{record['table']}`); "
+            f"{100 * ratio:.1f}% of the prunable channels removed, no group over {100 * cfg.max_group_ratio:.0f}%.")
+
+
+def _budget_fraction(ctx: StrategyContext, model: nn.Module) -> float:
+    """The tightest limit of the budget relative to ``model`` (0.5 for ``macs=0.5x``), in [0.05, 1]:
+    the first guess of the knapsack's limit (a share of the full network's predicted latency).
+    A latency limit is compared with one measurement of ``model`` on the target."""
+    b, c = ctx.budget, ctx.teacher_cost
+    fractions = [1.0]
+    if b.max_macs is not None and c.macs:
+        fractions.append(b.max_macs / c.macs)
+    if b.max_params is not None and c.params:
+        fractions.append(b.max_params / c.params)
+    if b.max_latency_ms is not None and ctx.latency_fn is not None:
+        fractions.append(b.max_latency_ms / max(ctx.latency_fn(model), 1e-9))
+    return float(min(1.0, max(0.05, min(fractions))))
+
+
+def _ignored_names(model: nn.Module, classifier_name: str, keep_whole: Sequence[str]) -> list[str]:
+    """Names of the modules whose output channels gp-prune never prunes: the classifier, the user's
+    ``ignored_layers`` and, when the model is traced in train mode (aux heads), every class head and
+    the layers that run only in training (as :func:`prune_uniform` does)."""
+    modules = dict(model.named_modules())
+    names = [classifier_name] + [n for n in keep_whole if n != classifier_name]
+    if channel_rounding.TRACE_FORWARD.get() is not None:
+        k = _head_outputs(modules[classifier_name])
+        train_only = _TRAIN_ONLY.get()
+        names += [n for n, m in modules.items() if n and n != classifier_name
+                  and (_head_outputs(m) == k or (n in train_only and isinstance(m, (nn.Conv2d, nn.Linear))))]
+    return names
 
 
 _ROUNDING_RULE = {
