@@ -107,27 +107,39 @@ class ExecutorError(CompressError, RuntimeError):
 
 
 class TimeLimitError(UnsupportedModelError):
-    """A tracing step (fvcore counting, Torch-Pruning's dependency-graph build) did not finish
-    within ``compress(..., trace_time_limit_s=...)``. The message names the step and the limit and
-    says how to raise it. The limit is enforced with ``SIGALRM`` on the main thread of a POSIX
-    process only (see :mod:`compress.strategies._parts.time_limit`).
+    """A step ran past its wall-clock limit: a phase of the run (limit from
+    ``compress(..., time_limits={PHASE: SECONDS})``, CLI ``--time-limit PHASE=SECONDS``; phases and
+    defaults in :mod:`compress.phases`) or a tracing step inside one (fvcore counting,
+    Torch-Pruning's dependency-graph build; ``compress(..., trace_time_limit_s=...)``). The message
+    names the phase or step and the limit and says exactly how to raise it.
+
+    Limits are enforced with ``SIGALRM`` on the main thread of a POSIX process only, and interrupt
+    Python code: a native call that never returns to Python (a C++ kernel, a deadlock in a C
+    library) is not interrupted by it; a watchdog thread then re-sends the signal and, under
+    ``slimforge``, ends the process with exit code 124 (see
+    :mod:`compress.strategies._parts.time_limit`).
 
     Attributes:
-        step: what was running (e.g. ``"counting the teacher's MACs (fvcore trace)"``).
+        step: what was running (e.g. ``"counting the teacher's MACs (fvcore trace)"``, or
+            ``"phase 'prune'"``).
         limit_s: the limit in seconds.
+        phase: the phase whose limit ran out (``"prune"``), or None for a tracing limit.
     """
 
-    def __init__(self, message: str, *, step: str, limit_s: float, layer: str | None = None) -> None:
+    def __init__(self, message: str, *, step: str, limit_s: float, layer: str | None = None,
+                 phase: str | None = None) -> None:
         super().__init__(message, layer=layer)
         self.step = step
         self.limit_s = limit_s
+        self.phase = phase
 
     def __reduce__(self):
-        return (_rebuild_time_limit, (str(self), self.step, self.limit_s, self.layer))
+        return (_rebuild_time_limit, (str(self), self.step, self.limit_s, self.layer, self.phase))
 
 
-def _rebuild_time_limit(message: str, step: str, limit_s: float, layer: str | None) -> TimeLimitError:
-    return TimeLimitError(message, step=step, limit_s=limit_s, layer=layer)
+def _rebuild_time_limit(message: str, step: str, limit_s: float, layer: str | None,
+                        phase: str | None = None) -> TimeLimitError:
+    return TimeLimitError(message, step=step, limit_s=limit_s, layer=layer, phase=phase)
 
 
 class BudgetAlreadyMetError(CompressError, BudgetError):
