@@ -4,7 +4,9 @@ A strategy sees the world through a :class:`StrategyContext`: a private working 
 user's model, the frozen teacher, the task data, the budget already resolved to absolute
 limits, and a budget *oracle* (``ctx.check(model)``) that measures candidates through
 ``compress.budgets`` (and ``compress.profiling`` when the budget limits latency). It never
-touches the user's model, and it never prints: progress goes through ``ctx.progress``.
+touches the user's model, and it never prints: progress goes through ``ctx.progress``. Its work is
+split into named phases (``with ctx.phase("prune"):``, names from :data:`compress.phases.PHASES`),
+each shown in the progress output, timed into the report and bounded by its time limit.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import abc
 import contextlib
 import dataclasses
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ from compress.budgets import Budget, BudgetCheck, Cost, measure_cost
 from compress.data import TaskData
 from compress.errors import ConfigError
 from compress.executors import Executor, SerialExecutor
+from compress.phases import phase as _run_phase
 from compress.profiling import Target
 from compress.training.runtime import Runtime
 
@@ -81,6 +83,9 @@ class StrategyContext:
         trace_time_limit_s: wall-clock limit (seconds) for tracing steps that may hang, e.g.
             building a Torch-Pruning dependency graph (use
             :func:`compress.strategies._parts.time_limit.time_limit`); None: no limit.
+        time_limits: ``{phase: seconds or None}``, the limit of each :meth:`phase` (``compress()``
+            passes :func:`compress.phases.resolve_time_limits` of its ``time_limits``); a phase not
+            in it has no limit (the default: an empty dict, no limits).
         runtime: device, precision and data parallelism of every training phase
             (:class:`compress.training.Runtime`); pass it to :func:`compress.training.fit` /
             :func:`~compress.training.finetune`. The models in the context live on the CPU in
@@ -104,15 +109,19 @@ class StrategyContext:
     executor: Executor = field(default_factory=SerialExecutor)
     trace_time_limit_s: float | None = None
     runtime: Runtime = field(default_factory=Runtime)
+    time_limits: Mapping[str, float | None] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time a phase; the wall time lands in the report as ``wall_s.<name>``."""
-        t0 = time.perf_counter()
-        try:
+        """Run a phase (``name`` from :data:`compress.phases.PHASES`): shown through ``progress``
+        when it starts and ends, its wall time in the report as ``wall_s.<name>``, bounded by
+        ``time_limits[name]`` seconds (:func:`compress.phases.phase`).
+
+        Raises:
+            TimeLimitError: the phase ran past its limit (the message names it and how to raise it).
+        """
+        with _run_phase(name, limits=self.time_limits, progress=self.progress, wall=self.wall_s):
             yield
-        finally:
-            self.wall_s[name] = self.wall_s.get(name, 0.0) + time.perf_counter() - t0
 
     def log(self, **record: Any) -> None:
         """Append one step to the run history (JSON-ready values only)."""
