@@ -17,7 +17,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ from compress.signals import cleanup_on_signals
 from compress.result import CompressionResult, ModelReport
 from compress.strategies._parts.checkpoint import open_run_dir, run_identity
 from compress.strategies._parts.checkpoint import loader_generators
-from compress.strategies._parts.time_limit import time_limit
+from compress.phases import phase as run_phase
+from compress.phases import resolve_time_limits
+from compress.strategies._parts.time_limit import on_hang_exit, time_limit
 from compress.strategies._parts.training import evaluate
 from compress.strategies.base import ProgressFn, StrategyContext, config_to_dict
 from compress.training.runtime import Runtime, RuntimeOptions
@@ -88,6 +90,8 @@ class _TqdmProgress:
         bar = self.bars.get(phase)
         if bar is None:
             bar = self.bars[phase] = tqdm(total=total, desc=phase, leave=False, dynamic_ncols=True)
+        elif bar.total != total:  # a phase's own start event has no total; its work may give one
+            bar.total = total
         bar.n = done
         if info:
             bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items() if not isinstance(v, dict)}, refresh=False)
@@ -193,6 +197,7 @@ def compress(
     executor: Executor | str | None = None,
     ray_address: str | None = None,
     trace_time_limit_s: float | None = 300.0,
+    time_limits: Mapping[str, float | None] | None = None,
     device: str | None = None,
     precision: str | None = None,
     devices: int | None = None,
@@ -256,6 +261,23 @@ def compress(
             that takes longer raises :class:`TimeLimitError` instead of hanging. None: no limit.
             Enforced with ``SIGALRM``, so only when ``compress()`` runs on the main thread of a
             POSIX process; elsewhere the steps run unbounded and a warning is logged once.
+        time_limits: wall-clock limit (seconds) of each phase of the run, ``{phase: seconds}``,
+            None for no limit; merged over the defaults of :data:`compress.phases.PHASES`, which
+            lists every phase and what it covers. Defaults: ``check_inputs`` 1 h (the model run on
+            one batch), ``measure_teacher`` 4 h, ``strategy`` none (the whole strategy run);
+            gp-prune's ``prepare`` 2 h (calibration), ``prune`` 12 h (graph builds, pruning,
+            rounding, bisection), ``finetune`` none; the searches' ``search`` 24 h, ``partition``
+            1 h, ``sizing`` 2 h, and their training phases (``baseline``, ``gal``, ``retrain``,
+            ``final_retrain``) none; then ``evaluate`` 4 h, ``export``, ``validate``, ``profile``
+            1 h each, ``mobile`` (with int8) 2 h, ``latency_vs_teacher`` 1 h. A phase past its
+            limit raises :class:`TimeLimitError` naming the phase (``err.phase``) and how to raise
+            it; each entry of a phase has the whole limit, and ``trace_time_limit_s`` still bounds
+            each trace inside a phase. Every phase is shown through ``progress`` as it starts
+            (``progress(phase, 0, None, {"limit": ...})``) and ends (``progress(phase, 1, 1,
+            {"wall_s": ...})``). Enforced like ``trace_time_limit_s`` (main thread, POSIX): Python
+            code is interrupted at the deadline, a native call that never returns is not (a
+            watchdog thread logs it and re-sends the signal; see
+            :mod:`compress.strategies._parts.time_limit`).
         device: where every training phase runs: ``"auto"`` (default: CUDA when available, else
             the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Export, ONNX validation, counting and
             latency always use a float32 CPU copy of the student.
@@ -286,11 +308,13 @@ def compress(
             raised: it is recorded in ``result.validation`` (``report.json`` ``onnx.parity``,
             ``ok: false`` with every mismatch), and the CLI exits 3.
         DataError: unusable data.
-        ConfigError: bad config or seed (an int in [0, 2**32 - 1]).
+        ConfigError: bad config or seed (an int in [0, 2**32 - 1]), or ``time_limits`` with an unknown
+            phase or a value that is not a positive number of seconds or None.
         CheckpointError: ``out_dir`` holds checkpoints of another run, or a corrupt one.
         BudgetAlreadyMetError: ``model`` already meets the budget and the strategy only shrinks it
             (gp-prune); strategies that build a new network (grow, eg-nas, darts-gal) run and log it.
-        TimeLimitError: counting or dependency-graph tracing exceeded ``trace_time_limit_s``.
+        TimeLimitError: counting or dependency-graph tracing exceeded ``trace_time_limit_s``, or a
+            phase its ``time_limits`` entry (``err.phase`` names it).
         TrainingDivergedError: a training loss became NaN or inf (the committed checkpoints stay).
         DiskFullError: the disk filled up while writing (names the path; nothing half-written).
     """
@@ -300,6 +324,7 @@ def compress(
     _check_options(mobile=mobile, int8=int8, memory=memory, resume=resume, allow_slower=allow_slower,
                    latency_warmup=latency_warmup, latency_repeats=latency_repeats)
     _check_time_limit(trace_time_limit_s)
+    limits = resolve_time_limits(time_limits)
     rt = Runtime(RuntimeOptions.coerce(runtime, device=device, precision=precision, devices=devices))
     budget_obj = Budget.coerce(budget)
     strategy_cls = get_strategy(strategy)
@@ -315,12 +340,18 @@ def compress(
 
     if out_dir is not None:
         _check_writable(Path(out_dir))
-    x_val, y_val = collect(task.val)
-    _check_batch(x_val, y_val, task.spec.num_classes)
-    example = x_val[:2].clone()
-    _check_model(model, example, task.spec.num_classes, "model")
-    if teacher is not None:
-        _check_model(teacher, example, task.spec.num_classes, "teacher")
+    progress_fn, close_progress = _progress_fn(progress)
+    try:
+        with run_phase("check_inputs", limits=limits, progress=progress_fn, wall=wall):
+            x_val, y_val = collect(task.val)
+            _check_batch(x_val, y_val, task.spec.num_classes)
+            example = x_val[:2].clone()
+            _check_model(model, example, task.spec.num_classes, "model")
+            if teacher is not None:
+                _check_model(teacher, example, task.spec.num_classes, "teacher")
+    except BaseException:
+        close_progress()
+        raise
 
     run_dir = None
     if out_dir is not None and rt.is_global_zero:  # checkpoints of another run are refused before any work
@@ -347,11 +378,19 @@ def compress(
     loader_states = {k: g.get_state() for k, g in loader_gens.items()}
     for g in loader_gens.values():
         g.manual_seed(seed)
+
+    def remove_temp_files() -> None:  # also from the time-limit watchdog, if a phase hangs in native code
+        shutil.rmtree(art_dir, ignore_errors=True)
+        if run_dir is not None:
+            run_dir.discard_if_unused()
+
     try:
-        return _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val,
-                         work_dir, art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats,
-                         mobile, int8, t_start, wall, executor=runner, memory=memory,
-                         trace_time_limit_s=trace_time_limit_s, runtime=rt, allow_slower=allow_slower)
+        with on_hang_exit(remove_temp_files):
+            return _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val,
+                             work_dir, art_dir, out_dir, seed, progress_fn, model_spec, latency_warmup,
+                             latency_repeats, mobile, int8, t_start, wall, executor=runner, memory=memory,
+                             trace_time_limit_s=trace_time_limit_s, runtime=rt, allow_slower=allow_slower,
+                             time_limits=limits, close_progress=close_progress)
     except BaseException as exc:
         shutil.rmtree(art_dir, ignore_errors=True)
         if run_dir is not None:
@@ -360,6 +399,7 @@ def compress(
             raise disk_full(exc, out_dir) from exc
         raise
     finally:
+        close_progress()
         if runner is not executor:  # created here: stop its workers (a caller's executor stays open)
             runner.close()
         for k, g in loader_gens.items():
@@ -473,105 +513,10 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
         )
 
 
-def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val, work_dir,
-              art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats, mobile, int8,
-              t_start, wall, *, executor: Executor, memory: bool = True,
-              trace_time_limit_s: float | None = None, runtime: Runtime | None = None,
-              allow_slower: bool = False) -> CompressionResult:
-    runtime = runtime or Runtime()
-    progress_fn, close_progress = _progress_fn(progress)
-
-    # ---------------------------------------------------------------- teacher
-    t0 = time.perf_counter()
-    working = copy.deepcopy(model).eval()
-    kd_teacher = copy.deepcopy(teacher if teacher is not None else model).eval()
-    for p in kd_teacher.parameters():
-        p.requires_grad_(False)
-    try:
-        with time_limit(trace_time_limit_s, "counting the teacher's MACs (fvcore traces its forward)"):
-            teacher_cost = measure_cost(working, example)
-    except CostError as exc:
-        raise UnsupportedModelError(str(exc), layer=type(model).__name__) from exc
-    if not (budget_obj.needs_latency or budget_obj.needs_memory):  # decided by the counts: before any export
-        _check_budget_not_met(strategy_cls, budget_obj.resolve(teacher_cost), teacher_cost)
-    progress_fn("measure teacher", 0, 3, {})
-    teacher_acc_val = evaluate(working, task.val)
-    teacher_acc_test = evaluate(working, task.test)
-    progress_fn("measure teacher", 1, 3, {"val_acc": teacher_acc_val})
-    teacher_onnx = export_onnx(working, example, art_dir / "teacher.onnx")
-    progress_fn("measure teacher", 2, 3, {})
-    teacher_lat = profile_latency(teacher_onnx, target, warmup=latency_warmup, repeats=latency_repeats)
-    teacher_lat_torch = profile_latency(working, target, engine="torch", warmup=latency_warmup,
-                                        repeats=latency_repeats, example_inputs=example[:1])
-    progress_fn("measure teacher", 3, 3, {"latency_ms": teacher_lat.median_ms})
-    teacher_mem = profile_peak_memory(teacher_onnx, target) if memory or budget_obj.needs_memory else None
-    resolved = budget_obj.resolve(teacher_cost, teacher_lat.median_ms,
-                                  teacher_mem.session_peak_bytes if teacher_mem is not None else None)
-    if budget_obj.needs_latency or budget_obj.needs_memory:
-        _check_budget_not_met(strategy_cls, resolved, teacher_cost, teacher_lat.median_ms,
-                              teacher_mem.session_peak_bytes if teacher_mem is not None else None)
-    wall["measure_teacher"] = time.perf_counter() - t0
-
-    # ---------------------------------------------------------------- strategy
-    def latency_probe(m: nn.Module) -> float:
-        with tempfile.TemporaryDirectory(dir=art_dir) as tmp:
-            path = export_onnx(m, example, Path(tmp) / "candidate.onnx")
-            return profile_latency(path, target, warmup=3, repeats=max(10, latency_repeats // 3)).median_ms
-
-    def memory_probe(m: nn.Module) -> float:
-        with tempfile.TemporaryDirectory(dir=art_dir) as tmp:
-            path = export_onnx(m, example, Path(tmp) / "candidate.onnx")
-            return float(profile_peak_memory(path, target).session_peak_bytes)
-
-    ctx = StrategyContext(
-        model=working,
-        teacher=kd_teacher,
-        data=task,
-        budget=resolved,
-        teacher_cost=teacher_cost,
-        example_inputs=example,
-        target=target,
-        seed=seed,
-        out_dir=work_dir,
-        progress=progress_fn,
-        latency_fn=latency_probe,
-        memory_fn=memory_probe,
-        executor=executor,
-        trace_time_limit_s=trace_time_limit_s,
-        runtime=runtime,
-    )
-    t0 = time.perf_counter()
-    try:
-        output = strat.run(ctx)
-    finally:
-        close_progress()
-    wall.update(ctx.wall_s)
-    wall["strategy"] = time.perf_counter() - t0
-    student = output.student.cpu().float().eval()  # export, counting and profiling use a float32 CPU copy
-    if any(p.dim() == 4 for p in student.parameters()):
-        student = student.to(memory_format=torch.contiguous_format)
-
-    # ---------------------------------------------------------------- student
-    t0 = time.perf_counter()
-    student_cost = measure_cost(student, example)
-    student_acc_val = evaluate(student, task.val)
-    student_acc_test = evaluate(student, task.test)
-    wall["evaluate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    student_onnx = export_onnx(student, example, art_dir / "student.onnx")
-    wall["export"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    parity_x = collect(task.test)[0] if task.test is not None else x_val
-    validation = validate_onnx(student, student_onnx, parity_x, atol=1e-4, rtol=1e-3, batch_sizes=(1, 8),
-                               raise_on_failure=False)
-    wall["validate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    student_lat = profile_latency(student_onnx, target, warmup=latency_warmup, repeats=latency_repeats)
-    student_lat_torch = profile_latency(student, target, engine="torch", warmup=latency_warmup,
-                                        repeats=latency_repeats, example_inputs=example[:1])
-    student_mem = profile_peak_memory(student_onnx, target) if memory or resolved.needs_memory else None
-    wall["profile"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+def _mobile(student_onnx: Path, art_dir: Path, task: TaskData, x_val: torch.Tensor, y_val: torch.Tensor,
+            target: Target, latency_warmup: int, latency_repeats: int, *, mobile: bool, int8: bool) -> dict[str, Any]:
+    """``result.mobile``: the ORT-format file and NNAPI/CoreML report (``mobile``), the int8 student
+    re-validated and timed against the fp32 one (``int8``); see :func:`compress`."""
     mobile_info: dict[str, Any] = {}
     if mobile:
         from compress.exporters.mobile import convert_to_ort, mobile_usability
@@ -602,10 +547,113 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
                          "calibrate_method": "minmax"},
             "latency_method": {k: side[k] for k in ("method", "rounds", "repeats", "fp32_rounds_ms", "int8_rounds_ms")},
         }
-    wall["mobile"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    vs_teacher = _latency_vs_teacher(teacher_onnx, student_onnx, target, latency_repeats)
-    wall["latency_vs_teacher"] = time.perf_counter() - t0
+    return mobile_info
+
+
+def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, example, x_val, y_val, work_dir,
+              art_dir, out_dir, seed, progress, model_spec, latency_warmup, latency_repeats, mobile, int8,
+              t_start, wall, *, executor: Executor, memory: bool = True,
+              trace_time_limit_s: float | None = None, runtime: Runtime | None = None,
+              allow_slower: bool = False, time_limits: Mapping[str, float | None] | None = None,
+              close_progress: Callable[[], None] | None = None) -> CompressionResult:
+    runtime = runtime or Runtime()
+    progress_fn, own_close = _progress_fn(progress)
+    close_progress = close_progress or own_close
+    limits = resolve_time_limits(time_limits) if time_limits is None else time_limits
+
+    def phase(name: str):
+        """One of the API's phases (:mod:`compress.phases`): shown, timed into ``wall``, bounded."""
+        return run_phase(name, limits=limits, progress=progress_fn, wall=wall)
+
+    # ---------------------------------------------------------------- teacher
+    with phase("measure_teacher"):
+        working = copy.deepcopy(model).eval()
+        kd_teacher = copy.deepcopy(teacher if teacher is not None else model).eval()
+        for p in kd_teacher.parameters():
+            p.requires_grad_(False)
+        try:
+            with time_limit(trace_time_limit_s, "counting the teacher's MACs (fvcore traces its forward)"):
+                teacher_cost = measure_cost(working, example)
+        except CostError as exc:
+            raise UnsupportedModelError(str(exc), layer=type(model).__name__) from exc
+        if not (budget_obj.needs_latency or budget_obj.needs_memory):  # decided by the counts: before any export
+            _check_budget_not_met(strategy_cls, budget_obj.resolve(teacher_cost), teacher_cost)
+        teacher_acc_val = evaluate(working, task.val)
+        teacher_acc_test = evaluate(working, task.test)
+        progress_fn("measure_teacher", 1, 3, {"val_acc": teacher_acc_val})
+        teacher_onnx = export_onnx(working, example, art_dir / "teacher.onnx")
+        progress_fn("measure_teacher", 2, 3, {})
+        teacher_lat = profile_latency(teacher_onnx, target, warmup=latency_warmup, repeats=latency_repeats)
+        teacher_lat_torch = profile_latency(working, target, engine="torch", warmup=latency_warmup,
+                                            repeats=latency_repeats, example_inputs=example[:1])
+        progress_fn("measure_teacher", 3, 3, {"latency_ms": teacher_lat.median_ms})
+        teacher_mem = profile_peak_memory(teacher_onnx, target) if memory or budget_obj.needs_memory else None
+        resolved = budget_obj.resolve(teacher_cost, teacher_lat.median_ms,
+                                      teacher_mem.session_peak_bytes if teacher_mem is not None else None)
+        if budget_obj.needs_latency or budget_obj.needs_memory:
+            _check_budget_not_met(strategy_cls, resolved, teacher_cost, teacher_lat.median_ms,
+                                  teacher_mem.session_peak_bytes if teacher_mem is not None else None)
+
+    # ---------------------------------------------------------------- strategy
+    def latency_probe(m: nn.Module) -> float:
+        with tempfile.TemporaryDirectory(dir=art_dir) as tmp:
+            path = export_onnx(m, example, Path(tmp) / "candidate.onnx")
+            return profile_latency(path, target, warmup=3, repeats=max(10, latency_repeats // 3)).median_ms
+
+    def memory_probe(m: nn.Module) -> float:
+        with tempfile.TemporaryDirectory(dir=art_dir) as tmp:
+            path = export_onnx(m, example, Path(tmp) / "candidate.onnx")
+            return float(profile_peak_memory(path, target).session_peak_bytes)
+
+    ctx = StrategyContext(
+        model=working,
+        teacher=kd_teacher,
+        data=task,
+        budget=resolved,
+        teacher_cost=teacher_cost,
+        example_inputs=example,
+        target=target,
+        seed=seed,
+        out_dir=work_dir,
+        progress=progress_fn,
+        latency_fn=latency_probe,
+        memory_fn=memory_probe,
+        executor=executor,
+        trace_time_limit_s=trace_time_limit_s,
+        runtime=runtime,
+        time_limits=limits,
+    )
+    try:
+        with phase("strategy"):
+            output = strat.run(ctx)
+    finally:
+        close_progress()  # the strategy's own bars end with it
+    wall.update(ctx.wall_s)
+    student = output.student.cpu().float().eval()  # export, counting and profiling use a float32 CPU copy
+    if any(p.dim() == 4 for p in student.parameters()):
+        student = student.to(memory_format=torch.contiguous_format)
+
+    # ---------------------------------------------------------------- student
+    with phase("evaluate"):
+        student_cost = measure_cost(student, example)
+        student_acc_val = evaluate(student, task.val)
+        student_acc_test = evaluate(student, task.test)
+    with phase("export"):
+        student_onnx = export_onnx(student, example, art_dir / "student.onnx")
+    with phase("validate"):
+        parity_x = collect(task.test)[0] if task.test is not None else x_val
+        validation = validate_onnx(student, student_onnx, parity_x, atol=1e-4, rtol=1e-3, batch_sizes=(1, 8),
+                                   raise_on_failure=False)
+    with phase("profile"):
+        student_lat = profile_latency(student_onnx, target, warmup=latency_warmup, repeats=latency_repeats)
+        student_lat_torch = profile_latency(student, target, engine="torch", warmup=latency_warmup,
+                                            repeats=latency_repeats, example_inputs=example[:1])
+        student_mem = profile_peak_memory(student_onnx, target) if memory or resolved.needs_memory else None
+    with phase("mobile"):
+        mobile_info = _mobile(student_onnx, art_dir, task, x_val, y_val, target, latency_warmup, latency_repeats,
+                              mobile=mobile, int8=int8)
+    with phase("latency_vs_teacher"):
+        vs_teacher = _latency_vs_teacher(teacher_onnx, student_onnx, target, latency_repeats)
     check = resolved.check(student_cost, latency_ms=student_lat.median_ms if resolved.needs_latency else None,
                            memory_bytes=student_mem.session_peak_bytes if student_mem is not None else None,
                            teacher_latency_ms=vs_teacher["teacher_ms"], student_latency_ms=vs_teacher["student_ms"],
