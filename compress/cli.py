@@ -6,8 +6,12 @@ one paragraph on stderr that says what to do, no traceback unless ``slimforge --
 3 the student was produced but misses its budget, is not faster than its teacher on the target
 (``latency_not_reduced``; ``--allow-slower`` accepts it) or fails ONNX parity (so CI pipelines can
 gate on it), 1 ``gate`` found a regression, 130 interrupted (Ctrl-C / SIGINT), 143 terminated
-(SIGTERM). An interrupted or failed ``run``/``demo`` removes its temp folder, and its
-``run_args.json`` when no checkpoint was committed yet.
+(SIGTERM), 124 a phase ran past its time limit and stayed stuck in native code where the
+``TimeLimitError`` could not be raised (the message is printed, temp files removed, no unwinding;
+:mod:`compress.strategies._parts.time_limit`). A phase past its limit otherwise fails like any
+error (exit 2); ``--time-limit PHASE=SECONDS`` raises a limit. An interrupted or failed
+``run``/``demo`` removes its temp folder, and its ``run_args.json`` when no checkpoint was
+committed yet.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import errno
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -83,9 +87,10 @@ def _clean_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from compress.signals import Terminated, cleanup_on_signals
+        from compress.strategies._parts.time_limit import exit_on_hang
 
         try:
-            with cleanup_on_signals():
+            with cleanup_on_signals(), exit_on_hang():  # a phase stuck in native code past its limit: exit 124
                 return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):  # the command's own exit codes, usage errors
             raise
@@ -226,6 +231,60 @@ def _data_options(data: str, *, seed: int, test_data: Optional[str], mean: Optio
     return kw
 
 
+_TIME_LIMIT_FORMAT = ("--time-limit takes PHASE=SECONDS, repeated per phase (e.g. --time-limit prune=7200 "
+                      "--time-limit finetune=none); SECONDS may end in s, m or h (90s, 30m, 2h); none: no limit")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _time_limits(items: Optional[List[str]]) -> Optional[dict]:
+    """``["prune=2h", "finetune=none"]`` -> ``{"prune": 7200.0, "finetune": None}`` (the phase names
+    checked against :data:`compress.phases.PHASES`), or None when no ``--time-limit`` was given.
+
+    Raises:
+        ConfigError: a malformed item, a phase given twice, an unknown phase (with the known ones) or a
+            limit that is not a positive number of seconds; every problem at once.
+    """
+    import math
+
+    from compress.errors import ConfigError
+    from compress.phases import known_phases, unknown_phase
+
+    if not items:
+        return None
+    out: dict = {}
+    bad, names_bad = [], False
+    for item in items:
+        name, sep, value = (part.strip() for part in item.partition("="))
+        text = value.lower()
+        if not sep or not name or not text:
+            bad.append(f"{item!r} is not PHASE=SECONDS")
+            continue
+        if name in out:
+            bad.append(f"phase {name!r} is given twice")
+            continue
+        if unknown_phase(name):
+            bad.append(unknown_phase(name))
+            names_bad = True
+            out[name] = None
+            continue
+        if text in ("none", "inf", "unlimited"):
+            out[name] = None
+            continue
+        unit = _UNITS.get(text[-1], None)
+        try:
+            seconds = float(text[:-1] if unit else text) * (unit or 1.0)
+        except ValueError:
+            seconds = None
+        if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+            bad.append(f"{item!r}: {value!r} is not a positive number of seconds (or none)")
+            continue
+        out[name] = seconds
+    if bad:
+        raise ConfigError(f"--time-limit: {'; '.join(bad)}. {_TIME_LIMIT_FORMAT}."
+                          + (f" {known_phases()}" if names_bad else ""))
+    return out
+
+
 def _exit_code(result) -> int:
     return 0 if (result.budget_check.ok and result.validation.ok) else 3
 
@@ -251,7 +310,7 @@ def _load_config(config: Optional[str]) -> Optional[dict]:
 RUN_ARGS = "run_args.json"
 RUN_ARGS_FORMAT = "slimforge-run-args/1"
 _NOT_RECORDED = ("out", "resume")  # the run directory is where the record lives; resume is how it is used
-_NOT_COMPARED = ("executor", "ray_address")  # where the work runs, not what it computes
+_NOT_COMPARED = ("executor", "ray_address", "time_limit")  # how the work runs, not what it computes
 
 
 _RUN_ARGS_FIX = "start the run again with `slimforge demo/run ... --no-resume` (or choose another --out)"
@@ -393,6 +452,7 @@ def demo(
     devices: int = typer.Option(1, help="Processes for data-parallel (DDP) fine-tunes on this machine."),
     num_workers: int = typer.Option(0, help="DataLoader worker processes for training batches (augmentation runs there)."),
     allow_slower: bool = typer.Option(False, "--allow-slower", help="Accept a student that is not faster than the teacher on the target (by default that fails the budget check: exit 3)."),
+    time_limit: Optional[List[str]] = typer.Option(None, "--time-limit", metavar="PHASE=SECONDS", help="Time limit of one phase, repeatable: e.g. --time-limit prune=2h --time-limit finetune=none (SECONDS may end in s, m, h; none: no limit). Phases and defaults: compress.phases.PHASES (prune 12 h, finetune none, ...)."),
 ) -> None:
     """Train (or load the cached) digits teacher, compress it to the budget, export, validate, profile."""
     cleanup = lambda: None  # noqa: E731
@@ -403,6 +463,7 @@ def demo(
 
         cfg = {**get_strategy(strategy).demo_config(epochs), **(_load_config(config) or {})}
         get_strategy(strategy)(cfg or None)  # strategy name and every config field checked before the teacher trains
+        limits = _time_limits(time_limit)
         cleanup = _record_run(out, "demo", args, resume)
         from compress.api import compress
         from compress.data import load_digits_task
@@ -430,9 +491,12 @@ def demo(
             f"teacher {teacher_model} on digits ({task.spec.input_shape}, {task.spec.num_classes} classes): "
             f"{'loaded from cache' if meta['cached'] else 'trained'} {meta['path']}"
         )
-        result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                          config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume, runtime=rt_opts,
-                          allow_slower=allow_slower)
+        from compress.strategies._parts.time_limit import on_hang_exit
+
+        with on_hang_exit(cleanup):
+            result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
+                              config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume, runtime=rt_opts,
+                              allow_slower=allow_slower, time_limits=limits)
     except BaseException:  # any failure, Ctrl-C or SIGTERM before the first checkpoint: leave no record behind
         cleanup()
         raise
@@ -467,6 +531,7 @@ def run(
     devices: int = typer.Option(1, help="Processes for data-parallel (DDP) fine-tunes on this machine."),
     num_workers: int = typer.Option(0, help="DataLoader worker processes for training batches (augmentation runs there)."),
     allow_slower: bool = typer.Option(False, "--allow-slower", help="Accept a student that is not faster than the teacher on the target (by default that fails the budget check: exit 3)."),
+    time_limit: Optional[List[str]] = typer.Option(None, "--time-limit", metavar="PHASE=SECONDS", help="Time limit of one phase, repeatable: e.g. --time-limit prune=2h --time-limit finetune=none (SECONDS may end in s, m, h; none: no limit). Phases and defaults: compress.phases.PHASES (prune 12 h, finetune none, ...)."),
 ) -> None:
     """Compress a model on your data to a budget and write the report and artifacts to --out."""
     cleanup = lambda: None  # noqa: E731
@@ -477,6 +542,7 @@ def run(
         from compress.registry import get_strategy
 
         get_strategy(strategy)(_load_config(config))  # strategy name and every config field checked first
+        limits = _time_limits(time_limit)
         cleanup = _record_run(out, "run", args, resume)
         from compress.api import compress
         from compress.data import load_task
@@ -493,11 +559,15 @@ def run(
 
         seed_everything(seed)  # a model without --weights is initialised the same way in every run (and resume)
         net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights, in_chans=chans)
-        result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                          target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
-                          executor=executor, ray_address=ray_address, resume=resume,
-                          runtime=dict(device=device, precision=precision, devices=devices, num_workers=num_workers),
-                          allow_slower=allow_slower)
+        from compress.strategies._parts.time_limit import on_hang_exit
+
+        with on_hang_exit(cleanup):
+            result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
+                              target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
+                              executor=executor, ray_address=ray_address, resume=resume,
+                              runtime=dict(device=device, precision=precision, devices=devices,
+                                           num_workers=num_workers),
+                              allow_slower=allow_slower, time_limits=limits)
     except BaseException:  # any failure, Ctrl-C or SIGTERM before the first checkpoint: leave no record behind
         cleanup()
         raise

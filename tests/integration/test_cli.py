@@ -54,3 +54,34 @@ def test_python_m_compress_and_strategies():
     out = subprocess.run([sys.executable, "-m", "compress", "strategies"], capture_output=True, text=True, check=True)
     names = [line.split("\t")[0] for line in out.stdout.splitlines()]
     assert names == list_strategies() and "gp-prune" in names
+
+
+def test_bad_time_limits_exit_2_before_anything_is_written(tmp_path):
+    for item, expected in [("prune=abc", "'abc' is not a positive number of seconds"),
+                           ("prnue=60", "unknown phase 'prnue' (did you mean 'prune'?)"),
+                           ("prune", "'prune' is not PHASE=SECONDS")]:
+        out = tmp_path / item.replace("=", "_")
+        res = runner.invoke(app, ["run", "--model", "compress.testing:TinyConvNet", "--data", "digits", "--budget",
+                                  "macs=0.5x", "--out", str(out), "--time-limit", "finetune=none", "--time-limit", item])
+        assert res.exit_code == 2, res.output
+        text = " ".join(res.output.split())
+        assert "ConfigError" in text and expected in text and "--time-limit" in text, text
+        assert "Traceback" not in res.output and not out.exists()
+
+
+def test_a_phase_past_its_time_limit_exits_2_saying_which_option_raises_it(tmp_path, monkeypatch):
+    import time
+
+    import torch_pruning
+
+    monkeypatch.setattr(torch_pruning.pruner.MetaPruner, "step", lambda self, *a, **k: time.sleep(60))
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    res = runner.invoke(app, ["run", "--model", "compress.testing:TinyConvNet", "--data", "digits", "--budget",
+                              "macs=0.5x", "--out", str(out), "--config", '{"epochs": 0, "bisection_steps": 2}',
+                              "--time-limit", "prune=2"])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "TimeLimitError: phase 'prune'" in text and "--time-limit prune=SECONDS" in text, text
+    assert "Traceback" not in res.output and time.monotonic() - t0 < 50
+    assert not (out / "run_args.json").exists()  # no checkpoint was written: the corrected command runs in --out
