@@ -20,8 +20,10 @@ Shared by ``global`` and ``latency``, and where the paper leaves us a choice:
   ``MetaPruner`` prunes it. Attention groups are left whole.
 * **Normalisation** (HALP normalises saliency per layer group; we follow Torch-Pruning's ``"mean"``
   normaliser): a group's scores are shifted to be non-negative when some are negative, then
-  divided by their mean, so that every group's channels average 1 and importance is comparable
-  across groups whatever the metric's scale.
+  divided by their mean, so that importance is comparable across groups whatever the metric's
+  scale; then multiplied by the number of layers whose outputs the group prunes, since HALP's
+  saliency of a group channel is the sum over its layers (a residual stream's channel, cut from
+  every block of a stage, is worth that many single-layer channels).
 * **Latency of a group** (HALP §3.2, "the latency of a layer as a function of its output channels,
   input channels fixed at the current count"): every Conv2d / Linear is charged to one group --
   the group of its output channels; a depthwise conv to the group it belongs to; a layer whose
@@ -92,8 +94,9 @@ class GroupInfo:
         name: the root module's name (``model.named_modules()``).
         channels: C, the group's channels.
         unit: the group's channel groups (grouped convs); kept widths are multiples of it.
-        scores: ``(C / unit,)`` normalised importance per channel position, sorted descending
-            (mean 1, never negative).
+        scores: ``(C / unit,)`` importance per channel position, sorted descending, never
+            negative: normalised to mean 1, times the number of layers whose output channels
+            the group prunes (HALP's group saliency is a sum over the group's layers).
         producers: names of the Conv2d / Linear layers whose output channels the group prunes.
         consumers: ``{name: channels of its input in this group}`` for layers whose input it prunes.
         depthwise: names of depthwise convs inside the group.
@@ -171,8 +174,7 @@ def analyse_groups(model: nn.Module, example_inputs: torch.Tensor, importance, i
             imp = importance(group)
         if imp is None or imp.numel() != c:
             continue
-        scores = _normalise(imp.view(unit, -1).mean(0))
-        info = GroupInfo(names.get(root, "?"), int(c), unit, scores)
+        info = GroupInfo(names.get(root, "?"), int(c), unit, _normalise(imp.view(unit, -1).mean(0)))
         for dep, idxs in group:
             m, fn = dep.target.module, dep.handler
             n = names.get(m)
@@ -186,6 +188,9 @@ def analyse_groups(model: nn.Module, example_inputs: torch.Tensor, importance, i
                     info.producers.append(n)
             elif fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
                 info.consumers[n] = info.consumers.get(n, 0) + len(idxs)
+        # HALP sums a channel's saliency over the layers of its group: a channel that feeds a residual
+        # stream through ten layers is worth ten of one layer's (the metric's score is a mean over them)
+        info.scores = info.scores * max(1, len(info.producers) + len(info.depthwise))
         lowest = math.ceil(c * (1.0 - max_group_ratio) / unit) * unit
         info.min_width = int(min(c, max(unit, lowest)))
         out.append(info)
@@ -203,7 +208,8 @@ def width_grid(channels: int, unit: int, min_width: int, points: int = GRID_POIN
         step *= 2
     if n >= 64:
         step = max(step, 8)
-    widths = {channels, min_width}
+    low = -(-min_width // (step * unit)) * step * unit  # min_width rounded up to the grid
+    widths = {channels, min(low, channels)}
     widths.update(w * unit for w in range(step, n + 1, step) if w * unit >= min_width)
     return sorted(widths)
 
@@ -352,7 +358,7 @@ def solve_knapsack(values: Sequence[Sequence[float]], costs: Sequence[Sequence[f
     dp = np.zeros(b + 1)  # dp[x]: best value with extra cost <= x bins
     choices = []
     for v, c in zip(vals, cst):
-        extra = np.ceil((c - c.min()) / unit - 1e-9).astype(int)
+        extra = np.minimum(np.ceil((c - c.min()) / unit - 1e-9), b + 1).astype(int)
         new = np.full(b + 1, neg)
         arg = np.zeros(b + 1, dtype=int)
         for i in np.argsort(extra, kind="stable"):
@@ -371,7 +377,7 @@ def solve_knapsack(values: Sequence[Sequence[float]], costs: Sequence[Sequence[f
     for g in range(len(cst) - 1, -1, -1):
         i = int(choices[g][x])
         picks.append(i)
-        x -= int(np.ceil((cst[g][i] - cst[g].min()) / unit - 1e-9))
+        x -= int(min(np.ceil((cst[g][i] - cst[g].min()) / unit - 1e-9), b + 1))
     return picks[::-1]
 
 

@@ -70,7 +70,7 @@ from compress.strategies.gp_prune.features import collect_feature_maps
 from compress.strategies.gp_prune.importance import TreeImportance
 from compress.strategies.gp_prune.metrics import MetricError, get_metric
 
-__all__ = ["GPPruneConfig", "GPPrune", "find_classifier", "prune_uniform", "forward_or_explain"]
+__all__ = ["GPPruneConfig", "GPPrune", "find_classifier", "prune_uniform", "forward_or_explain", "resolve_allocation"]
 
 
 @dataclass(frozen=True)
@@ -518,9 +518,7 @@ class GPPrune(Strategy):
                 if metric is not None
                 else MagnitudeBaseline()
             )
-        allocation = cfg.allocation
-        if allocation == "auto":
-            allocation = "latency" if ctx.budget.needs_latency else "uniform"
+        allocation = resolve_allocation(cfg.allocation, ctx.budget)
         if allocation == "uniform":
             best, ratio, rounding = self._prune_uniform(ctx, cfg, importance, model, classifier_name)
             return best, ratio, rounding, None
@@ -659,7 +657,8 @@ class GPPrune(Strategy):
                 values = [[g.value(w) for w in ws] for g, ws in zip(groups, charges.widths)]
                 lo_ms = float(sum(ms.min() for ms in charges.ms))
                 hi_ms = float(sum(ms.max() for ms in charges.ms))
-                guess = _budget_fraction(ctx, model) * hi_ms
+                full_ms = ctx.latency_fn(model) if ctx.budget.max_latency_ms is not None and ctx.latency_fn else None
+                guess = _budget_fraction(ctx, full_ms) * hi_ms
                 pick = solve_knapsack(values, charges.ms, max(guess, lo_ms))
                 reference = {g.name: charges.widths[i][pick[i]] for i, g in enumerate(groups)}
                 ctx.progress("latency table", 1, 2, {"groups": len(groups)})
@@ -702,6 +701,14 @@ class GPPrune(Strategy):
         return best, ratio, best_rounding, record
 
 
+def resolve_allocation(allocation: str, budget) -> str:
+    """``allocation`` with ``"auto"`` resolved: ``"latency"`` when ``budget`` limits latency (issue 19:
+    a budget in milliseconds is met by cutting where the milliseconds are), else ``"uniform"`` (the paper)."""
+    if allocation == "auto":
+        return "latency" if budget.needs_latency else "uniform"
+    return allocation
+
+
 def _allocation_line(record: dict | None, ratio: float, cfg: GPPruneConfig) -> str:
     """One sentence on how the widths were allocated, for ``report.md``."""
     if record is None:
@@ -714,18 +721,18 @@ def _allocation_line(record: dict | None, ratio: float, cfg: GPPruneConfig) -> s
             f"{100 * ratio:.1f}% of the prunable channels removed, no group over {100 * cfg.max_group_ratio:.0f}%.")
 
 
-def _budget_fraction(ctx: StrategyContext, model: nn.Module) -> float:
-    """The tightest limit of the budget relative to ``model`` (0.5 for ``macs=0.5x``), in [0.05, 1]:
+def _budget_fraction(ctx: StrategyContext, model_ms: float | None) -> float:
+    """The tightest limit of the budget relative to the model (0.5 for ``macs=0.5x``), in [0.05, 1]:
     the first guess of the knapsack's limit (a share of the full network's predicted latency).
-    A latency limit is compared with one measurement of ``model`` on the target."""
+    A latency limit is compared with ``model_ms``, the model's measured latency."""
     b, c = ctx.budget, ctx.teacher_cost
     fractions = [1.0]
     if b.max_macs is not None and c.macs:
         fractions.append(b.max_macs / c.macs)
     if b.max_params is not None and c.params:
         fractions.append(b.max_params / c.params)
-    if b.max_latency_ms is not None and ctx.latency_fn is not None:
-        fractions.append(b.max_latency_ms / max(ctx.latency_fn(model), 1e-9))
+    if b.max_latency_ms is not None and model_ms:
+        fractions.append(b.max_latency_ms / model_ms)
     return float(min(1.0, max(0.05, min(fractions))))
 
 
