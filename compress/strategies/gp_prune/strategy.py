@@ -566,8 +566,8 @@ class GPPrune(Strategy):
                 latency_ms=lat_hi, ok=check_hi.ok)
         if not check_hi.ok:
             raise BudgetUnreachableError(
-                f"gp-prune cannot meet budget {ctx.budget.describe()!r}: even {what} leaves "
-                + "; ".join(str(v) for v in check_hi.violations) + ".")
+                f"gp-prune cannot meet budget {ctx.budget.describe()!r}: "
+                + "; ".join(str(v) for v in check_hi.violations) + f" even after {what}.")
         lo, best, best_t, best_rounding = 0.0, hi_model, hi, list(rounding_log)
         ctx.progress("bisection", 0, cfg.bisection_steps, {})
         for step in range(cfg.bisection_steps):
@@ -679,8 +679,9 @@ class GPPrune(Strategy):
             with ctx.phase("prune"):
                 best, t, best_rounding = self._bisect(
                     ctx, cfg, model, 1.0, lambda t: apply(widths_at(t)[0]),
-                    f"the knapsack's narrowest allocation (no layer losing over {100 * cfg.max_group_ratio:.0f}% of its "
-                    "channels) (loosen the budget or raise config max_group_ratio)", describe, rounding_log)
+                    f"the knapsack's narrowest allocation, every group losing {100 * cfg.max_group_ratio:.0f}% of its "
+                    "channels (loosen the budget or raise config max_group_ratio, e.g. --config "
+                    "'{\"max_group_ratio\": 0.9}')", describe, rounding_log)
             chosen, predicted = widths_at(t)
             record.update({
                 "solver": "multiple-choice knapsack, exact dynamic programming on a discretised latency axis "
