@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TinyConvNet", "TinyResidualNet", "HiddenStateNet", "NoClassifierNet", "tiny_models"]
+__all__ = ["TinyConvNet", "TinyResidualNet", "HiddenStateNet", "TinyShuffleNet", "NoClassifierNet", "tiny_models"]
 
 
 class _Example:
@@ -81,6 +81,60 @@ class HiddenStateNet(TinyConvNet):
         x = self.hidden(f[5](f[4](f[3](x))))
         x = f[8](f[7](f[6](x)))
         return self.fc(self.pool(x).flatten(1))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """torchvision's ShuffleNetV2 channel shuffle: ``view -> transpose -> reshape``."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class _ShuffleUnit(nn.Module):
+    """A ShuffleNetV2 unit (torchvision's ``InvertedResidual``): stride 1 splits the channels in
+    two halves and transforms one; stride 2 transforms both copies of the input; the two halves
+    are concatenated and shuffled (2 groups)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, shuffle_module: bool) -> None:
+        super().__init__()
+        half = cout // 2
+        self.branch1 = None
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(cin if stride > 1 else half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+        self.shuffle = nn.ChannelShuffle(2) if shuffle_module else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branch1 is None:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return self.shuffle(out) if self.shuffle is not None else channel_shuffle(out, 2)
+
+
+class TinyShuffleNet(nn.Module, _Example):
+    """ShuffleNetV2 in small: stem conv (stride 2), a stride-2 and a stride-1 shuffle unit, a 1x1
+    conv, global pool, linear. ``shuffle="functional"`` shuffles as torchvision does (reshapes in
+    ``forward``), ``"module"`` with ``nn.ChannelShuffle``. The channels that cross a shuffle cannot be
+    pruned; the branches' inner channels, the stem and the last conv can."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16, shuffle: str = "functional") -> None:
+        super().__init__()
+        if shuffle not in ("functional", "module"):
+            raise ValueError(f"shuffle must be 'functional' or 'module', not {shuffle!r}")
+        w, mod = width, shuffle == "module"
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.units = nn.Sequential(_ShuffleUnit(w, 2 * w, 2, mod), _ShuffleUnit(2 * w, 2 * w, 1, mod))
+        self.conv5 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU())
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv5(self.units(self.stem(x))).mean(dim=(2, 3)))
 
 
 class NoClassifierNet(nn.Module, _Example):
