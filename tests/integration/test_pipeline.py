@@ -13,7 +13,7 @@ from compress.budgets import BudgetError
 from compress.errors import BudgetUnreachableError, StrategyError, UnsupportedModelError
 from compress.registry import get_strategy
 from compress.serialization import load_student
-from compress.testing import HiddenStateNet, NoClassifierNet, TinyConvNet, TinyResidualNet
+from compress.testing import HiddenStateNet, NoClassifierNet, TinyConvNet, TinyResidualNet, TinyShuffleNet
 
 # Fast settings per registered strategy. A strategy registered without an entry here fails
 # test_every_strategy_has_a_contract_config, so nothing ships untested.
@@ -141,12 +141,39 @@ def test_user_model_unchanged_and_train_mode_kept(digits_task):
     assert model.features[0].out_channels == 16
 
 
-def test_unsupported_op_names_the_layer(digits_task):
+def test_a_group_that_breaks_the_prune_is_kept_whole_and_reported(digits_task):
+    # issue 19: the layer with channel-dependent state the graph cannot see breaks the group that feeds it;
+    # that group is found, kept whole and named, and the rest is pruned to the budget
+    res = compress(HiddenStateNet(), "macs=0.5x", data=digits_task, config={"epochs": 0, "bisection_steps": 3},
+                   progress=False, latency_repeats=3, latency_warmup=1, mobile=False, memory=False, allow_slower=True)
+    assert res.budget_check.ok
+    (group,) = res.info["untouched_groups"]
+    assert group["group"] == "features.3" and "features.6" in group["layers"] and "forward fails" in group["reason"]
+    widths = res.info["layer_widths"]
+    assert widths["features.3"] == 32 and widths["features.0"] < 16  # kept whole / pruned
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "latency"])
+def test_a_channel_shuffle_network_is_pruned_partially_and_reports_its_untouched_groups(allocation, digits_task):
+    # issue 19: the ShuffleNetV2 shuffle (view -> transpose -> reshape in forward) made Torch-Pruning divide by zero
+    res = compress(TinyShuffleNet(), "macs=0.7x", data=digits_task, progress=False, mobile=False, memory=False,
+                   allow_slower=True, config={"epochs": 0, "bisection_steps": 3, "metric": "l1", "allocation": allocation})
+    assert res.budget_check.ok and res.validation.ok
+    untouched = res.info["untouched_groups"]
+    assert {u["group"] for u in untouched} == {"units.0.branch2.5", "units.1.branch2.5"}
+    assert all("mixes channels" in u["reason"] for u in untouched)
+    widths = res.info["layer_widths"]
+    assert widths["units.0.branch2.5"] == widths["units.1.branch2.5"] == 16  # the shuffled channels stay
+    teacher = {n: m.out_channels for n, m in TinyShuffleNet().named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert any(widths[n] < c for n, c in teacher.items())  # the rest is pruned
+
+
+def test_a_budget_out_of_reach_without_the_unprunable_groups_names_them(digits_task):
     with pytest.raises(UnsupportedModelError) as err:
-        compress(HiddenStateNet(), "macs=0.5x", data=digits_task, config={"epochs": 0, "bisection_steps": 2},
-                 progress=False, latency_repeats=3, latency_warmup=1)
-    assert err.value.layer == "hidden"
-    assert "'hidden'" in str(err.value) and "_HiddenScale" in str(err.value)
+        compress(HiddenStateNet(), "macs=0.05x", data=digits_task, config={"epochs": 0, "bisection_steps": 2},
+                 progress=False, latency_repeats=3, latency_warmup=1, mobile=False, memory=False)
+    assert err.value.layer == "features.3"
+    assert "'features.3'" in str(err.value) and "kept whole" in str(err.value)
 
 
 def test_model_without_classifier_is_refused(digits_task):

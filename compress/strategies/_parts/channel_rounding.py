@@ -105,8 +105,12 @@ def _prunable_groups(model: nn.Module, example_inputs: torch.Tensor, ratio: floa
     that ratio ``r`` would cut, with ``k = floor(C * (1 - r))`` as Torch-Pruning computes it, or
     ``k = nominal[root]`` when ``nominal`` is given (groups it does not name are not cut). The
     dependency-graph build is bounded by ``time_limit_s`` (:class:`TimeLimitError`)."""
+    from compress.strategies.gp_prune import partial  # here: gp_prune imports this module
+
     with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (channel rounding)"):
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=TRACE_FORWARD.get())
+        # the partial-pruning plan's channel shuffles and kept-whole groups (issue 19)
+        dg = partial.dependency_graph(model, example_inputs, plan=partial.CURRENT_PLAN.get(),
+                                      forward_fn=TRACE_FORWARD.get())
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
         c = dg.get_out_channels(root)

@@ -56,6 +56,7 @@ from torch import nn
 
 from compress.profiling.latency_model import ConvConfig, LayerLatencyTable, LinearConfig, default_cache_dir, layer_configs
 from compress.strategies._parts.time_limit import time_limit
+from compress.strategies.gp_prune import partial
 
 __all__ = [
     "ALLOCATIONS",
@@ -156,8 +157,8 @@ def analyse_groups(model: nn.Module, example_inputs: torch.Tensor, importance, i
     if hasattr(importance, "bind"):
         importance.bind(ref)
     with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (channel allocation)"):
-        pruner = tp.pruner.MetaPruner(ref, example_inputs, importance=importance, pruning_ratio=0.0,
-                                      ignored_layers=ignored, forward_fn=forward_fn)
+        pruner = partial.meta_pruner(ref, example_inputs, plan=partial.CURRENT_PLAN.get(), importance=importance,
+                                     pruning_ratio=0.0, ignored_layers=ignored, forward_fn=forward_fn)
     out: list[GroupInfo] = []
     for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                           root_module_types=pruner.root_module_types):

@@ -55,6 +55,7 @@ and only when that fails looks for the failing groups::
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import logging
 import math
@@ -169,6 +170,13 @@ class PartialPlan:
     def partial(self) -> bool:
         """True when some groups are kept whole."""
         return bool(self.untouched)
+
+
+#: The plan in force while gp-prune prunes (None: scan on demand). gp-prune sets it once per run so
+#: that every graph build -- the pruner's, channel rounding's and the allocation's -- follows the same
+#: plan without threading it through every call.
+CURRENT_PLAN: contextvars.ContextVar["PartialPlan | None"] = contextvars.ContextVar("slimforge_partial_plan",
+                                                                                    default=None)
 
 
 # --- tracing: find channel-mixing calls, route them through placeholders -------------------------

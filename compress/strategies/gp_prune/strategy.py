@@ -40,7 +40,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.errors import BudgetUnreachableError, ConfigError, UnsupportedModelError
+from compress.errors import BudgetUnreachableError, ConfigError, TimeLimitError, UnsupportedModelError
 from compress.strategies._parts.config_fields import check_fields
 from compress.models import PadShortcut, freeze_fixed_shortcuts, pad_shortcuts_to_conv
 from compress.registry import register_strategy
@@ -66,6 +66,7 @@ from compress.strategies.gp_prune.allocation import (
     latency_table,
     solve_knapsack,
 )
+from compress.strategies.gp_prune import partial
 from compress.strategies.gp_prune.features import collect_feature_maps
 from compress.strategies.gp_prune.importance import TreeImportance
 from compress.strategies.gp_prune.metrics import MetricError, get_metric
@@ -328,7 +329,10 @@ def prune_uniform(
     if ratio <= 0.0 and width_planner is None:
         return cand
     modules = dict(cand.named_modules())
+    partial_plan = partial.CURRENT_PLAN.get()
     ignored = [modules[classifier_name]] + [modules[n] for n in keep_whole if n != classifier_name]
+    if partial_plan is not None:  # groups Torch-Pruning cannot follow (channel shuffles, failing groups): kept whole
+        ignored += [modules[n] for n in partial_plan.keep_whole if n in modules and modules[n] not in ignored]
     forward_fn = channel_rounding.TRACE_FORWARD.get()
     if forward_fn is not None:  # train-mode tracing (aux heads): every class head keeps its outputs, and the
         # layers that run only in training are not pruned themselves (no calibration maps in eval mode);
@@ -347,9 +351,10 @@ def prune_uniform(
                 c = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
                 ratio_dict[root] = 1.0 - (keep + 0.5) / c  # Torch-Pruning keeps int(C * (1 - r)) = keep
         with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (gp-prune)"):
-            pruner = tp.pruner.MetaPruner(
+            pruner = partial.meta_pruner(
                 cand,
                 example_inputs,
+                plan=partial_plan,
                 importance=importance,
                 pruning_ratio=ratio,
                 pruning_ratio_dict=ratio_dict or None,
@@ -446,6 +451,7 @@ class GPPrune(Strategy):
             best = _rebuild_pruned(model, restored.state, restored.tensors["weights"])
             best_ratio, best_rounding = float(restored.state["ratio"]), restored.state["rounding"]
             alloc_record = restored.state.get("allocation")
+            untouched = list(restored.state.get("untouched_groups", []))
             ctx.history[:] = restored.state["history"]
             restored.restore_rng(gens)
         else:
@@ -456,12 +462,14 @@ class GPPrune(Strategy):
             token = channel_rounding.TRACE_FORWARD.set(channel_rounding.train_mode_forward if aux else None)
             token2 = _TRAIN_ONLY.set(aux)
             try:
-                best, best_ratio, best_rounding, alloc_record = self._prune(ctx, cfg, metric, model, classifier_name)
+                best, best_ratio, best_rounding, alloc_record, untouched = self._prune(ctx, cfg, metric, model,
+                                                                                       classifier_name)
             finally:
                 channel_rounding.TRACE_FORWARD.reset(token)
                 _TRAIN_ONLY.reset(token2)
             if store.enabled and _rebuildable(model, best):
                 store.commit("pruned", {"ratio": best_ratio, "rounding": best_rounding, "allocation": alloc_record,
+                                        "untouched_groups": untouched,
                                         "widths": describe_widths(best),
                                         "trainable": {n: p.requires_grad for n, p in best.named_parameters()},
                                         "history": ctx.history},
@@ -495,15 +503,19 @@ class GPPrune(Strategy):
                 "channel_rounding": {"mode": cfg.channel_rounding, "groups": best_rounding,
                                      **({"rule": _ROUNDING_RULE} if cfg.channel_rounding == "measured" else {})},
                 "allocation": alloc_record or {"mode": "uniform"},
+                "untouched_groups": untouched,
                 "shortcuts_converted": any(isinstance(m, PadShortcut) for m in ctx.model.modules()),
                 "resumed": None if restored is None else "pruned",
             },
         )
 
     def _prune(self, ctx: StrategyContext, cfg: GPPruneConfig, metric, model: nn.Module,
-               classifier_name: str) -> tuple[nn.Module, float, list[dict], dict | None]:
+               classifier_name: str) -> tuple[nn.Module, float, list[dict], dict | None, list[dict]]:
         """Calibrate, allocate and bisect toward the budget; returns (pruned network, pruning ratio,
-        rounding log, allocation record or None for uniform)."""
+        rounding log, allocation record or None for uniform, the groups kept whole: ``partial.py``).
+        Groups Torch-Pruning cannot follow (channel shuffles) are kept whole from the start; when the
+        prune still fails, the failing groups are found by group testing, kept whole, and the rest
+        pruned. Only a budget that cannot be met without them is an :class:`UnsupportedModelError`."""
         with ctx.phase("prepare"):
             maps, labels = None, None
             if metric is not None and metric.needs_feature_maps:
@@ -519,10 +531,48 @@ class GPPrune(Strategy):
                 else MagnitudeBaseline()
             )
         allocation = resolve_allocation(cfg.allocation, ctx.budget)
-        if allocation == "uniform":
-            best, ratio, rounding = self._prune_uniform(ctx, cfg, importance, model, classifier_name)
-            return best, ratio, rounding, None
-        return self._prune_allocated(ctx, cfg, importance, model, classifier_name, allocation)
+        ignored_names = _ignored_names(model, classifier_name, cfg.ignored_layers)
+        forward_fn = channel_rounding.TRACE_FORWARD.get()
+        expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
+        with ctx.phase("prepare"):  # channel shuffles and reshapes Torch-Pruning cannot follow (partial.py)
+            plan = partial.scan_channel_ops(model, ctx.example_inputs, ignored_names, forward_fn=forward_fn,
+                                            time_limit_s=ctx.trace_time_limit_s)
+
+        def attempt() -> tuple[nn.Module, float, list[dict], dict | None]:
+            if allocation == "uniform":
+                return (*self._prune_uniform(ctx, cfg, importance, model, classifier_name), None)
+            return self._prune_allocated(ctx, cfg, importance, model, classifier_name, allocation)
+
+        token = partial.CURRENT_PLAN.set(plan)
+        try:
+            try:
+                out = attempt()
+            except (TimeLimitError, BudgetUnreachableError, MetricError):
+                raise
+            except UnsupportedModelError:
+                # some groups break the prune: find them by group testing, keep them whole, prune the rest
+                with ctx.phase("prune"):
+                    found = partial.find_unprunable_groups(
+                        model, ctx.example_inputs, ignored_names, plan=plan, ratio=0.5, forward_fn=forward_fn,
+                        expected_shape=expected, time_limit_s=ctx.trace_time_limit_s)
+                if len(found.untouched) == len(plan.untouched):
+                    raise  # nothing isolated: the prune's own error stands
+                plan = found
+                partial.CURRENT_PLAN.set(plan)
+                ctx.log(phase="partial", probes=plan.probes, untouched=[u["group"] for u in plan.untouched])
+                out = attempt()
+        except BudgetUnreachableError as exc:
+            if not plan.partial:
+                raise
+            names = ", ".join(repr(u["group"]) for u in plan.untouched[:8]) + (" ..." if len(plan.untouched) > 8 else "")
+            raise UnsupportedModelError(
+                f"{exc} Torch-Pruning cannot prune {len(plan.untouched)} channel group(s) of {type(model).__name__}, "
+                f"kept whole ({names}: {plan.untouched[0]['reason']}), and the budget cannot be met without them. "
+                "Loosen the budget, or make those layers prunable (a registered op instead of a reshape-based "
+                "channel shuffle).", layer=plan.untouched[0]["group"]) from exc
+        finally:
+            partial.CURRENT_PLAN.reset(token)
+        return (*out, list(plan.untouched))
 
     def _planner(self, ctx: StrategyContext, cfg: GPPruneConfig, rounding_log: list[dict]):
         """The width planner of ``channel_rounding`` (None for "off"), for :func:`prune_uniform`;
