@@ -421,6 +421,16 @@ def _side_by_side(paths: dict[str, Path], target: Target, latency_repeats: int) 
     return {**out, "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats}
 
 
+def _drift_corrected(candidate_rounds_ms: list[float], teacher_rounds_ms: list[float], teacher_ms: float) -> float:
+    """A candidate's latency for a budget relative to the teacher (``latency=0.5x``): the median of its
+    per-round ratios to the teacher, timed side by side, times ``teacher_ms`` (the teacher latency the
+    budget was resolved against). A machine that got busier or quieter since the teacher was measured
+    then moves both alike, so the decision does not drift with the load (measured: under 2-3 competing
+    processes the teacher's own latency moved by up to 2x between phases)."""
+    ratios = [c / t for c, t in zip(candidate_rounds_ms, teacher_rounds_ms) if t > 0]
+    return float(np.median(ratios)) * teacher_ms if ratios else float(np.median(candidate_rounds_ms))
+
+
 def _latency_vs_teacher(teacher_onnx: Path, student_onnx: Path, target: Target, latency_repeats: int) -> dict:
     """Teacher and student timed side by side (:func:`_side_by_side`): ``teacher_ms``, ``student_ms``."""
     return _side_by_side({"teacher": teacher_onnx, "student": student_onnx}, target, latency_repeats)
@@ -595,9 +605,14 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
                                   teacher_mem.session_peak_bytes if teacher_mem is not None else None)
 
     # ---------------------------------------------------------------- strategy
+    relative_latency = budget_obj.rel_latency is not None
+
     def latency_probe(m: nn.Module) -> float:
         with tempfile.TemporaryDirectory(dir=art_dir) as tmp:
             path = export_onnx(m, example, Path(tmp) / "candidate.onnx")
+            if relative_latency:  # timed side by side with the teacher: immune to load drift since measure_teacher
+                sbs = _side_by_side({"teacher": teacher_onnx, "candidate": path}, target, max(10, latency_repeats // 3))
+                return _drift_corrected(sbs["candidate_rounds_ms"], sbs["teacher_rounds_ms"], teacher_lat.median_ms)
             return profile_latency(path, target, warmup=3, repeats=max(10, latency_repeats // 3)).median_ms
 
     def memory_probe(m: nn.Module) -> float:
@@ -654,7 +669,14 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
                               mobile=mobile, int8=int8)
     with phase("latency_vs_teacher"):
         vs_teacher = _latency_vs_teacher(teacher_onnx, student_onnx, target, latency_repeats)
-    check = resolved.check(student_cost, latency_ms=student_lat.median_ms if resolved.needs_latency else None,
+    budget_latency_ms = student_lat.median_ms
+    if relative_latency:  # the budget is a share of the teacher's latency: judge it on the side-by-side ratio
+        budget_latency_ms = _drift_corrected(vs_teacher["student_rounds_ms"], vs_teacher["teacher_rounds_ms"],
+                                             teacher_lat.median_ms)
+        vs_teacher["budget_latency_ms"] = budget_latency_ms
+        vs_teacher["budget_latency_rule"] = ("relative latency budget: the student's latency is its side-by-side median "
+                                             "per-round ratio to the teacher times the teacher's measured latency")
+    check = resolved.check(student_cost, latency_ms=budget_latency_ms if resolved.needs_latency else None,
                            memory_bytes=student_mem.session_peak_bytes if student_mem is not None else None,
                            teacher_latency_ms=vs_teacher["teacher_ms"], student_latency_ms=vs_teacher["student_ms"],
                            allow_slower=allow_slower)

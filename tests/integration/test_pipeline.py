@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -305,3 +306,24 @@ def test_cli_exits_3_for_a_slower_student_and_0_with_allow_slower(tmp_path, monk
     report = json.loads((out / "report.json").read_text())
     assert report["budget"]["allow_slower"] is bool(extra)
     assert ("latency_not_reduced" in res.output) is (code == 3)
+
+
+def test_a_relative_latency_budget_is_judged_side_by_side_with_the_teacher(digits_task, monkeypatch):
+    # a machine 3x busier than when the teacher was measured: every side-by-side timing is 3x, but the
+    # candidate/teacher ratio is what a relative budget is about (the ratio here: ONNX file size, ~params)
+    calls = []
+
+    def busy(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3):
+        calls.append([str(m) for m in models])
+        sizes = [Path(m).stat().st_size / 1e4 for m in models]
+        return [{"median_ms": 3 * s, "min_ms": 3 * s, "rounds_ms": [3 * s] * rounds} for s in sizes]
+
+    monkeypatch.setattr("compress.api.measure_interleaved", busy)
+    res = compress(TinyConvNet(num_classes=10).eval(), "latency=0.5x", data=digits_task, progress=False,
+                   config={"epochs": 0, "bisection_steps": 4, "allocation": "uniform"}, latency_repeats=3,
+                   latency_warmup=1, mobile=False, memory=False)
+    assert all(c[0].endswith("teacher.onnx") for c in calls) and len(calls) > 2  # every probe, and the final check
+    vs = res.budget_check.latency_vs_teacher
+    ratio = vs["student_ms"] / vs["teacher_ms"]
+    assert vs["budget_latency_ms"] == pytest.approx(ratio * res.teacher.latency.median_ms)
+    assert res.budget_check.ok and ratio <= 0.5  # an absolute check would have compared 3x figures with the limit
