@@ -10,6 +10,13 @@ paper is silent or we differ on purpose, each a config field:
   that meets the budget by bisection on ``[0, max_ratio]`` (``bisection_steps`` halvings),
   each candidate measured through the budget oracle (fvcore MACs, params, and measured latency
   when the budget limits it);
+* allocation (issue 19; not in the paper, config ``allocation``): besides the paper's uniform
+  ratio, ``"global"`` (one ranking across groups, DepGraph) and ``"latency"`` (HALP's knapsack on
+  a per-layer latency table measured on the target), each bisected toward the budget the same
+  way (``allocation.py``); ``"auto"`` picks ``"latency"`` for a budget in milliseconds;
+* partial pruning (issue 19): groups Torch-Pruning cannot follow (channel shuffles, layers with
+  channel-sized state it cannot see) are kept whole and reported, the rest is pruned
+  (``partial.py``);
 * channel surgery: Torch-Pruning's dependency graph removes channels physically across
   residual adds, depthwise convs and concats; the classifier's outputs are never pruned;
 * CIFAR ResNets' parameter-free zero-padding shortcuts are first replaced by an equivalent
@@ -393,7 +400,8 @@ def _widths_markdown(before: dict[str, int], after: dict[str, int]) -> str:
 
 @register_strategy("gp-prune")
 class GPPrune(Strategy):
-    """Uniform one-shot channel pruning with an expression-tree importance (GECCO'22 §5, Eq. 3).
+    """One-shot channel pruning with an expression-tree importance (GECCO'22 §5, Eq. 3): uniform as
+    in the paper, or allocated globally or by latency (config ``allocation``).
 
     Input: ``ctx.model`` ``(B, C, H, W) -> (B, K)``; output: a physically smaller ``nn.Module``
     with the same input/output shapes that meets ``ctx.budget``.
