@@ -327,3 +327,27 @@ def test_a_relative_latency_budget_is_judged_side_by_side_with_the_teacher(digit
     ratio = vs["student_ms"] / vs["teacher_ms"]
     assert vs["budget_latency_ms"] == pytest.approx(ratio * res.teacher.latency.median_ms)
     assert res.budget_check.ok and ratio <= 0.5  # an absolute check would have compared 3x figures with the limit
+
+
+def test_a_latency_budget_met_by_a_lucky_measurement_is_re_timed_and_pruned_further(digits_task, monkeypatch):
+    # every other timing is 10% optimistic: the bisection's last "ok" may be luck, so the chosen network is
+    # re-timed and, while not 2% under the limit, pruned further toward a network known to meet the budget
+    calls = []
+
+    def jittery(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3):
+        calls.append(1)
+        f = 0.9 if len(calls) % 2 else 1.1
+        sizes = [Path(m).stat().st_size / 1e4 for m in models]
+        out = [sizes[0]] + [s * f for s in sizes[1:]]
+        return [{"median_ms": s, "min_ms": s, "rounds_ms": [s] * rounds} for s in out]
+
+    monkeypatch.setattr("compress.api.measure_interleaved", jittery)
+    res = compress(TinyConvNet(num_classes=10).eval(), "latency=0.5x", data=digits_task, progress=False,
+                   config={"epochs": 0, "bisection_steps": 5, "allocation": "uniform"}, latency_repeats=3,
+                   latency_warmup=1, mobile=False, memory=False, allow_slower=True)
+    verify = [h for h in res.history if str(h.get("step", "")).startswith("verify")]
+    assert len(verify) > 1 and verify[-1]["ok"]  # the first re-timing missed (the 10% pessimistic call)
+    assert all(not h["ok"] for h in verify[:-1])
+    limit = res.budget.max_latency_ms
+    assert verify[-1]["latency_ms"] <= 0.98 * limit
+    assert verify[-1]["ratio"] > verify[0]["ratio"]  # it moved toward more pruning

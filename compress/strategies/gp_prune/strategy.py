@@ -626,7 +626,7 @@ class GPPrune(Strategy):
             raise BudgetUnreachableError(
                 f"gp-prune cannot meet budget {ctx.budget.describe()!r}: "
                 + "; ".join(str(v) for v in check_hi.violations) + f" even after {what}.")
-        lo, best, best_t, best_rounding = 0.0, hi_model, hi, list(rounding_log)
+        lo, best, best_t, best_rounding, top = 0.0, hi_model, hi, list(rounding_log), hi
         ctx.progress("bisection", 0, cfg.bisection_steps, {})
         for step in range(cfg.bisection_steps):
             mid = 0.5 * (lo + hi)
@@ -639,7 +639,30 @@ class GPPrune(Strategy):
                 hi, best, best_t, best_rounding = mid, cand, mid, list(rounding_log)
             else:
                 lo = mid
+        if ctx.budget.needs_latency:
+            best, best_t, best_rounding = self._verify_latency(ctx, best, best_t, top, build, describe, rounding_log,
+                                                               best_rounding)
         return best, best_t, best_rounding
+
+    def _verify_latency(self, ctx: StrategyContext, best: nn.Module, t: float, top: float,
+                        build: "Callable[[float], nn.Module]", describe: "Callable[[float], dict]",
+                        rounding_log: list[dict], rounding: list[dict]) -> tuple[nn.Module, float, list[dict]]:
+        """The bisection stops where a candidate *just* met a latency limit, so a second measurement
+        misses it about half the time (measured: 1.4-6% over in 3 of 6 runs at ``latency=0.5x``). Re-time
+        the chosen network; while it is not :data:`LATENCY_MARGIN` under the limit, move a quarter of the
+        way toward ``top`` (known to meet the budget) and re-time, at most :data:`VERIFY_STEPS` times."""
+        limit = ctx.budget.max_latency_ms
+        for step in range(VERIFY_STEPS + 1):
+            cost, check, lat = ctx.check(best)
+            ok = check.ok and (lat is None or limit is None or lat <= (1.0 - LATENCY_MARGIN) * limit)
+            ctx.log(phase="bisection", step=f"verify-{step}", **describe(t), macs=cost.macs, params=cost.params,
+                    latency_ms=lat, ok=ok)
+            if ok or step == VERIFY_STEPS or t >= top:
+                return best, t, rounding
+            t = t + 0.25 * (top - t)
+            best = build(t)
+            rounding = list(rounding_log)
+        return best, t, rounding
 
     def _prune_uniform(self, ctx: StrategyContext, cfg: GPPruneConfig, importance, model: nn.Module,
                        classifier_name: str) -> tuple[nn.Module, float, list[dict]]:
@@ -808,6 +831,11 @@ def _ignored_names(model: nn.Module, classifier_name: str, keep_whole: Sequence[
                   and (_head_outputs(m) == k or (n in train_only and isinstance(m, (nn.Conv2d, nn.Linear))))]
     return names
 
+
+LATENCY_MARGIN = 0.02
+"""A latency budget's chosen network must re-time this share under the limit (see ``_verify_latency``)."""
+VERIFY_STEPS = 3
+"""Steps toward more pruning ``_verify_latency`` may take."""
 
 _ROUNDING_RULE = {
     "min_gain": channel_rounding.MIN_GAIN, "noise_z": channel_rounding.NOISE_Z, **channel_rounding.TIMING,
