@@ -172,6 +172,8 @@ def markdown(payload: dict[str, Any]) -> str:
     errors = [(row, a, r["error"]) for row in rows for a, r in row["runs"].items() if "error" in r]
     if errors:
         lines += ["", "Errors:", ""] + [f"- {row['model']} {row['size']} `{row['budget']}` {a}: {e}" for row, a, e in errors]
+    if payload.get("not_run"):
+        lines += ["", f"Not run (the benchmark was stopped; `--resume` continues): {', '.join(payload['not_run'])}."]
     s = payload.get("summary", {})
     if s:
         lines += ["", "## Summary", ""] + [f"- {k}: {v}" for k, v in s.items()]
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--budgets", default=",".join(BUDGETS))
     ap.add_argument("--resume", action="store_true", help="keep the cases already in the partial file")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the JSON / Markdown from the partial file without running anything (a stopped run)")
     args = ap.parse_args(argv)
     import onnxruntime as ort
 
@@ -216,7 +220,15 @@ def main(argv: list[str] | None = None) -> int:
                                            "torch_threads": torch.get_num_threads(),
                                            "onnxruntime": ort.__version__, "torch": torch.__version__},
                                "rows": rows}
-    for size in [int(s) for s in args.sizes.split(",")]:
+    if args.report_only:
+        payload = json.loads(partial.read_text())
+        rows = payload["rows"]
+        planned = [(m, int(z), b) for z in args.sizes.split(",") for m in args.models.split(",")
+                   for b in args.budgets.split(",")]
+        done = {(r["model"], r["size"], r["budget"]) for r in payload["rows"]}
+        payload["not_run"] = [f"{m} {z} {b}" for m, z, b in planned if (m, z, b) not in done]
+        args.resume = False
+    for size in ([] if args.report_only else [int(s) for s in args.sizes.split(",")]):
         for name in args.models.split(","):
             for budget in args.budgets.split(","):
                 if (name, size, budget) in done:
