@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="allocation='latency': largest share of a group's channels removed (ResNet-20's latency "
                          "is out of reach of ResNet-56 at the default 0.8)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ratio", type=float, default=None,
+                    help="the budget as a share of the teacher's latency (default: time ResNet-20 against ResNet-56 "
+                         "side by side now); e.g. the ratio an earlier run's final table measured")
+    ap.add_argument("--stem", default="latency_accuracy_resnet56", help="output file stem")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slimforge_bench_latency_accuracy"),
                     help="run folders with checkpoints (resume)")
     args = ap.parse_args(argv)
@@ -73,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
              for d in (20, 32, 44, 56)}
     teacher = stock[56]
     saved = args.work / "budget.json"  # a resumed benchmark keeps the budget its runs were started with
+    if args.ratio is not None and not saved.is_file():
+        args.work.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps({"r20_over_r56": args.ratio, "source": "--ratio"}))
     if saved.is_file():
         ratio = float(json.loads(saved.read_text())["r20_over_r56"])
         print(f"resuming: the budget measured when the runs started, ratio {ratio:.4f}", flush=True)
@@ -155,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         md.append(f"- {r['allocation']}: " + ", ".join(f"{100 * h.get('val_acc', float('nan')):.1f}%"
                                                        for h in r["finetune_history"] if "val_acc" in h))
     args.out.mkdir(parents=True, exist_ok=True)
-    _plot(rows, args.out / "latency_accuracy_resnet56.png", budget)
-    md += ["", "![accuracy vs latency](latency_accuracy_resnet56.png)"]
-    j, m = write_outputs(args.out, "latency_accuracy_resnet56", payload, "\n".join(md) + "\n")
+    _plot(rows, args.out / f"{args.stem}.png", budget)
+    md += ["", f"![accuracy vs latency]({args.stem}.png)"]
+    j, m = write_outputs(args.out, args.stem, payload, "\n".join(md) + "\n")
     print("\n".join(md))
     print(f"wrote {j} and {m}")
     return 0
