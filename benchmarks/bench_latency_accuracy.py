@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bootstrap_diff, machine, mcnemar, predictions, write_outputs  # noqa: E402
 from bench_latency_pruning import cpu_model  # noqa: E402
