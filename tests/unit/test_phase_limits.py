@@ -25,25 +25,12 @@ from compress.strategies._parts import time_limit as tl
 from compress.strategies._parts.time_limit import time_limit
 from compress.strategies.base import StrategyContext
 from compress.testing import TinyConvNet
+from test_time_limit import _timer_handed_back  # noqa: F401  (autouse: SIGALRM and ITIMER_REAL handed back)
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"epochs": 0, "bisection_steps": 2, "calib_samples": 32}
 QUICK = {"progress": False, "latency_repeats": 3, "latency_warmup": 1, "memory": False, "mobile": False,
          "allow_slower": True}
-
-
-@pytest.fixture(autouse=True)
-def _timer_handed_back():
-    """Each test leaves SIGALRM's handler and ITIMER_REAL as it found them (pytest-timeout may run
-    its own timer around the test)."""
-    handler, (delay, interval), t0 = signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL), time.monotonic()
-    yield
-    now_delay, now_interval = signal.getitimer(signal.ITIMER_REAL)
-    assert signal.getsignal(signal.SIGALRM) is handler, "the SIGALRM handler was not restored"
-    if delay == 0:
-        assert (now_delay, now_interval) == (0.0, 0.0), "a timer was left running"
-    else:
-        assert now_interval == interval and abs(now_delay - (delay - (time.monotonic() - t0))) < 0.5
 
 
 # ------------------------------------------------------------------ the required case
