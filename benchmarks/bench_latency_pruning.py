@@ -69,6 +69,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def git_commit() -> str:
+    """The commit the case ran at (rows of a resumed run may come from several), "unknown" outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def make_teacher(name: str, seed: int = 0) -> torch.nn.Module:
     import timm
 
@@ -112,6 +124,8 @@ def run_case(name: str, size: int, budget: str, *, samples: int = 32) -> dict[st
             "compress_latency_ms": res.student_report.latency.median_ms if res.student_report.latency else None,
             "predicted_ms": a.get("predicted_ms"), "predicted_full_ms": a.get("predicted_full_ms"),
             "pruned_channel_share": a.get("pruned_channel_share", res.info.get("pruning_ratio")),
+            "allocation_used": a.get("mode", "uniform"),
+            "fallback": (a.get("fallback") or {}).get("used"),
         }
         row["teacher_macs"] = res.teacher.cost.macs
         row["teacher_params"] = res.teacher.cost.params
@@ -147,8 +161,8 @@ def markdown(payload: dict[str, Any]) -> str:
         "the latency cut is 1 - the median per-round student/teacher ratio.",
         "",
         "| model | family | size | budget | uniform: MACs cut | lat cut | ratio | latency: MACs cut | lat cut | ratio "
-        "| budget met (u / l) | slower than teacher (u / l) | wall s (u / l) |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
+        "| budget met (u / l) | slower than teacher (u / l) | wall s (u / l) | latency run's fallback | commit |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- |",
     ]
 
     def cell(r: dict | None, key: str, pct: bool = True) -> str:
@@ -167,7 +181,8 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{cell(u, 'latency_cut')} | {cell(u, 'cut_ratio', False)} | {cell(lt, 'macs_cut')} | "
             f"{cell(lt, 'latency_cut')} | {cell(lt, 'cut_ratio', False)} | {flag(u, 'budget_met')} / "
             f"{flag(lt, 'budget_met')} | {flag(u, 'slower_than_teacher')} / {flag(lt, 'slower_than_teacher')} | "
-            f"{(u or {}).get('wall_s', 0):.0f} / {(lt or {}).get('wall_s', 0):.0f} |")
+            f"{(u or {}).get('wall_s', 0):.0f} / {(lt or {}).get('wall_s', 0):.0f} | "
+            f"{(lt or {}).get('fallback') or '-'} | {row.get('commit', 'not recorded (session 6)')} |")
     errors = [(row, a, r["error"]) for row in rows for a, r in row["runs"].items() if "error" in r]
     if errors:
         lines += ["", "Errors:", ""] + [f"- {row['model']} {row['size']} `{row['budget']}` {a}: {e}" for row, a, e in errors]
@@ -233,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 if (name, size, budget) in done:
                     continue
                 print(f"== {name} {size} {budget}", flush=True)
-                rows.append(run_case(name, size, budget))
+                rows.append({**run_case(name, size, budget), "commit": git_commit()})
                 payload["summary"] = summarise(rows)
                 write_text_atomic(partial, json.dumps(payload, indent=1, default=float))
                 print(json.dumps({a: {k: v for k, v in r.items() if k != "latency_ratio_rounds"}

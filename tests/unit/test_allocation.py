@@ -148,3 +148,74 @@ def test_auto_allocation_is_latency_for_a_latency_budget_and_uniform_otherwise(d
     res = compress(TinyResidualNet(), "macs=0.7x", data=digits_task, progress=False, mobile=False, memory=False,
                    allow_slower=True, config={"epochs": 0, "bisection_steps": 2, "metric": "l1"})
     assert res.info["allocation"]["mode"] == "uniform"
+
+
+def _latency_by_onnx_size(calls: list):
+    """Side-by-side timings with the ONNX file size as the latency (10 kB = 1 ms): deterministic, and
+    ~params, so the narrowest allocation within a tight cap cannot reach a small latency share."""
+    from pathlib import Path
+
+    def timed(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3):
+        calls.append(len(models))
+        sizes = [Path(m).stat().st_size / 1e4 for m in models]
+        return [{"median_ms": s, "min_ms": s, "rounds_ms": [s] * rounds} for s in sizes]
+    return timed
+
+
+def test_a_latency_budget_out_of_the_caps_reach_falls_back_until_it_is_met(digits_task, monkeypatch):
+    # every group at 80% of its width keeps ~0.64 of the conv weights (in x out): 0.5x is out of reach of
+    # max_group_ratio=0.2; the cap raised to max_ratio, or else uniform pruning, meets it (issue 19: a
+    # latency budget uniform pruning can meet is met)
+    calls: list = []
+    monkeypatch.setattr("compress.api.measure_interleaved", _latency_by_onnx_size(calls))
+    torch.manual_seed(0)
+    res = compress(TinyResidualNet(), "latency=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
+                   config={"epochs": 0, "bisection_steps": 4, "metric": "l1", "allocation": "latency",
+                           "max_group_ratio": 0.2})
+    assert res.budget_check.ok
+    fallback = res.info["allocation"]["fallback"]
+    assert fallback["tried"][0]["max_group_ratio"] == 0.2 and "cannot meet" in fallback["tried"][0]["why"]
+    widths = res.info["layer_widths"]
+    assert any(w < 13 for n, w in widths.items() if n != "head")  # past the first cap (16 -> 13 at the least)
+
+
+def test_an_allocation_out_of_the_caps_reach_raises_the_cap_to_max_ratio(digits_task, monkeypatch):
+    from compress.errors import BudgetUnreachableError
+    from compress.strategies.gp_prune.strategy import GPPrune
+
+    original = GPPrune._prune_allocated
+
+    def capped(self, ctx, cfg, importance, model, classifier_name, allocation):
+        if cfg.max_group_ratio < 0.9:
+            raise BudgetUnreachableError(f"stub: {allocation} cannot meet it at cap {cfg.max_group_ratio}")
+        return original(self, ctx, cfg, importance, model, classifier_name, allocation)
+
+    monkeypatch.setattr(GPPrune, "_prune_allocated", capped)
+    torch.manual_seed(0)
+    res = compress(TinyResidualNet(), "macs=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
+                   allow_slower=True, config={"epochs": 0, "bisection_steps": 3, "metric": "l1",
+                                              "allocation": "global", "max_group_ratio": 0.6})
+    assert res.budget_check.ok
+    rec = res.info["allocation"]
+    assert rec["mode"] == "global" and rec["max_group_ratio"] == 0.95
+    assert rec["fallback"] == {"used": "max_group_ratio raised to max_ratio",
+                               "tried": [{"allocation": "global", "max_group_ratio": 0.6,
+                                          "why": "stub: global cannot meet it at cap 0.6"}]}
+
+
+def test_an_allocation_that_cannot_meet_the_budget_falls_back_to_uniform(digits_task, monkeypatch):
+    from compress.errors import BudgetUnreachableError
+    from compress.strategies.gp_prune.strategy import GPPrune
+
+    def never(self, ctx, cfg, importance, model, classifier_name, allocation):
+        raise BudgetUnreachableError(f"stub: {allocation} at cap {cfg.max_group_ratio}")
+
+    monkeypatch.setattr(GPPrune, "_prune_allocated", never)
+    torch.manual_seed(0)
+    res = compress(TinyResidualNet(), "macs=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
+                   allow_slower=True, config={"epochs": 0, "bisection_steps": 3, "metric": "l1",
+                                              "allocation": "global", "max_group_ratio": 0.6})
+    assert res.budget_check.ok
+    rec = res.info["allocation"]
+    assert rec["mode"] == "uniform" and rec["requested"] == "global"
+    assert [t["max_group_ratio"] for t in rec["fallback"]["tried"]] == [0.6, 0.95]

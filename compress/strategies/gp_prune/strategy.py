@@ -41,6 +41,7 @@ import contextvars
 import copy
 import difflib
 from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -337,17 +338,15 @@ def prune_uniform(
         return cand
     modules = dict(cand.named_modules())
     partial_plan = partial.CURRENT_PLAN.get()
-    ignored = [modules[classifier_name]] + [modules[n] for n in keep_whole if n != classifier_name]
+    # the classifier, keep_whole and, under train-mode tracing, the class heads and train-only layers
+    ignored: list[nn.Module] = []
+    for n in _ignored_names(cand, classifier_name, keep_whole):
+        if not any(modules[n] is m for m in ignored):
+            ignored.append(modules[n])
     if partial_plan is not None:  # groups Torch-Pruning cannot follow (channel shuffles, failing groups): kept whole
-        ignored += [modules[n] for n in partial_plan.keep_whole if n in modules and modules[n] not in ignored]
+        ignored += [modules[n] for n in partial_plan.keep_whole
+                    if n in modules and not any(modules[n] is m for m in ignored)]
     forward_fn = channel_rounding.TRACE_FORWARD.get()
-    if forward_fn is not None:  # train-mode tracing (aux heads): every class head keeps its outputs, and the
-        # layers that run only in training are not pruned themselves (no calibration maps in eval mode);
-        # their inputs follow the layers that feed them
-        k = _head_outputs(modules[classifier_name])
-        train_only = _TRAIN_ONLY.get()
-        ignored += [m for n, m in cand.named_modules() if m is not ignored[0]
-                    and (_head_outputs(m) == k or (n in train_only and isinstance(m, (nn.Conv2d, nn.Linear))))]
     importance.bind(cand)
     try:
         ratio_dict = None
@@ -549,7 +548,7 @@ class GPPrune(Strategy):
         def attempt() -> tuple[nn.Module, float, list[dict], dict | None]:
             if allocation == "uniform":
                 return (*self._prune_uniform(ctx, cfg, importance, model, classifier_name), None)
-            return self._prune_allocated(ctx, cfg, importance, model, classifier_name, allocation)
+            return self._prune_with_fallback(ctx, cfg, importance, model, classifier_name, allocation)
 
         token = partial.CURRENT_PLAN.set(plan)
         try:
@@ -582,6 +581,46 @@ class GPPrune(Strategy):
             partial.CURRENT_PLAN.reset(token)
         return (*out, list(plan.untouched))
 
+    def _prune_with_fallback(self, ctx: StrategyContext, cfg: GPPruneConfig, importance, model: nn.Module,
+                             classifier_name: str, allocation: str) -> tuple[nn.Module, float, list[dict], dict]:
+        """``allocation="global"`` / ``"latency"``, falling back when it cannot meet the budget.
+
+        The per-group cap ``max_group_ratio`` keeps every layer alive, but it also bounds how far the
+        allocation can go: measured (issue 19 benchmark, 64x64 inputs), per-op overhead is about half
+        of mobilenetv3's latency, so at ``latency=0.5x`` the knapsack's narrowest allocation (every
+        group at the cap) sat at the limit and missed it on re-timing, while uniform pruning (up to
+        ``max_ratio`` of every layer) met it. So, in this order, until the budget is met:
+
+        1. the allocation with ``max_group_ratio``;
+        2. the same allocation with the cap raised to ``max_ratio`` (what uniform pruning may remove);
+        3. uniform pruning (the paper's mode).
+
+        ``record["fallback"]`` says which step met it and why the earlier ones did not. A budget that
+        none meets raises the first step's :class:`BudgetUnreachableError`.
+        """
+        try:
+            return self._prune_allocated(ctx, cfg, importance, model, classifier_name, allocation)
+        except BudgetUnreachableError as exc:
+            first = exc
+        tried = [{"allocation": allocation, "max_group_ratio": cfg.max_group_ratio, "why": str(first)}]
+        if cfg.max_group_ratio < cfg.max_ratio:
+            relaxed = dataclasses.replace(cfg, max_group_ratio=cfg.max_ratio)
+            ctx.log(phase="allocation", fallback="max_group_ratio", max_group_ratio=cfg.max_ratio, why=str(first))
+            try:
+                best, ratio, rounding, record = self._prune_allocated(ctx, relaxed, importance, model,
+                                                                      classifier_name, allocation)
+                record["fallback"] = {"used": "max_group_ratio raised to max_ratio", "tried": tried}
+                return best, ratio, rounding, record
+            except BudgetUnreachableError as exc:
+                tried.append({"allocation": allocation, "max_group_ratio": cfg.max_ratio, "why": str(exc)})
+        ctx.log(phase="allocation", fallback="uniform", why=tried[-1]["why"])
+        try:
+            best, ratio, rounding = self._prune_uniform(ctx, cfg, importance, model, classifier_name)
+        except BudgetUnreachableError:
+            raise first from None
+        return best, ratio, rounding, {"mode": "uniform", "requested": allocation,
+                                       "fallback": {"used": "uniform allocation", "tried": tried}}
+
     def _planner(self, ctx: StrategyContext, cfg: GPPruneConfig, rounding_log: list[dict]):
         """The width planner of ``channel_rounding`` (None for "off"), for :func:`prune_uniform`;
         ``planner(candidate, ratio, ignored, nominal=None)``, ``nominal`` a kept width per root."""
@@ -603,13 +642,15 @@ class GPPrune(Strategy):
 
     def _bisect(self, ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module, hi: float,
                 build: "Callable[[float], nn.Module]", what: str, describe: "Callable[[float], dict]",
-                rounding_log: list[dict]) -> tuple[nn.Module, float, list[dict]]:
+                rounding_log: list[dict], strict: bool = False) -> tuple[nn.Module, float, list[dict]]:
         """Bisect the pruning amount ``t`` in ``[0, hi]`` (larger ``t``: smaller network) to the
         smallest that meets the budget, each candidate ``build(t)`` checked by the budget oracle.
         Returns (best network, its ``t``, the rounding log of its build).
 
         Raises:
-            BudgetUnreachableError: ``build(hi)`` does not meet the budget (``what`` says why not).
+            BudgetUnreachableError: ``build(hi)`` does not meet the budget (``what`` says why not), or,
+                with ``strict``, a latency budget's chosen network misses it on re-timing
+                (:meth:`_verify_latency`), so that the caller can fall back to another allocation.
         """
         expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
         cost0, check0, lat0 = ctx.check(model)
@@ -640,8 +681,12 @@ class GPPrune(Strategy):
             else:
                 lo = mid
         if ctx.budget.needs_latency:
-            best, best_t, best_rounding = self._verify_latency(ctx, best, best_t, top, build, describe, rounding_log,
-                                                               best_rounding)
+            best, best_t, best_rounding, ok = self._verify_latency(ctx, best, best_t, top, build, describe,
+                                                                   rounding_log, best_rounding)
+            if not ok and strict:
+                raise BudgetUnreachableError(
+                    f"gp-prune cannot meet budget {ctx.budget.describe()!r} with a {100 * LATENCY_MARGIN:.0f}% margin "
+                    f"on re-timing, even after {what}.")
         return best, best_t, best_rounding
 
     def _verify_latency(self, ctx: StrategyContext, best: nn.Module, t: float, top: float,
@@ -650,19 +695,22 @@ class GPPrune(Strategy):
         """The bisection stops where a candidate *just* met a latency limit, so a second measurement
         misses it about half the time (measured: 1.4-6% over in 3 of 6 runs at ``latency=0.5x``). Re-time
         the chosen network; while it is not :data:`LATENCY_MARGIN` under the limit, move a quarter of the
-        way toward ``top`` (known to meet the budget) and re-time, at most :data:`VERIFY_STEPS` times."""
+        way toward ``top`` (which met the budget once) and re-time, at most :data:`VERIFY_STEPS` times,
+        then ``top`` itself. Returns (network, ``t``, its rounding log, whether it passed)."""
         limit = ctx.budget.max_latency_ms
-        for step in range(VERIFY_STEPS + 1):
+        steps = [t + (1.0 - 0.75 ** k) * (top - t) for k in range(VERIFY_STEPS + 1)] + [top]
+        for step, t_step in enumerate(steps):
+            if step > 0:
+                if t_step <= t:
+                    continue
+                t, best, rounding = t_step, build(t_step), list(rounding_log)
             cost, check, lat = ctx.check(best)
             ok = check.ok and (lat is None or limit is None or lat <= (1.0 - LATENCY_MARGIN) * limit)
             ctx.log(phase="bisection", step=f"verify-{step}", **describe(t), macs=cost.macs, params=cost.params,
                     latency_ms=lat, ok=ok)
-            if ok or step == VERIFY_STEPS or t >= top:
-                return best, t, rounding
-            t = t + 0.25 * (top - t)
-            best = build(t)
-            rounding = list(rounding_log)
-        return best, t, rounding
+            if ok:
+                return best, t, rounding, True
+        return best, t, rounding, False
 
     def _prune_uniform(self, ctx: StrategyContext, cfg: GPPruneConfig, importance, model: nn.Module,
                        classifier_name: str) -> tuple[nn.Module, float, list[dict]]:
@@ -728,7 +776,7 @@ class GPPrune(Strategy):
                     ctx, cfg, model, hi, lambda r: apply(global_widths(groups, r), planner, r),
                     f"removing the {100 * hi:.1f}% least important channels across layers, no layer losing over "
                     f"{100 * cfg.max_group_ratio:.0f}% (loosen the budget, or raise config max_ratio / max_group_ratio)",
-                    lambda r: {"ratio": r}, rounding_log)
+                    lambda r: {"ratio": r}, rounding_log, strict=True)
             record["ratio"] = t
         else:
             with ctx.phase("prepare"):
@@ -762,7 +810,7 @@ class GPPrune(Strategy):
                     ctx, cfg, model, 1.0, lambda t: apply(widths_at(t)[0]),
                     f"the knapsack's narrowest allocation, every group losing {100 * cfg.max_group_ratio:.0f}% of its "
                     "channels (loosen the budget or raise config max_group_ratio, e.g. --config "
-                    "'{\"max_group_ratio\": 0.9}')", describe, rounding_log)
+                    "'{\"max_group_ratio\": 0.9}')", describe, rounding_log, strict=True)
             chosen, predicted = widths_at(t)
             record.update({
                 "solver": "multiple-choice knapsack, exact dynamic programming on a discretised latency axis "
@@ -793,14 +841,18 @@ def resolve_allocation(allocation: str, budget) -> str:
 
 def _allocation_line(record: dict | None, ratio: float, cfg: GPPruneConfig) -> str:
     """One sentence on how the widths were allocated, for ``report.md``."""
-    if record is None:
-        return f"uniform ratio {ratio:.4f}; channel rounding `{cfg.channel_rounding}`."
+    fallback = (record or {}).get("fallback")
+    note = (f" The requested allocation could not meet the budget ({len(fallback['tried'])} attempt(s) in "
+            f"`report.json` info.allocation.fallback): {fallback['used']}." if fallback else "")
+    if record is None or record["mode"] == "uniform":
+        return f"uniform ratio {ratio:.4f}; channel rounding `{cfg.channel_rounding}`." + note
+    cap = record.get("max_group_ratio", cfg.max_group_ratio)
     if record["mode"] == "global":
         return (f"global ranking, {100 * ratio:.1f}% of the prunable channels removed (no group over "
-                f"{100 * cfg.max_group_ratio:.0f}%); channel rounding `{cfg.channel_rounding}`.")
+                f"{100 * cap:.0f}%); channel rounding `{cfg.channel_rounding}`." + note)
     return (f"latency knapsack (HALP): predicted {record['predicted_ms']:.3f} ms of {record['predicted_full_ms']:.3f} ms "
             f"for the full network (conv/linear layers only, from the table `{record['table']}`); "
-            f"{100 * ratio:.1f}% of the prunable channels removed, no group over {100 * cfg.max_group_ratio:.0f}%.")
+            f"{100 * ratio:.1f}% of the prunable channels removed, no group over {100 * cap:.0f}%." + note)
 
 
 def _budget_fraction(ctx: StrategyContext, model_ms: float | None) -> float:
@@ -821,7 +873,7 @@ def _budget_fraction(ctx: StrategyContext, model_ms: float | None) -> float:
 def _ignored_names(model: nn.Module, classifier_name: str, keep_whole: Sequence[str]) -> list[str]:
     """Names of the modules whose output channels gp-prune never prunes: the classifier, the user's
     ``ignored_layers`` and, when the model is traced in train mode (aux heads), every class head and
-    the layers that run only in training (as :func:`prune_uniform` does)."""
+    the layers that run only in training (used by :func:`prune_uniform` and the allocations)."""
     modules = dict(model.named_modules())
     names = [classifier_name] + [n for n in keep_whole if n != classifier_name]
     if channel_rounding.TRACE_FORWARD.get() is not None:
