@@ -34,7 +34,7 @@ from compress.exporters import export_onnx, validate_onnx
 from compress.profiling import Target, profile_latency, profile_peak_memory
 from compress.profiling.latency_model import measure_interleaved
 from compress.registry import get_strategy
-from compress.signals import cleanup_on_signals
+from compress.signals import cleanup_on_signals, raise_if_terminated
 from compress.result import CompressionResult, ModelReport
 from compress.strategies._parts.checkpoint import open_run_dir, run_identity
 from compress.strategies._parts.checkpoint import loader_generators
@@ -107,12 +107,21 @@ class _TqdmProgress:
 
 
 def _progress_fn(progress: bool | ProgressFn) -> tuple[ProgressFn, Callable[[], None]]:
+    """The progress callback of a run and what closes it. Every progress event is also a safe point
+    for a SIGTERM whose raise was swallowed (:func:`compress.signals.raise_if_terminated`)."""
     if callable(progress):
-        return progress, lambda: None
-    if progress:
+        fn, close = progress, (lambda: None)
+    elif progress:
         p = _TqdmProgress()
-        return p, p.close
-    return (lambda *a, **k: None), lambda: None
+        fn, close = p, p.close
+    else:
+        fn, close = (lambda *a, **k: None), (lambda: None)
+
+    def checked(phase: str, done: int, total: int | None, info: dict) -> None:
+        raise_if_terminated()
+        fn(phase, done, total, info)
+
+    return checked, close
 
 
 def _check_model(model: Any, x: torch.Tensor, num_classes: int, who: str) -> None:

@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import Any
 
 from compress.errors import ConfigError
+from compress.signals import raise_if_terminated
 
 __all__ = ["Phase", "PHASES", "DEFAULT_TIME_LIMITS", "resolve_time_limits", "unknown_phase", "known_phases",
            "phase", "phase_message", "format_seconds"]
@@ -169,9 +170,12 @@ def phase(name: str, *, limits: Mapping[str, float | None],
     Raises:
         TimeLimitError: the body ran past ``limits[name]`` (``.phase == name``; the message says
             how to raise the limit).
+        Terminated: as the phase starts or ends, a SIGTERM whose raise was swallowed
+            (:func:`compress.signals.raise_if_terminated`).
     """
     from compress.strategies._parts.time_limit import time_limit  # (compress.strategies imports this module)
 
+    raise_if_terminated()  # a safe point: a SIGTERM whose raise was swallowed stops the run here
     seconds = limits.get(name)
     progress = progress or _no_progress
     progress(name, 0, None, {"limit": format_seconds(seconds)})
@@ -184,4 +188,5 @@ def phase(name: str, *, limits: Mapping[str, float | None],
         elapsed = time.perf_counter() - t0
         if wall is not None:
             wall[name] = wall.get(name, 0.0) + elapsed
+    raise_if_terminated()  # a safe point (after a body that ended without error)
     progress(name, 1, 1, {"wall_s": round(elapsed, 3)})

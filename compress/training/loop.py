@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from compress.errors import CheckpointError, ConfigError, TrainingDivergedError
+from compress.signals import raise_if_terminated
 from compress.training.checkpoint import EpochCheckpoint, loader_generators, stable_hash
 from compress.training.data import AUGMENTATIONS, training_loader
 from compress.training.runtime import Runtime
@@ -108,6 +109,7 @@ def evaluate(model: nn.Module, loader: Iterable | None, max_batches: int | None 
     correct = total = 0
     try:
         for i, (x, y) in enumerate(loader):
+            raise_if_terminated()  # a safe point per batch (compress.signals)
             if max_batches is not None and i >= max_batches:
                 break
             if runtime is not None:
@@ -321,6 +323,7 @@ def fit(
             m.train()
         running, seen, done = 0.0, 0, 0
         for step, batch in enumerate(train_loader):
+            raise_if_terminated()  # a safe point per step: a swallowed SIGTERM (compress.signals) stops here
             if steps_per_epoch and step >= steps_per_epoch:
                 break
             if plan.before_step is not None:
