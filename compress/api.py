@@ -212,6 +212,7 @@ def compress(
     devices: int | None = None,
     runtime: RuntimeOptions | dict | None = None,
     allow_slower: bool = False,
+    reference_points: str | Path | list[dict] | None = None,
 ) -> CompressionResult:
     """Compress ``model`` to fit ``budget`` with one strategy and return a validated student.
 
@@ -302,6 +303,13 @@ def compress(
             lower fails the budget: ``budget_check.ok`` is False with a violation named
             ``latency_not_reduced`` (the CLI exits 3). The comparison is in
             ``budget_check.latency_vs_teacher`` (report ``budget.latency_vs_teacher``) either way.
+        reference_points: models to place the student against (e.g. the shelf models a user would
+            otherwise deploy): a JSON file or a list of ``{"name", "accuracy", "macs", "latency_ms"}``
+            dicts (:mod:`compress.pareto`; accuracy a fraction, MACs per sample, latency in ms or
+            None). With a test split, ``result.pareto`` (report ``pareto``) holds the references'
+            frontier accuracy at the student's MACs and whether the student beats it, and
+            ``out_dir`` gets ``pareto.png`` (accuracy vs MACs and vs latency) and a "Where the
+            student sits" section in ``report.md``. Validated before any work.
 
     Returns:
         :class:`CompressionResult` (check ``result.budget_check.ok``).
@@ -333,6 +341,7 @@ def compress(
     _check_options(mobile=mobile, int8=int8, memory=memory, resume=resume, allow_slower=allow_slower,
                    latency_warmup=latency_warmup, latency_repeats=latency_repeats)
     _check_time_limit(trace_time_limit_s)
+    references = _reference_points(reference_points)
     limits = resolve_time_limits(time_limits)
     rt = Runtime(RuntimeOptions.coerce(runtime, device=device, precision=precision, devices=devices))
     budget_obj = Budget.coerce(budget)
@@ -399,7 +408,7 @@ def compress(
                              work_dir, art_dir, out_dir, seed, progress_fn, model_spec, latency_warmup,
                              latency_repeats, mobile, int8, t_start, wall, executor=runner, memory=memory,
                              trace_time_limit_s=trace_time_limit_s, runtime=rt, allow_slower=allow_slower,
-                             time_limits=limits, close_progress=close_progress)
+                             time_limits=limits, close_progress=close_progress, references=references)
     except BaseException as exc:
         shutil.rmtree(art_dir, ignore_errors=True)
         if run_dir is not None:
@@ -500,6 +509,25 @@ def _check_budget_not_met(strategy_cls, resolved: Budget, cost, latency_ms: floa
              resolved.describe(), met, strategy_cls.name)
 
 
+def _reference_points(points: Any) -> tuple[list[dict], str] | None:
+    """compress()'s ``reference_points`` read and validated (:mod:`compress.pareto`), with where they
+    came from; None when not given.
+
+    Raises:
+        ConfigError: a missing or invalid file, an invalid list, or another type.
+    """
+    from compress.pareto import reference_points_from_file, validate_reference_points
+
+    if points is None:
+        return None
+    if isinstance(points, (str, Path)):
+        return reference_points_from_file(points), str(points)
+    if isinstance(points, (list, tuple)):
+        return validate_reference_points(list(points)), "the reference_points list given to compress()"
+    raise ConfigError(f"reference_points must be a JSON file path or a list of point dicts, got "
+                      f"{type(points).__name__}; see compress.pareto for the format.")
+
+
 def _check_writable(path: Path) -> None:
     """Refuse an output directory that cannot be created or written, before any work."""
     if path.exists() and not path.is_dir():
@@ -574,7 +602,8 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
               t_start, wall, *, executor: Executor, memory: bool = True,
               trace_time_limit_s: float | None = None, runtime: Runtime | None = None,
               allow_slower: bool = False, time_limits: Mapping[str, float | None] | None = None,
-              close_progress: Callable[[], None] | None = None) -> CompressionResult:
+              close_progress: Callable[[], None] | None = None,
+              references: tuple[list[dict], str] | None = None) -> CompressionResult:
     runtime = runtime or Runtime()
     progress_fn, own_close = _progress_fn(progress)
     close_progress = close_progress or own_close
@@ -720,6 +749,10 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
         student_arch=output.arch,
         report_sections=list(output.report_sections),
     )
+    if references is not None:
+        from compress.pareto import pareto_record
+
+        result.pareto = pareto_record(result, references[0], source=references[1])
     if out_dir is not None:
         if runtime.is_global_zero:
             result.save(work_dir)

@@ -310,7 +310,8 @@ def _load_config(config: Optional[str]) -> Optional[dict]:
 RUN_ARGS = "run_args.json"
 RUN_ARGS_FORMAT = "slimforge-run-args/1"
 _NOT_RECORDED = ("out", "resume")  # the run directory is where the record lives; resume is how it is used
-_NOT_COMPARED = ("executor", "ray_address", "time_limit")  # how the work runs, not what it computes
+_NOT_COMPARED = ("executor", "ray_address", "time_limit",  # how the work runs, not what it computes
+                 "reference_points")  # (reference points only place the student in the report)
 
 
 _RUN_ARGS_FIX = "start the run again with `slimforge demo/run ... --no-resume` (or choose another --out)"
@@ -532,6 +533,7 @@ def run(
     num_workers: int = typer.Option(0, help="DataLoader worker processes for training batches (augmentation runs there)."),
     allow_slower: bool = typer.Option(False, "--allow-slower", help="Accept a student that is not faster than the teacher on the target (by default that fails the budget check: exit 3)."),
     time_limit: Optional[List[str]] = typer.Option(None, "--time-limit", metavar="PHASE=SECONDS", help="Time limit of one phase, repeatable: e.g. --time-limit prune=2h --time-limit finetune=none (SECONDS may end in s, m, h; none: no limit). Phases and defaults: compress.phases.PHASES (prune 12 h, finetune none, ...)."),
+    reference_points: Optional[Path] = typer.Option(None, "--reference-points", help="JSON list of models to place the student against ([{\"name\", \"accuracy\" (fraction), \"macs\", \"latency_ms\"}], e.g. the shelf models): writes pareto.png and a \"Where the student sits\" section in report.md (needs a test split)."),
 ) -> None:
     """Compress a model on your data to a budget and write the report and artifacts to --out."""
     cleanup = lambda: None  # noqa: E731
@@ -542,6 +544,10 @@ def run(
         from compress.registry import get_strategy
 
         get_strategy(strategy)(_load_config(config))  # strategy name and every config field checked first
+        if reference_points is not None:
+            from compress.pareto import reference_points_from_file
+
+            reference_points_from_file(reference_points)
         limits = _time_limits(time_limit)
         cleanup = _record_run(out, "run", args, resume)
         from compress.api import compress
@@ -567,7 +573,7 @@ def run(
                               executor=executor, ray_address=ray_address, resume=resume,
                               runtime=dict(device=device, precision=precision, devices=devices,
                                            num_workers=num_workers),
-                              allow_slower=allow_slower, time_limits=limits)
+                              allow_slower=allow_slower, time_limits=limits, reference_points=reference_points)
     except BaseException:  # any failure, Ctrl-C or SIGTERM before the first checkpoint: leave no record behind
         cleanup()
         raise

@@ -5,7 +5,8 @@ never renamed (dots = nesting): ``strategy``, ``seed``, ``target``, ``config``, 
 ``budget.{spec,ok,violations}``, ``{teacher,student}.{macs,params}``,
 ``{teacher,student}.accuracy.{val,test}``, ``{teacher,student}.latency_ms.{median,p90}``,
 ``onnx.{path}``, ``onnx.parity.{ok,max_abs_diff,top1_agreement}``, ``wall_s.total`` and
-``wall_s.<phase>``, ``runtime.{device,precision,world_size,torch,cuda}``. Accuracies are fractions in [0, 1]; latencies are milliseconds; MACs are
+``wall_s.<phase>``, ``runtime.{device,precision,world_size,torch,cuda}``, ``pareto`` (None unless
+``compress(reference_points=...)``; see :attr:`CompressionResult.pareto`). Accuracies are fractions in [0, 1]; latencies are milliseconds; MACs are
 fvcore's count per sample (one fused multiply-add = 1).
 """
 
@@ -80,6 +81,11 @@ class CompressionResult:
         target: the runtime profile the latencies were measured on.
         history: per-step records of the strategy (JSON-ready dicts).
         wall_s: seconds per phase plus ``total``.
+        pareto: with ``compress(reference_points=...)``: where the student sits on the references'
+            frontier (:func:`compress.pareto.place_student`: ``frontier_accuracy``, ``margin_pts``,
+            ``beats_frontier``, ``sentence`` ...) plus ``student``, ``teacher`` and ``references``
+            (the points of ``pareto.png``), or ``{"skipped": reason}`` when the run has no test
+            accuracy; None without reference points.
     """
 
     student: nn.Module
@@ -105,6 +111,7 @@ class CompressionResult:
     student_arch: dict[str, Any] | None = None
     report_sections: list[tuple[str, str]] = field(default_factory=list)
     runtime: dict[str, Any] = field(default_factory=dict)
+    pareto: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (see the module docstring for the key contract)."""
@@ -158,6 +165,7 @@ class CompressionResult:
             "wall_s": {k: round(float(s), 3) for k, s in self.wall_s.items()},
             "info": self.info,
             "history": self.history,
+            "pareto": self.pareto,
         }
 
     # ------------------------------------------------------------------ rendering
@@ -269,7 +277,9 @@ class CompressionResult:
                           if sp["efficiency"] is not None else ""]
             if sp["warning"]:
                 lines.append(f"**Warning:** {sp['warning']}")
-        lines += ["", "![accuracy vs latency and MACs](pareto.png)"]
+        placed = self.pareto is not None and "frontier_accuracy" in self.pareto
+        if not placed:
+            lines += ["", "![accuracy vs latency and MACs](pareto.png)"]
         agree = "-" if v.top1_agreement is None else f"{100 * v.top1_agreement:.2f}%"
         lines += [
             "",
@@ -282,6 +292,15 @@ class CompressionResult:
             "| --- | --- |",
         ]
         lines += [f"| {k} | {s:.2f} |" for k, s in self.wall_s.items()]
+        if placed:
+            lines += ["", "## Where the student sits", "", "![accuracy vs MACs and vs latency, with the reference models]"
+                      "(pareto.png)", "", f"Frontier of the reference models at the student's MACs: "
+                      f"**{100 * self.pareto['frontier_accuracy']:.2f}%** (linear between neighbours on the frontier; "
+                      f"clamped outside it). {self.pareto['sentence']}", "",
+                      f"Latencies: teacher and student measured here on `{self.target.name}`; the references' as given "
+                      f"({self.pareto.get('references_source', 'by the caller')})."]
+        elif self.pareto is not None:
+            lines += ["", "## Where the student sits", "", f"Not placed: {self.pareto.get('skipped')}"]
         for title, body in self.report_sections:
             lines += ["", f"## {title}", "", body.rstrip()]
         lines += ["", "## Strategy", "", "```json", json.dumps(self.info, indent=2, default=str)[:4000], "```", ""]
@@ -317,7 +336,13 @@ class CompressionResult:
         builder = {"strategy": self.strategy, "args": self.student_arch} if self.student_arch is not None else None
         save_student(self.student, d, base_spec=self.model_spec if builder is None else None, surgery=self.surgery,
                      builder=builder)
-        self.plot_pareto(d / "pareto.png")
+        if self.pareto is not None and "frontier_accuracy" in self.pareto:
+            from compress.pareto import pareto_plot
+
+            pareto_plot([self.pareto["teacher"], self.pareto["student"]], self.pareto["references"], d / "pareto.png",
+                        title=f"{self.strategy}: budget {self.budget.describe()}; reference models as given")
+        else:
+            self.plot_pareto(d / "pareto.png")
         write_text_atomic(d / "report.md", self.to_markdown())
         write_text_atomic(d / "report.json", json.dumps(self.to_dict(), indent=2, default=_json_default))
         self._write_manifest(d)
