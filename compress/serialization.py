@@ -31,29 +31,12 @@ from torch import nn
 from compress._strict_json import STRICT, read_json_file, validate
 from compress.errors import CompressError, ModelSpecError
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
+from compress.models import load_model, no_imports_from, pad_shortcuts_to_conv, require_registry_spec
+from compress.models.widths import apply_widths, describe_widths, planned_shapes
 
-__all__ = ["save_student", "load_student", "describe_widths", "apply_widths", "StudentArch", "STUDENT_FORMAT"]
+__all__ = ["save_student", "load_student", "StudentArch", "STUDENT_FORMAT"]
 
 STUDENT_FORMAT = "slimforge-student/1"
-
-_ATTRS = {
-    nn.Conv2d: ("in_channels", "out_channels", "groups"),
-    nn.Linear: ("in_features", "out_features"),
-    nn.BatchNorm2d: ("num_features",),
-    nn.BatchNorm1d: ("num_features",),
-}
-
-
-def describe_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Module name -> ``{"type": ..., attr: value}`` for every Conv/Linear/BN module."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, m in model.named_modules():
-        for cls, attrs in _ATTRS.items():
-            if type(m) is cls or (isinstance(m, cls) and cls in (nn.Conv2d, nn.Linear)):
-                out[name] = {"type": cls.__name__, **{a: int(getattr(m, a)) for a in attrs}}
-                break
-    return out
-
 
 def save_student(model: nn.Module, directory: str | Path, *, base_spec: str | None, surgery: list[str],
                  builder: dict[str, Any] | None = None) -> dict[str, str]:
@@ -117,76 +100,6 @@ class StudentArch(BaseModel):
 _ARCH_FIX = "re-save the student (CompressionResult.save) or restore the folder from its source"
 
 
-def _like(old: torch.Tensor, *shape: int) -> nn.Parameter:
-    """A fresh, uninitialised parameter of ``shape`` with ``old``'s device, dtype and ``requires_grad``."""
-    return nn.Parameter(old.new_empty(shape), old.requires_grad)
-
-
-def _resize(m: nn.Module, spec: dict[str, Any]) -> None:
-    """Set ``m``'s width attributes from ``spec`` and replace its tensors by fresh ones of the new
-    shapes, each on the device and in the dtype of the tensor it replaces."""
-    for k, v in spec.items():
-        if k != "type":
-            setattr(m, k, v)
-    if isinstance(m, nn.Conv2d):
-        kh, kw = m.kernel_size
-        m.weight = _like(m.weight, m.out_channels, m.in_channels // m.groups, kh, kw)
-        if m.bias is not None:
-            m.bias = _like(m.bias, m.out_channels)
-    elif isinstance(m, nn.Linear):
-        m.weight = _like(m.weight, m.out_features, m.in_features)
-        if m.bias is not None:
-            m.bias = _like(m.bias, m.out_features)
-    elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-        n = m.num_features
-        if m.weight is not None:
-            m.weight = _like(m.weight, n)
-            m.bias = _like(m.bias, n)
-        if m.running_mean is not None:
-            m.running_mean = m.running_mean.new_zeros(n)
-            m.running_var = m.running_var.new_ones(n)
-
-
-def apply_widths(model: nn.Module, modules: dict[str, dict[str, Any]]) -> nn.Module:
-    """Resize ``model``'s Conv/Linear/BN modules in place to :func:`describe_widths` output
-    (fresh, uninitialised tensors of the new shapes: load a state_dict afterwards).
-
-    Raises:
-        ModelSpecError: a listed module does not exist in ``model``.
-    """
-    named = dict(model.named_modules())
-    for name, spec in modules.items():
-        if name not in named:
-            raise ModelSpecError(f"Saved module {name!r} does not exist in the base model {type(model).__name__}.")
-        kind = spec.get("type")
-        cls = next((c for c in _ATTRS if c.__name__ == kind), None)
-        if cls is None or not isinstance(named[name], cls):
-            raise ModelSpecError(f"Saved module {name!r} is a {kind}, but the base model's is a "
-                                 f"{type(named[name]).__name__}; pass the architecture the student was compressed from.")
-        _resize(named[name], spec)
-    return model
-
-
-def _planned_shapes(model: nn.Module, modules: dict[str, dict[str, Any]]) -> dict[str, tuple[int, ...]]:
-    """``{tensor name: shape}`` of the weights :func:`apply_widths` would allocate (Conv/Linear
-    weights and BatchNorm running means), to compare with the saved tensors before allocating."""
-    named = dict(model.named_modules())
-    out: dict[str, tuple[int, ...]] = {}
-    for name, spec in modules.items():
-        m = named.get(name)
-        prefix = f"{name}." if name else ""
-        if isinstance(m, nn.Conv2d) and spec["type"] == "Conv2d":
-            if spec["in_channels"] % spec["groups"]:
-                out[prefix + "weight"] = (-1,)  # cannot be built: reported as a mismatch
-            else:
-                out[prefix + "weight"] = (spec["out_channels"], spec["in_channels"] // spec["groups"], *m.kernel_size)
-        elif isinstance(m, nn.Linear) and spec["type"] == "Linear":
-            out[prefix + "weight"] = (spec["out_features"], spec["in_features"])
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_mean is not None:
-            out[prefix + "running_mean"] = (spec["num_features"],)
-    return out
-
-
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -219,8 +132,6 @@ def load_student(directory: str | Path, base: nn.Module | None = None, *, num_cl
         UntrustedCodeError: the saved ``base_spec`` names code to import and neither ``base``,
             the same ``base_spec`` nor ``trust_remote_code`` was passed.
     """
-    from compress.models import load_model, no_imports_from, pad_shortcuts_to_conv, require_registry_spec
-
     d = Path(directory)
     arch_path, w_path = d / "student.arch.json", d / "student.safetensors"
     if not arch_path.is_file() or not w_path.is_file():
@@ -267,7 +178,7 @@ def load_student(directory: str | Path, base: nn.Module | None = None, *, num_cl
         model = pad_shortcuts_to_conv(model)
     state = _read_tensors(w_path)
     wrong = [f"{k} (arch {want} vs file {tuple(state[k].shape) if k in state else 'absent'})"
-             for k, want in _planned_shapes(model, arch["modules"]).items()
+             for k, want in planned_shapes(model, arch["modules"]).items()
              if k not in state or tuple(state[k].shape) != want]
     if wrong:
         raise ModelSpecError(f"the widths in {arch_path} do not match the tensors in {w_path}: {', '.join(wrong[:5])}"

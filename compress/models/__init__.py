@@ -5,6 +5,8 @@
 * ``cifar_resnet*`` -- the CIFAR ResNets of He et al. 2016 (option-A shortcuts).
 * :func:`pad_shortcuts_to_conv` -- replace :class:`PadShortcut` by fixed 1x1
   convs so dependency-graph pruners can handle the model.
+* :func:`describe_widths` / :func:`apply_widths` -- record a model's layer widths and
+  resize another instance of its architecture to them (:mod:`compress.models.widths`).
 """
 
 from compress.models.cifar_resnet import (
@@ -34,6 +36,7 @@ from compress.models.surgery import (
     pad_shortcuts_to_conv,
     shortcut_as_conv,
 )
+from compress.models.widths import apply_widths, describe_widths
 
 __all__ = [
     "CIFAR_RESNET_DEPTHS",
@@ -42,6 +45,7 @@ __all__ = [
     "FixedShortcutConv",
     "MODEL_SCHEMES",
     "PadShortcut",
+    "apply_widths",
     "cifar_resnet",
     "cifar_resnet20",
     "cifar_resnet32",
@@ -49,6 +53,7 @@ __all__ = [
     "cifar_resnet56",
     "cifar_resnet110",
     "describe_model_spec",
+    "describe_widths",
     "freeze_fixed_shortcuts",
     "is_registry_spec",
     "load_model",

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from compress.serialization import apply_widths, describe_widths
+from compress.models import apply_widths, describe_widths
 from compress.strategies.gp_prune import tasks as tk
 from compress.strategies.gp_prune.features import collect_feature_maps
 from compress.strategies.gp_prune.importance import TreeImportance

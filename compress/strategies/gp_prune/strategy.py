@@ -50,9 +50,8 @@ from torch import nn
 
 from compress.errors import BudgetUnreachableError, ConfigError, TimeLimitError, UnsupportedModelError
 from compress.strategies._parts.config_fields import check_fields
-from compress.models import PadShortcut, freeze_fixed_shortcuts, pad_shortcuts_to_conv
+from compress.models import PadShortcut, apply_widths, describe_widths, freeze_fixed_shortcuts, pad_shortcuts_to_conv
 from compress.registry import register_strategy
-from compress.serialization import apply_widths, describe_widths
 from compress.profiling.latency_model import LayerLatencyTable
 from compress.strategies._parts import channel_rounding
 from compress.strategies._parts.channel_rounding import plan_fixed_widths, plan_widths
