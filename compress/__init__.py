@@ -28,8 +28,8 @@ __all__ = [
 
 _LAZY = {
     "compress": ("compress.api", "compress"),
-    "list_strategies": ("compress.registry", "list_strategies"),
-    "get_strategy": ("compress.registry", "get_strategy"),
+    "list_strategies": ("compress.strategies", "list_strategies"),  # the package registers the built-ins
+    "get_strategy": ("compress.strategies", "get_strategy"),
     "register_strategy": ("compress.registry", "register_strategy"),
     "CompressionResult": ("compress.result", "CompressionResult"),
     "Budget": ("compress.budgets", "Budget"),
@@ -41,7 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from compress.api import compress
     from compress.budgets import Budget
     from compress.profiling import Target
-    from compress.registry import get_strategy, list_strategies, register_strategy
+    from compress.registry import register_strategy
+    from compress.strategies import get_strategy, list_strategies
     from compress.result import CompressionResult
     from compress.serialization import load_student
 

@@ -33,7 +33,7 @@ from compress.executors import Executor, make_executor
 from compress.exporters import export_onnx, validate_onnx
 from compress.profiling import Target, profile_latency, profile_peak_memory
 from compress.profiling.latency_model import measure_interleaved
-from compress.registry import get_strategy
+from compress.strategies import get_strategy  # the package registers the built-in strategies
 from compress.signals import cleanup_on_signals, raise_if_terminated
 from compress.result import CompressionResult, ModelReport
 from compress.strategies._parts.checkpoint import open_run_dir, run_identity

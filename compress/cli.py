@@ -460,7 +460,7 @@ def demo(
     args = dict(locals())
     try:
         _check_seed(seed)
-        from compress.registry import get_strategy
+        from compress.strategies import get_strategy  # torch, timm, torch-pruning: not loaded for `slimforge --help`
 
         cfg = {**get_strategy(strategy).demo_config(epochs), **(_load_config(config) or {})}
         get_strategy(strategy)(cfg or None)  # strategy name and every config field checked before the teacher trains
@@ -541,7 +541,7 @@ def run(
     try:
         kw = _data_options(data, seed=seed, test_data=test_data, mean=mean, std=std, image_size=image_size,
                            in_chans=in_chans, num_classes=num_classes)  # every option checked before anything is written
-        from compress.registry import get_strategy
+        from compress.strategies import get_strategy  # torch, timm, torch-pruning: not loaded for `slimforge --help`
 
         get_strategy(strategy)(_load_config(config))  # strategy name and every config field checked first
         if reference_points is not None:
@@ -897,7 +897,7 @@ def evolve_metric_cmd(
 @_clean_errors
 def strategies() -> None:
     """List the registered strategies."""
-    from compress.registry import get_strategy, list_strategies
+    from compress.strategies import get_strategy, list_strategies  # torch, timm, torch-pruning: not for --help
 
     for name in list_strategies():
         cls = get_strategy(name)

@@ -19,6 +19,7 @@ __all__ = [
     "UnsupportedModelError",
     "DataError",
     "StrategyError",
+    "StrategyPluginError",
     "ConfigError",
     "BudgetUnreachableError",
     "CheckpointError",
@@ -74,6 +75,11 @@ class DataError(CompressError, ValueError):
 
 class StrategyError(CompressError, LookupError):
     """An unknown compression strategy was requested."""
+
+
+class StrategyPluginError(StrategyError):
+    """An out-of-tree strategy (entry-point group ``slimforge.strategies``) failed to load or to
+    register; the message names the entry point and its distribution (:mod:`compress.registry`)."""
 
 
 class ConfigError(CompressError, ValueError):

@@ -33,6 +33,7 @@ from compress.errors import CompressError, ModelSpecError
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 from compress.models import load_model, no_imports_from, pad_shortcuts_to_conv, require_registry_spec
 from compress.models.widths import apply_widths, describe_widths, planned_shapes
+from compress.strategies import get_strategy  # the built-ins, for students saved with a builder
 
 __all__ = ["save_student", "load_student", "StudentArch", "STUDENT_FORMAT"]
 
@@ -140,8 +141,6 @@ def load_student(directory: str | Path, base: nn.Module | None = None, *, num_cl
     arch = validate(StudentArch, raw, ModelSpecError, what="student architecture file", path=arch_path,
                     fix=_ARCH_FIX).model_dump()
     if arch.get("builder"):
-        from compress.registry import get_strategy
-
         strategy = get_strategy(arch["builder"]["strategy"])
         try:
             model = strategy.build_student(arch["builder"]["args"])

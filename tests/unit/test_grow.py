@@ -616,7 +616,7 @@ def test_grown_student_exports_to_onnx(tiny_partition, tmp_path):
 
 def test_compress_end_to_end_meets_budget_with_valid_onnx(digits_task, tmp_path):
     from compress.api import compress
-    from compress.strategies.grow import load_grown_student
+    from compress.serialization import load_student
 
     torch.manual_seed(0)
     teacher = TinyConvNet().eval()
@@ -629,5 +629,5 @@ def test_compress_end_to_end_meets_budget_with_valid_onnx(digits_task, tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["strategy"] == "grow" and report["info"]["teacher_partition"]["m"] == 4
     assert report["info"]["dot"].startswith("digraph")
-    reloaded = load_grown_student(tmp_path)
+    reloaded = load_student(tmp_path)  # rebuilt from student.arch.json's builder, no base model
     torch.testing.assert_close(reloaded(X32), res.student(X32))

@@ -40,27 +40,4 @@ __all__ = [
     "plan_split",
     "choose_split",
     "random_split",
-    "load_grown_student",
 ]
-
-
-def load_grown_student(directory):
-    """Rebuild a saved grow student from a compress() output directory (``report.json`` holds the
-    structure under ``info.structure``; ``student.safetensors`` the tensors). No pickle.
-
-    Raises:
-        ModelSpecError: files missing or tensors do not fit the structure.
-    """
-    import json
-    from pathlib import Path
-
-    from compress.errors import ModelSpecError
-    from compress.serialization import load_student
-
-    d = Path(directory)
-    try:
-        report = json.loads((d / "report.json").read_text())
-        structure = report["info"]["structure"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise ModelSpecError(f"{d} has no grow report with info.structure; point to a grow output directory.") from exc
-    return load_student(d, base=GrowStudent.from_dict(structure))
