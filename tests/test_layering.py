@@ -69,3 +69,221 @@ def test_import_compress_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"importing the packages pulled in: {out}"
+
+
+# ---------------------------------------------------------------- inside compress (issue 15, part 8)
+#
+# The graph below is the project's module-level import graph: every module of compress/, budgets/,
+# profiling/ and exporters/ (the last three are compress.budgets, compress.profiling and
+# compress.exporters) and the imports that run when it is imported: those at the top level and in
+# class bodies (through if/try/with), not those inside functions nor under ``if TYPE_CHECKING:``.
+# Importing ``a.b.c`` is an edge to ``a.b.c`` and to the packages ``a.b`` and ``a`` that Python
+# initialises first, except the importer's own packages, which are initialising already (so a
+# package's ``__init__`` may import its own submodules, as compress/strategies/__init__.py does).
+
+PACKAGES = {"compress": "compress", "budgets": "compress.budgets", "profiling": "compress.profiling",
+            "exporters": "compress.exporters"}
+
+
+def _project_modules(root: Path = ROOT) -> dict[str, tuple[Path, bool]]:
+    """Dotted module name -> (file, is a package ``__init__``)."""
+    out = {}
+    for folder, package in PACKAGES.items():
+        for f in sorted((root / folder).rglob("*.py")):
+            parts = list(f.relative_to(root / folder).with_suffix("").parts)
+            is_pkg = parts[-1] == "__init__"
+            out[".".join([package, *(parts[:-1] if is_pkg else parts)])] = (f, is_pkg)
+    return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Imports that run on import: top level and class bodies; not in functions nor under TYPE_CHECKING."""
+    out: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                out.append(node)
+            elif isinstance(node, ast.If):
+                if not _is_type_checking(node.test):
+                    visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+                for handler in node.handlers:
+                    visit(handler.body)
+                visit(node.orelse)
+                visit(node.finalbody)
+            elif isinstance(node, (ast.ClassDef, ast.With)):
+                visit(node.body)
+
+    visit(tree.body)
+    return out
+
+
+def _runtime_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import that can run: module level and inside functions, not under TYPE_CHECKING."""
+    skip = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+            for stmt in block.body for n in ast.walk(stmt)}
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in skip]
+
+
+def _imported_modules(node: ast.Import | ast.ImportFrom, module: str, is_pkg: bool,
+                      modules: dict[str, tuple[Path, bool]]) -> set[str]:
+    """The project modules ``node`` (in ``module``) names: ``from a import b`` names ``a.b`` when
+    that is a module, else ``a``; a dotted name not a module names its longest module prefix."""
+
+    def longest(name: str) -> str | None:
+        parts = name.split(".")
+        while parts and ".".join(parts) not in modules:
+            parts.pop()
+        return ".".join(parts) or None
+
+    if isinstance(node, ast.Import):
+        found = {longest(a.name) for a in node.names}
+    else:
+        base = node.module or ""
+        if node.level:
+            here = module.split(".") if is_pkg else module.split(".")[:-1]
+            base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+        found = {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else longest(base) for a in node.names}
+    return {m for m in found if m}
+
+
+def _graph(modules: dict[str, tuple[Path, bool]], imports=_module_level_imports) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, (path, is_pkg) in modules.items():
+        edges: set[str] = set()
+        for node in imports(ast.parse(path.read_text())):
+            for target in _imported_modules(node, module, is_pkg, modules):
+                parts = target.split(".")
+                for i in range(1, len(parts) + 1):  # the target and the packages initialised before it
+                    name = ".".join(parts[:i])
+                    own_package = module.startswith(name + ".") or (is_pkg and module == name)
+                    if name in modules and not own_package:
+                        edges.add(name)
+        edges.discard(module)
+        graph[module] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative), each given as one
+    cycle through its modules, for the failure message."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            v, children = work[-1]
+            w = next(children, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                component = set()
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    component.add(w)
+                    if w == v:
+                        break
+                if len(component) > 1:
+                    components.append(component)
+    return [_a_cycle(c, graph) for c in components]
+
+
+def _a_cycle(component: set[str], graph: dict[str, set[str]]) -> list[str]:
+    """A shortest path from the component's first module back to itself, inside the component."""
+    first = min(component)
+    paths = {w: [first, w] for w in sorted(graph[first] & component)}
+    queue = list(paths)
+    while first not in paths:
+        v = queue.pop(0)
+        for w in sorted(graph[v] & component):
+            if w not in paths:
+                paths[w] = [*paths[v], w]
+                queue.append(w)
+    return paths[first]
+
+
+def test_no_module_level_import_cycle():
+    cycles = _cycles(_graph(_project_modules()))
+    assert not cycles, "module-level import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_cycle_checker_finds_a_cycle_and_ignores_function_and_type_checking_imports(tmp_path):
+    (tmp_path / "compress" / "sub").mkdir(parents=True)
+    for folder in ("budgets", "profiling", "exporters"):
+        (tmp_path / folder).mkdir()
+    files = {
+        "compress/__init__.py": "",
+        "compress/a.py": "from compress.b import x\n",
+        "compress/b.py": "import compress.c\nclass K:\n    from compress import a\n",
+        "compress/c.py": "def f():\n    import compress.a\nif TYPE_CHECKING:\n    import compress.a\n",
+        "compress/sub/__init__.py": "from compress.sub import leaf\n",
+        "compress/sub/leaf.py": "from compress.sub import other\n",
+        "compress/sub/other.py": "",
+        "compress/d.py": "from compress.sub.other import y\n",
+        "compress/e.py": "from .d import z\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    modules = _project_modules(tmp_path)
+    graph = _graph(modules)
+    assert graph["compress.d"] == {"compress.sub", "compress.sub.other"}  # and the package run before it
+    assert graph["compress.e"] == {"compress.d"}  # relative import; its own package is not an edge
+    assert graph["compress.c"] == set()  # in a function, under TYPE_CHECKING: not at import time
+    assert _cycles(graph) == [["compress.a", "compress.b", "compress.a"]]  # the package __init__ is no cycle
+    assert _graph(modules, _runtime_imports)["compress.c"] == {"compress.a"}  # the function's import only
+
+
+def test_registry_is_a_leaf():
+    """compress/registry.py imports nothing of the project but compress.errors, even inside its
+    functions (only ``if TYPE_CHECKING:`` imports, for annotations, are allowed)."""
+    modules = _project_modules()
+    path, is_pkg = modules["compress.registry"]
+    imported = set()
+    for node in _runtime_imports(ast.parse(path.read_text())):
+        imported |= _imported_modules(node, "compress.registry", is_pkg, modules)
+    assert imported <= {"compress", "compress.errors"}, f"compress/registry.py imports {sorted(imported)}"
+
+
+FORBIDDEN_IN_STRATEGIES = ("compress.api", "compress.result", "compress.serialization")
+
+
+def test_strategies_never_import_the_api_result_or_serialization():
+    """Strategies sit below the API: they never import compress.api, compress.result or
+    compress.serialization, at any level (functions and TYPE_CHECKING blocks included)."""
+    modules = _project_modules()
+    bad = []
+    for module, (path, is_pkg) in sorted(modules.items()):
+        if not module.startswith("compress.strategies"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                hit = sorted(_imported_modules(node, module, is_pkg, modules) & set(FORBIDDEN_IN_STRATEGIES))
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {m}" for m in hit]
+    assert not bad, "strategies import modules above them:\n" + "\n".join(bad)
