@@ -694,7 +694,7 @@ def test_demo_checks_its_config_before_training_the_teacher(tmp_path, private_tm
 
 @pytest.mark.parametrize("cls_path", ["compress.strategies.gp_prune.strategy:GPPruneConfig",
                                       "compress.strategies.grow.strategy:GrowConfig",
-                                      "compress.strategies.eg_nas:EGNASConfig",
+                                      "compress.strategies.eg_nas.config:EGNASConfig",
                                       "compress.strategies.darts_gal.config:DartsGalConfig",
                                       "compress.strategies.gp_prune.evolve:EvolveConfig"])
 def test_every_config_class_checks_types_and_ranges(cls_path):

@@ -1,0 +1,57 @@
+"""Strategy ``eg-nas``: a DARTS supernet whose architecture is moved by CMA-ES directions.
+
+Source: Cai et al., "EG-NAS: Neural Architecture Search with Fast Evolutionary Exploration",
+AAAI 2024 (``shared/papers/004_…``); implementation notes in ALGORITHMS.md §4.
+
+Pipeline: search -> DARTS genotype -> size ``(C, cells)`` of the evaluation network to the
+budget by measuring a small grid through ``ctx.check`` -> retrain it from scratch with KD from the
+teacher -> student.
+
+Modules: :mod:`.config` (``EGNASConfig``, presets, the checkpoint-key hash), :mod:`.cmaes` (the
+CMA-ES architecture update of Alg. 1, Eq. 3-9: step size, compound fitness, restarts, direction),
+:mod:`.search` (the supernet search: fitness forwards, the CMA-ES updater, the search loop with
+checkpoints), :mod:`.strategy` (the pipeline). Importing this package registers the strategy.
+
+Not copied from the released code: the 6-of-7-argument ``CFF`` call, ``--mon`` as ``int``, the
+undefined ImageNet arguments, the identical restarts, the stuck sigma.
+"""
+
+from compress.strategies.eg_nas.cmaes import (
+    ESEpochResult,
+    RestartResult,
+    apply_direction,
+    compound_fitness,
+    es_epoch,
+    l2_similarity,
+    run_restart,
+    select_direction,
+    sigma_schedule,
+)
+from compress.strategies.eg_nas.config import _PRESETS, EGNASConfig, _search_fields  # noqa: F401
+from compress.strategies.eg_nas.search import (
+    CMAESUpdater,
+    EGNASSearch,
+    SearchOutcome,
+    SupernetEvaluator,
+    derive_seed,
+)
+from compress.strategies.eg_nas.strategy import EGNAS
+
+__all__ = [
+    "EGNASConfig",
+    "EGNAS",
+    "sigma_schedule",
+    "l2_similarity",
+    "compound_fitness",
+    "select_direction",
+    "apply_direction",
+    "run_restart",
+    "es_epoch",
+    "RestartResult",
+    "ESEpochResult",
+    "SupernetEvaluator",
+    "CMAESUpdater",
+    "EGNASSearch",
+    "SearchOutcome",
+    "derive_seed",
+]

@@ -1,0 +1,263 @@
+"""The EG-NAS search: the supernet, its weight training and its CMA-ES architecture update
+(Cai et al., AAAI 2024, Alg. 1).
+
+The supernet weights ``w`` are trained by SGD on the *weight half* of the training split; the
+architecture logits ``alpha`` (2 x 14 x |O|) never receive gradients. At every epoch
+``t >= warmup_epochs`` the architecture moves by CMA-ES directions found on one minibatch of the
+*direction half* (:func:`~compress.strategies.eg_nas.cmaes.es_epoch`, Eq. 3-9).
+
+The loop (weight steps on the training runtime's device and precision, checkpoints, resume) is the
+shared :class:`~compress.strategies.darts.supernet_search.SupernetSearch` that ``darts-gal`` uses
+too; the architecture update is its updater, :class:`CMAESUpdater`, whose fitness forwards are
+:class:`SupernetEvaluator`.
+
+Documented choices (ALGORITHMS.md §4(b)), each a config field:
+
+* Eq. 9 accuracies are those measured on the ES minibatch during the fitness evaluation (the
+  same numbers a re-evaluation would give: fitness forwards use batch statistics and leave BN
+  running statistics untouched, ``es_bn="batch"``);
+* ``alpha_update="gradient"`` replaces the CMA-ES update by first-order DARTS (Adam on
+  ``grad_alpha L_val``) on the same supernet, splits and warm-up: the baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from compress.errors import ConfigError
+from compress.executors import Executor, SerialExecutor
+from compress.strategies.darts.architect import Architect
+from compress.strategies.darts.search import SearchNetwork
+from compress.strategies.darts.supernet_search import (ArchUpdater, SearchOutcome, SearchSchedule, SupernetSearch,
+                                                       build_supernet)
+from compress.strategies.eg_nas.cmaes import ESEpochResult, RestartResult, apply_direction, es_epoch
+from compress.strategies.eg_nas.config import EGNASConfig, _config_hash, _search_fields
+from compress.training.data import derive_seed, split_dataset
+from compress.training.runtime import Runtime
+
+__all__ = ["SupernetEvaluator", "CMAESUpdater", "EGNASSearch", "SearchOutcome", "derive_seed"]
+
+
+@contextlib.contextmanager
+def _bn_batch_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """Train-mode BatchNorm (batch statistics) whose running statistics stay untouched."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+    was = model.training
+    model.train()
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (mom, nbt) in zip(bns, saved):
+            m.momentum = mom
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
+        model.train(was)
+
+
+#: autocast dtype of the fitness forwards per runtime precision (None: float32)
+_AUTOCAST: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class SupernetEvaluator:
+    """``z -> (CE, accuracy)`` of the supernet with architecture logits z on a fixed minibatch.
+
+    No gradients; ``bn="batch"`` uses batch statistics without updating running statistics,
+    ``"running"`` evaluates in eval mode. The minibatch ``x (B, C, H, W)``, ``y (B,)`` must be on
+    the model's device; z becomes a tensor on that device. ``autocast_dtype`` (bfloat16 / float16)
+    runs the forward under autocast, as the runtime's weight steps do (None: float32). ``calls``
+    counts the forwards run in this process (an executor's workers run on copies). Picklable
+    (model and minibatch), and draws no random numbers, so executors return the same values as a
+    local call.
+    """
+
+    def __init__(self, model: SearchNetwork, x: torch.Tensor, y: torch.Tensor, bn: str = "batch",
+                 autocast_dtype: torch.dtype | None = None) -> None:
+        self.model, self.x, self.y, self.bn = model, x, y, bn
+        self.autocast_dtype = autocast_dtype
+        self.calls = 0
+
+    @torch.no_grad()
+    def __call__(self, z: np.ndarray) -> tuple[float, float]:
+        self.calls += 1
+        zt = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=self.x.device)
+        a_n, a_r = self.model.split_arch_vector(zt)
+        amp = (torch.autocast(self.x.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+               else contextlib.nullcontext())
+        with amp:
+            if self.bn == "batch":
+                with _bn_batch_stats_frozen(self.model):
+                    logits = self.model(self.x, alphas=(a_n, a_r))
+            else:
+                was = self.model.training
+                self.model.eval()
+                logits = self.model(self.x, alphas=(a_n, a_r))
+                self.model.train(was)
+        logits = logits.float()
+        ce = float(F.cross_entropy(logits, self.y))
+        acc = float((logits.argmax(1) == self.y).float().mean())
+        return ce, acc
+
+
+class CMAESUpdater(ArchUpdater):
+    """EG-NAS's architecture update (Alg. 1 lines 4-16), once per epoch after the warm-up: CMA-ES
+    directions on one minibatch of the direction half (:func:`es_epoch`), Eq. 9, Eq. 8. Alpha never
+    receives gradients.
+
+    Args:
+        cfg: the config (ES fields).
+        model: the supernet, on ``runtime.device``.
+        direction: the direction half of the training split.
+        seed: run seed.
+        runtime: device and precision of the fitness forwards.
+        cma_factory: pycma replacement for tests.
+        executor: evaluates the lambda candidates of each ``tell`` (default serial).
+        progress: ``progress(phase, done, total, info)`` after each restart.
+    """
+
+    per_step = False
+    alpha_requires_grad = False
+
+    def __init__(self, cfg: EGNASConfig, model: SearchNetwork, direction: Dataset, seed: int, *, runtime: Runtime,
+                 cma_factory: Callable[..., Any] | None = None, executor: Executor | None = None,
+                 progress: Callable[[str, int, int | None, dict], None] | None = None) -> None:
+        self.cfg, self.model, self.direction, self.seed = cfg, model, direction, int(seed)
+        self.runtime = runtime
+        self.cma_factory = cma_factory
+        self.executor = executor if executor is not None else SerialExecutor()
+        self.progress = progress or (lambda *a, **k: None)
+        self.num_ops = len(model.primitives)
+        self.last_es: list[dict[str, Any]] = []
+        self.es_evaluations = 0
+
+    def es_batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's direction minibatch (seeded by run seed and epoch), on the CPU."""
+        ds = self.direction
+        n = len(ds)  # type: ignore[arg-type]
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "es-batch", t))
+        idx = torch.randperm(n, generator=g)[: min(self.cfg.es_batch_size, n)].tolist()
+        x, y = default_collate([ds[i] for i in idx])[:2]
+        return x, y
+
+    def update(self, t: int) -> ESEpochResult:
+        """Alg. 1 lines 4-16 at epoch ``t``: ES directions, Eq. 9, Eq. 8 (alpha changed in place)."""
+        cfg = self.cfg
+        x, y = self.runtime.to_device(self.es_batch(t))
+        evaluator = SupernetEvaluator(self.model, x, y, bn=cfg.es_bn, autocast_dtype=_AUTOCAST[self.runtime.precision])
+        alpha_t = self.model.arch_vector()
+
+        def on_restart(n: int, r: RestartResult) -> None:
+            self.progress("es restarts", n + 1, cfg.restarts, {"epoch": t, "best_f": r.best_f, "best_acc": r.best_acc})
+
+        res = es_epoch(alpha_t.cpu().double().numpy(), evaluator, num_ops=self.num_ops, t=t, seed=self.seed,
+                       restarts=cfg.restarts, popsize=cfg.popsize, generations=cfg.generations, zeta=cfg.zeta,
+                       eta=cfg.eta, restart_noise=cfg.restart_noise, sigma_min=cfg.sigma_min,
+                       keep_mean=cfg.keep_mean, cma_factory=self.cma_factory, on_restart=on_restart,
+                       executor=self.executor)
+        new = apply_direction(alpha_t, res.direction, cfg.xi, self.num_ops, cfg.direction)
+        with torch.no_grad():
+            a_n, a_r = self.model.split_arch_vector(new)
+            self.model.alphas_normal.copy_(a_n)
+            self.model.alphas_reduce.copy_(a_r)
+        self.es_evaluations = res.evaluations
+        self.last_es = [dict(r.summary(), restart=i) for i, r in enumerate(res.restarts)]
+        return res
+
+    def epoch_update(self, t: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        res = self.update(t)
+        return {"sigma": res.sigma, "es_acc_alpha": res.acc_alpha, "es_ce_alpha": res.ce_alpha,
+                "best_fitness": res.best_fitness, "es_winner": res.winner,
+                "es_winner_acc": res.restarts[res.winner].best_acc, "es_evaluations": res.evaluations,
+                "wall_es_s": time.perf_counter() - t0}
+
+    def state_json(self) -> dict[str, Any]:
+        return {"cma_last_epoch": self.last_es}
+
+    def load_state_json(self, state: Mapping[str, Any]) -> None:
+        self.last_es = list(state.get("cma_last_epoch", []))
+
+
+class EGNASSearch(SupernetSearch):
+    """The EG-NAS search (one object per run): the shared supernet loop with the CMA-ES updater
+    (``alpha_update="cmaes"``) or first-order DARTS (``"gradient"``), per-epoch checkpoints and resume.
+
+    Args:
+        cfg: the config; ctx-like inputs are passed explicitly so tests can drive it directly:
+        train_ds: the training dataset (split into weight / direction halves inside).
+        val_loader: loader for the per-epoch supernet accuracy (may be None).
+        num_classes, input_shape: task sizes.
+        seed: run seed.
+        ckpt_dir: where per-epoch checkpoints go (None: none).
+        progress: ``progress(phase, done, total, info)``; log: ``log(**record)``.
+        cma_factory: pycma replacement for tests.
+        executor: evaluates the lambda CMA-ES candidates of each ``tell``
+            (:class:`~compress.executors.Executor`; default serial; the caller closes it).
+        runtime: device and precision (default: CPU fp32).
+
+    Raises:
+        DataError: fewer than 4 training samples.
+    """
+
+    def __init__(self, cfg: EGNASConfig, train_ds: Dataset, val_loader: DataLoader | None, num_classes: int,
+                 input_shape: tuple[int, int, int], seed: int, *, ckpt_dir: Path | None = None,
+                 progress: Callable[[str, int, int | None, dict], None] | None = None,
+                 log: Callable[..., None] | None = None, cma_factory: Callable[..., Any] | None = None,
+                 executor: Executor | None = None, runtime: Runtime | None = None) -> None:
+        self.cfg = cfg
+        runtime = runtime or Runtime()
+        weights, direction = split_dataset(train_ds, cfg.train_portion, seed, who="eg-nas")
+        model = build_supernet(seed, cfg.search_C, num_classes, cfg.search_layers, primitives=cfg.primitives,
+                               in_channels=input_shape[0], partial_channels=cfg.partial_channels,
+                               edge_norm=cfg.edge_norm, pool_bn=cfg.pool_bn, stem_stride=cfg.search_stem_stride)
+        runtime.prepare(model)
+        model.set_arch_requires_grad(False)
+        self.num_ops = len(model.primitives)
+        self.architect: Architect | None = None
+        self.es: CMAESUpdater | None = None
+        updater: ArchUpdater
+        if cfg.alpha_update == "gradient":
+            updater = self.architect = Architect(model, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
+                                                 second_order=False, runtime=runtime)
+        else:
+            updater = self.es = CMAESUpdater(cfg, model, direction, seed, runtime=runtime, cma_factory=cma_factory,
+                                             executor=executor, progress=progress)
+        schedule = SearchSchedule(
+            epochs=cfg.search_epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, lr=cfg.w_lr,
+            lr_min=cfg.w_lr_min, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay, grad_clip=cfg.grad_clip,
+            max_steps_per_epoch=cfg.max_steps_per_epoch, val_batches=cfg.search_val_batches)
+        key = _config_hash(cfg, _search_fields(), {
+            "seed": int(seed), "n_train": len(train_ds), "num_classes": num_classes,  # type: ignore[arg-type]
+            "input_shape": list(input_shape)})
+        super().__init__(schedule, model, weights, direction, val_loader, seed, updater, runtime=runtime,
+                         ckpt_dir=ckpt_dir, key=key, progress=progress, log=log,
+                         record={"alpha_update": cfg.alpha_update})
+        self.hash = key
+
+    def es_batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's direction minibatch (seeded by run seed and epoch), on the CPU."""
+        if self.es is None:
+            raise ConfigError("es_batch needs alpha_update='cmaes'.")
+        return self.es.es_batch(t)
+
+    def es_update(self, t: int) -> ESEpochResult:
+        """Alg. 1 lines 4-16 at epoch ``t``: ES directions, Eq. 9, Eq. 8 (alpha changed in place).
+
+        Raises:
+            ConfigError: the search moves alpha by gradient (``alpha_update="gradient"``).
+        """
+        if self.es is None:
+            raise ConfigError("es_update needs alpha_update='cmaes'.")
+        return self.es.update(t)
