@@ -26,7 +26,7 @@ from compress.errors import ConfigError
 __all__ = ["ReferencePoint", "validate_reference_points", "reference_points_from_file", "frontier",
            "frontier_accuracy", "place_student", "pareto_record", "pareto_plot"]
 
-_FIX = ("write a JSON list of objects such as [{\"name\": \"resnet20\", \"accuracy\": 0.915, \"macs\": 40900000, "
+_FIX = ("write a JSON list of objects such as [{\"name\": \"resnet20\", \"accuracy\": 0.915, \"macs\": 40931968, "
         "\"latency_ms\": 0.8}] (accuracy a fraction in [0, 1], macs per sample as fvcore counts them, latency_ms "
         "in milliseconds or null, optional params)")
 
@@ -207,13 +207,11 @@ def pareto_plot(points: Sequence[dict[str, Any]], references: Sequence[dict[str,
         if env:
             ax.plot([r[key] * scale for r in env], [100 * r["accuracy"] for r in env], "-", color="grey", lw=1.5,
                     label="shelf frontier", zorder=1)
-        for r in refs:
-            if r[key] is None:
-                continue
+        for i, r in enumerate(sorted((r for r in refs if r[key] is not None), key=lambda r: r[key])):
             ax.scatter([r[key] * scale], [100 * r["accuracy"]], s=36, color="grey", zorder=2,
                        facecolors="grey" if id(r) in on else "none")
-            ax.annotate(r["name"], (r[key] * scale, 100 * r["accuracy"]), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7, color="dimgrey")
+            ax.annotate(r["name"], (r[key] * scale, 100 * r["accuracy"]), textcoords="offset points", fontsize=7,
+                        xytext=(4, -10 if i % 2 == 0 else 5), color="dimgrey")  # alternate: neighbours do not collide
         for i, p in enumerate(pts):
             if p[key] is None:
                 continue

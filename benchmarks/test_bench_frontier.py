@@ -1,0 +1,92 @@
+"""``bench_frontier.py --smoke`` end to end (issue 14's benchmark on a tiny configuration): every row,
+both budgets, the side-by-side timing, the goals, the paired tests and the PNGs; then ``--resume`` of
+the finished run (nothing retrained) and ``--report-only``.
+
+Never part of ``make test`` (``bench`` marker; ``testpaths`` is ``tests``). Needs ``../shared/data``
+(skipped without it). About 16 minutes on a shared core (most of it ONNX exports and side-by-side timing)::
+
+    taskset -c 1 env OMP_NUM_THREADS=1 .venv/bin/pytest benchmarks/test_bench_frontier.py -m bench -p no:xdist -q
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from compress.pareto import frontier_accuracy
+
+pytestmark = pytest.mark.bench
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[1] / "shared" / "data"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _bench():
+    sys.path.insert(0, str(HERE))
+    import bench_frontier
+
+    return bench_frontier
+
+
+def _recipe(bench) -> dict:
+    """The default recipe, less the fields gp-prune does not have at this commit (they land with issue 14)."""
+    from compress.strategies.gp_prune.strategy import GPPruneConfig
+
+    fields = {f.name for f in dataclasses.fields(GPPruneConfig)}
+    return {k: v for k, v in bench.DEFAULT_RECIPE.items() if k in fields}
+
+
+@pytest.mark.timeout(3600)
+@pytest.mark.skipif(not (DATA / "cifar10_train50k_lossless.npz").is_file(), reason="needs ../shared/data")
+def test_bench_frontier_smoke_end_to_end(tmp_path, capsys):
+    bench = _bench()
+    out, work = tmp_path / "results", tmp_path / "work"
+    argv = ["--smoke", "--data", str(DATA), "--out", str(out), "--work", str(work),
+            "--recipe", json.dumps(_recipe(bench))]
+    assert bench.main(argv) == 0
+    first = capsys.readouterr().out
+    stem = "frontier_resnet56_smoke"
+    payload = json.loads((out / f"{stem}.json").read_text())
+    budgets = payload["settings"]["budgets"]
+    assert len(budgets) == 2 and budgets[1] == "macs=40931968"  # macs=resnet20: the stock model's exact count
+    assert payload["val_per_class"] == [10] * 10 and payload["train_images"] == 512 and payload["test_images"] == 200
+    assert payload["scratch_depth"] == {budgets[0]: 26, budgets[1]: 20}
+    rows = payload["rows"]
+    expected_rows = {f"{bench.slug(b)}/{r}" for b in budgets for r in "abcd"
+                     if r != "c" or payload["configs"]["c"] is not None}
+    assert set(rows) == expected_rows
+    assert payload["timing"]["names"] == [*rows, *(f"stock/resnet{d}" for d in (20, 32, 44, 56))]
+    for key, r in rows.items():
+        assert 0 <= r["test_acc"] <= 1 and r["macs"] > 0 and r["latency_ms"] > 0 and r["wall_s"] > 0, key
+        assert len(r["correct"]) == 200 and r["commits"] and not r["resumed"]
+    for b in budgets:
+        a = rows[f"{bench.slug(b)}/a"]
+        assert a["history"] and all(h["phase"] in ("sparse", "recover", "finetune") for h in a["history"])
+        assert a["pareto_in_report"]["frontier_accuracy"] > 0.8  # compress() placed it on the stock frontier
+        assert (out / f"{stem}_pareto_{bench.slug(b)}.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out / f"{stem}_curve.png").read_bytes()[:8] == PNG_MAGIC
+    goals = {g["budget"]: g for g in payload["goals"]}
+    shelf = [{"name": s["name"], "accuracy": s["test_acc"], "macs": s["macs"], "latency_ms": s["latency_ms"]}
+             for s in payload["stock"].values()]
+    half = payload["stock"]["resnet56"]["macs"] / 2
+    assert goals[budgets[0]]["budget_macs"] == pytest.approx(half)
+    assert goals[budgets[0]]["goal_acc"] == pytest.approx(frontier_accuracy(shelf, half))  # computed, not typed in
+    assert goals[budgets[1]]["goal_acc"] == pytest.approx(payload["stock"]["resnet20"]["test_acc"])
+    assert {p["b"] for p in payload["paired"] if p["budget"] == budgets[0]} >= {f"resnet{d} (stock)" for d in (20, 56)}
+    md = (out / f"{stem}.md").read_text()
+    assert "## Goals" in md and ("**met**" in md or "**missed** by" in md) and "McNemar" in md
+    assert not (out / f"{stem}.partial.json").exists()
+    assert "| (a) gp-prune, recipe |" in first
+
+    # a second session on the finished run: nothing retrained, the same timing reused
+    with pytest.raises(SystemExit):  # refused without --resume
+        bench.main(argv)
+    assert bench.main([*argv, "--resume"]) == 0
+    again = json.loads((out / f"{stem}.json").read_text())
+    assert again["rows"].keys() == rows.keys() and again["timing"] == payload["timing"]
+    assert bench.main([*argv, "--report-only"]) == 0
