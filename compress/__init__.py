@@ -6,11 +6,16 @@ name below is used.
 
 Layering (one way): ``compress`` (API, registry, strategies, CLI) -> ``compress.budgets`` ->
 ``compress.profiling`` -> ``compress.exporters``.
+
+Every error slimforge raises on purpose, in any layer, is a :class:`SlimforgeError` (see
+:mod:`compress.errors`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from compress._error_root import SlimforgeError  # a leaf: imports nothing
 
 __version__ = "0.1.0"
 
@@ -23,6 +28,7 @@ __all__ = [
     "Budget",
     "Target",
     "load_student",
+    "SlimforgeError",
     "__version__",
 ]
 

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from compress._error_root import SlimforgeError
+
 __all__ = ["STRICT", "NonFiniteError", "loads_strict", "read_json_file", "schema_problems", "validate"]
 
 #: pydantic config of every schema here: no coercion (``"3"`` is not an int, ``true`` not a number),
@@ -23,7 +25,7 @@ _MAX_BYTES = 64 * 2**20  # far above any file we write (a run manifest is about 
 _M = TypeVar("_M", bound=BaseModel)
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(SlimforgeError, ValueError):
     """A JSON number is NaN or infinite."""
 
 

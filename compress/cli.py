@@ -1,7 +1,7 @@
 """The ``slimforge`` command line (typer). ``python -m compress`` runs the same app.
 
 Commands: ``demo``, ``run``, ``resume``, ``measure``, ``gate``, ``evolve-metric``, ``strategies``.
-Exit codes: 0 success, 2 any failure (bad input, a slimforge error, a full disk, an internal error:
+Exit codes: 0 success, 2 any failure (bad input, a ``SlimforgeError``, a full disk, an internal error:
 one paragraph on stderr that says what to do, no traceback unless ``slimforge --debug COMMAND``),
 3 the student was produced but misses its budget, is not faster than its teacher on the target
 (``latency_not_reduced``; ``--allow-slower`` accepts it) or fails ONNX parity (so CI pipelines can
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from compress._error_root import SlimforgeError  # a leaf: imports nothing
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="slimforge: compress a teacher to a budget, export validated ONNX.")
 
@@ -49,13 +51,14 @@ def _debug() -> bool:
 
 
 def _error_message(exc: BaseException) -> str:
-    """One paragraph for any exception: ours as they are (they say what to do); a full disk, other
-    OS errors, bad values and anything else with what to do about them."""
-    if isinstance(exc, OSError) and not isinstance(exc, _known_errors()) and exc.errno == errno.ENOSPC:
+    """One paragraph for any exception: ours (any :class:`SlimforgeError`, whatever its layer) as
+    they are, since they say what to do; a full disk, other OS errors, bad values and anything else
+    with what to do about them."""
+    if isinstance(exc, OSError) and not isinstance(exc, SlimforgeError) and exc.errno == errno.ENOSPC:
         from compress.errors import disk_full
 
         exc = disk_full(exc, cleaned=False)  # the message compress() gives, without its cleanup claim
-    if isinstance(exc, _known_errors()):
+    if isinstance(exc, SlimforgeError):
         msg = f"{type(exc).__name__}: {exc}"
     elif isinstance(exc, OSError):
         msg = f"{type(exc).__name__}: {exc}; check the paths given and that they can be read and written."
@@ -108,16 +111,6 @@ def _clean_errors(fn):
             _fail(exc)  # re-raises under --debug
 
     return wrapper
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from compress.budgets import BudgetError, CostError
-    from compress.errors import CompressError
-    from compress.exporters import ExportError
-    from compress.profiling import ProfilingError
-    from compress.strategies.gp_prune.metrics import MetricError
-
-    return (CompressError, BudgetError, CostError, ExportError, ProfilingError, MetricError)
 
 
 def _print_result(result, out_dir: Path) -> None:
@@ -601,40 +594,37 @@ def resume_cmd(
     directory or the current directory."""
     import inspect
 
-    try:
-        from compress.errors import CheckpointError, UntrustedCodeError
-        from compress.models import no_imports_from, require_registry_spec
+    from compress.errors import CheckpointError, UntrustedCodeError
+    from compress.models import no_imports_from, require_registry_spec
 
-        path = run_dir / RUN_ARGS
-        if not path.is_file():
-            raise CheckpointError(f"{run_dir} has no {RUN_ARGS}; point to the --out directory of a `slimforge demo` "
-                                  "or `slimforge run`.")
-        command, args = _read_run_args(path)
-        fn = {"demo": demo, "run": run}[command]
-        spec_key = "model" if command == "run" else "teacher_model"
-        recorded = args.get(spec_key, getattr(inspect.signature(fn).parameters[spec_key].default, "default", None))
-        if model is not None and model.strip() != str(recorded).strip():
-            raise CheckpointError(f"--model {model!r} differs from the model this run was started with ({recorded!r} "
-                                  f"in {path}); resume repeats the recorded run. Start a new run for another model.")
-        require_registry_spec(recorded, source=path, explicit=model, trust_remote_code=trust_remote_code,
-                              how_to_pass=f"slimforge resume {run_dir} --model SPEC")
-        if args.get("ray_address") and not trust_remote_code and ray_address != args["ray_address"]:
-            raise UntrustedCodeError(
-                f"{path} names the Ray cluster {args['ray_address']!r}; results from a cluster are unpickled, so an "
-                f"address from a file could run code here. If you trust it, pass it again (slimforge resume {run_dir} "
-                f"--ray-address {args['ray_address']}), or pass --trust-remote-code."
-            )
-        if ray_address is not None:
-            args["ray_address"] = ray_address  # where the work runs, not what it computes
-        kwargs = {}
-        for name, p in inspect.signature(fn).parameters.items():
-            if name in args:
-                v = args[name]
-                kwargs[name] = Path(v) if v is not None and "Path" in str(p.annotation) else v
-            else:  # an option added after the run was started: its default
-                kwargs[name] = getattr(p.default, "default", p.default)
-    except _known_errors() as exc:
-        _fail(exc)
+    path = run_dir / RUN_ARGS
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no {RUN_ARGS}; point to the --out directory of a `slimforge demo` "
+                              "or `slimforge run`.")
+    command, args = _read_run_args(path)
+    fn = {"demo": demo, "run": run}[command]
+    spec_key = "model" if command == "run" else "teacher_model"
+    recorded = args.get(spec_key, getattr(inspect.signature(fn).parameters[spec_key].default, "default", None))
+    if model is not None and model.strip() != str(recorded).strip():
+        raise CheckpointError(f"--model {model!r} differs from the model this run was started with ({recorded!r} "
+                              f"in {path}); resume repeats the recorded run. Start a new run for another model.")
+    require_registry_spec(recorded, source=path, explicit=model, trust_remote_code=trust_remote_code,
+                          how_to_pass=f"slimforge resume {run_dir} --model SPEC")
+    if args.get("ray_address") and not trust_remote_code and ray_address != args["ray_address"]:
+        raise UntrustedCodeError(
+            f"{path} names the Ray cluster {args['ray_address']!r}; results from a cluster are unpickled, so an "
+            f"address from a file could run code here. If you trust it, pass it again (slimforge resume {run_dir} "
+            f"--ray-address {args['ray_address']}), or pass --trust-remote-code."
+        )
+    if ray_address is not None:
+        args["ray_address"] = ray_address  # where the work runs, not what it computes
+    kwargs = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if name in args:
+            v = args[name]
+            kwargs[name] = Path(v) if v is not None and "Path" in str(p.annotation) else v
+        else:  # an option added after the run was started: its default
+            kwargs[name] = getattr(p.default, "default", p.default)
     kwargs.update(out=run_dir, resume=True)
     with no_imports_from(run_dir):
         fn(**kwargs)
@@ -652,29 +642,26 @@ def measure(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Print a model's cost (fvcore MACs, params) and ONNX/torch latency on a target."""
+    import torch
+
+    from compress.budgets import measure_cost
+    from compress.models import load_model
+    from compress.profiling import Target, profile_latency
+
+    from compress.errors import ConfigError
+
     try:
-        import torch
-
-        from compress.budgets import measure_cost
-        from compress.models import load_model
-        from compress.profiling import Target, profile_latency
-
-        from compress.errors import ConfigError
-
-        try:
-            shape = tuple(int(v) for v in input_shape.split(","))
-        except ValueError:
-            shape = ()
-        if len(shape) != 3 or min(shape) < 1:
-            raise ConfigError(f"--input-shape takes C,H,W as three positive integers (e.g. 3,32,32), got {input_shape!r}.")
-        net = load_model(model, num_classes=num_classes, weights=weights).eval()
-        x = torch.randn(2, *shape)
-        cost = measure_cost(net, x)
-        tgt = Target.resolve(target, input_shape=shape)
-        ort = profile_latency(net, tgt, example_inputs=x)
-        eager = profile_latency(net, tgt, engine="torch", example_inputs=x[:1])
-    except _known_errors() as exc:
-        _fail(exc)
+        shape = tuple(int(v) for v in input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--input-shape takes C,H,W as three positive integers (e.g. 3,32,32), got {input_shape!r}.")
+    net = load_model(model, num_classes=num_classes, weights=weights).eval()
+    x = torch.randn(2, *shape)
+    cost = measure_cost(net, x)
+    tgt = Target.resolve(target, input_shape=shape)
+    ort = profile_latency(net, tgt, example_inputs=x)
+    eager = profile_latency(net, tgt, engine="torch", example_inputs=x[:1])
     if as_json:
         print(json.dumps({"model": model, "cost": cost.to_dict(with_table=True), "latency_ms": {
             "onnxruntime": ort.to_dict(), "torch": eager.to_dict()}}, indent=2))
@@ -777,7 +764,7 @@ def gate(
     except Exception as exc:  # exit 1 means "regression" to CI, so every failure here exits 2
         if _debug():
             raise
-        if isinstance(exc, _known_errors()):
+        if isinstance(exc, SlimforgeError):
             msg = f"{type(exc).__name__}: {exc}"
         elif isinstance(exc, (OSError, ValueError)):  # e.g. an unreadable --data file, '--mean abc'
             msg = f"{type(exc).__name__}: {exc}; check the files and options given."
@@ -849,41 +836,38 @@ def evolve_metric_cmd(
 ) -> None:
     """Evolve a channel-pruning metric with genetic programming (GECCO'22), then use it with
     `--config '{"metric": "OUT/best_metric.json"}'` in gp-prune."""
-    try:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        from compress.executors import make_executor
-        from compress.strategies.gp_prune.evolve import EvolveConfig, evolve_metric
+    from compress.executors import make_executor
+    from compress.strategies.gp_prune.evolve import EvolveConfig, evolve_metric
 
-        _check_seed(seed)
+    _check_seed(seed)
 
-        overrides: dict = {"generations": generations} if generations else {}
-        if data is not None:
-            overrides["data_dir"] = str(data)
-        cfg = EvolveConfig.preset(preset, **overrides)
-        bars: dict = {}
+    overrides: dict = {"generations": generations} if generations else {}
+    if data is not None:
+        overrides["data_dir"] = str(data)
+    cfg = EvolveConfig.preset(preset, **overrides)
+    bars: dict = {}
 
-        def progress(phase: str, done: int, total, info: dict) -> None:
-            bar = bars.get(phase)
-            if bar is None or (total is not None and bar.total != total):
-                if bar is not None:
-                    bar.close()
-                bar = bars[phase] = tqdm(total=total, desc=phase, leave=phase == "generation", dynamic_ncols=True)
-            bar.n = done
-            bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items()
-                             if isinstance(v, (int, float, str))}, refresh=False)
-            bar.refresh()
-
-        kind = executor or ("process" if workers > 0 else "serial")
-        pool = make_executor(kind, workers=workers or None, ray_address=ray_address)
-        try:
-            result = evolve_metric(cfg, out_dir=out, seed=seed, executor=pool, progress=progress, resume=resume)
-        finally:
-            pool.close()
-            for bar in bars.values():
+    def progress(phase: str, done: int, total, info: dict) -> None:
+        bar = bars.get(phase)
+        if bar is None or (total is not None and bar.total != total):
+            if bar is not None:
                 bar.close()
-    except _known_errors() as exc:
-        _fail(exc)
+            bar = bars[phase] = tqdm(total=total, desc=phase, leave=phase == "generation", dynamic_ncols=True)
+        bar.n = done
+        bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items()
+                         if isinstance(v, (int, float, str))}, refresh=False)
+        bar.refresh()
+
+    kind = executor or ("process" if workers > 0 else "serial")
+    pool = make_executor(kind, workers=workers or None, ray_address=ray_address)
+    try:
+        result = evolve_metric(cfg, out_dir=out, seed=seed, executor=pool, progress=progress, resume=resume)
+    finally:
+        pool.close()
+        for bar in bars.values():
+            bar.close()
     con = _console()
     con.print(f"best metric (fitness {result.best_fitness:.4f}, task accuracies {list(result.best_acc)}):")
     con.print(f"  {result.best_formula}")

@@ -1,9 +1,22 @@
-"""Error taxonomy of slimforge's top layer.
+"""Error taxonomy of slimforge's top layer, and the root of every layer's errors.
 
-Every error the public API raises on purpose derives from :class:`CompressError`,
-so a caller (CLI, service) can catch one base class and show the message as is.
-Each class also derives from the closest built-in exception, so code that
-catches ``ValueError`` / ``TypeError`` / ``LookupError`` keeps working.
+Every error slimforge raises on purpose, in any layer, derives from :class:`SlimforgeError`
+(defined in the leaf module :mod:`compress._error_root`, re-exported here and as
+``compress.SlimforgeError``), so a caller (CLI, service) can catch one base class and show the
+message as is. Under it:
+
+* :class:`CompressError`: the top layer (API, models, data, strategies; this module, and
+  ``MetricError`` of gp-prune's metric trees);
+* ``compress.budgets.BudgetError`` and ``CostError``; ``compress.profiling.ProfilingError`` (and
+  ``TargetError``); ``compress.exporters.ExportError`` (and ``InputShapeError``,
+  ``OnnxValidationError``): the lower layers' own roots, which cannot import this module;
+* ``NonFiniteError`` of :mod:`compress._strict_json`.
+
+Each class also derives from the closest built-in exception, so code that catches
+``ValueError`` / ``TypeError`` / ``LookupError`` / ``RuntimeError`` / ``TimeoutError`` keeps
+working. :class:`BudgetAlreadyMetError` is both a :class:`CompressError` and a ``BudgetError``.
+Outside the tree on purpose: :class:`compress.signals.Terminated`, a ``SystemExit`` for SIGTERM
+(a signal, not an error).
 
 Convention: a message says what went wrong *and* what to do about it, e.g.
 ``"unknown timm model 'resnet181'; did you mean: resnet18, resnet101? ..."``.
@@ -11,9 +24,11 @@ Convention: a message says what went wrong *and* what to do about it, e.g.
 
 from __future__ import annotations
 
+from compress._error_root import SlimforgeError
 from compress.budgets.errors import BudgetError
 
 __all__ = [
+    "SlimforgeError",
     "CompressError",
     "ModelSpecError",
     "UnsupportedModelError",
@@ -33,8 +48,8 @@ __all__ = [
 ]
 
 
-class CompressError(Exception):
-    """Base of slimforge's top-layer errors."""
+class CompressError(SlimforgeError):
+    """Base of slimforge's top-layer errors (a :class:`SlimforgeError`)."""
 
 
 class ModelSpecError(CompressError, ValueError):
@@ -112,7 +127,7 @@ class ExecutorError(CompressError, RuntimeError):
     reached. The message says which, and what to change (workers, retries, address)."""
 
 
-class TimeLimitError(UnsupportedModelError):
+class TimeLimitError(CompressError, TimeoutError):
     """A step ran past its wall-clock limit: a phase of the run (limit from
     ``compress(..., time_limits={PHASE: SECONDS})``, CLI ``--time-limit PHASE=SECONDS``; phases and
     defaults in :mod:`compress.phases`) or a tracing step inside one (fvcore counting,
@@ -130,11 +145,17 @@ class TimeLimitError(UnsupportedModelError):
             ``"phase 'prune'"``).
         limit_s: the limit in seconds.
         phase: the phase whose limit ran out (``"prune"``), or None for a tracing limit.
+        layer: the module being traced, when known (else None).
+
+    A ``TimeoutError`` (hence an ``OSError`` with ``errno`` None), not an
+    :class:`UnsupportedModelError` or ``TypeError``: the model may be fine, only slow. Code that
+    turns an ``UnsupportedModelError`` into a fallback re-raises this one first.
     """
 
     def __init__(self, message: str, *, step: str, limit_s: float, layer: str | None = None,
                  phase: str | None = None) -> None:
-        super().__init__(message, layer=layer)
+        super().__init__(message)
+        self.layer = layer
         self.step = step
         self.limit_s = limit_s
         self.phase = phase

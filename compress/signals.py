@@ -45,7 +45,10 @@ __all__ = ["Terminated", "cleanup_on_signals", "raise_if_terminated"]
 
 class Terminated(SystemExit):
     """The process received SIGTERM inside :func:`cleanup_on_signals`. Unwinds like an exception
-    (``finally`` and ``except BaseException`` blocks run), then exits with ``exit_code`` 143."""
+    (``finally`` and ``except BaseException`` blocks run), then exits with ``exit_code`` 143.
+
+    Not a :class:`~compress.errors.SlimforgeError`, on purpose: it is a signal, not an error, so
+    ``except SlimforgeError`` / ``except Exception`` do not stop it."""
 
     exit_code = 143
 

@@ -1,8 +1,10 @@
-"""Errors raised by :mod:`compress.exporters`."""
+"""Errors raised by :mod:`compress.exporters`. All derive from :class:`~compress.errors.SlimforgeError`."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from compress._error_root import SlimforgeError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from compress.exporters.validate import ValidationReport
@@ -10,7 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["ExportError", "InputShapeError", "OnnxValidationError"]
 
 
-class ExportError(RuntimeError):
+class ExportError(SlimforgeError, RuntimeError):
     """A model could not be exported to a valid ONNX file.
 
     The message names the failing op / model location when it is known and says what to do.

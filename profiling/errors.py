@@ -1,11 +1,13 @@
-"""Errors raised by :mod:`compress.profiling`."""
+"""Errors raised by :mod:`compress.profiling`. All derive from :class:`~compress.errors.SlimforgeError`."""
 
 from __future__ import annotations
+
+from compress._error_root import SlimforgeError
 
 __all__ = ["ProfilingError", "TargetError"]
 
 
-class ProfilingError(RuntimeError):
+class ProfilingError(SlimforgeError, RuntimeError):
     """Latency could not be measured (bad provider, unknown input shape, export failure, ...)."""
 
 

@@ -1,6 +1,12 @@
 """Architecture guard: lower packages never import higher ones.
 
 compress (API, strategies, CLI) -> compress.budgets -> compress.profiling -> compress.exporters
+
+Layers: exporters (0) < profiling (1) < budgets (2) < compress proper (3); a module may import its
+own layer and lower ones. One exception: ``compress._error_root``, the leaf that defines
+``SlimforgeError`` (the root of every layer's errors), may be imported from every layer. It can be,
+because it imports nothing at all (``test_error_root_is_a_leaf``) and importing it runs only the
+lazy ``compress/__init__.py``.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"exporters": 0, "profiling": 1, "budgets": 2}
+#: modules of compress proper that every layer may import (leaves that import nothing)
+SHARED_LEAVES = {"compress._error_root"}
 
 
 def _layer_of(module: str) -> int | None:
     parts = module.split(".")
-    if parts[0] != "compress":
+    if parts[0] != "compress" or module in SHARED_LEAVES:
         return None
     if len(parts) > 1 and parts[1] in LAYERS:
         return LAYERS[parts[1]]
@@ -59,6 +67,15 @@ def test_layering_checker_catches_a_violation(tmp_path):
     f.write_text("from compress.api import compress\nimport compress.budgets\n")
     layers = [_layer_of(m) for _, m in _imports(f)]
     assert layers == [3, 2]
+    f.write_text("from compress._error_root import SlimforgeError\nfrom compress import _error_root\n")
+    assert [_layer_of(m) for _, m in _imports(f)] == [None, 3]  # only the dotted form names the leaf
+
+
+def test_error_root_is_a_leaf():
+    """``compress._error_root`` imports nothing (not even the standard library), so any layer may use it."""
+    path = ROOT / "compress" / "_error_root.py"
+    mods = [m for _, m in _imports(path)]
+    assert mods == [], f"compress/_error_root.py must import nothing, imports {mods}"
 
 
 def test_import_compress_is_light():

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from compress.budgets import measure_cost
-from compress.errors import TimeLimitError, UnsupportedModelError
+from compress.errors import CompressError, TimeLimitError, UnsupportedModelError
 from compress.strategies._parts import time_limit as tl
 from compress.strategies._parts.time_limit import time_limit
 from compress.strategies.gp_prune.strategy import MagnitudeBaseline, prune_uniform
@@ -40,7 +40,9 @@ def test_a_slow_step_raises_a_typed_error_naming_step_and_limit():
             time.sleep(2)
     assert time.monotonic() - t0 < 1.0
     err = exc.value
-    assert isinstance(err, UnsupportedModelError) and (err.step, err.limit_s) == ("tracing the frobnicator", 0.1)
+    assert isinstance(err, CompressError) and isinstance(err, TimeoutError)  # the model may be fine, only slow
+    assert not isinstance(err, (UnsupportedModelError, TypeError))
+    assert (err.step, err.limit_s) == ("tracing the frobnicator", 0.1)
     assert "tracing the frobnicator" in str(err) and "0.1 s" in str(err) and "trace_time_limit_s" in str(err)
 
 

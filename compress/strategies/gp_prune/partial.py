@@ -581,7 +581,7 @@ def scan_channel_ops(model: nn.Module, example_inputs: torch.Tensor, ignored: Se
         with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (partial pruning scan)"):
             return _settle(copy.deepcopy(model), example_inputs, plan, ignored_names, forward_fn,
                            tuple(root_module_types))
-    except UnsupportedModelError:
+    except (TimeLimitError, UnsupportedModelError):
         raise
     except Exception as exc:  # noqa: BLE001 - the prune will meet (and translate) the same failure
         log.warning("partial pruning: the dependency graph cannot be built even around %d channel-mixing call(s) "
@@ -709,7 +709,7 @@ def find_unprunable_groups(
     try:
         with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (partial pruning)"):
             dg = dependency_graph(cand, example_inputs, plan=plan, forward_fn=forward_fn)
-    except UnsupportedModelError:
+    except (TimeLimitError, UnsupportedModelError):
         raise
     except Exception as exc:
         raise UnsupportedModelError(

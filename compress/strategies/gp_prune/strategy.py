@@ -369,7 +369,7 @@ def prune_uniform(
                 forward_fn=forward_fn,
             )
         pruner.step()
-    except (MetricError, UnsupportedModelError):
+    except (MetricError, TimeLimitError, UnsupportedModelError):
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

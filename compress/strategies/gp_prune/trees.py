@@ -130,6 +130,8 @@ from dataclasses import dataclass
 import torch
 from deap import gp
 
+from compress.errors import CompressError
+
 __all__ = [
     "ARG_NAMES",
     "ChannelOperands",
@@ -166,7 +168,7 @@ MAX_TREE_HEIGHT = 90
 """Trees higher than this are rejected (deap's own ``gp.compile`` fails near 91)."""
 
 
-class MetricError(ValueError):
+class MetricError(CompressError, ValueError):
     """A pruning-metric tree cannot be parsed, evaluated, or does not give one finite score per channel."""
 
 
