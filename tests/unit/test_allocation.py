@@ -219,3 +219,15 @@ def test_an_allocation_that_cannot_meet_the_budget_falls_back_to_uniform(digits_
     rec = res.info["allocation"]
     assert rec["mode"] == "uniform" and rec["requested"] == "global"
     assert [t["max_group_ratio"] for t in rec["fallback"]["tried"]] == [0.6, 0.95]
+
+
+def test_monotone_charges_make_the_narrowest_width_the_one_cheapest_option():
+    from compress.strategies.gp_prune.allocation import monotone_charges, solve_knapsack
+    noisy = np.array([0.30, 0.31, 0.29, 0.50, 0.45])  # flat, noisy: width 3 timed faster than 1 and 2
+    ms = monotone_charges(noisy)
+    assert (np.diff(ms) > 0).all()
+    assert np.allclose(ms, [0.29, 0.29, 0.29, 0.45, 0.45], atol=1e-8)
+    values = [[1.0, 2.0, 3.0, 4.0, 5.0]] * 2
+    # at the sum of minima the raw table would keep width index 2; the monotone one keeps the narrowest
+    assert solve_knapsack(values, [noisy] * 2, 2 * 0.29) == [2, 2]
+    assert solve_knapsack(values, [ms] * 2, float(2 * ms[0])) == [0, 0]
