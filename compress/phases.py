@@ -58,8 +58,12 @@ PHASES: Mapping[str, Phase] = MappingProxyType({
     "strategy": Phase(None, "the whole strategy run, all of its phases below", "compress()"),
     "prepare": Phase(2 * _H, "model checks, calibration feature maps, importance and group analysis, latency "
                      "tables", "gp-prune"),
+    "sparse": Phase(None, "gp-prune's sparse learning before pruning: group-norm regularised training of the teacher "
+                    "copy (config sparse_epochs)", "gp-prune"),
     "prune": Phase(12 * _H, "dependency-graph builds, pruning, channel rounding and the ratio bisection, every "
                    "candidate measured against the budget", "gp-prune"),
+    "recover": Phase(None, "the short KD recovery after each iterative pruning step but the last (config "
+                     "recovery_epochs)", "gp-prune"),
     "finetune": Phase(None, "knowledge-distillation fine-tune of the pruned student (config epochs)", "gp-prune"),
     "partition": Phase(1 * _H, "split the teacher into nodes and the data into train / score sets", "grow"),
     "search": Phase(24 * _H, "the architecture search (trains candidate networks for the configured epochs)",

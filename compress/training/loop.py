@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,7 @@ from compress.training.data import AUGMENTATIONS, training_loader
 from compress.training.runtime import Runtime
 
 __all__ = ["kd_loss", "evaluate", "main_logits", "all_finite", "diverged_error", "cosine_factor", "make_optimizer",
-           "fit", "FitPlan", "FinetuneSettings", "finetune", "AUGMENTATIONS"]
+           "fit", "FitPlan", "FinetuneSettings", "finetune", "AUGMENTATIONS", "warmup_cosine_factor"]
 
 
 def main_logits(out: Any) -> torch.Tensor:
@@ -68,9 +69,11 @@ def kd_loss(
     *,
     alpha: float = 0.5,
     temperature: float = 4.0,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """CE + temperature-scaled KL, see the module docstring. Computed in float32 whatever the
-    autocast dtype of the logits.
+    autocast dtype of the logits. ``label_smoothing`` applies to the CE term only (the teacher's
+    soft targets are already smooth).
 
     Args:
         student_logits: ``(B, K)``.
@@ -80,7 +83,7 @@ def kd_loss(
         scalar loss tensor.
     """
     student_logits = student_logits.float()
-    ce = F.cross_entropy(student_logits, targets)
+    ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
     if teacher_logits is None or alpha == 0.0:
         return ce
     t = temperature
@@ -153,6 +156,14 @@ def diverged_error(phase: str, *, epoch: int, epochs: int, step: int, loss: floa
     return TrainingDivergedError(msg, phase=phase, epoch=epoch, step=step, loss=loss)
 
 
+def warmup_cosine_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over the first ``warmup`` steps (factor ``(step + 1) / warmup``; Goyal et al.
+    2017, §2.2), then :func:`cosine_factor` over the remaining ``total - warmup`` steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    return cosine_factor(step - warmup, max(1, total - warmup))
+
+
 def cosine_factor(step: int, total: int) -> float:
     """Cosine annealing factor ``0.5 (1 + cos(pi min(step, total) / total))`` (SGDR without
     restarts, Loshchilov & Hutter 2017), from 1 at step 0 to 0 at ``total``."""
@@ -201,6 +212,14 @@ class FitPlan:
         extra_generators: generators that advance during training (drop-path ...), checkpointed.
         before_step: called with ``(epoch, step)`` before each step (e.g. a drop-path schedule).
         before_epoch: called with ``epoch`` (0-based) before each epoch.
+        after_backward: called after each ``backward`` (gradients unscaled), before clipping and the
+            optimizer step: a gradient regulariser (gp-prune's sparse learning).
+        time_budget_s: a wall-time budget in seconds for the whole phase: after the first epoch,
+            the number of epochs becomes ``clamp(floor(time_budget_s / first_epoch_s), 1, epochs)``
+            and ``on_planned(n)`` is called with it (so that a schedule can re-plan its length);
+            the planned count is checkpointed, so a resumed run keeps it. A wall-time budget makes
+            the epoch count depend on the machine's speed; the history records it, and the same
+            ``epochs`` without a time budget reproduces the run.
     """
 
     modules: Sequence[nn.Module]
@@ -216,6 +235,9 @@ class FitPlan:
     extra_generators: Mapping[str, torch.Generator | None] = field(default_factory=dict)
     before_step: Callable[[int, int], None] | None = None
     before_epoch: Callable[[int], None] | None = None
+    after_backward: Callable[[], None] | None = None
+    time_budget_s: float | None = None
+    on_planned: Callable[[int], None] | None = None
 
 
 def _world_size_guard(state: Mapping[str, Any], runtime: Runtime, name: str) -> None:
@@ -271,6 +293,7 @@ def fit(
     history: list[dict] = []
     best_acc, best_state = -1.0, None
     start = 0
+    planned: int | None = None  # the epoch count a time budget chose (FitPlan.time_budget_s)
     gens: dict[str, torch.Generator | None] = {}
     key = ""
     sampler = getattr(train_loader, "sampler", None)
@@ -300,9 +323,17 @@ def fit(
                 if on_epoch:
                     on_epoch(int(rec["epoch"]), rec)
             start = int(restored.state["epoch"])
+            planned = restored.state.get("planned_epochs")
             restored.restore_rng(gens)
+    if planned is not None and plan.on_planned is not None:
+        plan.on_planned(int(planned))
     ckpt_dir = checkpoint.store.dir if key else None
-    for epoch in range(start, plan.epochs):
+    epoch = start - 1
+    while True:
+        epoch += 1
+        if epoch >= (planned if planned is not None else plan.epochs):
+            break
+        epoch_t0 = time.perf_counter()
         good = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]  # last good weights
         restored_what = f"the weights after epoch {epoch}" if epoch else "the weights it started with"
 
@@ -338,7 +369,8 @@ def fit(
                 finite = runtime.all_reduce_sum(0.0 if finite else 1.0) == 0.0
             if not finite:
                 raise diverged(step, loss_value if not math.isfinite(loss_value) else float("nan"))
-            runtime.optimize(loss, opt, grad_clip=plan.grad_clip, clip_params=clip_params)
+            runtime.optimize(loss, opt, grad_clip=plan.grad_clip, clip_params=clip_params,
+                             after_backward=plan.after_backward)
             if sched is not None:
                 sched.step()
             running += loss_value * n
@@ -353,6 +385,12 @@ def fit(
             extra["ranks_agree"] = runtime.ranks_agree(weights_checksum(*modules))
         val_acc = plan.validate() if plan.validate is not None else None
         cur_lr = sched.get_last_lr()[0] if sched is not None else opt.param_groups[0]["lr"]
+        if plan.time_budget_s is not None and planned is None:
+            first_s = time.perf_counter() - epoch_t0
+            planned = int(min(plan.epochs, max(1, math.floor(plan.time_budget_s / max(first_s, 1e-9)))))
+            extra["planned_epochs"] = planned  # what the time budget allows at this epoch's speed
+            if plan.on_planned is not None:
+                plan.on_planned(planned)
         rec = {"epoch": epoch + 1, "loss": running / max(seen, 1), "val_acc": val_acc, "lr": cur_lr, **extra}
         history.append(rec)
         if on_epoch:
@@ -370,6 +408,8 @@ def fit(
             if best_state is not None:
                 tensors["best"] = best_state
             state = {"epoch": epoch + 1, "epochs": plan.epochs, "best_acc": best_acc, "history": history}
+            if planned is not None:
+                state["planned_epochs"] = planned
             if runtime.world_size > 1:
                 state["world_size"] = runtime.world_size
             checkpoint.store.commit(checkpoint.name, state, tensors, key=key, tag=epoch + 1, generators=gens)
@@ -421,6 +461,13 @@ class FinetuneSettings:
     augment: str = "none"
     seed: int = 0
     grad_clip: float | None = None  # max global gradient norm per step (None: no clipping)
+    label_smoothing: float = 0.0  # on the cross-entropy term (Szegedy et al. 2016, §7)
+    warmup_epochs: int = 0  # linear learning-rate warm-up (Goyal et al. 2017, §2.2), then the cosine
+    time_budget_s: float | None = None  # wall-time budget (FitPlan.time_budget_s); epochs is then the cap
+
+
+_OFF = {"grad_clip": None, "label_smoothing": 0.0, "warmup_epochs": 0, "time_budget_s": None}
+"""FinetuneSettings fields added after checkpoints existed, with the value that leaves them out of the key."""
 
 
 def finetune(
@@ -434,9 +481,15 @@ def finetune(
     checkpoint: EpochCheckpoint | None = None,
     phase: str | None = None,
     runtime: Runtime | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place with KD from ``teacher`` (or plain CE) on :func:`fit`; returns the
     per-epoch history ``{"epoch", "loss", "val_acc", "lr"}``.
+
+    The learning rate warms up linearly over ``settings.warmup_epochs`` and then follows a cosine
+    to 0 over the rest; with ``settings.time_budget_s`` the number of epochs is chosen after the
+    first one (:class:`FitPlan`) and the cosine is re-planned to end there. ``after_backward`` is a
+    gradient regulariser run after each backward (:class:`FitPlan`); it needs a single process.
 
     The model (and teacher) are moved to ``runtime.device`` for training and come back to the
     device they were on, in the default memory format. ``settings.augment`` runs in the loader's
@@ -451,6 +504,9 @@ def finetune(
     """
     runtime = runtime or Runtime()
     if runtime.options.devices > 1 and not runtime.distributed:
+        if after_backward is not None:
+            raise ConfigError("a gradient regulariser (gp-prune sparse_epochs) runs in a single process; use "
+                              "devices=1 for this phase.")
         from compress.training.parallel import finetune_parallel
 
         return finetune_parallel(model, data_train, data_val, settings, teacher=teacher, on_epoch=on_epoch,
@@ -468,7 +524,8 @@ def finetune(
     steps = len(loader)
     if settings.max_steps_per_epoch:
         steps = min(steps, settings.max_steps_per_epoch)
-    total = max(1, settings.epochs * steps)
+    total = [max(1, settings.epochs * steps)]  # re-planned by a time budget (on_planned)
+    warmup = settings.warmup_epochs * steps
     if teacher is not None:
         teacher.eval()
     ddp_model = runtime.compiled(runtime.wrap(model))
@@ -479,16 +536,18 @@ def finetune(
         with torch.no_grad():
             t_logits = main_logits(teacher_fwd(x)) if teacher_fwd is not None else None
         loss = kd_loss(main_logits(ddp_model(x)), y, t_logits, alpha=settings.kd_alpha,
-                       temperature=settings.kd_temperature)
+                       temperature=settings.kd_temperature, label_smoothing=settings.label_smoothing)
         return loss, int(y.numel())
 
     plan = FitPlan(modules=[model], optimizer=opt, step=step, epochs=settings.epochs, steps_per_epoch=steps,
-                   lr_factor=lambda s: cosine_factor(s, total), grad_clip=settings.grad_clip,
+                   lr_factor=lambda s: warmup_cosine_factor(s, total[0], warmup), grad_clip=settings.grad_clip,
+                   after_backward=after_backward, time_budget_s=settings.time_budget_s,
+                   on_planned=lambda n: total.__setitem__(0, max(1, n * steps)),
                    clip_params=list(model.parameters()),
                    validate=(lambda: evaluate(model, data_val, runtime=runtime)) if data_val is not None else None,
                    keep_best=settings.keep_best, extra_generators={"augment": collate.generator} if collate else {})
-    # grad_clip=None is left out, so checkpoints written before the field existed still resume
-    settings_key = {k: v for k, v in dataclasses.asdict(settings).items() if not (k == "grad_clip" and v is None)}
+    # fields at their "off" value are left out, so checkpoints written before the field existed still resume
+    settings_key = {k: v for k, v in dataclasses.asdict(settings).items() if not (k in _OFF and v == _OFF[k])}
     if checkpoint is not None and data_val is not None:
         checkpoint = dataclasses.replace(checkpoint, generators={
             **loader_generators(val=data_val), **checkpoint.generators})

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -305,16 +305,22 @@ class Runtime:
             optimizer.step()
 
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *, grad_clip: float | None = None,
-                 clip_params: Any = None, zero_grad: bool = True) -> None:
+                 clip_params: Any = None, zero_grad: bool = True,
+                 after_backward: Callable[[], None] | None = None) -> None:
         """One optimisation step on ``loss``: zero the gradients (unless ``zero_grad=False``),
-        backward through Fabric, unscale (fp16), clip the global norm of ``clip_params`` (default:
-        the optimizer's parameters) to ``grad_clip`` (None: no clipping), ``optimizer.step()``.
-        Every training step of slimforge ends here; a strategy never calls ``.backward`` itself."""
+        backward through Fabric, unscale (fp16), ``after_backward()`` (a gradient regulariser, e.g.
+        Torch-Pruning's ``GroupNormPruner.regularize``: it sees unscaled gradients), clip the global
+        norm of ``clip_params`` (default: the optimizer's parameters) to ``grad_clip`` (None: no
+        clipping), ``optimizer.step()``. Every training step of slimforge ends here; a strategy never
+        calls ``.backward`` itself."""
         if zero_grad:
             optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
+        if after_backward is not None or grad_clip is not None:
+            self.unscale(optimizer)  # once per step (GradScaler refuses a second unscale)
+        if after_backward is not None:
+            after_backward()
         if grad_clip is not None:
-            self.unscale(optimizer)
             params = list(clip_params) if clip_params is not None else [p for g in optimizer.param_groups
                                                                         for p in g["params"]]
             nn.utils.clip_grad_norm_(params, grad_clip)

@@ -469,11 +469,12 @@ def _first_line(exc: BaseException) -> str:
 
 def meta_pruner(model: nn.Module, example_inputs: torch.Tensor, *, plan: PartialPlan | None = None,
                 ignored_layers: Sequence[nn.Module] = (), forward_fn: ForwardFn | None = None,
-                **kwargs) -> tp.pruner.MetaPruner:
+                pruner_cls: type[tp.pruner.MetaPruner] = tp.pruner.MetaPruner, **kwargs) -> tp.pruner.MetaPruner:
     """``tp.pruner.MetaPruner(model, example_inputs, ...)`` that follows ``plan``: its barrier calls
     are traced through placeholders, its ``keep_whole`` modules are ignored, ``nn.ChannelShuffle``
     gets :class:`ChannelShufflePruner`. ``kwargs`` go to ``MetaPruner`` unchanged (``importance``,
-    ``pruning_ratio``, ``pruning_ratio_dict``, ``round_to`` ...). ``plan=None`` scans ``model``
+    ``pruning_ratio``, ``pruning_ratio_dict``, ``round_to`` ...); ``pruner_cls`` is ``MetaPruner`` or
+    a subclass (``GroupNormPruner`` for sparse learning, with its ``reg``). ``plan=None`` scans ``model``
     first (:func:`scan_channel_ops`, one forward); pass a plan to skip that.
 
     The placeholders are removed from ``model`` before this returns; call ``pruner.step()`` as usual.
@@ -491,14 +492,14 @@ def meta_pruner(model: nn.Module, example_inputs: torch.Tensor, *, plan: Partial
         plan = scan_channel_ops(model, example_inputs, ignored_layers, forward_fn=forward_fn)
     keep = _resolve(model, plan.keep_whole)
     if not _needs_help(model, plan):  # nothing Torch-Pruning mis-follows: exactly its own MetaPruner
-        return tp.pruner.MetaPruner(model, example_inputs, ignored_layers=[*ignored_layers, *keep],
-                                    forward_fn=forward_fn, **kwargs)
+        return pruner_cls(model, example_inputs, ignored_layers=[*ignored_layers, *keep], forward_fn=forward_fn,
+                          **kwargs)
     shuffles = ChannelShufflePruner()
     customized = {nn.ChannelShuffle: shuffles, _ChannelBarrier: _BarrierPruner(),
                   **kwargs.pop("customized_pruners", {})}
     with _instrumented(model, plan, forward_fn, shuffles) as (traced, markers):
-        pruner = tp.pruner.MetaPruner(model, example_inputs, ignored_layers=[*ignored_layers, *keep, *markers],
-                                      forward_fn=traced, customized_pruners=customized, **kwargs)
+        pruner = pruner_cls(model, example_inputs, ignored_layers=[*ignored_layers, *keep, *markers],
+                            forward_fn=traced, customized_pruners=customized, **kwargs)
     pruner.ignored_layers.extend(shuffles.attach(pruner.DG, keep))
     return pruner
 

@@ -75,6 +75,7 @@ from compress.strategies.gp_prune.allocation import (
 )
 from compress.strategies.gp_prune import partial
 from compress.strategies.gp_prune.features import collect_feature_maps
+from compress.strategies.gp_prune.schedule import group_norm_regulariser, interpolated_budget
 from compress.strategies.gp_prune.importance import TreeImportance
 from compress.strategies.gp_prune.metrics import MetricError, get_metric
 
@@ -113,6 +114,18 @@ class GPPruneConfig:
             latency, else "uniform".
         max_group_ratio: with "global" and "latency", the largest share of a group's channels that
             may be removed (0 < max_group_ratio < 1), so that no layer collapses.
+        schedule: "one-shot" (the paper) or "iterative": ``iterative_steps`` pruning steps toward
+            budgets interpolated geometrically from the teacher to the budget, each but the last
+            followed by ``recovery_epochs`` of KD (``schedule.py``); the final fine-tune follows both.
+        sparse_epochs: epochs of sparse learning before pruning (0: off): the teacher copy trains
+            with Torch-Pruning's ``GroupNormPruner`` regularisation of strength ``sparse_reg``
+            (DepGraph, CVPR 2023, §3.3), so that the channels cut later carry little.
+        label_smoothing, warmup_epochs: the fine-tune's label smoothing on the CE term and linear
+            learning-rate warm-up epochs before the cosine.
+        finetune_time_s: a wall-time budget for the final fine-tune in seconds (None: ``epochs``
+            decides): the epoch count becomes what fits at the first epoch's speed, at most
+            ``epochs``; the report's history gives the count, and ``epochs`` set to it reproduces the run.
+        grad_clip: max global gradient norm of every training step (None: off).
         ignored_layers: qualified module names (``"layer2.0.conv1"``, as in ``model.named_modules()``)
             whose output channels are never pruned, for layers with channel-dependent state that
             the dependency graph cannot see. The classifier is always kept whole. An unknown name is
@@ -140,6 +153,15 @@ class GPPruneConfig:
     ignored_layers: tuple[str, ...] = ()
     allocation: str = "auto"
     max_group_ratio: float = 0.8
+    schedule: str = "one-shot"
+    iterative_steps: int = 4
+    recovery_epochs: int = 1
+    sparse_epochs: int = 0
+    sparse_reg: float = 5e-4
+    label_smoothing: float = 0.0
+    warmup_epochs: int = 0
+    finetune_time_s: float | None = None
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)  # every field's type and, by its name, its range
@@ -169,6 +191,18 @@ class GPPruneConfig:
             raise ConfigError(f"allocation must be one of {', '.join(map(repr, ALLOCATIONS))}, got {self.allocation!r}.")
         if not 0.0 < self.max_group_ratio < 1.0:
             raise ConfigError(f"max_group_ratio must be in (0, 1), got {self.max_group_ratio}.")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {self.schedule!r}.")
+        if not 1 <= self.iterative_steps <= 64:
+            raise ConfigError(f"iterative_steps must be in [1, 64], got {self.iterative_steps}.")
+        if not 0.0 < self.sparse_reg <= 1.0:
+            raise ConfigError(f"sparse_reg must be in (0, 1], got {self.sparse_reg} (DepGraph's CIFAR runs use 5e-4).")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs}).")
+        if self.finetune_time_s is not None and not self.finetune_time_s > 0:
+            raise ConfigError(f"finetune_time_s must be > 0 seconds or null, got {self.finetune_time_s}.")
 
     @property
     def finetune_settings(self) -> FinetuneSettings:
@@ -182,7 +216,18 @@ class GPPruneConfig:
             optimizer=self.optimizer,
             max_steps_per_epoch=self.max_steps_per_epoch,
             augment=self.augment,
+            grad_clip=self.grad_clip,
+            label_smoothing=self.label_smoothing,
+            warmup_epochs=self.warmup_epochs,
+            time_budget_s=self.finetune_time_s,
         )
+
+    def phase_settings(self, epochs: int) -> FinetuneSettings:
+        """The fine-tune settings of a sparse-learning or recovery phase of ``epochs`` epochs: the
+        final fine-tune's optimiser and KD, no warm-up, no time budget, and the last epoch's weights
+        (keep-best would undo the regularisation; a recovery feeds the next pruning step)."""
+        return dataclasses.replace(self.finetune_settings, epochs=epochs, warmup_epochs=0, time_budget_s=None,
+                                   keep_best=False)
 
 
 TP_L1 = "tp-l1"
@@ -433,7 +478,8 @@ class GPPrune(Strategy):
         store = CheckpointStore.for_strategy(ctx.out_dir, "gp-prune")
         gens = loader_generators(train=ctx.data.train, val=ctx.data.val, calib=ctx.data.calib)
         prune_key = stable_hash({
-            "config": {k: v for k, v in config_to_dict(cfg).items() if k not in _FINETUNE_FIELDS},
+            "config": {k: v for k, v in config_to_dict(cfg).items()
+                       if k not in _FINETUNE_FIELDS and not (k in _RECIPE_DEFAULTS and v == _RECIPE_DEFAULTS[k])},
             "seed": ctx.seed, "model": state_fingerprint(ctx.model), "budget": ctx.budget.describe(),
             "target": ctx.target.to_dict(),
             "data": ctx.data.to_dict()})
@@ -458,6 +504,7 @@ class GPPrune(Strategy):
             best_ratio, best_rounding = float(restored.state["ratio"]), restored.state["rounding"]
             alloc_record = restored.state.get("allocation")
             untouched = list(restored.state.get("untouched_groups", []))
+            recipe = restored.state.get("recipe") or {"schedule": "one-shot", "sparse_epochs": 0}
             ctx.history[:] = restored.state["history"]
             restored.restore_rng(gens)
         else:
@@ -468,14 +515,14 @@ class GPPrune(Strategy):
             token = channel_rounding.TRACE_FORWARD.set(channel_rounding.train_mode_forward if aux else None)
             token2 = _TRAIN_ONLY.set(aux)
             try:
-                best, best_ratio, best_rounding, alloc_record, untouched = self._prune(ctx, cfg, metric, model,
-                                                                                       classifier_name)
+                best, best_ratio, best_rounding, alloc_record, untouched, recipe = self._prune_recipe(
+                    ctx, cfg, metric, model, classifier_name, store, prune_key)
             finally:
                 channel_rounding.TRACE_FORWARD.reset(token)
                 _TRAIN_ONLY.reset(token2)
             if store.enabled and _rebuildable(model, best):
                 store.commit("pruned", {"ratio": best_ratio, "rounding": best_rounding, "allocation": alloc_record,
-                                        "untouched_groups": untouched,
+                                        "untouched_groups": untouched, "recipe": recipe,
                                         "widths": describe_widths(best),
                                         "trainable": {n: p.requires_grad for n, p in best.named_parameters()},
                                         "history": ctx.history},
@@ -510,10 +557,94 @@ class GPPrune(Strategy):
                                      **({"rule": _ROUNDING_RULE} if cfg.channel_rounding == "measured" else {})},
                 "allocation": alloc_record or {"mode": "uniform"},
                 "untouched_groups": untouched,
+                "recipe": recipe,
                 "shortcuts_converted": any(isinstance(m, PadShortcut) for m in ctx.model.modules()),
                 "resumed": None if restored is None else "pruned",
             },
         )
+
+    def _prune_recipe(self, ctx: StrategyContext, cfg: GPPruneConfig, metric, model: nn.Module,
+                      classifier_name: str, store: CheckpointStore, key: str
+                      ) -> tuple[nn.Module, float, list[dict], dict | None, list[dict], dict]:
+        """Sparse learning (``sparse_epochs``), then the one-shot prune or the iterative schedule
+        (``schedule.py``). Returns what :meth:`_prune` returns for the last step, with the pruning
+        ratio as the share of the original prunable channels removed for an iterative run, and the
+        recipe record (``info.recipe``: per phase its epochs and validation accuracies, per step its
+        budget, ratio and cost). A killed run re-prunes its steps (deterministic for MACs and params
+        budgets) and resumes each training phase from its epoch checkpoints."""
+        recipe: dict = {"schedule": cfg.schedule, "sparse_epochs": cfg.sparse_epochs}
+        if cfg.sparse_epochs > 0:
+            model = copy.deepcopy(model)
+            with ctx.phase("sparse"):
+                recipe["sparse"] = self._sparse_learning(ctx, cfg, model, classifier_name, store, key)
+        if cfg.schedule == "one-shot":
+            return (*self._prune(ctx, cfg, metric, model, classifier_name), recipe)
+        k = cfg.iterative_steps
+        teacher_ms = teacher_mem = None
+        with ctx.phase("prepare"):
+            if ctx.budget.max_latency_ms is not None and ctx.latency_fn is not None:
+                teacher_ms = ctx.latency_fn(model)
+            if ctx.budget.max_memory_bytes is not None and ctx.memory_fn is not None:
+                teacher_mem = ctx.memory_fn(model)
+        before = {n: w for n, w in _layer_widths(model).items() if n != classifier_name}
+        current, steps = model, []
+        for i in range(1, k + 1):
+            budget_i = interpolated_budget(ctx.budget, i / k, teacher_macs=ctx.teacher_cost.macs,
+                                           teacher_params=ctx.teacher_cost.params, teacher_latency_ms=teacher_ms,
+                                           teacher_memory_bytes=teacher_mem)
+            ctx.progress("iterative", i - 1, k, {"budget": budget_i.describe()})
+            out = self._prune(dataclasses.replace(ctx, budget=budget_i), cfg, metric, current, classifier_name)
+            current = out[0]
+            cost = ctx.cost(current)
+            step = {"step": i, "of": k, "budget": {f: getattr(budget_i, f) for f in _LIMITS if getattr(budget_i, f)},
+                    "ratio": out[1], "macs": cost.macs, "params": cost.params}
+            if i < k and cfg.recovery_epochs > 0:
+                with ctx.phase("recover"):
+                    def on_epoch(epoch: int, rec: dict, i: int = i) -> None:
+                        ctx.log(phase="recover", step=i, **rec)
+                    hist = finetune(current, ctx.data.train, ctx.data.val, cfg.phase_settings(cfg.recovery_epochs),
+                                    teacher=ctx.teacher, on_epoch=on_epoch, runtime=ctx.runtime, phase=f"recover-{i}",
+                                    checkpoint=EpochCheckpoint(store, f"recover-{i}", key))
+                step["val_acc"] = [h.get("val_acc") for h in hist]
+            ctx.log(phase="iterative", **{k_: v for k_, v in step.items() if k_ != "budget"})
+            steps.append(step)
+            ctx.progress("iterative", i, k, {"macs": cost.macs})
+        recipe["steps"] = steps
+        after = _layer_widths(current)
+        ratio = 1.0 - sum(min(after.get(n, w), w) for n, w in before.items()) / max(1, sum(before.values()))
+        return current, ratio, *out[2:], recipe
+
+    def _sparse_learning(self, ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module, classifier_name: str,
+                         store: CheckpointStore, key: str) -> list[dict]:
+        """Train ``model`` in place for ``sparse_epochs`` with group-norm regularisation
+        (``schedule.py``); returns the per-epoch history."""
+        forward_fn = channel_rounding.TRACE_FORWARD.get()
+        ignored_names = _ignored_names(model, classifier_name, cfg.ignored_layers)
+        modules = dict(model.named_modules())
+        with ctx.phase("prepare"):
+            plan = partial.scan_channel_ops(model, ctx.example_inputs, ignored_names, forward_fn=forward_fn,
+                                            time_limit_s=ctx.trace_time_limit_s)
+            try:
+                with time_limit(ctx.trace_time_limit_s, "building Torch-Pruning's dependency graph (sparse learning)"):
+                    pruner = group_norm_regulariser(model, ctx.example_inputs, [modules[n] for n in ignored_names],
+                                                    reg=cfg.sparse_reg, plan=plan, forward_fn=forward_fn)
+            except (TimeLimitError, UnsupportedModelError):
+                raise
+            except Exception as exc:
+                raise UnsupportedModelError(
+                    f"Torch-Pruning could not build the group-norm regulariser of {type(model).__name__} for "
+                    f"sparse learning: {type(exc).__name__}: {exc}. Set sparse_epochs=0.",
+                    layer=type(model).__name__) from exc
+        ctx.progress("sparse", 0, cfg.sparse_epochs, {"reg": cfg.sparse_reg})
+
+        def on_epoch(epoch: int, rec: dict) -> None:
+            ctx.log(phase="sparse", **rec)
+            ctx.progress("sparse", epoch, cfg.sparse_epochs, rec)
+
+        hist = finetune(model, ctx.data.train, ctx.data.val, cfg.phase_settings(cfg.sparse_epochs), teacher=ctx.teacher,
+                        on_epoch=on_epoch, runtime=ctx.runtime, phase="sparse",
+                        checkpoint=EpochCheckpoint(store, "sparse", key), after_backward=lambda: pruner.regularize(model))
+        return [{"epoch": h["epoch"], "loss": h["loss"], "val_acc": h.get("val_acc")} for h in hist]
 
     def _prune(self, ctx: StrategyContext, cfg: GPPruneConfig, metric, model: nn.Module,
                classifier_name: str) -> tuple[nn.Module, float, list[dict], dict | None, list[dict]]:
@@ -897,7 +1028,18 @@ _ROUNDING_RULE = {
 """How "measured" rounding decided, written beside its per-group records in the report."""
 
 _FINETUNE_FIELDS = frozenset({"epochs", "lr", "momentum", "weight_decay", "optimizer", "kd_alpha", "kd_temperature",
-                              "max_steps_per_epoch", "augment"})
+                              "max_steps_per_epoch", "augment", "label_smoothing", "warmup_epochs", "finetune_time_s"})
+"""Fields of the final fine-tune only: left out of the pruning checkpoint's key (a new fine-tune
+resumes from the same pruned network). ``grad_clip`` is not among them: the recovery and sparse
+phases before the pruned checkpoint use it too."""
+
+_RECIPE_DEFAULTS = {"schedule": "one-shot", "iterative_steps": 4, "recovery_epochs": 1, "sparse_epochs": 0,
+                    "sparse_reg": 5e-4, "grad_clip": None}
+"""Recipe fields added after pruning checkpoints existed: at these values they are left out of the
+key, so a run started before them still resumes."""
+
+SCHEDULES = ("one-shot", "iterative")
+_LIMITS = ("max_macs", "max_params", "max_latency_ms", "max_memory_bytes")
 
 
 def _shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,68 @@
+"""gp-prune's recipe beyond the paper's one-shot pruning (issue 14): sparse learning before pruning,
+and an iterative schedule of intermediate budgets.
+
+**Sparse learning** (DepGraph, Fang et al. CVPR 2023, §3.3 "Group-level pruning" with sparse
+training): before any channel is cut, the teacher copy trains for ``sparse_epochs`` with
+Torch-Pruning's ``GroupNormPruner.regularize`` added to the gradients after every backward. The
+regulariser pushes whole coupled groups (a conv's output channels with its BatchNorm and every
+consumer's input channels) toward zero, harder for the groups of low group norm (``alpha`` ** the
+normalised distance to the largest norm), so that the channels the importance will later remove
+carry little of the function when they are cut. Torch-Pruning's own ``GroupNormPruner`` does the
+group bookkeeping; we build it through :func:`partial.meta_pruner` so that groups Torch-Pruning
+cannot follow (channel shuffles) stay whole here as in the prune.
+
+**Iterative schedule** (Torch-Pruning's ``iterative_steps``; HRank and DepGraph prune in steps too):
+``k`` steps, step ``i`` pruning the current network to the budget interpolated geometrically from
+the teacher's figure ``V`` to the final limit ``L``: ``L_i = V * (L / V) ** (i / k)`` for every
+limit the budget names (MACs, params, latency, memory), each step followed by ``recovery_epochs``
+of KD from the teacher except the last (the final fine-tune follows it). A geometric path removes
+the same share of the remaining cost at each step. The last step's budget is the budget itself,
+so an iterative run meets the same budget as a one-shot run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch_pruning as tp
+from torch import nn
+
+from compress.budgets import Budget
+from compress.strategies.gp_prune import partial
+
+__all__ = ["interpolated_budget", "group_norm_regulariser"]
+
+
+def interpolated_budget(budget: Budget, fraction: float, *, teacher_macs: float, teacher_params: float,
+                        teacher_latency_ms: float | None = None, teacher_memory_bytes: float | None = None) -> Budget:
+    """The budget at ``fraction`` (in (0, 1]) of the way from the teacher to ``budget``, each
+    absolute limit ``L`` becoming ``V * (L / V) ** fraction`` with ``V`` the teacher's figure (MACs
+    per sample, parameter elements, ms, bytes). A limit the teacher already meets stays as it is,
+    and so does a latency or memory limit whose teacher figure is unknown. ``fraction=1`` returns
+    ``budget`` unchanged."""
+    if fraction >= 1.0:
+        return budget
+    teacher = {"max_macs": teacher_macs, "max_params": teacher_params, "max_latency_ms": teacher_latency_ms,
+               "max_memory_bytes": teacher_memory_bytes}
+    upd = {}
+    for name, v in teacher.items():
+        limit = getattr(budget, name)
+        if limit is None or v is None or v <= 0 or limit >= v:
+            continue
+        upd[name] = float(v * (limit / v) ** fraction)
+    return dataclasses.replace(budget, **upd, spec=f"{budget.describe()} at {fraction:.2f} of the way")
+
+
+def group_norm_regulariser(model: nn.Module, example_inputs, ignored: Sequence[nn.Module], *, reg: float,
+                           plan: partial.PartialPlan | None, forward_fn=None) -> tp.pruner.GroupNormPruner:
+    """Torch-Pruning's ``GroupNormPruner`` over ``model`` (L2 group norms, ``reg`` the
+    regularisation strength), following ``plan``; call ``pruner.regularize(model)`` after each
+    backward. ``ignored`` modules keep their output channels (the classifier), as in the prune.
+
+    Raises:
+        UnsupportedModelError: ``plan`` names a module ``model`` does not have.
+    """
+    return partial.meta_pruner(model, example_inputs, plan=plan, ignored_layers=list(ignored), forward_fn=forward_fn,
+                               pruner_cls=tp.pruner.GroupNormPruner,
+                               importance=tp.importance.GroupMagnitudeImportance(p=2), reg=reg)
