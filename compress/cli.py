@@ -183,9 +183,18 @@ def _floats(option: str, text: Optional[str], *, positive: bool = False) -> Opti
 
 
 def _data_options(data: str, *, seed: int, test_data: Optional[str], mean: Optional[str], std: Optional[str],
-                  image_size: Optional[int], in_chans: Optional[int], num_classes: Optional[int]) -> dict:
+                  image_size: Optional[int], in_chans: Optional[int], num_classes: Optional[int],
+                  crop_pct: Optional[float] = None, interpolation: Optional[str] = None,
+                  model: Optional[str] = None, num_workers: Optional[int] = None) -> dict:
     """``slimforge run``'s data options as ``load_task`` keyword arguments, each checked against the
-    kind of ``--data`` (digits, .npz or an image folder) with a ConfigError naming the flag."""
+    kind of ``--data`` (digits, .npz or an image folder) with a ConfigError naming the flag.
+
+    An image folder is read with the data config of a ``timm:`` / ``torchvision:`` ``model``
+    (issue 17; :mod:`compress.data.transforms`), which ``--image-size``, ``--crop-pct``,
+    ``--interpolation``, ``--mean`` and ``--std`` override; other specs keep the legacy resize."""
+    import math
+
+    from compress.data.transforms import INTERPOLATIONS
     from compress.errors import ConfigError
 
     _check_seed(seed)
@@ -208,6 +217,17 @@ def _data_options(data: str, *, seed: int, test_data: Optional[str], mean: Optio
         bad.append(f"--in-chans must be 1 (grayscale) or 3 (RGB) for an image folder, got {in_chans}")
     if num_classes is not None and num_classes < 1:
         bad.append(f"--num-classes must be >= 1, got {num_classes}")
+    if crop_pct is not None and not folder:
+        bad.append("--crop-pct applies to image-folder data only (an .npz is used at its stored size); drop it")
+    elif crop_pct is not None and not (math.isfinite(crop_pct) and 0 < crop_pct <= 1):
+        bad.append(f"--crop-pct must be in (0, 1], the fraction of the resized image the center crop keeps "
+                   f"(e.g. --crop-pct 0.875: resize to 256, crop 224), got {crop_pct}")
+    if interpolation is not None and not folder:
+        bad.append("--interpolation applies to image-folder data only (an .npz is used at its stored size); drop it")
+    elif interpolation is not None and interpolation.strip().lower() not in INTERPOLATIONS:
+        bad.append(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    if num_workers is not None and num_workers < 0:
+        bad.append(f"--num-workers must be >= 0 (0: decode in the main process), got {num_workers}")
     if bad:
         raise ConfigError("; ".join(bad) + ".")
     if test_data:
@@ -221,6 +241,14 @@ def _data_options(data: str, *, seed: int, test_data: Optional[str], mean: Optio
             kw["image_size"] = image_size
         if in_chans is not None:
             kw["channels"] = in_chans
+        if crop_pct is not None:
+            kw["crop_pct"] = crop_pct
+        if interpolation is not None:
+            kw["interpolation"] = interpolation.strip().lower()
+        if num_workers is not None:
+            kw["num_workers"] = num_workers
+        if model is not None and model.split(":", 1)[0].strip().lower() in ("timm", "torchvision"):
+            kw["model"] = model.strip()  # the teacher's data config (a spec: resolved without building it)
     return kw
 
 
@@ -444,7 +472,7 @@ def demo(
     device: str = typer.Option("auto", help="Training device: auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help="Training precision: fp32, bf16 (autocast) or fp16 (CUDA only)."),
     devices: int = typer.Option(1, help="Processes for data-parallel (DDP) fine-tunes on this machine."),
-    num_workers: int = typer.Option(0, help="DataLoader worker processes for training batches (augmentation runs there)."),
+    num_workers: Optional[int] = typer.Option(None, help="DataLoader worker processes that decode and augment batches (default: image folders of 512+ images min(4, CPUs), else 0)."),
     allow_slower: bool = typer.Option(False, "--allow-slower", help="Accept a student that is not faster than the teacher on the target (by default that fails the budget check: exit 3)."),
     time_limit: Optional[List[str]] = typer.Option(None, "--time-limit", metavar="PHASE=SECONDS", help="Time limit of one phase, repeatable: e.g. --time-limit prune=2h --time-limit finetune=none (SECONDS may end in s, m, h; none: no limit). Phases and defaults: compress.phases.PHASES (prune 12 h, finetune none, ...)."),
 ) -> None:
@@ -511,8 +539,10 @@ def run(
     num_classes: Optional[int] = typer.Option(None, help="Classes (default: from the data)."),
     mean: Optional[str] = typer.Option(None, help="Normalisation mean, e.g. '0.485,0.456,0.406'."),
     std: Optional[str] = typer.Option(None, help="Normalisation std, e.g. '0.229,0.224,0.225'."),
-    image_size: Optional[int] = typer.Option(None, help="Image folders: resize every image to N x N pixels (default: keep the files' size, which must then be the same for all)."),
+    image_size: Optional[int] = typer.Option(None, help="Image folders: the input size N x N. timm:/torchvision: models: default their data config's (resize by --crop-pct, center crop); other models: every image resized to N x N (default: keep the files' size, which must then be the same for all)."),
     in_chans: Optional[int] = typer.Option(None, help="Input channels of the model (default: the data's). Image folders are read as grayscale with 1, RGB with 3."),
+    crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Image folders: the fraction of the resized image the center crop keeps, in (0, 1] (default: the timm:/torchvision: model's data config, else timm's 0.875 when --interpolation is given)."),
+    interpolation: Optional[str] = typer.Option(None, "--interpolation", help="Image folders: resize filter: nearest, bilinear, bicubic, box, hamming or lanczos (default: the model's data config)."),
     seed: int = typer.Option(0, help="Run seed."),
     target: str = typer.Option("cpu-1t", help="Latency target: a preset (cpu-1t, cpu-2t, ort-mobile) or a .toml/.yaml target file."),
     config: Optional[str] = typer.Option(None, help="Strategy config as JSON (string or file)."),
@@ -523,7 +553,7 @@ def run(
     device: str = typer.Option("auto", help="Training device: auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help="Training precision: fp32, bf16 (autocast) or fp16 (CUDA only)."),
     devices: int = typer.Option(1, help="Processes for data-parallel (DDP) fine-tunes on this machine."),
-    num_workers: int = typer.Option(0, help="DataLoader worker processes for training batches (augmentation runs there)."),
+    num_workers: Optional[int] = typer.Option(None, help="DataLoader worker processes that decode and augment batches (default: image folders of 512+ images min(4, CPUs), else 0)."),
     allow_slower: bool = typer.Option(False, "--allow-slower", help="Accept a student that is not faster than the teacher on the target (by default that fails the budget check: exit 3)."),
     time_limit: Optional[List[str]] = typer.Option(None, "--time-limit", metavar="PHASE=SECONDS", help="Time limit of one phase, repeatable: e.g. --time-limit prune=2h --time-limit finetune=none (SECONDS may end in s, m, h; none: no limit). Phases and defaults: compress.phases.PHASES (prune 12 h, finetune none, ...)."),
     reference_points: Optional[Path] = typer.Option(None, "--reference-points", help="JSON list of models to place the student against ([{\"name\", \"accuracy\" (fraction), \"macs\", \"latency_ms\"}], e.g. the shelf models): writes pareto.png and a \"Where the student sits\" section in report.md (needs a test split)."),
@@ -533,7 +563,8 @@ def run(
     args = dict(locals())
     try:
         kw = _data_options(data, seed=seed, test_data=test_data, mean=mean, std=std, image_size=image_size,
-                           in_chans=in_chans, num_classes=num_classes)  # every option checked before anything is written
+                           in_chans=in_chans, num_classes=num_classes, crop_pct=crop_pct, interpolation=interpolation,
+                           model=model, num_workers=num_workers)  # every option checked before anything is written
         from compress.strategies import get_strategy  # torch, timm, torch-pruning: not loaded for `slimforge --help`
 
         get_strategy(strategy)(_load_config(config))  # strategy name and every config field checked first
@@ -565,7 +596,8 @@ def run(
                               target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
                               executor=executor, ray_address=ray_address, resume=resume,
                               runtime=dict(device=device, precision=precision, devices=devices,
-                                           num_workers=num_workers),
+                                           num_workers=num_workers if num_workers is not None
+                                           else int(getattr(task.train, "num_workers", 0))),
                               allow_slower=allow_slower, time_limits=limits, reference_points=reference_points)
     except BaseException:  # any failure, Ctrl-C or SIGTERM before the first checkpoint: leave no record behind
         cleanup()
@@ -839,7 +871,8 @@ def evolve_metric_cmd(
     from tqdm.auto import tqdm
 
     from compress.executors import make_executor
-    from compress.strategies.gp_prune.evolve import EvolveConfig, evolve_metric
+    from compress.evolution.config import EvolveConfig
+    from compress.evolution.evolve import evolve_metric
 
     _check_seed(seed)
 

@@ -376,7 +376,11 @@ class CompressionResult:
                    "latency_ms": {"median": q["latency_ms"], "p90": q["latency_p90_ms"], "target": self.target.name}}
             art.update(int8_manifest_fields(q))
             arts.append(art)
-        write_manifest(d, arts, strategy=self.strategy, target=self.target.to_dict())
+        spec = self.data.get("spec") or {}  # in-memory data (digits, .npz): inputs at their stored size
+        pre = spec.get("preprocess") or ({"input_size": spec["input_shape"], "mean": spec.get("mean"),
+                                          "std": spec.get("std"), "source": spec.get("source")}
+                                         if spec.get("input_shape") else None)
+        write_manifest(d, arts, strategy=self.strategy, target=self.target.to_dict(), preprocess=pre)
 
 
 def int8_manifest_fields(q: dict[str, Any]) -> dict[str, Any]:

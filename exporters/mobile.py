@@ -401,10 +401,16 @@ def onnx_spec(path: str | Path) -> dict[str, Any]:
     return {"opset": opset, "ir_version": int(m.ir_version), "inputs": io_spec(m.graph.input), "outputs": io_spec(m.graph.output)}
 
 
-def write_manifest(directory: str | Path, artifacts: Sequence[Mapping[str, Any]], **extra: Any) -> Path:
+def write_manifest(directory: str | Path, artifacts: Sequence[Mapping[str, Any]], *,
+                   preprocess: Mapping[str, Any] | None = None, **extra: Any) -> Path:
     """Write ``manifest.json`` listing every artifact with its sha256, size in bytes and the
     figures passed in each mapping (``{"file": "student.onnx", "kind": ..., "validation": ..., "latency_ms": ...}``).
-    ONNX files also get their opset and input/output specs."""
+    ONNX files also get their opset and input/output specs.
+
+    ``preprocess`` (key always written; None when unknown): how an image becomes the model's input,
+    for a mobile runtime to reproduce -- ``input_size`` (C, H, W), ``interpolation``, ``resize_size``
+    (one int: the shorter side), ``crop_size``, ``crop_pct``, ``mean``/``std`` of [0, 1] pixels and
+    their ``source`` (``compress.data.Preprocess.to_dict``, issue 17)."""
     d = Path(directory)
     rows = []
     for a in artifacts:
@@ -415,5 +421,6 @@ def write_manifest(directory: str | Path, artifacts: Sequence[Mapping[str, Any]]
         if p.suffix == ".onnx":
             row.update(onnx_spec(p))
         rows.append(row)
-    payload = {"format": "slimforge-manifest/1", **extra, "artifacts": rows}
+    payload = {"format": "slimforge-manifest/1", **extra, "preprocess": None if preprocess is None else dict(preprocess),
+               "artifacts": rows}
     return write_text_atomic(d / "manifest.json", json.dumps(payload, indent=2, default=str))

@@ -61,11 +61,15 @@ AUTO_WORKERS_MIN_IMAGES = 512
 
 def auto_num_workers(num_images: int) -> int:
     """The default ``num_workers`` of an image folder's loaders: ``min(4, os.cpu_count())`` worker
-    processes decode the images, or 0 (in-process) for fewer than :data:`AUTO_WORKERS_MIN_IMAGES`
+    processes decode the images (CPUs: those this process may run on), or 0 (in-process) for fewer than :data:`AUTO_WORKERS_MIN_IMAGES`
     images. In-memory sources (digits, .npz) always use 0."""
     if num_images < AUTO_WORKERS_MIN_IMAGES:
         return 0
-    return max(1, min(4, os.cpu_count() or 1))
+    try:
+        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may run on (taskset, cgroups)
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
 
 
 _PIL_MODE = {1: "L", 3: "RGB"}
@@ -272,6 +276,7 @@ def load_image_folder_task(
     if isinstance(channels, bool) or channels not in _PIL_MODE:
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB) for an image folder, got {channels!r} "
                         "(CLI: --in-chans 1 or 3)")
+    _checked_workers(num_workers, 0)
     if isinstance(calib_samples, bool) or not isinstance(calib_samples, int) or calib_samples < 1:
         raise DataError(f"calib_samples must be a positive int, got {calib_samples!r}")
     own = train_transform is not None or eval_transform is not None
