@@ -21,10 +21,12 @@ from typer.testing import CliRunner
 import compress
 from compress import registry
 from compress.cli import app
-from compress.errors import ConfigError, StrategyError, StrategyPluginError
+from compress.errors import StrategyError, StrategyPluginError
 from compress.serialization import load_student
-from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
 from compress.testing import TinyConvNet
+
+# ---------------------------------------------------------------- the plug-in: only compress.kit
+from compress.kit import ConfigError, Strategy, StrategyContext, StrategyOutput, check_fields  # noqa: E402
 
 NAME = "thin-plugin"
 DIST = types.SimpleNamespace(name="slimforge-thin-plugin", version="0.1")
@@ -35,12 +37,14 @@ class ThinConfig:
     width: int = 4
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.width < 1:
             raise ConfigError(f"width must be at least 1, got {self.width}.")
 
 
 class ThinStrategy(Strategy):
-    """An out-of-tree strategy: the teacher's architecture (a TinyConvNet) at ``width`` channels."""
+    """An out-of-tree strategy: the teacher's architecture (its class, e.g. a TinyConvNet) at
+    ``width`` channels. It imports nothing of slimforge but :mod:`compress.kit`."""
 
     config_cls = ThinConfig
     paper = "a test plugin"
@@ -48,7 +52,7 @@ class ThinStrategy(Strategy):
     def run(self, ctx: StrategyContext) -> StrategyOutput:
         with ctx.phase("finetune"):
             torch.manual_seed(ctx.seed)
-            student = TinyConvNet(num_classes=ctx.model.fc.out_features, width=self.config.width).eval()
+            student = type(ctx.model)(num_classes=ctx.model.fc.out_features, width=self.config.width).eval()
         ctx.log(width=self.config.width)
         return StrategyOutput(student=student, info={"width": self.config.width})
 
