@@ -40,9 +40,10 @@ import torch  # noqa: E402
 from compress.data import load_digits_task  # noqa: E402
 from compress.executors import Executor, RayExecutor, SerialExecutor  # noqa: E402
 from compress.strategies.eg_nas import _PRESETS, EGNASConfig, EGNASSearch, _search_fields  # noqa: E402
-from compress.strategies.gp_prune.evolve import EvolveConfig, evolve_metric  # noqa: E402
-from compress.strategies.gp_prune import tasks as gp_tasks  # noqa: E402
-from compress.strategies.gp_prune.tasks import TaskFitness  # noqa: E402
+from compress.evolution import fitness  # noqa: E402
+from compress.evolution.config import EvolveConfig  # noqa: E402
+from compress.evolution.evolve import evolve_metric  # noqa: E402
+from compress.evolution.fitness import TaskFitness  # noqa: E402
 from compress.testing.workers import slow_square  # noqa: E402
 
 
@@ -97,7 +98,7 @@ def main() -> None:
     baseline_s = time.perf_counter() - t0
     print(f"GP task baselines cached in {baseline_s:.1f} s", flush=True)
     # every timed run loads the cached baselines from disk itself: the serial run once, each Ray worker once
-    gp_tasks._PREPARED.clear()
+    fitness._PREPARED.clear()
 
     serial = SerialExecutor()
     gp_s, gp_s_res = run_gp(serial, gp_cfg, args.seed, cache, work / "gp_serial")

@@ -31,8 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_outputs  # noqa: E402
 
-from compress.strategies.gp_prune.evolve import EvolveConfig, evolve_metric, process_map  # noqa: E402
-from compress.strategies.gp_prune.metrics import METRICS  # noqa: E402
+from compress.evolution.config import EvolveConfig  # noqa: E402
+from compress.evolution.evolve import evolve_metric, process_map  # noqa: E402
+from compress.evolution.metrics import METRICS  # noqa: E402
 
 
 def _progress(phase: str, done: int, total: int, info: dict) -> None:

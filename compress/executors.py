@@ -61,7 +61,7 @@ class Executor(abc.ABC):
 
     Subclasses implement :meth:`map`; :meth:`close` releases workers (idempotent). An executor is
     a context manager and is also callable as ``executor(fn, items)`` (the ``map_fn`` contract
-    of :func:`~compress.strategies.gp_prune.evolve.evolve_metric`).
+    of :func:`~compress.evolution.evolve.evolve_metric`).
     """
 
     name: ClassVar[str] = ""

@@ -304,3 +304,70 @@ def test_strategies_never_import_the_api_result_or_serialization():
                 hit = sorted(_imported_modules(node, module, is_pkg, modules) & set(FORBIDDEN_IN_STRATEGIES))
                 bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {m}" for m in hit]
     assert not bad, "strategies import modules above them:\n" + "\n".join(bad)
+
+
+def _imports_matching(package: str, forbidden: tuple[str, ...], allowed: frozenset[str] = frozenset()) -> list[str]:
+    """``path:line imports module`` for every import (at any level, TYPE_CHECKING blocks included) in
+    the modules of ``package`` of a project module equal to or under one of ``forbidden``, except
+    the modules in ``allowed``."""
+    modules = _project_modules()
+    bad = []
+    for module, (path, is_pkg) in sorted(modules.items()):
+        if module != package and not module.startswith(package + "."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in sorted(_imported_modules(node, module, is_pkg, modules) - allowed):
+                    if any(target == f or target.startswith(f + ".") for f in forbidden):
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {target}")
+    return bad
+
+
+#: the one module of compress.strategies the evolution may import: the generic check of a config
+#: dataclass's fields (it imports only compress.errors); everything else of the strategies is above
+#: the evolution (gp-prune imports compress.evolution.metrics, never the reverse)
+EVOLUTION_MAY_IMPORT = frozenset({"compress.strategies._parts.config_fields"})
+
+
+def test_evolution_never_imports_the_strategies_api_or_cli():
+    """compress.evolution (GP evolution of pruning metrics) sits below the gp-prune strategy and the
+    API: it never imports compress.strategies (but its config-field check), compress.api, compress.cli."""
+    assert (ROOT / "compress" / "evolution" / "__init__.py").exists()
+    bad = _imports_matching("compress.evolution", ("compress.strategies", "compress.api", "compress.cli"),
+                            EVOLUTION_MAY_IMPORT)
+    assert not bad, "compress.evolution imports modules above it:\n" + "\n".join(bad)
+
+
+def test_kit_never_imports_the_api_cli_result_or_serialization():
+    """The plug-in kit (compress.kit) is what out-of-tree strategies import; like the strategies it
+    sits below compress.api, compress.cli, compress.result and compress.serialization."""
+    assert (ROOT / "compress" / "kit" / "__init__.py").exists()
+    bad = _imports_matching("compress.kit", ("compress.api", "compress.cli", "compress.result",
+                                             "compress.serialization"))
+    assert not bad, "compress.kit imports modules above it:\n" + "\n".join(bad)
+
+
+def test_import_checker_sees_a_forbidden_import(tmp_path, monkeypatch):
+    """The matcher used by the two tests above: prefixes match whole module names, allowed ones pass."""
+    for folder in ("budgets", "profiling", "exporters"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "compress" / "evolution").mkdir(parents=True)
+    (tmp_path / "compress" / "strategies" / "_parts").mkdir(parents=True)
+    files = {
+        "compress/__init__.py": "", "compress/api.py": "", "compress/apix.py": "",
+        "compress/strategies/__init__.py": "", "compress/strategies/_parts/__init__.py": "",
+        "compress/strategies/_parts/config_fields.py": "", "compress/strategies/base.py": "",
+        "compress/evolution/__init__.py": "",
+        "compress/evolution/a.py": ("from compress.strategies._parts.config_fields import check_fields\n"
+                                    "import compress.apix\n"
+                                    "def f():\n    from compress.strategies.base import Strategy\n"),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "_project_modules", lambda root=tmp_path: _PROJECT_MODULES(root))
+    bad = _imports_matching("compress.evolution", ("compress.strategies", "compress.api"), EVOLUTION_MAY_IMPORT)
+    assert bad == ["compress/evolution/a.py:4 imports compress.strategies.base"]
+
+
+_PROJECT_MODULES = _project_modules

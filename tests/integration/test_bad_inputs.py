@@ -31,7 +31,7 @@ from compress.exporters import ExportError, OnnxValidationError, export_onnx, va
 from compress.models import load_model
 from compress.profiling import TargetError
 from compress.serialization import load_student
-from compress.strategies.gp_prune.metrics import MetricError
+from compress.evolution.metrics import MetricError
 from compress.testing import HiddenStateNet, NoClassifierNet, TinyConvNet
 
 FAST = {"epochs": 0, "bisection_steps": 2, "calib_samples": 32}

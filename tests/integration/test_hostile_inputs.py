@@ -696,7 +696,7 @@ def test_demo_checks_its_config_before_training_the_teacher(tmp_path, private_tm
                                       "compress.strategies.grow.strategy:GrowConfig",
                                       "compress.strategies.eg_nas.config:EGNASConfig",
                                       "compress.strategies.darts_gal.config:DartsGalConfig",
-                                      "compress.strategies.gp_prune.evolve:EvolveConfig"])
+                                      "compress.evolution.config:EvolveConfig"])
 def test_every_config_class_checks_types_and_ranges(cls_path):
     """A string for a number, 1 for a bool, True for an int, NaN, and a negative learning rate."""
     import dataclasses

@@ -38,11 +38,11 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from compress.models import apply_widths, describe_widths
-from compress.strategies.gp_prune import tasks as tk
 from compress.strategies.gp_prune.features import collect_feature_maps
 from compress.strategies.gp_prune.importance import TreeImportance
-from compress.strategies.gp_prune.metrics import METRICS, REFERENCES, ChannelOperands, get_metric, reference_score
-from compress.strategies.gp_prune.trees import score_tree, validity_operands
+from compress.evolution import engine, tasks
+from compress.evolution.metrics import METRICS, REFERENCES, ChannelOperands, get_metric, reference_score
+from compress.evolution.trees import score_tree, validity_operands
 from compress.testing import TinyConvNet
 
 META = torch.device("meta")
@@ -186,19 +186,19 @@ def test_channel_operands_from_a_layer_without_bn_take_the_weights_device():
 
 
 def test_gp_task_scoring_and_surgery_create_nothing_without_a_device():
-    spec = tk.PROFILES["tiny"][0]  # LeNet-5: conv -> conv -> flatten -> linear (the H x W column blocks)
+    spec = tasks.PROFILES["tiny"][0]  # LeNet-5: conv -> conv -> flatten -> linear (the H x W column blocks)
     torch.manual_seed(0)
-    net = tk.build_net(spec, (1, 16, 16), 10).eval()
+    net = engine.build_net(spec, (1, 16, 16), 10).eval()
     x, y = torch.randn(12, 1, 16, 16), torch.arange(12) % 3
     metric = get_metric("fisher")
 
     def prune_every_unit() -> None:
         for i in range(len(net.units)):
-            ops = tk.channel_operands(net, i, x, y, spec.max_map_hw)
-            scores = tk.score_channels(metric, ops, chunk=7)
-            keep = torch.sort(tk.removal_order(scores)[2:]).values
-            tk.mask_channels(net, i, keep)
-            tk.prune_unit(net, i, keep)
+            ops = engine.channel_operands(net, i, x, y, spec.max_map_hw)
+            scores = engine.score_channels(metric, ops, chunk=7)
+            keep = torch.sort(engine.removal_order(scores)[2:]).values
+            engine.mask_channels(net, i, keep)
+            engine.prune_unit(net, i, keep)
 
     _run(prune_every_unit, stray="meta", default_device=META)
     assert _devices(net) == {torch.device("cpu")}

@@ -75,7 +75,7 @@ def test_the_walk_covers_every_layer(project_exceptions):
                      "compress.errors.TimeLimitError", "compress.budgets.errors.BudgetError",
                      "compress.budgets.errors.CostError", "compress.profiling.errors.ProfilingError",
                      "compress.exporters.errors.ExportError", "compress._strict_json.NonFiniteError",
-                     "compress.strategies.gp_prune.trees.MetricError", "compress.signals.Terminated"):
+                     "compress.evolution.primitives.MetricError", "compress.signals.Terminated"):
         assert expected in names, f"{expected} not found by the module walk: {sorted(names)}"
 
 
@@ -114,7 +114,7 @@ def test_each_error_keeps_its_builtin(cls, builtin):
 
 def test_metric_and_non_finite_errors():
     from compress._strict_json import NonFiniteError, loads_strict
-    from compress.strategies.gp_prune.metrics import MetricError
+    from compress.evolution.metrics import MetricError
 
     assert issubclass(MetricError, CompressError) and issubclass(MetricError, ValueError)
     assert issubclass(NonFiniteError, SlimforgeError) and issubclass(NonFiniteError, ValueError)
@@ -165,7 +165,7 @@ def _invoke(args: list[str]):
 
 
 def _metric_error():
-    from compress.strategies.gp_prune.metrics import MetricError
+    from compress.evolution.metrics import MetricError
 
     return MetricError("bad metric tree; fix it")
 
@@ -233,7 +233,7 @@ def test_measure_resume_and_evolve_metric_exit_2_on_a_slimforge_error(tmp_path, 
     res = _invoke(["resume", str(tmp_path / "nothing-here")])
     assert "has no run_args.json" in _one_error_line(res, "CheckpointError")
 
-    import compress.strategies.gp_prune.evolve as evolve
+    import compress.evolution.evolve as evolve
 
     def metric_fails(*args, **kwargs):
         raise _metric_error()

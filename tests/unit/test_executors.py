@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from compress.errors import ConfigError, ExecutorError
 from compress.executors import Executor, ProcessExecutor, RayExecutor, SerialExecutor, make_executor
 from compress.strategies.eg_nas import EGNASConfig, EGNASSearch
-from compress.strategies.gp_prune.evolve import EvolveConfig, ProcessMap, evolve_metric, process_map
+from compress.evolution.config import EvolveConfig
+from compress.evolution.evolve import ProcessMap, evolve_metric, process_map
 from compress.testing.workers import KillOnce, fail_on_three, seeded_draw, slow_square, square_and_pid
 
 ray = pytest.importorskip("ray")  # the test extra installs it; without it only these tests skip

@@ -15,20 +15,12 @@ import pytest
 import torch
 
 from compress.errors import ConfigError
-from compress.strategies.gp_prune import evolve as ev
-from compress.strategies.gp_prune import tasks as tk
-from compress.strategies.gp_prune.evolve import (
-    EvolveConfig,
-    Individual,
-    combine_fitness,
-    disjoint_tournaments,
-    evolve_metric,
-    process_map,
-    readable_formula,
-    select_parents,
-)
-from compress.strategies.gp_prune.metrics import METRICS, SOAP, PruningMetric
-from compress.strategies.gp_prune.trees import is_valid, parse_tree
+from compress.evolution import breeding, engine, fitness, tasks
+from compress.evolution.breeding import Breeder, Individual, disjoint_tournaments, select_parents
+from compress.evolution.config import EvolveConfig, combine_fitness
+from compress.evolution.evolve import evolve_metric, process_map
+from compress.evolution.metrics import METRICS, SOAP, PruningMetric
+from compress.evolution.trees import is_valid, parse_tree, readable_formula
 from compress.training import Runtime, RuntimeOptions
 from compress.training.data import flip_crop
 
@@ -48,7 +40,7 @@ class CountingFitness:
     """SyntheticFitness that records every tree it is asked to evaluate."""
 
     def __init__(self) -> None:
-        self.inner = tk.SyntheticFitness()
+        self.inner = fitness.SyntheticFitness()
         self.calls: list[str] = []
 
     def __call__(self, item):
@@ -114,7 +106,7 @@ def test_disjoint_tournaments_cover_everyone_once():
 
 def test_variation_with_repair_keeps_population_valid_and_full():
     cfg = EvolveConfig(tasks="synthetic")  # paper sizes: 40 = 10 + 24 + 6
-    breeder = ev._Breeder(cfg)
+    breeder = Breeder(cfg)
     random.seed(0)
     pop = breeder.init_population()
     assert len(pop) == 40 and sum(i.origin == "soap" for i in pop) == 20
@@ -134,9 +126,9 @@ def test_variation_with_repair_keeps_population_valid_and_full():
 
 def test_repair_is_bounded_and_falls_back_to_soap(monkeypatch):
     soap = set(SOAP.values())
-    monkeypatch.setattr(ev, "is_valid", lambda tree: str(tree) in soap)  # every varied tree is "invalid"
+    monkeypatch.setattr(breeding, "is_valid", lambda tree: str(tree) in soap)  # every varied tree is "invalid"
     cfg = EvolveConfig.preset("synthetic", max_repair_tries=3, cx_prob=1.0, mut_prob=1.0, fresh_soap_prob=0.0)
-    breeder = ev._Breeder(cfg)
+    breeder = Breeder(cfg)
     random.seed(1)
     pop = breeder.init_population()
     for ind in pop:
@@ -238,10 +230,10 @@ def test_serial_and_process_map_identical(tmp_path):
 
 
 def _tiny_net(spec_name: str):
-    spec = {"A": tk.PROFILES["tiny"][0], "B": tk.PROFILES["tiny"][1]}[spec_name]
+    spec = {"A": tasks.PROFILES["tiny"][0], "B": tasks.PROFILES["tiny"][1]}[spec_name]
     shape = (1, 16, 16) if spec.dataset == "digits" else (3, 16, 16)
     torch.manual_seed(0)
-    net = tk.build_net(spec, shape, 10).eval()
+    net = engine.build_net(spec, shape, 10).eval()
     for m in net.modules():  # non-trivial BN statistics
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -257,8 +249,8 @@ def test_masked_and_sliced_nets_agree(which):
     g = torch.Generator().manual_seed(1)
     for i, w in enumerate(net.widths):
         keep = torch.sort(torch.randperm(w, generator=g)[: max(1, w // 2)]).values
-        tk.prune_unit(net, i, keep)
-        tk.mask_channels(masked, i, keep)
+        engine.prune_unit(net, i, keep)
+        engine.mask_channels(masked, i, keep)
     assert net.widths == tuple(max(1, w // 2) for w in spec.widths)
     with torch.no_grad():
         torch.testing.assert_close(net(x), masked(x), rtol=1e-5, atol=1e-6)
@@ -267,19 +259,19 @@ def test_masked_and_sliced_nets_agree(which):
 def test_lowest_scored_channels_are_removed_and_chunking_is_exact():
     spec, net, x = _tiny_net("B")
     y = torch.arange(len(x)) % 3
-    ops = tk.channel_operands(net, 3, x, y, spec.max_map_hw)
+    ops = engine.channel_operands(net, 3, x, y, spec.max_map_hw)
     metric = PruningMetric.from_string(METRICS["fisher"])
     scores = metric.score(ops)
-    torch.testing.assert_close(tk.score_channels(metric, ops, chunk=5), scores, rtol=0, atol=0)
+    torch.testing.assert_close(engine.score_channels(metric, ops, chunk=5), scores, rtol=0, atol=0)
     r = spec.schedule[3][0]
-    order = tk.removal_order(scores)
+    order = engine.removal_order(scores)
     keep = torch.sort(order[r:]).values
     before = net.units[3].layer.weight.detach().clone()
-    tk.prune_unit(net, 3, keep)
+    engine.prune_unit(net, 3, keep)
     removed = set(range(spec.widths[3])) - set(keep.tolist())
     assert max(scores[list(removed)]) <= min(scores[keep])  # exactly the r lowest
     torch.testing.assert_close(net.units[3].layer.weight, before[keep])
-    assert tk.removal_order(torch.tensor([1.0, 0.0, 1.0, 0.0])).tolist() == [1, 3, 0, 2]  # stable ties
+    assert engine.removal_order(torch.tensor([1.0, 0.0, 1.0, 0.0])).tolist() == [1, 3, 0, 2]  # stable ties
 
 
 def _reference_train(net, data, *, lr, epochs, batch_size, seed, milestones, gamma):
@@ -304,7 +296,7 @@ def _reference_train(net, data, *, lr, epochs, batch_size, seed, milestones, gam
             loss.backward()
             opt.step()
             it += 1
-        acc = tk.accuracy(net, data.x_val, data.y_val)
+        acc = fitness.accuracy(net, data.x_val, data.y_val)
         if acc > best:
             best, best_state = acc, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
@@ -312,19 +304,19 @@ def _reference_train(net, data, *, lr, epochs, batch_size, seed, milestones, gam
 
 
 def test_task_training_runs_on_fit_and_matches_the_hand_written_loop(monkeypatch):
-    spec = tk.PROFILES["tiny"][1]  # VGG-4 with BN, SGD with the step schedule
-    full = tk.load_splits(spec, 0)
-    data = tk.Splits(full.x_train[:200], full.y_train[:200], full.x_val, full.y_val, full.x_fit, full.y_fit,
+    spec = tasks.PROFILES["tiny"][1]  # VGG-4 with BN, SGD with the step schedule
+    full = tasks.load_splits(spec, 0)
+    data = tasks.Splits(full.x_train[:200], full.y_train[:200], full.x_val, full.y_val, full.x_fit, full.y_fit,
                      full.num_classes)
     plans = []
-    real_fit = tk.fit
-    monkeypatch.setattr(tk, "fit", lambda plan, loader, **kw: plans.append(plan) or real_fit(plan, loader, **kw))
+    real_fit = fitness.fit
+    monkeypatch.setattr(fitness, "fit", lambda plan, loader, **kw: plans.append(plan) or real_fit(plan, loader, **kw))
     kw = dict(lr=0.05, epochs=3, batch_size=32, seed=5, milestones=(0.4, 0.8), gamma=0.28)
 
     def trained(runtime):
         torch.manual_seed(0)
-        net = tk.build_net(spec, data.input_shape, data.num_classes)
-        acc = tk.train_epochs(net, data, optimizer="sgd", weight_decay=1e-3, schedule="step", augment="flip-crop",
+        net = engine.build_net(spec, data.input_shape, data.num_classes)
+        acc = fitness.train_epochs(net, data, optimizer="sgd", weight_decay=1e-3, schedule="step", augment="flip-crop",
                               runtime=runtime, **kw)
         return net, acc
 
@@ -334,7 +326,7 @@ def test_task_training_runs_on_fit_and_matches_the_hand_written_loop(monkeypatch
     total = 3 * math.ceil(200 / 32)
     assert [plans[0].lr_factor(i) for i in (0, int(0.4 * total), total - 1)] == [1.0, 0.28, 0.28**2]
     torch.manual_seed(0)
-    ref = tk.build_net(spec, data.input_shape, data.num_classes)
+    ref = engine.build_net(spec, data.input_shape, data.num_classes)
     assert acc == _reference_train(ref, data, **kw)  # same batches, schedule and kept epoch, bit for bit
     for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), name
@@ -348,16 +340,16 @@ def test_task_training_runs_on_fit_and_matches_the_hand_written_loop(monkeypatch
 
 
 def test_tiny_real_task_evaluation(tmp_path):
-    fit = tk.TaskFitness("tiny", run_seed=0, cache_dir=str(tmp_path))
+    fit = fitness.TaskFitness("tiny", run_seed=0, cache_dir=str(tmp_path))
     info = fit.prepare()
-    assert [i["widths_after"] for i in info] == [list(s.pruned_widths) for s in tk.PROFILES["tiny"]]
+    assert [i["widths_after"] for i in info] == [list(s.pruned_widths) for s in tasks.PROFILES["tiny"]]
     assert all(i["macs_after"] < 0.7 * i["macs_before"] for i in info)
     r1 = fit((SOAP["l1"], 7))
     r2 = fit((SOAP["l1"], 7))
     assert r1["error"] is None and r1["acc"] == r2["acc"]  # deterministic for the same (tree, seed)
     assert all(0.0 < a <= 1.0 for a in r1["acc"])
-    assert [t["widths"] for t in r1["tasks"]] == [list(s.pruned_widths) for s in tk.PROFILES["tiny"]]
+    assert [t["widths"] for t in r1["tasks"]] == [list(s.pruned_widths) for s in tasks.PROFILES["tiny"]]
     bad = fit(("sum_g(F", 7))
     assert bad["acc"] == [0.0, 0.0] and "MetricError" in bad["error"]
-    again = tk.prepare_task(tk.PROFILES["tiny"][0], 0, tmp_path)  # the baseline comes from the cache
+    again = fitness.prepare_task(tasks.PROFILES["tiny"][0], 0, tmp_path)  # the baseline comes from the cache
     assert again.info["cached"] is True

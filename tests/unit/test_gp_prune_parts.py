@@ -11,7 +11,7 @@ from torch import nn
 
 from compress.strategies._parts.channel_rounding import candidate_widths, plan_fixed_widths
 from compress.strategies.gp_prune.importance import TreeImportance
-from compress.strategies.gp_prune.metrics import MetricError, get_metric
+from compress.evolution.metrics import MetricError, get_metric
 from compress.strategies.gp_prune.strategy import MagnitudeBaseline, prune_uniform, resolve_metric
 from compress.testing import TinyConvNet, TinyResidualNet
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from deap import gp
 
-from compress.strategies.gp_prune import metrics, trees
-from compress.strategies.gp_prune.metrics import (
+from compress.evolution import metrics, primitives, trees
+from compress.evolution.metrics import (
     SOAP,
     XI_STAR,
     ChannelOperands,
@@ -23,7 +23,8 @@ from compress.strategies.gp_prune.metrics import (
     list_metrics,
     reference_score,
 )
-from compress.strategies.gp_prune.trees import PSET, compile_tree, is_valid
+from compress.evolution.primitives import PSET
+from compress.evolution.trees import compile_tree, is_valid
 
 LABEL_AWARE = ["di", "mmd", "abs_snr", "t_test", "fisher", "sym_div", "xi_star", "xi_star_ref", "xi_1", "xi_2"]
 
@@ -339,7 +340,7 @@ def test_operator_semantics():
     assert run("matmul(mean_s(F), matmul(tran(F), F))", F=m).shape == (1, 3)
     # ridge adds rho I to a square matrix, protected sqrt, slice(B) = gamma, count_s = samples
     s = run("ridge(matmul(tran(F), F))", F=m)
-    assert torch.allclose(s - m[0].T @ m[0], trees.RIDGE * torch.eye(3, dtype=torch.float64))
+    assert torch.allclose(s - m[0].T @ m[0], primitives.RIDGE * torch.eye(3, dtype=torch.float64))
     assert torch.equal(run("sqrt(F)", F=-a), a.sqrt())
     bn = torch.tensor([[0.5, 1.0, 2.0, 3.0], [-2.0, 0, 0, 1]], dtype=torch.float64)
     assert torch.equal(run("slice(B)", B=bn), bn[:, 0])

@@ -24,7 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.strategies.gp_prune.metrics import ChannelOperands, PruningMetric
+from compress.evolution.metrics import ChannelOperands, PruningMetric
 
 __all__ = ["TreeImportance"]
 

@@ -2,8 +2,8 @@
 
 Source: Liu et al., GECCO'22 (paper 001) -- Eq. 3 (xi*), supplementary Sec. 9.2 (SOAP,
 the "state-of-the-art population"), Sec. 12 (extra evolved functions) -- and
-ALGORITHMS.md section 2(b). Tree semantics (operators, shapes, the uni-tree class loop)
-are defined and documented in :mod:`compress.strategies.gp_prune.trees`.
+``docs/algorithms/gp-prune.md``. Tree semantics (operators, shapes, the uni-tree class loop)
+are defined and documented in :mod:`compress.evolution.trees`.
 
 Registered metrics (:func:`list_metrics`):
 
@@ -13,10 +13,10 @@ Registered metrics (:func:`list_metrics`):
   in the three denominators of Symmetric Divergence. DI uses ``inv(ridge(S_F))`` with
   ``S_F = (F - mean_s F)^T (F - mean_s F)`` (``ridge`` = +1e-4 I). MMD is the biased
   estimate of Sec. 9.2 with the ``rbf`` kernel ``exp(-||a - b||^2 / D)``
-  (:mod:`~compress.strategies.gp_prune.trees` explains the bandwidth).
+  (:mod:`~compress.evolution.primitives` explains the bandwidth).
   ``l1, l2, bn_scale, fpgm`` are labelless (filter / BN operands only); ``di, mmd,
   abs_snr, t_test, fisher, sym_div`` are label-aware uni-trees.
-* ``xi_star`` -- Eq. 3 with every denominator ridged by +0.05 (ALGORITHMS 2(b).6), with
+* ``xi_star`` -- Eq. 3 with every denominator ridged by +0.05 (docs/algorithms/gp-prune.md, choice 6), with
   ``f-bar = mean_s(F)`` and the all-ones vector realised by broadcasting a scalar over the
   D entries of ``f-bar``::
 
@@ -46,16 +46,8 @@ from collections.abc import Callable
 import torch
 from deap import gp
 
-from compress.strategies.gp_prune.trees import (
-    RIDGE,
-    RIDGE5,
-    ChannelOperands,
-    CompiledTree,
-    MetricError,
-    compile_tree,
-    parse_tree,
-    score_tree,
-)
+from compress.evolution.primitives import RIDGE, RIDGE5, ChannelOperands, MetricError
+from compress.evolution.trees import CompiledTree, compile_tree, parse_tree, score_tree
 
 __all__ = [
     "ChannelOperands",
