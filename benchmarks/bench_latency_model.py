@@ -16,7 +16,7 @@ the conv), builds a pool of pruned variants with Torch-Pruning L1 at exact width
 
 All variants are timed end to end together, round-robin (``measure_interleaved``), so load drift
 on a shared machine cannot favour calibration over held-out networks. The model
-(:class:`compress.profiling.latency_model.LatencyModel`) is calibrated on the uniform variants at
+(:class:`_latency_model_fit.LatencyModel`, ``benchmarks/_latency_model_fit.py``) is calibrated on the uniform variants at
 ratios 0.0, 0.1, ..., 0.8 of every architecture and evaluated on all the others (odd uniform
 ratios and every random variant). Reported: each held-out variant, and the distribution of the
 absolute relative error (target: within 15%), against the median of the per-round medians (the
@@ -39,16 +39,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_outputs  # noqa: E402
+from _latency_model_fit import LatencyModel, error_summary  # noqa: E402
 
 from compress.api import library_versions  # noqa: E402
 from compress.models import load_model, pad_shortcuts_to_conv  # noqa: E402
 from compress.profiling import Target  # noqa: E402
-from compress.profiling.latency_model import (  # noqa: E402
-    LatencyModel,
-    LayerLatencyTable,
-    error_summary,
-    measure_interleaved,
-)
+from compress.profiling.latency_model import LayerLatencyTable, measure_interleaved  # noqa: E402
 from compress.strategies._parts.channel_rounding import _prunable_groups  # noqa: E402
 from compress.strategies.gp_prune.strategy import MagnitudeBaseline, find_classifier, prune_uniform  # noqa: E402
 
