@@ -98,10 +98,13 @@ class GPPruneConfig:
         bisection_steps: the most probes of the ratio search after its two ends (each probe prunes a
             copy and measures it against the budget).
         budget_tolerance: the search stops at the first candidate that meets the budget using at
-            least ``1 - budget_tolerance`` of its tightest limit (0.01: within 1% of the limit), and
-            it then picks its probes by safeguarded interpolation (Illinois regula falsi on the
-            tightest limit's usage) instead of halving; 0 gives the plain bisection of all
-            ``bisection_steps`` (issue 17: 12 probes of about 30 s each for a resnet50 at 224x224).
+            least ``1 - budget_tolerance`` of its tightest limit (0.01: within 1% of the limit), or
+            once the bracket is so narrow that the usage, at its mean slope over the range, changes
+            by under half the tolerance across it (channel rounding makes the cost jump between
+            snapped widths: no probe inside such a bracket gets closer), and it picks its probes
+            by safeguarded interpolation (Illinois regula falsi on the tightest limit's usage)
+            instead of halving; 0 gives the plain bisection of all ``bisection_steps`` (issue 17:
+            12 probes of about 30 s each for a resnet50 at 224x224).
         channel_rounding: "measured" (default): each group's kept width is snapped to the most
             efficient nearby width measured on the target (``_parts/channel_rounding.py``);
             "fixed": kept widths rounded up to a multiple of ``round_to``; "off": exact
@@ -812,10 +815,16 @@ class GPPrune(Strategy):
         # the tightest limit's usage (actual / limit) at both ends, for the interpolation (Illinois)
         f_lo, f_hi, kept_side = _usage(ctx.budget, check0), _usage(ctx.budget, check_hi), None
         used_best, target = f_hi, 1.0 - 0.5 * tol
+        # the usage's mean slope over [0, hi]: a bracket narrower than tol / (2 * slope) cannot hold a
+        # candidate much closer to the limit, unless the cost jumps there (widths snapped by channel
+        # rounding), and then no probe inside it gets closer either
+        slope = (f_lo - f_hi) / hi if f_lo is not None and f_hi is not None and hi > 0 else 0.0
         ctx.progress("bisection", 0, cfg.bisection_steps, {})
         for step in range(cfg.bisection_steps):
             if tol > 0 and used_best is not None and used_best >= 1.0 - tol:
                 break  # the best candidate is within the tolerance of its limit
+            if tol > 0 and slope > 0 and (hi - lo) * slope <= 0.5 * tol:
+                break  # the bracket is narrower than the tolerance
             mid = 0.5 * (lo + hi)
             if tol > 0 and f_lo is not None and f_hi is not None and f_lo > f_hi:
                 frac = min(max((f_lo - target) / (f_lo - f_hi), 0.02), 0.98)
