@@ -194,7 +194,9 @@ def test_l1_drives_masks_down_and_sparsity_grows_with_lambda():
     ds = _toy(64)
     zeros, l1 = [], []
     for lam in (1e-2, 0.5, 1.0):
-        s = GALSettings(epochs=2, batch_size=16, n_critic=1, mask_step=1, mask_lr=0.05, lam=lam, grad_clip=5.0, seed=0)
+        # the paper's absolute ||m||_1 (mask_scale="free"); the per-cell scale is tested in test_gal_lambda.py
+        s = GALSettings(epochs=2, batch_size=16, n_critic=1, mask_step=1, mask_lr=0.05, lam=lam, grad_clip=5.0, seed=0,
+                        mask_scale="free")
         res = GALTrainer(base, ds, 3, s).run()
         flat = [v for row in res.masks for v in row]
         assert min(flat) >= 0.0

@@ -17,6 +17,7 @@ from compress.strategies.darts_gal.gal import (
     data_loss,
     discriminator_loss,
     generator_adv_loss,
+    mask_penalty,
     soft_threshold,
 )
 from compress.strategies.darts_gal.prune import (
@@ -28,10 +29,10 @@ from compress.strategies.darts_gal.prune import (
     prune_network,
 )
 from compress.strategies.darts_gal.search import DartsSearch
-from compress.strategies.darts_gal.strategy import DartsGal
+from compress.strategies.darts_gal.strategy import DartsGal, budget_ratio, node_latency_weights
 
 __all__ = [
     "DartsGal", "DartsGalConfig", "DartsSearch", "Discriminator", "GALSettings", "GALTrainer", "MaskFISTA",
-    "attach_masks", "data_loss", "discriminator_loss", "generator_adv_loss", "soft_threshold", "CellKeep",
+    "attach_masks", "data_loss", "mask_penalty", "budget_ratio", "node_latency_weights", "discriminator_loss", "generator_adv_loss", "soft_threshold", "CellKeep",
     "kept_nodes", "prune_network", "nodes_kept_rows", "nodes_kept_markdown", "draw_genotype",
 ]

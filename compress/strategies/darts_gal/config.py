@@ -84,11 +84,30 @@ class DartsGalConfig:
             or None for PyTorch's default init.
         d_lr, d_momentum, d_weight_decay: SGD on the discriminator.
         mu: weight of the data loss (Eq. 6, ``(1/2n) sum ||f_b - f_g||^2``).
-        sparse_lambda: lambda of ``R_lambda(s) = lambda ||s||_1`` (not given by the paper; GAL's
-            0.6 for ResNet block masks refers to its unnormalised loss). 0.1 with
-            ``data_scale="baseline"`` removes about half of the nodes of a 5-cell digits stack in
-            30 generator steps; the transition is sharp (0.05: none, 0.1: half), so check the
-            nodes-kept table or use ``lambda_sweep``.
+        sparse_lambda: lambda of ``R_lambda(s) = lambda ||s||_1`` (GAL Eq. 7; not given by the
+            paper; GAL's 0.6 for ResNet block masks refers to its unnormalised loss). None (default):
+            the strategy searches lambda toward the budget (``lambda_search_*``, issue 18); a number
+            fixes it (no search).
+        mask_scale: ``"cell"`` (default): every cell's masks are divided by their max after each
+            proximal step, so the L1 term removes nodes that are weak *relative to their cell*
+            (see :meth:`~compress.strategies.darts_gal.gal.GALTrainer.fix_mask_scale`: without it
+            the BatchNorm after every cell makes the masks of a cell fall to 0 together, and the
+            removed-node count jumped 0 -> 15 of 20 between lambda 0.05 and 0.1 on digits);
+            ``"free"``: the paper's absolute ``||m||_1``.
+        lambda_search_probes: at most this many GAL probes of the lambda search (>= 1, default 6).
+        lambda_search_start: the first lambda probed (> 0); the bracket grows or shrinks by
+            ``lambda_growth`` until the budget is bracketed, then bisects geometrically.
+        lambda_search_tolerance: a probe is accepted when its binding budget ratio
+            (cost / limit, the largest over the budget's limits) lies in ``[1 - tol, 1]`` (0.1).
+        lambda_probe_epochs: GAL epochs of one probe (None: ``gal_epochs``, and the accepted probe
+            is the GAL result; fewer: the chosen lambda is then run for ``gal_epochs``).
+        objective: ``"auto"`` (default): latency-weighted masks when the budget names latency, plain
+            L1 otherwise; ``"latency"``: always latency-weighted; ``"size"``: never. Latency-weighted:
+            node j's L1 weight is its predicted latency (the target's per-layer table, summed over the
+            convs of its in-edges) divided by the mean over nodes, floored at
+            ``latency_weight_floor`` (issue 18, part 4).
+        latency_weight_floor: the smallest weight, as a fraction of the mean (0.05): a node of only
+            skips and pools costs no conv time but still some.
         lambda_sweep: optional lambdas tried from the same baseline (ALGORITHMS.md §3(c)); the one
             whose removed-node fraction is closest to ``target_prune_fraction`` (within the
             budget) wins; empty = ``sparse_lambda`` only.
@@ -175,7 +194,14 @@ class DartsGalConfig:
     d_momentum: float = 0.9
     d_weight_decay: float = 2e-4
     mu: float = 1.0
-    sparse_lambda: float = 0.1
+    sparse_lambda: float | None = None
+    mask_scale: str = "cell"
+    lambda_search_probes: int = 6
+    lambda_search_start: float = 0.3
+    lambda_search_tolerance: float = 0.1
+    lambda_probe_epochs: int | None = None
+    objective: str = "auto"
+    latency_weight_floor: float = 0.05
     lambda_sweep: tuple[float, ...] = ()
     target_prune_fraction: float = 0.5
     mask_lr: float = 0.01
@@ -269,7 +295,20 @@ class DartsGalConfig:
         need(self.d_activation in ("none", "relu"),
              f"d_activation must be 'none' or 'relu', got {self.d_activation!r}.")
         need(all(h >= 1 for h in self.d_hidden), f"d_hidden sizes must be >= 1, got {self.d_hidden}.")
-        need(self.sparse_lambda >= 0, f"sparse_lambda must be >= 0, got {self.sparse_lambda}.")
+        need(self.sparse_lambda is None or self.sparse_lambda >= 0,
+             f"sparse_lambda must be None (searched) or >= 0, got {self.sparse_lambda}.")
+        need(self.mask_scale in ("cell", "free"), f"mask_scale must be 'cell' or 'free', got {self.mask_scale!r}.")
+        need(is_int(self.lambda_search_probes) and self.lambda_search_probes >= 1,
+             f"lambda_search_probes must be an int >= 1, got {self.lambda_search_probes!r}.")
+        need(self.lambda_search_start > 0, f"lambda_search_start must be > 0, got {self.lambda_search_start}.")
+        need(0.0 < self.lambda_search_tolerance < 1.0,
+             f"lambda_search_tolerance must be in (0, 1), got {self.lambda_search_tolerance}.")
+        need(self.lambda_probe_epochs is None or (is_int(self.lambda_probe_epochs) and self.lambda_probe_epochs >= 1),
+             f"lambda_probe_epochs must be None or an int >= 1, got {self.lambda_probe_epochs!r}.")
+        need(self.objective in ("auto", "latency", "size"),
+             f"objective must be 'auto', 'latency' or 'size', got {self.objective!r}.")
+        need(0.0 <= self.latency_weight_floor <= 1.0,
+             f"latency_weight_floor must be in [0, 1], got {self.latency_weight_floor}.")
         need(all(v >= 0 for v in self.lambda_sweep), f"lambda_sweep values must be >= 0, got {self.lambda_sweep}.")
         need(0.0 <= self.target_prune_fraction <= 1.0,
              f"target_prune_fraction must be in [0, 1], got {self.target_prune_fraction}.")
@@ -287,7 +326,8 @@ class DartsGalConfig:
         * ``"cpu-small"``: ALGORITHMS.md §3(c) -- a tiny first-order search (C 8, 5 cells, at half
           resolution, 4 epochs of 8 steps), a small sizing grid, 6 baseline epochs, 3 GAL epochs
           of 10 generator steps (batch 32, 5 critic steps each, a FISTA step after every generator
-          step, lambda 0.1), 8 retrain epochs. Minutes on 2 CPU cores for the digits demo.
+          step), lambda searched in at most 5 GAL probes toward the budget from a baseline sized to
+          1.5 x the budget, 8 retrain epochs. Minutes on 2 CPU cores for the digits demo.
 
         Raises:
             ConfigError: unknown preset name.
@@ -305,7 +345,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         candidates_C=(4, 6, 8, 10, 12, 16, 20, 24), candidates_layers=(5, 8),
         baseline_epochs=6, baseline_lr=0.01,
         gal_epochs=3, gal_batch_size=32, gal_max_g_steps_per_epoch=10, mask_step=1, mask_lr=0.05,
-        sparse_lambda=0.1, max_prune_rounds=2, prune_round_epochs=2,
+        size_margin=1.5, lambda_search_probes=5, max_prune_rounds=2, prune_round_epochs=2,
         final_epochs=8, final_lr=0.025,
     ),
 }

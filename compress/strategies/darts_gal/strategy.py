@@ -50,7 +50,9 @@ Documented deviations / resolutions (ALGORITHMS.md §3(b)):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,7 +71,7 @@ from compress.strategies.darts.model import NetworkCIFAR, build_from_arch
 from compress.strategies.darts.sizing import size_to_budget
 from compress.strategies.darts.supernet_search import dataset_of
 from compress.strategies.darts_gal.config import PRESETS, DartsGalConfig, phase_fields, resolve_genotype
-from compress.strategies.darts_gal.gal import GALSettings, GALTrainer, mask_values
+from compress.strategies.darts_gal.gal import GALSettings, GALTrainer, attach_masks, mask_values
 from compress.strategies.darts_gal.prune import (
     draw_cell,
     draw_genotype,
@@ -84,9 +86,11 @@ from compress.training import CheckpointStore, EpochCheckpoint, FinetuneSettings
 from compress.training.checkpoint import stable_hash
 from compress.training.data import derive_seed
 
-__all__ = ["DartsGal", "STRATEGY", "gal_settings"]
+__all__ = ["DartsGal", "STRATEGY", "gal_settings", "budget_ratio", "node_latency_weights"]
 
 STRATEGY = "darts-gal"
+#: timing of the per-layer latency table behind the latency-weighted penalty (rounds, repeats, warmup)
+LATENCY_TIMING = {"rounds": 3, "repeats": 5, "warmup": 2}
 CheckFn = Callable[[nn.Module], "tuple[Cost, BudgetCheck, float | None]"]
 
 
@@ -142,10 +146,12 @@ def _margin_check(ctx: StrategyContext, margin: float) -> CheckFn:
     return check
 
 
-def gal_settings(cfg: DartsGalConfig, lam: float, seed: int) -> GALSettings:
-    """The :class:`GALSettings` of a config at sparsity ``lam``."""
+def gal_settings(cfg: DartsGalConfig, lam: float, seed: int, *, epochs: int | None = None,
+                 mask_weights: tuple[tuple[float, ...], ...] | None = None) -> GALSettings:
+    """The :class:`GALSettings` of a config at sparsity ``lam`` (``epochs``: None = ``gal_epochs``;
+    ``mask_weights``: per-node L1 weights, None = 1)."""
     return GALSettings(
-        epochs=cfg.gal_epochs, batch_size=cfg.gal_batch_size, lr=cfg.gal_lr, momentum=cfg.gal_momentum,
+        epochs=cfg.gal_epochs if epochs is None else int(epochs), mask_scale=cfg.mask_scale, mask_weights=mask_weights, batch_size=cfg.gal_batch_size, lr=cfg.gal_lr, momentum=cfg.gal_momentum,
         weight_decay=cfg.gal_weight_decay, lr_step_epochs=cfg.gal_lr_step_epochs, lr_gamma=cfg.gal_lr_gamma,
         max_g_steps_per_epoch=cfg.gal_max_g_steps_per_epoch, n_critic=cfg.n_critic, gan=cfg.gan,
         wgan_clip=cfg.wgan_clip, d_input=cfg.d_input, d_hidden=cfg.d_hidden, d_activation=cfg.d_activation,
@@ -159,6 +165,79 @@ def gal_settings(cfg: DartsGalConfig, lam: float, seed: int) -> GALSettings:
 
 def _cost_dict(cost: Cost, lat: float | None) -> dict[str, Any]:
     return {"macs": int(cost.macs), "params": int(cost.params), "latency_ms": lat}
+
+
+def budget_ratio(budget: Any, cost: Cost, latency_ms: float | None) -> float:
+    """The binding ``cost / limit`` of an absolute budget: the largest of ``params / max_params``,
+    ``macs / max_macs`` and ``latency_ms / max_latency_ms`` over the limits it sets (<= 1: met).
+    The lambda search aims it into ``[1 - tolerance, 1]``.
+
+    Raises:
+        BudgetUnreachableError: the budget sets none of these limits (memory only), or names latency
+            and no latency was measured.
+    """
+    ratios = []
+    if budget.max_params is not None:
+        ratios.append(float(cost.params) / max(float(budget.max_params), 1e-12))
+    if budget.max_macs is not None:
+        ratios.append(float(cost.macs) / max(float(budget.max_macs), 1e-12))
+    if budget.max_latency_ms is not None:
+        if latency_ms is None:
+            raise BudgetUnreachableError("darts-gal's lambda search needs a measured latency for a latency budget; "
+                                         "give a target that can time the network, or set sparse_lambda.")
+        ratios.append(float(latency_ms) / max(float(budget.max_latency_ms), 1e-12))
+    if not ratios:
+        raise BudgetUnreachableError(
+            f"darts-gal's lambda search needs a params, MACs or latency limit, budget {budget.describe()!r} has none; "
+            "set sparse_lambda to fix lambda instead.")
+    return max(ratios)
+
+
+def node_latency_weights(net: NetworkCIFAR, example_inputs: torch.Tensor, table: Any,
+                         floor: float = 0.05) -> tuple[tuple[float, ...], ...]:
+    """Per-node L1 weights of the latency-weighted GAL penalty (issue 18, part 4).
+
+    Node ``j`` of cell ``c`` is charged the predicted latency of the convolutions on its in-edges
+    (modules ``cells.c.edges.n{j+2}_*``), each from ``table.latency(ConvConfig)`` at the input size it
+    sees for ``example_inputs`` ``(B, C, H, W)`` -- what removing the node saves. Its consumers'
+    1x1 preprocess columns and the pools/skips are not charged. The weights are divided by their
+    mean over the live nodes, floored at ``floor`` (a node of skips and pools still costs something),
+    and divided by their mean again, so that the mean weight is 1 and lambda keeps its scale.
+    Removed nodes (``None``) get weight 0.
+
+    Args:
+        net: the baseline (read only). example_inputs: ``(B, C, H, W)``.
+        table: anything with ``latency(cfg) -> ms`` (a
+            :class:`~compress.profiling.latency_model.LayerLatencyTable` on the target).
+        floor: smallest weight as a fraction of the mean, in ``[0, 1]``.
+
+    Returns:
+        one tuple of ``steps`` weights per cell.
+
+    Raises:
+        ProfilingError: the table cannot time a layer.
+    """
+    from compress.profiling.latency_model import layer_configs
+
+    configs = layer_configs(net, example_inputs)
+    raw: list[list[float | None]] = []
+    for c, cell in enumerate(net.cells):
+        row: list[float | None] = []
+        for j, node in enumerate(cell.spec.nodes):
+            if node is None:
+                row.append(None)
+                continue
+            prefix = f"cells.{c}.edges.n{j + 2}_"
+            row.append(float(sum(table.latency(cfg) for name, cfg in configs if name.startswith(prefix))))
+        raw.append(row)
+    live = [v for row in raw for v in row if v is not None]
+    mean = sum(live) / len(live) if live else 0.0
+    if mean <= 0.0:
+        return tuple(tuple(0.0 if v is None else 1.0 for v in row) for row in raw)
+    floored = [[None if v is None else max(v / mean, floor) for v in row] for row in raw]
+    live_f = [v for row in floored for v in row if v is not None]
+    mean_f = sum(live_f) / len(live_f)
+    return tuple(tuple(0.0 if v is None else v / mean_f for v in row) for row in floored)
 
 
 # --------------------------------------------------------------------------- strategy
@@ -250,7 +329,7 @@ class DartsGal(Strategy):
             resumed.append("gal")
         else:
             with ctx.phase("gal"):
-                gal, pruned = self._gal(ctx, cfg, baseline, train_ds, K)
+                gal, pruned = self._gal(ctx, cfg, baseline, train_ds, K, store, h_gal)
             store.save("gal", h_gal, gal, {"weights": pruned.state_dict()}, ctx)
 
         # ---- stage 4: retrain
@@ -290,7 +369,8 @@ class DartsGal(Strategy):
                          "latency_ms": base_lat, "val_acc": base_val},
             "pruned": gal["pruned"],
             "gal": {k: gal[k] for k in ("lambda", "lambda_sweep", "rounds", "closing_loop", "d_steps", "g_steps",
-                                        "mask_updates", "final_masks", "exact")},
+                                        "mask_updates", "final_masks", "exact", "lambda_search", "penalty")
+                    if k in gal},
             "gal_history": [{k: v for k, v in r.items() if k != "masks"} for r in gal["history"]],
             "pruned_cells_drawing": gal["drawing"],
             "search_history": search["history"],
@@ -378,16 +458,27 @@ class DartsGal(Strategy):
         return [{"phase": phase, **h} for h in hist]
 
     def _gal(self, ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, train_ds: Dataset,
-             K: int) -> tuple[dict[str, Any], NetworkCIFAR]:
-        """GAL for each lambda of the sweep (or the one ``sparse_lambda``), each followed by the
-        closing loop; the candidate whose removed fraction is closest to ``target_prune_fraction``
-        wins. Returns the JSON state and the pruned network (masks off, pruned weights)."""
-        lambdas = cfg.lambda_sweep or (cfg.sparse_lambda,)
+             K: int, store: "_Store | None" = None, h_gal: str = "") -> tuple[dict[str, Any], NetworkCIFAR]:
+        """GAL at the searched lambda (``sparse_lambda=None``, :meth:`_lambda_search`), at the given
+        ``sparse_lambda``, or for each lambda of ``lambda_sweep`` (the candidate whose removed fraction
+        is closest to ``target_prune_fraction`` wins); each followed by the closing loop. Returns the
+        JSON state and the pruned network (masks off, pruned weights)."""
         total_nodes = node_count(baseline)
-        candidates = []
-        for n, lam0 in enumerate(lambdas):
-            candidates.append(self._gal_one(ctx, cfg, baseline, train_ds, K, lam0, total_nodes,
-                                            tag=f"gal[{n}]" if len(lambdas) > 1 else "gal"))
+        weights, penalty = self._mask_weights(ctx, cfg, baseline)
+        search: dict[str, Any] | None = None
+        if cfg.lambda_sweep:
+            lambdas = cfg.lambda_sweep
+            candidates = [self._gal_one(ctx, cfg, baseline, train_ds, K, lam0, total_nodes,
+                                        tag=f"gal[{n}]" if len(lambdas) > 1 else "gal", weights=weights)
+                          for n, lam0 in enumerate(lambdas)]
+        elif cfg.sparse_lambda is not None:
+            candidates = [self._gal_one(ctx, cfg, baseline, train_ds, K, cfg.sparse_lambda, total_nodes, tag="gal",
+                                        weights=weights)]
+        else:
+            search = self._lambda_search(ctx, cfg, baseline, train_ds, K, weights, store, h_gal)
+            trainer = search.pop("_trainer")
+            candidates = [self._gal_one(ctx, cfg, baseline, train_ds, K, search["lambda"], total_nodes, tag="gal",
+                                        weights=weights, trainer=trainer, history=search.pop("_history"))]
         best = min(range(len(candidates)),
                    key=lambda i: (abs(candidates[i]["removed_fraction"] - cfg.target_prune_fraction), i))
         chosen = candidates[best]
@@ -407,19 +498,131 @@ class DartsGal(Strategy):
             "g_steps": chosen["g_steps"], "mask_updates": chosen["mask_updates"], "final_masks": masks,
             "exact": chosen["exact"], "nodes_kept": rows, "nodes_total": total_nodes,
             "nodes_removed": chosen["removed"], "pruned": chosen["pruned"], "history": chosen["history"],
-            "drawing": drawing,
+            "drawing": drawing, "penalty": penalty,
         }
+        if search is not None:
+            state["lambda_search"] = search
         return state, plain.eval()
 
+    def _mask_weights(self, ctx: StrategyContext, cfg: DartsGalConfig,
+                      baseline: NetworkCIFAR) -> tuple[tuple[tuple[float, ...], ...] | None, dict[str, Any]]:
+        """Per-node L1 weights (None: plain ``||m||_1``) and their report entry: latency-weighted when
+        ``objective="latency"``, or ``"auto"`` and the budget names latency (:func:`node_latency_weights`
+        on the target's per-layer table, timed once and cached)."""
+        use = cfg.objective == "latency" or (cfg.objective == "auto" and ctx.budget.needs_latency)
+        if not use:
+            return None, {"objective": "size", "weights": None}
+        from compress.profiling.latency_model import LayerLatencyTable, default_cache_dir
+
+        table = LayerLatencyTable(ctx.target, cache_dir=Path(default_cache_dir()) / STRATEGY, **LATENCY_TIMING)
+        weights = node_latency_weights(baseline, ctx.example_inputs, table, cfg.latency_weight_floor)
+        table.save()
+        return weights, {"objective": "latency", "weights": [list(r) for r in weights],
+                         "floor": cfg.latency_weight_floor, "target": ctx.target.to_dict()}
+
+    def _lambda_search(self, ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, train_ds: Dataset,
+                       K: int, weights: tuple[tuple[float, ...], ...] | None, store: "_Store | None",
+                       h_gal: str) -> dict[str, Any]:
+        """Search lambda toward the budget, as gp-prune bisects its ratio (issue 18, part 2).
+
+        Each probe is a GAL run of ``lambda_probe_epochs`` on a fresh copy of the baseline, pruned and
+        measured by ``ctx.check``; its binding ratio ``r`` (:func:`budget_ratio`) decides the next
+        lambda: ``r > 1`` (over budget) -> larger, ``r < 1 - tol`` (pruned too much) -> smaller; x or /
+        ``lambda_growth`` until both sides are seen, then the geometric mean of the bracket. It stops
+        at the first ``r`` in ``[1 - tol, 1]`` or after ``lambda_search_probes`` probes and keeps the
+        probe with the largest ``r <= 1`` (none: the smallest ``r``; the closing loop then prunes into
+        the budget). Every probe is committed as checkpoint ``gal-probe-<n>``, so a killed run re-uses
+        the finished probes (their generator; a closing-loop round after a resume starts a fresh
+        discriminator).
+
+        Returns:
+            the report entry (``probes``: lambda, params, MACs, latency, nodes and masks removed, ratio
+            per probe) with ``_trainer`` (the kept probe's :class:`GALTrainer`, or None when the probes
+            were shorter than ``gal_epochs``) and ``_history``.
+        """
+        tol = cfg.lambda_search_tolerance
+        epochs = cfg.lambda_probe_epochs or cfg.gal_epochs
+        seed = derive_seed(ctx.seed, "gal")
+        probes: list[dict[str, Any]] = []
+        kept: tuple[int, GALTrainer, list[dict[str, Any]]] | None = None
+        fallback: tuple[int, GALTrainer, list[dict[str, Any]]] | None = None
+        lo: float | None = None  # largest lambda seen over the budget
+        hi: float | None = None  # smallest lambda seen pruning below 1 - tol
+        lam = float(cfg.lambda_search_start)
+        ctx.progress("lambda-search", 0, cfg.lambda_search_probes, {})
+        for n in range(cfg.lambda_search_probes):
+            settings = gal_settings(cfg, lam, seed, epochs=epochs, mask_weights=weights)
+            key = stable_hash({"prev": h_gal, "probe": n, "lambda": lam})
+            loaded = store.load(f"gal-probe-{n}", key, ctx) if store is not None else None
+            if loaded is not None:
+                rec, tensors = loaded
+                G = copy.deepcopy(baseline)
+                G.drop_path_prob = 0.0
+                attach_masks(G)
+                G.load_state_dict(tensors["G"])
+                trainer = GALTrainer(baseline, train_ds, K, settings, generator_net=G, progress=ctx.progress,
+                                     log=ctx.log, phase_name="gal", runtime=ctx.runtime)
+                history = list(rec.pop("_history"))
+                trainer.g_steps, trainer.d_steps, trainer.fista.steps = (int(v) for v in rec.pop("_steps"))
+                rec = {**rec, "resumed": True}
+            else:
+                trainer = GALTrainer(baseline, train_ds, K, settings, progress=ctx.progress, log=ctx.log,
+                                     phase_name=f"gal-probe[{n}]", runtime=ctx.runtime)
+                history = list(trainer.run().history)
+                keep = kept_nodes(trainer.G, threshold=cfg.mask_threshold, keep_nonempty=cfg.keep_nonempty)
+                pr = prune_network(trainer.G, keep, keep_masks=False)
+                cost, chk, lat = ctx.check(pr.net)
+                zero = sum(1 for row in mask_values(trainer.G) for v in row if v <= cfg.mask_threshold)
+                rec = {"probe": n, "lambda": lam, "epochs": epochs, **_cost_dict(cost, lat),
+                       "nodes_removed": int(pr.removed), "masks_removed": int(zero),
+                       "ratio": budget_ratio(ctx.budget, cost, lat), "ok": bool(chk.ok)}
+                if store is not None:
+                    store.save(f"gal-probe-{n}", key, {**rec, "_history": history,
+                                                              "_steps": [trainer.g_steps, trainer.d_steps,
+                                                                         trainer.fista.steps]},
+                               {"G": trainer.G.state_dict()}, ctx)
+                rec = {**rec, "resumed": False}
+            probes.append(rec)
+            ctx.log(phase="lambda-search", **rec)
+            ctx.progress("lambda-search", n + 1, cfg.lambda_search_probes,
+                         {"lambda": lam, "ratio": rec["ratio"], "removed": rec["nodes_removed"]})
+            r = rec["ratio"]
+            if r <= 1.0 and (kept is None or r > probes[kept[0]]["ratio"]):
+                kept = (n, trainer, history)
+            if fallback is None or r < probes[fallback[0]]["ratio"]:
+                fallback = (n, trainer, history)
+            if 1.0 - tol <= r <= 1.0:
+                break
+            if r > 1.0:
+                lo = lam if lo is None else max(lo, lam)
+            else:
+                hi = lam if hi is None else min(hi, lam)
+            lam = math.sqrt(lo * hi) if lo is not None and hi is not None else (
+                lam * cfg.lambda_growth if hi is None else lam / cfg.lambda_growth)
+        choice = kept if kept is not None else fallback
+        assert choice is not None  # at least one probe ran (lambda_search_probes >= 1)
+        idx, trainer, history = choice
+        chosen = probes[idx]
+        full = epochs == cfg.gal_epochs
+        return {"lambda": chosen["lambda"], "chosen_probe": idx, "probes": probes, "tolerance": tol,
+                "max_probes": cfg.lambda_search_probes, "probe_epochs": epochs,
+                "within_tolerance": bool(1.0 - tol <= chosen["ratio"] <= 1.0),
+                "budget": ctx.budget.describe(),
+                "_trainer": trainer if full else None, "_history": history if full else None}
+
     def _gal_one(self, ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, train_ds: Dataset, K: int,
-                 lam: float, total_nodes: int, tag: str) -> dict[str, Any]:
+                 lam: float, total_nodes: int, tag: str, weights: tuple[tuple[float, ...], ...] | None = None,
+                 trainer: GALTrainer | None = None, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """GAL at ``lam`` (or continue ``trainer``, already run for ``gal_epochs`` with ``history``),
+        then the closing loop into the budget."""
         check = ctx.check
-        settings = gal_settings(cfg, lam, derive_seed(ctx.seed, "gal"))
-        trainer = GALTrainer(baseline, train_ds, K, settings, progress=ctx.progress, log=ctx.log, phase_name=tag,
-                             runtime=ctx.runtime)
+        settings = gal_settings(cfg, lam, derive_seed(ctx.seed, "gal"), mask_weights=weights)
         t0 = time.perf_counter()
-        res = trainer.run()
-        history = list(res.history)
+        if trainer is None:
+            trainer = GALTrainer(baseline, train_ds, K, settings, progress=ctx.progress, log=ctx.log, phase_name=tag,
+                                 runtime=ctx.runtime)
+            history = list(trainer.run().history)
+        history = list(history or [])
         epochs_done = cfg.gal_epochs
 
         def measure() -> tuple[Any, Any, tuple[Cost, BudgetCheck, float | None]]:
