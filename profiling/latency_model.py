@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.exporters import ExportError, export_onnx
 from compress.exporters.atomic import write_text_atomic
+from compress.exporters.mobile import convert_to_ort
 from compress.profiling.errors import ProfilingError
 from compress.profiling.target import Target
 
@@ -333,8 +335,6 @@ def measure_interleaved(models: Sequence["nn.Module | str | Path"], target: Targ
 
     import onnxruntime as ort
 
-    from compress.exporters import ExportError, export_onnx
-
     if rounds < 1 or repeats < 1 or warmup < 0:
         raise ProfilingError("rounds and repeats must be >= 1 and warmup >= 0")
     shape = target.input_shape or (tuple(example_inputs.shape[1:]) if example_inputs is not None else None)
@@ -352,8 +352,6 @@ def measure_interleaved(models: Sequence["nn.Module | str | Path"], target: Targ
             else:
                 path = Path(m)
             if target.model_format == "ort" and path.suffix != ".ort":
-                from compress.exporters.mobile import convert_to_ort
-
                 path = convert_to_ort(path, Path(tmp) / f"m{i}.ort")
             try:
                 sess = ort.InferenceSession(str(path), target.session_options(), providers=[target.provider])

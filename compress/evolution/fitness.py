@@ -34,6 +34,7 @@ from compress.evolution.engine import (
 from compress.evolution.metrics import ChannelOperands, MetricError, PruningMetric, reference_score
 from compress.evolution.primitives import EvalLimits, evaluation_limits
 from compress.evolution.tasks import PROFILES, PruneTaskSpec, Splits, load_splits
+from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 from compress.training.data import flip_crop
 from compress.training.loop import FitPlan, cosine_factor, evaluate, fit, main_logits, make_optimizer
 from compress.training.runtime import Runtime
@@ -199,8 +200,6 @@ def prepare_task(
     """
     from safetensors.torch import load_file
     from safetensors.torch import save as st_save
-
-    from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 
     data = load_splits(spec, seed, data_dir)
     path = Path(cache_dir) / f"{spec.name}-{spec.baseline_key(seed)}.safetensors"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from compress.exporters.atomic import write_bytes_atomic
+
 __all__ = ["write_fitness_plot"]
 
 
@@ -26,8 +28,6 @@ def write_fitness_plot(history: list[dict], path: str | Path) -> Path:
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from compress.exporters.atomic import write_bytes_atomic
 
     fig = Figure(figsize=(6.0, 4.0), dpi=110)
     FigureCanvasAgg(fig)

@@ -67,6 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compress.data import collect, load_npz_task
 from compress.errors import ConfigError, DataError
 
 __all__ = [
@@ -364,8 +365,6 @@ def make_shapes(n: int, image_size: int = 16, seed: int = 0, noise: float = 0.15
 
 
 def _npz_splits(spec: PruneTaskSpec, data_dir: str | None, seed: int) -> Splits:
-    from compress.data import collect, load_npz_task
-
     if data_dir is None:
         raise DataError(f"task {spec.name!r} reads real data: pass data_dir (the shared data folder).")
     names = {
