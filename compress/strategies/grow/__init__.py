@@ -10,11 +10,14 @@ from compress.strategies.grow.attention import NodeAttention, attention_weights,
 from compress.strategies.grow.partition import FeatureExtractor, TeacherPartition, TeacherPoint, partition_teacher
 from compress.strategies.grow.selection import (
     Decision,
+    PricedSplit,
     choose_split,
     closest_precursor,
     modification_scores,
     plan_split,
     random_split,
+    rank_by_cost,
+    split_candidates,
 )
 from compress.strategies.grow.strategy import Grow, GrowConfig
 from compress.strategies.grow.student import GrowStudent, SepConvUnit, Structure, widen_index
@@ -40,4 +43,7 @@ __all__ = [
     "plan_split",
     "choose_split",
     "random_split",
+    "split_candidates",
+    "PricedSplit",
+    "rank_by_cost",
 ]

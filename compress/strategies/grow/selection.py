@@ -16,6 +16,13 @@ one. ``GrowConfig`` defaults to ``"next_node"``: with ``"allow"`` a widen of ``v
 ``R_inner`` and is widened again, and so on -- on a 4-point teacher we saw 30+ iterations of
 such image-supervised 3-channel nodes before the budget stopped it.
 
+Hardware-aware ranking (issue 18, part 4; not in the paper): when the budget names latency or
+``GrowConfig.objective="latency"``, the ``rank_candidates`` highest-``S`` splits are each applied
+to a copy and priced -- predicted extra milliseconds (the target's per-layer latency table) and
+extra MACs -- and :func:`rank_by_cost` orders them by ``S`` per predicted ms, then ``S`` per MAC.
+``S`` is SEArch's bottleneck score (Eq. 5), its proxy for the accuracy a split gains; it is not a
+measured accuracy gain.
+
 Ablation (C), random splitting: a uniformly random candidate node, a uniformly random in-edge,
 and a random choice of deepen/widen (widen forced once the edge has ``B_op`` units).
 """
@@ -26,10 +33,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from compress.errors import ConfigError
 from compress.strategies.grow.student import Structure, widen_index
 
 __all__ = ["Decision", "modification_scores", "closest_precursor", "plan_split", "choose_split", "random_split",
-           "ADJACENT_POLICIES"]
+           "ADJACENT_POLICIES", "split_candidates", "PricedSplit", "rank_by_cost"]
 
 ADJACENT_POLICIES = ("allow", "next_node")
 
@@ -78,18 +86,74 @@ def plan_split(structure: Structure, i: int, j: int, *, b_op: int = 7, deepen_st
     return Decision("widen", i, j, q_k=widen_index(structure.node(i).q, structure.node(j).q, c))
 
 
+def split_candidates(structure: Structure, scores: dict[int, float], *, limit: int | None = None, b_op: int = 7,
+                     deepen_step: int = 3, c: float = 0.5, adjacent: str = "allow") -> list[Decision]:
+    """The splits of the nodes in decreasing ``S`` (ties: lowest id), each from its closest
+    precursor (:func:`plan_split`), at most ``limit`` (None: all). With ``adjacent="next_node"`` a
+    widen between adjacent teacher nodes is left out."""
+    out: list[Decision] = []
+    for j in sorted(scores, key=lambda v: (-scores[v], v)):
+        if limit is not None and len(out) >= limit:
+            break
+        i = closest_precursor(structure, j)
+        d = plan_split(structure, i, j, b_op=b_op, deepen_step=deepen_step, c=c)
+        if d.op == "widen" and adjacent == "next_node" and structure.node(j).q - structure.node(i).q <= 1:
+            continue
+        out.append(d)
+    return out
+
+
 def choose_split(structure: Structure, scores: dict[int, float], *, b_op: int = 7, deepen_step: int = 3,
                  c: float = 0.5, adjacent: str = "allow") -> Decision | None:
     """Highest-``S`` node (ties: lowest id) -> closest precursor -> :func:`plan_split`. With
     ``adjacent="next_node"`` a widen between adjacent teacher nodes moves on to the next node;
     returns None when no node can be split."""
-    for j in sorted(scores, key=lambda v: (-scores[v], v)):
-        i = closest_precursor(structure, j)
-        d = plan_split(structure, i, j, b_op=b_op, deepen_step=deepen_step, c=c)
-        if d.op == "widen" and adjacent == "next_node" and structure.node(j).q - structure.node(i).q <= 1:
-            continue
-        return d
-    return None
+    cands = split_candidates(structure, scores, limit=1, b_op=b_op, deepen_step=deepen_step, c=c, adjacent=adjacent)
+    return cands[0] if cands else None
+
+
+@dataclass(frozen=True)
+class PricedSplit:
+    """A candidate split with its gain and what it adds.
+
+    Attributes:
+        decision: the split. gain: its node's ``S`` (Eq. 5; the accuracy-gain proxy, unitless).
+        delta_ms: predicted extra latency in ms per batch on the target (per-layer table).
+        delta_macs: extra MACs per sample.
+    """
+
+    decision: Decision
+    gain: float
+    delta_ms: float
+    delta_macs: float
+
+    @property
+    def gain_per_ms(self) -> float:
+        """``gain / delta_ms`` (``delta_ms`` floored at 1e-6 ms: a split is never free)."""
+        return self.gain / max(self.delta_ms, 1e-6)
+
+    @property
+    def gain_per_mac(self) -> float:
+        """``gain / delta_macs`` (``delta_macs`` floored at 1)."""
+        return self.gain / max(self.delta_macs, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.decision.to_dict(), "gain": self.gain, "delta_ms": self.delta_ms,
+                "delta_macs": self.delta_macs, "gain_per_ms": self.gain_per_ms, "gain_per_mac": self.gain_per_mac}
+
+
+def rank_by_cost(cands: list[PricedSplit], per: str = "ms") -> list[PricedSplit]:
+    """Candidates best first: by gain per predicted ms, then gain per MAC (``per="ms"``), or by
+    gain per MAC, then per ms (``per="macs"``); remaining ties: lowest node id.
+
+    Raises:
+        ConfigError: ``per`` is neither ``"ms"`` nor ``"macs"``.
+    """
+    if per == "ms":
+        return sorted(cands, key=lambda p: (-p.gain_per_ms, -p.gain_per_mac, p.decision.dst))
+    if per == "macs":
+        return sorted(cands, key=lambda p: (-p.gain_per_mac, -p.gain_per_ms, p.decision.dst))
+    raise ConfigError(f"rank_by_cost: per must be 'ms' or 'macs', got {per!r}")
 
 
 def random_split(structure: Structure, rng: random.Random, *, b_op: int = 7, deepen_step: int = 3,

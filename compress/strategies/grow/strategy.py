@@ -70,7 +70,16 @@ from compress.registry import register_strategy
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.grow.attention import ATTENTIONS, R_NORMS, NodeAttention, r_inner
 from compress.strategies.grow.partition import GRANULARITIES, FeatureExtractor, TeacherPartition, halve, partition_teacher
-from compress.strategies.grow.selection import ADJACENT_POLICIES, Decision, choose_split, modification_scores, random_split
+from compress.strategies.grow.selection import (
+    ADJACENT_POLICIES,
+    Decision,
+    PricedSplit,
+    choose_split,
+    modification_scores,
+    random_split,
+    rank_by_cost,
+    split_candidates,
+)
 from compress.strategies.grow.student import (
     STRIDE_RULES,
     WIDEN_INITS,
@@ -89,6 +98,9 @@ __all__ = ["GrowConfig", "Grow", "AttentionBank", "split_indices", "train_stage"
            "FINAL_LOSSES", "SPLIT_POLICIES"]
 
 FINAL_LOSSES = ("kd", "kd+inner", "ce")
+OBJECTIVES = ("auto", "latency", "macs", "score")
+#: timing of the per-layer latency table behind the latency ranking (rounds, repeats, warmup)
+LATENCY_TIMING = {"rounds": 3, "repeats": 5, "warmup": 2}
 SPLIT_POLICIES = ("score", "random")
 CHECKPOINT_FORMAT = "slimforge-grow-checkpoint/1"
 
@@ -138,6 +150,11 @@ class GrowConfig:
         cap, 100; None = until the budget).
     Final retrain (App. B: 400 epochs CIFAR, lr 0.025): final_epochs, final_lr, final_reinit,
         final_loss (``"kd"`` | ``"kd+inner"`` | ``"ce"``), final_max_steps_per_epoch.
+    Hardware-aware ranking (issue 18, part 4; not in the paper):
+        objective: ``"auto"`` (default: rank by ``S`` per predicted ms when the budget names latency,
+            Eq. 5 alone otherwise), ``"latency"`` (always per predicted ms), ``"macs"`` (always ``S``
+            per MAC), ``"score"`` (Eq. 5 alone, the paper).
+        rank_candidates: how many of the highest-``S`` splits are priced and ranked (3, >= 1).
     grad_clip: global gradient-norm clip for every SGD step, growth stages and final retrain (5;
         None = off). Not in the paper; App. B's recipe (SGD lr 0.025, sep-conv units, cosine) is
         DARTS' evaluation training, whose reference code clips at 5. Without it, a re-initialised
@@ -180,13 +197,15 @@ class GrowConfig:
     final_max_steps_per_epoch: int | None = None
     grad_clip: float | None = 5.0
     checkpoint: bool = True
+    objective: str = "auto"
+    rank_candidates: int = 3
 
     def __post_init__(self) -> None:
         check_fields(self)  # every field's type and, by its name, its range
         choices = {
             "teacher_granularity": GRANULARITIES, "stride_rule": STRIDE_RULES, "adjacent_widen": ADJACENT_POLICIES,
             "widen_init": WIDEN_INITS, "attention": ATTENTIONS, "r_norm": R_NORMS, "split_policy": SPLIT_POLICIES,
-            "augment": AUGMENTATIONS, "final_loss": FINAL_LOSSES,
+            "augment": AUGMENTATIONS, "final_loss": FINAL_LOSSES, "objective": OBJECTIVES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -194,7 +213,8 @@ class GrowConfig:
         if self.teacher_nodes is not None:
             if not isinstance(self.teacher_nodes, tuple) or not all(isinstance(s, str) for s in self.teacher_nodes):
                 raise ConfigError("GrowConfig.teacher_nodes must be a tuple of graph node names or None.")
-        ints = {"b_op": 1, "initial_ops": 1, "deepen_step": 1, "stage_epochs": 0, "final_epochs": 0}
+        ints = {"b_op": 1, "initial_ops": 1, "deepen_step": 1, "stage_epochs": 0, "final_epochs": 0,
+                "rank_candidates": 1}
         for name, lo in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -465,6 +485,64 @@ def build_initial(partition: TeacherPartition, num_classes: int, cfg: GrowConfig
         return GrowStudent(s).eval()
 
 
+# ------------------------------------------------------------------------------------ ranking
+
+
+def _ranking(cfg: GrowConfig, ctx: StrategyContext) -> str | None:
+    """``"ms"``, ``"macs"`` or None (Eq. 5 alone) for this config and budget."""
+    if cfg.split_policy != "score" or cfg.objective == "score":
+        return None
+    if cfg.objective == "latency" or (cfg.objective == "auto" and ctx.budget.needs_latency):
+        return "ms"
+    if cfg.objective == "macs":
+        return "macs"
+    return None
+
+
+class _Pricer:
+    """Prices candidate splits: predicted ms from the target's per-layer latency table (the sum of
+    every conv / linear layer's table latency, cached on disk), MACs from fvcore; both as the
+    difference between the split copy and the current student."""
+
+    def __init__(self, ctx: StrategyContext, table: Any = None) -> None:
+        from compress.profiling.latency_model import LayerLatencyTable, default_cache_dir
+
+        self.x = ctx.example_inputs
+        self.table = table if table is not None else LayerLatencyTable(
+            ctx.target, cache_dir=Path(default_cache_dir()) / "grow", **LATENCY_TIMING)
+
+    def predicted_ms(self, net: nn.Module) -> float:
+        """Sum of the table latencies of ``net``'s conv and linear layers (ms per batch)."""
+        from compress.profiling.latency_model import layer_configs
+
+        return float(sum(self.table.latency(cfg) for _name, cfg in layer_configs(net, self.x)))
+
+    def macs(self, net: nn.Module) -> float:
+        from compress.budgets import measure_cost
+
+        return float(measure_cost(net, self.x).macs)
+
+    def choose(self, student: GrowStudent, scores: dict[int, float], partition: TeacherPartition, cfg: GrowConfig,
+               per: str, *, seed: int) -> tuple[Decision | None, list[PricedSplit]]:
+        """The best of the ``cfg.rank_candidates`` highest-``S`` splits by :func:`rank_by_cost`
+        (None when no node can be split) and every priced candidate, best first."""
+        cands = split_candidates(student.structure, scores, limit=cfg.rank_candidates, b_op=cfg.b_op,
+                                 deepen_step=cfg.deepen_step, c=cfg.c, adjacent=cfg.adjacent_widen)
+        if not cands:
+            return None, []
+        ms0, macs0 = self.predicted_ms(student), self.macs(student)
+        priced = []
+        for d in cands:
+            cand = copy.deepcopy(student)
+            apply_decision(cand, d, partition, cfg, seed=seed)
+            cand.eval()
+            priced.append(PricedSplit(d, float(scores[d.dst]), self.predicted_ms(cand) - ms0, self.macs(cand) - macs0))
+        if hasattr(self.table, "save"):
+            self.table.save()
+        ranked = rank_by_cost(priced, per)
+        return ranked[0].decision, ranked
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 
 
@@ -570,7 +648,9 @@ class Grow(Strategy):
 
         with ctx.phase("search"):
             z = start
+            pricer: _Pricer | None = None
             while phase == "grow":
+                ranking: dict[str, Any] | None = None
                 if cfg.max_iterations is not None and z >= cfg.max_iterations:
                     stop_reason, phase = "max_iterations", "grown"
                     break
@@ -587,8 +667,16 @@ class Grow(Strategy):
                                        runtime=ctx.runtime)
                     scores = modification_scores(student.structure, rbar, deg_factor=cfg.deg_factor,
                                                  head_counts=cfg.sink_head_counts)
-                    decision = choose_split(student.structure, scores, b_op=cfg.b_op, deepen_step=cfg.deepen_step,
-                                            c=cfg.c, adjacent=cfg.adjacent_widen)
+                    per = _ranking(cfg, ctx)
+                    if per is None:
+                        decision = choose_split(student.structure, scores, b_op=cfg.b_op,
+                                                deepen_step=cfg.deepen_step, c=cfg.c, adjacent=cfg.adjacent_widen)
+                    else:
+                        if pricer is None:
+                            pricer = _Pricer(ctx)
+                        decision, priced = pricer.choose(student, scores, partition, cfg, per,
+                                                         seed=_derive(seed, "units", z))
+                        ranking = {"per": per, "candidates": [p.to_dict() for p in priced]}
                 else:
                     rbar, scores = {}, {}
                     decision = random_split(student.structure, random.Random(_derive(seed, "random", z)),
@@ -598,6 +686,8 @@ class Grow(Strategy):
                     "val_acc": val_acc, "rbar": {str(k): v for k, v in rbar.items()},
                     "scores": {str(k): v for k, v in scores.items()},
                 }
+                if ranking is not None:
+                    rec["ranking"] = ranking
                 if decision is None:
                     stop_reason, phase = "no_candidate", "grown"
                     rec.update(op="stop", reason=stop_reason)
@@ -654,6 +744,8 @@ class Grow(Strategy):
             "final_retrain": {"loss": cfg.final_loss, "reinit": cfg.final_reinit, "epochs": cfg.final_epochs,
                               "history": final_hist},
             "resumed": resumed,
+            "ranking": {"per": _ranking(cfg, ctx), "objective": cfg.objective,
+                        "candidates_priced": cfg.rank_candidates},
         })
 
     # ---------------------------------------------------------------- parts
