@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import time
 
 import numpy as np
 import torch
@@ -56,6 +57,11 @@ MIN_GAIN = 0.24
 """The group's median cut in ms per kept channel must exceed this fraction ..."""
 NOISE_Z = 3.0
 """... and this many standard errors (from the round-by-round spread) to leave the nominal width."""
+TIME_BUDGET_S = 10.0
+"""Seconds one :func:`plan_widths` call of gp-prune may spend timing layers the table does not hold yet; past
+it, the groups whose layers are not all in the table keep their nominal width (issue 17: at
+224x224 the first probes of a mobilenetv3_small_050 spent 24-35 s each timing new layers, a resnet50
+more). The table is cached on disk, so a later probe or run that reaches the same layers rounds them."""
 TIMING = {"rounds": 15, "repeats": 8, "warmup": 3}
 """How gp-prune's table times layers for rounding: many short rounds, each with fresh sessions
 (the spread between sessions, not between calls, is most of the noise)."""
@@ -133,11 +139,16 @@ def plan_widths(
     noise_z: float = NOISE_Z,
     time_limit_s: float | None = None,
     nominal: "dict[nn.Module, int] | None" = None,
+    time_budget_s: float | None = None,
 ) -> tuple[dict[nn.Module, int], list[dict]]:
     """Choose the kept width of every prunable group of ``model`` at uniform ratio ``ratio``, or
     around the per-group widths ``nominal`` (root module -> kept channels, from a non-uniform
     allocation; ``ratio`` is then the overall pruned share, used for the far side of each layer).
     ``time_limit_s`` bounds the dependency-graph build (:class:`~compress.errors.TimeLimitError`).
+    ``time_budget_s`` (None: no bound; gp-prune passes :data:`TIME_BUDGET_S`) bounds the time this call
+    spends timing layers that are not in ``table`` yet: once it is spent, a group that needs such
+    layers keeps its nominal width ``k`` (its record says so); groups whose layers are all in the
+    table are still decided. Which groups that leaves depends on the machine's speed.
 
     The layers of all of a group's candidates are timed together, interleaved
     (:meth:`LayerLatencyTable.measure_layers`), and compared round by round: in round ``r`` a
@@ -157,7 +168,8 @@ def plan_widths(
         (why), ``group_gain`` and ``group_noise`` (the medians over the candidates),
         ``threshold`` (the bar ``group_gain`` had to exceed; None when the nominal layers time
         at zero) and ``candidates`` (per width: ``ms``, ``ms_rounds``, ``gain``, ``noise``,
-        ``accepted``: in the pool the pick was made from).
+        ``accepted``: in the pool the pick was made from), and ``timing_s`` (seconds spent
+        timing its new layers).
     """
     names = {m: n for n, m in model.named_modules()}
     spatial = {n: cfg for n, cfg in layer_configs(model, example_inputs) if isinstance(cfg, ConvConfig)}
@@ -168,6 +180,7 @@ def plan_widths(
 
     plan: dict[nn.Module, int] = {}
     records: list[dict] = []
+    spent = 0.0
     for group, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored, time_limit_s, nominal):
         producers, consumers, depthwise = [], [], []
         for dep, _ in group:
@@ -204,11 +217,24 @@ def plan_widths(
 
         cands = candidate_widths(k, c, window)
         cand_layers = {w: layers(w) for w in cands}
-        table.measure_layers([cfg for w in cands for cfg in cand_layers[w]])
+        cfgs = [cfg for w in cands for cfg in cand_layers[w]]
+        new_layers = sum(cfg.key() not in table.layer_rounds for cfg in cfgs)
+        if new_layers and time_budget_s is not None and spent >= time_budget_s:
+            plan[root] = k
+            records.append({"group": names.get(root, "?"), "channels": c, "nominal": k, "chosen": k,
+                            "nominal_ms": None, "chosen_ms": None, "group_gain": None, "group_noise": None,
+                            "threshold": None, "candidates": [], "timing_s": 0.0,
+                            "decision": f"nominal: the time budget of {time_budget_s:g} s for timing new layers was "
+                                        f"spent before this group ({new_layers} of its layers not in the table yet)"})
+            continue
+        t0 = time.perf_counter()
+        table.measure_layers(cfgs)
+        timing_s = time.perf_counter() - t0
+        spent += timing_s
         best, rec = _decide(k, {w: [table.latency_rounds(cfg) for cfg in cand_layers[w]] for w in cands},
                             min_gain=min_gain, noise_z=noise_z)
         plan[root] = best
-        records.append({"group": names.get(root, "?"), "channels": c, **rec})
+        records.append({"group": names.get(root, "?"), "channels": c, **rec, "timing_s": timing_s})
     table.save()
     return plan, records
 

@@ -777,7 +777,8 @@ class GPPrune(Strategy):
 
             def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module], nominal=None) -> dict[nn.Module, int]:
                 plan, records = plan_widths(cand, ctx.example_inputs, ratio, ignored, table, window=cfg.rounding_window,
-                                            time_limit_s=ctx.trace_time_limit_s, nominal=nominal)
+                                            time_limit_s=ctx.trace_time_limit_s, nominal=nominal,
+                                            time_budget_s=channel_rounding.TIME_BUDGET_S)
                 rounding_log[:] = records
                 return plan
             return planner
