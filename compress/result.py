@@ -6,7 +6,9 @@ never renamed (dots = nesting): ``strategy``, ``seed``, ``target``, ``config``, 
 ``{teacher,student}.accuracy.{val,test}``, ``{teacher,student}.latency_ms.{median,p90}``,
 ``onnx.{path}``, ``onnx.parity.{ok,max_abs_diff,top1_agreement}``, ``wall_s.total`` and
 ``wall_s.<phase>``, ``runtime.{device,precision,world_size,torch,cuda}``, ``pareto`` (None unless
-``compress(reference_points=...)``; see :attr:`CompressionResult.pareto`). Accuracies are fractions in [0, 1]; latencies are milliseconds; MACs are
+``compress(reference_points=...)``; see :attr:`CompressionResult.pareto`), ``search`` (the NAS
+strategies' ``info["search"]``: ``alpha_entropy`` per epoch in nats, ``genotype_stability``; None
+for the others). Accuracies are fractions in [0, 1]; latencies are milliseconds; MACs are
 fvcore's count per sample (one fused multiply-add = 1).
 """
 
@@ -164,6 +166,7 @@ class CompressionResult:
             "speedup": self.speedup_summary(),
             "wall_s": {k: round(float(s), 3) for k, s in self.wall_s.items()},
             "info": self.info,
+            "search": self.info.get("search") if isinstance(self.info.get("search"), dict) else None,
             "history": self.history,
             "pareto": self.pareto,
         }

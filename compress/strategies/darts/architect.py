@@ -18,6 +18,22 @@ one place outside the runtime that differentiates) and runs its forwards under t
 autocast without loss scaling. Every alpha starts the step with a zero gradient, so an alpha the
 loss does not reach still takes Adam's weight-decay step. BatchNorm running statistics are updated
 by these forwards exactly as in the reference (the supernet is in train mode).
+
+Issue 18 additions (both off by default, so the reference behaviour is unchanged):
+
+* **Architecture LR matched to the number of steps** (``reference_steps``). Adam moves every
+  logit by at most about ``lr`` per step whatever the gradient's scale (Kingma & Ba 2015, §2.1),
+  so alpha can travel at most ``lr * steps`` in a search. DARTS' CIFAR-10 search (§3.1.1: 50
+  epochs of 25,000 / 64 = 391 steps, lr 3e-4) allows 19,550 steps, about 5.9 logit units; the
+  ``cpu-small`` digits search makes a few dozen steps, about 0.01 units, so alpha stays uniform
+  (measured: entropy 1.9459 of ln 7 = 1.9459 after the search). With ``reference_steps=R``
+  the step size becomes ``lr * R / N`` once :meth:`plan` is told the search's ``N`` updates, so
+  the search keeps the paper's total travel ``lr * R`` -- the paper's method, with its step
+  size expressed per search rather than per step. Chosen over more steps (the CPU cost) and
+  over a schedule change (Adam has none in DARTS).
+* **Expected-latency term** (``latency_term``): the architecture loss is
+  ``L_val + latency_term(alpha)`` (ProxylessNAS §3.3, FBNet §3.2; :mod:`.latency`); in the second
+  order the term enters ``L_val(w', alpha)`` (it does not depend on w, so the Hessian part is unchanged).
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ from torch import nn
 from torch.func import functional_call
 
 from compress.errors import ConfigError
+from compress.strategies.darts.latency import LatencyTerm
 from compress.strategies.darts.search import SearchNetwork
 from compress.strategies.darts.supernet_search import ArchUpdater
 from compress.training.runtime import Runtime
@@ -68,9 +85,17 @@ class Architect(ArchUpdater):
         loss_fn: ``loss_fn(logits, y) -> scalar``; cross-entropy by default.
         runtime: device and precision of the forwards (default: CPU fp32); the model must be
             on its device.
+        reference_steps: the number of alpha steps ``lr`` is meant for (DARTS CIFAR-10: 19,550);
+            :meth:`plan` then scales the step to ``lr * reference_steps / planned_steps``
+            (None: ``lr`` as given, the reference behaviour).
+        latency_term: ``(alphas_normal, alphas_reduce) -> 0-dim tensor`` added to the
+            architecture loss (:class:`~compress.strategies.darts.latency.LatencyTerm`; None: none).
+
+    Attributes:
+        effective_lr: the Adam step size in use (``lr`` until :meth:`plan` rescales it).
 
     Raises:
-        ConfigError: non-positive lr.
+        ConfigError: non-positive lr or reference_steps.
     """
 
     per_step = True
@@ -79,10 +104,17 @@ class Architect(ArchUpdater):
     def __init__(self, model: SearchNetwork, *, lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999),
                  weight_decay: float = 1e-3, second_order: bool = False, w_momentum: float = 0.9,
                  w_weight_decay: float = 3e-4, loss_fn: LossFn = F.cross_entropy,
-                 runtime: Runtime | None = None) -> None:
+                 runtime: Runtime | None = None, reference_steps: int | None = None,
+                 latency_term: LatencyTerm | None = None) -> None:
         if lr <= 0:
             raise ConfigError(f"architect lr must be > 0, got {lr}.")
+        if reference_steps is not None and (isinstance(reference_steps, bool) or int(reference_steps) < 1):
+            raise ConfigError(f"architect reference_steps must be None or an int >= 1, got {reference_steps!r}.")
         self.model = model
+        self.lr = float(lr)
+        self.effective_lr = float(lr)
+        self.reference_steps = None if reference_steps is None else int(reference_steps)
+        self.latency_term = latency_term
         self.second_order = second_order
         self.w_momentum = w_momentum
         self.w_weight_decay = w_weight_decay
@@ -90,6 +122,21 @@ class Architect(ArchUpdater):
         self.runtime = runtime or Runtime()
         model.set_arch_requires_grad(True)
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+    def plan(self, updates: int) -> dict[str, Any]:
+        """Told the number of alpha steps of the whole search: with ``reference_steps`` set, the Adam
+        step becomes ``lr * reference_steps / updates``. Returns what the search records."""
+        if self.reference_steps is not None and updates > 0:
+            self.effective_lr = self.lr * self.reference_steps / int(updates)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.effective_lr
+        return {"arch_updates": int(updates), "arch_lr": self.lr, "arch_lr_effective": self.effective_lr,
+                "arch_reference_steps": self.reference_steps}
+
+    def _latency(self) -> torch.Tensor | None:
+        if self.latency_term is None:
+            return None
+        return self.latency_term(self.model.alphas_normal, self.model.alphas_reduce)
 
     def state_tensors(self) -> dict[str, Any]:
         return {"arch_opt": self.optimizer.state_dict()}
@@ -100,7 +147,8 @@ class Architect(ArchUpdater):
 
     def step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
              eta: float, w_optimizer: torch.optim.Optimizer | None = None) -> float:
-        """One architecture update; returns the validation loss before the step (float).
+        """One architecture update; returns the validation loss (cross-entropy, without the latency
+        term) before the step (float).
 
         Args:
             x_train, y_train: a minibatch of the weight split (used only by the second order).
@@ -120,7 +168,9 @@ class Architect(ArchUpdater):
             with _frozen(list(self.model.weights())):
                 with self.runtime.autocast():
                     loss = self.loss_fn(self.model(x_val), y_val)
-                self.runtime.optimize(loss, self.optimizer, zero_grad=False)
+                lat = self._latency()
+                self.runtime.optimize(loss if lat is None else loss + lat.to(loss.dtype), self.optimizer,
+                                      zero_grad=False)
         for a in arch:
             a.grad = None
         return float(loss.detach())
@@ -145,7 +195,9 @@ class Architect(ArchUpdater):
         with self.runtime.autocast():
             val_loss = self.loss_fn(functional_call(model, ({**unrolled, **buffers},), (x_val,)), y_val)
         arch = model.arch_parameters()
-        grads = torch.autograd.grad(val_loss, arch + [unrolled[n] for n in names], allow_unused=True)
+        lat = self._latency()
+        objective = val_loss if lat is None else val_loss + lat.to(val_loss.dtype)
+        grads = torch.autograd.grad(objective, arch + [unrolled[n] for n in names], allow_unused=True)
         d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(arch, grads[: len(arch)])]
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[len(arch):])]
         norm = torch.sqrt(sum((t * t).sum() for t in v))

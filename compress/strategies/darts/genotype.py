@@ -35,6 +35,8 @@ __all__ = [
     "derive_genotype",
     "num_edges",
     "alpha_entropy",
+    "random_genotypes",
+    "genotype_stability",
 ]
 
 Pair = tuple[str, int]
@@ -282,3 +284,87 @@ def alpha_entropy(alphas: torch.Tensor) -> float:
     h = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
     v = float(h.mean())
     return v if math.isfinite(v) else 0.0
+
+
+def random_genotypes(k: int, seed: int, primitives: str | Sequence[str] = "eg-nas", *, steps: int = 4,
+                     multiplier: int = 4) -> list[Genotype]:
+    """``k`` genotypes drawn uniformly from the search space of a supernet with these ``primitives``
+    and ``steps`` intermediate nodes: the random-search baseline of the NAS benchmarks (issue 18,
+    part 3; Li & Talwalkar 2019, "Random Search and Reproducibility for NAS", §3).
+
+    Per cell (normal and reduce independently) and per intermediate node ``i`` (state ``i + 2``):
+    2 distinct inputs drawn uniformly among the unordered pairs of the ``i + 2`` earlier states (the
+    DARTS discretisation keeps exactly 2 distinct incoming edges per node, §2.4), then on each kept
+    edge one op drawn uniformly among the non-``'none'`` primitives. Pairs are stored in increasing
+    input order, as :func:`derive_genotype` stores them. Every genotype of the space has probability
+    ``prod_i [1 / C(i+2, 2)] * (1/|O|)^(2 * steps)`` per cell.
+
+    Deterministic given ``seed`` (a private ``numpy.random.Generator``; no global RNG is touched).
+
+    Args:
+        k: how many genotypes (>= 1).
+        seed: the sampler's seed.
+        primitives: an op-set name (``"darts"``, ``"eg-nas"``) or op names (the supernet's).
+        steps, multiplier: intermediate nodes and concatenated states (DARTS: 4, 4).
+
+    Returns:
+        ``k`` :class:`Genotype` (possibly with repeats), concat ``[steps + 2 - multiplier, ..., steps + 1]``.
+
+    Raises:
+        ConfigError: ``k < 1``, ``steps < 1``, a bad ``multiplier``, an unknown op set, or no
+            usable (non-``'none'``) primitive.
+    """
+    import numpy as np
+
+    from compress.strategies.darts.ops import resolve_primitives
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"random_genotypes: k must be an int >= 1, got {k!r}.")
+    if steps < 1 or not 1 <= multiplier <= steps + 2:
+        raise ConfigError(f"random_genotypes: need steps >= 1 and 1 <= multiplier <= steps + 2, got {steps}, {multiplier}.")
+    usable = [p for p in resolve_primitives(primitives) if p != "none"]
+    if not usable:
+        raise ConfigError("random_genotypes: every primitive is 'none'; pass an op set with real ops.")
+    rng = np.random.default_rng(int(seed))
+    concat = tuple(range(2 + steps - multiplier, steps + 2))
+
+    def cell() -> tuple[Pair, ...]:
+        pairs: list[Pair] = []
+        for i in range(steps):
+            a, b = sorted(int(v) for v in rng.choice(i + 2, size=2, replace=False))
+            ops = rng.integers(0, len(usable), size=2)
+            pairs += [(usable[int(ops[0])], a), (usable[int(ops[1])], b)]
+        return tuple(pairs)
+
+    out = []
+    for _ in range(k):
+        normal = cell()
+        out.append(Genotype(normal, concat, cell(), concat))
+    return out
+
+
+def genotype_stability(alphas: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
+    """The share of edges whose argmax op is the same in every one of several searches (issue 18, part 1).
+
+    Args:
+        alphas: one ``(alphas_normal, alphas_reduce)`` pair of logits ``(E, |O|)`` per search
+            (e.g. the final alpha of 3 seeds).
+
+    Returns:
+        In [0, 1]: over the ``2 * E`` edges of both cells, the fraction where ``argmax_o alpha``
+        agrees across all searches (ties broken by the lower op index). A search that leaves
+        alpha uniform agrees with another only by chance (``1/|O|^(n-1)`` per edge for ``n``
+        searches); None for fewer than 2 searches.
+
+    Raises:
+        ConfigError: the searches' alpha shapes differ.
+    """
+    if len(alphas) < 2:
+        return None
+    shapes = {(tuple(a.shape), tuple(r.shape)) for a, r in alphas}
+    if len(shapes) != 1:
+        raise ConfigError(f"genotype_stability: the searches' alpha shapes differ: {sorted(shapes)}.")
+    arg = torch.stack([torch.cat([a.detach().cpu().double(), r.detach().cpu().double()]).argmax(-1)
+                       for a, r in alphas])
+    same = (arg == arg[0]).all(0)
+    return float(same.double().mean())

@@ -69,6 +69,12 @@ class ArchUpdater:
         """Update alpha once at epoch ``t``; returns fields for the epoch record."""
         return {}
 
+    def plan(self, updates: int) -> dict[str, Any]:
+        """Told, before the first epoch, how many alpha updates the whole search makes (per-step
+        updaters: steps x updating epochs; per-epoch updaters: updating epochs), so a step size
+        can be expressed per search (issue 18). Returns fields for :attr:`SearchOutcome.plan`."""
+        return {"arch_updates": int(updates)}
+
     def step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
              eta: float, w_optimizer: torch.optim.Optimizer | None = None) -> float:
         """One per-step update; returns the architecture-part loss before it."""
@@ -119,7 +125,8 @@ class SearchSchedule:
 class SearchOutcome:
     """What a search returns: the genotype, the final alpha (CPU), the per-epoch records, and
     seconds spent in the architecture updates, the weight steps and in all (``wall_s``).
-    ``updater_state``: the updater's :meth:`ArchUpdater.state_json` at the end."""
+    ``updater_state``: the updater's :meth:`ArchUpdater.state_json` at the end. ``plan``: what
+    :meth:`ArchUpdater.plan` returned (the number of alpha updates, the effective step size)."""
 
     genotype: Genotype
     alphas_normal: torch.Tensor
@@ -130,6 +137,7 @@ class SearchOutcome:
     wall_weights_s: float = 0.0
     resumed_from_epoch: int = 0
     updater_state: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
 
     @property
     def last_es(self) -> list[dict[str, Any]]:
@@ -252,6 +260,19 @@ class SupernetSearch:
         return self.start_epoch
 
     # ------------------------------------------------------------------ one epoch
+    def steps_per_epoch(self) -> int:
+        """Weight steps of one epoch: the weight part's batches, capped by ``max_steps_per_epoch``."""
+        steps = len(self.w_iter.loader)
+        if self.schedule.max_steps_per_epoch is not None:
+            steps = min(steps, self.schedule.max_steps_per_epoch)
+        return steps
+
+    def planned_updates(self) -> int:
+        """Alpha updates of the whole search: ``steps_per_epoch x updating epochs`` for a per-step
+        updater, the updating epochs for a per-epoch one."""
+        epochs = sum(1 for t in range(self.schedule.epochs) if self.updating(t))
+        return epochs * (self.steps_per_epoch() if self.updater.per_step else 1)
+
     def updating(self, t: int) -> bool:
         """True when epoch ``t`` (0-based) moves alpha (after the warm-up)."""
         return t >= self.schedule.warmup_epochs
@@ -266,9 +287,7 @@ class SupernetSearch:
             group["lr"] = lr
         self.w_iter.reseed(derive_seed(self.seed, "w-loader", t))
         self.a_iter.reseed(derive_seed(self.seed, "a-loader", t))
-        steps = len(self.w_iter.loader)
-        if s.max_steps_per_epoch is not None:
-            steps = min(steps, s.max_steps_per_epoch)
+        steps = self.steps_per_epoch()
         per_step = self.updater.per_step and self.updating(t)
         weights = list(model.weights())
         model.train()
@@ -300,6 +319,7 @@ class SupernetSearch:
         """Run the remaining epochs (after those of a checkpoint with ``resume``); the supernet
         ends on the CPU in float32."""
         T = self.schedule.epochs
+        plan = self.updater.plan(self.planned_updates())  # before resuming: a restored optimiser keeps its lr
         done = self.try_resume() if resume else 0
         for rec in self.history:  # restored epochs belong in the run history as they were logged
             self.log(**rec)
@@ -338,4 +358,4 @@ class SupernetSearch:
         return SearchOutcome(genotype=model.genotype(), alphas_normal=model.alphas_normal.detach().clone(),
                              alphas_reduce=model.alphas_reduce.detach().clone(), history=self.history,
                              wall_s=self.wall, wall_arch_s=self.wall_arch, wall_weights_s=self.wall_weights,
-                             resumed_from_epoch=done, updater_state=self.updater.state_json())
+                             resumed_from_epoch=done, updater_state=self.updater.state_json(), plan=plan)

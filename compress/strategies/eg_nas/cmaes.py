@@ -249,7 +249,8 @@ def es_epoch(alpha: np.ndarray, evaluate_z: Callable[[np.ndarray], tuple[float, 
              restart_noise: float = 0.01, sigma_min: float = 0.02, keep_mean: bool = True,
              cma_factory: Callable[..., Any] | None = None,
              on_restart: Callable[[int, RestartResult], None] | None = None,
-             executor: Executor | None = None) -> ESEpochResult:
+             executor: Executor | None = None,
+             penalty: Callable[[np.ndarray], float] | None = None) -> ESEpochResult:
     """Alg. 1 lines 4-15 on a fixed minibatch: N CMA-ES restarts around ``alpha`` and Eq. 9.
 
     Args:
@@ -265,6 +266,10 @@ def es_epoch(alpha: np.ndarray, evaluate_z: Callable[[np.ndarray], tuple[float, 
             default serial). ``evaluate_z`` must then be picklable (:class:`SupernetEvaluator` is).
             A candidate's value depends only on z and the fixed minibatch (the forward draws no
             random numbers), so every executor gives the serial run's numbers.
+        penalty: ``z -> float`` added to the CE of Eq. 7's L1 (the expected-latency term of issue 18,
+            :class:`~compress.strategies.darts.latency.LatencyTerm`; computed here, not on the
+            executor: it is a small tensor product). None: Eq. 7 as published. Eq. 9 still selects
+            by accuracy alone.
 
     Returns:
         :class:`ESEpochResult`; the update itself is :func:`apply_direction` of ``result.direction``.
@@ -281,9 +286,12 @@ def es_epoch(alpha: np.ndarray, evaluate_z: Callable[[np.ndarray], tuple[float, 
 
     ce0, acc0 = ev(alpha)
 
+    def l1(ce: float, z: np.ndarray) -> float:
+        return ce if penalty is None else ce + float(penalty(z))
+
     def fitness(z: np.ndarray) -> tuple[float, float, float]:
         ce, acc = ev(z)
-        return compound_fitness(ce, acc, acc0, l2_similarity(alpha, z, num_ops), zeta, eta), acc, ce
+        return compound_fitness(l1(ce, z), acc, acc0, l2_similarity(alpha, z, num_ops), zeta, eta), acc, ce
 
     runner = executor if executor is not None else SerialExecutor()
 
@@ -293,7 +301,7 @@ def es_epoch(alpha: np.ndarray, evaluate_z: Callable[[np.ndarray], tuple[float, 
         out = []
         for z, (ce, acc) in zip(zs, runner.map(evaluate_z, zs)):
             ce, acc = float(ce), float(acc)
-            out.append((compound_fitness(ce, acc, acc0, l2_similarity(alpha, z, num_ops), zeta, eta), acc, ce))
+            out.append((compound_fitness(l1(ce, z), acc, acc0, l2_similarity(alpha, z, num_ops), zeta, eta), acc, ce))
         return out
 
     results = []

@@ -62,6 +62,25 @@ class EGNASConfig:
         es_bn: ``"batch"`` (fitness forwards use batch statistics, running stats untouched) or
             ``"running"`` (eval mode).
         arch_lr, arch_weight_decay: Adam on alpha for ``alpha_update="gradient"`` (DARTS 3e-4, 1e-3).
+        xi_reference_updates: the number of Eq. 8 updates ``xi`` is meant for (the paper's
+            T - W = 35); the step becomes ``xi * xi_reference_updates / (T - W)`` so a shorter search
+            keeps the paper's total step ``xi * 35`` (issue 18; see :mod:`.search`). None (default):
+            ``xi`` per update, as published.
+        arch_reference_steps: the same for ``alpha_update="gradient"``: Adam's lr becomes
+            ``arch_lr * arch_reference_steps / (alpha steps of the search)`` (DARTS CIFAR-10:
+            50 x 391 = 19,550 steps; see :class:`~compress.strategies.darts.architect.Architect`).
+            None (default): ``arch_lr`` per step.
+        objective: ``"auto"`` (default: latency-aware when the budget names ``latency``),
+            ``"latency"`` (always) or ``"size"`` (never): whether the architecture objective adds
+            ``latency_weight * E[lat] / E_uniform[lat]`` from the target's per-layer latency table
+            (ProxylessNAS §3.3, FBNet §3.2; :mod:`compress.strategies.darts.latency`). The budget
+            check at the end stays a real measurement.
+        latency_weight: lambda_lat >= 0 of that term (0.2; dimensionless, since E[lat] is divided
+            by its value under uniform op weights; a choice, not a paper value).
+        stability_seeds: 0 (default) or >= 2: the search is repeated with ``stability_seeds - 1``
+            more seeds (same settings, no checkpoints; costs that many more searches) and
+            ``search.genotype_stability`` reports the share of edges whose argmax op agrees in all
+            of them (None when 0).
         candidates_C, candidates_layers, stem_strides, capacity: the sizing grid (see
             :func:`~compress.strategies.darts.sizing.size_to_budget`).
         final_epochs, final_lr, final_momentum, final_weight_decay: retrain schedule (DARTS
@@ -108,6 +127,11 @@ class EGNASConfig:
     es_bn: str = "batch"
     arch_lr: float = 3e-4
     arch_weight_decay: float = 1e-3
+    xi_reference_updates: int | None = None
+    arch_reference_steps: int | None = None
+    objective: str = "auto"
+    latency_weight: float = 0.2
+    stability_seeds: int = 0
     candidates_C: tuple[int, ...] = DEFAULT_C
     candidates_layers: tuple[int, ...] = DEFAULT_LAYERS
     stem_strides: tuple[int, ...] = (1, 2)
@@ -136,6 +160,15 @@ class EGNASConfig:
         need(self.direction in ("softmax", "raw"), f"direction must be 'softmax' or 'raw', got {self.direction!r}.")
         need(self.es_bn in ("batch", "running"), f"es_bn must be 'batch' or 'running', got {self.es_bn!r}.")
         need(self.capacity in ("params", "macs"), f"capacity must be 'params' or 'macs', got {self.capacity!r}.")
+        need(self.objective in ("auto", "size", "latency"),
+             f"objective must be 'auto', 'size' or 'latency', got {self.objective!r}.")
+        need(self.latency_weight >= 0, f"latency_weight must be >= 0, got {self.latency_weight}.")
+        need(self.stability_seeds == 0 or self.stability_seeds >= 2,
+             f"stability_seeds must be 0 (off) or >= 2 (searches compared), got {self.stability_seeds}.")
+        for name in ("xi_reference_updates", "arch_reference_steps"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                 f"{name} must be None or an int >= 1, got {v!r}.")
         need(self.augment in AUGMENTATIONS, f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
         for name in ("search_C", "search_layers", "search_epochs", "batch_size", "es_batch_size", "restarts",
                      "generations", "partial_channels"):

@@ -18,6 +18,26 @@ Documented choices (ALGORITHMS.md §4(b)), each a config field:
   running statistics untouched, ``es_bn="batch"``);
 * ``alpha_update="gradient"`` replaces the CMA-ES update by first-order DARTS (Adam on
   ``grad_alpha L_val``) on the same supernet, splits and warm-up: the baseline.
+
+Why alpha stayed uniform at the shipped presets, and the fix (issue 18, part 1). Eq. 8 adds
+``xi * softmax(s)`` per edge; only its within-edge differences move the op weights. With
+``s = alpha_t + sigma_t * y`` (the winning CMA-ES point) and alpha near uniform,
+``softmax(s) ~ 1/|O| + (s - mean s) / |O|``: one update changes the within-edge spread of alpha by
+about ``(xi / |O|) * sigma_t`` and multiplies the spread it already has by ``(1 + xi / |O|)``.
+The paper makes T - W = 35 such updates (§"Datasets and Implementation Details": T = 50, W = 15),
+so the spread compounds by ``(1 + 0.6/7)^35 ~ 18``; the ``cpu-small`` preset (T = 8, W = 3) makes
+5, a factor 1.5, and alpha barely moves. Measured on the digits demo task at ``cpu-small``
+(seed 0): the mean per-edge entropy is ln 7 = 1.9459 at every epoch of the search (1.9459 at the
+end; benchmarks/results/eg_nas_cifar_small.md: 1.945 / 1.946 on CIFAR).
+
+The fix keeps the paper's total step: ``xi_reference_updates = 35`` makes each of the search's
+``T - W`` updates ``xi * 35 / (T - W)`` (4.2 at ``cpu-small``), the step size expressed per
+search rather than per update (the option "a step size schedule expressed per search step" of
+issue 18). At the paper's setting it is exactly ``xi``. Chosen over ``direction="raw"`` (whose
+update ``alpha + xi * s`` re-adds alpha itself and grows it geometrically, ``(1 + xi)^k``, at
+any T) and over more updates per epoch (each costs ``1 + N (lambda G + 2)`` forwards and changes
+Alg. 1's loop). The measured entropies at ``cpu-small`` are in the ``"cpu-small"`` preset's
+comment (:mod:`.config`).
 """
 
 from __future__ import annotations
@@ -37,6 +57,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from compress.errors import ConfigError
 from compress.executors import Executor, SerialExecutor
 from compress.strategies.darts.architect import Architect
+from compress.strategies.darts.latency import LatencyLookup, LatencyTerm, op_latency_matrix
 from compress.strategies.darts.search import SearchNetwork
 from compress.strategies.darts.supernet_search import (ArchUpdater, SearchOutcome, SearchSchedule, SupernetSearch,
                                                        build_supernet)
@@ -125,6 +146,11 @@ class CMAESUpdater(ArchUpdater):
         cma_factory: pycma replacement for tests.
         executor: evaluates the lambda candidates of each ``tell`` (default serial).
         progress: ``progress(phase, done, total, info)`` after each restart.
+        latency_term: added to the CE of Eq. 7's L1 (issue 18; None: none).
+
+    Attributes:
+        xi_effective: Eq. 8's step in use (``cfg.xi`` until :meth:`plan` rescales it for
+            ``cfg.xi_reference_updates``).
     """
 
     per_step = False
@@ -132,8 +158,11 @@ class CMAESUpdater(ArchUpdater):
 
     def __init__(self, cfg: EGNASConfig, model: SearchNetwork, direction: Dataset, seed: int, *, runtime: Runtime,
                  cma_factory: Callable[..., Any] | None = None, executor: Executor | None = None,
-                 progress: Callable[[str, int, int | None, dict], None] | None = None) -> None:
+                 progress: Callable[[str, int, int | None, dict], None] | None = None,
+                 latency_term: LatencyTerm | None = None) -> None:
         self.cfg, self.model, self.direction, self.seed = cfg, model, direction, int(seed)
+        self.latency_term = latency_term
+        self.xi_effective = float(cfg.xi)
         self.runtime = runtime
         self.cma_factory = cma_factory
         self.executor = executor if executor is not None else SerialExecutor()
@@ -165,8 +194,9 @@ class CMAESUpdater(ArchUpdater):
                        restarts=cfg.restarts, popsize=cfg.popsize, generations=cfg.generations, zeta=cfg.zeta,
                        eta=cfg.eta, restart_noise=cfg.restart_noise, sigma_min=cfg.sigma_min,
                        keep_mean=cfg.keep_mean, cma_factory=self.cma_factory, on_restart=on_restart,
-                       executor=self.executor)
-        new = apply_direction(alpha_t, res.direction, cfg.xi, self.num_ops, cfg.direction)
+                       executor=self.executor,
+                       penalty=None if self.latency_term is None else self.latency_term.of_vector)
+        new = apply_direction(alpha_t, res.direction, self.xi_effective, self.num_ops, cfg.direction)
         with torch.no_grad():
             a_n, a_r = self.model.split_arch_vector(new)
             self.model.alphas_normal.copy_(a_n)
@@ -175,12 +205,22 @@ class CMAESUpdater(ArchUpdater):
         self.last_es = [dict(r.summary(), restart=i) for i, r in enumerate(res.restarts)]
         return res
 
+    def plan(self, updates: int) -> dict[str, Any]:
+        """With ``cfg.xi_reference_updates = R``, Eq. 8's step becomes ``xi * R / updates`` (the
+        paper's total step over the search's ``updates = T - W``; see the module docstring)."""
+        R = self.cfg.xi_reference_updates
+        if R is not None and updates > 0:
+            self.xi_effective = self.cfg.xi * R / int(updates)
+        return {"arch_updates": int(updates), "xi": self.cfg.xi, "xi_effective": self.xi_effective,
+                "xi_reference_updates": R}
+
     def epoch_update(self, t: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         res = self.update(t)
         return {"sigma": res.sigma, "es_acc_alpha": res.acc_alpha, "es_ce_alpha": res.ce_alpha,
                 "best_fitness": res.best_fitness, "es_winner": res.winner,
                 "es_winner_acc": res.restarts[res.winner].best_acc, "es_evaluations": res.evaluations,
+                "xi_effective": self.xi_effective,
                 "wall_es_s": time.perf_counter() - t0}
 
     def state_json(self) -> dict[str, Any]:
@@ -206,22 +246,36 @@ class EGNASSearch(SupernetSearch):
         executor: evaluates the lambda CMA-ES candidates of each ``tell``
             (:class:`~compress.executors.Executor`; default serial; the caller closes it).
         runtime: device and precision (default: CPU fp32).
+        latency_table: ``table.latency(layer_config) -> ms`` on the target (the strategy passes the
+            target's :class:`~compress.profiling.latency_model.LayerLatencyTable` when the objective
+            is latency): the architecture objective then adds
+            ``cfg.latency_weight * E[lat] / E_uniform[lat]`` (:class:`LatencyTerm`, looked up once
+            here). None: no latency term.
+
+    Attributes:
+        latency_term: the :class:`LatencyTerm` in use (None without a table).
 
     Raises:
         DataError: fewer than 4 training samples.
+        ProfilingError: the latency table cannot time a layer.
     """
 
     def __init__(self, cfg: EGNASConfig, train_ds: Dataset, val_loader: DataLoader | None, num_classes: int,
                  input_shape: tuple[int, int, int], seed: int, *, ckpt_dir: Path | None = None,
                  progress: Callable[[str, int, int | None, dict], None] | None = None,
                  log: Callable[..., None] | None = None, cma_factory: Callable[..., Any] | None = None,
-                 executor: Executor | None = None, runtime: Runtime | None = None) -> None:
+                 executor: Executor | None = None, runtime: Runtime | None = None,
+                 latency_table: LatencyLookup | None = None) -> None:
         self.cfg = cfg
         runtime = runtime or Runtime()
         weights, direction = split_dataset(train_ds, cfg.train_portion, seed, who="eg-nas")
         model = build_supernet(seed, cfg.search_C, num_classes, cfg.search_layers, primitives=cfg.primitives,
                                in_channels=input_shape[0], partial_channels=cfg.partial_channels,
                                edge_norm=cfg.edge_norm, pool_bn=cfg.pool_bn, stem_stride=cfg.search_stem_stride)
+        self.latency_term: LatencyTerm | None = None
+        if latency_table is not None:
+            lat_n, lat_r = op_latency_matrix(model, torch.zeros(1, *input_shape), latency_table)
+            self.latency_term = LatencyTerm(lat_n, lat_r, cfg.latency_weight)
         runtime.prepare(model)
         model.set_arch_requires_grad(False)
         self.num_ops = len(model.primitives)
@@ -230,17 +284,20 @@ class EGNASSearch(SupernetSearch):
         updater: ArchUpdater
         if cfg.alpha_update == "gradient":
             updater = self.architect = Architect(model, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
-                                                 second_order=False, runtime=runtime)
+                                                 second_order=False, runtime=runtime,
+                                                 reference_steps=cfg.arch_reference_steps,
+                                                 latency_term=self.latency_term)
         else:
             updater = self.es = CMAESUpdater(cfg, model, direction, seed, runtime=runtime, cma_factory=cma_factory,
-                                             executor=executor, progress=progress)
+                                             executor=executor, progress=progress, latency_term=self.latency_term)
         schedule = SearchSchedule(
             epochs=cfg.search_epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, lr=cfg.w_lr,
             lr_min=cfg.w_lr_min, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay, grad_clip=cfg.grad_clip,
             max_steps_per_epoch=cfg.max_steps_per_epoch, val_batches=cfg.search_val_batches)
         key = _config_hash(cfg, _search_fields(), {
             "seed": int(seed), "n_train": len(train_ds), "num_classes": num_classes,  # type: ignore[arg-type]
-            "input_shape": list(input_shape)})
+            "input_shape": list(input_shape),
+            "latency_ms": None if self.latency_term is None else round(self.latency_term.reference_ms, 9)})
         super().__init__(schedule, model, weights, direction, val_loader, seed, updater, runtime=runtime,
                          ckpt_dir=ckpt_dir, key=key, progress=progress, log=log,
                          record={"alpha_update": cfg.alpha_update})

@@ -7,6 +7,7 @@ registers the strategy.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from compress.errors import ConfigError
 from compress.registry import register_strategy
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
 from compress.strategies.darts.drawing import draw_genotype
-from compress.strategies.darts.genotype import Genotype, alpha_entropy
+from compress.strategies.darts.genotype import Genotype, alpha_entropy, genotype_stability
 from compress.strategies.darts.model import NetworkCIFAR, build_from_arch
 from compress.strategies.darts.sizing import size_to_budget
 from compress.strategies.darts.supernet_search import dataset_of
@@ -28,6 +29,9 @@ from compress.training.data import derive_seed
 __all__ = ["EGNAS", "STRATEGY"]
 
 STRATEGY = "eg-nas"
+
+#: timing of the per-layer latency table of the latency objective (cached on disk per target)
+LATENCY_TIMING = {"rounds": 3, "repeats": 5, "warmup": 2}
 
 
 @register_strategy(STRATEGY)
@@ -72,10 +76,29 @@ class EGNAS(Strategy):
         ckpt_dir = store.dir
         train_ds = dataset_of(ctx.data.train, STRATEGY)
 
+        use_latency = cfg.objective == "latency" or (cfg.objective == "auto" and ctx.budget.needs_latency)
+        table = None
+        if use_latency:
+            from compress.profiling.latency_model import LayerLatencyTable, default_cache_dir
+
+            table = LayerLatencyTable(ctx.target, cache_dir=Path(default_cache_dir()) / STRATEGY, **LATENCY_TIMING)
         with ctx.phase("search"):
             search = EGNASSearch(cfg, train_ds, ctx.data.val, num_classes, input_shape, ctx.seed, ckpt_dir=ckpt_dir,
-                                 progress=ctx.progress, log=ctx.log, executor=ctx.executor, runtime=ctx.runtime)
+                                 progress=ctx.progress, log=ctx.log, executor=ctx.executor, runtime=ctx.runtime,
+                                 latency_table=table)
+            if table is not None:
+                table.save()
             outcome = search.run()
+            # genotype_stability (issue 18): the same search from other seeds, only when asked (it costs
+            # stability_seeds - 1 more searches; no checkpoints, so a resumed run repeats them)
+            stability_alphas = [(outcome.alphas_normal, outcome.alphas_reduce)]
+            stability_seeds = [ctx.seed]
+            for i in range(1, cfg.stability_seeds):
+                seed_i = derive_seed(ctx.seed, "stability", i)
+                extra = EGNASSearch(cfg, train_ds, ctx.data.val, num_classes, input_shape, seed_i,
+                                    executor=ctx.executor, runtime=ctx.runtime, latency_table=table).run(resume=False)
+                stability_alphas.append((extra.alphas_normal, extra.alphas_reduce))
+                stability_seeds.append(seed_i)
         ctx.wall_s["search_arch_update"] = outcome.wall_arch_s
         ctx.wall_s["search_weights"] = outcome.wall_weights_s
         genotype = outcome.genotype
@@ -123,7 +146,21 @@ class EGNAS(Strategy):
                          {"weights": net.state_dict()}, key=final_hash)
         net.eval()
         entropies = [h["alpha_entropy"] for h in outcome.history]
+        term = search.latency_term
+        search_info = {
+            "alpha_entropy": entropies,
+            "alpha_entropy_uniform": math.log(search.num_ops),
+            "genotype_stability": genotype_stability(stability_alphas),
+            "stability_seeds": stability_seeds if len(stability_seeds) > 1 else [],
+            "plan": dict(outcome.plan),
+            "objective": "latency" if term is not None else "size",
+            "latency_weight": cfg.latency_weight if term is not None else None,
+            "expected_latency_ms": None if term is None else {
+                "uniform": term.reference_ms,
+                "final": float(term.expected_ms(outcome.alphas_normal.double(), outcome.alphas_reduce.double()))},
+        }
         info = {
+            "search": search_info,
             "genotype": genotype.to_dict(),
             "genotype_json": genotype.to_json(),
             "alpha_update": cfg.alpha_update,
