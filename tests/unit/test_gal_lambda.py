@@ -229,3 +229,77 @@ def test_grow_ranks_candidates_by_gain_per_ms_and_per_mac():
     assert [p.decision.dst for p in rank_by_cost([a, tie], per="ms")] == [4, 2]  # equal per ms: per MAC decides
     with pytest.raises(ConfigError):
         rank_by_cost([a], per="joules")
+
+
+# --------------------------------------------------------------------------- through run(): report keys, checkpoints
+
+
+def _run_ctx(tmp_path, progress=None, max_params: int = 5_000) -> StrategyContext:
+    from compress.data import as_task_data
+    from compress.profiling import Target
+
+    train = DataLoader(_toy(48), batch_size=16, shuffle=False)
+    val = DataLoader(_toy(16, seed=9), batch_size=16)
+    task = as_task_data({"train": train, "val": val})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3)).eval()
+    x = next(iter(val))[0][:2]
+    return StrategyContext(model=teacher, teacher=teacher, data=task, budget=Budget(max_params=max_params),
+                           teacher_cost=measure_cost(teacher, x), example_inputs=x, target=Target(), seed=0,
+                           out_dir=tmp_path, progress=progress or (lambda *a: None))
+
+
+# DARTS_V2, 3 cells on 4x4 maps: C=8 has 7,331 params, sized to 2 x the 5,000 budget
+RUN = dict(genotype="DARTS_V2", candidates_C=(4, 6, 8), candidates_layers=(3,), stem_strides=(2,), size_margin=2.0,
+           baseline_epochs=1, gal_epochs=2, gal_batch_size=16, n_critic=1, mask_step=1, mask_lr=0.1,
+           lambda_search_probes=3, lambda_search_start=1.0, final_epochs=1)
+
+
+def test_lambda_search_through_run_is_reported_and_resumes_from_probe_checkpoints(tmp_path):
+    ref = DartsGal(RUN).run(_run_ctx(tmp_path / "ref"))
+    gal = ref.info["gal"]
+    ls = gal["lambda_search"]
+    assert 1 <= len(ls["probes"]) <= 3 and gal["lambda"] >= ls["lambda"]  # the closing loop may raise lambda
+    assert gal["penalty"]["objective"] == "size" and ref.info["pruned"]["params"] <= 5_000
+    assert all(not p["resumed"] for p in ls["probes"])
+    ck = tmp_path / "ref" / "checkpoints" / "darts-gal"
+    assert {f"gal-probe-{n}.json" for n in range(len(ls["probes"]))} <= {p.name for p in ck.iterdir()}
+
+    class Killed(Exception):
+        pass
+
+    def killer(phase, done, total, info):
+        if phase == "lambda-search" and done == 1:  # after the first probe was committed
+            raise Killed
+
+    with pytest.raises(Killed):
+        DartsGal(RUN).run(_run_ctx(tmp_path / "run", killer))
+    out = DartsGal(RUN).run(_run_ctx(tmp_path / "run"))
+    probes = out.info["gal"]["lambda_search"]["probes"]
+    assert probes[0]["resumed"] is True
+    strip = [{k: v for k, v in p.items() if k != "resumed"} for p in probes]
+    assert strip == [{k: v for k, v in p.items() if k != "resumed"} for p in ls["probes"]]
+    assert out.info["nodes_kept"] == ref.info["nodes_kept"]
+
+
+def test_latency_objective_weights_the_masks_through_run(tmp_path, monkeypatch):
+    import compress.profiling.latency_model as lm
+
+    class Table(_ConvTable):
+        def __init__(self, *a, **k):
+            pass
+
+        def save(self):
+            return None
+
+    monkeypatch.setattr(lm, "LayerLatencyTable", Table)  # no onnxruntime timing in a unit test
+    cfg = {**RUN, "objective": "latency", "sparse_lambda": 2.0, "final_epochs": 0}
+    out = DartsGal(cfg).run(_run_ctx(tmp_path))
+    pen = out.info["gal"]["penalty"]
+    flat = [v for row in pen["weights"] for v in row]
+    assert pen["objective"] == "latency" and len(pen["weights"]) == 3
+    assert sum(flat) / len(flat) == pytest.approx(1.0) and min(flat) > 0.0  # floored at 5% of the mean
+    assert "lambda_search" not in out.info["gal"]  # a given lambda: no search
+    plain = DartsGal({**cfg, "objective": "auto"}).run(_run_ctx(tmp_path / "plain"))
+    assert plain.info["gal"]["penalty"] == {"objective": "size", "weights": None}

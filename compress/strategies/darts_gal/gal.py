@@ -21,7 +21,10 @@ same data. Per generator step (paper §3.4: five discriminator steps, then one g
   or ``-D(f_g)`` as the adversarial term with WGAN. The weights take a (clipped) SGD step (weight
   decay = ``R(W_G)``); the masks are not in the SGD optimiser: every ``mask_step`` generator steps,
   :class:`MaskFISTA` takes a proximal step (soft-threshold ``lr * lambda``, clamp at 0, FISTA
-  momentum) with that step's mask gradient (which includes ``lambda * sign(m)``, GAL code).
+  momentum) with that step's mask gradient (which includes ``lambda * sign(m)``, GAL code). With
+  ``mask_scale="cell"`` (default) every cell's masks are then divided by their max
+  (:meth:`GALTrainer.fix_mask_scale`, issue 18); ``mask_weights`` turn ``||m||_1`` into
+  ``sum_j w_j |m_j|`` (:func:`mask_penalty`, the latency-weighted penalty).
 
 Runtime: B, G and D go to ``runtime.device`` when the trainer is built and at the start of every
 :meth:`GALTrainer.run` (batches there too, forwards under its autocast) and come back to the CPU in

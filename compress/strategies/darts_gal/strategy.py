@@ -17,6 +17,16 @@ Pipeline (paper Fig. 1):
    discriminator on softmax outputs, adversarial + data (MSE to the baseline) + L1 losses, 5 D
    steps per G step, masks driven to exact zeros by the FISTA proximal step. Nodes whose mask is 0
    are physically removed with their edges and output channels (:mod:`.prune`).
+   **Lambda** (issue 18): with ``sparse_lambda=None`` (default) lambda is searched toward the
+   budget -- each probe a GAL run on a fresh copy of the baseline, pruned and measured, lambda
+   grown or shrunk by ``lambda_growth`` until the budget is bracketed, then bisected geometrically,
+   until the binding budget ratio lies in ``[1 - lambda_search_tolerance, 1]`` or
+   ``lambda_search_probes`` probes ran (:meth:`DartsGal._lambda_search`; report key
+   ``gal.lambda_search``). Each cell's masks are kept in units of its strongest node
+   (``mask_scale="cell"``, :meth:`~compress.strategies.darts_gal.gal.GALTrainer.fix_mask_scale`), so
+   the removed-node count grows gradually with lambda. With a latency budget (or
+   ``objective="latency"``) node j's L1 weight is its predicted latency share
+   (:func:`node_latency_weights`; report key ``gal.penalty``).
    **Closing loop**: if the pruned net is over budget (only possible with ``size_margin > 1``), GAL
    continues with a larger lambda, then the smallest masks are zeroed one at a time.
 4. **Retrain** (§3.4): the pruned architecture from scratch (paper) or fine-tuned (GAL), with KD.
@@ -40,6 +50,10 @@ Documented deviations / resolutions (ALGORITHMS.md §3(b)):
   without both, SGD at the paper's lr 0.01 diverged on DARTS stacks here;
 * a GAL epoch is one generator pass over the data; the 5 critic batches per generator step come
   from a second seeded stream; G's BatchNorm statistics are re-estimated after GAL;
+* the L1 term acts on masks in units of each cell's strongest node (``mask_scale="cell"``), not on
+  the absolute masks of Eq. 7: the BatchNorm that follows every cell cancels a common factor of its
+  masks, so the absolute term shrank a cell's masks together (all-or-nothing, measured);
+* lambda is searched toward the budget unless ``sparse_lambda`` is given (the paper gives none);
 * a cell whose masks all reach 0 keeps its strongest node (``keep_nonempty``): the paper's empty
   ("None") cells output a constant that ``CellSpec`` cannot express;
 * reduction positions follow the standard ``layers//3, 2*layers//3`` rule for every sized depth
