@@ -253,7 +253,7 @@ def load_image_folder_task(
     to ``stats_samples`` seeded training images. Images are RGB (``channels=3``) or grayscale
     (``channels=1``; CLI ``--in-chans``). ``limit`` keeps a stratified subset of the training
     images. ``calib`` (teacher-config and own-transform pipelines): at most ``calib_samples``
-    seeded training images with the eval transform.
+    training images (a seeded stratified pick, in seeded random order) with the eval transform.
 
     Loaders: ``num_workers`` worker processes decode the images (None: :func:`auto_num_workers`
     of the folder's image count: 0 below 512 images, else ``min(4, os.cpu_count())``).
@@ -383,9 +383,10 @@ def load_image_folder_task(
     test_ds = extra.get("test")
     calib_ds = None
     if not legacy:
-        n_cal = min(len(train_idx), calib_samples)
-        calib_idx = np.sort(np.random.default_rng([seed, 1]).choice(train_idx, size=n_cal, replace=False))
-        calib_ds = Subset(eval_full, calib_idx.tolist())
+        # a stratified seeded pick in seeded random order: consumers take the first k samples of this
+        # unshuffled loader (gp-prune's calibration), which must not all be of the first class
+        pick = train_idx[_stratified_subset(labels[train_idx], min(len(train_idx), calib_samples), seed)]
+        calib_ds = Subset(eval_full, np.random.default_rng([seed, 1]).permutation(pick).tolist())
     spec = DataSpec(
         name=root.name,
         num_classes=len(train_full.classes),

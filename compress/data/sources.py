@@ -326,8 +326,12 @@ def load_task(source: str | Path | None = None, **kw) -> TaskData:
 
     * ``None`` or ``"digits"`` -> :func:`load_digits_task`;
     * a ``*.npz`` file -> :func:`load_npz_task`;
-    * a directory -> :func:`load_image_folder_task`;
+    * a directory -> :func:`load_image_folder_task` (``model=`` a teacher spec or model reads it
+      with the teacher's data config; ``image_size``, ``crop_pct``, ``interpolation``, ``mean``,
+      ``std`` override it);
     * a TaskData / dict / tuple / loader -> :func:`as_task_data`.
+
+    Only image folders take ``model``: digits and ``.npz`` arrays are used at their stored size.
 
     Raises:
         DataError: unknown source, missing path, unsupported file type, or

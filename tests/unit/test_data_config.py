@@ -90,6 +90,9 @@ def test_timm_teacher_eval_transform_is_timms_own(folder):
     xb, _ = next(iter(task.train))
     assert tuple(xb.shape[1:]) == (3, *crop)
     assert len(task.calib.dataset) == len(task.train.dataset)  # 10 train images < calib_samples
+    few = load_image_folder_task(folder, model="timm:resnet10t", calib_samples=4, seed=0)
+    _, y_cal = collect(few.calib)  # gp-prune calibrates on the first samples: both classes among them
+    assert len(y_cal) == 4 and set(y_cal.tolist()) == {0, 1}
 
 
 def test_timm_config_overrides_are_applied_and_recorded(folder):
@@ -153,7 +156,7 @@ def test_folder_is_lazy_and_different_aspect_ratios_are_center_cropped(tmp_path)
     img, _ = task.calib.dataset.dataset[idx]
     assert img[1].min() > 0.99 and img[0].max() < 0.01 and img[2].max() < 0.01
     # the legacy resize (no crop_pct / interpolation / teacher config) squashes it: red and blue stay
-    legacy = load_image_folder_task(root, image_size=16, mean=(0.0,) * 3, std=(1.0,) * 3, seed=0)
+    legacy = load_image_folder_task(root, image_size=16, mean=(0.0,) * 3, std=(1.0,) * 3, val_fraction=0.3, seed=0)
     img, _ = legacy.train.dataset.dataset[idx]
     assert img[0, :, 0].max() > 0.9 and img[2, :, -1].max() > 0.9
     assert legacy.spec.preprocess.crop_pct is None and legacy.calib is None
