@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -366,7 +367,8 @@ def test_compress_end_to_end_meets_budget(digits_task, tmp_path):
     torch.manual_seed(0)
     # allow_slower: this tiny DARTS student runs several times slower than the 3-layer teacher on
     # onnxruntime (more, smaller ops), which compress() refuses by default; the MACs budget is tested here
-    res = compress(TinyConvNet().eval(), "macs=0.5x", data=digits_task, strategy="eg-nas", config=FAST,
+    res = compress(TinyConvNet().eval(), "macs=0.5x", data=digits_task, strategy="eg-nas",
+                   config={**FAST, "stability_seeds": 2},
                    progress=False, out_dir=tmp_path, latency_repeats=3, latency_warmup=1, allow_slower=True)
     assert res.budget_check.ok and res.student_report.cost.macs <= 0.5 * res.teacher.cost.macs
     assert res.validation.ok
@@ -379,6 +381,12 @@ def test_compress_end_to_end_meets_budget(digits_task, tmp_path):
     assert [h["epoch"] for h in res.history if h.get("phase") == "search"] == [1, 2]
     assert (tmp_path / "checkpoints" / "eg-nas" / "search.json").is_file()
     report = json.loads((tmp_path / "report.json").read_text())
+    # issue 18: what the search did (per-epoch entropy in nats; stability over 2 seeds when asked)
+    search = report["search"]
+    assert search == report["info"]["search"] and search["alpha_entropy"] == info["alpha_entropy_history"]
+    assert len(search["alpha_entropy"]) == 2 and all(0 < h <= math.log(7) + 1e-9 for h in search["alpha_entropy"])
+    assert 0.0 <= search["genotype_stability"] <= 1.0 and len(search["stability_seeds"]) == 2
+    assert search["objective"] == "size" and search["plan"]["arch_updates"] == 1
     reloaded = load_student(tmp_path, base=build_from_arch(report["info"]["student_arch"]))
     x = next(iter(digits_task.val))[0][:4]
     torch.testing.assert_close(reloaded(x), res.student(x))
