@@ -232,5 +232,14 @@ def _report_sections(history: list[dict[str, Any]], genotype: Genotype, info: di
     n_ops = len(info["final_alphas"]["normal"][0])
     rows += ["", f"Final alpha entropy {info['final_alpha_entropy']:.4f} nats (uniform over the {n_ops} ops: "
                  f"{math.log(n_ops):.4f}); derived network C={c.get('C')}, {c.get('layers')} cells."]
+    search = info.get("search") or {}
+    plan = search.get("plan") or {}
+    step = (f"xi per update {plan['xi_effective']:.4g}" if "xi_effective" in plan
+            else f"Adam lr {plan['arch_lr_effective']:.4g}" if "arch_lr_effective" in plan else None)
+    if step is not None:
+        rows.append(f"Alpha updates: {plan.get('arch_updates')}, {step}; objective: {search.get('objective')}.")
+    if search.get("genotype_stability") is not None:
+        rows.append(f"Genotype stability over seeds {search['stability_seeds']}: {search['genotype_stability']:.3f} "
+                    "(share of edges whose argmax op agrees in every search).")
     return [(f"Search ({info['alpha_update']}; alpha entropy = mean per-edge entropy in nats)", "\n".join(rows)),
             ("Genotype", "```text\n" + draw_genotype(genotype).rstrip() + "\n```")]
