@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from compress.budgets import Budget, CostError, measure_cost
-from compress.data import TaskData, as_task_data, collect
+from compress.data import TaskData, as_task_data, collect, iter_batches
 from compress.errors import (BudgetAlreadyMetError, CompressError, ConfigError, DataError, ModelSpecError,
                              UnsupportedModelError, disk_full)
 from compress.executors import Executor, make_executor
@@ -36,7 +36,7 @@ from compress.profiling.latency_model import measure_interleaved
 from compress.strategies import get_strategy  # the package registers the built-in strategies
 from compress.signals import cleanup_on_signals, raise_if_terminated
 from compress.result import CompressionResult, ModelReport
-from compress.strategies._parts.checkpoint import open_run_dir, run_identity
+from compress.strategies._parts.checkpoint import SplitFingerprint, open_run_dir, run_identity
 from compress.strategies._parts.checkpoint import loader_generators
 from compress.phases import phase as run_phase
 from compress.phases import resolve_time_limits
@@ -361,8 +361,7 @@ def compress(
     progress_fn, close_progress = _progress_fn(progress)
     try:
         with run_phase("check_inputs", limits=limits, progress=progress_fn, wall=wall):
-            x_val, y_val = collect(task.val)
-            _check_batch(x_val, y_val, task.spec.num_classes)
+            x_val, y_val, val_identity = _scan_val(task.val, task.spec.num_classes)
             example = x_val[:2].clone()
             _check_model(model, example, task.spec.num_classes, "model")
             if teacher is not None:
@@ -376,7 +375,7 @@ def compress(
         # (under torchrun / SLURM only rank 0 writes: the manifest, the checkpoints and the report)
         run_dir = open_run_dir(out_dir, run_identity(
             strategy=strategy_cls.name, config=strat.config, seed=seed, budget=budget_obj.to_dict(),
-            target=target.to_dict(), data=task.to_dict(), val=(x_val, y_val), model=model, teacher=teacher,
+            target=target.to_dict(), data=task.to_dict(), val=val_identity, model=model, teacher=teacher,
             train_dataset=getattr(task.train, "dataset", None)), resume=resume)
 
     # artifacts are staged in a private temp dir; out_dir only ever receives complete files
@@ -539,25 +538,82 @@ def _check_writable(path: Path) -> None:
         raise ConfigError(f"output directory {path} cannot be written ({probe} is not writable); choose another out_dir.")
 
 
-def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
-    if not x.is_floating_point():
+#: The validation split is read once at the start, batch by batch: checked, fingerprinted, and
+#: its first samples up to this many bytes kept in memory (the example input, the parity check's
+#: fallback when there is no test split). A split that fits is kept whole and fingerprinted as
+#: before, so runs from earlier versions still resume; a larger one (an ImageNet-size folder) is
+#: never held in memory (issue 17).
+VAL_KEEP_BYTES = 256 * 2**20
+
+
+def _scan_val(loader, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | str]:
+    """Check the validation split batch by batch (float finite images, int64 labels in range).
+
+    Returns:
+        ``(x_kept, y_kept, identity)``: the first samples (``VAL_KEEP_BYTES`` at most), and what
+        :func:`run_identity` hashes: the whole split when it was all kept, else its streamed
+        :class:`SplitFingerprint`.
+
+    Raises:
+        DataError: a batch is not float images / int64 class labels, NaN or infinite pixels (all
+            of them listed), labels outside ``0..num_classes-1``, or the split is empty.
+    """
+    xs, ys, kept_bytes, whole = [], [], 0, True
+    fp = SplitFingerprint()
+    bad_rows: list[int] = []
+    lo, hi, seen = None, None, 0
+    for x, y in iter_batches(loader, "val"):
+        if not x.is_floating_point():
+            raise DataError(
+                f"inputs are {x.dtype}; the model needs float images (B, C, H, W): convert with x.float() / 255 and "
+                "normalise (compress.data loaders do this for you)."
+            )
+        if y.dtype.is_floating_point or y.dim() != 1:
+            raise DataError(f"labels must be int64 class indices of shape (B,), got {y.dtype} {tuple(y.shape)}.")
+        if len(x):
+            finite = torch.isfinite(x.flatten(1)).all(dim=1)
+            if not bool(finite.all()):
+                bad_rows += (torch.nonzero(~finite).flatten() + seen).tolist()
+        if len(y):
+            lo = int(y.min()) if lo is None else min(lo, int(y.min()))
+            hi = int(y.max()) if hi is None else max(hi, int(y.max()))
+        fp.update(x, y)
+        seen += len(x)
+        size = x.element_size() * x.numel()
+        if whole and kept_bytes + size <= VAL_KEEP_BYTES:
+            xs.append(x)
+            ys.append(y)
+            kept_bytes += size
+        elif whole:
+            whole = False
+            room = (VAL_KEEP_BYTES - kept_bytes) // max(1, size // max(1, len(x)))
+            if room > 0:
+                xs.append(x[:room])
+                ys.append(y[:room])
+    if not seen:
+        raise DataError("the validation split is empty; give it at least one batch of (x, y)")
+    if bad_rows:
         raise DataError(
-            f"inputs are {x.dtype}; the model needs float images (B, C, H, W): convert with x.float() / 255 and "
-            "normalise (compress.data loaders do this for you)."
+            f"the validation images hold NaN or infinite values ({len(bad_rows)} image(s), first: {bad_rows[:5]}); "
+            "replace or drop them (and check the train and test splits too) before compressing."
         )
-    if not bool(torch.isfinite(x).all()):
-        rows = torch.nonzero(~torch.isfinite(x.flatten(1)).all(dim=1)).flatten().tolist()
+    if lo < 0 or hi >= num_classes:
         raise DataError(
-            f"the validation images hold NaN or infinite values ({len(rows)} image(s), first: {rows[:5]}); replace or "
-            "drop them (and check the train and test splits too) before compressing."
-        )
-    if y.dtype.is_floating_point or y.dim() != 1:
-        raise DataError(f"labels must be int64 class indices of shape (B,), got {y.dtype} {tuple(y.shape)}.")
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise DataError(
-            f"labels range over [{int(y.min())}, {int(y.max())}] but the task has {num_classes} classes; "
+            f"labels range over [{lo}, {hi}] but the task has {num_classes} classes; "
             "labels must be 0..num_classes-1."
         )
+    if not xs:  # a first batch larger than the keep limit: keep two samples for the example input
+        x, y = next(iter_batches(loader, "val"))
+        xs, ys = [x[:2]], [y[:2]]
+    x_kept, y_kept = torch.cat(xs), torch.cat(ys)
+    return x_kept, y_kept, ((x_kept, y_kept) if whole else fp.hexdigest())
+
+
+def _onnx_accuracy_on(path: Path, loader) -> float:
+    """Top-1 accuracy in [0, 1] of the ONNX model at ``path`` over ``loader``, batch by batch."""
+    from compress.exporters.mobile import onnx_accuracy_batches  # deferred: onnxruntime, as the other mobile imports
+
+    return onnx_accuracy_batches(path, ((x.numpy(), y.numpy()) for x, y in iter_batches(loader, "evaluation")))
 
 
 def _mobile(student_onnx: Path, art_dir: Path, task: TaskData, x_val: torch.Tensor, y_val: torch.Tensor,
@@ -571,13 +627,13 @@ def _mobile(student_onnx: Path, art_dir: Path, task: TaskData, x_val: torch.Tens
         mobile_info["ort_path"] = str(convert_to_ort(student_onnx, art_dir / "student.ort"))
         mobile_info["usability"] = mobile_usability(student_onnx)
     if int8:
-        from compress.exporters.mobile import DEFAULT_INT8_SETTINGS, int8_recommendation, onnx_accuracy, quantize_int8
+        from compress.exporters.mobile import DEFAULT_INT8_SETTINGS, int8_recommendation, quantize_int8
 
         x_cal = collect(task.train, max_samples=256)[0].numpy()
         q_path = quantize_int8(student_onnx, art_dir / "student.int8.onnx", x_cal, settings=DEFAULT_INT8_SETTINGS)
-        x_eval, y_eval = collect(task.test) if task.test is not None else (x_val, y_val)
-        acc_fp32 = onnx_accuracy(student_onnx, x_eval.numpy(), y_eval.numpy())
-        acc_int8 = onnx_accuracy(q_path, x_eval.numpy(), y_eval.numpy())
+        eval_loader = task.test if task.test is not None else task.val  # streamed: a split may not fit in memory
+        acc_fp32 = _onnx_accuracy_on(student_onnx, eval_loader)
+        acc_int8 = _onnx_accuracy_on(q_path, eval_loader)
         q_lat = profile_latency(q_path, target, warmup=latency_warmup, repeats=latency_repeats)
         side = _int8_vs_fp32(student_onnx, q_path, target, latency_repeats)
         drop = 100 * (acc_fp32 - acc_int8)
@@ -694,7 +750,10 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
     with phase("export"):
         student_onnx = export_onnx(student, example, art_dir / "student.onnx")
     with phase("validate"):
-        parity_x = collect(task.test)[0] if task.test is not None else x_val
+        # the test split (or the kept validation prefix), up to VAL_KEEP_BYTES of it: whole at CIFAR size
+        per_sample = max(1, example[0].element_size() * example[0].numel())
+        parity_x = (collect(task.test, max_samples=max(1, VAL_KEEP_BYTES // per_sample))[0]
+                    if task.test is not None else x_val)
         validation = validate_onnx(student, student_onnx, parity_x, atol=1e-4, rtol=1e-3, batch_sizes=(1, 8),
                                    raise_on_failure=False)
     with phase("profile"):

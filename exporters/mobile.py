@@ -26,7 +26,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -370,7 +370,20 @@ def int8_recommendation(fp32_ms: float, int8_ms: float, drop_pts: float, *, min_
 
 
 def onnx_accuracy(path: str | Path, inputs: np.ndarray, labels: np.ndarray, *, batch: int = 64) -> float:
-    """Top-1 accuracy in [0, 1] of the ONNX model at ``path`` (CPU, 1 thread)."""
+    """Top-1 accuracy in [0, 1] of the ONNX model at ``path`` (CPU, 1 thread) on ``inputs``
+    ``(N, C, H, W)`` float and ``labels`` ``(N,)``, run ``batch`` samples at a time."""
+    x = np.ascontiguousarray(inputs, dtype=np.float32)
+    y = np.asarray(labels)
+    return onnx_accuracy_batches(path, ((x[i: i + batch], y[i: i + batch]) for i in range(0, len(x), batch)))
+
+
+def onnx_accuracy_batches(path: str | Path, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Top-1 accuracy in [0, 1] of the ONNX model at ``path`` (CPU, 1 thread, one session) over
+    ``(x, y)`` batches that are read one at a time (a split that does not fit in memory).
+
+    Raises:
+        ValueError: ``batches`` is empty.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -378,9 +391,14 @@ def onnx_accuracy(path: str | Path, inputs: np.ndarray, labels: np.ndarray, *, b
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    x = np.ascontiguousarray(inputs, dtype=np.float32)
-    preds = [sess.run(None, {name: x[i: i + batch]})[0].argmax(1) for i in range(0, len(x), batch)]
-    return float((np.concatenate(preds) == np.asarray(labels)).mean())
+    correct, n = 0, 0
+    for x, y in batches:
+        pred = sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0].argmax(1)
+        correct += int((pred == np.asarray(y)).sum())
+        n += len(pred)
+    if n == 0:
+        raise ValueError("onnx_accuracy: no samples")
+    return correct / n
 
 
 def onnx_spec(path: str | Path) -> dict[str, Any]:

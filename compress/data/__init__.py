@@ -27,7 +27,7 @@ Modules (issue 15, part 4; issue 17):
 Errors are :class:`compress.errors.DataError`.
 """
 
-from compress.data.adapters import as_task_data, collect, make_task
+from compress.data.adapters import as_task_data, collect, iter_batches, make_task
 from compress.data.image_folder import AUTO_WORKERS_MIN_IMAGES, auto_num_workers, load_image_folder_task
 from compress.data.sources import load_digits_task, load_npz_task, load_task
 from compress.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec, Preprocess, TaskData
@@ -48,6 +48,7 @@ __all__ = [
     "make_task",
     "as_task_data",
     "collect",
+    "iter_batches",
     "auto_num_workers",
     "resolve_data_config",
 ]

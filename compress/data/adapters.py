@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from compress.data.spec import DataSpec, TaskData
 from compress.data.splits import _check_batch_size, _check_fraction, _check_labels, _labels_of, _make_loader, _split_indices
 from compress.errors import DataError
 
-__all__ = ["make_task", "as_task_data", "collect"]
+__all__ = ["make_task", "as_task_data", "collect", "iter_batches"]
 
 _EXPECTED_TASK_INPUT = (
     "expected a TaskData, a dict {'train': loader, 'val': loader (optional), 'test': loader (optional)}, "
@@ -244,6 +244,22 @@ def as_task_data(
     return make_task(
         train, val, test, spec=spec, seed=seed, val_fraction=val_fraction, batch_size=batch_size, calib=calib
     )
+
+
+def iter_batches(loader, role: str = "data") -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield the ``(x, y)`` batches of ``loader`` (a DataLoader, Dataset or iterable of batches),
+    checked as :func:`collect` checks them, one at a time (nothing is accumulated).
+
+    Raises:
+        DataError: batches are not ``(x, y)`` tensors (``role`` names the loader in the message).
+    """
+    if isinstance(loader, Dataset):
+        loader = DataLoader(loader, batch_size=256, shuffle=False)
+    if not isinstance(loader, Iterable):
+        raise DataError(f"the '{role}' data must be a DataLoader or an iterable of (x, y) batches, got "
+                        f"{type(loader).__name__}")
+    for batch in loader:
+        yield _unpack_batch(batch, role)
 
 
 def collect(loader, max_samples: int | None = None) -> tuple[Tensor, Tensor]:

@@ -59,6 +59,7 @@ __all__ = [
     "stable_hash",
     "state_fingerprint",
     "run_identity",
+    "SplitFingerprint",
     "open_run_dir",
     "RunDir",
     "RunManifest",
@@ -119,6 +120,39 @@ def _tensor_fingerprint(*tensors: torch.Tensor) -> str:
         h.update(f"{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:20]
+
+
+class SplitFingerprint:
+    """The fingerprint of a data split read batch by batch, without holding it in memory.
+
+    ``update(x, y)`` per batch, in loader order; :meth:`hexdigest` is independent of how the split
+    is batched (the bytes are hashed as one stream, the header holds the total shape). It never
+    equals the in-memory fingerprint of the same tensors (a ``streamed`` prefix), so a run that
+    switched from one to the other is told it is another run rather than silently matched.
+    """
+
+    def __init__(self) -> None:
+        self._x, self._y = hashlib.sha256(), hashlib.sha256()
+        self._x_meta: tuple | None = None
+        self._y_meta: tuple | None = None
+        self.samples = 0
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add one batch: ``x`` ``(B, ...)``, ``y`` ``(B,)``."""
+        for t, h, attr in ((x, self._x, "_x_meta"), (y, self._y, "_y_meta")):
+            t = t.detach().cpu().contiguous()
+            meta = (str(t.dtype), tuple(t.shape[1:]))
+            if getattr(self, attr) is None:
+                setattr(self, attr, meta)
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        self.samples += int(x.shape[0])
+
+    def hexdigest(self) -> str:
+        """20 hex characters, like the in-memory fingerprint."""
+        h = hashlib.sha256(b"streamed|")
+        for meta, part in ((self._x_meta, self._x), (self._y_meta, self._y)):
+            h.update(f"{meta}|{self.samples}|".encode() + part.digest())
+        return h.hexdigest()[:20]
 
 
 def _corrupt(path: Path, exc: BaseException | str) -> CheckpointError:
@@ -372,12 +406,13 @@ def _versions() -> dict[str, str]:
 
 
 def run_identity(*, strategy: str, config: Any, seed: int, budget: Mapping[str, Any], target: Mapping[str, Any],
-                 data: Mapping[str, Any], val: tuple[torch.Tensor, torch.Tensor], model: nn.Module,
+                 data: Mapping[str, Any], val: tuple[torch.Tensor, torch.Tensor] | str, model: nn.Module,
                  teacher: nn.Module | None, train_dataset: Any = None) -> dict[str, Any]:
     """What must match for an output directory's checkpoints to be resumed (JSON-ready).
 
     ``config`` is the strategy's config dataclass or dict; ``val`` the collected validation
-    split (hashed); ``train_dataset`` is hashed when it is a ``TensorDataset``, otherwise only
+    split (hashed), or its fingerprint already computed (:class:`SplitFingerprint` of a split too
+    large to hold in memory); ``train_dataset`` is hashed when it is a ``TensorDataset``, otherwise only
     its size (in ``data``) is compared.
     """
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
@@ -393,7 +428,7 @@ def run_identity(*, strategy: str, config: Any, seed: int, budget: Mapping[str, 
         "seed": int(seed),
         "budget": dict(budget),
         "target": dict(target),
-        "data": {**dict(data), "val_fingerprint": _tensor_fingerprint(*val), "train_fingerprint": train_fp},
+        "data": {**dict(data), "val_fingerprint": val if isinstance(val, str) else _tensor_fingerprint(*val), "train_fingerprint": train_fp},
         "model_fingerprint": state_fingerprint(model),
         "teacher_fingerprint": None if teacher is None else state_fingerprint(teacher),
     })
