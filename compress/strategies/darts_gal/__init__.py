@@ -33,6 +33,7 @@ from compress.strategies.darts_gal.strategy import DartsGal, budget_ratio, node_
 
 __all__ = [
     "DartsGal", "DartsGalConfig", "DartsSearch", "Discriminator", "GALSettings", "GALTrainer", "MaskFISTA",
-    "attach_masks", "data_loss", "mask_penalty", "budget_ratio", "node_latency_weights", "discriminator_loss", "generator_adv_loss", "soft_threshold", "CellKeep",
+    "attach_masks", "data_loss", "mask_penalty", "budget_ratio", "node_latency_weights",
+    "discriminator_loss", "generator_adv_loss", "soft_threshold", "CellKeep",
     "kept_nodes", "prune_network", "nodes_kept_rows", "nodes_kept_markdown", "draw_genotype",
 ]

@@ -92,8 +92,9 @@ class DartsGalConfig:
             proximal step, so the L1 term removes nodes that are weak *relative to their cell*
             (see :meth:`~compress.strategies.darts_gal.gal.GALTrainer.fix_mask_scale`: without it
             the BatchNorm after every cell makes the masks of a cell fall to 0 together, and the
-            removed-node count jumped 0 -> 15 of 20 between lambda 0.05 and 0.1 on digits);
-            ``"free"``: the paper's absolute ``||m||_1``.
+            removed-node count jumped 0 -> 15 of 20 between lambda 0.05 and 0.1 on digits; with it,
+            0, 3, 4, 9, 15 of 20 at lambda 1, 1.4, 1.7, 2, 3 on the same stack; the lambda scales of
+            the two modes differ); ``"free"``: the paper's absolute ``||m||_1``.
         lambda_search_probes: at most this many GAL probes of the lambda search (>= 1, default 6).
         lambda_search_start: the first lambda probed (> 0); the bracket grows or shrinks by
             ``lambda_growth`` until the budget is bracketed, then bisects geometrically.
@@ -197,7 +198,7 @@ class DartsGalConfig:
     sparse_lambda: float | None = None
     mask_scale: str = "cell"
     lambda_search_probes: int = 6
-    lambda_search_start: float = 0.3
+    lambda_search_start: float = 1.0
     lambda_search_tolerance: float = 0.1
     lambda_probe_epochs: int | None = None
     objective: str = "auto"

@@ -165,7 +165,8 @@ def gal_settings(cfg: DartsGalConfig, lam: float, seed: int, *, epochs: int | No
     """The :class:`GALSettings` of a config at sparsity ``lam`` (``epochs``: None = ``gal_epochs``;
     ``mask_weights``: per-node L1 weights, None = 1)."""
     return GALSettings(
-        epochs=cfg.gal_epochs if epochs is None else int(epochs), mask_scale=cfg.mask_scale, mask_weights=mask_weights, batch_size=cfg.gal_batch_size, lr=cfg.gal_lr, momentum=cfg.gal_momentum,
+        epochs=cfg.gal_epochs if epochs is None else int(epochs), mask_scale=cfg.mask_scale, mask_weights=mask_weights,
+        batch_size=cfg.gal_batch_size, lr=cfg.gal_lr, momentum=cfg.gal_momentum,
         weight_decay=cfg.gal_weight_decay, lr_step_epochs=cfg.gal_lr_step_epochs, lr_gamma=cfg.gal_lr_gamma,
         max_g_steps_per_epoch=cfg.gal_max_g_steps_per_epoch, n_critic=cfg.n_critic, gan=cfg.gan,
         wgan_clip=cfg.wgan_clip, d_input=cfg.d_input, d_hidden=cfg.d_hidden, d_activation=cfg.d_activation,
@@ -491,8 +492,10 @@ class DartsGal(Strategy):
         else:
             search = self._lambda_search(ctx, cfg, baseline, train_ds, K, weights, store, h_gal)
             trainer = search.pop("_trainer")
+            threshold_only = search.pop("_threshold_only")
             candidates = [self._gal_one(ctx, cfg, baseline, train_ds, K, search["lambda"], total_nodes, tag="gal",
-                                        weights=weights, trainer=trainer, history=search.pop("_history"))]
+                                        weights=weights, trainer=trainer, history=search.pop("_history"),
+                                        lambda_rounds=not threshold_only)]
         best = min(range(len(candidates)),
                    key=lambda i: (abs(candidates[i]["removed_fraction"] - cfg.target_prune_fraction), i))
         chosen = candidates[best]
@@ -543,9 +546,11 @@ class DartsGal(Strategy):
         measured by ``ctx.check``; its binding ratio ``r`` (:func:`budget_ratio`) decides the next
         lambda: ``r > 1`` (over budget) -> larger, ``r < 1 - tol`` (pruned too much) -> smaller; x or /
         ``lambda_growth`` until both sides are seen, then the geometric mean of the bracket. It stops
-        at the first ``r`` in ``[1 - tol, 1]`` or after ``lambda_search_probes`` probes and keeps the
-        probe with the largest ``r <= 1`` (none: the smallest ``r``; the closing loop then prunes into
-        the budget). Every probe is committed as checkpoint ``gal-probe-<n>``, so a killed run re-uses
+        at the first ``r`` in ``[1 - tol, 1]`` or after ``lambda_search_probes`` probes. Without a probe
+        in the window it keeps the probe least over the budget and zeroes its smallest masks one at a
+        time until the budget is met (the closing loop without its lambda rounds; measured on digits:
+        5 probes ended at ratios 1.06 and 0.68 around the window), else the probe with the largest
+        ``r <= 1`` (none at all: the smallest ``r``, then the full closing loop). Every probe is committed as checkpoint ``gal-probe-<n>``, so a killed run re-uses
         the finished probes (their generator; a closing-loop round after a resume starts a fresh
         discriminator).
 
@@ -560,6 +565,7 @@ class DartsGal(Strategy):
         probes: list[dict[str, Any]] = []
         kept: tuple[int, GALTrainer, list[dict[str, Any]]] | None = None
         fallback: tuple[int, GALTrainer, list[dict[str, Any]]] | None = None
+        over: tuple[int, GALTrainer, list[dict[str, Any]]] | None = None  # least over the budget
         lo: float | None = None  # largest lambda seen over the budget
         hi: float | None = None  # smallest lambda seen pruning below 1 - tol
         lam = float(cfg.lambda_search_start)
@@ -605,6 +611,8 @@ class DartsGal(Strategy):
                 kept = (n, trainer, history)
             if fallback is None or r < probes[fallback[0]]["ratio"]:
                 fallback = (n, trainer, history)
+            if r > 1.0 and (over is None or r < probes[over[0]]["ratio"]):
+                over = (n, trainer, history)
             if 1.0 - tol <= r <= 1.0:
                 break
             if r > 1.0:
@@ -613,22 +621,33 @@ class DartsGal(Strategy):
                 hi = lam if hi is None else min(hi, lam)
             lam = math.sqrt(lo * hi) if lo is not None and hi is not None else (
                 lam * cfg.lambda_growth if hi is None else lam / cfg.lambda_growth)
+        full = epochs == cfg.gal_epochs
         choice = kept if kept is not None else fallback
         assert choice is not None  # at least one probe ran (lambda_search_probes >= 1)
+        within = 1.0 - tol <= probes[choice[0]]["ratio"] <= 1.0
+        how = "within tolerance" if within else "best probe within the budget" if kept is not None else \
+            "no probe within the budget: the closing loop prunes the smallest-ratio probe"
+        threshold_only = False
+        if not within and over is not None and full:
+            # no probe landed: the least-over-budget probe, its smallest masks zeroed one at a time until the
+            # budget is met (the closing loop without its lambda rounds) lands closer than an over-pruned probe
+            choice, threshold_only = over, True
+            how = "no probe within tolerance: the least-over-budget probe, smallest masks zeroed until it fits"
         idx, trainer, history = choice
         chosen = probes[idx]
-        full = epochs == cfg.gal_epochs
         return {"lambda": chosen["lambda"], "chosen_probe": idx, "probes": probes, "tolerance": tol,
                 "max_probes": cfg.lambda_search_probes, "probe_epochs": epochs,
-                "within_tolerance": bool(1.0 - tol <= chosen["ratio"] <= 1.0),
-                "budget": ctx.budget.describe(),
-                "_trainer": trainer if full else None, "_history": history if full else None}
+                "within_tolerance": bool(within), "choice": how, "budget": ctx.budget.describe(),
+                "_trainer": trainer if full else None, "_history": history if full else None,
+                "_threshold_only": threshold_only}
 
     def _gal_one(self, ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, train_ds: Dataset, K: int,
                  lam: float, total_nodes: int, tag: str, weights: tuple[tuple[float, ...], ...] | None = None,
-                 trainer: GALTrainer | None = None, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 trainer: GALTrainer | None = None, history: list[dict[str, Any]] | None = None,
+                 lambda_rounds: bool = True) -> dict[str, Any]:
         """GAL at ``lam`` (or continue ``trainer``, already run for ``gal_epochs`` with ``history``),
-        then the closing loop into the budget."""
+        then the closing loop into the budget (``lambda_rounds=False``: without its GAL rounds at a
+        larger lambda, only the zeroing of the smallest masks)."""
         check = ctx.check
         settings = gal_settings(cfg, lam, derive_seed(ctx.seed, "gal"), mask_weights=weights)
         t0 = time.perf_counter()
@@ -649,7 +668,7 @@ class DartsGal(Strategy):
                    "ok": chk.ok}]
         ctx.log(phase="closing-loop", **rounds[-1])
         r = 0
-        while not chk.ok and r < cfg.max_prune_rounds:
+        while lambda_rounds and not chk.ok and r < cfg.max_prune_rounds:
             r += 1
             lam *= cfg.lambda_growth
             trainer.s = dataclasses.replace(trainer.s, lam=lam)
