@@ -80,19 +80,40 @@ def _summarise(times_ms: list[float], engine: str, target: Target, warmup: int) 
     )
 
 
-def _time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; per-call ms."""
-    for _ in range(warmup):
+TIME_BUDGET_S = 5.0
+"""Default bound of one measurement's timed calls, in seconds (issue 17: a 224x224 resnet50 takes
+~0.1 s a call on one core, 0.3 s on a loaded one, and ``compress()`` times teacher and student with
+both engines): past it, timing stops once :data:`MIN_TIMED` calls are done; the untimed warm-up
+stops after a quarter of it (at least one call). :class:`LatencyStats` ``repeats`` says how many
+calls were timed."""
+MIN_TIMED = 10
+"""Timed calls made whatever the time budget (fewer only when ``repeats`` asks for fewer)."""
+
+
+def _time_calls(fn: Callable[[], Any], warmup: int, repeats: int,
+                time_budget_s: float | None = TIME_BUDGET_S) -> list[float]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; per-call ms. With
+    ``time_budget_s`` (seconds), the warm-up stops after ``time_budget_s / 4`` (at least one call)
+    and the timing once ``time_budget_s`` of timed calls and ``min(MIN_TIMED, repeats)`` calls are done."""
+    t_start = time.perf_counter()
+    for i in range(warmup):
+        if time_budget_s is not None and i > 0 and time.perf_counter() - t_start >= 0.25 * time_budget_s:
+            break
         fn()
     times: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
+    spent, least = 0.0, min(MIN_TIMED, repeats)
     try:
         for _ in range(repeats):
+            if time_budget_s is not None and spent >= time_budget_s and len(times) >= least:
+                break
             t0 = time.perf_counter()
             fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+            dt = time.perf_counter() - t0
+            spent += dt
+            times.append(dt * 1e3)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -114,6 +135,7 @@ def profile_latency(
     warmup: int = 10,
     repeats: int = 50,
     example_inputs: Tensor | None = None,
+    time_budget_s: float | None = TIME_BUDGET_S,
 ) -> LatencyStats:
     """Measure per-call latency (ms, ``time.perf_counter``) of a model on ``target``.
 
@@ -130,7 +152,11 @@ def profile_latency(
             afterwards; needs a module).
         warmup: untimed calls before timing (>= 0); the first call also checks that the model
             runs, so at least one untimed call always happens.
-        repeats: timed calls (>= 1).
+        repeats: timed calls (>= 1), at most: see ``time_budget_s``.
+        time_budget_s: seconds of timed calls after which timing stops once ``min(MIN_TIMED,
+            repeats)`` calls are done (the warm-up stops after a quarter of it); default
+            :data:`TIME_BUDGET_S`, None: exactly ``warmup`` and ``repeats`` calls. The stats'
+            ``repeats`` is the number of calls timed.
         example_inputs: example batch ``(N, *input_shape)`` used for export / the input shape
             when the target and the ONNX file don't fix it.
 
@@ -156,18 +182,18 @@ def profile_latency(
             raise ProfilingError(
                 f"engine='torch' needs an nn.Module, got {type(model_or_path).__name__}; use engine='onnxruntime' for ONNX files"
             )
-        stats = _profile_torch(model_or_path, target, warmup, repeats, example_inputs)
+        stats = _profile_torch(model_or_path, target, warmup, repeats, example_inputs, time_budget_s)
     else:
         _check_provider(target)
         if isinstance(model_or_path, nn.Module):
             with tempfile.TemporaryDirectory(prefix="compress-profile-") as tmp:
                 onnx_path = _export_for_profiling(model_or_path, target, example_inputs, Path(tmp) / "model.onnx")
-                stats = _profile_ort(onnx_path, target, warmup, repeats, example_inputs)
+                stats = _profile_ort(onnx_path, target, warmup, repeats, example_inputs, time_budget_s)
         elif isinstance(model_or_path, (str, Path)):
             path = Path(model_or_path)
             if not path.is_file():
                 raise ProfilingError(f"ONNX file not found: {path}")
-            stats = _profile_ort(path, target, warmup, repeats, example_inputs)
+            stats = _profile_ort(path, target, warmup, repeats, example_inputs, time_budget_s)
         else:
             raise TypeError(f"model_or_path must be an nn.Module or a path, got {type(model_or_path).__name__}")
     logger.info(
@@ -253,7 +279,8 @@ def _resolve_ort_shape(
     )
 
 
-def _profile_ort(path: Path, target: Target, warmup: int, repeats: int, example_inputs: Tensor | None) -> LatencyStats:
+def _profile_ort(path: Path, target: Target, warmup: int, repeats: int, example_inputs: Tensor | None,
+                 time_budget_s: float | None = TIME_BUDGET_S) -> LatencyStats:
     import onnxruntime as ort
 
     if target.model_format == "ort" and path.suffix != ".ort":
@@ -264,7 +291,7 @@ def _profile_ort(path: Path, target: Target, warmup: int, repeats: int, example_
                 ort_path = convert_to_ort(path, Path(tmp) / "model.ort")
             except Exception as exc:
                 raise ProfilingError(f"target {target.name!r} times the ORT format, but conversion failed: {exc}") from exc
-            return _profile_ort(ort_path, target, warmup, repeats, example_inputs)
+            return _profile_ort(ort_path, target, warmup, repeats, example_inputs, time_budget_s)
     try:
         sess = ort.InferenceSession(str(path), sess_options=target.session_options(), providers=[target.provider])
     except Exception as exc:
@@ -285,7 +312,7 @@ def _profile_ort(path: Path, target: Target, warmup: int, repeats: int, example_
         raise ProfilingError(
             f"onnxruntime failed to run {path.name} on input {data.shape}: {str(exc).strip().splitlines()[0]}"
         ) from exc
-    times = _time_calls(lambda: sess.run(None, feed), max(warmup - 1, 0), repeats)
+    times = _time_calls(lambda: sess.run(None, feed), max(warmup - 1, 0), repeats, time_budget_s)
     return _summarise(times, "onnxruntime", target, warmup)
 
 
@@ -293,7 +320,8 @@ def _profile_ort(path: Path, target: Target, warmup: int, repeats: int, example_
 # torch eager
 # --------------------------------------------------------------------------------------------
 def _profile_torch(
-    model: nn.Module, target: Target, warmup: int, repeats: int, example_inputs: Tensor | None
+    model: nn.Module, target: Target, warmup: int, repeats: int, example_inputs: Tensor | None,
+    time_budget_s: float | None = TIME_BUDGET_S,
 ) -> LatencyStats:
     if target.input_shape is not None:
         shape = target.input_shape
@@ -320,7 +348,7 @@ def _profile_torch(
                 raise ProfilingError(
                     f"{type(model).__name__} failed on input {tuple(x.shape)}: {type(exc).__name__}: {exc}"
                 ) from exc
-            times = _time_calls(lambda: model(x), max(warmup - 1, 0), repeats)
+            times = _time_calls(lambda: model(x), max(warmup - 1, 0), repeats, time_budget_s)
     finally:
         for m, flag in flags:
             m.training = flag

@@ -110,3 +110,18 @@ def test_channel_rounding_time_budget_aligns_untimed_groups(tmp_path):
     assert [r["chosen"] for r in bounded] == [r["chosen"] for r in unbounded]
     assert all("time budget" not in r["decision"] for r in bounded)
     assert cached.measured == 0  # nothing timed again: every layer came from the table
+
+
+def test_latency_time_budget_bounds_the_calls_not_below_the_minimum():
+    """profile_latency's bound (issue 17): a spent budget still times MIN_TIMED calls after one
+    warm-up call; None makes exactly ``warmup`` + ``repeats`` calls."""
+    from compress.profiling import latency
+
+    calls: list[int] = []
+    times = latency._time_calls(lambda: calls.append(1), 10, 50, time_budget_s=0.0)
+    assert len(times) == latency.MIN_TIMED and len(calls) == 1 + latency.MIN_TIMED
+    calls.clear()
+    assert len(latency._time_calls(lambda: calls.append(1), 3, 4, time_budget_s=0.0)) == 4  # repeats < MIN_TIMED
+    calls.clear()
+    times = latency._time_calls(lambda: calls.append(1), 10, 50, time_budget_s=None)
+    assert len(times) == 50 and len(calls) == 60
