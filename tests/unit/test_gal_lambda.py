@@ -262,6 +262,8 @@ def test_lambda_search_through_run_is_reported_and_resumes_from_probe_checkpoint
     ls = gal["lambda_search"]
     assert 1 <= len(ls["probes"]) <= 3 and gal["lambda"] >= ls["lambda"]  # the closing loop may raise lambda
     assert gal["penalty"]["objective"] == "size" and ref.info["pruned"]["params"] <= 5_000
+    assert ls["final_ratio"] == pytest.approx(ref.info["pruned"]["params"] / 5_000)
+    assert ls["final_within_tolerance"] == (0.9 <= ls["final_ratio"] <= 1.0) and isinstance(ls["choice"], str)
     assert all(not p["resumed"] for p in ls["probes"])
     ck = tmp_path / "ref" / "checkpoints" / "darts-gal"
     assert {f"gal-probe-{n}.json" for n in range(len(ls["probes"]))} <= {p.name for p in ck.iterdir()}

@@ -517,8 +517,11 @@ class DartsGal(Strategy):
             "nodes_removed": chosen["removed"], "pruned": chosen["pruned"], "history": chosen["history"],
             "drawing": drawing, "penalty": penalty,
         }
-        if search is not None:
-            state["lambda_search"] = search
+        if search is not None:  # where the pruned network (after any closing loop) sits against the budget
+            pc = chosen["pruned"]
+            final = budget_ratio(ctx.budget, Cost(macs=pc["macs"], params=pc["params"]), pc["latency_ms"])
+            state["lambda_search"] = {**search, "final_ratio": final,
+                                      "final_within_tolerance": bool(1.0 - search["tolerance"] <= final <= 1.0)}
         return state, plain.eval()
 
     def _mask_weights(self, ctx: StrategyContext, cfg: DartsGalConfig,
