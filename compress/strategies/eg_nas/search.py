@@ -38,7 +38,10 @@ issue 18). At the paper's setting it is exactly ``xi``. Chosen over ``direction=
 update ``alpha + xi * s`` re-adds alpha itself and grows it geometrically, ``(1 + xi)^k``, at
 any T) and over more updates per epoch (each costs ``1 + N (lambda G + 2)`` forwards and changes
 Alg. 1's loop). Measured at ``cpu-small`` as above with ``xi_reference_updates=35`` (xi 4.2): 1.9346,
-1.9145, 1.8468, 1.6598, 1.2399 nats; the preset sets it (:mod:`.config`).
+1.9145, 1.8468, 1.6598, 1.2399 nats; the preset sets it (:mod:`.config`). Seeds 1 and 2 end at
+1.1431 and 1.6061, but their genotypes do not agree: no edge of 28 has the same argmax op in all
+three (pairwise 7-11% of edges, chance 1/7), so at this scale (3 weight steps per epoch, a
+supernet at 10-30% validation accuracy) alpha now moves, but not yet reproducibly.
 """
 
 from __future__ import annotations
