@@ -351,7 +351,7 @@ def _export_dynamo(
         )
 
 
-class _UntrustedTrace(Exception):
+class _UntrustedTrace(ExportError):
     """The TorchScript trace of exporter ``"auto"`` warned that it may have baked in Python
     control flow or shapes: the dynamo exporter is tried instead."""
 
