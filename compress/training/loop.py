@@ -9,7 +9,7 @@ steps, the GP-evolution tasks, the demo teacher). What the loop owns:
 * a per-step learning-rate schedule (:func:`cosine_factor`);
 * the divergence guard: a non-finite loss, or weights that became non-finite by the end of an
   epoch, restore the last good weights and raise :class:`TrainingDivergedError`;
-* keep-best on the validation split (never the test split: ALGORITHMS.md 2(b).5);
+* keep-best on the validation split (never the test split: docs/algorithms/gp-prune.md, choice 5);
 * progress callbacks (``on_epoch``), replayed for restored epochs;
 * per-epoch checkpoints through :class:`~compress.training.checkpoint.EpochCheckpoint` with
   bit-identical resume (model, optimizer, scheduler, best weights, history, loader and
@@ -447,7 +447,7 @@ def _batch_size(batch: Any) -> int:
 class FinetuneSettings:
     """Fine-tune schedule: SGD with Nesterov momentum and a cosine learning rate (the GECCO'22
     paper's transfer-pruning recipe, §5: SGD Nesterov 0.9, wd 1e-4), keeping the weights with the
-    best validation accuracy (not test: ALGORITHMS.md 2(b).5)."""
+    best validation accuracy (not test: docs/algorithms/gp-prune.md, choice 5)."""
 
     epochs: int = 5
     lr: float = 0.01

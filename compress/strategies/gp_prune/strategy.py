@@ -1,7 +1,7 @@
 """Strategy ``gp-prune``: one-shot uniform channel pruning ranked by an expression-tree metric.
 
 Source: Liu et al., "Evolving Transferable Neural Pruning Functions", GECCO'22
-(``shared/papers/001_…``), §5 "Transfer pruning": a ready-made metric (default: the evolved
+(docs/algorithms/gp-prune.md), §5 "Transfer pruning": a ready-made metric (default: the evolved
 ξ* of Eq. 3) scores every channel, the same ratio of channels is removed from every prunable
 layer in one shot (uniform pruning), and the pruned network is retrained. Our choices where the
 paper is silent or we differ on purpose, each a config field:
@@ -23,7 +23,7 @@ paper is silent or we differ on purpose, each a config field:
   fixed 1x1 convolution (checked numerically), which dependency graphs understand;
 * retraining: KD from the teacher (CE + T^2-scaled KL), SGD Nesterov 0.9, wd 1e-4 (§5), cosine
   learning rate, best epoch chosen on the validation split (the released code picks it on the
-  test set: ALGORITHMS.md 2(b).5);
+  test set: docs/algorithms/gp-prune.md, choice 5);
 * label-aware metrics see ``calib_samples`` calibration images (paper: all training images)
   with feature maps pooled to at most ``max_map_hw``² (see ``features.py``).
 

@@ -5,7 +5,7 @@ teacher's map -- "inspired by the target-aware transformer (Lin et al. 2022) but
 space": every student channel attends over the teacher channels and takes a convex combination
 of them, so the projected teacher map has the student's channel count.
 
-Default (ALGORITHMS.md §1(b).1, ``attention="dot"``), per sample::
+Default (docs/algorithms/grow.md, choice 1, ``attention="dot"``), per sample::
 
     S = h_v  flattened to (C_s, HW)        T = h^ flattened to (C_t, HW)
     A = softmax_over_teacher_channels(S T^T / sqrt(HW))          (C_s, C_t), rows sum to 1
@@ -16,8 +16,7 @@ teacher map is a constant. Variant ``attention="proj"``: learnable 1x1 convoluti
 query (``C_s -> C_s``) and key (``C_t -> C_t``), initialised to the identity (TaT-like
 regressor); their weights live in the loss, not in the student, and are trained with it.
 
-Eq. 2: ``R_inner(v) = || v - f_a(v̂_q) ||_2^2``. ``r_norm="mean"`` (default, ALGORITHMS.md
-§1(b).3) averages the squared error over ``C x H x W`` so nodes of different sizes are
+Eq. 2: ``R_inner(v) = || v - f_a(v̂_q) ||_2^2``. ``r_norm="mean"`` (default, docs/algorithms/grow.md, choice 3) averages the squared error over ``C x H x W`` so nodes of different sizes are
 comparable in Eq. 5; ``r_norm="sum"`` is the literal squared norm. Both are then averaged over
 the batch. When a student node's spatial size differs from its teacher node's (non power-of-two
 ratios), the teacher map is average-pooled to the student's size first (adaptive pooling).

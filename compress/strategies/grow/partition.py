@@ -17,7 +17,7 @@ We find that path on the teacher's computation graph, never on per-architecture 
    :class:`UnsupportedModelError` naming the output node.
 4. **Longest path** by dynamic programming over the (topologically ordered) graph, every
    tensor node counting 1; the residual branch, not the shortcut, is therefore on the path.
-5. **Supervision points** (ALGORITHMS.md §1(b).12; ``granularity``):
+5. **Supervision points** (docs/algorithms/grow.md, choice 12; ``granularity``):
 
    * ``"blocks"`` (default): every path node is mapped to its *unit*, the outermost module
      in its ``nn_module_stack`` that is not a container (``Sequential``/``ModuleList``/
@@ -32,7 +32,7 @@ We find that path on the teacher's computation graph, never on per-architecture 
    * ``nodes``: an explicit list of graph node names (as in :attr:`TeacherPartition.path`);
      the final feature map is always appended.
 
-Spatial *levels* (ALGORITHMS.md §1(b).2): a point with spatial size ``H`` has level
+Spatial *levels* (docs/algorithms/grow.md, choice 2): a point with spatial size ``H`` has level
 ``round(log2(H_in / H))`` made non-decreasing along the path; a student node at level ``L``
 has the size reached from the input by ``L`` stride-2 convolutions (``ceil`` halving).
 """

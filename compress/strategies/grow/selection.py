@@ -4,13 +4,13 @@
 node is never a candidate); ``Rbar`` is the mean ``R_inner`` over the scoring split. The node
 with the largest ``S`` is picked (ties: lowest node id), then the edge from its *closest
 precursor* -- the in-neighbour with the largest teacher index ``q_i`` (ties: lowest id,
-ALGORITHMS.md §1(b).5). Ablation (A) drops the degree factor (``S = Rbar``).
+docs/algorithms/grow.md, choice 5). Ablation (A) drops the degree factor (``S = Rbar``).
 
-Split of ``e_ij`` (§3.4, App. B; ALGORITHMS.md §1(b).8): while ``n_ij < B_op`` deepen by
+Split of ``e_ij`` (§3.4, App. B; docs/algorithms/grow.md, choice 8): while ``n_ij < B_op`` deepen by
 ``min(deepen_step, B_op - n_ij)`` units (1 -> 4 -> 7), then widen with
 ``q_k = floor(c q_i + (1 - c) q_j)`` (Eq. 6). When ``q_j - q_i <= 1`` Eq. 6 returns ``q_i``
-(ALGORITHMS.md §1(b).6): ``adjacent="allow"`` widens anyway (duplicate supervision; the
-ALGORITHMS.md recommendation); ``adjacent="next_node"`` skips the node and tries the next-best
+(docs/algorithms/grow.md, choice 6): ``adjacent="allow"`` widens anyway (duplicate supervision; the
+algorithm notes' recommendation); ``adjacent="next_node"`` skips the node and tries the next-best
 one. ``GrowConfig`` defaults to ``"next_node"``: with ``"allow"`` a widen of ``v1 -> v_k`` with
 ``q_k = 2`` creates a node supervised by the *image* (``q = 1``), which then has the largest
 ``R_inner`` and is widened again, and so on -- on a 4-point teacher we saw 30+ iterations of

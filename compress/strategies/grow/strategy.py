@@ -1,8 +1,7 @@
 """Strategy ``grow``: SEArch, a student that grows under the teacher's guidance until the budget.
 
 Source: "SEArch: a self-evolving framework for network architecture optimization" (ICLR 2024
-submission; later Liang, Xiang, Li, Neurocomputing 651, 2025), ``shared/papers/000_…``, and
-ALGORITHMS.md §1. One run:
+submission; later Liang, Xiang, Li, Neurocomputing 651, 2025), and docs/algorithms/grow.md. One run:
 
 1. **Partition** the teacher along its longest input -> final-map path into ``v̂_1 .. v̂_m``
    (§3.1; :mod:`.partition`).
@@ -25,14 +24,14 @@ ALGORITHMS.md §1. One run:
    * edge splitting on a copy: deepen (1 -> 4 -> 7 units) until ``B_op``, then widen (Eq. 6);
      weights are inherited and the new parts are function-preserving;
    * the copy is measured by the budget oracle ``ctx.check`` (params, MACs, measured latency);
-     over budget -> it is discarded and growth stops (ALGORITHMS.md §1(b).11). Growth also stops
+     over budget -> it is discarded and growth stops (docs/algorithms/grow.md, choice 11). Growth also stops
      after ``max_iterations`` (a safety cap the paper does not have; it saw 24-47 iterations).
 
 4. **Final retrain** on the whole train split: re-initialised (``final_reinit``, NAS
-   convention, ALGORITHMS.md §1(b).9) and trained ``final_epochs`` with ``final_loss``:
+   convention, docs/algorithms/grow.md, choice 9) and trained ``final_epochs`` with ``final_loss``:
    ``"kd"`` (default: Hinton KD from ``ctx.teacher`` through the shared ``finetune`` loop, best
    epoch on the validation split), ``"kd+inner"`` (keep the teacher-guided loss ``L``,
-   ALGORITHMS.md's recommendation) or ``"ce"``.
+   the algorithm notes' recommendation, docs/algorithms/grow.md) or ``"ce"``.
 
 Every growth iteration is logged (``ctx.log``: node, edge, op, S and Rbar per node, params,
 MACs, latency, validation accuracy, the DOT drawing of the new graph) and checkpointed under
@@ -106,7 +105,7 @@ CHECKPOINT_FORMAT = "slimforge-grow-checkpoint/1"
 
 _PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    # ALGORITHMS.md §1(c): every mechanism kept, sizes shrunk (minutes on 2 CPU cores)
+    # docs/algorithms/grow.md, CPU profile: every mechanism kept, sizes shrunk (minutes on 2 CPU cores)
     "cpu-small": {"stage_epochs": 1, "max_iterations": 8, "final_epochs": 15},
     # invariants only (CI smoke)
     "smoke": {"stage_epochs": 1, "max_iterations": 2, "final_epochs": 1, "max_steps_per_epoch": 2,
@@ -116,30 +115,30 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class GrowConfig:
-    """Settings of ``grow``; paper defaults (App. B, ALGORITHMS.md §1(a)) unless noted.
+    """Settings of ``grow``; paper defaults (App. B, docs/algorithms/grow.md, defaults) unless noted.
 
-    Teacher partition (§3.1, ALGORITHMS.md §1(b).12):
+    Teacher partition (§3.1, docs/algorithms/grow.md, choice 12):
         teacher_granularity: ``"blocks"`` (image, stem, each block output; m = 29 for ResNet-56)
             or ``"path"`` (every node of the longest path).
         teacher_nodes: explicit graph node names to supervise with (overrides the granularity).
-    Student (§3.4, App. B; §1(b).2, .6, .9, .10):
+    Student (§3.4, App. B; docs/algorithms/grow.md, choice 2, .6, .9, .10):
         width_mult: student node width = round(width_mult * teacher node width) (paper: unstated).
         b_op: max units per edge before widening (7). initial_ops: units of a new edge (1).
         deepen_step: units appended per deepen (3, so 1 -> 4 -> 7).
         stride_rule: ``"per_halving"`` (k stride-2 units for a 2^k resolution ratio, counted in
             B_op) or ``"single"`` (one unit of stride 2^k).
-        c: Eq. 6 interpolation (0.5; ablation 0.25 / 0.75; Eq. 6 implemented literally, §1(b).7).
+        c: Eq. 6 interpolation (0.5; ablation 0.25 / 0.75; Eq. 6 implemented literally, docs/algorithms/grow.md, choice 7).
         adjacent_widen: ``"next_node"`` (default: skip a widen whose Eq. 6 gives q_k = q_i, i.e.
-            q_j - q_i <= 1, and split the next-best node) or ``"allow"`` (ALGORITHMS.md's
-            recommendation; it degenerates into image-supervised nodes, see :mod:`.selection`).
+            q_j - q_i <= 1, and split the next-best node) or ``"allow"`` (the algorithm notes'
+            recommendation, docs/algorithms/grow.md; it degenerates into image-supervised nodes, see :mod:`.selection`).
         widen_init: ``"gate"`` (zero-initialised per-channel gate on the new summand) or
-            ``"zero_bn"`` (literal §1(b).9; exact but the branch gets no gradient).
-    Loss (Eq. 1-4; §1(b).1, .3):
+            ``"zero_bn"`` (literal docs/algorithms/grow.md, choice 9; exact but the branch gets no gradient).
+    Loss (Eq. 1-4; docs/algorithms/grow.md, choice 1, .3):
         attention: ``"dot"`` (parameter-free channel attention) or ``"proj"`` (learnable 1x1 Q/K).
         r_norm: ``"mean"`` (per-element MSE) or ``"sum"`` (literal squared L2).
         inner_weight: weight of L_inner in Eq. 4 (1).
         kd_alpha, kd_temperature: logit distillation inside L_cls (0.5, 4; 0 = plain CE).
-    Selection (Eq. 5; §1(b).4, .5; ablations A and C):
+    Selection (Eq. 5; docs/algorithms/grow.md, choice 4, .5; ablations A and C):
         split_policy: ``"score"`` (Eq. 5) or ``"random"`` (ablation C).
         deg_factor: multiply Rbar by deg+/deg- (False = ablation A).
         sink_head_counts: the classifier head counts as a successor of the sink.
@@ -245,7 +244,7 @@ class GrowConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "GrowConfig":
-        """``"paper"`` (defaults), ``"cpu-small"`` (ALGORITHMS.md §1(c): 1 epoch per stage,
+        """``"paper"`` (defaults), ``"cpu-small"`` (docs/algorithms/grow.md, CPU profile: 1 epoch per stage,
         <= 8 iterations, 15 final epochs) or ``"smoke"``; ``overrides`` replace fields.
 
         Raises:
@@ -586,7 +585,7 @@ class Grow(Strategy):
 
     @classmethod
     def demo_config(cls, epochs: int) -> dict:
-        """The CPU-scale preset (ALGORITHMS.md §1(c)) with ``epochs`` final-retrain epochs."""
+        """The CPU-scale preset (docs/algorithms/grow.md, CPU profile) with ``epochs`` final-retrain epochs."""
         from compress.strategies.base import config_to_dict
 
         return config_to_dict(GrowConfig.preset("cpu-small", final_epochs=epochs))

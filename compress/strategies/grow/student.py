@@ -4,7 +4,7 @@ Paper §3.1 / App. B. A node is a feature map; an edge ``e_ij`` is a stack of ``
 separable 3x3 convolution units (Fig. 6); a node with several in-edges is the **sum** of their
 outputs. Every node ``v`` is mapped to a teacher node ``q_v`` (1-based, ``v̂_1`` = image) and
 copies its spatial *level* (number of stride-2 halvings from the input) and, scaled by a width
-multiplier, its channel count (ALGORITHMS.md §1(b).2). The student starts as ``v1 -> v2``
+multiplier, its channel count (docs/algorithms/grow.md, choice 2). The student starts as ``v1 -> v2``
 (image -> final feature map, ``q = (1, m)``) plus a classifier head (global average pool +
 linear); it grows by two edge-splitting operations (§3.4):
 
@@ -14,12 +14,12 @@ linear); it grows by two edge-splitting operations (§3.4):
 * **widen** ``e_ij``: add a node ``v_k`` with ``e_ik`` and ``e_kj``; ``v_j`` gains one summand.
   ``widen_init="gate"`` (default) multiplies the new summand by a learnable per-channel gate
   initialised to 0 (function preserved exactly; the gate receives gradient at once).
-  ``widen_init="zero_bn"`` is ALGORITHMS.md §1(b).9 literally: ``e_kj``'s last unit gets a
+  ``widen_init="zero_bn"`` is docs/algorithms/grow.md, choice 9 literally: ``e_kj``'s last unit gets a
   projection shortcut and both its BatchNorms ``gamma = beta = 0``; exact too, but its output
   is ``ReLU(0)`` and PyTorch's ReLU has zero gradient at 0, so that branch never trains
   (kept as an ablation switch, documented trap).
 
-Unit (Fig. 6, ALGORITHMS.md §1(b).10)::
+Unit (Fig. 6, docs/algorithms/grow.md, choice 10)::
 
     DW3x3(stride s) -> PW1x1(C_in -> C_out) -> BN -> ReLU -> DW3x3 -> PW1x1 -> BN  (+ shortcut) -> ReLU
     shortcut = identity if s == 1 and C_in == C_out, else 1x1 conv (stride s) + BN
@@ -57,7 +57,7 @@ STRIDE_RULES = ("per_halving", "single")
 def widen_index(q_i: int, q_j: int, c: float) -> int:
     """Eq. 6: ``q_k = floor(c * q_i + (1 - c) * q_j)`` (a tiny epsilon absorbs float round-off,
     e.g. ``0.1 * 10 + 0.9 * 20``). Equal for 0- or 1-based indices. ``(1, 28, 0.5) -> 14``,
-    ``(3, 4, 0.5) -> 3`` (adjacent teacher nodes: ``q_k = q_i``, ALGORITHMS.md §1(b).6)."""
+    ``(3, 4, 0.5) -> 3`` (adjacent teacher nodes: ``q_k = q_i``, docs/algorithms/grow.md, choice 6)."""
     return int(math.floor(c * q_i + (1.0 - c) * q_j + 1e-9))
 
 
@@ -142,7 +142,7 @@ class Structure:
 
     def deg_out(self, nid: int, *, head_counts: bool = True) -> int:
         """Out-degree; the classifier head counts as a successor of the sink when ``head_counts``
-        (ALGORITHMS.md §1(b).4), so ``S(sink)`` is not always 0."""
+        (docs/algorithms/grow.md, choice 4), so ``S(sink)`` is not always 0."""
         return len(self.out_edges(nid)) + (1 if head_counts and nid == self.sink_id else 0)
 
     def topo_order(self) -> list[int]:
@@ -226,7 +226,7 @@ def edge_units(
     c_src: int, level_src: int, c_dst: int, level_dst: int, *, width_at_level: Callable[[int], int],
     initial_ops: int = 1, stride_rule: str = "per_halving",
 ) -> list[UnitSpec]:
-    """Units of a new edge between two nodes (ALGORITHMS.md §1(b).2, see the module docstring).
+    """Units of a new edge between two nodes (docs/algorithms/grow.md, choice 2, see the module docstring).
 
     Raises:
         ConfigError: the destination is at a higher resolution than the source (``level_dst <
