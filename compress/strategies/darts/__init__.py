@@ -1,7 +1,7 @@
 """The shared DARTS substrate (used by ``eg-nas`` and ``darts-gal``).
 
 Liu, Simonyan, Yang, "DARTS: Differentiable Architecture Search", ICLR 2019, with the PC-DARTS
-options of Xu et al., ICLR 2020 (ALGORITHMS.md §0). Modules:
+options of Xu et al., ICLR 2020 (docs/algorithms/darts-space.md). Modules:
 
 * :mod:`.ops` -- the op set (``PRIMITIVES`` 8 ops, ``EGNAS_PRIMITIVES`` 7 ops), ``make_op``.
 * :mod:`.search` -- ``MixedOp``, ``SearchCell``, ``SearchNetwork`` (alphas outside ``parameters()``).

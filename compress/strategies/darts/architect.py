@@ -1,5 +1,5 @@
 """DARTS architecture steps on a train/val split (Liu et al., DARTS, ICLR 2019, §2.3, Eq. 6-8;
-ALGORITHMS.md §0.3).
+docs/algorithms/darts-space.md).
 
 ``Architect.step(x_train, y_train, x_val, y_val, eta)`` moves the architecture tensors of a
 :class:`~compress.strategies.darts.search.SearchNetwork` by one Adam step on:

@@ -1,6 +1,6 @@
 """DARTS genotypes as plain data, the published cells, and derivation from architecture weights.
 
-A :class:`Genotype` describes one normal and one reduction cell (ALGORITHMS.md §0.6). Each cell
+A :class:`Genotype` describes one normal and one reduction cell (docs/algorithms/darts-space.md). Each cell
 is a tuple of ``(op_name, input_state)`` pairs, two per intermediate node: pairs ``(2i, 2i+1)``
 are the inputs of node ``i + 2``; states 0 and 1 are the two cell inputs (outputs of the cells
 ``k-2`` and ``k-1``). ``*_concat`` lists the states concatenated into the cell output
@@ -153,7 +153,7 @@ def _g(normal: list[Pair], reduce: list[Pair]) -> Genotype:
     return Genotype(tuple(normal), (2, 3, 4, 5), tuple(reduce), (2, 3, 4, 5))
 
 
-#: DARTS first order (quark0/darts ``genotypes.py``), ALGORITHMS.md §0.6.
+#: DARTS first order (quark0/darts ``genotypes.py``), docs/algorithms/darts-space.md.
 DARTS_V1 = _g(
     [("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
      ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],

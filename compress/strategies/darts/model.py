@@ -1,5 +1,5 @@
 """The DARTS evaluation network built from a genotype (quark0/darts ``NetworkCIFAR``;
-Liu et al. 2019 §3.2; ALGORITHMS.md §0.5), without the auxiliary head.
+Liu et al. 2019 §3.2; docs/algorithms/darts-space.md), without the auxiliary head.
 
 ``NetworkCIFAR(C, num_classes, layers, genotype)``: stem conv3x3 ``in -> 3C`` + BN, ``layers`` cells
 (reduction cells at ``layers//3`` and ``2*layers//3`` double the width and halve the resolution),
@@ -11,7 +11,7 @@ network traces with ``torch.export`` / the dynamo ONNX exporter and with fvcore.
 Per-cell structure is held in :class:`CellSpec` so that a pruned network (e.g. DARTS-GAL's removed
 intermediate nodes) is the same class built from edited specs. Every :class:`EvalCell` also has a
 ``node_mask`` buffer ``(steps,)`` of ones, applied only when ``apply_node_mask`` is True, with the
-placement of ALGORITHMS.md §3(b).8 that makes removal exact: ``m_i`` multiplies node i's slice
+placement of docs/algorithms/darts-gal.md, choice 8 that makes removal exact: ``m_i`` multiplies node i's slice
 of the concat **and** every edge output that reads node i (contribution ``m_i * op(x_i)``).
 """
 

@@ -1,4 +1,4 @@
-"""The DARTS operation set (Liu et al., DARTS, ICLR 2019, §3.1 and appendix A.1; ALGORITHMS.md §0.1).
+"""The DARTS operation set (Liu et al., DARTS, ICLR 2019, §3.1 and appendix A.1; docs/algorithms/darts-space.md).
 
 Every op maps ``(B, C, H, W) -> (B, C, H', W')`` with ``H' = ceil(H / stride)``; the channel
 count is unchanged. Convolutions have no bias. ``affine`` is the BatchNorm flag: ``False`` in the
@@ -185,7 +185,7 @@ class DilConv(nn.Module):
 
 class PoolBN(nn.Module):
     """A pooling op followed by ``BN(affine=False)``: how DARTS/PC-DARTS wrap pools inside the
-    search MixedOp (EG-NAS does not; ALGORITHMS.md §0.1)."""
+    search MixedOp (EG-NAS does not; docs/algorithms/darts-space.md)."""
 
     def __init__(self, pool: nn.Module, C: int) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""The DARTS search supernet (Liu et al., DARTS, ICLR 2019, §2.1-2.2; ALGORITHMS.md §0.2) with the
+"""The DARTS search supernet (Liu et al., DARTS, ICLR 2019, §2.1-2.2; docs/algorithms/darts-space.md) with the
 optional PC-DARTS partial channels and edge normalisation (Xu et al., ICLR 2020, §3.2-3.3; §0.4).
 
 * :class:`MixedOp` -- ``sum_o w_o * o(x)`` over the primitives with op weights ``w`` (Eq. 1 of
