@@ -692,7 +692,7 @@ def test_demo_checks_its_config_before_training_the_teacher(tmp_path, private_tm
     assert not out.exists() and _stray(private_tmp) == []
 
 
-@pytest.mark.parametrize("cls_path", ["compress.strategies.gp_prune.strategy:GPPruneConfig",
+@pytest.mark.parametrize("cls_path", ["compress.strategies.gp_prune.config:GPPruneConfig",
                                       "compress.strategies.grow.strategy:GrowConfig",
                                       "compress.strategies.eg_nas.config:EGNASConfig",
                                       "compress.strategies.darts_gal.config:DartsGalConfig",

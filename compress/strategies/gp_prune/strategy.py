@@ -37,20 +37,15 @@ pruned network and redoes only the fine-tune.
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 import dataclasses
-from dataclasses import dataclass
 
-import torch
-import torch_pruning as tp
 from torch import nn
 
 from compress.errors import BudgetUnreachableError, ConfigError, TimeLimitError, UnsupportedModelError
-from compress.strategies._parts.config_fields import check_fields
-from compress.models import PadShortcut, apply_widths, describe_widths, freeze_fixed_shortcuts, pad_shortcuts_to_conv
+from compress.models import PadShortcut, describe_widths, freeze_fixed_shortcuts, pad_shortcuts_to_conv
 from compress.registry import register_strategy
 from compress.profiling.latency_model import LayerLatencyTable
 from compress.strategies._parts import channel_rounding
@@ -63,10 +58,9 @@ from compress.strategies._parts.checkpoint import (
     state_fingerprint,
 )
 from compress.strategies._parts.time_limit import time_limit
-from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings, finetune
+from compress.strategies._parts.training import finetune
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
 from compress.strategies.gp_prune.allocation import (
-    ALLOCATIONS,
     analyse_groups,
     global_widths,
     latency_charges,
@@ -74,384 +68,33 @@ from compress.strategies.gp_prune.allocation import (
     solve_knapsack,
 )
 from compress.strategies.gp_prune import partial
+from compress.strategies.gp_prune.config import (
+    _FINETUNE_FIELDS,
+    _LIMITS,
+    _RECIPE_DEFAULTS,
+    TP_L1,
+    GPPruneConfig,
+)
+from compress.strategies.gp_prune.pruning import (
+    _TRAIN_ONLY,
+    MagnitudeBaseline,
+    _ignored_names,
+    _layer_widths,
+    _rebuild_pruned,
+    _rebuildable,
+    _widths_markdown,
+    find_classifier,
+    forward_or_explain,
+    prune_uniform,
+    resolve_metric,
+    train_only_modules,
+)
 from compress.strategies.gp_prune.features import collect_feature_maps
 from compress.strategies.gp_prune.schedule import group_norm_regulariser, interpolated_budget
 from compress.strategies.gp_prune.importance import TreeImportance
-from compress.evolution.metrics import MetricError, PruningMetric, get_metric
+from compress.evolution.metrics import MetricError
 
 __all__ = ["GPPruneConfig", "GPPrune", "find_classifier", "prune_uniform", "forward_or_explain", "resolve_allocation"]
-
-
-@dataclass(frozen=True)
-class GPPruneConfig:
-    """Settings of ``gp-prune``; every field lands in ``report.json`` under ``config``.
-
-    Attributes:
-        metric: a registered metric name (``xi_star``, the SOAP names ``l1``, ``fpgm`` ...),
-            a tree string such as ``"sum_g(abs(WI))"``, the path of an evolved metric's JSON
-            (``slimforge evolve-metric`` writes ``best_metric.json``), or ``"tp-l1"`` for
-            Torch-Pruning's own L1 magnitude importance (a baseline, not a tree).
-        class_reduction: "sum" (reference code) or "mean" of per-class uni-tree scores.
-        calib_samples: labelled calibration images used for feature maps.
-        max_map_hw: feature maps are average-pooled to at most this side (None: full size).
-        max_ratio: largest uniform channel ratio tried (0 < max_ratio < 1).
-        bisection_steps: the most probes of the ratio search after its two ends (each probe prunes a
-            copy and measures it against the budget).
-        budget_tolerance: the search stops at the first candidate that meets the budget using at
-            least ``1 - budget_tolerance`` of its tightest limit (0.01: within 1% of the limit), or
-            once the bracket is so narrow that the usage, at its mean slope over the range, changes
-            by under half the tolerance across it (channel rounding makes the cost jump between
-            snapped widths: no probe inside such a bracket gets closer), and it picks its probes
-            by safeguarded interpolation (Illinois regula falsi on the tightest limit's usage)
-            instead of halving; 0 gives the plain bisection of all ``bisection_steps`` (issue 17:
-            12 probes of about 30 s each for a resnet50 at 224x224).
-        channel_rounding: "measured" (default): each group's kept width is snapped to the most
-            efficient nearby width measured on the target (``_parts/channel_rounding.py``);
-            "fixed": kept widths rounded up to a multiple of ``round_to``; "off": exact
-            ``floor(C * (1 - ratio))`` as Torch-Pruning computes it.
-        rounding_window: relative window around the nominal width searched by "measured".
-        round_to: the multiple for ``channel_rounding="fixed"``.
-        epochs, lr, momentum, weight_decay, optimizer: fine-tune schedule.
-        augment: train-time augmentation, "none" or "flip-crop" (CIFAR recipe).
-        kd_alpha, kd_temperature: KD weight and temperature (alpha=0: plain CE).
-        max_steps_per_epoch: cap on fine-tune steps per epoch (None: whole train split).
-        allocation: how many channels each group keeps (``allocation.py``): "uniform" (the
-            paper: one ratio for every group), "global" (one importance ranking across groups,
-            DepGraph's global pruning), "latency" (HALP: the widths of all groups chosen together
-            by a knapsack on a per-layer latency table measured on the target, to keep the most
-            importance per millisecond), or "auto" (default): "latency" when the budget limits
-            latency, else "uniform".
-        max_group_ratio: with "global" and "latency", the largest share of a group's channels that
-            may be removed (0 < max_group_ratio < 1), so that no layer collapses.
-        schedule: "one-shot" (the paper) or "iterative": ``iterative_steps`` pruning steps toward
-            budgets interpolated geometrically from the teacher to the budget, each but the last
-            followed by ``recovery_epochs`` of KD (``schedule.py``); the final fine-tune follows both.
-        sparse_epochs: epochs of sparse learning before pruning (0: off): the teacher copy trains
-            with Torch-Pruning's ``GroupNormPruner`` regularisation of strength ``sparse_reg``
-            (DepGraph, CVPR 2023, §3.3), so that the channels cut later carry little.
-        label_smoothing, warmup_epochs: the fine-tune's label smoothing on the CE term and linear
-            learning-rate warm-up epochs before the cosine.
-        finetune_time_s: a wall-time budget for the final fine-tune in seconds (None: ``epochs``
-            decides): the epoch count becomes what fits at the first epoch's speed, at most
-            ``epochs``; the report's history gives the count, and ``epochs`` set to it reproduces the run.
-        grad_clip: max global gradient norm of every training step (None: off).
-        ignored_layers: qualified module names (``"layer2.0.conv1"``, as in ``model.named_modules()``)
-            whose output channels are never pruned, for layers with channel-dependent state that
-            the dependency graph cannot see. The classifier is always kept whole. An unknown name is
-            a ``ConfigError`` listing close matches.
-    """
-
-    metric: str = "xi_star"
-    class_reduction: str = "sum"
-    calib_samples: int = 512
-    max_map_hw: int | None = 8
-    max_ratio: float = 0.95
-    bisection_steps: int = 12
-    budget_tolerance: float = 0.01
-    channel_rounding: str = "measured"
-    rounding_window: float = 0.2
-    round_to: int | None = None
-    epochs: int = 5
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"
-    kd_alpha: float = 0.5
-    kd_temperature: float = 4.0
-    max_steps_per_epoch: int | None = None
-    augment: str = "none"
-    ignored_layers: tuple[str, ...] = ()
-    allocation: str = "auto"
-    max_group_ratio: float = 0.8
-    schedule: str = "one-shot"
-    iterative_steps: int = 4
-    recovery_epochs: int = 1
-    sparse_epochs: int = 0
-    sparse_reg: float = 5e-4
-    label_smoothing: float = 0.0
-    warmup_epochs: int = 0
-    finetune_time_s: float | None = None
-    grad_clip: float | None = None
-
-    def __post_init__(self) -> None:
-        check_fields(self)  # every field's type and, by its name, its range
-        if self.class_reduction not in ("sum", "mean"):
-            raise ConfigError(f"class_reduction must be 'sum' or 'mean', got {self.class_reduction!r}.")
-        if not 0.0 < self.max_ratio < 1.0:
-            raise ConfigError(f"max_ratio must be in (0, 1), got {self.max_ratio}.")
-        if self.bisection_steps < 1 or self.calib_samples < 2 or self.epochs < 0:
-            raise ConfigError("bisection_steps >= 1, calib_samples >= 2 and epochs >= 0 are required.")
-        if not 0.0 <= self.budget_tolerance < 0.5:
-            raise ConfigError(f"budget_tolerance must be in [0, 0.5), got {self.budget_tolerance} (0.01: stop within 1% "
-                              "of the budget's limit; 0: plain bisection of all bisection_steps).")
-        if self.max_map_hw is not None and self.max_map_hw < 1:
-            raise ConfigError("max_map_hw must be >= 1 or None.")
-        if self.round_to is not None and self.round_to < 1:
-            raise ConfigError("round_to must be >= 1 or None.")
-        if self.channel_rounding not in ("measured", "fixed", "off"):
-            raise ConfigError(f"channel_rounding must be 'measured', 'fixed' or 'off', got {self.channel_rounding!r}.")
-        if self.channel_rounding == "fixed" and self.round_to is None:
-            raise ConfigError("channel_rounding='fixed' needs round_to (e.g. 8).")
-        if not 0.0 <= self.rounding_window < 1.0:
-            raise ConfigError("rounding_window must be in [0, 1).")
-        if self.augment not in AUGMENTATIONS:
-            raise ConfigError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
-        if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
-            raise ConfigError("kd_alpha must be in [0, 1] and kd_temperature > 0.")
-        if self.allocation not in ALLOCATIONS:
-            raise ConfigError(f"allocation must be one of {', '.join(map(repr, ALLOCATIONS))}, got {self.allocation!r}.")
-        if not 0.0 < self.max_group_ratio < 1.0:
-            raise ConfigError(f"max_group_ratio must be in (0, 1), got {self.max_group_ratio}.")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {self.schedule!r}.")
-        if not 1 <= self.iterative_steps <= 64:
-            raise ConfigError(f"iterative_steps must be in [1, 64], got {self.iterative_steps}.")
-        if not 0.0 < self.sparse_reg <= 1.0:
-            raise ConfigError(f"sparse_reg must be in (0, 1], got {self.sparse_reg} (DepGraph's CIFAR runs use 5e-4).")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if self.warmup_epochs > self.epochs:
-            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs}).")
-        if self.finetune_time_s is not None and not self.finetune_time_s > 0:
-            raise ConfigError(f"finetune_time_s must be > 0 seconds or null, got {self.finetune_time_s}.")
-
-    @property
-    def finetune_settings(self) -> FinetuneSettings:
-        return FinetuneSettings(
-            epochs=self.epochs,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            kd_alpha=self.kd_alpha,
-            kd_temperature=self.kd_temperature,
-            optimizer=self.optimizer,
-            max_steps_per_epoch=self.max_steps_per_epoch,
-            augment=self.augment,
-            grad_clip=self.grad_clip,
-            label_smoothing=self.label_smoothing,
-            warmup_epochs=self.warmup_epochs,
-            time_budget_s=self.finetune_time_s,
-        )
-
-    def phase_settings(self, epochs: int) -> FinetuneSettings:
-        """The fine-tune settings of a sparse-learning or recovery phase of ``epochs`` epochs: the
-        final fine-tune's optimiser and KD, no warm-up, no time budget, and the last epoch's weights
-        (keep-best would undo the regularisation; a recovery feeds the next pruning step)."""
-        return dataclasses.replace(self.finetune_settings, epochs=epochs, warmup_epochs=0, time_budget_s=None,
-                                   keep_best=False)
-
-
-TP_L1 = "tp-l1"
-
-
-class MagnitudeBaseline(tp.importance.MagnitudeImportance):
-    """Baseline ``metric="tp-l1"``: Torch-Pruning's own group L1 magnitude
-    (``MagnitudeImportance(p=1)``, mean group reduction and normaliser), i.e. plain L1 pruning
-    as users of Torch-Pruning get it, for side-by-side comparisons with the tree metrics."""
-
-    def __init__(self) -> None:
-        super().__init__(p=1, group_reduction="mean", normalizer="mean")
-
-    def bind(self, candidate: nn.Module) -> "MagnitudeBaseline":
-        return self
-
-
-def _head_outputs(m: nn.Module) -> int | None:
-    """Outputs of a would-be class head (``nn.Linear`` or 1x1 ``Conv2d``), else None."""
-    if isinstance(m, nn.Linear):
-        return m.out_features
-    if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
-        return m.out_channels
-    return None
-
-
-#: Names of the modules that run only in train mode (aux heads) while gp-prune traces in train mode.
-_TRAIN_ONLY: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("slimforge_train_only",
-                                                                              default=frozenset())
-
-
-def train_only_modules(model: nn.Module, x: torch.Tensor) -> frozenset[str]:
-    """The modules that run only in train mode, when ``model`` returns a tuple / list in train mode but a
-    tensor in eval mode (torchvision GoogLeNet and Inception v3 add aux logits in training); else an
-    empty set. Buffers and the RNG are left as found."""
-    ran: dict[str, set[str]] = {"eval": set(), "train": set()}
-    mode = ["eval"]
-    hooks = [m.register_forward_hook(lambda _m, _i, _o, n=n: ran[mode[0]].add(n))
-             for n, m in model.named_modules() if n]
-    was = model.training
-    try:
-        with torch.no_grad():
-            eval_out = model.eval()(x)
-            mode[0] = "train"
-            train_out = channel_rounding.train_mode_forward(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    if not (isinstance(eval_out, torch.Tensor) and isinstance(train_out, (tuple, list))):
-        return frozenset()
-    return frozenset(ran["train"] - ran["eval"]) or frozenset({"<none>"})
-
-
-def find_classifier(model: nn.Module, num_classes: int) -> nn.Module:
-    """The last ``Linear`` (or 1x1 ``Conv2d``) producing ``num_classes`` outputs.
-
-    Raises:
-        UnsupportedModelError: no such layer (the pruner would otherwise remove class outputs).
-    """
-    found = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and m.out_features == num_classes:
-            found = m
-        elif isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.kernel_size == (1, 1):
-            found = m
-    if found is None:
-        raise UnsupportedModelError(
-            f"No classifier layer with {num_classes} outputs (nn.Linear or 1x1 Conv2d) found in "
-            f"{type(model).__name__}; gp-prune keeps the classifier's outputs intact and needs to find it. "
-            "Make the model end in such a layer.",
-        )
-    return found
-
-
-def forward_or_explain(model: nn.Module, x: torch.Tensor, expected: tuple[int, ...], what: str) -> torch.Tensor:
-    """Run ``model(x)``; on failure raise :class:`UnsupportedModelError` naming the innermost
-    module that was executing (found with forward pre/post hooks)."""
-    stack: list[str] = []
-    deepest: list[str] = []
-    last_layer: list[str] = []  # the last Conv2d / Linear that finished: what feeds the failing module
-    handles = []
-    for name, mod in model.named_modules():
-        if not name:
-            continue
-
-        def pre(_m, _i, name=name):
-            stack.append(name)
-            deepest[:] = list(stack)
-
-        def post(m, _i, _o, name=name):
-            if stack and stack[-1] == name:
-                stack.pop()
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                last_layer[:] = [name]
-
-        handles.append(mod.register_forward_pre_hook(pre))
-        handles.append(mod.register_forward_hook(post))
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as exc:
-        where = stack[-1] if stack else (deepest[-1] if deepest else type(model).__name__)
-        mod = dict(model.named_modules()).get(where)
-        kind = type(mod).__name__ if mod is not None else "op"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UnsupportedModelError(
-            f"{what}: layer {where!r} ({kind}) failed after channel removal: {first}. "
-            "It holds channel-dependent state the dependency graph cannot see (e.g. a plain tensor attribute "
-            "or a hard-coded channel count). Register such tensors as parameters/buffers"
-            + (f", or keep the layer that feeds it whole: config ignored_layers, e.g. --config "
-               f"'{{\"ignored_layers\": [\"{last_layer[0]}\"]}}'" if last_layer and last_layer[0] != where else "")
-            + ".",
-            layer=where,
-        ) from exc
-    finally:
-        for h in handles:
-            h.remove()
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(expected):
-        raise UnsupportedModelError(
-            f"{what}: the pruned model returns {getattr(out, 'shape', type(out).__name__)}, expected {expected}. "
-            "A layer mixes channels in a way the dependency graph cannot follow.",
-            layer=type(model).__name__,
-        )
-    return out
-
-
-def prune_uniform(
-    reference: nn.Module,
-    ratio: float,
-    importance: "TreeImportance | MagnitudeBaseline",
-    example_inputs: torch.Tensor,
-    classifier_name: str,
-    round_to: int | None = None,
-    width_planner: "Callable[[nn.Module, float, list[nn.Module]], dict[nn.Module, int]] | None" = None,
-    *,
-    time_limit_s: float | None = None,
-    keep_whole: Sequence[str] = (),
-) -> nn.Module:
-    """A deep copy of ``reference`` with ``ratio`` of the channels of every prunable group
-    removed (Torch-Pruning ``MetaPruner``, ``global_pruning=False``). ``width_planner(candidate,
-    ratio, ignored)`` may return the exact kept width of each group (by root module) instead.
-    ``time_limit_s`` bounds the dependency-graph build (``MetaPruner``'s constructor).
-    ``keep_whole`` names further modules (``named_modules()`` names) whose output channels stay.
-
-    Raises:
-        UnsupportedModelError: Torch-Pruning cannot build the dependency graph or prune.
-        TimeLimitError: the dependency-graph build took longer than ``time_limit_s``.
-    """
-    cand = copy.deepcopy(reference).eval()
-    if ratio <= 0.0 and width_planner is None:
-        return cand
-    modules = dict(cand.named_modules())
-    partial_plan = partial.CURRENT_PLAN.get()
-    # the classifier, keep_whole and, under train-mode tracing, the class heads and train-only layers
-    ignored: list[nn.Module] = []
-    for n in _ignored_names(cand, classifier_name, keep_whole):
-        if not any(modules[n] is m for m in ignored):
-            ignored.append(modules[n])
-    if partial_plan is not None:  # groups Torch-Pruning cannot follow (channel shuffles, failing groups): kept whole
-        ignored += [modules[n] for n in partial_plan.keep_whole
-                    if n in modules and not any(modules[n] is m for m in ignored)]
-    forward_fn = channel_rounding.TRACE_FORWARD.get()
-    importance.bind(cand)
-    try:
-        ratio_dict = None
-        if width_planner is not None:
-            plan = width_planner(cand, ratio, ignored)
-            ratio_dict = {}
-            for root, keep in plan.items():
-                c = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
-                ratio_dict[root] = 1.0 - (keep + 0.5) / c  # Torch-Pruning keeps int(C * (1 - r)) = keep
-        with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (gp-prune)"):
-            pruner = partial.meta_pruner(
-                cand,
-                example_inputs,
-                plan=partial_plan,
-                importance=importance,
-                pruning_ratio=ratio,
-                pruning_ratio_dict=ratio_dict or None,
-                global_pruning=False,
-                ignored_layers=ignored,
-                round_to=round_to,
-                forward_fn=forward_fn,
-            )
-        pruner.step()
-    except (MetricError, TimeLimitError, UnsupportedModelError):
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UnsupportedModelError(
-            f"Torch-Pruning could not prune {type(reference).__name__}: {type(exc).__name__}: {first}. "
-            "Check that forward() uses standard torch ops on channel dimensions.",
-            layer=type(reference).__name__,
-        ) from exc
-    return cand.eval()
-
-
-def _layer_widths(model: nn.Module) -> dict[str, int]:
-    """Output channels (conv) / features (linear) of every layer, by module name."""
-    return {n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-
-
-def _widths_markdown(before: dict[str, int], after: dict[str, int]) -> str:
-    rows = ["| layer | teacher | student | kept |", "| --- | --- | --- | --- |"]
-    for name, w in after.items():
-        b = before.get(name)
-        kept = "-" if not b else f"{100 * w / b:.0f}%"
-        rows.append(f"| `{name}` | {b if b is not None else '-'} | {w} | {kept} |")
-    return "\n".join(rows)
 
 
 @register_strategy("gp-prune")
@@ -1045,20 +688,6 @@ def _budget_fraction(ctx: StrategyContext, model_ms: float | None) -> float:
     return float(min(1.0, max(0.05, min(fractions))))
 
 
-def _ignored_names(model: nn.Module, classifier_name: str, keep_whole: Sequence[str]) -> list[str]:
-    """Names of the modules whose output channels gp-prune never prunes: the classifier, the user's
-    ``ignored_layers`` and, when the model is traced in train mode (aux heads), every class head and
-    the layers that run only in training (used by :func:`prune_uniform` and the allocations)."""
-    modules = dict(model.named_modules())
-    names = [classifier_name] + [n for n in keep_whole if n != classifier_name]
-    if channel_rounding.TRACE_FORWARD.get() is not None:
-        k = _head_outputs(modules[classifier_name])
-        train_only = _TRAIN_ONLY.get()
-        names += [n for n, m in modules.items() if n and n != classifier_name
-                  and (_head_outputs(m) == k or (n in train_only and isinstance(m, (nn.Conv2d, nn.Linear))))]
-    return names
-
-
 LATENCY_MARGIN = 0.02
 """A latency budget's chosen network must re-time this share under the limit (see ``_verify_latency``)."""
 VERIFY_STEPS = 3
@@ -1071,83 +700,5 @@ _ROUNDING_RULE = {
                  "the widths cutting over min_gain / 2: most aligned (up to 16), then nearest",
 }
 """How "measured" rounding decided, written beside its per-group records in the report."""
-
-_FINETUNE_FIELDS = frozenset({"epochs", "lr", "momentum", "weight_decay", "optimizer", "kd_alpha", "kd_temperature",
-                              "max_steps_per_epoch", "augment", "label_smoothing", "warmup_epochs", "finetune_time_s"})
-"""Fields of the final fine-tune only: left out of the pruning checkpoint's key (a new fine-tune
-resumes from the same pruned network). ``grad_clip`` is not among them: the recovery and sparse
-phases before the pruned checkpoint use it too."""
-
-_RECIPE_DEFAULTS = {"schedule": "one-shot", "iterative_steps": 4, "recovery_epochs": 1, "sparse_epochs": 0,
-                    "sparse_reg": 5e-4, "grad_clip": None}
-"""Recipe fields added after pruning checkpoints existed: at these values they are left out of the
-key, so a run started before them still resumes."""
-
-SCHEDULES = ("one-shot", "iterative")
-_LIMITS = ("max_macs", "max_params", "max_latency_ms", "max_memory_bytes")
-
-
-def _shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
-
-
-def _rebuildable(base: nn.Module, pruned: nn.Module) -> bool:
-    """True when resizing a copy of ``base`` to ``pruned``'s Conv/Linear/BN widths gives its
-    state_dict shapes (Torch-Pruning may also resize layers the width record does not cover)."""
-    try:
-        return _shapes(apply_widths(copy.deepcopy(base), describe_widths(pruned))) == _shapes(pruned)
-    except Exception:  # noqa: BLE001 - any failure only means "no pruned checkpoint"
-        return False
-
-
-def _rebuild_pruned(base: nn.Module, state: dict, weights: dict) -> nn.Module:
-    """The pruned network of a ``pruned`` checkpoint: ``base`` resized to the saved widths,
-    weights loaded, ``requires_grad`` as saved.
-
-    Raises:
-        CheckpointError: the saved widths or tensors do not fit ``base``.
-    """
-    from compress.errors import CheckpointError
-
-    net = copy.deepcopy(base).eval()
-    try:
-        apply_widths(net, state["widths"])
-        net.load_state_dict(weights, strict=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(
-            f"the gp-prune 'pruned' checkpoint does not fit this model ({str(exc).splitlines()[0]}); delete the "
-            "checkpoints folder (or pass resume=False, CLI --no-resume) to start the run over."
-        ) from exc
-    trainable = state["trainable"]
-    for n, p in net.named_parameters():
-        p.requires_grad_(bool(trainable.get(n, p.requires_grad)))
-    return net
-
-
-def _metric_from_string(expr: str):
-    return PruningMetric.from_string(expr, name="custom")
-
-
-def resolve_metric(spec: str):
-    """A metric from a registered name (``xi_star``, ``l1`` ...), a tree string
-    (``"sum_g(abs(WI))"``), or the path of a JSON file written by ``slimforge evolve-metric``
-    (``PruningMetric.to_dict()``; JSON only, never pickle).
-
-    Raises:
-        MetricError: unknown name, unparsable tree, or unreadable file.
-    """
-    import json
-    from pathlib import Path
-
-    if spec.endswith(".json"):
-        p = Path(spec)
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise MetricError(f"cannot read metric file {p}: {exc}; pass a best_metric.json from evolve-metric.") from exc
-        return PruningMetric.from_dict(data)
-    if "(" in spec:
-        return _metric_from_string(spec)
-    return get_metric(spec)
 
 
