@@ -226,3 +226,46 @@ def test_latency_term_pushes_both_searches_toward_fast_ops(eg_runs):
     fast = _eg_search(over, latency_table=DictTable()).run()
     plain = _eg_search({**over, "latency_weight": 0.0}, latency_table=DictTable()).run()
     assert slow_mass(fast) < slow_mass(plain) and slow_mass(fast) < 4 / 7
+
+
+# --------------------------------------------------------------------------- checkpoints of earlier runs
+
+
+#: eg-nas' fields added by issue 18; before them, every other field keyed the checkpoints
+EG_ADDED = {"xi_reference_updates", "arch_reference_steps", "objective", "latency_weight", "stability_seeds"}
+
+
+def test_egnas_checkpoint_keys_of_earlier_runs_survive_the_new_fields():
+    from compress.strategies.base import config_from_dict, config_to_dict
+    from compress.strategies.eg_nas.config import _config_hash, _search_fields
+    from compress.training.checkpoint import stable_hash
+
+    ds = TensorDataset(torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+                       torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(0)))
+    tiny = dict(search_C=4, search_layers=2, partial_channels=1, search_epochs=2, warmup_epochs=1, batch_size=8,
+                es_batch_size=8, restarts=1, popsize=4)
+    cfg = EGNASConfig(**tiny)
+    final = {"candidates_C", "candidates_layers", "stem_strides", "capacity", "final_epochs", "final_lr",
+             "final_momentum", "final_weight_decay", "final_drop_path", "final_max_steps_per_epoch", "kd_alpha",
+             "kd_temperature", "augment"}
+    old_cfg = {k: v for k, v in config_to_dict(cfg).items() if k not in EG_ADDED}
+    extra = {"seed": 0, "n_train": 32, "num_classes": 3, "input_shape": [3, 8, 8]}
+    old_search = stable_hash({"config": {k: v for k, v in old_cfg.items() if k not in final}, **extra})
+
+    def key(c: EGNASConfig) -> str:
+        return EGNASSearch(c, ds, None, 3, (3, 8, 8), seed=0).hash
+
+    assert key(cfg) == old_search
+    assert old_search == "62e83ab047b34d7df492"  # computed by the code before issue 18 (commit d19a5b6^)
+    fin_extra = {"seed": 0, "genotype": {"a": 1}, "budget": {"b": 2}, "num_classes": 3, "input_shape": [3, 8, 8]}
+    assert _config_hash(cfg, None, fin_extra) == stable_hash({"config": old_cfg, **fin_extra}) == "2b34e95dc119bd8aa3bc"
+    for changed in ({"xi_reference_updates": 35}, {"arch_reference_steps": 19_550}, {"objective": "size"},
+                    {"latency_weight": 0.5}):
+        assert key(EGNASConfig(**tiny, **changed)) != old_search, changed
+    # the extra searches of stability_seeds leave the run's own search and retrain as they are: same keys
+    assert key(EGNASConfig(**tiny, stability_seeds=2)) == old_search and "stability_seeds" not in _search_fields()
+    assert _config_hash(EGNASConfig(**tiny, stability_seeds=2), None, fin_extra) == _config_hash(cfg, None, fin_extra)
+    # a latency term keys the search by its reference latency
+    assert EGNASSearch(cfg, ds, None, 3, (3, 8, 8), seed=0, latency_table=DictTable()).hash != old_search
+    # an earlier report.json's config (without the new fields) loads with their defaults
+    assert config_from_dict(EGNASConfig, old_cfg) == cfg

@@ -242,17 +242,36 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Fields added after search and final checkpoints existed (issue 18), each with the value that
+#: reproduces the earlier behaviour (its default). At that value a field is left out of the checkpoint
+#: keys, so a search or retrain saved before the field existed still resumes (as gp-prune's
+#: ``_RECIPE_DEFAULTS``); any other value gives a new key. ``objective="auto"`` reproduces the old search
+#: only without a latency limit: with one, the latency term's reference latency enters the search key
+#: (``latency_ms`` of :class:`~compress.strategies.eg_nas.search.EGNASSearch`), so that search gets a new
+#: key, as it should.
+_ADDED_DEFAULTS: dict[str, Any] = {"xi_reference_updates": None, "arch_reference_steps": None, "objective": "auto",
+                                   "latency_weight": 0.2}
+#: Fields that never shape a checkpointed result, left out of every key: ``stability_seeds`` runs extra
+#: searches (not checkpointed) beside the run's own, whose search and retrain it leaves as they are.
+_UNKEYED = {"stability_seeds"}
+
+
 def _search_fields() -> set[str]:
     """Config fields that change the search (their hash guards the search checkpoints)."""
     final = {"candidates_C", "candidates_layers", "stem_strides", "capacity", "final_epochs", "final_lr",
              "final_momentum", "final_weight_decay", "final_drop_path", "final_max_steps_per_epoch",
              "kd_alpha", "kd_temperature", "augment"}
-    return {f.name for f in dataclasses.fields(EGNASConfig)} - final
+    return {f.name for f in dataclasses.fields(EGNASConfig)} - final - _UNKEYED
 
 
 def _config_hash(cfg: EGNASConfig, fields: set[str] | None, extra: dict[str, Any]) -> str:
-    """A checkpoint key: the stable hash of the config dict (only ``fields`` if given) and ``extra``."""
-    d = config_to_dict(cfg)
+    """A checkpoint key: the stable hash of the config dict (only ``fields`` if given) and ``extra``.
+    Fields of ``_ADDED_DEFAULTS`` at their old-behaviour value and those of ``_UNKEYED`` are left
+    out, and so is ``extra``'s
+    ``latency_ms`` when it is None (no latency term), so the keys of runs made before issue 18 are
+    unchanged."""
+    d = {k: v for k, v in config_to_dict(cfg).items()
+         if k not in _UNKEYED and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}
     if fields is not None:
         d = {k: v for k, v in d.items() if k in fields}
-    return stable_hash({"config": d, **extra})
+    return stable_hash({"config": d, **{k: v for k, v in extra.items() if not (k == "latency_ms" and v is None)}})
