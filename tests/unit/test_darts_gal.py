@@ -454,9 +454,15 @@ def test_compress_end_to_end_meets_budget(digits_task, tmp_path):
     assert info["gal"]["d_steps"] == 5 * info["gal"]["g_steps"]
     assert Genotype.from_json(info["genotype_json"]).to_dict() == info["genotype"]
     assert "normal cell" in info["genotype_drawing"]
+    search = res.to_dict()["search"]  # issue 18: report.json's search key, as eg-nas'
+    assert search["alpha_entropy"] == [h["alpha_entropy"] for h in info["search_history"]]
+    assert 0.0 < search["alpha_entropy"][0] <= search["alpha_entropy_uniform"] == pytest.approx(math.log(8))
+    assert search["plan"]["arch_updates"] == 2 and search["objective"] == "size"
+    assert search["genotype_stability"] is None
     assert (tmp_path / "checkpoints" / "darts-gal" / "retrain.json").is_file()
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["info"]["student_arch"] == info["student_arch"]
+    assert report["search"]["alpha_entropy"] == search["alpha_entropy"]
     reloaded = load_student(tmp_path, base=build_from_arch(report["info"]["student_arch"]))
     x = next(iter(digits_task.val))[0][:4]
     torch.testing.assert_close(reloaded(x), res.student(x))
@@ -465,3 +471,94 @@ def test_compress_end_to_end_meets_budget(digits_task, tmp_path):
 def test_cell_spec_none_nodes_round_trip():
     spec = CellSpec(((("sep_conv_3x3", 0), ("sep_conv_3x3", 1)), None, (("skip_connect", 2),), None), (2, 4), False)
     assert CellSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+# --------------------------------------------------------------------------- issue 18: search fixes, checkpoint keys
+
+
+class _OpTable:
+    """A hand-built per-layer table: ms = kernel area x output channels / 100."""
+
+    def latency(self, cfg) -> float:
+        return cfg.k * cfg.k * cfg.cout / 100.0
+
+
+def test_reference_steps_and_latency_term_reach_the_architect():
+    cfg = DartsGalConfig(search_C=4, search_layers=2, search_epochs=1, search_batch_size=16,
+                         search_max_steps_per_epoch=2, search_val_batches=1, arch_reference_steps=100,
+                         arch_latency_weight=0.7)
+    ds, val = _toy(48), DataLoader(_toy(16, seed=5), batch_size=16)
+    plain = DartsSearch(cfg, ds, val, 3, (3, 8, 8), seed=3)
+    assert plain.architect.reference_steps == 100 and plain.latency_term is None
+    out = plain.run()
+    # 2 alpha steps: Adam's lr becomes 3e-4 * 100 / 2
+    assert out.plan["arch_updates"] == 2 and out.plan["arch_lr_effective"] == pytest.approx(3e-4 * 100 / 2)
+    assert plain.architect.optimizer.param_groups[0]["lr"] == pytest.approx(0.015)
+    lat = DartsSearch(cfg, ds, val, 3, (3, 8, 8), seed=3, latency_table=_OpTable())
+    assert lat.architect.latency_term is lat.latency_term and lat.latency_term.weight == 0.7
+    assert lat.latency_term.reference_ms > 0 and lat.num_ops == 8
+    with pytest.raises(ConfigError, match="arch_reference_steps"):
+        DartsGalConfig(arch_reference_steps=0)
+    with pytest.raises(ConfigError, match="arch_latency_weight"):
+        DartsGalConfig(arch_latency_weight=-1.0)
+    assert DartsGalConfig.preset("cpu-small").arch_reference_steps == 19_550
+    assert DartsGalConfig().arch_reference_steps is None
+
+
+#: darts-gal's search fields before issue 18 (what keyed the search checkpoints of earlier runs)
+OLD_SEARCH_FIELDS = {"genotype", "search_C", "search_layers", "search_epochs", "search_batch_size", "search_lr",
+                     "search_lr_min", "search_momentum", "search_weight_decay", "grad_clip", "train_portion",
+                     "second_order", "arch_lr", "arch_weight_decay", "arch_warmup_epochs", "partial_channels",
+                     "edge_norm", "search_stem_stride", "search_max_steps_per_epoch", "search_val_batches"}
+
+
+def test_checkpoint_keys_of_earlier_runs_survive_the_new_search_fields():
+    from compress.strategies.darts_gal.strategy import _hash
+    from compress.training.checkpoint import stable_hash
+
+    extra = {"seed": 0, "n_train": 48, "num_classes": 3, "input_shape": [3, 8, 8]}
+    cfg = DartsGalConfig(**TINY)
+    old = stable_hash({"phase": "search", "config": {k: v for k, v in config_to_dict(cfg).items()
+                                                     if k in OLD_SEARCH_FIELDS}, **extra})
+    assert _hash(cfg, "search", extra) == old  # new fields at their defaults: the key of earlier runs
+    # a key computed by the code before issue 18 (this config, these extras): a search saved then resumes
+    assert _hash(DartsGalConfig(search_C=4, search_layers=2), "search",
+                 {"seed": 0, "n_train": 32, "num_classes": 3, "input_shape": [3, 8, 8]}) == "4429c0cab2a560aeec4a"
+    assert _hash(DartsGalConfig(**TINY, arch_reference_steps=19_550), "search", extra) != old
+    assert _hash(DartsGalConfig(**TINY, arch_latency_weight=0.5), "search", extra) == old  # no latency term
+    with_lat = {**extra, "latency_target": {"name": "cpu-1t"}}
+    assert _hash(cfg, "search", with_lat, latency_search=True) != old
+    assert _hash(DartsGalConfig(**TINY, arch_latency_weight=0.5), "search", with_lat, latency_search=True) != \
+        _hash(cfg, "search", with_lat, latency_search=True)
+    # the baseline and retrain fields did not change; GAL's did (mask_scale="cell", searched lambda): new key
+    assert _hash(cfg, "baseline", {"prev": old}) == stable_hash(
+        {"phase": "baseline", "config": {k: v for k, v in config_to_dict(cfg).items() if k in phase_fields("baseline")},
+         "prev": old})
+    # an earlier report.json's config (none of issue 18's fields) still loads, with their defaults
+    added = {"arch_reference_steps", "arch_latency_weight", "mask_scale", "lambda_search_probes",
+             "lambda_search_start", "lambda_search_tolerance", "lambda_probe_epochs", "objective",
+             "latency_weight_floor"}
+    old_dict = {k: v for k, v in config_to_dict(DartsGalConfig(**TINY)).items() if k not in added}
+    loaded = config_from_dict(DartsGalConfig, json.loads(json.dumps(old_dict)))
+    assert loaded == DartsGalConfig(**TINY) and loaded.arch_reference_steps is None
+
+
+def test_latency_objective_adds_the_expected_latency_term_to_the_search(tmp_path, monkeypatch):
+    import compress.profiling.latency_model as lm
+
+    class Table(_OpTable):
+        def __init__(self, *a, **k):
+            pass
+
+        def save(self):
+            return None
+
+    monkeypatch.setattr(lm, "LayerLatencyTable", Table)  # no onnxruntime timing in a unit test
+    cfg = {**TINY, "objective": "latency", "final_epochs": 0, "baseline_epochs": 0}
+    out = DartsGal(cfg).run(_ctx(tmp_path))
+    search = out.info["search"]
+    assert search["objective"] == "latency" and search["latency_weight"] == 0.2
+    assert search["expected_latency_ms"]["uniform"] > 0 and len(search["alpha_entropy"]) == 1
+    assert out.info["gal"]["penalty"]["objective"] == "latency"
+    fixed = DartsGal({**cfg, "genotype": "DARTS_V2"}).run(_ctx(tmp_path / "fixed"))
+    assert fixed.info["search"]["alpha_entropy"] == [] and fixed.info["search"]["source"] == "DARTS_V2"

@@ -17,10 +17,12 @@ from typing import Any
 from compress.errors import ConfigError
 from compress.strategies._parts.config_fields import check_fields
 from compress.strategies._parts.training import AUGMENTATIONS
+from compress.strategies.base import config_to_dict
 from compress.strategies.darts.genotype import GENOTYPES, Genotype
 from compress.strategies.darts.sizing import DEFAULT_C, DEFAULT_LAYERS
 
-__all__ = ["DartsGalConfig", "PRESETS", "resolve_genotype", "phase_fields"]
+__all__ = ["DartsGalConfig", "PRESETS", "resolve_genotype", "phase_fields", "phase_config",
+           "SEARCH_ADDED_DEFAULTS"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,15 @@ class DartsGalConfig:
             the architecture (0.5, DARTS).
         second_order: unrolled architecture gradient (DARTS Eq. 7-8); default first order.
         arch_lr, arch_weight_decay: Adam on alpha (3e-4, 1e-3; betas (0.5, 0.999)).
+        arch_reference_steps: the number of alpha steps ``arch_lr`` is meant for (issue 18): Adam's
+            step becomes ``arch_lr * arch_reference_steps / (alpha steps of this search)``, so a short
+            search keeps DARTS' total alpha travel (DARTS §3.1.1 CIFAR-10: 50 epochs x 391 steps =
+            19,550 steps of lr 3e-4; :class:`~compress.strategies.darts.architect.Architect`). None
+            (default): ``arch_lr`` per step, the paper's behaviour.
+        arch_latency_weight: lambda_lat >= 0 of the expected-latency term that the architecture
+            objective adds when the search is latency-aware (see ``objective``): ``L_val +
+            arch_latency_weight * E[lat] / E_uniform[lat]`` (ProxylessNAS §3.3, FBNet §3.2;
+            :mod:`compress.strategies.darts.latency`; 0.2 as eg-nas' ``latency_weight``, a choice).
         arch_warmup_epochs: epochs without alpha updates (0 DARTS; PC-DARTS uses 15).
         partial_channels: PC-DARTS K (1 = off); edge_norm: PC-DARTS edge normalisation.
         search_stem_stride: 1, or 2 to search at half resolution (CPU).
@@ -102,11 +113,14 @@ class DartsGalConfig:
             (cost / limit, the largest over the budget's limits) lies in ``[1 - tol, 1]`` (0.1).
         lambda_probe_epochs: GAL epochs of one probe (None: ``gal_epochs``, and the accepted probe
             is the GAL result; fewer: the chosen lambda is then run for ``gal_epochs``).
-        objective: ``"auto"`` (default): latency-weighted masks when the budget names latency, plain
-            L1 otherwise; ``"latency"``: always latency-weighted; ``"size"``: never. Latency-weighted:
-            node j's L1 weight is its predicted latency (the target's per-layer table, summed over the
-            convs of its in-edges) divided by the mean over nodes, floored at
-            ``latency_weight_floor`` (issue 18, part 4).
+        objective: ``"auto"`` (default): latency-aware when the budget names latency, plain
+            otherwise; ``"latency"``: always latency-aware; ``"size"``: never. Latency-aware means
+            both (issue 18, part 4): (1) the DARTS search (``genotype="search"``) adds the expected
+            latency of the mixed ops under softmax(alpha) to its architecture loss, weighted by
+            ``arch_latency_weight``, from the target's per-layer latency table; (2) GAL's L1 is
+            latency-weighted: node j's weight is its predicted latency (the same table, summed over
+            the convs of its in-edges) divided by the mean over nodes, floored at
+            ``latency_weight_floor``. The budget check at the end stays a real measurement.
         latency_weight_floor: the smallest weight, as a fraction of the mean (0.05): a node of only
             skips and pools costs no conv time but still some.
         lambda_sweep: optional lambdas tried from the same baseline (ALGORITHMS.md §3(c)); the one
@@ -153,6 +167,8 @@ class DartsGalConfig:
     arch_lr: float = 3e-4
     arch_weight_decay: float = 1e-3
     arch_warmup_epochs: int = 0
+    arch_reference_steps: int | None = None
+    arch_latency_weight: float = 0.2
     partial_channels: int = 1
     edge_norm: bool = False
     search_stem_stride: int = 1
@@ -255,6 +271,10 @@ class DartsGalConfig:
                      "gal_max_g_steps_per_epoch", "final_max_steps_per_epoch", "prune_round_epochs"):
             v = getattr(self, name)
             need(v is None or (is_int(v) and v >= 1), f"{name} must be None or an int >= 1, got {v!r}.")
+        ref = self.arch_reference_steps
+        need(ref is None or (is_int(ref) and ref >= 1),
+             f"arch_reference_steps must be None or an int >= 1, got {self.arch_reference_steps!r}.")
+        need(self.arch_latency_weight >= 0, f"arch_latency_weight must be >= 0, got {self.arch_latency_weight}.")
         need(self.search_C % 2 == 0, f"search_C must be even (FactorizedReduce halves it), got {self.search_C}.")
         need(self.search_C % self.partial_channels == 0,
              f"partial_channels={self.partial_channels} must divide search_C={self.search_C}.")
@@ -328,7 +348,9 @@ class DartsGalConfig:
           resolution, 4 epochs of 8 steps), a small sizing grid, 6 baseline epochs, 3 GAL epochs
           of 10 generator steps (batch 32, 5 critic steps each, a FISTA step after every generator
           step), lambda searched in at most 5 GAL probes toward the budget from a baseline sized to
-          1.5 x the budget, 8 retrain epochs. Minutes on 2 CPU cores for the digits demo.
+          1.5 x the budget, 8 retrain epochs; ``arch_reference_steps=19_550`` (issue 18: at lr 3e-4
+          alpha stays uniform over the 32 search steps; :mod:`.search`). Minutes on 2 CPU cores for
+          the digits demo.
 
         Raises:
             ConfigError: unknown preset name.
@@ -348,6 +370,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         gal_epochs=3, gal_batch_size=32, gal_max_g_steps_per_epoch=10, mask_step=1, mask_lr=0.05,
         size_margin=1.5, lambda_search_probes=5, max_prune_rounds=2, prune_round_epochs=2,
         final_epochs=8, final_lr=0.025,
+        # issue 18: DARTS' total Adam travel (§3.1.1: 19,550 steps of lr 3e-4) over this search's 4 x 8 = 32 alpha
+        # steps (lr 0.183), as eg-nas' cpu-small. Measured on the digits demo task (seed 0, the preset's own 32
+        # steps): mean per-edge entropy after epochs 1-4 = 2.0794 at every epoch with lr 3e-4 (ln 8 = 2.0794),
+        # 1.9247, 1.8040, 1.7416, 1.6942 with this setting (see compress/strategies/darts_gal/search.py).
+        arch_reference_steps=19_550,
     ),
 }
 
@@ -378,12 +405,43 @@ def resolve_genotype(value: str) -> Genotype | None:
 _SEARCH = {"genotype", "search_C", "search_layers", "search_epochs", "search_batch_size", "search_lr",
            "search_lr_min", "search_momentum", "search_weight_decay", "grad_clip", "train_portion", "second_order",
            "arch_lr", "arch_weight_decay", "arch_warmup_epochs", "partial_channels", "edge_norm",
-           "search_stem_stride", "search_max_steps_per_epoch", "search_val_batches"}
+           "search_stem_stride", "search_max_steps_per_epoch", "search_val_batches", "arch_reference_steps",
+           "arch_latency_weight"}
 _BASELINE = {"candidates_C", "candidates_layers", "stem_strides", "capacity", "size_margin", "baseline_epochs",
              "baseline_lr", "baseline_momentum", "baseline_weight_decay", "baseline_max_steps_per_epoch",
              "drop_path", "kd_alpha", "kd_temperature", "augment"}
 _FINAL = {"retrain", "final_epochs", "final_lr", "final_momentum", "final_weight_decay",
           "final_max_steps_per_epoch"}
+
+
+#: Search fields added after search checkpoints existed (issue 18), each with the value that reproduces
+#: the earlier search (its default): at that value the field is left out of the phase key
+#: (:func:`phase_config`), so a search saved before it -- and every phase after, whose keys chain on the
+#: search's -- still resumes (as gp-prune's ``_RECIPE_DEFAULTS``). ``arch_latency_weight`` is left out
+#: whenever the search has no latency term (it then changes nothing); with one, the latency table's
+#: target enters the search key (the strategy's ``latency_target``), so a latency-aware search always
+#: gets a new key. A new value in a preset (``cpu-small``'s ``arch_reference_steps``) is a new search.
+#: Not here, on purpose: the GAL fields of issue 18 (``mask_scale``, ``lambda_search_*``, ``objective``,
+#: ``latency_weight_floor``) and ``sparse_lambda``'s new default None. Their defaults changed what GAL
+#: does (``mask_scale="cell"`` rescales the masks after every proximal step; None searches lambda instead
+#: of using 0.1), so a GAL checkpoint from before them holds another result and a new ``gal`` key is right;
+#: the search and baseline checkpoints before it still resume.
+SEARCH_ADDED_DEFAULTS: dict[str, Any] = {"arch_reference_steps": None}
+
+
+def phase_config(cfg: DartsGalConfig, phase: str, *, latency_search: bool = False) -> dict[str, Any]:
+    """The config entries that key a phase's checkpoint: :func:`phase_fields`, less the
+    ``SEARCH_ADDED_DEFAULTS`` at their default and, without a latency term in the search
+    (``latency_search=False``), ``arch_latency_weight``."""
+    fields = phase_fields(phase)
+    d = {}
+    for k, v in config_to_dict(cfg).items():
+        if k not in fields or (k in SEARCH_ADDED_DEFAULTS and v == SEARCH_ADDED_DEFAULTS[k]):
+            continue
+        if k == "arch_latency_weight" and not latency_search:
+            continue
+        d[k] = v
+    return d
 
 
 def phase_fields(phase: str) -> set[str]:

@@ -10,6 +10,26 @@ weight part. PC-DARTS partial channels / edge normalisation / alpha warm-up are 
 The loop, its checkpoints and its resume are the shared
 :class:`~compress.strategies.darts.supernet_search.SupernetSearch`; the architecture updater is the
 DARTS :class:`~compress.strategies.darts.architect.Architect`.
+
+Issue 18 (as in ``eg-nas``' ``alpha_update="gradient"``):
+
+* ``arch_reference_steps``: Adam moves each logit by about ``arch_lr`` per step at most, so alpha
+  travels at most ``arch_lr x steps``; DARTS' CIFAR-10 search (§3.1.1: 50 epochs x 391 steps =
+  19,550 steps of lr 3e-4) allows about 5.9 logit units, the ``cpu-small`` preset's 4 x 8 = 32 steps
+  about 0.01. With ``arch_reference_steps=19_550`` (set by the ``cpu-small`` preset) the step becomes
+  ``arch_lr x 19,550 / 32`` = 0.183, DARTS' total travel over this search. Measured on the digits
+  demo task at ``cpu-small`` (seed 0, the preset's 4 epochs x 8 steps, batch 32): the mean per-edge
+  entropy of softmax(alpha) after epochs 1-4 is 2.0794 nats at every epoch at lr 3e-4 (uniform over
+  the 8 DARTS ops: ln 8 = 2.0794; the normal cell's derived genotype was then all pools and skips,
+  an argmax over the initial noise), and 1.9247, 1.8040, 1.7416, 1.6942 with the reference steps
+  (the normal cell then picks sep/dil convs on 5 of its 8 edges; supernet val accuracy after the
+  last epoch 0.773 vs 0.914, 2 val batches). Alpha moves, but stays above issue 18's 1.5-nat goal
+  at this step count. Chosen for the reasons given in
+  :class:`~compress.strategies.darts.architect.Architect` (the paper's method with its step size
+  expressed per search); ``arch_reference_steps=None`` keeps the literal per-step lr.
+* the expected-latency term (``latency_table``): the architecture loss adds
+  ``arch_latency_weight x E[lat] / E_uniform[lat]`` from the target's per-layer table
+  (:class:`~compress.strategies.darts.latency.LatencyTerm`; ProxylessNAS §3.3, FBNet §3.2).
 """
 
 from __future__ import annotations
@@ -17,9 +37,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from compress.strategies.darts.architect import Architect
+from compress.strategies.darts.latency import LatencyLookup, LatencyTerm, op_latency_matrix
 from compress.strategies.darts.supernet_search import SearchOutcome, SearchSchedule, SupernetSearch, build_supernet
 from compress.strategies.darts_gal.config import DartsGalConfig
 from compress.training.data import derive_seed, split_dataset
@@ -40,25 +62,42 @@ class DartsSearch(SupernetSearch):
         ckpt_dir: checkpoint folder (None: no checkpoints); config_hash: the checkpoint key.
         progress: ``progress(phase, done, total, info)``; log: ``log(**record)`` per epoch.
         runtime: device and precision (default: CPU fp32).
+        latency_table: ``table.latency(layer_config) -> ms`` on the target (the strategy passes the
+            target's :class:`~compress.profiling.latency_model.LayerLatencyTable` when the search is
+            latency-aware): the architecture loss then adds ``cfg.arch_latency_weight * E[lat] /
+            E_uniform[lat]``, the op latencies looked up once here. None: no latency term.
+
+    Attributes:
+        architect: the :class:`Architect` (``reference_steps=cfg.arch_reference_steps``).
+        latency_term: the :class:`LatencyTerm` in use (None without a table).
+        num_ops: candidate ops per edge (8 DARTS ops).
 
     Raises:
         DataError: fewer than 4 training samples.
+        ProfilingError: the latency table cannot time a layer.
     """
 
     def __init__(self, cfg: DartsGalConfig, train_ds: Dataset, val_loader: DataLoader | None, num_classes: int,
                  input_shape: tuple[int, int, int], seed: int, *, ckpt_dir: Path | None = None,
                  config_hash: str = "", progress: Callable[[str, int, int | None, dict], None] | None = None,
-                 log: Callable[..., None] | None = None, runtime: Runtime | None = None) -> None:
+                 log: Callable[..., None] | None = None, runtime: Runtime | None = None,
+                 latency_table: LatencyLookup | None = None) -> None:
         self.cfg = cfg
         runtime = runtime or Runtime()
         w_part, a_part = split_dataset(train_ds, cfg.train_portion, seed, who="darts-gal's search")
         model = build_supernet(seed, cfg.search_C, num_classes, cfg.search_layers, primitives="darts",
                                in_channels=input_shape[0], partial_channels=cfg.partial_channels,
                                edge_norm=cfg.edge_norm, pool_bn=True, stem_stride=cfg.search_stem_stride)
+        self.latency_term: LatencyTerm | None = None
+        if latency_table is not None:
+            lat_n, lat_r = op_latency_matrix(model, torch.zeros(1, *input_shape), latency_table)
+            self.latency_term = LatencyTerm(lat_n, lat_r, cfg.arch_latency_weight)
+        self.num_ops = len(model.primitives)
         runtime.prepare(model)
         self.architect = Architect(model, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
                                    second_order=cfg.second_order, w_momentum=cfg.search_momentum,
-                                   w_weight_decay=cfg.search_weight_decay, runtime=runtime)
+                                   w_weight_decay=cfg.search_weight_decay, runtime=runtime,
+                                   reference_steps=cfg.arch_reference_steps, latency_term=self.latency_term)
         schedule = SearchSchedule(
             epochs=cfg.search_epochs, warmup_epochs=cfg.arch_warmup_epochs, batch_size=cfg.search_batch_size,
             lr=cfg.search_lr, lr_min=cfg.search_lr_min, momentum=cfg.search_momentum,

@@ -10,6 +10,11 @@ Pipeline (paper Fig. 1):
 1. **Genotype** (§3.1): a DARTS search of the normal and reduction cells on a train/val split of
    the user's training data (:mod:`.search`; first order by default, second order and PC-DARTS
    options) -- or a published genotype (the paper reuses DARTS_V2 for MNIST/FMNIST/CIFAR-10).
+   Issue 18: ``arch_reference_steps`` scales Adam's alpha step to the search's own step count
+   (the ``cpu-small`` preset sets DARTS' 19,550; without it alpha stayed at ln 8 on digits), and a
+   latency-aware run (``objective="latency"``, or ``"auto"`` with a latency budget) adds the
+   expected latency of the mixed ops to the architecture loss (``arch_latency_weight``). What the
+   search did is report key ``search`` (``alpha_entropy`` per epoch, ``plan``, ``objective``).
 2. **Sizing + baseline** (§3.2): ``(C, cells)`` of the stacked ``NetworkCIFAR`` (reductions at 1/3
    and 2/3 of the depth, no auxiliary head) chosen by measuring a grid through ``ctx.check``: the
    most capacity within ``size_margin`` x the budget. The stack is trained with KD from the teacher.
@@ -79,12 +84,12 @@ from torch.utils.data import DataLoader, Dataset
 from compress.budgets import BudgetCheck, Cost
 from compress.errors import BudgetUnreachableError
 from compress.registry import register_strategy
-from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
+from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
 from compress.strategies.darts.genotype import Genotype
 from compress.strategies.darts.model import NetworkCIFAR, build_from_arch
 from compress.strategies.darts.sizing import size_to_budget
 from compress.strategies.darts.supernet_search import dataset_of
-from compress.strategies.darts_gal.config import PRESETS, DartsGalConfig, phase_fields, resolve_genotype
+from compress.strategies.darts_gal.config import PRESETS, DartsGalConfig, phase_config, resolve_genotype
 from compress.strategies.darts_gal.gal import GALSettings, GALTrainer, attach_masks, mask_values
 from compress.strategies.darts_gal.prune import (
     draw_cell,
@@ -111,8 +116,10 @@ CheckFn = Callable[[nn.Module], "tuple[Cost, BudgetCheck, float | None]"]
 # --------------------------------------------------------------------------- helpers
 
 
-def _hash(cfg: DartsGalConfig, phase: str, extra: dict[str, Any]) -> str:
-    d = {k: v for k, v in config_to_dict(cfg).items() if k in phase_fields(phase)}
+def _hash(cfg: DartsGalConfig, phase: str, extra: dict[str, Any], *, latency_search: bool = False) -> str:
+    """A phase's checkpoint key: its config entries (:func:`phase_config`; issue 18's search fields at
+    their defaults left out, so earlier checkpoints still resume) and ``extra``."""
+    d = phase_config(cfg, phase, latency_search=latency_search)
     return stable_hash({"phase": phase, "config": d, **extra})
 
 
@@ -301,9 +308,16 @@ class DartsGal(Strategy):
                  "input_shape": list(in_shape)}
 
         # ---- stage 1: genotype
-        h_search = _hash(cfg, "search", extra)
+        # latency-aware (issue 18, part 4): the search's expected-latency term and GAL's weighted L1 share
+        # the target's per-layer table, timed once (and cached on disk)
+        table = self._latency_table(ctx) if self._latency_aware(ctx, cfg) else None
+        latency_search = table is not None and resolve_genotype(cfg.genotype) is None
+        if latency_search:  # the table's target keys the search: a latency-aware search is another search
+            extra = {**extra, "latency_target": ctx.target.to_dict()}
+        h_search = _hash(cfg, "search", extra, latency_search=latency_search)
         with ctx.phase("search"):
-            genotype, search = self._genotype(ctx, cfg, train_ds, K, in_shape, h_search, store)
+            genotype, search = self._genotype(ctx, cfg, train_ds, K, in_shape, h_search, store,
+                                              table if latency_search else None)
         if search.get("resumed_from_epoch") and search["resumed_from_epoch"] == cfg.search_epochs:
             resumed.append("search")
 
@@ -344,7 +358,7 @@ class DartsGal(Strategy):
             resumed.append("gal")
         else:
             with ctx.phase("gal"):
-                gal, pruned = self._gal(ctx, cfg, baseline, train_ds, K, store, h_gal)
+                gal, pruned = self._gal(ctx, cfg, baseline, train_ds, K, store, h_gal, table=table)
             store.save("gal", h_gal, gal, {"weights": pruned.state_dict()}, ctx)
 
         # ---- stage 4: retrain
@@ -388,6 +402,7 @@ class DartsGal(Strategy):
                     if k in gal},
             "gal_history": [{k: v for k, v in r.items() if k != "masks"} for r in gal["history"]],
             "pruned_cells_drawing": gal["drawing"],
+            "search": search["search"],
             "search_history": search["history"],
             "search_wall_s": search["wall_s"],
             "baseline_history": base_hist,
@@ -406,19 +421,56 @@ class DartsGal(Strategy):
         return StrategyOutput(student=student, info=info, arch=student.arch_dict(), report_sections=sections)
 
     # ------------------------------------------------------------------ stages
+    @staticmethod
+    def _latency_aware(ctx: StrategyContext, cfg: DartsGalConfig) -> bool:
+        """``objective="latency"``, or ``"auto"`` with a budget that names latency."""
+        return cfg.objective == "latency" or (cfg.objective == "auto" and ctx.budget.needs_latency)
+
+    @staticmethod
+    def _latency_table(ctx: StrategyContext) -> Any:
+        """The target's per-layer latency table (cached on disk under the strategy's name)."""
+        from compress.profiling.latency_model import LayerLatencyTable, default_cache_dir
+
+        return LayerLatencyTable(ctx.target, cache_dir=Path(default_cache_dir()) / STRATEGY, **LATENCY_TIMING)
+
     def _genotype(self, ctx: StrategyContext, cfg: DartsGalConfig, train_ds: Dataset, K: int,
-                  in_shape: tuple[int, ...], h_search: str, store: _Store) -> tuple[Genotype, dict[str, Any]]:
+                  in_shape: tuple[int, ...], h_search: str, store: _Store,
+                  table: Any = None) -> tuple[Genotype, dict[str, Any]]:
+        """The genotype and the search's record; ``record["search"]`` becomes report.json's ``search``
+        (issue 18, as eg-nas': ``alpha_entropy`` per epoch in nats, mean over the edges of both cell
+        types; ``alpha_entropy_uniform`` = ln |O|; ``plan``: alpha steps and the Adam step in use;
+        ``objective``; ``genotype_stability`` None: darts-gal runs one search). A published genotype:
+        no search, empty entropies."""
         fixed = resolve_genotype(cfg.genotype)
         if fixed is not None:
-            return fixed, {"source": cfg.genotype if len(cfg.genotype) < 40 else "json", "history": [],
-                           "wall_s": 0.0, "resumed_from_epoch": 0}
+            source = cfg.genotype if len(cfg.genotype) < 40 else "json"
+            return fixed, {"source": source, "history": [], "wall_s": 0.0, "resumed_from_epoch": 0,
+                           "search": {"source": source, "alpha_entropy": [], "alpha_entropy_uniform": None,
+                                      "genotype_stability": None, "stability_seeds": [], "plan": {},
+                                      "objective": None, "latency_weight": None, "expected_latency_ms": None}}
         search = DartsSearch(cfg, train_ds, ctx.data.val, K, in_shape, ctx.seed,  # type: ignore[arg-type]
                              ckpt_dir=store.dir, config_hash=h_search, progress=ctx.progress, log=ctx.log,
-                             runtime=ctx.runtime)
+                             runtime=ctx.runtime, latency_table=table)
+        if table is not None:
+            table.save()
         out = search.run()
         hist = [{k: v for k, v in r.items() if k != "genotype"} for r in out.history]
+        term = search.latency_term
+        info = {
+            "source": "search",
+            "alpha_entropy": [h["alpha_entropy"] for h in out.history],
+            "alpha_entropy_uniform": math.log(search.num_ops),
+            "genotype_stability": None,
+            "stability_seeds": [],
+            "plan": dict(out.plan),
+            "objective": "latency" if term is not None else "size",
+            "latency_weight": cfg.arch_latency_weight if term is not None else None,
+            "expected_latency_ms": None if term is None else {
+                "uniform": term.reference_ms,
+                "final": float(term.expected_ms(out.alphas_normal.double(), out.alphas_reduce.double()))},
+        }
         return out.genotype, {"source": "search", "history": hist, "wall_s": out.wall_s,
-                              "resumed_from_epoch": out.resumed_from_epoch,
+                              "resumed_from_epoch": out.resumed_from_epoch, "search": info,
                               "final_alphas": {"normal": out.alphas_normal.tolist(),
                                                "reduce": out.alphas_reduce.tolist()}}
 
@@ -473,13 +525,14 @@ class DartsGal(Strategy):
         return [{"phase": phase, **h} for h in hist]
 
     def _gal(self, ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, train_ds: Dataset,
-             K: int, store: "_Store | None" = None, h_gal: str = "") -> tuple[dict[str, Any], NetworkCIFAR]:
+             K: int, store: "_Store | None" = None, h_gal: str = "",
+             table: Any = None) -> tuple[dict[str, Any], NetworkCIFAR]:
         """GAL at the searched lambda (``sparse_lambda=None``, :meth:`_lambda_search`), at the given
         ``sparse_lambda``, or for each lambda of ``lambda_sweep`` (the candidate whose removed fraction
         is closest to ``target_prune_fraction`` wins); each followed by the closing loop. Returns the
         JSON state and the pruned network (masks off, pruned weights)."""
         total_nodes = node_count(baseline)
-        weights, penalty = self._mask_weights(ctx, cfg, baseline)
+        weights, penalty = self._mask_weights(ctx, cfg, baseline, table)
         search: dict[str, Any] | None = None
         if cfg.lambda_sweep:
             lambdas = cfg.lambda_sweep
@@ -524,17 +577,15 @@ class DartsGal(Strategy):
                                       "final_within_tolerance": bool(1.0 - search["tolerance"] <= final <= 1.0)}
         return state, plain.eval()
 
-    def _mask_weights(self, ctx: StrategyContext, cfg: DartsGalConfig,
-                      baseline: NetworkCIFAR) -> tuple[tuple[tuple[float, ...], ...] | None, dict[str, Any]]:
+    def _mask_weights(self, ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR,
+                      table: Any = None) -> tuple[tuple[tuple[float, ...], ...] | None, dict[str, Any]]:
         """Per-node L1 weights (None: plain ``||m||_1``) and their report entry: latency-weighted when
         ``objective="latency"``, or ``"auto"`` and the budget names latency (:func:`node_latency_weights`
-        on the target's per-layer table, timed once and cached)."""
-        use = cfg.objective == "latency" or (cfg.objective == "auto" and ctx.budget.needs_latency)
-        if not use:
+        on the target's per-layer table ``table``, else one made here, timed once and cached)."""
+        if not self._latency_aware(ctx, cfg):
             return None, {"objective": "size", "weights": None}
-        from compress.profiling.latency_model import LayerLatencyTable, default_cache_dir
-
-        table = LayerLatencyTable(ctx.target, cache_dir=Path(default_cache_dir()) / STRATEGY, **LATENCY_TIMING)
+        if table is None:
+            table = self._latency_table(ctx)
         weights = node_latency_weights(baseline, ctx.example_inputs, table, cfg.latency_weight_floor)
         table.save()
         return weights, {"objective": "latency", "weights": [list(r) for r in weights],
