@@ -2,9 +2,9 @@
 
 Defaults are the paper's where it gives them (Zhang et al., Information Sciences 2021, §4: lr 0.01
 in every stage, search batch 32, pruning batch 100, 5 discriminator steps per generator step) and
-the GAL reference code's where the paper is silent (ALGORITHMS.md §3(b): discriminator, loss wiring,
+the GAL reference code's where the paper is silent (docs/algorithms/darts-gal.md, choices: discriminator, loss wiring,
 FISTA every 200 iterations, SGD momentum 0.9 / wd 2e-4, StepLR(30, 0.1), 100 pruning epochs). They
-are GPU scale; ``DartsGalConfig.preset("cpu-small")`` is the CPU profile of ALGORITHMS.md §3(c).
+are GPU scale; ``DartsGalConfig.preset("cpu-small")`` is the CPU profile of docs/algorithms/darts-gal.md, CPU profile.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ __all__ = ["DartsGalConfig", "PRESETS", "resolve_genotype", "phase_fields", "pha
 class DartsGalConfig:
     """Settings of ``darts-gal``; every field lands in ``report.json`` under ``config``.
 
-    Stage 1 -- genotype (paper §3.1; ALGORITHMS.md §0.3-0.4):
+    Stage 1 -- genotype (paper §3.1; docs/algorithms/darts-space.md):
         genotype: ``"search"`` (DARTS search on the user's data), a published cell name
             (``"DARTS_V2"`` = the paper's Fig. 5 cells, ``"DARTS_V1"``, ``"PC_DARTS_CIFAR"``,
             ``"EG_NAS_CIFAR10"``), or a Genotype JSON object (``Genotype.to_json()``).
@@ -67,7 +67,7 @@ class DartsGalConfig:
         baseline_max_steps_per_epoch; drop_path (drop-path probability ramped over the baseline
         and the retrain; 0 = off).
 
-    Stage 3 -- GAL (Eq. 4-7; ALGORITHMS.md §3(b)):
+    Stage 3 -- GAL (Eq. 4-7; docs/algorithms/darts-gal.md, choices):
         gal_epochs: 100 (GAL reference). gal_batch_size: 100 (paper).
         gal_lr, gal_momentum, gal_weight_decay: SGD on the generator weights (wd = R(W_G)).
         gal_lr_step_epochs, gal_lr_gamma: StepLR of every GAL learning rate (30, 0.1).
@@ -123,7 +123,7 @@ class DartsGalConfig:
             ``latency_weight_floor``. The budget check at the end stays a real measurement.
         latency_weight_floor: the smallest weight, as a fraction of the mean (0.05): a node of only
             skips and pools costs no conv time but still some.
-        lambda_sweep: optional lambdas tried from the same baseline (ALGORITHMS.md §3(c)); the one
+        lambda_sweep: optional lambdas tried from the same baseline (docs/algorithms/darts-gal.md, CPU profile); the one
             whose removed-node fraction is closest to ``target_prune_fraction`` (within the
             budget) wins; empty = ``sparse_lambda`` only.
         target_prune_fraction: 0.5 (the paper removes 40-65 % of the intermediate nodes).
@@ -344,7 +344,7 @@ class DartsGalConfig:
         """A named setting plus overrides.
 
         * ``"paper"``: the defaults (GPU scale).
-        * ``"cpu-small"``: ALGORITHMS.md §3(c) -- a tiny first-order search (C 8, 5 cells, at half
+        * ``"cpu-small"``: docs/algorithms/darts-gal.md, CPU profile -- a tiny first-order search (C 8, 5 cells, at half
           resolution, 4 epochs of 8 steps), a small sizing grid, 6 baseline epochs, 3 GAL epochs
           of 10 generator steps (batch 32, 5 critic steps each, a FISTA step after every generator
           step), lambda searched in at most 5 GAL probes toward the budget from a baseline sized to

@@ -1,9 +1,9 @@
 """GAL: generative adversarial learning of soft node masks (Lin et al., CVPR 2019, as used by
-DARTS-GAL §3.3, Eq. 4-7; reference-code details in ALGORITHMS.md §3(b)).
+DARTS-GAL §3.3, Eq. 4-7; reference-code details in docs/algorithms/darts-gal.md, choices).
 
 The baseline ``B`` (a trained :class:`~compress.strategies.darts.model.NetworkCIFAR`) is frozen.
 The generator ``G`` is a copy of ``B`` with one scalar soft mask ``m_{c,i} >= 0`` per intermediate
-node ``i`` of every cell ``c`` (placement of ALGORITHMS.md §3(b).8: ``m_i`` multiplies node i's
+node ``i`` of every cell ``c`` (placement of docs/algorithms/darts-gal.md, choice 8: ``m_i`` multiplies node i's
 concat slice and every edge that reads node i, so a node whose mask is 0 can be removed exactly).
 A discriminator ``D`` tells ``f_b = feat(B(x))`` (real) from ``f_g = feat(G(x))`` (fake), where
 ``feat`` is the softmax (paper, ``d_input``) or the logits (GAL code).

@@ -1,6 +1,6 @@
 """Physical node pruning of a DARTS evaluation network, the nodes-kept table and genotype drawings
 (DARTS-GAL §3.3 "structured pruning of the intermediate state nodes", Tables 1/3/5/7;
-ALGORITHMS.md §3(b).8).
+docs/algorithms/darts-gal.md, choice 8).
 
 :func:`kept_nodes` turns masks into the set of surviving nodes per cell; :func:`prune_network`
 builds the smaller :class:`~compress.strategies.darts.model.NetworkCIFAR` (removed nodes become

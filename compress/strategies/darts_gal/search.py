@@ -1,5 +1,5 @@
 """Stage 1 of DARTS-GAL: a DARTS search of the normal and reduction cells on the user's data
-(paper §3.1, Eq. 1-3; DARTS Liu et al. 2019 §2; ALGORITHMS.md §0.3-0.4).
+(paper §3.1, Eq. 1-3; DARTS Liu et al. 2019 §2; docs/algorithms/darts-space.md).
 
 The training split is divided (seeded) into a *weight* part and an *architecture* part
 (``train_portion``). Every step: an architecture step (first order: Adam on ``grad_alpha L_val``;

@@ -2,7 +2,7 @@
 
 Source: Zhang, Waqas, Shen, Liu, Zhang, Li, Halim, Chen, "A neural network architecture optimizer
 based on DARTS and generative adversarial learning", Information Sciences 581 (2021) 448-468
-(``shared/papers/002_…``); implementation notes in ALGORITHMS.md §3 (GAL details from the GAL
+; implementation notes in docs/algorithms/darts-gal.md (GAL details from the GAL
 reference code, Lin et al. CVPR 2019).
 
 Pipeline (paper Fig. 1):
@@ -42,7 +42,7 @@ of the baseline, GAL and retrain phases; each is guarded by a hash of the config
 it (and of the phases before it), so a killed run resumes bit-identically from the last boundary
 and a changed setting recomputes only what it affects. GAL itself resumes from its phase start.
 
-Documented deviations / resolutions (ALGORITHMS.md §3(b)):
+Documented deviations / resolutions (docs/algorithms/darts-gal.md, choices):
 
 * the discriminator outputs a logit and the sigmoid is applied once (GAL code: twice);
 * log-loss GAN (Eq. 5) with 5 critic steps per generator step by default; ``gan="wgan"`` switches to
@@ -62,7 +62,7 @@ Documented deviations / resolutions (ALGORITHMS.md §3(b)):
 * a cell whose masks all reach 0 keeps its strongest node (``keep_nonempty``): the paper's empty
   ("None") cells output a constant that ``CellSpec`` cannot express;
 * reduction positions follow the standard ``layers//3, 2*layers//3`` rule for every sized depth
-  (the only rule that reproduces the paper's 0.13 M / 0.37 M counts, ALGORITHMS.md §0.7);
+  (the only rule that reproduces the paper's 0.13 M / 0.37 M counts, docs/algorithms/darts-space.md);
 * the baseline and the retrain use the task loaders' batch size (paper: 128) and KD from the
   user's teacher (the paper trains on labels only); the retrain is from scratch by default.
 """
@@ -286,7 +286,7 @@ class DartsGal(Strategy):
 
     @classmethod
     def demo_config(cls, epochs: int) -> dict[str, Any]:
-        """The CPU preset (ALGORITHMS.md §3(c)); ``epochs`` raises the final retrain (never below the preset)."""
+        """The CPU preset (docs/algorithms/darts-gal.md, CPU profile); ``epochs`` raises the final retrain (never below the preset)."""
         small = PRESETS["cpu-small"]
         return {**small, "final_epochs": max(int(epochs), small["final_epochs"])}
 

@@ -1,7 +1,7 @@
 """Strategy ``eg-nas``: a DARTS supernet whose architecture is moved by CMA-ES directions.
 
 Source: Cai et al., "EG-NAS: Neural Architecture Search with Fast Evolutionary Exploration",
-AAAI 2024 (``shared/papers/004_…``); implementation notes in ALGORITHMS.md §4.
+AAAI 2024; implementation notes in docs/algorithms/eg-nas.md.
 
 Pipeline: search -> DARTS genotype -> size ``(C, cells)`` of the evaluation network to the
 budget by measuring a small grid through ``ctx.check`` -> retrain it from scratch with KD from the

@@ -12,7 +12,7 @@ At every epoch ``t >= warmup_epochs``, on one minibatch of the *direction half*:
    the restart's winner ``x_n*`` is the best fitness in P = {x_n, best of each generation, final mean};
 3. Eq. 9: ``s = argmax_n Acc(w, x_n*)``; Eq. 8: ``alpha_{t+1} = alpha_t + xi * dir(s)``.
 
-Documented choices (ALGORITHMS.md §4(b)), each a config field:
+Documented choices (docs/algorithms/eg-nas.md, choices), each a config field:
 
 * CMA-ES searches logit space (paper), candidate op weights are ``softmax(z)`` per edge;
 * ``dir(s) = softmax(s)`` per edge (official semantics; ``direction="raw"`` is the paper literal);
@@ -55,7 +55,7 @@ __all__ = [
 
 
 def sigma_schedule(t: int, sigma_min: float = 0.02) -> float:
-    """CMA-ES step size at epoch ``t`` (0-based): ``max(1/(t+1), sigma_min)`` (ALGORITHMS.md §4(b).5)."""
+    """CMA-ES step size at epoch ``t`` (0-based): ``max(1/(t+1), sigma_min)`` (docs/algorithms/eg-nas.md, choice 5)."""
     return max(1.0 / (t + 1), sigma_min)
 
 

@@ -3,7 +3,7 @@ search and final checkpoints.
 
 Defaults follow Cai et al., "EG-NAS: Neural Architecture Search with Fast Evolutionary
 Exploration", AAAI 2024 (CIFAR-10 setting); every documented deviation from the paper or the
-released code (ALGORITHMS.md §4(b)) is a field here, described where it acts
+released code (docs/algorithms/eg-nas.md, choices) is a field here, described where it acts
 (:mod:`.cmaes`, :mod:`.search`).
 """
 
@@ -29,7 +29,7 @@ class EGNASConfig:
     """Settings of ``eg-nas``; every field lands in ``report.json`` under ``config``.
 
     Defaults are the paper's CIFAR-10 setting (§"Datasets and Implementation Details") and the
-    released code where the paper is silent (ALGORITHMS.md §4(a)); they are GPU-scale. Use
+    released code where the paper is silent (docs/algorithms/eg-nas.md, defaults); they are GPU-scale. Use
     ``EGNASConfig.preset("cpu-small")`` on a CPU.
 
     Attributes:
@@ -206,7 +206,7 @@ class EGNASConfig:
         """A named setting plus overrides.
 
         * ``"paper"``: the defaults (GPU scale).
-        * ``"cpu-small"``: ALGORITHMS.md §4(c) -- supernet C 8, 5 cells, K 2, searched at half
+        * ``"cpu-small"``: docs/algorithms/eg-nas.md, CPU profile -- supernet C 8, 5 cells, K 2, searched at half
           resolution; T 8, W 3; N 2, lambda 8, G 1, ES batch 64; a small sizing grid and a
           10-epoch retrain; ``xi_reference_updates=35`` and ``arch_reference_steps=19_550``
           (issue 18: without them alpha stays uniform, see :mod:`.search`). Minutes on 2 CPU cores for the digits demo.

@@ -11,7 +11,7 @@ shared :class:`~compress.strategies.darts.supernet_search.SupernetSearch` that `
 too; the architecture update is its updater, :class:`CMAESUpdater`, whose fitness forwards are
 :class:`SupernetEvaluator`.
 
-Documented choices (ALGORITHMS.md §4(b)), each a config field:
+Documented choices (docs/algorithms/eg-nas.md, choices), each a config field:
 
 * Eq. 9 accuracies are those measured on the ES minibatch during the fitness evaluation (the
   same numbers a re-evaluation would give: fitness forwards use batch statistics and leave BN

@@ -52,7 +52,7 @@ class EGNAS(Strategy):
     #: settings for the digits demo / quick CPU runs (the defaults are the paper's GPU-scale ones)
     @classmethod
     def demo_config(cls, epochs: int) -> dict[str, Any]:
-        """The CPU-scale preset (ALGORITHMS.md §4(c)); the demo's ``epochs`` raises the final retrain (never below the preset)."""
+        """The CPU-scale preset (docs/algorithms/eg-nas.md, CPU profile); the demo's ``epochs`` raises the final retrain (never below the preset)."""
         return {**_PRESETS["cpu-small"], "final_epochs": max(int(epochs), _PRESETS["cpu-small"].get("final_epochs", 0))}
     paper = "Cai et al., EG-NAS: Neural Architecture Search with Fast Evolutionary Exploration, AAAI 2024"
 
