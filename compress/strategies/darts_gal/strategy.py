@@ -1,8 +1,8 @@
 """Strategy ``darts-gal``: DARTS cells, stacked to the budget, pruned node by node with GAL, retrained.
 
 Source: Zhang, Waqas, Shen, Liu, Zhang, Li, Halim, Chen, "A neural network architecture optimizer
-based on DARTS and generative adversarial learning", Information Sciences 581 (2021) 448-468
-; implementation notes in docs/algorithms/darts-gal.md (GAL details from the GAL
+based on DARTS and generative adversarial learning", Information Sciences 581 (2021) 448-468;
+implementation notes in docs/algorithms/darts-gal.md (GAL details from the GAL
 reference code, Lin et al. CVPR 2019).
 
 Pipeline (paper Fig. 1):
