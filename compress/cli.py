@@ -494,7 +494,8 @@ def demo(
         con = _console()
         from compress.training import Runtime, RuntimeOptions
 
-        rt_opts = RuntimeOptions(device=device, precision=precision, devices=devices, num_workers=num_workers)
+        rt_opts = RuntimeOptions(device=device, precision=precision, devices=devices,
+                                 num_workers=0 if num_workers is None else num_workers)  # digits: in memory
         task = load_digits_task(seed=seed)
         recipe = TeacherRecipe(model_spec=teacher_model, epochs=teacher_epochs, seed=seed)
         from tqdm.auto import tqdm

@@ -204,6 +204,7 @@ def test_saved_manifest_and_report_carry_the_flag(conv_net, tmp_path):
         validation=SimpleNamespace(ok=True, max_abs_diff=0.0, top1_agreement=1.0, per_batch={1: {}}),
         student_report=SimpleNamespace(latency=None, accuracy_val=0.9, accuracy_test=0.9),
         teacher_onnx_path=None, mobile={"int8": q}, strategy="gp-prune",
+        data={"spec": {"input_shape": [3, 8, 8], "mean": [0.5] * 3, "std": [0.25] * 3, "source": "npz"}},
         target=SimpleNamespace(name="cpu-1t", to_dict=lambda: {"name": "cpu-1t"}))
     CompressionResult._write_manifest(fake, tmp_path)
     art = next(a for a in json.loads((tmp_path / "manifest.json").read_text())["artifacts"]
