@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TinyConvNet", "TinyResidualNet", "HiddenStateNet", "TinyShuffleNet", "NoClassifierNet", "tiny_models"]
+__all__ = ["TinyConvNet", "TinyResidualNet", "HiddenStateNet", "TinyShuffleNet", "NoClassifierNet", "tiny_models",
+           "randomise_batchnorm"]
 
 
 class _Example:
@@ -152,3 +153,17 @@ def tiny_models(num_classes: int = 10) -> dict[str, nn.Module]:
     """Seeded instances of the prunable tiny models, by name."""
     torch.manual_seed(0)
     return {"tiny_conv": TinyConvNet(num_classes), "tiny_residual": TinyResidualNet(num_classes)}
+
+
+def randomise_batchnorm(net: torch.nn.Module, seed: int = 0) -> None:
+    """Give every ``BatchNorm2d`` of ``net`` seeded non-trivial statistics and affine parameters
+    (running mean in [-1, 1), variance in [0.5, 2), weight in [0.5, 1.5), bias in [-0.5, 0.5)), in
+    place, so that an eval-mode test network is not the identity through its norms."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)

@@ -34,6 +34,7 @@ from compress.strategies.darts_gal import (
     soft_threshold,
 )
 from compress.strategies.darts_gal.config import phase_fields
+from compress.testing import randomise_batchnorm
 
 # the fast setting for compress() on 3x32x32 digits (also the registry contract config)
 FAST = dict(
@@ -44,17 +45,6 @@ FAST = dict(
     gal_epochs=1, gal_batch_size=32, gal_max_g_steps_per_epoch=2, n_critic=5, mask_step=1, mask_lr=0.05,
     sparse_lambda=0.5, final_epochs=1, final_max_steps_per_epoch=3,
 )
-
-
-def _randomise_bn(net: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
 
 
 def _params(net: torch.nn.Module) -> int:
@@ -74,7 +64,7 @@ def _toy(n: int = 64, size: int = 8, classes: int = 3, seed: int = 0) -> TensorD
 def test_masked_network_equals_its_physically_pruned_network():
     torch.manual_seed(0)
     net = NetworkCIFAR(4, 10, 5, DARTS_V2)  # reductions at cells 1 and 3 (0-based)
-    _randomise_bn(net)
+    randomise_batchnorm(net)
     net.eval()
     vals = [torch.rand(4, generator=torch.Generator().manual_seed(c)) * 0.8 + 0.2 for c in range(5)]
     vals[0][0] = 0.0  # (i) normal-cell node 0 (state 2) feeds the dil_conv of node 3
@@ -122,7 +112,7 @@ def test_dead_cascade_is_removed_and_flagged_when_inexact():
     )
     torch.manual_seed(0)
     net = NetworkCIFAR(4, 10, 3, g)
-    _randomise_bn(net)
+    randomise_batchnorm(net)
     net.eval()
     vals = [torch.ones(4) for _ in range(3)]
     vals[0][0] = 0.0
@@ -142,7 +132,7 @@ def test_dead_cascade_is_removed_and_flagged_when_inexact():
 def test_generator_equals_baseline_at_step_0_and_baseline_is_untouched():
     torch.manual_seed(0)
     base = NetworkCIFAR(4, 3, 3, DARTS_V2, stem_stride=2)
-    _randomise_bn(base)
+    randomise_batchnorm(base)
     base.eval()
     before = {k: v.clone() for k, v in base.state_dict().items()}
     tr = GALTrainer(base, _toy(32), 3, GALSettings(epochs=1, batch_size=16, n_critic=2, mask_step=1, lam=0.5))
@@ -189,7 +179,7 @@ def test_soft_threshold_and_fista_proximal_step():
 def test_l1_drives_masks_down_and_sparsity_grows_with_lambda():
     torch.manual_seed(0)
     base = NetworkCIFAR(4, 3, 3, DARTS_V2, stem_stride=2)
-    _randomise_bn(base)
+    randomise_batchnorm(base)
     base.eval()
     ds = _toy(64)
     zeros, l1 = [], []

@@ -24,17 +24,7 @@ from compress.strategies.darts_gal import (
     prune_network,
 )
 from compress.strategies.grow import Decision, PricedSplit, rank_by_cost
-
-
-def _randomise_bn(net: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+from compress.testing import randomise_batchnorm
 
 
 def _toy(n: int = 64, size: int = 8, classes: int = 3, seed: int = 0) -> TensorDataset:
@@ -47,7 +37,7 @@ def _toy(n: int = 64, size: int = 8, classes: int = 3, seed: int = 0) -> TensorD
 def _tiny_baseline() -> NetworkCIFAR:
     torch.manual_seed(0)
     base = NetworkCIFAR(4, 3, 3, DARTS_V2, stem_stride=2)  # 3 cells x 4 nodes, 2,403 params
-    _randomise_bn(base)
+    randomise_batchnorm(base)
     return base.eval()
 
 
