@@ -31,6 +31,7 @@ from compress.errors import (BudgetAlreadyMetError, CompressError, ConfigError, 
                              UnsupportedModelError, disk_full)
 from compress.executors import Executor, make_executor
 from compress.exporters import export_onnx, validate_onnx
+from compress.exporters.validate import DEFAULT_MAX_SAMPLES as PARITY_MAX_SAMPLES
 from compress.profiling import Target, profile_latency, profile_peak_memory
 from compress.profiling.latency_model import measure_interleaved
 from compress.strategies import get_strategy  # the package registers the built-in strategies
@@ -750,10 +751,8 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
     with phase("export"):
         student_onnx = export_onnx(student, example, art_dir / "student.onnx")
     with phase("validate"):
-        # the test split (or the kept validation prefix), up to VAL_KEEP_BYTES of it: whole at CIFAR size
-        per_sample = max(1, example[0].element_size() * example[0].numel())
-        parity_x = (collect(task.test, max_samples=max(1, VAL_KEEP_BYTES // per_sample))[0]
-                    if task.test is not None else x_val)
+        # the test split (or the kept validation prefix), only as much as validate_onnx reads of it
+        parity_x = (collect(task.test, max_samples=PARITY_MAX_SAMPLES)[0] if task.test is not None else x_val)
         validation = validate_onnx(student, student_onnx, parity_x, atol=1e-4, rtol=1e-3, batch_sizes=(1, 8),
                                    raise_on_failure=False)
     with phase("profile"):

@@ -379,7 +379,8 @@ def onnx_accuracy(path: str | Path, inputs: np.ndarray, labels: np.ndarray, *, b
 
 def onnx_accuracy_batches(path: str | Path, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
     """Top-1 accuracy in [0, 1] of the ONNX model at ``path`` (CPU, 1 thread, one session) over
-    ``(x, y)`` batches that are read one at a time (a split that does not fit in memory).
+    ``(x, y)`` batches that are read one at a time (a split that does not fit in memory): ``x``
+    ``(B, C, H, W)`` float32-castable, ``y`` ``(B,)`` integer class indices.
 
     Raises:
         ValueError: ``batches`` is empty.

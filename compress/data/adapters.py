@@ -248,12 +248,13 @@ def as_task_data(
 
 def iter_batches(loader, role: str = "data") -> Iterator[tuple[Tensor, Tensor]]:
     """Yield the ``(x, y)`` batches of ``loader`` (a DataLoader, Dataset or iterable of batches),
-    checked as :func:`collect` checks them, one at a time (nothing is accumulated).
+    checked as :func:`collect` checks them, one at a time (nothing is accumulated): ``x`` a
+    ``(B, ...)`` tensor (images ``(B, C, H, W)``), ``y`` a ``(B,)`` tensor of labels.
 
     Raises:
         DataError: batches are not ``(x, y)`` tensors (``role`` names the loader in the message).
     """
-    if isinstance(loader, Dataset):
+    if isinstance(loader, Dataset):  # map-style or iterable dataset of (x, y) samples
         loader = DataLoader(loader, batch_size=256, shuffle=False)
     if not isinstance(loader, Iterable):
         raise DataError(f"the '{role}' data must be a DataLoader or an iterable of (x, y) batches, got "
@@ -274,13 +275,8 @@ def collect(loader, max_samples: int | None = None) -> tuple[Tensor, Tensor]:
     """
     if max_samples is not None and (isinstance(max_samples, bool) or int(max_samples) < 1):
         raise DataError(f"max_samples must be a positive int or None, got {max_samples!r}")
-    if isinstance(loader, Dataset):  # map-style or iterable dataset of (x, y) samples
-        loader = DataLoader(loader, batch_size=256, shuffle=False)
-    if not isinstance(loader, Iterable):
-        raise DataError(f"collect() needs a DataLoader or iterable of (x, y) batches, got {type(loader).__name__}")
     xs, ys, n = [], [], 0
-    for batch in loader:
-        x, y = _unpack_batch(batch, "collect")
+    for x, y in iter_batches(loader, "collect"):
         xs.append(x)
         ys.append(y)
         n += len(x)

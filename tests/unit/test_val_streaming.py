@@ -82,10 +82,11 @@ def test_compress_never_collects_a_whole_split(monkeypatch, digits_task):
         return real(loader, max_samples)
 
     monkeypatch.setattr(api, "collect", spy)
-    monkeypatch.setattr(api, "VAL_KEEP_BYTES", 32 * 3 * 32 * 32 * 4)  # 32 digits images
+    x0, _ = next(iter(digits_task.val))
+    monkeypatch.setattr(api, "VAL_KEEP_BYTES", 32 * x0[0].numel() * x0.element_size())  # 32 validation images
     torch.manual_seed(0)
     res = compress(TinyResidualNet(), "macs=0.6x", data=digits_task, progress=False, mobile=False, memory=False,
                    allow_slower=True, config={"epochs": 0, "bisection_steps": 3, "metric": "l1"})
     assert res.validation.ok
     assert calls and all(m is not None for _, m in calls), calls
-    assert digits_task.test is not None and (digits_task.test, 32) in calls  # parity: the bounded test prefix
+    assert digits_task.test is not None and (digits_task.test, api.PARITY_MAX_SAMPLES) in calls  # bounded parity

@@ -57,8 +57,9 @@ def interpolated_budget(budget: Budget, fraction: float, *, teacher_macs: float,
 def group_norm_regulariser(model: nn.Module, example_inputs, ignored: Sequence[nn.Module], *, reg: float,
                            plan: partial.PartialPlan | None, forward_fn=None) -> tp.pruner.GroupNormPruner:
     """Torch-Pruning's ``GroupNormPruner`` over ``model`` (L2 group norms, ``reg`` the
-    regularisation strength), following ``plan``; call ``pruner.regularize(model)`` after each
-    backward. ``ignored`` modules keep their output channels (the classifier), as in the prune.
+    regularisation strength; DepGraph §3.3), traced on ``example_inputs`` ``(B, C, H, W)`` and
+    following ``plan``; call ``pruner.regularize(model)`` after each backward. ``ignored`` modules
+    keep their output channels (the classifier), as in the prune.
 
     Raises:
         UnsupportedModelError: ``plan`` names a module ``model`` does not have.
