@@ -32,7 +32,7 @@ from compress.errors import (BudgetAlreadyMetError, CompressError, ConfigError, 
 from compress.executors import Executor, make_executor
 from compress.exporters import export_onnx, validate_onnx
 from compress.exporters.validate import DEFAULT_MAX_SAMPLES as PARITY_MAX_SAMPLES
-from compress.profiling import Target, profile_latency, profile_peak_memory
+from compress.profiling import LatencyEstimate, Target, profile_latency, profile_peak_memory
 from compress.profiling.latency_model import measure_interleaved
 from compress.strategies import get_strategy  # the package registers the built-in strategies
 from compress.signals import cleanup_on_signals, raise_if_terminated
@@ -425,28 +425,38 @@ def compress(
 
 
 _VS_TEACHER_ROUNDS = 5
+_MIN_ROUND_MS = 25.0
+"""Each side-by-side round times every model for at least this long (ms), however fast it is."""
 
 
 def _side_by_side(paths: dict[str, Path], target: Target, latency_repeats: int) -> dict:
     """The median latency (ms) on ``target`` of each ONNX file in ``paths`` (``{name: path}``),
     timed side by side: :data:`_VS_TEACHER_ROUNDS` interleaved rounds of ``latency_repeats / rounds``
-    calls each (at least 5), so that load drift during the run hits all alike. Returns
-    ``{name}_ms`` and ``{name}_rounds_ms`` (the per-round medians) for each name, and the method."""
+    calls each (at least 5, and enough to fill :data:`_MIN_ROUND_MS`), so that load drift during the
+    run hits all alike. Returns ``{name}_ms`` and ``{name}_rounds_ms`` (the per-round medians) for
+    each name, the method, and the timed calls per round of each."""
     repeats = max(5, latency_repeats // _VS_TEACHER_ROUNDS)
-    measured = measure_interleaved(list(paths.values()), target, rounds=_VS_TEACHER_ROUNDS, repeats=repeats, warmup=2)
+    measured = measure_interleaved(list(paths.values()), target, rounds=_VS_TEACHER_ROUNDS, repeats=repeats, warmup=2,
+                                   min_round_ms=_MIN_ROUND_MS)
     out: dict = {f"{name}_ms": m["median_ms"] for name, m in zip(paths, measured)}
     out.update({f"{name}_rounds_ms": m["rounds_ms"] for name, m in zip(paths, measured)})
-    return {**out, "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats}
+    calls = {name: m["calls"] for name, m in zip(paths, measured) if "calls" in m}
+    return {**out, "method": "interleaved", "rounds": _VS_TEACHER_ROUNDS, "repeats": repeats,
+            **({"calls_per_round": calls} if calls else {})}
 
 
-def _drift_corrected(candidate_rounds_ms: list[float], teacher_rounds_ms: list[float], teacher_ms: float) -> float:
+def _drift_corrected(candidate_rounds_ms: list[float], teacher_rounds_ms: list[float],
+                     teacher_ms: float) -> LatencyEstimate:
     """A candidate's latency for a budget relative to the teacher (``latency=0.5x``): the median of its
     per-round ratios to the teacher, timed side by side, times ``teacher_ms`` (the teacher latency the
     budget was resolved against). A machine that got busier or quieter since the teacher was measured
     then moves both alike, so the decision does not drift with the load (measured: under 2-3 competing
-    processes the teacher's own latency moved by up to 2x between phases)."""
+    processes the teacher's own latency moved by up to 2x between phases). The estimate carries the
+    relative standard error of that median over the rounds (:class:`LatencyEstimate`)."""
     ratios = [c / t for c, t in zip(candidate_rounds_ms, teacher_rounds_ms) if t > 0]
-    return float(np.median(ratios)) * teacher_ms if ratios else float(np.median(candidate_rounds_ms))
+    if not ratios:
+        return LatencyEstimate.from_samples(candidate_rounds_ms)
+    return LatencyEstimate.from_samples(ratios, scale=teacher_ms)
 
 
 def _latency_vs_teacher(teacher_onnx: Path, student_onnx: Path, target: Target, latency_repeats: int) -> dict:
@@ -708,7 +718,9 @@ def _compress(model, teacher, task, strat, strategy_cls, budget_obj, target, exa
             if relative_latency:  # timed side by side with the teacher: immune to load drift since measure_teacher
                 sbs = _side_by_side({"teacher": teacher_onnx, "candidate": path}, target, max(10, latency_repeats // 3))
                 return _drift_corrected(sbs["candidate_rounds_ms"], sbs["teacher_rounds_ms"], teacher_lat.median_ms)
-            return profile_latency(path, target, warmup=3, repeats=max(10, latency_repeats // 3)).median_ms
+            stats = profile_latency(path, target, warmup=3, repeats=max(10, latency_repeats // 3))
+            return LatencyEstimate(stats.median_ms, 1.2533 * stats.std_ms / np.sqrt(stats.repeats)
+                                   / stats.median_ms if stats.median_ms > 0 else 0.0)
 
     def memory_probe(m: nn.Module) -> float:
         with tempfile.TemporaryDirectory(dir=art_dir) as tmp:

@@ -4,7 +4,7 @@ May import only ``compress.exporters`` from the project. ``onnxruntime`` is impo
 """
 
 from compress.profiling.errors import ProfilingError, TargetError
-from compress.profiling.latency import ENGINES, LatencyStats, profile_latency
+from compress.profiling.latency import ENGINES, LatencyEstimate, LatencyStats, profile_latency
 from compress.profiling.memory import MemoryStats, profile_peak_memory
 from compress.profiling.target import GRAPH_OPTIMIZATION_LEVELS, PRESETS, Target
 
@@ -12,6 +12,7 @@ __all__ = [
     "ENGINES",
     "GRAPH_OPTIMIZATION_LEVELS",
     "PRESETS",
+    "LatencyEstimate",
     "LatencyStats",
     "MemoryStats",
     "ProfilingError",

@@ -23,7 +23,7 @@ from compress.exporters import ExportError, export_onnx
 from compress.profiling.errors import ProfilingError
 from compress.profiling.target import Target
 
-__all__ = ["ENGINES", "LatencyStats", "profile_latency"]
+__all__ = ["ENGINES", "LatencyEstimate", "LatencyStats", "profile_latency"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,36 @@ class LatencyStats:
     def to_dict(self) -> dict:
         """Plain JSON-ready dict of all fields."""
         return dataclasses.asdict(self)
+
+
+class LatencyEstimate(float):
+    """A latency in milliseconds (a ``float``) that also carries ``rel_se``, the relative standard
+    error of the estimate (standard error / value; 0 when unknown), so that a caller deciding
+    "under the limit?" can keep a margin as wide as the measurement's own noise.
+
+    For a median of ``n`` timings (or per-round medians) with standard deviation ``s``,
+    ``rel_se = 1.2533 * s / sqrt(n) / median`` (the asymptotic standard error of a median,
+    sqrt(pi / 2) times that of a mean, for roughly normal timings). See :meth:`from_samples`.
+    """
+
+    rel_se: float
+
+    def __new__(cls, ms: float, rel_se: float = 0.0) -> "LatencyEstimate":
+        obj = super().__new__(cls, ms)
+        obj.rel_se = float(rel_se) if np.isfinite(rel_se) and rel_se > 0 else 0.0
+        return obj
+
+    @classmethod
+    def from_samples(cls, samples: "list[float] | np.ndarray", scale: float = 1.0) -> "LatencyEstimate":
+        """``scale`` x the median of ``samples`` (ms, or ratios to a reference timed alongside), with
+        the relative standard error of that median. Fewer than 2 samples: ``rel_se`` 0."""
+        x = np.asarray(samples, dtype=np.float64)
+        med = float(np.median(x))
+        rel = 1.2533 * float(x.std(ddof=1)) / np.sqrt(x.size) / med if x.size > 1 and med > 0 else 0.0
+        return cls(med * scale, rel)
+
+    def __reduce__(self):  # pickles (and deep-copies) with its error
+        return (LatencyEstimate, (float(self), self.rel_se))
 
 
 def _summarise(times_ms: list[float], engine: str, target: Target, warmup: int) -> LatencyStats:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -315,18 +316,23 @@ def layer_configs(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[
 # end-to-end measurement, interleaved
 # --------------------------------------------------------------------------------------------
 def measure_interleaved(models: Sequence["nn.Module | str | Path"], target: Target, example_inputs: torch.Tensor | None = None,
-                        *, rounds: int = 10, repeats: int = 20, warmup: int = 3) -> list[dict[str, Any]]:
+                        *, rounds: int = 10, repeats: int = 20, warmup: int = 3,
+                        min_round_ms: float = 0.0) -> list[dict[str, Any]]:
     """End-to-end onnxruntime latency of several models, measured round-robin so that a change in
     machine load hits all of them alike (on a shared machine, timing one model after another
     turns drift into differences between models).
 
     Each model is exported as :func:`~compress.profiling.profile_latency` does
     (:func:`compress.exporters.export_onnx`, ORT format for ORT-format targets); then ``rounds``
-    times, every model runs ``warmup`` untimed and ``repeats`` timed calls.
+    times, every model runs ``warmup`` untimed and ``repeats`` timed calls, or more: enough calls
+    to fill ``min_round_ms`` milliseconds, from its first round's warm-up timing. A per-round median
+    of a sub-millisecond model over 3 calls swings by tens of percent on a VM (measured: per-round
+    student / teacher ratios of 0.35-0.76 for one regnetx_002 student); a time floor keeps the
+    rounds of small models as steady as those of large ones at a cost of ``min_round_ms`` per round.
 
     Returns:
-        per model ``{"median_ms", "min_ms", "rounds_ms"}``: the median and the minimum of its
-        per-round medians, and those medians (ms per call of one batch).
+        per model ``{"median_ms", "min_ms", "rounds_ms", "calls"}``: the median and the minimum of
+        its per-round medians, those medians (ms per call of one batch), and its timed calls per round.
 
     Raises:
         ProfilingError: unknown input shape, export or session failure, ``rounds``/``repeats`` < 1.
@@ -335,8 +341,8 @@ def measure_interleaved(models: Sequence["nn.Module | str | Path"], target: Targ
 
     import onnxruntime as ort
 
-    if rounds < 1 or repeats < 1 or warmup < 0:
-        raise ProfilingError("rounds and repeats must be >= 1 and warmup >= 0")
+    if rounds < 1 or repeats < 1 or warmup < 0 or not min_round_ms >= 0:
+        raise ProfilingError("rounds and repeats must be >= 1, warmup and min_round_ms >= 0")
     shape = target.input_shape or (tuple(example_inputs.shape[1:]) if example_inputs is not None else None)
     if shape is None:
         raise ProfilingError("set Target.input_shape or pass example_inputs")
@@ -361,14 +367,20 @@ def measure_interleaved(models: Sequence["nn.Module | str | Path"], target: Targ
     x = np.random.default_rng(0).standard_normal((target.batch_size, *shape)).astype(np.float32)
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
     per_round: list[list[float]] = [[] for _ in sessions]
-    for _ in range(rounds):
+    calls = [repeats] * len(sessions)
+    for r in range(rounds):
         for i, (s, feed) in enumerate(zip(sessions, feeds)):
-            for _ in range(warmup):
+            t0 = time.perf_counter()
+            for _ in range(max(warmup, 1 if r == 0 and min_round_ms > 0 else 0)):
                 s.run(None, feed)
+            if r == 0 and min_round_ms > 0:  # size the rounds from the warm-up calls' time
+                per_call_ms = (time.perf_counter() - t0) * 1e3 / max(warmup, 1)
+                calls[i] = max(repeats, min(int(math.ceil(min_round_ms / max(per_call_ms, 1e-3))), 100 * repeats))
             times = []
-            for _ in range(repeats):
+            for _ in range(calls[i]):
                 t0 = time.perf_counter()
                 s.run(None, feed)
                 times.append((time.perf_counter() - t0) * 1e3)
             per_round[i].append(float(np.median(times)))
-    return [{"median_ms": float(np.median(r)), "min_ms": float(np.min(r)), "rounds_ms": r} for r in per_round]
+    return [{"median_ms": float(np.median(r)), "min_ms": float(np.min(r)), "rounds_ms": r, "calls": c}
+            for r, c in zip(per_round, calls)]

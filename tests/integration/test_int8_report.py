@@ -18,7 +18,7 @@ FAST = {"epochs": 0, "bisection_steps": 3, "calib_samples": 64}
 
 def _fixed(int8_ms: float, fp32_ms: float = 1.0):
     """teacher 1.0 ms vs student 0.6 ms; fp32 student ``fp32_ms`` vs int8 ``int8_ms``."""
-    def fake(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3):
+    def fake(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3, min_round_ms=0.0):
         names = [str(m) for m in models]
         if names[1].endswith("student.int8.onnx"):
             assert names[0].endswith("student.onnx")

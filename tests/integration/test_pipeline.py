@@ -249,7 +249,7 @@ def test_two_calls_with_the_same_data_and_seed_give_the_same_student(digits_task
 
 def _side_by_side(teacher_ms: float, student_ms: float):
     """A stand-in for the final side-by-side timing in compress.api: fixed figures, no clock."""
-    def fake(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3):
+    def fake(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3, min_round_ms=0.0):
         assert len(models) == 2 and str(models[0]).endswith("teacher.onnx") and str(models[1]).endswith("student.onnx")
         return [{"median_ms": ms, "min_ms": ms, "rounds_ms": [ms] * rounds} for ms in (teacher_ms, student_ms)]
     return fake
@@ -313,7 +313,7 @@ def test_a_relative_latency_budget_is_judged_side_by_side_with_the_teacher(digit
     # candidate/teacher ratio is what a relative budget is about (the ratio here: ONNX file size, ~params)
     calls = []
 
-    def busy(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3):
+    def busy(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3, min_round_ms=0.0):
         calls.append([str(m) for m in models])
         sizes = [Path(m).stat().st_size / 1e4 for m in models]
         return [{"median_ms": 3 * s, "min_ms": 3 * s, "rounds_ms": [3 * s] * rounds} for s in sizes]
@@ -334,7 +334,7 @@ def test_a_latency_budget_met_by_a_lucky_measurement_is_re_timed_and_pruned_furt
     # re-timed and, while not 2% under the limit, pruned further toward a network known to meet the budget
     calls = []
 
-    def jittery(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3):
+    def jittery(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3, min_round_ms=0.0):
         calls.append(1)
         f = 0.9 if len(calls) % 2 else 1.1
         sizes = [Path(m).stat().st_size / 1e4 for m in models]
@@ -351,3 +351,26 @@ def test_a_latency_budget_met_by_a_lucky_measurement_is_re_timed_and_pruned_furt
     limit = res.budget.max_latency_ms
     assert verify[-1]["latency_ms"] <= 0.98 * limit
     assert verify[-1]["ratio"] > verify[0]["ratio"]  # it moved toward more pruning
+
+
+def test_a_noisy_latency_probe_widens_the_re_timing_margin(digits_task, monkeypatch):
+    # per-round student/teacher ratios spread by +-20%: the median's relative standard error is
+    # 1.2533 x 0.158 / sqrt(5) ~ 0.089, so the chosen network must re-time 2 x that (not 2%) under the limit
+    spread = [0.8, 1.2, 1.0, 0.8, 1.2]
+
+    def noisy(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3, min_round_ms=0.0):
+        sizes = [Path(m).stat().st_size / 1e4 for m in models]
+        return [{"median_ms": sizes[0], "min_ms": sizes[0], "rounds_ms": [sizes[0]] * rounds}] + [
+            {"median_ms": s, "min_ms": 0.8 * s, "rounds_ms": [s * spread[i % 5] for i in range(rounds)]}
+            for s in sizes[1:]]
+
+    monkeypatch.setattr("compress.api.measure_interleaved", noisy)
+    res = compress(TinyConvNet(num_classes=10).eval(), "latency=0.5x", data=digits_task, progress=False,
+                   config={"epochs": 0, "bisection_steps": 5, "allocation": "uniform"}, latency_repeats=3,
+                   latency_warmup=1, mobile=False, memory=False, allow_slower=True)
+    verify = [h for h in res.history if str(h.get("step", "")).startswith("verify")]
+    rel_se = 1.2533 * float(torch.tensor(spread).std()) / 5 ** 0.5
+    assert verify and all(h["margin"] == pytest.approx(2 * rel_se, rel=1e-3) for h in verify)
+    ok = [h for h in verify if h["ok"]]
+    assert ok and ok[0]["latency_ms"] <= (1 - 2 * rel_se) * res.budget.max_latency_ms
+    assert all(h["latency_ms"] > (1 - 2 * rel_se) * res.budget.max_latency_ms for h in verify if not h["ok"])

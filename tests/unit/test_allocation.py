@@ -155,7 +155,7 @@ def _latency_by_onnx_size(calls: list):
     ~params, so the narrowest allocation within a tight cap cannot reach a small latency share."""
     from pathlib import Path
 
-    def timed(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3):
+    def timed(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3, min_round_ms=0.0):
         calls.append(len(models))
         sizes = [Path(m).stat().st_size / 1e4 for m in models]
         return [{"median_ms": s, "min_ms": s, "rounds_ms": [s] * rounds} for s in sizes]

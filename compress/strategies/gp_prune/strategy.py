@@ -494,8 +494,8 @@ class GPPrune(Strategy):
                                                                    rounding_log, best_rounding)
             if not ok and strict:
                 raise BudgetUnreachableError(
-                    f"gp-prune cannot meet budget {ctx.budget.describe()!r} with a {100 * LATENCY_MARGIN:.0f}% margin "
-                    f"on re-timing, even after {what}.")
+                    f"gp-prune cannot meet budget {ctx.budget.describe()!r} with its margin (at least "
+                    f"{100 * LATENCY_MARGIN:.0f}%, wider on a noisy machine) on re-timing, even after {what}.")
         return best, best_t, best_rounding
 
     def _verify_latency(self, ctx: StrategyContext, best: nn.Module, t: float, top: float,
@@ -503,9 +503,13 @@ class GPPrune(Strategy):
                         rounding_log: list[dict], rounding: list[dict]) -> tuple[nn.Module, float, list[dict]]:
         """The bisection stops where a candidate *just* met a latency limit, so a second measurement
         misses it about half the time (measured: 1.4-6% over in 3 of 6 runs at ``latency=0.5x``). Re-time
-        the chosen network; while it is not :data:`LATENCY_MARGIN` under the limit, move a quarter of the
-        way toward ``top`` (which met the budget once) and re-time, at most :data:`VERIFY_STEPS` times,
-        then ``top`` itself. Returns (network, ``t``, its rounding log, whether it passed)."""
+        the chosen network; while it is not a margin under the limit, move a quarter of the way toward
+        ``top`` (which met the budget once) and re-time, at most :data:`VERIFY_STEPS` times, then ``top``
+        itself. The margin is :data:`LATENCY_MARGIN`, or :data:`VERIFY_NOISE_Z` relative standard errors
+        of the re-timing when the probe reports a larger one (:class:`~compress.profiling.LatencyEstimate`).
+        On a noisy VM a 2% margin is inside the noise: a regnetx_002 student that passed a 2% re-timing
+        at ``latency=0.5x`` measured 13% over in compress's final check. Returns (network, ``t``, its
+        rounding log, whether it passed)."""
         limit = ctx.budget.max_latency_ms
         steps = [t + (1.0 - 0.75 ** k) * (top - t) for k in range(VERIFY_STEPS + 1)] + [top]
         for step, t_step in enumerate(steps):
@@ -514,9 +518,10 @@ class GPPrune(Strategy):
                     continue
                 t, best, rounding = t_step, build(t_step), list(rounding_log)
             cost, check, lat = ctx.check(best)
-            ok = check.ok and (lat is None or limit is None or lat <= (1.0 - LATENCY_MARGIN) * limit)
+            margin = max(LATENCY_MARGIN, VERIFY_NOISE_Z * getattr(lat, "rel_se", 0.0))
+            ok = check.ok and (lat is None or limit is None or lat <= (1.0 - margin) * limit)
             ctx.log(phase="bisection", step=f"verify-{step}", **describe(t), macs=cost.macs, params=cost.params,
-                    latency_ms=lat, ok=ok)
+                    latency_ms=None if lat is None else float(lat), margin=margin, ok=ok)
             if ok:
                 return best, t, rounding, True
         return best, t, rounding, False
@@ -692,6 +697,9 @@ LATENCY_MARGIN = 0.02
 """A latency budget's chosen network must re-time this share under the limit (see ``_verify_latency``)."""
 VERIFY_STEPS = 3
 """Steps toward more pruning ``_verify_latency`` may take."""
+VERIFY_NOISE_Z = 2.0
+"""``_verify_latency``'s margin in relative standard errors of the re-timing (one-sided ~98%), when
+that is wider than :data:`LATENCY_MARGIN`."""
 
 _ROUNDING_RULE = {
     "min_gain": channel_rounding.MIN_GAIN, "noise_z": channel_rounding.NOISE_Z, **channel_rounding.TIMING,
