@@ -1,0 +1,655 @@
+"""Benchmark: does a NAS strategy beat random search at equal cost? (issue 18, part 3 and "What it must show" 1)
+
+    python benchmarks/bench_nas_random.py --strategy eg-nas --data ../shared/data \
+        --out benchmarks/results/nas_random_eg_nas [--k 5] [--budget params=269722] [--set key=value ...] \
+        [--resume | --report-only] [--smoke] [--note "..."]
+
+One table per strategy (``eg-nas`` or ``darts-gal``) on the shared CIFAR-10 subsets (a stratified
+``--train-limit`` subset of the 10k train images, 10% of it the validation split; the 1,000 test
+images; ImageNet mean/std as the pretrained teachers expect), at one budget (default: the parameter
+count of a CIFAR ResNet-20, measured here with fvcore, 269,722):
+
+* **strategy** -- ``compress.compress(teacher, budget, strategy=S, config=cfg)``: the search, then the
+  strategy's own final phase;
+* **random-1 .. random-K** -- K genotypes from
+  :func:`compress.strategies.darts.genotype.random_genotypes` (``--random-seed``; the primitives of
+  the strategy's supernet -- eg-nas ``cfg.primitives``, darts-gal ``"darts"`` -- without ``'none'``;
+  4 intermediate nodes, 4 concatenated, as the supernet), each put through EXACTLY the strategy's
+  post-search procedure, same config, seed, teacher and data, so the genotype is the only difference:
+
+  - darts-gal: ``compress(..., strategy="darts-gal", config={**cfg, "genotype": g.to_json()})`` (the
+    public ``genotype`` field skips the search): sizing to the budget, KD baseline, GAL node
+    pruning, KD retrain from scratch.
+  - eg-nas has no public way to retrain a given genotype, so this benchmark calls its final phase
+    directly: :class:`_FixedGenotypeEGNAS` (an ``EGNAS`` subclass registered under a benchmark-only
+    name only while its ``compress()`` call runs) skips ``EGNASSearch`` and runs the strategy's own
+    sizing (:func:`~compress.strategies.darts.sizing.size_to_budget` on ``cfg.candidates_*`` through
+    ``ctx.check``), the same seeded initialisation (``derive_seed(seed, "final")``) and
+    ``EGNAS._retrain`` (KD, ``final_*`` settings, ``derive_seed(seed, "retrain")``). Going through
+    ``compress()`` gives every row the same context: loaders re-seeded, frozen teacher copy, runtime.
+
+* **kd-resnet20** -- a freshly initialised CIFAR ResNet-20 trained with the strategy's KD recipe:
+  eg-nas: ``final_epochs`` with the retrain settings (lr, momentum, weight decay, KD alpha and T,
+  augmentation, seed ``derive_seed(seed, "retrain")``, keep-best on val, the task's train loader
+  re-seeded as ``compress()`` does). darts-gal: its retrain settings and seeded loader for
+  E = baseline epochs + GAL passes over the data + retrain epochs (darts-gal's total training, as
+  ``bench_darts_gal.py``), since every darts-gal row trains that much.
+* the **stock frontier**: pretrained CIFAR ResNet-20/32/44/56 off the shelf (``_common.frontier``).
+
+Columns: test accuracy on the 1,000 test images, params and MACs (fvcore, per sample), and ORT
+latency on ``cpu-1t`` (onnxruntime, 1 intra-op thread) of every row and the frontier timed side by
+side in ONE interleaved run (:func:`compress.profiling.latency_model.measure_interleaved`, 10
+rounds x 30 calls, batch 1; median of the per-round medians, ms). The "random mean" row is the mean
+of the K random rows (accuracy, params, MACs, latency); "random best" is the random row with the
+highest test accuracy.
+
+Paired tests on the same test images: strategy vs the best random (McNemar exact, bootstrap 95% CI
+of the accuracy difference), strategy vs the MEAN of the randoms (per image
+``d_i = c_strategy,i - mean_k c_k,i``, ``c`` = 1 if right; bootstrap over images of ``mean(d)``:
+95% percentile interval, and the two-sided p-value of the centred bootstrap,
+``P(|mean(d*) - mean(d)| >= |mean(d)|)``), and strategy vs KD ResNet-20 and the stock models. The
+mean per-edge entropy of softmax(alpha) at the end of the search comes from the strategy's
+``report.json`` ``search`` key (``alpha_entropy[-1]`` vs ``alpha_entropy_uniform`` = ln |O|).
+
+Resumable: every finished row goes to ``<out>/<stem>.partial.json`` at once; ``--resume`` skips the
+finished rows (and a row's own ``compress()`` resumes from its checkpoints under ``--work``);
+``--report-only`` writes the tables from the partial file. ``--smoke``: tiny settings (512 train
+images, 200 test images, a few steps), end to end in minutes; the numbers mean nothing.
+Outputs: ``<out>/nas_random_<strategy>.json`` and ``.md`` (``_smoke`` appended with ``--smoke``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_darts_gal  # noqa: E402  (settings of the darts-gal benchmark)
+import bench_eg_nas  # noqa: E402  (settings of the eg-nas benchmark)
+from _common import bootstrap_diff, frontier, machine, mcnemar, predictions, write_outputs  # noqa: E402
+
+import compress.strategies.darts_gal  # noqa: E402,F401  (registers "darts-gal")
+import compress.strategies.eg_nas  # noqa: E402,F401  (registers "eg-nas")
+from compress import registry  # noqa: E402
+from compress.api import compress, library_versions  # noqa: E402
+from compress.budgets import measure_cost  # noqa: E402
+from compress.data import IMAGENET_MEAN, IMAGENET_STD, collect, load_npz_task  # noqa: E402
+from compress.exporters.atomic import write_text_atomic  # noqa: E402
+from compress.models import load_model  # noqa: E402
+from compress.profiling import Target  # noqa: E402
+from compress.profiling.latency_model import measure_interleaved  # noqa: E402
+from compress.strategies._parts.checkpoint import loader_generators  # noqa: E402
+from compress.strategies.base import StrategyContext, StrategyOutput  # noqa: E402
+from compress.strategies.darts.genotype import Genotype, random_genotypes  # noqa: E402
+from compress.strategies.darts.model import NetworkCIFAR, build_from_arch  # noqa: E402
+from compress.strategies.darts.sizing import size_to_budget  # noqa: E402
+from compress.strategies.darts.supernet_search import dataset_of  # noqa: E402
+from compress.strategies.darts_gal.config import PRESETS as DG_PRESETS  # noqa: E402
+from compress.strategies.darts_gal.config import DartsGalConfig  # noqa: E402
+from compress.strategies.eg_nas.config import _PRESETS as EG_PRESETS  # noqa: E402
+from compress.strategies.eg_nas.config import EGNASConfig, _config_hash  # noqa: E402
+from compress.strategies.eg_nas.strategy import EGNAS  # noqa: E402
+from compress.training import CheckpointStore, FinetuneSettings, finetune  # noqa: E402
+from compress.training.data import derive_seed  # noqa: E402
+
+STRATEGIES = ("eg-nas", "darts-gal")
+#: the supernet's cell: intermediate nodes and concatenated states (DARTS; SearchNetwork's defaults)
+CELL_STEPS, CELL_MULTIPLIER = 4, 4
+
+# Settings per strategy: the reduced CIFAR settings of eg_nas_cifar_small.md and
+# darts_gal_cifar_small_lambda0.1.md (their provenance commands over bench_eg_nas.FULL /
+# bench_darts_gal.FULL), 5 retrain epochs, plus the issue-18 step scaling of the cpu-small presets
+# (xi_reference_updates, arch_reference_steps: without them alpha stays uniform). Sized so that a
+# strategy's table (strategy + 5 randoms + KD ResNet-20) takes about 35-45 min on one core.
+FULL: dict[str, dict[str, Any]] = {
+    "eg-nas": {**bench_eg_nas.FULL, "search_epochs": 6, "warmup_epochs": 2, "restarts": 2, "popsize": 8,
+               "candidates_C": (8, 12, 16, 20, 24), "candidates_layers": (5, 8), "final_epochs": 5,
+               "xi_reference_updates": EG_PRESETS["cpu-small"]["xi_reference_updates"],
+               "arch_reference_steps": EG_PRESETS["cpu-small"]["arch_reference_steps"]},
+    "darts-gal": {**bench_darts_gal.FULL, "search_epochs": 3, "baseline_epochs": 3, "gal_epochs": 1,
+                  "final_epochs": 5, "candidates_C": (8, 10, 12, 16), "candidates_layers": (5, 8),
+                  "arch_reference_steps": DG_PRESETS["cpu-small"]["arch_reference_steps"]},
+}
+SMOKE: dict[str, dict[str, Any]] = {
+    "eg-nas": {**bench_eg_nas.SMOKE, "xi_reference_updates": EG_PRESETS["cpu-small"]["xi_reference_updates"]},
+    "darts-gal": {**bench_darts_gal.SMOKE, "arch_reference_steps": DG_PRESETS["cpu-small"]["arch_reference_steps"]},
+}
+DEFAULT_TEACHER = {"eg-nas": "resnet20", "darts-gal": "resnet56"}  # as bench_eg_nas / bench_darts_gal
+DEFAULT_TRAIN_LIMIT = 2000
+TIMING = {"rounds": 10, "repeats": 30, "min_round_ms": 25.0}
+SMOKE_TIMING = {"rounds": 2, "repeats": 5, "min_round_ms": 0.0}
+BOOTSTRAP_N = 10000
+FIXED_NAME = "bench-eg-nas-fixed-genotype"
+
+
+# ------------------------------------------------------------------------------------ eg-nas final phase
+
+
+class _FixedGenotypeEGNAS(EGNAS):
+    """eg-nas without its search: ``fixed_genotype`` goes through the strategy's own final phase
+    (sizing to the budget through ``ctx.check``, init seeded with ``derive_seed(seed, "final")``,
+    ``EGNAS._retrain``), as :meth:`EGNAS.run` does after ``EGNASSearch``. Output: the retrained
+    :class:`NetworkCIFAR` ``(B, 3, 32, 32) -> (B, 10)``. Benchmark-only: registered by
+    :func:`_fixed_eg_nas` for the length of one ``compress()`` call."""
+
+    fixed_genotype: Genotype | None = None
+
+    def run(self, ctx: StrategyContext) -> StrategyOutput:
+        cfg: EGNASConfig = self.config
+        genotype = type(self).fixed_genotype
+        assert genotype is not None
+        spec = ctx.data.spec
+        num_classes, input_shape = spec.num_classes, tuple(spec.input_shape)
+        store = CheckpointStore.for_strategy(ctx.out_dir, "eg-nas")
+        final_hash = _config_hash(cfg, None, {"seed": ctx.seed, "genotype": genotype.to_dict(),
+                                               "budget": ctx.budget.to_dict(), "num_classes": num_classes,
+                                               "input_shape": list(input_shape)})
+        with ctx.phase("sizing"):
+            sized = size_to_budget(genotype, ctx, num_classes, input_shape, cfg.candidates_C, cfg.candidates_layers,
+                                   stem_strides=cfg.stem_strides, capacity=cfg.capacity)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(ctx.seed, "final"))
+            net = NetworkCIFAR(sized.C, num_classes, sized.layers, genotype, in_channels=input_shape[0],
+                               stem_stride=sized.stem_stride)
+        with ctx.phase("retrain"):
+            history = self._retrain(net, ctx, store, final_hash)
+        net.eval()
+        chosen = {"C": sized.C, "layers": sized.layers, "stem_stride": sized.stem_stride,
+                  "macs": int(sized.cost.macs), "params": int(sized.cost.params), "latency_ms": sized.latency_ms}
+        info = {"genotype": genotype.to_dict(), "chosen": chosen, "sizing_trials": sized.trials,
+                "retrain_history": history, "student_arch": net.arch_dict()}
+        return StrategyOutput(student=net, info=info, arch=net.arch_dict())
+
+
+@contextlib.contextmanager
+def _fixed_eg_nas(genotype: Genotype):
+    """Register :class:`_FixedGenotypeEGNAS` (with ``genotype``) under :data:`FIXED_NAME` for the
+    block, and remove it after, so no test that lists the strategies ever sees it."""
+    cls = type("_FixedEGNAS", (_FixedGenotypeEGNAS,), {"fixed_genotype": genotype})
+    registry.register_strategy(FIXED_NAME)(cls)
+    try:
+        yield FIXED_NAME
+    finally:
+        registry._REGISTRY.pop(FIXED_NAME, None)
+
+
+# ------------------------------------------------------------------------------------ rows
+
+
+def _network_row(name: str, kind: str, res: Any, x_test: torch.Tensor, y_test: torch.Tensor, t0: float) -> dict:
+    """A finished ``compress()`` run as a table row (accuracy on the test images, fvcore cost, arch)."""
+    correct = predictions(res.student, x_test) == y_test.numpy()
+    info = res.info
+    row = {"run": name, "kind": kind, "test_acc": float(correct.mean()), "val_acc": res.student_report.accuracy_val,
+           "params": int(res.student_report.cost.params), "macs": int(res.student_report.cost.macs),
+           "budget_ok": bool(res.budget_check.ok), "arch": res.student.arch_dict(), "genotype": info.get("genotype"),
+           "wall_s": dict(res.wall_s), "elapsed_s": time.perf_counter() - t0, "correct": correct.tolist()}
+    if "chosen" in info:  # eg-nas
+        row["shape"] = {k: info["chosen"][k] for k in ("C", "layers", "stem_stride")}
+        row["train_epochs"] = len(info.get("retrain_history") or [])
+    if "baseline" in info:  # darts-gal
+        b = info["baseline"]
+        row["shape"] = {k: b[k] for k in ("C", "layers", "stem_stride")}
+        row["nodes_removed"], row["nodes_total"] = info["nodes_removed"], info["nodes_total"]
+        row["gal"] = {k: info["gal"].get(k) for k in ("lambda", "g_steps", "d_steps")}
+    if "search" in info and kind == "strategy":
+        row["search"] = info["search"]
+        row["search_wall_s"] = res.wall_s.get("search")
+    print(f"{name}: test {100 * row['test_acc']:.2f}%  params {row['params']:,}  MACs {row['macs']:,}  "
+          f"shape {row.get('shape')}  {row['elapsed_s']:.0f} s", flush=True)
+    return row
+
+
+def _compress_kwargs(args, target, out_dir: Path) -> dict:
+    return dict(seed=args.seed, target=target, out_dir=out_dir, progress=False, mobile=False, allow_slower=True,
+                latency_repeats=5 if args.smoke else 20, latency_warmup=2 if args.smoke else 5)
+
+
+def run_strategy(args, cfg, teacher, task, target, x_test, y_test) -> dict:
+    t0 = time.perf_counter()
+    res = compress(teacher, args.budget, data=task, strategy=args.strategy, config=cfg,
+                   **_compress_kwargs(args, target, args.work / "strategy"))
+    return _network_row("strategy", "strategy", res, x_test, y_test, t0)
+
+
+def run_random(k: int, genotype: Genotype, args, cfg, teacher, task, target, x_test, y_test) -> dict:
+    t0 = time.perf_counter()
+    kw = _compress_kwargs(args, target, args.work / f"random-{k}")
+    if args.strategy == "darts-gal":
+        res = compress(teacher, args.budget, data=task, strategy="darts-gal", config={**cfg, "genotype": genotype.to_json()},
+                       **kw)
+    else:
+        with _fixed_eg_nas(genotype) as name:
+            res = compress(teacher, args.budget, data=task, strategy=name, config=cfg, **kw)
+    row = _network_row(f"random-{k}", "random", res, x_test, y_test, t0)
+    row["genotype"] = genotype.to_dict()
+    return row
+
+
+def kd_epochs(strategy: str, cfg: dict, strategy_row: dict, n_train: int) -> int:
+    """Epochs of the KD ResNet-20: eg-nas ``final_epochs``; darts-gal E = baseline epochs + GAL
+    passes (generator steps x GAL batch / train images, rounded up) + retrain epochs."""
+    if strategy == "eg-nas":
+        return EGNASConfig(**cfg).final_epochs
+    c = DartsGalConfig(**cfg)
+    g_steps = int(strategy_row["gal"]["g_steps"])
+    return c.baseline_epochs + math.ceil(g_steps * c.gal_batch_size / max(n_train, 1)) + c.final_epochs
+
+
+def run_kd_resnet20(args, cfg, teacher, task, target, x_test, y_test, epochs: int) -> dict:
+    """A fresh CIFAR ResNet-20 trained with the strategy's KD retrain recipe (see the module docstring)."""
+    t0 = time.perf_counter()
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    gens = loader_generators(train=task.train, val=task.val, test=task.test, calib=task.calib)
+    states = {k: g.get_state() for k, g in gens.items()}
+    for g in gens.values():
+        g.manual_seed(args.seed)
+    try:
+        if args.strategy == "eg-nas":
+            c = EGNASConfig(**cfg)
+            settings = FinetuneSettings(epochs=epochs, lr=c.final_lr, momentum=c.final_momentum,
+                                        weight_decay=c.final_weight_decay, kd_alpha=c.kd_alpha,
+                                        kd_temperature=c.kd_temperature, optimizer="sgd", keep_best=True,
+                                        max_steps_per_epoch=c.final_max_steps_per_epoch, augment=c.augment,
+                                        seed=derive_seed(args.seed, "retrain"))
+            loader = task.train
+            init_seed = derive_seed(args.seed, "final")
+        else:
+            c = DartsGalConfig(**cfg)
+            settings = FinetuneSettings(epochs=epochs, lr=c.final_lr, momentum=c.final_momentum,
+                                        weight_decay=c.final_weight_decay, kd_alpha=c.kd_alpha,
+                                        kd_temperature=c.kd_temperature, optimizer="sgd", keep_best=True,
+                                        max_steps_per_epoch=c.final_max_steps_per_epoch, augment=c.augment,
+                                        seed=derive_seed(args.seed, "retrain", "augment"))
+            batch = int(getattr(task.train, "batch_size", None) or 64)
+            loader = torch.utils.data.DataLoader(
+                dataset_of(task.train, "darts-gal"), batch_size=batch, shuffle=True, num_workers=0,
+                generator=torch.Generator().manual_seed(derive_seed(args.seed, "retrain", "loader")))
+            init_seed = derive_seed(args.seed, "student-init")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            net = load_model("cifar:resnet20", num_classes=10).train()
+        hist = finetune(net, loader, task.val, settings, teacher=teacher)
+    finally:
+        for k, g in gens.items():
+            g.set_state(states[k])
+    net.eval()
+    correct = predictions(net, x_test) == y_test.numpy()
+    cost = measure_cost(net, x_test[:2])
+    row = {"run": "kd-resnet20", "kind": "kd-resnet20", "test_acc": float(correct.mean()),
+           "val_acc": max((h["val_acc"] for h in hist), default=None), "params": int(cost.params),
+           "macs": int(cost.macs), "arch": "cifar:resnet20", "train_epochs": epochs,
+           "elapsed_s": time.perf_counter() - t0, "correct": correct.tolist()}
+    print(f"kd-resnet20: test {100 * row['test_acc']:.2f}%  {epochs} epochs  {row['elapsed_s']:.0f} s", flush=True)
+    return row
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+def mean_random_test(correct_s: np.ndarray, correct_randoms: list[np.ndarray], n: int = BOOTSTRAP_N,
+                     seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap of ``acc(strategy) - mean_k acc(random_k)`` over the test images.
+
+    ``d_i = c_s,i - mean_k c_k,i`` per image (``c`` in {0, 1}); ``n`` resamples of the images give
+    the 95% percentile interval of ``mean(d)`` (in points) and the two-sided p-value of the centred
+    bootstrap ``(1 + #{|mean(d*) - mean(d)| >= |mean(d)|}) / (n + 1)`` (the null ``E[d] = 0``)."""
+    cs = np.asarray(correct_s, dtype=float)
+    m = np.mean(np.stack([np.asarray(c, dtype=float) for c in correct_randoms]), axis=0)
+    d = cs - m
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n, len(d)))
+    boot = d[idx].mean(1)
+    obs = float(d.mean())
+    p = (1 + int(np.sum(np.abs(boot - obs) >= abs(obs)))) / (n + 1)
+    return {"diff_pts": 100 * obs, "ci95_low": float(np.percentile(boot, 2.5)) * 100,
+            "ci95_high": float(np.percentile(boot, 97.5)) * 100, "p_value": float(p),
+            "acc_strategy": float(cs.mean()), "acc_random_mean": float(m.mean()), "n_boot": n}
+
+
+# ------------------------------------------------------------------------------------ state
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def stem_of(strategy: str, smoke: bool) -> str:
+    return f"nas_random_{strategy.replace('-', '_')}" + ("_smoke" if smoke else "")
+
+
+class Partial:
+    """``<out>/<stem>.partial.json``: settings, finished rows, the side-by-side timing, invocations."""
+
+    def __init__(self, path: Path, data: dict) -> None:
+        self.path, self.data = path, data
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, json.dumps(self.data, indent=1, default=_plain))
+
+
+def _norm(d: Any) -> Any:
+    return json.loads(json.dumps(d, default=_plain))
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def report(args, settings: dict, part: Partial, stock: list[dict], target, x_test, y_test) -> tuple[Path, Path]:
+    rows: dict[str, dict] = part.data["rows"]
+    order = ["strategy", *[f"random-{k}" for k in range(1, settings["k"] + 1)], "kd-resnet20"]
+    names = [n for n in order if n in rows]
+    timing_names = names + [s["model"] for s in stock]
+    timing = part.data.get("timing")
+    if timing is None or timing["names"] != timing_names:
+        tm = SMOKE_TIMING if settings["smoke"] else TIMING
+        models = [load_model("cifar:resnet20", num_classes=10) if rows[n]["arch"] == "cifar:resnet20"
+                  else build_from_arch(rows[n]["arch"]) for n in names]
+        models += [load_model(f"cifar:{s['model'].split()[0]}", num_classes=10) for s in stock]
+        t0 = time.perf_counter()
+        timed = measure_interleaved([m.eval() for m in models], target, x_test[:1], rounds=tm["rounds"],
+                                    repeats=tm["repeats"], min_round_ms=tm["min_round_ms"])
+        timing = {"names": timing_names, "median_ms": [t["median_ms"] for t in timed],
+                  "rounds_ms": [t["rounds_ms"] for t in timed], **tm, "batch": 1,
+                  "seconds": time.perf_counter() - t0, "commit": git_commit()}
+        part.data["timing"] = timing
+        part.save()
+    lat = dict(zip(timing["names"], timing["median_ms"]))
+    correct = {n: np.asarray(rows[n]["correct"], dtype=bool) for n in names}
+    for s in stock:
+        s["ort_latency_ms"] = lat[s["model"]]
+    randoms = [n for n in names if rows[n]["kind"] == "random"]
+    complete = "strategy" in rows and len(randoms) == settings["k"] and "kd-resnet20" in rows
+
+    table: list[dict] = []
+    for n in names:
+        r = rows[n]
+        table.append({"model": n, "kind": r["kind"], "test_acc": r["test_acc"], "params": r["params"],
+                      "macs": r["macs"], "ort_latency_ms": lat[n], "shape": r.get("shape"),
+                      "nodes_removed": r.get("nodes_removed"), "nodes_total": r.get("nodes_total"),
+                      "elapsed_s": r.get("elapsed_s")})
+    summary: dict[str, Any] = {}
+    paired: list[dict] = []
+    if randoms:
+        rr = [rows[n] for n in randoms]
+        mean_row = {"model": "random mean", "kind": "random-mean",
+                    "test_acc": float(np.mean([r["test_acc"] for r in rr])),
+                    "params": float(np.mean([r["params"] for r in rr])), "macs": float(np.mean([r["macs"] for r in rr])),
+                    "ort_latency_ms": float(np.mean([lat[n] for n in randoms])), "n": len(rr)}
+        best = max(randoms, key=lambda n: (rows[n]["test_acc"], -int(n.split("-")[1])))
+        best_row = {**next(t for t in table if t["model"] == best), "model": f"random best ({best})",
+                    "kind": "random-best", "of": best}
+        summary.update(random_mean=mean_row, random_best=best_row)
+    if "strategy" in rows and randoms:
+        cs = correct["strategy"]
+        best = summary["random_best"]["of"]
+        vs_best = {"a": "strategy", "b": f"random best ({best})", **mcnemar(cs, correct[best]),
+                   **bootstrap_diff(cs, correct[best], n=BOOTSTRAP_N)}
+        vs_mean = {"a": "strategy", "b": "random mean", **mean_random_test(cs, [correct[n] for n in randoms])}
+        summary.update(vs_best=vs_best, vs_mean=vs_mean)
+        paired.append(vs_best)
+    if "strategy" in rows:
+        cs = correct["strategy"]
+        for n in names[1:]:
+            if rows[n]["kind"] == "kd-resnet20":
+                paired.append({"a": "strategy", "b": n, **mcnemar(cs, correct[n]), **bootstrap_diff(cs, correct[n])})
+        for s in stock:
+            sc = np.asarray(s["correct"], dtype=bool)
+            paired.append({"a": "strategy", "b": s["model"], **mcnemar(cs, sc), **bootstrap_diff(cs, sc)})
+        search = rows["strategy"].get("search") or {}
+        ent = search.get("alpha_entropy") or []
+        summary["alpha_entropy"] = {"final": ent[-1] if ent else None, "per_epoch": ent,
+                                    "uniform": search.get("alpha_entropy_uniform"),
+                                    "goal_max": 1.5, "plan": search.get("plan")}
+
+    payload = {
+        "benchmark": "nas_random", "strategy": settings["strategy"], "settings": settings, "complete": complete,
+        "rows": {n: rows[n] for n in names}, "table": table, "summary": summary, "paired": paired,
+        "frontier": stock, "timing": timing, "invocations": part.data.get("invocations", []),
+        "report_commit": git_commit(), "versions": library_versions(), "machine": machine(),
+    }
+    md = _markdown(settings, part, rows, names, table, summary, paired, stock, complete, timing)
+    stem = stem_of(settings["strategy"], settings["smoke"])
+    return write_outputs(args.out, stem, payload, md)
+
+
+def _pts(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def _markdown(settings, part, rows, names, table, summary, paired, stock, complete, timing) -> str:
+    s = settings
+    inv = part.data.get("invocations") or [{}]
+    first = inv[0]
+    md = [f"# {s['strategy']} vs random search at equal cost, CIFAR-10, budget `{s['budget']}`"
+          + (" -- SMOKE RUN, numbers meaningless" if s["smoke"] else ""), ""]
+    if not complete:
+        md += ["**INCOMPLETE**: rows still missing; resume with the command below and `--resume`.", ""]
+    prov = (f"Provenance: `{first.get('command', '?')}`; commit {first.get('commit', '?')}; started "
+            f"{first.get('date', '?')}; machine: {first.get('machine', {}).get('platform', '?')}, "
+            f"{first.get('machine', {}).get('cpu_count', '?')} CPUs, affinity {first.get('affinity', '?')}, "
+            f"torch threads {first.get('machine', {}).get('torch_threads', '?')}")
+    if first.get("note"):
+        prov += f"; {first['note']}"
+    if len(inv) > 1:
+        prov += f"; {len(inv) - 1} later invocation(s) (resume/report), last {inv[-1].get('date')} at {inv[-1].get('commit')}"
+    md += [prov + ".", ""]
+    md += [f"Train images {s['train_images']} (of a stratified {s['train_limit']}-image subset; 10% val), test images "
+           f"{s['test_images']} (about ±1.6 points at 95% for one accuracy on 1,000). KD teacher {s['teacher']} "
+           f"(test {_pts(s['teacher_test_acc'])}). K = {s['k']} random genotypes (`random_genotypes(k, seed="
+           f"{s['random_seed']}, primitives={s['primitives']!r})`), each through the strategy's own post-search "
+           f"procedure with the same config and seed: {s['equal_cost']}. KD ResNet-20: {s['kd_note']}", ""]
+    md += ["| model | test acc | params | MACs | ORT ms (cpu-1t, side by side) | C x cells | wall s |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+
+    def shape(t):
+        sh = t.get("shape")
+        if not sh:
+            return "-"
+        extra = f", {t['nodes_total'] - t['nodes_removed']}/{t['nodes_total']} nodes" if t.get("nodes_total") else ""
+        return f"{sh['C']} x {sh['layers']}{extra}"
+
+    for t in table:
+        md.append(f"| {t['model']} | {_pts(t['test_acc'])} | {t['params']:,} | {t['macs']:,} | "
+                  f"{t['ort_latency_ms']:.3f} | {shape(t)} | {t['elapsed_s']:.0f} |")
+    if "random_mean" in summary:
+        m, b = summary["random_mean"], summary["random_best"]
+        md.append(f"| **random mean** (of {m['n']}) | {_pts(m['test_acc'])} | {m['params']:,.0f} | {m['macs']:,.0f} | "
+                  f"{m['ort_latency_ms']:.3f} | - | - |")
+        md.append(f"| **{b['model']}** | {_pts(b['test_acc'])} | {b['params']:,} | {b['macs']:,} | "
+                  f"{b['ort_latency_ms']:.3f} | {shape(b)} | - |")
+    for st in stock:
+        md.append(f"| {st['model']} | {_pts(st['test_acc'])} | {st['params']:,} | {st['macs']:,} | "
+                  f"{st['ort_latency_ms']:.3f} | - | - |")
+    md += ["", f"ORT latency: one interleaved run of every row and the stock models ({timing['rounds']} rounds x "
+           f">= {timing['repeats']} calls, batch 1, >= {timing['min_round_ms']:.0f} ms per model per round; median "
+           "of the per-round medians). Params and MACs: fvcore, per sample.", ""]
+    if "vs_mean" in summary:
+        vm, vb = summary["vs_mean"], summary["vs_best"]
+        beats_mean = vm["p_value"] < 0.05 and vm["diff_pts"] > 0
+        beats_best = vb["p_value"] < 0.05 and vb["diff_pts"] > 0
+        md += [f"**Beats the mean of random search: {'yes' if beats_mean else 'no'}** -- {vm['diff_pts']:+.1f} points "
+               f"(strategy {_pts(vm['acc_strategy'])} vs random mean {_pts(vm['acc_random_mean'])}; paired bootstrap "
+               f"over the test images, 95% CI [{vm['ci95_low']:+.1f}, {vm['ci95_high']:+.1f}], p = {vm['p_value']:.3f}).",
+               "",
+               f"**Beats the best random: {'yes' if beats_best else 'no'}** -- {vb['diff_pts']:+.1f} points vs "
+               f"{vb['b']} (McNemar exact p = {vb['p_value']:.3f}; bootstrap 95% CI [{vb['ci95_low']:+.1f}, "
+               f"{vb['ci95_high']:+.1f}]). The best of K is picked on the test images, which favours it.", ""]
+    ent = summary.get("alpha_entropy")
+    if ent and ent.get("final") is not None:
+        md += [f"Mean per-edge entropy of softmax(alpha) at the end of the search: **{ent['final']:.4f} nats** "
+               f"(uniform ln {round(math.exp(ent['uniform']))} = {ent['uniform']:.4f}; issue 18's goal <= "
+               f"{ent['goal_max']}: {'met' if ent['final'] <= ent['goal_max'] else 'not met'}); per epoch: "
+               + ", ".join(f"{v:.4f}" for v in ent["per_epoch"]) + f". Step plan: `{ent.get('plan')}`.", ""]
+    if "strategy" in rows and rows["strategy"].get("search_wall_s") is not None:
+        md += [f"Search wall time {rows['strategy']['search_wall_s']:.0f} s (in the strategy row's wall time).", ""]
+    md += ["Paired comparisons on the same test images (McNemar exact p; bootstrap 95% CI of the difference in "
+           "points; for the random mean, the centred-bootstrap p):", "",
+           "| a | b | a right only | b right only | p | diff (pts) | 95% CI |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    if "vs_mean" in summary:
+        vm = summary["vs_mean"]
+        md.append(f"| strategy | random mean | - | - | {vm['p_value']:.3f} | {vm['diff_pts']:+.1f} | "
+                  f"[{vm['ci95_low']:+.1f}, {vm['ci95_high']:+.1f}] |")
+    for p in paired:
+        md.append(f"| {p['a']} | {p['b']} | {p['a_only']} | {p['b_only']} | {p['p_value']:.3f} | {p['diff_pts']:+.1f} | "
+                  f"[{p['ci95_low']:+.1f}, {p['ci95_high']:+.1f}] |")
+    md += ["", "Genotypes:", ""]
+    for n in names:
+        if rows[n].get("genotype"):
+            md.append(f"- {n}: `{json.dumps(rows[n]['genotype'], separators=(',', ':'))}`")
+    md += ["", "Config (strategy and every random row): `" + json.dumps(s["config"], separators=(",", ":")) + "`"]
+    return "\n".join(md) + "\n"
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--strategy", required=True, choices=STRATEGIES)
+    ap.add_argument("--data", type=Path, required=True, help="the shared data folder (../shared/data)")
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/nas_random_<strategy>")
+    ap.add_argument("--work", type=Path, default=None, help="compress() out dirs, one per row (checkpoints)")
+    ap.add_argument("--budget", default=None, help="budget spec (default: params of cifar:resnet20)")
+    ap.add_argument("--teacher", default=None, help="KD teacher (default: eg-nas resnet20, darts-gal resnet56)")
+    ap.add_argument("--k", type=int, default=5, help="random genotypes")
+    ap.add_argument("--random-seed", type=int, default=0, help="seed of random_genotypes")
+    ap.add_argument("--seed", type=int, default=0, help="the run seed of every row")
+    ap.add_argument("--train-limit", type=int, default=None, help="stratified subset of the 10k train images")
+    ap.add_argument("--set", nargs="*", default=[], help="strategy config overrides key=value (a,b,c: a tuple)")
+    ap.add_argument("--note", default="", help="free text for the provenance line (e.g. machine sharing)")
+    ap.add_argument("--smoke", action="store_true", help="tiny settings: check that everything runs")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="skip the rows already in the partial file")
+    g.add_argument("--report-only", action="store_true", help="write the tables from the partial file")
+    args = ap.parse_args(argv)
+    slug = args.strategy.replace("-", "_")
+    args.out = args.out or HERE / "results" / f"nas_random_{slug}"
+    args.work = args.work or Path(tempfile.gettempdir()) / "slimforge_nas_random" / (slug + ("_smoke" if args.smoke else ""))
+    if args.k < 1:
+        ap.error("--k must be >= 1")
+    limit = args.train_limit if args.train_limit is not None else (512 if args.smoke else DEFAULT_TRAIN_LIMIT)
+    teacher_name = args.teacher or DEFAULT_TEACHER[args.strategy]
+
+    train = args.data / "cifar10_train10k_lossless.npz"
+    test = args.data / "cifar10_test1k_lossless.npz"
+    weights = args.data / f"{teacher_name}_cifar10.pt"
+    for p in (train, test, weights):
+        if not p.is_file():
+            ap.error(f"missing {p}; pass the shared data folder with --data")
+    task = load_npz_task(train, test_path=test, seed=args.seed, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                         batch_size=64 if args.smoke else 128, val_fraction=0.1, limit=limit)
+    x_test, y_test = collect(task.test)
+    if args.smoke:
+        x_test, y_test = x_test[:200], y_test[:200]
+    target = Target.preset("cpu-1t", input_shape=task.spec.input_shape)
+    teacher = load_model(f"cifar:{teacher_name}", num_classes=10, weights=weights).eval()
+    t_correct = predictions(teacher, x_test) == y_test.numpy()
+    if args.budget is None:
+        args.budget = f"params={measure_cost(load_model('cifar:resnet20', num_classes=10), x_test[:2]).params}"
+    cfg = {**(SMOKE if args.smoke else FULL)[args.strategy], **bench_darts_gal._parse_set(args.set)}
+    primitives = EGNASConfig(**cfg).primitives if args.strategy == "eg-nas" else "darts"
+    n_train = len(task.train.dataset)
+    settings = _norm({
+        "strategy": args.strategy, "budget": args.budget, "seed": args.seed, "k": args.k,
+        "random_seed": args.random_seed, "primitives": primitives, "cell_steps": CELL_STEPS,
+        "cell_multiplier": CELL_MULTIPLIER, "train_limit": limit, "train_images": n_train,
+        "test_images": int(len(y_test)), "teacher": teacher_name, "teacher_test_acc": float(t_correct.mean()),
+        "smoke": args.smoke, "config": cfg,
+        "equal_cost": ("darts-gal's public `genotype` field skips the search: sizing to the budget, KD baseline, GAL, "
+                       "KD retrain" if args.strategy == "darts-gal" else
+                       "eg-nas' own final phase called directly (no public fixed-genotype entry): sizing to the "
+                       "budget, seeded init, `EGNAS._retrain` (KD)"),
+        "kd_note": ("darts-gal's retrain settings for E = baseline + GAL passes + retrain epochs (its total training)"
+                    if args.strategy == "darts-gal" else "eg-nas' retrain settings for `final_epochs`"),
+    })
+    print(f"{args.strategy}: budget {args.budget}, teacher {teacher_name} {100 * t_correct.mean():.2f}%, "
+          f"{n_train} train images", flush=True)
+
+    stem = stem_of(args.strategy, args.smoke)
+    ppath = args.out / f"{stem}.partial.json"
+    if ppath.is_file():
+        if not (args.resume or args.report_only):
+            raise SystemExit(f"{ppath} exists: pass --resume to continue it or --report-only, or remove it")
+        part = Partial(ppath, json.loads(ppath.read_text()))
+        if part.data["settings"] != settings:
+            diff = sorted(k for k in settings if part.data["settings"].get(k) != settings[k])
+            raise SystemExit(f"{ppath} was written with other settings ({', '.join(diff)}); use another --out")
+    else:
+        if args.report_only:
+            raise SystemExit(f"--report-only: no {ppath}")
+        part = Partial(ppath, {"settings": settings, "rows": {}, "invocations": []})
+    part.data.setdefault("invocations", []).append({
+        "command": " ".join(["python", "benchmarks/bench_nas_random.py", *map(shlex.quote, sys.argv[1:] if argv is None
+                                                                               else argv)]),
+        "commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(), "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "note": args.note,
+        "mode": "report-only" if args.report_only else "resume" if args.resume else "run"})
+    part.save()
+    rows = part.data["rows"]
+
+    if not args.report_only:
+        genotypes = random_genotypes(args.k, args.random_seed, primitives, steps=CELL_STEPS, multiplier=CELL_MULTIPLIER)
+        todo = ["strategy", *[f"random-{k}" for k in range(1, args.k + 1)], "kd-resnet20"]
+        for name in todo:
+            if name in rows:
+                print(f"{name}: done before, skipped", flush=True)
+                continue
+            if name == "strategy":
+                rows[name] = run_strategy(args, cfg, teacher, task, target, x_test, y_test)
+            elif name.startswith("random-"):
+                k = int(name.split("-")[1])
+                rows[name] = run_random(k, genotypes[k - 1], args, cfg, teacher, task, target, x_test, y_test)
+            else:
+                ep = kd_epochs(args.strategy, cfg, rows["strategy"], n_train)
+                rows[name] = run_kd_resnet20(args, cfg, teacher, task, target, x_test, y_test, ep)
+            rows[name]["commit"] = git_commit()
+            part.save()
+
+    stock = frontier(args.data, x_test, y_test, target, depths=(20,) if args.smoke else (20, 32, 44, 56),
+                     repeats=5)
+    j, m = report(args, settings, part, stock, target, x_test, y_test)
+    print(m.read_text())
+    print(f"wrote {j} and {m}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
