@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from compress.exporters import ExportError, export_onnx
+from compress.exporters.mobile import convert_to_ort
 from compress.profiling.errors import ProfilingError
 from compress.profiling.target import Target
 
@@ -314,8 +315,6 @@ def _profile_ort(path: Path, target: Target, warmup: int, repeats: int, example_
     import onnxruntime as ort
 
     if target.model_format == "ort" and path.suffix != ".ort":
-        from compress.exporters.mobile import convert_to_ort
-
         with tempfile.TemporaryDirectory(prefix="compress-ort-") as tmp:
             try:
                 ort_path = convert_to_ort(path, Path(tmp) / "model.ort")

@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from compress.exporters.mobile import convert_to_ort
 from compress.profiling.errors import ProfilingError
 from compress.profiling.target import _ORT_LEVEL_NAMES, Target
 
@@ -132,8 +133,6 @@ def profile_peak_memory(
     with tempfile.TemporaryDirectory(prefix="compress-mem-") as tmp:
         model_file = path
         if t.model_format == "ort" and path.suffix != ".ort":
-            from compress.exporters.mobile import convert_to_ort
-
             try:
                 model_file = convert_to_ort(path, Path(tmp) / "model.ort")
             except Exception as exc:

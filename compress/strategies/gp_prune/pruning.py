@@ -12,7 +12,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.errors import TimeLimitError, UnsupportedModelError
+from compress.errors import CheckpointError, TimeLimitError, UnsupportedModelError
 from compress.models import apply_widths, describe_widths
 from compress.strategies._parts import channel_rounding
 from compress.strategies._parts.time_limit import time_limit
@@ -262,8 +262,6 @@ def _rebuild_pruned(base: nn.Module, state: dict, weights: dict) -> nn.Module:
     Raises:
         CheckpointError: the saved widths or tensors do not fit ``base``.
     """
-    from compress.errors import CheckpointError
-
     net = copy.deepcopy(base).eval()
     try:
         apply_widths(net, state["widths"])
