@@ -371,3 +371,59 @@ def test_import_checker_sees_a_forbidden_import(tmp_path, monkeypatch):
 
 
 _PROJECT_MODULES = _project_modules
+
+
+# ---------------------------------------------------------------- the CLI package (issue 15, part 4)
+
+#: the modules that may import compress.cli: its own, and ``python -m compress``
+CLI_IMPORTERS = ("compress.cli", "compress.__main__")
+
+
+def _cli_importers() -> list[str]:
+    """``path:line imports module`` for every import of compress.cli or one of its modules (at any
+    level) in a product module outside :data:`CLI_IMPORTERS`."""
+    modules = _project_modules()
+    bad = []
+    for module, (path, is_pkg) in sorted(modules.items()):
+        if any(module == m or module.startswith(m + ".") for m in CLI_IMPORTERS):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in sorted(_imported_modules(node, module, is_pkg, modules)):
+                    if target == "compress.cli" or target.startswith("compress.cli."):
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {target}")
+    return bad
+
+
+def test_nothing_imports_the_cli():
+    """The CLI (the package compress.cli) is the top of the project: no product module imports it,
+    but its own modules and compress/__main__.py."""
+    assert (ROOT / "compress" / "cli" / "__init__.py").exists()
+    bad = _cli_importers()
+    assert not bad, "modules import the CLI:\n" + "\n".join(bad)
+
+
+def test_the_cli_rules_cover_the_modules_of_the_cli_package(tmp_path, monkeypatch):
+    """The rules that name compress.cli (the two above, and the evolution's and the kit's) catch an
+    import of any module of the package, at any level."""
+    for folder in ("budgets", "profiling", "exporters"):
+        (tmp_path / folder).mkdir()
+    for package in ("cli", "kit", "evolution"):
+        (tmp_path / "compress" / package).mkdir(parents=True)
+    files = {
+        "compress/__init__.py": "", "compress/__main__.py": "from compress.cli import main\n",
+        "compress/cli/__init__.py": "from compress.cli.app import app\n", "compress/cli/app.py": "",
+        "compress/cli/options.py": "from compress.cli import app\n",
+        "compress/kit/__init__.py": "", "compress/kit/a.py": "from compress.cli.app import app\n",
+        "compress/evolution/__init__.py": "", "compress/evolution/b.py": "def f():\n    from compress.cli import options\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "_project_modules", lambda root=tmp_path: _PROJECT_MODULES(root))
+    assert _cli_importers() == ["compress/evolution/b.py:2 imports compress.cli.options",
+                                "compress/kit/a.py:1 imports compress.cli.app"]
+    assert _imports_matching("compress.kit", ("compress.api", "compress.cli")) == [
+        "compress/kit/a.py:1 imports compress.cli.app"]
+    assert _imports_matching("compress.evolution", ("compress.strategies", "compress.api", "compress.cli"),
+                             EVOLUTION_MAY_IMPORT) == ["compress/evolution/b.py:2 imports compress.cli.options"]
