@@ -1,0 +1,126 @@
+"""``bench_nas_random.py --smoke`` end to end for eg-nas (issue 18's random-search benchmark on a tiny
+configuration): the strategy row, K = 2 random genotypes through eg-nas' own final phase, KD
+ResNet-20, the stock ResNet-20, the side-by-side timing, the paired tests; then ``--resume`` of the
+finished run (nothing retrained) and ``--report-only``.
+
+Never part of ``make test`` (``bench`` marker; ``testpaths`` is ``tests``). Needs ``../shared/data``
+(skipped without it). About 3 minutes on one shared core::
+
+    taskset -c 1 env OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -p no:xdist -m bench \
+        benchmarks/test_bench_nas_random.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.bench
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[1] / "shared" / "data"
+K = 2
+
+
+def _bench():
+    sys.path.insert(0, str(HERE))
+    import bench_nas_random
+
+    return bench_nas_random
+
+
+def test_mean_random_test_is_the_paired_mean_difference():
+    bench = _bench()
+    rng = np.random.default_rng(0)
+    s = rng.random(400) < 0.6
+    rs = [rng.random(400) < 0.5 for _ in range(3)]
+    out = bench.mean_random_test(s, rs, n=2000)
+    assert out["acc_strategy"] == pytest.approx(s.mean())
+    assert out["acc_random_mean"] == pytest.approx(np.mean([r.mean() for r in rs]))
+    assert out["diff_pts"] == pytest.approx(100 * (s.mean() - np.mean([r.mean() for r in rs])))
+    assert out["ci95_low"] <= out["diff_pts"] <= out["ci95_high"] and 0 < out["p_value"] <= 1
+    same = bench.mean_random_test(rs[0], [rs[0], rs[0]], n=500)  # identical rows: no difference, p = 1
+    assert same["diff_pts"] == 0 and same["p_value"] == 1.0
+
+
+@pytest.mark.timeout(1800)
+@pytest.mark.skipif(not (DATA / "cifar10_train10k_lossless.npz").is_file(), reason="needs ../shared/data")
+def test_bench_nas_random_smoke_end_to_end(tmp_path, capsys):
+    from compress.registry import list_strategies
+
+    bench = _bench()
+    out, work = tmp_path / "results", tmp_path / "work"
+    argv = ["--strategy", "eg-nas", "--smoke", "--k", str(K), "--data", str(DATA), "--out", str(out),
+            "--work", str(work)]
+    assert bench.main(argv) == 0
+    assert bench.FIXED_NAME not in list_strategies()  # the benchmark-only strategy is registered only while it runs
+    stem = "nas_random_eg_nas_smoke"
+    payload = json.loads((out / f"{stem}.json").read_text())
+    assert payload["complete"] and payload["strategy"] == "eg-nas"
+    rows = payload["rows"]
+    randoms = [f"random-{k}" for k in range(1, K + 1)]
+    assert list(rows) == ["strategy", *randoms, "kd-resnet20"]
+    n_test = payload["settings"]["test_images"]
+    for name, r in rows.items():
+        assert 0 <= r["test_acc"] <= 1 and r["params"] > 0 and r["macs"] > 0, name
+        assert len(r["correct"]) == n_test and r["test_acc"] == pytest.approx(np.mean(r["correct"])), name
+    budget = int(payload["settings"]["budget"].split("=")[1])
+    for name in ["strategy", *randoms]:
+        assert rows[name]["params"] <= budget and rows[name]["budget_ok"], name
+    # each random row is its own genotype, and the genotype is the only difference: same seed and config
+    genos = [json.dumps(rows[n]["genotype"], sort_keys=True) for n in ["strategy", *randoms]]
+    assert len(set(genos)) == len(genos)
+    assert rows["kd-resnet20"]["params"] == payload["frontier"][0]["params"]  # the ResNet-20 architecture
+    assert rows["kd-resnet20"]["train_epochs"] == payload["settings"]["config"]["final_epochs"]
+
+    # the table: every row, the random mean equal to the mean of the random rows, the best the argmax
+    table = {t["model"]: t for t in payload["table"]}
+    assert set(table) == set(rows)
+    s = payload["summary"]
+    mean = s["random_mean"]
+    assert mean["n"] == K
+    for key in ("test_acc", "params", "macs", "ort_latency_ms"):
+        assert mean[key] == pytest.approx(np.mean([table[n][key] for n in randoms])), key
+    best = max(randoms, key=lambda n: rows[n]["test_acc"])
+    assert s["random_best"]["test_acc"] == rows[best]["test_acc"]
+    timing = payload["timing"]
+    assert timing["names"] == [*rows, *(f["model"] for f in payload["frontier"])]
+    assert all(v > 0 for v in timing["median_ms"])
+
+    # the paired tests agree with the rows
+    cs = np.asarray(rows["strategy"]["correct"], dtype=bool)
+    cb = np.asarray(rows[s["random_best"]["of"]]["correct"], dtype=bool)
+    vb = s["vs_best"]
+    assert vb["a_only"] == int(np.sum(cs & ~cb)) and vb["b_only"] == int(np.sum(~cs & cb))
+    assert vb["diff_pts"] == pytest.approx(100 * (cs.mean() - cb.mean()))
+    vm = s["vs_mean"]
+    assert vm["acc_strategy"] == pytest.approx(rows["strategy"]["test_acc"])
+    assert vm["acc_random_mean"] == pytest.approx(mean["test_acc"])
+    assert vm["diff_pts"] == pytest.approx(100 * (rows["strategy"]["test_acc"] - mean["test_acc"]))
+    assert vm["ci95_low"] <= vm["diff_pts"] <= vm["ci95_high"] and 0 < vm["p_value"] <= 1
+    ent = s["alpha_entropy"]
+    assert ent["uniform"] == pytest.approx(math.log(7)) and ent["final"] == ent["per_epoch"][-1]
+    assert 0 < ent["final"] <= ent["uniform"] + 1e-9
+
+    md = (out / f"{stem}.md").read_text()
+    assert "**Beats the mean of random search: " in md and "**Beats the best random: " in md
+    assert "random mean" in md and "resnet20 (pretrained)" in md and "kd-resnet20" in md and "Provenance" in md
+    assert f"{100 * mean['test_acc']:.2f}%" in md
+
+    # a second session on the finished run: refused without --resume; nothing retrained; report only
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    assert bench.main([*argv, "--resume"]) == 0
+    again = json.loads((out / f"{stem}.json").read_text())
+    assert again["rows"] == rows and again["timing"] == timing
+    printed = capsys.readouterr().out
+    assert all(f"{n}: done before, skipped" in printed for n in rows)
+    assert bench.main([*argv, "--report-only"]) == 0
+    assert json.loads((out / f"{stem}.json").read_text())["summary"] == s
+    assert len(json.loads((out / f"{stem}.partial.json").read_text())["invocations"]) == 3  # run, resume, report-only (the refused call records nothing)
