@@ -12,6 +12,7 @@ lazy ``compress/__init__.py``.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -427,3 +428,169 @@ def test_the_cli_rules_cover_the_modules_of_the_cli_package(tmp_path, monkeypatc
         "compress/kit/a.py:1 imports compress.cli.app"]
     assert _imports_matching("compress.evolution", ("compress.strategies", "compress.api", "compress.cli"),
                              EVOLUTION_MAY_IMPORT) == ["compress/evolution/b.py:2 imports compress.cli.options"]
+
+
+# ---------------------------------------------------------------- function-level imports (issue 15, part 8)
+#
+# An import of the project's own modules inside a function hides an edge from the graph above. It
+# stays only to keep an optional heavy third-party dependency out of its module's import, and says
+# which on its line: ``# deferred: <dep>[, <dep>...] (why)``, at least one <dep> from DEFERRABLE
+# (a distribution name such as ``torch-pruning`` reads as its module, ``torch_pruning``). The
+# comment must be true: the importing module does not load that dependency already (what the
+# imported module loads is not checked here: a third-party package may load another, as
+# torch_pruning loads timm, which a reading of our sources cannot see). An import that only breaks
+# a cycle has no such comment: move the shared code to a lower module instead.
+
+#: third-party dependencies (pyproject.toml) heavy enough to defer: each takes 0.2 s or more to
+#: import on one core (measured on a shared 2-core machine): seconds for torch and everything built
+#: on it, onnx, onnxscript, matplotlib, scikit-learn and cma; 0.4-2 s for onnxruntime, scipy and ray;
+#: 0.2-0.35 s for numpy, pydantic, tqdm and typer (pydantic alone would double the 0.25 s that
+#: ``slimforge --help`` takes). Not here, as they take at most 0.1 s: rich, deap, PIL, pyyaml,
+#: platformdirs, safetensors.
+DEFERRABLE = frozenset({"torch", "torchvision", "timm", "fvcore", "torch_pruning", "lightning_fabric", "onnx",
+                        "onnxscript", "onnxruntime", "matplotlib", "sklearn", "scipy", "cma", "ray", "numpy",
+                        "pydantic", "tqdm", "typer"})
+
+#: product files whose function-level imports are not checked (none: every one is)
+UNCHECKED: frozenset[str] = frozenset()
+
+_DEFERRED = re.compile(r"#\s*deferred:\s*([^(#]*)")
+_NAME = re.compile(r"[A-Za-z_][\w.-]*")
+
+
+def _is_own_import(node: ast.Import | ast.ImportFrom) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return node.level > 0 or (node.module or "").split(".")[0] in PACKAGES
+    return any(a.name.split(".")[0] in PACKAGES for a in node.names)
+
+
+def _function_level_own_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Imports of project modules inside a function (at any depth), as benchmarks/arch_stats.py counts them."""
+    found: dict[int, ast.Import | ast.ImportFrom] = {}
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and _is_own_import(node):
+                    found[id(node)] = node
+    return sorted(found.values(), key=lambda n: n.lineno)
+
+
+def _deferred_deps(lines: list[str], node: ast.stmt) -> list[str] | None:
+    """The top-level module names that the ``# deferred:`` comment on the statement's lines starts
+    with (comma-separated words, up to the first one that is not a bare name or a parenthesis);
+    None without such a comment."""
+    for line in lines[node.lineno - 1: node.end_lineno]:
+        m = _DEFERRED.search(line)
+        if m:
+            names = []
+            for word in m.group(1).split(","):
+                if not _NAME.fullmatch(word.strip()):
+                    break
+                names.append(word.strip().split(".")[0].replace("-", "_"))
+            return names
+    return None
+
+
+def _undeclared_deferrals(source: str) -> list[tuple[int, str]]:
+    """``(line, problem)`` for each function-level own import of ``source`` without a
+    ``# deferred:`` comment that names a dependency of :data:`DEFERRABLE`."""
+    lines = source.splitlines()
+    bad = []
+    for node in _function_level_own_imports(ast.parse(source)):
+        deps = _deferred_deps(lines, node)
+        if deps is None:
+            bad.append((node.lineno, "no '# deferred: <dep>' comment"))
+        elif not DEFERRABLE.intersection(deps):
+            bad.append((node.lineno, f"'# deferred: {', '.join(deps)}' names no heavy dependency of DEFERRABLE"))
+    return bad
+
+
+def _third_party(node: ast.Import | ast.ImportFrom) -> set[str]:
+    names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+        [node.module] if node.level == 0 and node.module else [])
+    return {n.split(".")[0] for n in names} - set(PACKAGES)
+
+
+def _loaded(module: str, graph: dict[str, set[str]], third: dict[str, set[str]]) -> set[str]:
+    """Third-party top-level modules that importing ``module`` loads, as far as our sources say: the
+    module-level imports of the module, of its packages, and of every project module they import in turn."""
+    parts = module.split(".")
+    todo = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    seen: set[str] = set()
+    while todo:
+        m = todo.pop()
+        if m in seen or m not in graph:
+            continue
+        seen.add(m)
+        todo += graph[m]
+    return set().union(*(third[m] for m in seen))
+
+
+def _untrue_deferrals(modules: dict[str, tuple[Path, bool]], root: Path = ROOT) -> list[str]:
+    """``path:line defers <dep>, but <module> imports it already`` for each heavy dependency a
+    ``# deferred:`` comment names that its module loads at import anyway."""
+    graph = _graph(modules)
+    third = {m: set().union(*(_third_party(n) for n in _module_level_imports(ast.parse(p.read_text()))))
+             for m, (p, _) in modules.items()}
+    bad = []
+    for module, (path, _) in sorted(modules.items()):
+        lines = path.read_text().splitlines()
+        already = _loaded(module, graph, third)
+        for node in _function_level_own_imports(ast.parse(path.read_text())):
+            for dep in sorted(DEFERRABLE.intersection(_deferred_deps(lines, node) or ()) & already):
+                bad.append(f"{path.relative_to(root)}:{node.lineno} defers {dep}, but {module} imports it already")
+    return bad
+
+
+def test_function_level_imports_of_own_modules_name_the_dependency_they_defer():
+    """No function imports a project module unless its ``# deferred: <dep>`` comment names the
+    optional heavy dependency (:data:`DEFERRABLE`) it keeps out of its module's import."""
+    bad = []
+    for module, (path, _) in sorted(_project_modules().items()):
+        rel = str(path.relative_to(ROOT))
+        if rel not in UNCHECKED:
+            bad += [f"{rel}:{line} {problem}" for line, problem in _undeclared_deferrals(path.read_text())]
+    assert not bad, ("function-level imports of the project's own modules (move them to the top; or, to defer a "
+                     "heavy dependency, say which: '# deferred: torch (why)'):\n" + "\n".join(bad))
+
+
+def test_a_deferred_import_defers_a_dependency_its_module_does_not_load():
+    bad = _untrue_deferrals(_project_modules())
+    assert not bad, "'# deferred:' comments that are not true:\n" + "\n".join(bad)
+
+
+def test_deferral_checkers_flag_an_uncommented_import_and_an_untrue_comment(tmp_path):
+    source = (
+        "import torch\n"
+        "from compress.errors import ConfigError\n"
+        "def a():\n    from compress.models import load_model\n"
+        "def b():\n    from compress.api import compress  # deferred: torch-pruning, timm (the strategies), kept\n"
+        "def c():\n    import compress.strategies  # deferred: rich, kept out of --help\n"
+        "def d():\n    from compress.pareto import (  # deferred: matplotlib.pyplot\n        pareto_plot)\n"
+        "def e():\n    from . import sibling  # noqa\n"
+        "def f():\n    import json\n    from typing import Any  # the standard library: not checked\n"
+        "lazy = lambda: __import__('x')\n"
+        "class K:\n    def g(self):\n        import budgets.cost  # deferred (torch)\n"
+    )
+    assert _undeclared_deferrals(source) == [
+        (4, "no '# deferred: <dep>' comment"),
+        (8, "'# deferred: rich' names no heavy dependency of DEFERRABLE"),
+        (13, "no '# deferred: <dep>' comment"),
+        (20, "no '# deferred: <dep>' comment"),
+    ]
+    assert _deferred_deps(source.splitlines(), ast.parse(source).body[3].body[0]) == ["torch_pruning", "timm"]
+    for folder in ("budgets", "profiling", "exporters"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "compress").mkdir()
+    files = {
+        "compress/__init__.py": "",
+        "compress/heavy.py": "import matplotlib.pyplot as plt\n",
+        "compress/middle.py": "import torch\n",
+        "compress/user.py": ("from compress import middle\n"
+                             "def a():\n    from compress import heavy  # deferred: matplotlib (plots)\n"
+                             "def b():\n    from compress import middle  # deferred: torch, pydantic\n"),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert _untrue_deferrals(_project_modules(tmp_path), tmp_path) == [
+        "compress/user.py:5 defers torch, but compress.user imports it already"]
