@@ -60,11 +60,12 @@ from typing import Annotated, Any, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from compress import __version__
 from compress.budgets import onnx_cost
 from compress.errors import ConfigError
 from compress.exporters.atomic import write_text_atomic
 from compress.exporters.mobile import onnx_accuracy, sha256_file
-from compress.profiling import Target, profile_latency
+from compress.profiling import Target, latency_model, profile_latency
 from compress.profiling.target import GRAPH_OPTIMIZATION_LEVELS, MODEL_FORMATS
 
 __all__ = ["GateRow", "GateResult", "measure_artifact", "compare", "side_by_side_latency", "parse_tolerance",
@@ -366,8 +367,6 @@ def measure_artifact(
     Args:
         data: optional ``(x (N, C, H, W) float32, y (N,) int)`` for top-1 accuracy.
     """
-    from compress import __version__
-
     path = Path(onnx_path)
     cost = onnx_cost(path)
     t = target if target.input_shape else target.with_input_shape(cost.input_shape)
@@ -466,10 +465,8 @@ def side_by_side_latency(
     Raises:
         ProfilingError: a file does not load in onnxruntime, or rounds/repeats < 1.
     """
-    from compress.profiling.latency_model import measure_interleaved
-
-    ref, cur = measure_interleaved([Path(reference), Path(model)], target, rounds=rounds, repeats=repeats,
-                                   warmup=warmup)
+    ref, cur = latency_model.measure_interleaved([Path(reference), Path(model)], target, rounds=rounds,
+                                                 repeats=repeats, warmup=warmup)
     ratios = np.asarray(cur["rounds_ms"]) / np.maximum(np.asarray(ref["rounds_ms"]), 1e-9)
     return _ratio_row(ratios, ref["median_ms"], cur["median_ms"], tolerance, Path(reference).name)
 

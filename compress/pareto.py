@@ -21,7 +21,9 @@ from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from compress._strict_json import read_json_file, schema_problems
 from compress.errors import ConfigError
+from compress.exporters.atomic import write_bytes_atomic
 
 __all__ = ["ReferencePoint", "validate_reference_points", "reference_points_from_file", "frontier",
            "frontier_accuracy", "place_student", "pareto_record", "pareto_plot"]
@@ -50,8 +52,6 @@ def validate_reference_points(data: Any, *, where: str = "reference_points") -> 
         ConfigError: not a list, empty, or any entry invalid; every problem is listed with its
             position (``[2].macs: should be greater than 0``), and how to write the file.
     """
-    from compress._strict_json import schema_problems
-
     if not isinstance(data, list):
         kind = {dict: "an object", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
             type(data), "null" if data is None else type(data).__name__)
@@ -87,8 +87,6 @@ def reference_points_from_file(path: str | Path) -> list[dict[str, Any]]:
         ConfigError: the file is missing, unreadable, not UTF-8 JSON, holds NaN / infinities, or
             fails :func:`validate_reference_points`; the message says what to write.
     """
-    from compress._strict_json import read_json_file
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"reference points file {p} does not exist or is not a file; {_FIX}.")
@@ -196,7 +194,6 @@ def pareto_plot(points: Sequence[dict[str, Any]], references: Sequence[dict[str,
         import matplotlib.pyplot as plt
     except ImportError as exc:  # a dependency of slimforge, but an environment may lack it
         raise ImportError("compress.pareto.pareto_plot needs matplotlib (`pip install matplotlib`).") from exc
-    from compress.exporters.atomic import write_bytes_atomic
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     markers = "s^Dv*PXo<>"

@@ -13,7 +13,7 @@ whole limit). Limits nest: ``strategy`` encloses the strategy's phases, and the 
 measuring, pruning, searching and exporting, so that only a hang reaches them; no limit for the
 phases that train for a number of epochs the user chose (their length is the configuration's
 doing, and they checkpoint every epoch). Enforcement is ``SIGALRM`` on the main thread of a POSIX
-process; what that does and does not interrupt is in :mod:`compress.strategies._parts.time_limit`.
+process; what that does and does not interrupt is in :mod:`compress.time_limit`.
 
 The stages the issue tracker names map to phases as follows: measure -> ``measure_teacher``;
 calibrate -> ``prepare``; graph build, pruning, bisection, rounding -> ``prune`` (each graph build
@@ -33,6 +33,7 @@ from typing import Any
 
 from compress.errors import ConfigError
 from compress.signals import raise_if_terminated
+from compress.time_limit import time_limit
 
 __all__ = ["Phase", "PHASES", "DEFAULT_TIME_LIMITS", "resolve_time_limits", "unknown_phase", "known_phases",
            "phase", "phase_message", "format_seconds"]
@@ -177,8 +178,6 @@ def phase(name: str, *, limits: Mapping[str, float | None],
         Terminated: as the phase starts or ends, a SIGTERM whose raise was swallowed
             (:func:`compress.signals.raise_if_terminated`).
     """
-    from compress.strategies._parts.time_limit import time_limit  # (compress.strategies imports this module)
-
     raise_if_terminated()  # a safe point: a SIGTERM whose raise was swallowed stops the run here
     seconds = limits.get(name)
     progress = progress or _no_progress

@@ -24,9 +24,12 @@ from torch import nn
 
 from compress.budgets import Budget, BudgetCheck, Cost
 from compress.exporters import ValidationReport
-from compress.exporters.atomic import write_text_atomic
+from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
+from compress.exporters.mobile import write_manifest
+from compress.pareto import pareto_plot
 from compress.profiling import LatencyStats, Target
 from compress.profiling.memory import MemoryStats
+from compress.serialization import save_student
 
 __all__ = ["ModelReport", "CompressionResult"]
 
@@ -224,8 +227,6 @@ class CompressionResult:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from compress.exporters.atomic import write_bytes_atomic
-
         pts = [("teacher", self.teacher), ("student", self.student_report)]
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
         for ax, xlab, getx in (
@@ -324,8 +325,6 @@ class CompressionResult:
         """Write ``report.json``, ``report.md``, ``student.onnx``, ``teacher.onnx`` and the
         reloadable student (``student.safetensors`` + ``student.arch.json``), each atomically.
         Returns the directory."""
-        from compress.serialization import save_student
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         for src, name, attr in ((self.onnx_path, "student.onnx", "onnx_path"), (self.teacher_onnx_path, "teacher.onnx", "teacher_onnx_path")):
@@ -340,8 +339,6 @@ class CompressionResult:
         save_student(self.student, d, base_spec=self.model_spec if builder is None else None, surgery=self.surgery,
                      builder=builder)
         if self.pareto is not None and "frontier_accuracy" in self.pareto:
-            from compress.pareto import pareto_plot
-
             pareto_plot([self.pareto["teacher"], self.pareto["student"]], self.pareto["references"], d / "pareto.png",
                         title=f"{self.strategy}: budget {self.budget.describe()}; reference models as given")
         else:
@@ -352,8 +349,6 @@ class CompressionResult:
         return d
 
     def _write_manifest(self, d: Path) -> None:
-        from compress.exporters.mobile import write_manifest
-
         v = self.validation
         lat = self.student_report.latency
         arts: list[dict[str, Any]] = [{

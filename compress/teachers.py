@@ -20,6 +20,7 @@ from torch import nn
 
 from compress.data import TaskData
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
+from compress.models import load_model
 from compress.training import FinetuneSettings, Runtime, evaluate, finetune
 from compress.training.checkpoint import loader_generators
 
@@ -70,8 +71,6 @@ def get_or_train_teacher(
     import torch
     from safetensors.torch import load_file
     from safetensors.torch import save as st_save
-
-    from compress.models import load_model
 
     runtime = runtime or Runtime()
     key = recipe.key()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from compress.data import load_digits_task
+
 __all__ = ["digits_task", "seed_torch"]
 
 
@@ -16,8 +18,6 @@ __all__ = ["digits_task", "seed_torch"]
 def digits_task():
     """scikit-learn's digits as ``(B, 3, 32, 32)`` float batches of 64, seeded split (the CLI's
     default task; :func:`compress.data.load_digits_task`)."""
-    from compress.data import load_digits_task
-
     return load_digits_task(seed=0, batch_size=64)
 
 

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from torch import nn
+
+from compress.budgets import Budget, BudgetError, measure_cost, onnx_cost
+from compress.profiling import Target, profile_latency
 
 
 def check_budget(model: Any, budget: Any, *, target: Any = "cpu-1t", example_inputs: Any = None,
@@ -26,11 +30,6 @@ def check_budget(model: Any, budget: Any, *, target: Any = "cpu-1t", example_inp
     Raises:
         BudgetError: a relative budget (it needs a teacher) or a bad spec.
     """
-    from torch import nn
-
-    from compress.budgets import Budget, BudgetError, measure_cost, onnx_cost
-    from compress.profiling import Target, profile_latency
-
     b = Budget.coerce(budget)
     if b.is_relative:
         raise BudgetError("slimforge_budget takes absolute limits (e.g. 'macs=20M'); relative ones need a teacher.")

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.dataloader import default_collate
 from torch.utils.data.distributed import DistributedSampler
 
-from compress.errors import ConfigError
+from compress.errors import ConfigError, DataError
 
 __all__ = ["AUGMENTATIONS", "flip_crop", "augment_batch", "AugmentCollate", "derive_seed", "Cycle", "split_dataset",
            "training_loader"]
@@ -133,8 +133,6 @@ def split_dataset(ds: Dataset, portion: float, seed: int, *, who: str, min_sampl
     Raises:
         DataError: fewer than ``min_samples`` samples.
     """
-    from compress.errors import DataError
-
     n = len(ds)  # type: ignore[arg-type]
     if n < min_samples:
         raise DataError(f"{who} needs at least {min_samples} training samples to split, got {n}.")

@@ -42,10 +42,12 @@ from compress.errors import CheckpointError, ConfigError, TrainingDivergedError
 from compress.signals import raise_if_terminated
 from compress.training.checkpoint import EpochCheckpoint, loader_generators, stable_hash
 from compress.training.data import AUGMENTATIONS, training_loader
+from compress.training.parallel import spawn
 from compress.training.runtime import Runtime
 
 __all__ = ["kd_loss", "evaluate", "main_logits", "all_finite", "diverged_error", "cosine_factor", "make_optimizer",
-           "fit", "FitPlan", "FinetuneSettings", "finetune", "AUGMENTATIONS", "warmup_cosine_factor"]
+           "fit", "FitPlan", "FinetuneSettings", "finetune", "finetune_parallel", "AUGMENTATIONS",
+           "warmup_cosine_factor"]
 
 
 def main_logits(out: Any) -> torch.Tensor:
@@ -496,7 +498,7 @@ def finetune(
     ``collate_fn`` (:mod:`compress.training.data`). The model is left in eval mode with the best
     validation weights when ``settings.keep_best``. With ``runtime.options.devices > 1`` in a
     single process, the fine-tune runs data-parallel in that many spawned processes
-    (:func:`compress.training.parallel.finetune_parallel`) and the result is rank 0's.
+    (:func:`finetune_parallel`) and the result is rank 0's.
 
     Raises:
         CheckpointError: the epoch checkpoint is corrupt, truncated or of another world size.
@@ -507,8 +509,6 @@ def finetune(
         if after_backward is not None:
             raise ConfigError("a gradient regulariser (gp-prune sparse_epochs) runs in a single process; use "
                               "devices=1 for this phase.")
-        from compress.training.parallel import finetune_parallel
-
         return finetune_parallel(model, data_train, data_val, settings, teacher=teacher, on_epoch=on_epoch,
                                  checkpoint=checkpoint, phase=phase, runtime=runtime)
     home = _device_of(model)
@@ -560,6 +560,37 @@ def finetune(
         _go_home(model, home)
         if teacher is not None:
             _go_home(teacher, teacher_home)
+
+
+def finetune_parallel(model: nn.Module, data_train: Any, data_val: Any, settings: FinetuneSettings, *,
+                      teacher: nn.Module | None = None, on_epoch: Callable[[int, dict], None] | None = None,
+                      checkpoint: EpochCheckpoint | None = None, phase: str | None = None,
+                      runtime: Runtime) -> list[dict]:
+    """:func:`finetune` on ``runtime.options.devices`` processes spawned by
+    :func:`compress.training.parallel.spawn`; ``model`` gets rank 0's final weights. Same arguments
+    and errors as ``finetune``."""
+    home = _device_of(model)
+    try:
+        state, history = spawn(runtime, _finetune_rank, model.cpu(), data_train, data_val, settings, teacher,
+                               checkpoint, phase)
+    finally:
+        model.to(home)
+    model.load_state_dict(state)
+    model.to(home).eval()
+    if on_epoch is not None:
+        for rec in history:
+            on_epoch(int(rec["epoch"]), rec)
+    return history
+
+
+def _finetune_rank(rt: Runtime, model: nn.Module, data_train: Any, data_val: Any, settings: FinetuneSettings,
+                   teacher: nn.Module | None, checkpoint: EpochCheckpoint | None, phase: str | None) -> Any:
+    """One rank of :func:`finetune_parallel`: rank 0 returns its weights and history, the others None."""
+    history = finetune(model, data_train, data_val, settings, teacher=teacher, checkpoint=checkpoint, phase=phase,
+                       runtime=rt)
+    if not rt.is_global_zero:
+        return None
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, history
 
 
 def _device_of(m: nn.Module | None) -> torch.device:

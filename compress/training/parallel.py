@@ -2,7 +2,9 @@
 
 ``compress(..., runtime=RuntimeOptions(devices=N))`` called from a script, a notebook or pytest
 cannot re-execute ``sys.argv`` (what Fabric's default ``ddp`` launcher does), so the KD fine-tune
-runs in ``N`` processes started with ``strategy="ddp_spawn"`` (NCCL on GPUs, gloo on the CPU).
+(:func:`compress.training.loop.finetune_parallel`, which imports this module: the launcher knows
+nothing of the loop) runs in ``N`` processes started with :func:`spawn`
+(``strategy="ddp_spawn"``; NCCL on GPUs, gloo on the CPU).
 Each process holds a copy of the student, the teacher and the loaders (so they must pickle), the
 samples are sharded with a ``DistributedSampler`` and each rank takes ``batch_size // N`` of them a
 step, so the global batch is the configured one. Rank 0 alone commits checkpoints; its weights and
@@ -22,13 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from compress.errors import CompressError, ConfigError
-from compress.training.checkpoint import EpochCheckpoint
 from compress.training.runtime import PRECISIONS, Runtime
 
-__all__ = ["finetune_parallel", "spawn"]
+__all__ = ["spawn"]
 
 
 def spawn(runtime: Runtime, fn: Callable[..., Any], *args: Any) -> Any:
@@ -101,34 +101,3 @@ def _rank_entry(fabric: Any, fn: Callable[..., Any], payload: _Payload, out_path
 @dataclasses.dataclass
 class _Failure:
     error: BaseException
-
-
-def _finetune_rank(rt: Runtime, model: nn.Module, data_train: Any, data_val: Any, settings: Any,
-                   teacher: nn.Module | None, checkpoint: EpochCheckpoint | None, phase: str | None) -> Any:
-    from compress.training.loop import finetune
-
-    history = finetune(model, data_train, data_val, settings, teacher=teacher, checkpoint=checkpoint, phase=phase,
-                       runtime=rt)
-    if not rt.is_global_zero:
-        return None
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, history
-
-
-def finetune_parallel(model: nn.Module, data_train: Any, data_val: Any, settings: Any, *,
-                      teacher: nn.Module | None = None, on_epoch: Callable[[int, dict], None] | None = None,
-                      checkpoint: EpochCheckpoint | None = None, phase: str | None = None,
-                      runtime: Runtime) -> list[dict]:
-    """:func:`compress.training.finetune` on ``runtime.options.devices`` spawned DDP processes;
-    ``model`` gets rank 0's final weights. Same arguments and errors as ``finetune``."""
-    home = next(iter(model.parameters()), torch.empty(0)).device
-    try:
-        state, history = spawn(runtime, _finetune_rank, model.cpu(), data_train, data_val, settings, teacher,
-                               checkpoint, phase)
-    finally:
-        model.to(home)
-    model.load_state_dict(state)
-    model.to(home).eval()
-    if on_epoch is not None:
-        for rec in history:
-            on_epoch(int(rec["epoch"]), rec)
-    return history

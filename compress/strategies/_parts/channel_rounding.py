@@ -48,7 +48,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.profiling.latency_model import ConvConfig, LayerLatencyTable, LinearConfig, layer_configs
-from compress.strategies._parts.time_limit import time_limit
+from compress.time_limit import time_limit
 
 __all__ = ["plan_widths", "plan_fixed_widths", "candidate_widths"]
 

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from compress.errors import ConfigError
-from compress.strategies.darts.ops import OPS, PRIMITIVES
+from compress.strategies.darts.ops import OPS, PRIMITIVES, resolve_primitives
 
 __all__ = [
     "Genotype",
@@ -314,10 +315,6 @@ def random_genotypes(k: int, seed: int, primitives: str | Sequence[str] = "eg-na
         ConfigError: ``k < 1``, ``steps < 1``, a bad ``multiplier``, an unknown op set, or no
             usable (non-``'none'``) primitive.
     """
-    import numpy as np
-
-    from compress.strategies.darts.ops import resolve_primitives
-
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"random_genotypes: k must be an int >= 1, got {k!r}.")
     if steps < 1 or not 1 <= multiplier <= steps + 2:

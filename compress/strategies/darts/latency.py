@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from compress.errors import ConfigError
+from compress.profiling.latency_model import layer_configs
 from compress.strategies.darts.search import MixedOp, SearchNetwork
 
 __all__ = ["LatencyLookup", "op_latency_matrix", "expected_latency", "LatencyTerm"]
@@ -50,8 +51,6 @@ class LatencyLookup(Protocol):
 
 
 def _op_configs(op: nn.Module, shape: tuple[int, ...]) -> list[Any]:
-    from compress.profiling.latency_model import layer_configs
-
     return [cfg for _, cfg in layer_configs(op, torch.zeros(1, *shape))]
 
 

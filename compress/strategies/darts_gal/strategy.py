@@ -83,6 +83,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from compress.budgets import BudgetCheck, Cost
 from compress.errors import BudgetUnreachableError
+from compress.profiling import latency_model
 from compress.registry import register_strategy
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
 from compress.strategies.darts.genotype import Genotype
@@ -239,9 +240,7 @@ def node_latency_weights(net: NetworkCIFAR, example_inputs: torch.Tensor, table:
     Raises:
         ProfilingError: the table cannot time a layer.
     """
-    from compress.profiling.latency_model import layer_configs
-
-    configs = layer_configs(net, example_inputs)
+    configs = latency_model.layer_configs(net, example_inputs)
     raw: list[list[float | None]] = []
     for c, cell in enumerate(net.cells):
         row: list[float | None] = []
@@ -429,9 +428,8 @@ class DartsGal(Strategy):
     @staticmethod
     def _latency_table(ctx: StrategyContext) -> Any:
         """The target's per-layer latency table (cached on disk under the strategy's name)."""
-        from compress.profiling.latency_model import LayerLatencyTable, default_cache_dir
-
-        return LayerLatencyTable(ctx.target, cache_dir=Path(default_cache_dir()) / STRATEGY, **LATENCY_TIMING)
+        return latency_model.LayerLatencyTable(ctx.target, cache_dir=Path(latency_model.default_cache_dir()) / STRATEGY,
+                                               **LATENCY_TIMING)
 
     def _genotype(self, ctx: StrategyContext, cfg: DartsGalConfig, train_ds: Dataset, K: int,
                   in_shape: tuple[int, ...], h_search: str, store: _Store,

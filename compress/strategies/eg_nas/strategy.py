@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from compress.errors import ConfigError
+from compress.profiling.latency_model import LayerLatencyTable, default_cache_dir
 from compress.registry import register_strategy
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
 from compress.strategies.darts.drawing import draw_genotype
@@ -79,8 +80,6 @@ class EGNAS(Strategy):
         use_latency = cfg.objective == "latency" or (cfg.objective == "auto" and ctx.budget.needs_latency)
         table = None
         if use_latency:
-            from compress.profiling.latency_model import LayerLatencyTable, default_cache_dir
-
             table = LayerLatencyTable(ctx.target, cache_dir=Path(default_cache_dir()) / STRATEGY, **LATENCY_TIMING)
         with ctx.phase("search"):
             search = EGNASSearch(cfg, train_ds, ctx.data.val, num_classes, input_shape, ctx.seed, ckpt_dir=ckpt_dir,

@@ -63,7 +63,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from compress.budgets import measure_cost
 from compress.errors import BudgetUnreachableError, ConfigError, DataError, TrainingDivergedError
+from compress.profiling.latency_model import LayerLatencyTable, default_cache_dir, layer_configs
 from compress.strategies._parts.config_fields import check_fields
 from compress.registry import register_strategy
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
@@ -504,21 +506,15 @@ class _Pricer:
     difference between the split copy and the current student."""
 
     def __init__(self, ctx: StrategyContext, table: Any = None) -> None:
-        from compress.profiling.latency_model import LayerLatencyTable, default_cache_dir
-
         self.x = ctx.example_inputs
         self.table = table if table is not None else LayerLatencyTable(
             ctx.target, cache_dir=Path(default_cache_dir()) / "grow", **LATENCY_TIMING)
 
     def predicted_ms(self, net: nn.Module) -> float:
         """Sum of the table latencies of ``net``'s conv and linear layers (ms per batch)."""
-        from compress.profiling.latency_model import layer_configs
-
         return float(sum(self.table.latency(cfg) for _name, cfg in layer_configs(net, self.x)))
 
     def macs(self, net: nn.Module) -> float:
-        from compress.budgets import measure_cost
-
         return float(measure_cost(net, self.x).macs)
 
     def choose(self, student: GrowStudent, scores: dict[int, float], partition: TeacherPartition, cfg: GrowConfig,
@@ -586,8 +582,6 @@ class Grow(Strategy):
     @classmethod
     def demo_config(cls, epochs: int) -> dict:
         """The CPU-scale preset (docs/algorithms/grow.md, CPU profile) with ``epochs`` final-retrain epochs."""
-        from compress.strategies.base import config_to_dict
-
         return config_to_dict(GrowConfig.preset("cpu-small", final_epochs=epochs))
 
     @classmethod
