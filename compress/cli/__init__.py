@@ -9,7 +9,7 @@ one paragraph on stderr that says what to do, no traceback unless ``slimforge --
 gate on it), 1 ``gate`` found a regression, 130 interrupted (Ctrl-C / SIGINT), 143 terminated
 (SIGTERM), 124 a phase ran past its time limit and stayed stuck in native code where the
 ``TimeLimitError`` could not be raised (the message is printed, temp files removed, no unwinding;
-:mod:`compress.strategies._parts.time_limit`). A phase past its limit otherwise fails like any
+:mod:`compress.time_limit`). A phase past its limit otherwise fails like any
 error (exit 2); ``--time-limit PHASE=SECONDS`` raises a limit. An interrupted or failed
 ``run``/``demo`` removes its temp folder, and its ``run_args.json`` when no checkpoint was
 committed yet.

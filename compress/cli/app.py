@@ -76,7 +76,7 @@ def _clean_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from compress.strategies._parts.time_limit import exit_on_hang  # deferred: torch, timm, torch-pruning (the strategies package), kept out of `slimforge --help`
+        from compress.time_limit import exit_on_hang  # deferred: torch (through compress.errors), kept out of `slimforge --help`
 
         try:
             with cleanup_on_signals(), exit_on_hang():  # a phase stuck in native code past its limit: exit 124

@@ -122,7 +122,7 @@ def demo(
             f"teacher {teacher_model} on digits ({task.spec.input_shape}, {task.spec.num_classes} classes): "
             f"{'loaded from cache' if meta['cached'] else 'trained'} {meta['path']}"
         )
-        from compress.strategies._parts.time_limit import on_hang_exit  # deferred: torch, timm, torch-pruning (the strategies package), kept out of `slimforge --help`
+        from compress.time_limit import on_hang_exit  # deferred: torch (through compress.errors), kept out of `slimforge --help`
 
         with on_hang_exit(cleanup):
             result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
@@ -195,7 +195,7 @@ def run(
                               "(the model then takes the data's channels) or convert the data.")
         seed_everything(seed)  # a model without --weights is initialised the same way in every run (and resume)
         net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights, in_chans=chans)
-        from compress.strategies._parts.time_limit import on_hang_exit  # deferred: torch, timm, torch-pruning (the strategies package), kept out of `slimforge --help`
+        from compress.time_limit import on_hang_exit  # deferred: torch (through compress.errors), kept out of `slimforge --help`
 
         with on_hang_exit(cleanup):
             result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
