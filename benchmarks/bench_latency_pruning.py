@@ -127,6 +127,7 @@ def run_case(name: str, size: int, budget: str, *, samples: int = 32) -> dict[st
             "pruned_channel_share": a.get("pruned_channel_share", res.info.get("pruning_ratio")),
             "allocation_used": a.get("mode", "uniform"),
             "fallback": (a.get("fallback") or {}).get("used"),
+            "guard": a.get("guard"),
         }
         row["teacher_macs"] = res.teacher.cost.macs
         row["teacher_params"] = res.teacher.cost.params
@@ -162,7 +163,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "the latency cut is 1 - the median per-round student/teacher ratio.",
         "",
         "| model | family | size | budget | uniform: MACs cut | lat cut | ratio | latency: MACs cut | lat cut | ratio "
-        "| budget met (u / l) | slower than teacher (u / l) | wall s (u / l) | latency run's fallback | commit |",
+        "| budget met (u / l) | slower than teacher (u / l) | wall s (u / l) | latency run's fallback / guard | commit |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- |",
     ]
 
@@ -183,7 +184,7 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{cell(lt, 'latency_cut')} | {cell(lt, 'cut_ratio', False)} | {flag(u, 'budget_met')} / "
             f"{flag(lt, 'budget_met')} | {flag(u, 'slower_than_teacher')} / {flag(lt, 'slower_than_teacher')} | "
             f"{(u or {}).get('wall_s', 0):.0f} / {(lt or {}).get('wall_s', 0):.0f} | "
-            f"{(lt or {}).get('fallback') or '-'} | {row.get('commit', 'not recorded (session 6)')} |")
+            f"{_fallback_cell(lt)} | {row.get('commit', 'not recorded (session 6)')} |")
     errors = [(row, a, r["error"]) for row in rows for a, r in row["runs"].items() if "error" in r]
     if errors:
         lines += ["", "Errors:", ""] + [f"- {row['model']} {row['size']} `{row['budget']}` {a}: {e}" for row, a, e in errors]
@@ -211,6 +212,17 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
               if r.get("slower_than_teacher")]
     out["students slower than their teacher"] = ", ".join(f"{m} {s} {b} {a}" for m, s, b, a in slower) or "none"
     return out
+
+
+def _fallback_cell(run: dict | None) -> str:
+    """The latency run's fallback, and its guard's choice (``latency_guard``, a MACs budget) with the
+    measured uniform / knapsack latency ratio."""
+    run = run or {}
+    parts = [run["fallback"]] if run.get("fallback") else []
+    guard = run.get("guard")
+    if guard and "uniform_over_latency" in guard:
+        parts.append(f"guard: {guard['choice']} (uniform/knapsack {guard['uniform_over_latency']:.2f})")
+    return "; ".join(parts) or "-"
 
 
 def main(argv: list[str] | None = None) -> int:

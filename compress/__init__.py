@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compress",
+    "CompressOptions",
     "list_strategies",
     "get_strategy",
     "register_strategy",
@@ -34,6 +35,7 @@ __all__ = [
 
 _LAZY = {
     "compress": ("compress.api", "compress"),
+    "CompressOptions": ("compress.options", "CompressOptions"),
     "list_strategies": ("compress.strategies", "list_strategies"),  # the package registers the built-ins
     "get_strategy": ("compress.strategies", "get_strategy"),
     "register_strategy": ("compress.registry", "register_strategy"),
@@ -46,6 +48,7 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from compress.api import compress
     from compress.budgets import Budget
+    from compress.options import CompressOptions
     from compress.profiling import Target
     from compress.registry import register_strategy
     from compress.strategies import get_strategy, list_strategies

@@ -80,6 +80,13 @@ class StrategyContext:
         executor: where population evaluations run (:class:`~compress.executors.Executor`;
             serial by default). Used by eg-nas (the CMA-ES candidates of each ``tell``); the
             other strategies accept it and run in-process. The caller owns and closes it.
+        latency_fn: a candidate's latency on ``target`` in ms (a
+            :class:`~compress.profiling.LatencyEstimate`: a float with its relative standard error);
+            what :meth:`check` calls when the budget limits latency.
+        latency_ratio_fn: ``latency_ratio_fn(a, b)``: the latency of network ``a`` over that of ``b``
+            on ``target``, both timed side by side in interleaved rounds (the median per-round
+            ratio, a :class:`~compress.profiling.LatencyEstimate`), for choosing between two
+            candidates; None where the caller gives no such probe.
         trace_time_limit_s: wall-clock limit (seconds) for tracing steps that may hang, e.g.
             building a Torch-Pruning dependency graph (use
             :func:`compress.strategies._parts.time_limit.time_limit`); None: no limit.
@@ -105,6 +112,7 @@ class StrategyContext:
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_s: dict[str, float] = field(default_factory=dict)
     latency_fn: Callable[[nn.Module], float] | None = None
+    latency_ratio_fn: Callable[[nn.Module, nn.Module], float] | None = None
     memory_fn: Callable[[nn.Module], float] | None = None
     executor: Executor = field(default_factory=SerialExecutor)
     trace_time_limit_s: float | None = None

@@ -218,8 +218,8 @@ def test_bad_npz_is_a_data_error(tmp_path):
 def test_a_budget_the_model_meets_is_refused_only_by_strategies_that_shrink_it(caplog):
     import logging
 
-    from compress.api import _check_budget_not_met
     from compress.budgets import Budget, measure_cost
+    from compress.inputs import check_budget_not_met as _check_budget_not_met
     from compress.registry import get_strategy, list_strategies
 
     cost = measure_cost(TinyConvNet(), torch.randn(1, 3, 8, 8))
@@ -227,7 +227,7 @@ def test_a_budget_the_model_meets_is_refused_only_by_strategies_that_shrink_it(c
     met = Budget.parse("macs=2x,params=1x").resolve(cost)  # params=1x: equal counts as met
     with pytest.raises(BudgetAlreadyMetError, match=f"params {cost.params:,} <= {cost.params:,}"):
         _check_budget_not_met(get_strategy("gp-prune"), met, cost)
-    with caplog.at_level(logging.INFO, logger="compress.api"):
+    with caplog.at_level(logging.INFO, logger="compress.inputs"):
         for name in ("grow", "eg-nas", "darts-gal"):  # they build a new network: the budget still bounds it
             _check_budget_not_met(get_strategy(name), met, cost)
         _check_budget_not_met(get_strategy("gp-prune"), Budget.parse("macs=0.99x").resolve(cost), cost)
@@ -237,3 +237,30 @@ def test_a_budget_the_model_meets_is_refused_only_by_strategies_that_shrink_it(c
     with pytest.raises(BudgetAlreadyMetError, match="latency 2.000 ms <= 3.000 ms"):
         _check_budget_not_met(get_strategy("gp-prune"), lat, cost, latency_ms=2.0)
     _check_budget_not_met(get_strategy("gp-prune"), lat, cost, latency_ms=3.5)  # slower than the limit: no error
+
+
+def test_compress_takes_its_options_as_one_object_or_as_keywords(digits_task, tmp_path):
+    import dataclasses
+    import typing
+
+    from compress import CompressOptions
+    from compress.options import RUNTIME_KEYWORDS, CompressKeywords
+
+    # every option is also a typed keyword (and the runtime shorthands), nothing else
+    assert set(typing.get_type_hints(CompressKeywords)) == (
+        {f.name for f in dataclasses.fields(CompressOptions)} | set(RUNTIME_KEYWORDS))
+    cfg = {"epochs": 0, "bisection_steps": 3, "calib_samples": 64}
+    opts = CompressOptions(progress=False, mobile=False, memory=False, latency_repeats=3, latency_warmup=1,
+                           allow_slower=True)
+    a = compress(TinyConvNet(num_classes=10).eval(), "macs=0.5x", data=digits_task, config=cfg, options=opts)
+    b = compress(TinyConvNet(num_classes=10).eval(), "macs=0.5x", data=digits_task, config=cfg,
+                 progress=False, mobile=False, memory=False, latency_repeats=3, latency_warmup=1, allow_slower=True)
+    assert a.student_report.cost == b.student_report.cost and a.teacher.latency.repeats == 3
+    # a keyword overrides the same field of options; a dict works as options
+    c = compress(TinyConvNet(num_classes=10).eval(), "macs=0.5x", data=digits_task, config=cfg,
+                 options=dataclasses.asdict(opts), latency_repeats=4, out_dir=tmp_path / "c")
+    assert c.teacher.latency.repeats == 4
+    with pytest.raises(ConfigError, match="'mobil' \\(did you mean 'mobile'\\?\\)"):
+        compress(TinyConvNet(num_classes=10).eval(), "macs=0.5x", data=digits_task, options=opts, mobil=False)
+    with pytest.raises(ConfigError, match="options must be a CompressOptions"):
+        compress(TinyConvNet(num_classes=10).eval(), "macs=0.5x", data=digits_task, options=3)

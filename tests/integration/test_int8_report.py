@@ -33,7 +33,7 @@ def test_report_and_manifest_say_when_int8_does_not_pay(digits_task, tmp_path, m
     """Issue 16's gp-prune demo figures (fp32 0.25 ms, int8 0.95 ms), scaled: int8 3.8x slower.
     The paying case is tested on the same code path without a compress run (tests/unit/test_int8.py)."""
     int8_ms = 3.8
-    monkeypatch.setattr("compress.api.measure_interleaved", _fixed(int8_ms))
+    monkeypatch.setattr("compress.measure.measure_interleaved", _fixed(int8_ms))
     out = tmp_path / "run"
     res = compress(TinyConvNet(num_classes=10).eval(), "macs=0.5x", data=digits_task, config=FAST, progress=False,
                    latency_repeats=3, latency_warmup=1, mobile=False, memory=False, int8=True, out_dir=out)

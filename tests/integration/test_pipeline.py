@@ -257,7 +257,7 @@ def _side_by_side(teacher_ms: float, student_ms: float):
 
 @pytest.mark.parametrize("student_ms", [1.25, 1.0])  # slower, and exactly as fast: neither is "compressed"
 def test_a_student_slower_than_its_teacher_is_refused_unless_allowed(digits_task, tmp_path, monkeypatch, student_ms):
-    monkeypatch.setattr("compress.api.measure_interleaved", _side_by_side(1.0, student_ms))
+    monkeypatch.setattr("compress.measure.measure_interleaved", _side_by_side(1.0, student_ms))
     teacher = TinyConvNet(num_classes=10).eval()
     cfg = {"epochs": 0, "bisection_steps": 3, "calib_samples": 64}
     kw = dict(data=digits_task, config=cfg, progress=False, latency_repeats=3, latency_warmup=1, mobile=False,
@@ -282,7 +282,7 @@ def test_a_student_slower_than_its_teacher_is_refused_unless_allowed(digits_task
 
 
 def test_a_faster_student_passes_and_the_comparison_is_recorded(digits_task, monkeypatch):
-    monkeypatch.setattr("compress.api.measure_interleaved", _side_by_side(1.0, 0.6))
+    monkeypatch.setattr("compress.measure.measure_interleaved", _side_by_side(1.0, 0.6))
     res = compress(TinyConvNet(num_classes=10).eval(), "macs=0.5x", data=digits_task,
                    config={"epochs": 0, "bisection_steps": 3, "calib_samples": 64}, progress=False,
                    latency_repeats=3, latency_warmup=1, mobile=False, memory=False)
@@ -297,7 +297,7 @@ def test_cli_exits_3_for_a_slower_student_and_0_with_allow_slower(tmp_path, monk
 
     from compress.cli import app
 
-    monkeypatch.setattr("compress.api.measure_interleaved", _side_by_side(1.0, 1.5))
+    monkeypatch.setattr("compress.measure.measure_interleaved", _side_by_side(1.0, 1.5))
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["run", "--model", "compress.testing:TinyConvNet", "--data", "digits",
                                    "--budget", "macs=0.5x", "--out", str(out), "--config",
@@ -318,7 +318,7 @@ def test_a_relative_latency_budget_is_judged_side_by_side_with_the_teacher(digit
         sizes = [Path(m).stat().st_size / 1e4 for m in models]
         return [{"median_ms": 3 * s, "min_ms": 3 * s, "rounds_ms": [3 * s] * rounds} for s in sizes]
 
-    monkeypatch.setattr("compress.api.measure_interleaved", busy)
+    monkeypatch.setattr("compress.measure.measure_interleaved", busy)
     res = compress(TinyConvNet(num_classes=10).eval(), "latency=0.5x", data=digits_task, progress=False,
                    config={"epochs": 0, "bisection_steps": 4, "allocation": "uniform"}, latency_repeats=3,
                    latency_warmup=1, mobile=False, memory=False)
@@ -341,7 +341,7 @@ def test_a_latency_budget_met_by_a_lucky_measurement_is_re_timed_and_pruned_furt
         out = [sizes[0]] + [s * f for s in sizes[1:]]
         return [{"median_ms": s, "min_ms": s, "rounds_ms": [s] * rounds} for s in out]
 
-    monkeypatch.setattr("compress.api.measure_interleaved", jittery)
+    monkeypatch.setattr("compress.measure.measure_interleaved", jittery)
     res = compress(TinyConvNet(num_classes=10).eval(), "latency=0.5x", data=digits_task, progress=False,
                    config={"epochs": 0, "bisection_steps": 5, "allocation": "uniform"}, latency_repeats=3,
                    latency_warmup=1, mobile=False, memory=False, allow_slower=True)
@@ -364,7 +364,7 @@ def test_a_noisy_latency_probe_widens_the_re_timing_margin(digits_task, monkeypa
             {"median_ms": s, "min_ms": 0.8 * s, "rounds_ms": [s * spread[i % 5] for i in range(rounds)]}
             for s in sizes[1:]]
 
-    monkeypatch.setattr("compress.api.measure_interleaved", noisy)
+    monkeypatch.setattr("compress.measure.measure_interleaved", noisy)
     res = compress(TinyConvNet(num_classes=10).eval(), "latency=0.5x", data=digits_task, progress=False,
                    config={"epochs": 0, "bisection_steps": 5, "allocation": "uniform"}, latency_repeats=3,
                    latency_warmup=1, mobile=False, memory=False, allow_slower=True)

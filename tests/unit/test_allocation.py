@@ -167,7 +167,7 @@ def test_a_latency_budget_out_of_the_caps_reach_falls_back_until_it_is_met(digit
     # max_group_ratio=0.2; the cap raised to max_ratio, or else uniform pruning, meets it (issue 19: a
     # latency budget uniform pruning can meet is met)
     calls: list = []
-    monkeypatch.setattr("compress.api.measure_interleaved", _latency_by_onnx_size(calls))
+    monkeypatch.setattr("compress.measure.measure_interleaved", _latency_by_onnx_size(calls))
     torch.manual_seed(0)
     res = compress(TinyResidualNet(), "latency=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
                    config={"epochs": 0, "bisection_steps": 4, "metric": "l1", "allocation": "latency",
@@ -231,3 +231,48 @@ def test_monotone_charges_make_the_narrowest_width_the_one_cheapest_option():
     # at the sum of minima the raw table would keep width index 2; the monotone one keeps the narrowest
     assert solve_knapsack(values, [noisy] * 2, 2 * 0.29) == [2, 2]
     assert solve_knapsack(values, [ms] * 2, float(2 * ms[0])) == [0, 0]
+
+
+@pytest.mark.parametrize("uniform_ms, choice", [(0.5, "uniform"), (0.99, "latency"), (1.2, "latency")])
+def test_the_latency_guard_keeps_the_knapsack_unless_uniform_is_measured_faster(digits_task, monkeypatch,
+                                                                                uniform_ms, choice):
+    # a MACs budget with allocation="latency": the uniform student is timed side by side with the knapsack's
+    # (files a.onnx = uniform, b.onnx = knapsack; fixed figures, no clock); only a clear win (past the 2%
+    # margin: 0.99 is inside it) replaces the knapsack's answer
+    from pathlib import Path
+
+    seen = []
+
+    def timed(models, target, example_inputs=None, *, rounds=10, repeats=20, warmup=3, min_round_ms=0.0):
+        names = [Path(m).name for m in models]
+        seen.append(names)
+        ms = {"a.onnx": uniform_ms, "b.onnx": 1.0, "teacher.onnx": 2.0, "student.onnx": 1.0}
+        return [{"median_ms": ms[n], "min_ms": ms[n], "rounds_ms": [ms[n]] * rounds} for n in names]
+
+    monkeypatch.setattr("compress.measure.measure_interleaved", timed)
+    torch.manual_seed(0)
+    cfg = {"epochs": 0, "bisection_steps": 3, "metric": "l1", "allocation": "latency"}
+    res = compress(TinyResidualNet(), "macs=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
+                   config=cfg)
+    assert ["a.onnx", "b.onnx"] in seen
+    rec = res.info["allocation"]
+    assert rec["guard"]["choice"] == choice and rec["guard"]["uniform_over_latency"] == pytest.approx(uniform_ms)
+    assert rec["mode"] == choice and res.budget_check.ok
+    if choice == "uniform":
+        assert rec["requested"] == "latency" and "predicted_ms" in rec["latency_record"]
+    seen.clear()
+    off = compress(TinyResidualNet(), "macs=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
+                   config={**cfg, "latency_guard": False})
+    assert ["a.onnx", "b.onnx"] not in seen and off.info["allocation"]["mode"] == "latency"
+    assert "guard" not in off.info["allocation"]
+
+
+def test_the_latency_guard_enters_the_pruning_key_only_where_it_acts():
+    from compress.budgets import Budget
+    from compress.strategies.gp_prune.config import GPPruneConfig, key_config
+
+    macs, lat = Budget.parse("macs=0.5x"), Budget.parse("latency=0.5x")
+    assert "latency_guard" in key_config(GPPruneConfig(allocation="latency"), macs)
+    for cfg, budget in [(GPPruneConfig(), macs), (GPPruneConfig(allocation="latency"), lat),
+                        (GPPruneConfig(allocation="global"), macs), (GPPruneConfig(), lat)]:
+        assert "latency_guard" not in key_config(cfg, budget)  # keys of runs it cannot change stay as they were

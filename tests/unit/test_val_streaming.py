@@ -9,6 +9,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import compress.api as api
+import compress.inputs as inputs
+import compress.measure as measure
 from compress import compress
 from compress.errors import DataError
 from compress.testing import TinyResidualNet
@@ -26,7 +28,7 @@ def _split(n=100, seed=0):
 
 def test_a_split_that_fits_is_kept_whole_with_its_old_fingerprint():
     x, y = _split()
-    xk, yk, ident = api._scan_val(_loader(x, y), num_classes=4)
+    xk, yk, ident = inputs.scan_val(_loader(x, y), num_classes=4)
     assert torch.equal(xk, x) and torch.equal(yk, y)
     rid = run_identity(strategy="s", config={}, seed=0, budget={}, target={}, data={}, val=ident,
                        model=torch.nn.Linear(1, 1), teacher=None)
@@ -36,15 +38,15 @@ def test_a_split_that_fits_is_kept_whole_with_its_old_fingerprint():
 def test_a_large_split_keeps_a_bounded_prefix_and_a_streamed_fingerprint(monkeypatch):
     x, y = _split(100)
     per_sample = x[0].numel() * x.element_size()
-    monkeypatch.setattr(api, "VAL_KEEP_BYTES", 40 * per_sample)
-    xk, yk, ident = api._scan_val(_loader(x, y, batch_size=16), num_classes=4)
+    monkeypatch.setattr(inputs, "VAL_KEEP_BYTES", 40 * per_sample)
+    xk, yk, ident = inputs.scan_val(_loader(x, y, batch_size=16), num_classes=4)
     assert len(xk) == 40 and torch.equal(xk, x[:40]) and torch.equal(yk, y[:40])
     assert isinstance(ident, str) and len(ident) == 20 and ident != _tensor_fingerprint(x, y)
     # independent of the batching, sensitive to one pixel
-    assert api._scan_val(_loader(x, y, batch_size=7), num_classes=4)[2] == ident
+    assert inputs.scan_val(_loader(x, y, batch_size=7), num_classes=4)[2] == ident
     x2 = x.clone()
     x2[77, 1, 2, 3] += 1e-3
-    assert api._scan_val(_loader(x2, y, batch_size=16), num_classes=4)[2] != ident
+    assert inputs.scan_val(_loader(x2, y, batch_size=16), num_classes=4)[2] != ident
 
 
 def test_split_fingerprint_counts_samples_and_shapes():
@@ -64,13 +66,13 @@ def test_bad_rows_are_found_in_every_batch_with_their_index_in_the_split():
     x[3, 0, 0, 0] = float("nan")
     x[50, 1, 1, 1] = float("inf")
     with pytest.raises(DataError, match=r"\(2 image\(s\), first: \[3, 50\]\)"):
-        api._scan_val(_loader(x, y, batch_size=16), num_classes=4)
+        inputs.scan_val(_loader(x, y, batch_size=16), num_classes=4)
     x, y = _split(64)
     y[40] = 9
     with pytest.raises(DataError, match=r"labels range over \[0, 9\] but the task has 4 classes"):
-        api._scan_val(_loader(x, y, batch_size=16), num_classes=4)
+        inputs.scan_val(_loader(x, y, batch_size=16), num_classes=4)
     with pytest.raises(DataError, match="empty"):
-        api._scan_val(_loader(x[:0], y[:0]), num_classes=4)
+        inputs.scan_val(_loader(x[:0], y[:0]), num_classes=4)
 
 
 def test_compress_never_collects_a_whole_split(monkeypatch, digits_task):
@@ -82,8 +84,9 @@ def test_compress_never_collects_a_whole_split(monkeypatch, digits_task):
         return real(loader, max_samples)
 
     monkeypatch.setattr(api, "collect", spy)
+    monkeypatch.setattr(measure, "collect", spy)  # the int8 calibration set
     x0, _ = next(iter(digits_task.val))
-    monkeypatch.setattr(api, "VAL_KEEP_BYTES", 32 * x0[0].numel() * x0.element_size())  # 32 validation images
+    monkeypatch.setattr(inputs, "VAL_KEEP_BYTES", 32 * x0[0].numel() * x0.element_size())  # 32 validation images
     torch.manual_seed(0)
     res = compress(TinyResidualNet(), "macs=0.6x", data=digits_task, progress=False, mobile=False, memory=False,
                    allow_slower=True, config={"epochs": 0, "bisection_steps": 3, "metric": "l1"})

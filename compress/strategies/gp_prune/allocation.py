@@ -68,6 +68,7 @@ __all__ = [
     "global_widths",
     "latency_charges",
     "latency_table",
+    "resolve_allocation",
     "solve_knapsack",
     "width_grid",
 ]
@@ -429,3 +430,11 @@ def global_widths(groups: Sequence[GroupInfo], ratio: float) -> dict[str, int]:
         removed[gi] += 1
         done += groups[gi].unit
     return {g.name: g.channels - removed[gi] * g.unit for gi, g in enumerate(groups)}
+
+
+def resolve_allocation(allocation: str, budget) -> str:
+    """``allocation`` with ``"auto"`` resolved: ``"latency"`` when ``budget`` limits latency (issue 19:
+    a budget in milliseconds is met by cutting where the milliseconds are), else ``"uniform"`` (the paper)."""
+    if allocation == "auto":
+        return "latency" if budget.needs_latency else "uniform"
+    return allocation

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from compress.errors import ConfigError
 from compress.strategies._parts.config_fields import check_fields
 from compress.strategies._parts.training import AUGMENTATIONS, FinetuneSettings
-from compress.strategies.gp_prune.allocation import ALLOCATIONS
+from compress.strategies.base import config_to_dict
+from compress.strategies.gp_prune.allocation import ALLOCATIONS, resolve_allocation
 
 @dataclass(frozen=True)
 class GPPruneConfig:
@@ -50,6 +51,14 @@ class GPPruneConfig:
             by a knapsack on a per-layer latency table measured on the target, to keep the most
             importance per millisecond), or "auto" (default): "latency" when the budget limits
             latency, else "uniform".
+        latency_guard: with ``allocation="latency"`` and a budget that does not limit latency
+            (``macs=0.5x``): also prune uniformly to the same budget and time both students side by
+            side on the target; keep the uniform one when it is faster by more than its measurement's
+            margin (max(2%, 2 standard errors)). The knapsack minimises *predicted* latency, a sum of
+            per-layer timings that misses fusion and per-op overhead; measured (issue 19 benchmark,
+            64x64): it gave a smaller latency cut than uniform pruning on 4 of 9 models. The choice is
+            in ``report.json`` ``info.allocation.guard``. Costs one uniform ratio search and one
+            side-by-side timing. False: the knapsack's answer, unchecked.
         max_group_ratio: with "global" and "latency", the largest share of a group's channels that
             may be removed (0 < max_group_ratio < 1), so that no layer collapses.
         schedule: "one-shot" (the paper) or "iterative": ``iterative_steps`` pruning steps toward
@@ -92,6 +101,7 @@ class GPPruneConfig:
     ignored_layers: tuple[str, ...] = ()
     allocation: str = "auto"
     max_group_ratio: float = 0.8
+    latency_guard: bool = True
     schedule: str = "one-shot"
     iterative_steps: int = 4
     recovery_epochs: int = 1
@@ -185,6 +195,17 @@ _RECIPE_DEFAULTS = {"schedule": "one-shot", "iterative_steps": 4, "recovery_epoc
                     "sparse_reg": 5e-4, "grad_clip": None}
 """Recipe fields added after pruning checkpoints existed: at these values they are left out of the
 key, so a run started before them still resumes."""
+
+
+def key_config(cfg: "GPPruneConfig", budget) -> dict:
+    """The config entries that key gp-prune's pruning checkpoint: every field but the final
+    fine-tune's (:data:`_FINETUNE_FIELDS`) and the recipe fields at their old-behaviour values
+    (:data:`_RECIPE_DEFAULTS`); ``latency_guard`` only where it acts (``allocation`` resolves to
+    ``"latency"`` and ``budget`` does not limit latency), so that every other run keeps its key."""
+    guarded = resolve_allocation(cfg.allocation, budget) == "latency" and not budget.needs_latency
+    return {k: v for k, v in config_to_dict(cfg).items()
+            if k not in _FINETUNE_FIELDS and not (k in _RECIPE_DEFAULTS and v == _RECIPE_DEFAULTS[k])
+            and (k != "latency_guard" or guarded)}
 
 SCHEDULES = ("one-shot", "iterative")
 _LIMITS = ("max_macs", "max_params", "max_latency_ms", "max_memory_bytes")

@@ -59,21 +59,21 @@ from compress.strategies._parts.checkpoint import (
 )
 from compress.strategies._parts.time_limit import time_limit
 from compress.strategies._parts.training import finetune
-from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_to_dict
+from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
 from compress.strategies.gp_prune.allocation import (
     analyse_groups,
     global_widths,
     latency_charges,
     latency_table,
+    resolve_allocation,
     solve_knapsack,
 )
 from compress.strategies.gp_prune import partial
 from compress.strategies.gp_prune.config import (
-    _FINETUNE_FIELDS,
     _LIMITS,
-    _RECIPE_DEFAULTS,
     TP_L1,
     GPPruneConfig,
+    key_config,
 )
 from compress.strategies.gp_prune.pruning import (
     _TRAIN_ONLY,
@@ -134,8 +134,7 @@ class GPPrune(Strategy):
         store = CheckpointStore.for_strategy(ctx.out_dir, "gp-prune")
         gens = loader_generators(train=ctx.data.train, val=ctx.data.val, calib=ctx.data.calib)
         prune_key = stable_hash({
-            "config": {k: v for k, v in config_to_dict(cfg).items()
-                       if k not in _FINETUNE_FIELDS and not (k in _RECIPE_DEFAULTS and v == _RECIPE_DEFAULTS[k])},
+            "config": key_config(cfg, ctx.budget),
             "seed": ctx.seed, "model": state_fingerprint(ctx.model), "budget": ctx.budget.describe(),
             "target": ctx.target.to_dict(),
             "data": ctx.data.to_dict()})
@@ -385,9 +384,11 @@ class GPPrune(Strategy):
         none meets raises the first step's :class:`BudgetUnreachableError`.
         """
         try:
-            return self._prune_allocated(ctx, cfg, importance, model, classifier_name, allocation)
+            out = self._prune_allocated(ctx, cfg, importance, model, classifier_name, allocation)
         except BudgetUnreachableError as exc:
             first = exc
+        else:
+            return self._latency_guard(ctx, cfg, importance, model, classifier_name, allocation, out)
         tried = [{"allocation": allocation, "max_group_ratio": cfg.max_group_ratio, "why": str(first)}]
         if cfg.max_group_ratio < cfg.max_ratio:
             relaxed = dataclasses.replace(cfg, max_group_ratio=cfg.max_ratio)
@@ -396,7 +397,8 @@ class GPPrune(Strategy):
                 best, ratio, rounding, record = self._prune_allocated(ctx, relaxed, importance, model,
                                                                       classifier_name, allocation)
                 record["fallback"] = {"used": "max_group_ratio raised to max_ratio", "tried": tried}
-                return best, ratio, rounding, record
+                return self._latency_guard(ctx, cfg, importance, model, classifier_name, allocation,
+                                           (best, ratio, rounding, record))
             except BudgetUnreachableError as exc:
                 tried.append({"allocation": allocation, "max_group_ratio": cfg.max_ratio, "why": str(exc)})
         ctx.log(phase="allocation", fallback="uniform", why=tried[-1]["why"])
@@ -406,6 +408,39 @@ class GPPrune(Strategy):
             raise first from None
         return best, ratio, rounding, {"mode": "uniform", "requested": allocation,
                                        "fallback": {"used": "uniform allocation", "tried": tried}}
+
+    def _latency_guard(self, ctx: StrategyContext, cfg: GPPruneConfig, importance, model: nn.Module,
+                       classifier_name: str, allocation: str,
+                       out: tuple[nn.Module, float, list[dict], dict]) -> tuple[nn.Module, float, list[dict], dict]:
+        """``latency_guard``: with ``allocation="latency"`` under a budget that does not limit latency,
+        prune uniformly to the same budget too, time both students side by side
+        (``ctx.latency_ratio_fn``) and keep the uniform one when it is faster by more than the
+        margin (max(:data:`LATENCY_MARGIN`, :data:`VERIFY_NOISE_Z` standard errors of the ratio)).
+        ``record["guard"]`` holds the measured ratio, the margin and the choice. Returns ``out`` or
+        the uniform student's (network, ratio, rounding log, record)."""
+        if (not cfg.latency_guard or allocation != "latency" or ctx.budget.needs_latency
+                or ctx.latency_ratio_fn is None):
+            return out
+        best, ratio, rounding, record = out
+        try:
+            u_best, u_ratio, u_rounding = self._prune_uniform(ctx, cfg, importance, model, classifier_name)
+        except BudgetUnreachableError as exc:
+            record["guard"] = {"choice": "latency", "why": f"uniform pruning cannot meet the budget: {exc}"}
+            return out
+        with ctx.phase("prune"):
+            r = ctx.latency_ratio_fn(u_best, best)  # uniform / latency, side by side
+        margin = max(LATENCY_MARGIN, VERIFY_NOISE_Z * getattr(r, "rel_se", 0.0))
+        use_uniform = float(r) < 1.0 - margin
+        guard = {"uniform_over_latency": float(r), "rel_se": getattr(r, "rel_se", 0.0), "margin": margin,
+                 "choice": "uniform" if use_uniform else "latency",
+                 "rule": "keep uniform when its side-by-side latency ratio to the knapsack's student is under "
+                         "1 - margin"}
+        ctx.log(phase="allocation", guard=guard["choice"], uniform_over_latency=float(r), margin=margin)
+        if not use_uniform:
+            record["guard"] = guard
+            return out
+        return u_best, u_ratio, u_rounding, {"mode": "uniform", "requested": allocation, "guard": guard,
+                                             "latency_record": {k: v for k, v in record.items() if k != "groups"}}
 
     def _planner(self, ctx: StrategyContext, cfg: GPPruneConfig, rounding_log: list[dict]):
         """The width planner of ``channel_rounding`` (None for "off"), for :func:`prune_uniform`;
@@ -643,14 +678,6 @@ class GPPrune(Strategy):
         ratio = 1.0 - sum(min(kept.get(g.name, g.channels), g.channels) for g in groups) / total
         record["pruned_channel_share"] = ratio
         return best, ratio, best_rounding, record
-
-
-def resolve_allocation(allocation: str, budget) -> str:
-    """``allocation`` with ``"auto"`` resolved: ``"latency"`` when ``budget`` limits latency (issue 19:
-    a budget in milliseconds is met by cutting where the milliseconds are), else ``"uniform"`` (the paper)."""
-    if allocation == "auto":
-        return "latency" if budget.needs_latency else "uniform"
-    return allocation
 
 
 def _allocation_line(record: dict | None, ratio: float, cfg: GPPruneConfig) -> str:
