@@ -33,6 +33,7 @@ from compress.exporters import export_onnx, validate_onnx
 from compress.exporters.validate import DEFAULT_MAX_SAMPLES as PARITY_MAX_SAMPLES
 from compress.inputs import check_seed
 from compress.options import RUNTIME_KEYWORDS, CompressKeywords, CompressOptions
+from compress.pareto import pareto_record
 from compress.phases import phase as run_phase
 from compress.phases import resolve_time_limits
 from compress.profiling import LatencyEstimate, Target, profile_latency, profile_peak_memory
@@ -40,7 +41,7 @@ from compress.result import CompressionResult, ModelReport
 from compress.signals import cleanup_on_signals, raise_if_terminated
 from compress.strategies import get_strategy  # the package registers the built-in strategies
 from compress.strategies._parts.checkpoint import loader_generators, open_run_dir, run_identity
-from compress.strategies._parts.time_limit import on_hang_exit, time_limit
+from compress.time_limit import on_hang_exit, time_limit
 from compress.strategies._parts.training import evaluate
 from compress.strategies.base import ProgressFn, StrategyContext, config_to_dict
 from compress.training.runtime import Runtime, RuntimeOptions
@@ -535,8 +536,6 @@ def _compress(model: nn.Module, task: TaskData, strat, budget_obj: Budget, targe
         report_sections=list(output.report_sections),
     )
     if references is not None:
-        from compress.pareto import pareto_record
-
         result.pareto = pareto_record(result, references[0], source=references[1])
     if out_dir is not None:
         if runtime.is_global_zero:

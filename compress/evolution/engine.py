@@ -5,7 +5,7 @@ Sec. 3.2 and supplementary Sec. 10.2; ``docs/algorithms/gp-prune.md`` (the pruni
 fitness evaluation).
 
 Why this module does its own channel surgery instead of Torch-Pruning (which ``gp-prune``
-uses on user models, :mod:`compress.strategies.gp_prune.partial`): the paper's fitness is
+uses on user models, :mod:`compress.strategies._parts.partial_pruning`): the paper's fitness is
 defined on two fixed plain chains (``conv|linear -> BN -> ReLU -> pool``, no residuals, no
 grouped convs, no concatenations), pruned layer by layer with the reference code's exact
 per-layer, per-step removal counts, where every layer is scored *after* the layers before it

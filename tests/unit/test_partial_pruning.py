@@ -1,4 +1,4 @@
-"""Graceful partial pruning (compress/strategies/gp_prune/partial.py, issue #19 part 3).
+"""Graceful partial pruning (compress/strategies/_parts/partial_pruning.py, issue #19 part 3).
 
 Correctness is checked in closed form: removing a channel whose every consumer (a conv's or
 linear's input column) is zero changes nothing, so the pruned model must equal the unpruned one
@@ -17,7 +17,7 @@ from torch import nn
 
 from compress.budgets import measure_cost
 from compress.errors import UnsupportedModelError
-from compress.strategies.gp_prune import partial
+from compress.strategies._parts import partial_pruning as partial
 from compress.testing import HiddenStateNet, TinyResidualNet, TinyShuffleNet
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from compress import compress
 from compress.budgets import Budget
 from compress.errors import ConfigError
-from compress.strategies.gp_prune import partial
+from compress.strategies._parts import partial_pruning as partial
 from compress.strategies.gp_prune.schedule import group_norm_regulariser, interpolated_budget
 from compress.strategies.gp_prune.strategy import GPPruneConfig
 from compress.testing import TinyResidualNet

@@ -49,6 +49,7 @@ from torch import nn
 
 from compress.profiling.latency_model import ConvConfig, LayerLatencyTable, LinearConfig, layer_configs
 from compress.time_limit import time_limit
+from compress.strategies._parts import partial_pruning
 
 __all__ = ["plan_widths", "plan_fixed_widths", "candidate_widths"]
 
@@ -111,11 +112,9 @@ def _prunable_groups(model: nn.Module, example_inputs: torch.Tensor, ratio: floa
     that ratio ``r`` would cut, with ``k = floor(C * (1 - r))`` as Torch-Pruning computes it, or
     ``k = nominal[root]`` when ``nominal`` is given (groups it does not name are not cut). The
     dependency-graph build is bounded by ``time_limit_s`` (:class:`TimeLimitError`)."""
-    from compress.strategies.gp_prune import partial  # here: gp_prune imports this module
-
     with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (channel rounding)"):
         # the partial-pruning plan's channel shuffles and kept-whole groups (issue 19)
-        dg = partial.dependency_graph(model, example_inputs, plan=partial.CURRENT_PLAN.get(),
+        dg = partial_pruning.dependency_graph(model, example_inputs, plan=partial_pruning.CURRENT_PLAN.get(),
                                       forward_fn=TRACE_FORWARD.get())
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module

@@ -56,7 +56,7 @@ from torch import nn
 
 from compress.profiling.latency_model import ConvConfig, LayerLatencyTable, LinearConfig, default_cache_dir, layer_configs
 from compress.strategies._parts.time_limit import time_limit
-from compress.strategies.gp_prune import partial
+from compress.strategies._parts import partial_pruning as partial
 
 __all__ = [
     "ALLOCATIONS",

@@ -16,7 +16,7 @@ from compress.errors import CheckpointError, TimeLimitError, UnsupportedModelErr
 from compress.models import apply_widths, describe_widths
 from compress.strategies._parts import channel_rounding
 from compress.strategies._parts.time_limit import time_limit
-from compress.strategies.gp_prune import partial
+from compress.strategies._parts import partial_pruning as partial
 from compress.strategies.gp_prune.importance import TreeImportance
 from compress.evolution.metrics import MetricError, PruningMetric, get_metric
 

@@ -29,7 +29,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.budgets import Budget
-from compress.strategies.gp_prune import partial
+from compress.strategies._parts import partial_pruning as partial
 
 __all__ = ["interpolated_budget", "group_norm_regulariser"]
 

@@ -16,7 +16,7 @@ paper is silent or we differ on purpose, each a config field:
   way (``allocation.py``); ``"auto"`` picks ``"latency"`` for a budget in milliseconds;
 * partial pruning (issue 19): groups Torch-Pruning cannot follow (channel shuffles, layers with
   channel-sized state it cannot see) are kept whole and reported, the rest is pruned
-  (``partial.py``);
+  (``_parts/partial_pruning.py``);
 * channel surgery: Torch-Pruning's dependency graph removes channels physically across
   residual adds, depthwise convs and concats; the classifier's outputs are never pruned;
 * CIFAR ResNets' parameter-free zero-padding shortcuts are first replaced by an equivalent
@@ -68,7 +68,7 @@ from compress.strategies.gp_prune.allocation import (
     resolve_allocation,
     solve_knapsack,
 )
-from compress.strategies.gp_prune import partial
+from compress.strategies._parts import partial_pruning as partial
 from compress.strategies.gp_prune.config import (
     _LIMITS,
     TP_L1,
@@ -304,7 +304,7 @@ class GPPrune(Strategy):
     def _prune(self, ctx: StrategyContext, cfg: GPPruneConfig, metric, model: nn.Module,
                classifier_name: str) -> tuple[nn.Module, float, list[dict], dict | None, list[dict]]:
         """Calibrate, allocate and bisect toward the budget; returns (pruned network, pruning ratio,
-        rounding log, allocation record or None for uniform, the groups kept whole: ``partial.py``).
+        rounding log, allocation record or None for uniform, the groups kept whole: ``_parts/partial_pruning.py``).
         Groups Torch-Pruning cannot follow (channel shuffles) are kept whole from the start; when the
         prune still fails, the failing groups are found by group testing, kept whole, and the rest
         pruned. Only a budget that cannot be met without them is an :class:`UnsupportedModelError`."""
@@ -326,7 +326,7 @@ class GPPrune(Strategy):
         ignored_names = _ignored_names(model, classifier_name, cfg.ignored_layers)
         forward_fn = channel_rounding.TRACE_FORWARD.get()
         expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
-        with ctx.phase("prepare"):  # channel shuffles and reshapes Torch-Pruning cannot follow (partial.py)
+        with ctx.phase("prepare"):  # channel shuffles and reshapes Torch-Pruning cannot follow (_parts/partial_pruning.py)
             plan = partial.scan_channel_ops(model, ctx.example_inputs, ignored_names, forward_fn=forward_fn,
                                             time_limit_s=ctx.trace_time_limit_s)
 

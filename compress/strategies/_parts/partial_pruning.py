@@ -71,7 +71,7 @@ from torch_pruning import ops as tp_ops
 from torch_pruning._helpers import _HybridIndex
 
 from compress.errors import TimeLimitError, UnsupportedModelError
-from compress.strategies._parts.time_limit import time_limit
+from compress.time_limit import time_limit
 
 __all__ = [
     "ChannelMixOp",
