@@ -3,7 +3,9 @@ budget, intermediate nodes pruned by generative adversarial learning, KD retrain
 
 Modules: :mod:`.config` (``DartsGalConfig``), :mod:`.search` (DARTS search loop with
 checkpoints), :mod:`.gal` (discriminator, losses, FISTA, the GAL trainer), :mod:`.prune`
-(physical node removal, nodes-kept table, cell drawings), :mod:`.strategy` (the pipeline).
+(physical node removal, nodes-kept table, cell drawings), :mod:`.latency` (the latency objective:
+per-layer table, per-node penalty weights), :mod:`.gal_phase` (stage 3: lambda search, GAL runs,
+closing loop), :mod:`.checkpoints` (phase keys and store), :mod:`.strategy` (the pipeline).
 Importing this package registers the strategy.
 """
 
@@ -28,8 +30,10 @@ from compress.strategies.darts_gal.prune import (
     nodes_kept_rows,
     prune_network,
 )
+from compress.strategies.darts_gal.gal_phase import budget_ratio
+from compress.strategies.darts_gal.latency import node_latency_weights
 from compress.strategies.darts_gal.search import DartsSearch
-from compress.strategies.darts_gal.strategy import DartsGal, budget_ratio, node_latency_weights
+from compress.strategies.darts_gal.strategy import DartsGal
 
 __all__ = [
     "DartsGal", "DartsGalConfig", "DartsSearch", "Discriminator", "GALSettings", "GALTrainer", "MaskFISTA",

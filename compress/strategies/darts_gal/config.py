@@ -21,8 +21,11 @@ from compress.strategies.base import config_to_dict
 from compress.strategies.darts.genotype import GENOTYPES, Genotype
 from compress.strategies.darts.sizing import DEFAULT_C, DEFAULT_LAYERS
 
-__all__ = ["DartsGalConfig", "PRESETS", "resolve_genotype", "phase_fields", "phase_config",
+__all__ = ["DartsGalConfig", "PRESETS", "STRATEGY", "resolve_genotype", "phase_fields", "phase_config",
            "SEARCH_ADDED_DEFAULTS"]
+
+#: the registered name; it also names the checkpoint and latency-cache folders
+STRATEGY = "darts-gal"
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ def data_loss(f_b: torch.Tensor, f_g: torch.Tensor) -> torch.Tensor:
 def mask_penalty(masks: Sequence[torch.Tensor], weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """The sparsity term ``||m||_1`` of GAL's Eq. 7 (``R_lambda``, without lambda), or its weighted
     form ``sum_j w_j |m_j|`` (issue 18 part 4: ``w_j`` = node j's predicted latency share, see
-    :func:`~compress.strategies.darts_gal.strategy.node_latency_weights`).
+    :func:`~compress.strategies.darts_gal.latency.node_latency_weights`).
 
     Args:
         masks: one tensor per cell, ``(steps,)`` each (any shapes).
