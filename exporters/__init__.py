@@ -1,13 +1,15 @@
 """compress.exporters: PyTorch module -> checked, self-contained ONNX file, and its validation.
 
 Imports nothing from the project. ``onnx``/``onnxruntime``/``onnxscript`` are imported lazily
-inside the functions that need them, so importing this package only pulls in torch and numpy.
+inside the functions that need them.
+
+Importing the package is light: the names below are loaded on first use (the atomic writes and
+the errors without torch; ``export_onnx`` and ``validate_onnx`` with torch and numpy).
 """
 
-from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
-from compress.exporters.errors import ExportError, InputShapeError, OnnxValidationError
-from compress.exporters.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
-from compress.exporters.validate import ValidationReport, validate_onnx
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "INPUT_NAME",
@@ -21,3 +23,33 @@ __all__ = [
     "write_bytes_atomic",
     "write_text_atomic",
 ]
+
+_LAZY = {
+    "write_bytes_atomic": ("compress.exporters.atomic", "write_bytes_atomic"),
+    "write_text_atomic": ("compress.exporters.atomic", "write_text_atomic"),
+    "ExportError": ("compress.exporters.errors", "ExportError"),
+    "InputShapeError": ("compress.exporters.errors", "InputShapeError"),
+    "OnnxValidationError": ("compress.exporters.errors", "OnnxValidationError"),
+    "INPUT_NAME": ("compress.exporters.onnx_export", "INPUT_NAME"),
+    "OUTPUT_NAME": ("compress.exporters.onnx_export", "OUTPUT_NAME"),
+    "export_onnx": ("compress.exporters.onnx_export", "export_onnx"),
+    "ValidationReport": ("compress.exporters.validate", "ValidationReport"),
+    "validate_onnx": ("compress.exporters.validate", "validate_onnx"),
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
+    from compress.exporters.errors import ExportError, InputShapeError, OnnxValidationError
+    from compress.exporters.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+    from compress.exporters.validate import ValidationReport, validate_onnx
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'compress.exporters' has no attribute {name!r}")

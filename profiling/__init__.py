@@ -1,12 +1,14 @@
 """compress.profiling: deployment targets and latency measurement (onnxruntime or torch eager).
 
 May import only ``compress.exporters`` from the project. ``onnxruntime`` is imported lazily.
+
+Importing the package is light: the names below are loaded on first use (``Target`` and the
+errors without torch; ``profile_latency`` and ``profile_peak_memory`` with it).
 """
 
-from compress.profiling.errors import ProfilingError, TargetError
-from compress.profiling.latency import ENGINES, LatencyEstimate, LatencyStats, profile_latency
-from compress.profiling.memory import MemoryStats, profile_peak_memory
-from compress.profiling.target import GRAPH_OPTIMIZATION_LEVELS, PRESETS, Target
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "ENGINES",
@@ -21,3 +23,34 @@ __all__ = [
     "profile_latency",
     "profile_peak_memory",
 ]
+
+_LAZY = {
+    "ProfilingError": ("compress.profiling.errors", "ProfilingError"),
+    "TargetError": ("compress.profiling.errors", "TargetError"),
+    "ENGINES": ("compress.profiling.latency", "ENGINES"),
+    "LatencyEstimate": ("compress.profiling.latency", "LatencyEstimate"),
+    "LatencyStats": ("compress.profiling.latency", "LatencyStats"),
+    "profile_latency": ("compress.profiling.latency", "profile_latency"),
+    "MemoryStats": ("compress.profiling.memory", "MemoryStats"),
+    "profile_peak_memory": ("compress.profiling.memory", "profile_peak_memory"),
+    "GRAPH_OPTIMIZATION_LEVELS": ("compress.profiling.target", "GRAPH_OPTIMIZATION_LEVELS"),
+    "PRESETS": ("compress.profiling.target", "PRESETS"),
+    "Target": ("compress.profiling.target", "Target"),
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compress.profiling.errors import ProfilingError, TargetError
+    from compress.profiling.latency import ENGINES, LatencyEstimate, LatencyStats, profile_latency
+    from compress.profiling.memory import MemoryStats, profile_peak_memory
+    from compress.profiling.target import GRAPH_OPTIMIZATION_LEVELS, PRESETS, Target
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'compress.profiling' has no attribute {name!r}")
