@@ -18,9 +18,10 @@ Modules: :mod:`~compress.cli.app` (the typer app, error messages and exit codes)
 :mod:`~compress.cli.options` (option values parsed and checked), :mod:`~compress.cli.run_record`
 (``run_args.json``), and the commands: :mod:`~compress.cli.compress_commands` (``demo``, ``run``,
 ``resume``, ``strategies``), :mod:`~compress.cli.measure_commands` (``measure``, ``gate``),
-:mod:`~compress.cli.evolve_command` (``evolve-metric``). They import typer and the standard library
-at the top; torch, the strategies and pydantic only inside the commands, so that ``slimforge
---help`` starts without them.
+:mod:`~compress.cli.evolve_command` (``evolve-metric``). They import typer, the standard library
+and the project's modules that load nothing heavier (the errors, the time limits, the phases,
+``Target``, the atomic writes) at the top; torch, the strategies and pydantic only inside the
+commands, so that ``slimforge --help`` starts without them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The ``slimforge`` typer app, its ``--debug`` switch and what every command shares: an exception
 becomes one paragraph on stderr and an exit code (the codes: :mod:`compress.cli`).
 
-Imports only typer and leaves of the project at the top (``slimforge --help`` loads neither torch
-nor the strategies); the commands are registered on :data:`app` by :mod:`compress.cli`.
+Imports only typer and light modules of the project at the top: the error root, the signals, the
+errors and the time limits, which load the standard library only (``slimforge --help`` loads neither
+torch nor the strategies); the commands are registered on :data:`app` by :mod:`compress.cli`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import functools
 import typer
 
 from compress._error_root import SlimforgeError  # a leaf: imports nothing
+from compress.errors import disk_full
 from compress.signals import Terminated, cleanup_on_signals  # the standard library only
+from compress.time_limit import exit_on_hang
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="slimforge: compress a teacher to a budget, export validated ONNX.")
 
@@ -43,8 +46,6 @@ def _error_message(exc: BaseException) -> str:
     they are, since they say what to do; a full disk, other OS errors, bad values and anything else
     with what to do about them."""
     if isinstance(exc, OSError) and not isinstance(exc, SlimforgeError) and exc.errno == errno.ENOSPC:
-        from compress.errors import disk_full  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
-
         exc = disk_full(exc, cleaned=False)  # the message compress() gives, without its cleanup claim
     if isinstance(exc, SlimforgeError):
         msg = f"{type(exc).__name__}: {exc}"
@@ -76,8 +77,6 @@ def _clean_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from compress.time_limit import exit_on_hang  # deferred: torch (through compress.errors), kept out of `slimforge --help`
-
         try:
             with cleanup_on_signals(), exit_on_hang():  # a phase stuck in native code past its limit: exit 124
                 return fn(*args, **kwargs)

@@ -18,6 +18,9 @@ import typer
 from compress.cli.app import _clean_errors, _console
 from compress.cli.options import _check_seed, _data_options, _load_config, _time_limits
 from compress.cli.run_record import COMMANDS, RUN_ARGS, _read_run_args, _record_run
+from compress.errors import CheckpointError, ConfigError, UntrustedCodeError
+from compress.profiling import Target  # compress.profiling.target only: no torch
+from compress.time_limit import on_hang_exit
 
 
 def _print_result(result, out_dir: Path) -> None:
@@ -122,8 +125,6 @@ def demo(
             f"teacher {teacher_model} on digits ({task.spec.input_shape}, {task.spec.num_classes} classes): "
             f"{'loaded from cache' if meta['cached'] else 'trained'} {meta['path']}"
         )
-        from compress.time_limit import on_hang_exit  # deferred: torch (through compress.errors), kept out of `slimforge --help`
-
         with on_hang_exit(cleanup):
             result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
                               config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume, runtime=rt_opts,
@@ -184,9 +185,7 @@ def run(
         cleanup = _record_run(out, "run", args, resume)
         from compress.api import compress, seed_everything  # deferred: torch, timm, torch-pruning (the API and the strategies), kept out of `slimforge --help`
         from compress.data import load_task  # deferred: torch, kept out of `slimforge --help`
-        from compress.errors import ConfigError  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
         from compress.models import load_model  # deferred: torch, kept out of `slimforge --help`
-        from compress.profiling import Target  # deferred: torch, kept out of `slimforge --help`
 
         task = load_task(data, **kw)
         chans = task.spec.input_shape[0]
@@ -195,8 +194,6 @@ def run(
                               "(the model then takes the data's channels) or convert the data.")
         seed_everything(seed)  # a model without --weights is initialised the same way in every run (and resume)
         net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights, in_chans=chans)
-        from compress.time_limit import on_hang_exit  # deferred: torch (through compress.errors), kept out of `slimforge --help`
-
         with on_hang_exit(cleanup):
             result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
                               target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
@@ -229,7 +226,6 @@ def resume_cmd(
     only when it is a registry spec (timm:, torchvision:, cifar:, a compress.testing model), or
     when passed again with --model, or with --trust-remote-code; nothing is imported from the run
     directory or the current directory."""
-    from compress.errors import CheckpointError, UntrustedCodeError  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
     from compress.models import no_imports_from, require_registry_spec  # deferred: torch, kept out of `slimforge --help`
 
     path = run_dir / RUN_ARGS

@@ -16,6 +16,8 @@ import typer
 
 from compress._error_root import SlimforgeError  # a leaf: imports nothing
 from compress.cli.app import _clean_errors, _console, _debug
+from compress.errors import ConfigError, DataError
+from compress.profiling import Target  # compress.profiling.target only: no torch
 
 
 @_clean_errors
@@ -32,9 +34,8 @@ def measure(
     import torch
 
     from compress.budgets import measure_cost  # deferred: torch, kept out of `slimforge --help`
-    from compress.errors import ConfigError  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
     from compress.models import load_model  # deferred: torch, kept out of `slimforge --help`
-    from compress.profiling import Target, profile_latency  # deferred: torch, kept out of `slimforge --help`
+    from compress.profiling import profile_latency  # deferred: torch, kept out of `slimforge --help`
 
     try:
         shape = tuple(int(v) for v in input_shape.split(","))
@@ -105,10 +106,8 @@ def gate(
     def work():
         import math
 
-        from compress.errors import ConfigError  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
         from compress.gate import (  # deferred: torch, pydantic, kept out of `slimforge --help`
             check_target, compare, load_baseline, measure_artifact, parse_tolerance, side_by_side_latency, write_baseline)
-        from compress.profiling import Target  # deferred: torch, kept out of `slimforge --help`
 
         tol = parse_tolerance(tolerance)  # validate every option and file before measuring anything
         bad = []
@@ -187,8 +186,6 @@ def gate(
 
 def _npz_for_gate(path: Path, mean: Optional[str], std: Optional[str]):
     import numpy as np
-
-    from compress.errors import DataError  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
 
     try:
         with np.load(path) as z:

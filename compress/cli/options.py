@@ -10,6 +10,9 @@ import math
 from pathlib import Path
 from typing import List, Optional
 
+from compress.errors import ConfigError
+from compress.phases import known_phases, unknown_phase
+
 
 def _check_seed(seed: int, option: str = "--seed") -> None:
     from compress.api import check_seed  # deferred: torch, timm, torch-pruning (the API and the strategies), kept out of `slimforge --help`
@@ -19,8 +22,6 @@ def _check_seed(seed: int, option: str = "--seed") -> None:
 
 def _floats(option: str, text: Optional[str], *, positive: bool = False) -> Optional[tuple[float, ...]]:
     """``'0.485,0.456,0.406'`` -> floats (one per channel, or one for all), or a ConfigError saying the format."""
-    from compress.errors import ConfigError  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
-
     if text is None:
         return None
     example = "0.229,0.224,0.225" if positive else "0.485,0.456,0.406"
@@ -48,7 +49,6 @@ def _data_options(data: str, *, seed: int, test_data: Optional[str], mean: Optio
     (issue 17; :mod:`compress.data.transforms`), which ``--image-size``, ``--crop-pct``,
     ``--interpolation``, ``--mean`` and ``--std`` override; other specs keep the legacy resize."""
     from compress.data.transforms import INTERPOLATIONS  # deferred: torch (the compress.data package), kept out of `slimforge --help`
-    from compress.errors import ConfigError  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
 
     _check_seed(seed)
     kw: dict = {"seed": seed}
@@ -118,9 +118,6 @@ def _time_limits(items: Optional[List[str]]) -> Optional[dict]:
         ConfigError: a malformed item, a phase given twice, an unknown phase (with the known ones) or a
             limit that is not a positive number of seconds; every problem at once.
     """
-    from compress.errors import ConfigError  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
-    from compress.phases import known_phases, unknown_phase  # deferred: torch (through compress.errors), kept out of `slimforge --help`
-
     if not items:
         return None
     out: dict = {}
@@ -162,8 +159,6 @@ def _load_config(config: Optional[str]) -> Optional[dict]:
     """``--config``: a JSON object, given inline or as the path of a file, or None when not given."""
     if config is None:
         return None
-    from compress.errors import ConfigError  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
-
     p = Path(config)
     text = p.read_text() if p.is_file() else config
     try:

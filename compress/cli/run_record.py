@@ -11,6 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
+from compress.errors import CheckpointError, ConfigError, disk_full
+from compress.exporters import atomic  # the module: a patched atomic.write_text_atomic (tests) applies
+
 RUN_ARGS = "run_args.json"
 RUN_ARGS_FORMAT = "slimforge-run-args/1"
 _NOT_RECORDED = ("out", "resume")  # the run directory is where the record lives; resume is how it is used
@@ -61,7 +64,6 @@ def _read_run_args(path: Path) -> tuple[str, dict]:
     from pydantic import BaseModel
 
     from compress._strict_json import STRICT, read_json_file, validate  # deferred: pydantic, kept out of `slimforge --help`
-    from compress.errors import CheckpointError  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
 
     class RunArgsRecord(BaseModel):
         model_config = STRICT
@@ -102,9 +104,6 @@ def _record_run(out: Path, command: str, args: dict, resume: bool):
         CheckpointError: ``out`` was started by another invocation (lists what differs), or its
             record is corrupt. ConfigError: ``out`` cannot be written.
     """
-    from compress.errors import CheckpointError, ConfigError, disk_full  # deferred: torch (through compress.budgets), kept out of `slimforge --help`
-    from compress.exporters.atomic import write_text_atomic  # deferred: torch (the compress.exporters package), kept out of `slimforge --help`
-
     rec = {"format": RUN_ARGS_FORMAT, "command": command, "args": _recorded_args(args)}
     path = Path(out) / RUN_ARGS
     if resume and path.is_file():
@@ -123,7 +122,7 @@ def _record_run(out: Path, command: str, args: dict, resume: bool):
         return lambda: None
     created = not Path(out).exists()
     try:
-        write_text_atomic(path, json.dumps(rec, indent=2, sort_keys=True))
+        atomic.write_text_atomic(path, json.dumps(rec, indent=2, sort_keys=True))
     except OSError as exc:
         if created and Path(out).is_dir() and not any(Path(out).iterdir()):
             Path(out).rmdir()
