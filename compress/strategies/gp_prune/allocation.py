@@ -1,7 +1,7 @@
 """How many channels each Torch-Pruning group keeps: ``uniform``, ``global`` or ``latency``.
 
 * ``uniform`` -- the GECCO'22 paper (§5): the same ratio for every group
-  (:func:`compress.strategies.gp_prune.strategy.prune_uniform`); not in this module.
+  (:func:`compress.strategies.gp_prune.modes.prune_uniform_to_budget`); not in this module.
 * ``global`` -- one ranking across groups (Torch-Pruning's ``global_pruning``; DepGraph, Fang et
   al. CVPR 2023, §3.3): the ``r * N`` channels of lowest normalised importance are removed
   wherever they are, and no group loses more than ``max_group_ratio`` of its channels.

@@ -29,9 +29,17 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.budgets import Budget
+from compress.errors import TimeLimitError, UnsupportedModelError
+from compress.strategies._parts import channel_rounding
 from compress.strategies._parts import partial_pruning as partial
+from compress.strategies._parts.checkpoint import CheckpointStore, EpochCheckpoint
+from compress.strategies._parts.time_limit import time_limit
+from compress.strategies._parts.training import finetune
+from compress.strategies.base import StrategyContext
+from compress.strategies.gp_prune.config import GPPruneConfig
+from compress.strategies.gp_prune.pruning import _ignored_names
 
-__all__ = ["interpolated_budget", "group_norm_regulariser"]
+__all__ = ["interpolated_budget", "group_norm_regulariser", "sparse_learning"]
 
 
 def interpolated_budget(budget: Budget, fraction: float, *, teacher_macs: float, teacher_params: float,
@@ -67,3 +75,37 @@ def group_norm_regulariser(model: nn.Module, example_inputs, ignored: Sequence[n
     return partial.meta_pruner(model, example_inputs, plan=plan, ignored_layers=list(ignored), forward_fn=forward_fn,
                                pruner_cls=tp.pruner.GroupNormPruner,
                                importance=tp.importance.GroupMagnitudeImportance(p=2), reg=reg)
+
+
+def sparse_learning(ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module, classifier_name: str,
+                    store: CheckpointStore, key: str) -> list[dict]:
+    """Train ``model`` in place for ``sparse_epochs`` with group-norm regularisation
+    (:func:`group_norm_regulariser`), resuming from the ``sparse`` epoch checkpoints under ``key``;
+    returns the per-epoch history."""
+    forward_fn = channel_rounding.TRACE_FORWARD.get()
+    ignored_names = _ignored_names(model, classifier_name, cfg.ignored_layers)
+    modules = dict(model.named_modules())
+    with ctx.phase("prepare"):
+        plan = partial.scan_channel_ops(model, ctx.example_inputs, ignored_names, forward_fn=forward_fn,
+                                        time_limit_s=ctx.trace_time_limit_s)
+        try:
+            with time_limit(ctx.trace_time_limit_s, "building Torch-Pruning's dependency graph (sparse learning)"):
+                pruner = group_norm_regulariser(model, ctx.example_inputs, [modules[n] for n in ignored_names],
+                                                reg=cfg.sparse_reg, plan=plan, forward_fn=forward_fn)
+        except (TimeLimitError, UnsupportedModelError):
+            raise
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"Torch-Pruning could not build the group-norm regulariser of {type(model).__name__} for "
+                f"sparse learning: {type(exc).__name__}: {exc}. Set sparse_epochs=0.",
+                layer=type(model).__name__) from exc
+    ctx.progress("sparse", 0, cfg.sparse_epochs, {"reg": cfg.sparse_reg})
+
+    def on_epoch(epoch: int, rec: dict) -> None:
+        ctx.log(phase="sparse", **rec)
+        ctx.progress("sparse", epoch, cfg.sparse_epochs, rec)
+
+    hist = finetune(model, ctx.data.train, ctx.data.val, cfg.phase_settings(cfg.sparse_epochs), teacher=ctx.teacher,
+                    on_epoch=on_epoch, runtime=ctx.runtime, phase="sparse",
+                    checkpoint=EpochCheckpoint(store, "sparse", key), after_backward=lambda: pruner.regularize(model))
+    return [{"epoch": h["epoch"], "loss": h["loss"], "val_acc": h.get("val_acc")} for h in hist]

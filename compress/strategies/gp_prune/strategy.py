@@ -39,17 +39,14 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Callable
 import dataclasses
 
 from torch import nn
 
 from compress.errors import BudgetUnreachableError, ConfigError, TimeLimitError, UnsupportedModelError
-from compress.models import PadShortcut, describe_widths, freeze_fixed_shortcuts, pad_shortcuts_to_conv
+from compress.models import PadShortcut, describe_widths, pad_shortcuts_to_conv
 from compress.registry import register_strategy
-from compress.profiling.latency_model import LayerLatencyTable
 from compress.strategies._parts import channel_rounding
-from compress.strategies._parts.channel_rounding import plan_fixed_widths, plan_widths
 from compress.strategies._parts.checkpoint import (
     CheckpointStore,
     EpochCheckpoint,
@@ -57,17 +54,9 @@ from compress.strategies._parts.checkpoint import (
     stable_hash,
     state_fingerprint,
 )
-from compress.strategies._parts.time_limit import time_limit
 from compress.strategies._parts.training import finetune
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
-from compress.strategies.gp_prune.allocation import (
-    analyse_groups,
-    global_widths,
-    latency_charges,
-    latency_table,
-    resolve_allocation,
-    solve_knapsack,
-)
+from compress.strategies.gp_prune.allocation import resolve_allocation
 from compress.strategies._parts import partial_pruning as partial
 from compress.strategies.gp_prune.config import (
     _LIMITS,
@@ -90,7 +79,10 @@ from compress.strategies.gp_prune.pruning import (
     train_only_modules,
 )
 from compress.strategies.gp_prune.features import collect_feature_maps
-from compress.strategies.gp_prune.schedule import group_norm_regulariser, interpolated_budget
+from compress.strategies.gp_prune.modes import prune_allocated_to_budget, prune_uniform_to_budget
+from compress.strategies.gp_prune.report import ROUNDING_RULE, allocation_line
+from compress.strategies.gp_prune.schedule import interpolated_budget, sparse_learning
+from compress.strategies.gp_prune.search import LATENCY_MARGIN, VERIFY_NOISE_Z
 from compress.strategies.gp_prune.importance import TreeImportance
 from compress.evolution.metrics import MetricError
 
@@ -201,7 +193,7 @@ class GPPrune(Strategy):
         return StrategyOutput(
             student=best,
             report_sections=[("Channels kept per layer (GECCO'22 uniform one-shot pruning)",
-                              f"Importance: `{formula}`; " + _allocation_line(alloc_record, best_ratio, cfg)
+                              f"Importance: `{formula}`; " + allocation_line(alloc_record, best_ratio, cfg)
                               + "\n\n" + _widths_markdown(before, widths))],
             info={
                 "metric": metric.name if metric is not None else TP_L1,
@@ -209,7 +201,7 @@ class GPPrune(Strategy):
                 "pruning_ratio": best_ratio,
                 "layer_widths": widths,
                 "channel_rounding": {"mode": cfg.channel_rounding, "groups": best_rounding,
-                                     **({"rule": _ROUNDING_RULE} if cfg.channel_rounding == "measured" else {})},
+                                     **({"rule": ROUNDING_RULE} if cfg.channel_rounding == "measured" else {})},
                 "allocation": alloc_record or {"mode": "uniform"},
                 "untouched_groups": untouched,
                 "recipe": recipe,
@@ -222,7 +214,7 @@ class GPPrune(Strategy):
                       classifier_name: str, store: CheckpointStore, key: str
                       ) -> tuple[nn.Module, float, list[dict], dict | None, list[dict], dict]:
         """Sparse learning (``sparse_epochs``), then the one-shot prune or the iterative schedule
-        (``schedule.py``). Returns what :meth:`_prune` returns for the last step, with the pruning
+        (:mod:`.schedule`). Returns what :meth:`_prune` returns for the last step, with the pruning
         ratio as the share of the original prunable channels removed for an iterative run, and the
         recipe record (``info.recipe``: per phase its epochs and validation accuracies, per step its
         budget, ratio and cost). A killed run re-prunes its steps (deterministic for MACs and params
@@ -231,7 +223,7 @@ class GPPrune(Strategy):
         if cfg.sparse_epochs > 0:
             model = copy.deepcopy(model)
             with ctx.phase("sparse"):
-                recipe["sparse"] = self._sparse_learning(ctx, cfg, model, classifier_name, store, key)
+                recipe["sparse"] = sparse_learning(ctx, cfg, model, classifier_name, store, key)
         if cfg.schedule == "one-shot":
             return (*self._prune(ctx, cfg, metric, model, classifier_name), recipe)
         k = cfg.iterative_steps
@@ -269,38 +261,6 @@ class GPPrune(Strategy):
         ratio = 1.0 - sum(min(after.get(n, w), w) for n, w in before.items()) / max(1, sum(before.values()))
         return current, ratio, *out[2:], recipe
 
-    def _sparse_learning(self, ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module, classifier_name: str,
-                         store: CheckpointStore, key: str) -> list[dict]:
-        """Train ``model`` in place for ``sparse_epochs`` with group-norm regularisation
-        (``schedule.py``); returns the per-epoch history."""
-        forward_fn = channel_rounding.TRACE_FORWARD.get()
-        ignored_names = _ignored_names(model, classifier_name, cfg.ignored_layers)
-        modules = dict(model.named_modules())
-        with ctx.phase("prepare"):
-            plan = partial.scan_channel_ops(model, ctx.example_inputs, ignored_names, forward_fn=forward_fn,
-                                            time_limit_s=ctx.trace_time_limit_s)
-            try:
-                with time_limit(ctx.trace_time_limit_s, "building Torch-Pruning's dependency graph (sparse learning)"):
-                    pruner = group_norm_regulariser(model, ctx.example_inputs, [modules[n] for n in ignored_names],
-                                                    reg=cfg.sparse_reg, plan=plan, forward_fn=forward_fn)
-            except (TimeLimitError, UnsupportedModelError):
-                raise
-            except Exception as exc:
-                raise UnsupportedModelError(
-                    f"Torch-Pruning could not build the group-norm regulariser of {type(model).__name__} for "
-                    f"sparse learning: {type(exc).__name__}: {exc}. Set sparse_epochs=0.",
-                    layer=type(model).__name__) from exc
-        ctx.progress("sparse", 0, cfg.sparse_epochs, {"reg": cfg.sparse_reg})
-
-        def on_epoch(epoch: int, rec: dict) -> None:
-            ctx.log(phase="sparse", **rec)
-            ctx.progress("sparse", epoch, cfg.sparse_epochs, rec)
-
-        hist = finetune(model, ctx.data.train, ctx.data.val, cfg.phase_settings(cfg.sparse_epochs), teacher=ctx.teacher,
-                        on_epoch=on_epoch, runtime=ctx.runtime, phase="sparse",
-                        checkpoint=EpochCheckpoint(store, "sparse", key), after_backward=lambda: pruner.regularize(model))
-        return [{"epoch": h["epoch"], "loss": h["loss"], "val_acc": h.get("val_acc")} for h in hist]
-
     def _prune(self, ctx: StrategyContext, cfg: GPPruneConfig, metric, model: nn.Module,
                classifier_name: str) -> tuple[nn.Module, float, list[dict], dict | None, list[dict]]:
         """Calibrate, allocate and bisect toward the budget; returns (pruned network, pruning ratio,
@@ -332,7 +292,7 @@ class GPPrune(Strategy):
 
         def attempt() -> tuple[nn.Module, float, list[dict], dict | None]:
             if allocation == "uniform":
-                return (*self._prune_uniform(ctx, cfg, importance, model, classifier_name), None)
+                return (*prune_uniform_to_budget(ctx, cfg, importance, model, classifier_name), None)
             return self._prune_with_fallback(ctx, cfg, importance, model, classifier_name, allocation)
 
         token = partial.CURRENT_PLAN.set(plan)
@@ -403,7 +363,7 @@ class GPPrune(Strategy):
                 tried.append({"allocation": allocation, "max_group_ratio": cfg.max_ratio, "why": str(exc)})
         ctx.log(phase="allocation", fallback="uniform", why=tried[-1]["why"])
         try:
-            best, ratio, rounding = self._prune_uniform(ctx, cfg, importance, model, classifier_name)
+            best, ratio, rounding = prune_uniform_to_budget(ctx, cfg, importance, model, classifier_name)
         except BudgetUnreachableError:
             raise first from None
         return best, ratio, rounding, {"mode": "uniform", "requested": allocation,
@@ -415,15 +375,15 @@ class GPPrune(Strategy):
         """``latency_guard``: with ``allocation="latency"`` under a budget that does not limit latency,
         prune uniformly to the same budget too, time both students side by side
         (``ctx.latency_ratio_fn``) and keep the uniform one when it is faster by more than the
-        margin (max(:data:`LATENCY_MARGIN`, :data:`VERIFY_NOISE_Z` standard errors of the ratio)).
-        ``record["guard"]`` holds the measured ratio, the margin and the choice. Returns ``out`` or
+        margin (max(:data:`~.search.LATENCY_MARGIN`, :data:`~.search.VERIFY_NOISE_Z` standard errors
+        of the ratio)). ``record["guard"]`` holds the measured ratio, the margin and the choice. Returns ``out`` or
         the uniform student's (network, ratio, rounding log, record)."""
         if (not cfg.latency_guard or allocation != "latency" or ctx.budget.needs_latency
                 or ctx.latency_ratio_fn is None):
             return out
         best, ratio, rounding, record = out
         try:
-            u_best, u_ratio, u_rounding = self._prune_uniform(ctx, cfg, importance, model, classifier_name)
+            u_best, u_ratio, u_rounding = prune_uniform_to_budget(ctx, cfg, importance, model, classifier_name)
         except BudgetUnreachableError as exc:
             record["guard"] = {"choice": "latency", "why": f"uniform pruning cannot meet the budget: {exc}"}
             return out
@@ -442,298 +402,9 @@ class GPPrune(Strategy):
         return u_best, u_ratio, u_rounding, {"mode": "uniform", "requested": allocation, "guard": guard,
                                              "latency_record": {k: v for k, v in record.items() if k != "groups"}}
 
-    def _planner(self, ctx: StrategyContext, cfg: GPPruneConfig, rounding_log: list[dict]):
-        """The width planner of ``channel_rounding`` (None for "off"), for :func:`prune_uniform`;
-        ``planner(candidate, ratio, ignored, nominal=None)``, ``nominal`` a kept width per root."""
-        if cfg.channel_rounding == "fixed":
-            def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module], nominal=None) -> dict[nn.Module, int]:
-                return plan_fixed_widths(cand, ctx.example_inputs, ratio, ignored, cfg.round_to,
-                                         time_limit_s=ctx.trace_time_limit_s, nominal=nominal)
-            return planner
-        if cfg.channel_rounding == "measured":
-            table = LayerLatencyTable(ctx.target, **channel_rounding.TIMING)
-
-            def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module], nominal=None) -> dict[nn.Module, int]:
-                plan, records = plan_widths(cand, ctx.example_inputs, ratio, ignored, table, window=cfg.rounding_window,
-                                            time_limit_s=ctx.trace_time_limit_s, nominal=nominal,
-                                            time_budget_s=channel_rounding.TIME_BUDGET_S)
-                rounding_log[:] = records
-                return plan
-            return planner
-        return None
-
-    def _bisect(self, ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module, hi: float,
-                build: "Callable[[float], nn.Module]", what: str, describe: "Callable[[float], dict]",
-                rounding_log: list[dict], strict: bool = False) -> tuple[nn.Module, float, list[dict]]:
-        """Bisect the pruning amount ``t`` in ``[0, hi]`` (larger ``t``: smaller network) to the
-        smallest that meets the budget, each candidate ``build(t)`` checked by the budget oracle.
-        Returns (best network, its ``t``, the rounding log of its build).
-
-        Raises:
-            BudgetUnreachableError: ``build(hi)`` does not meet the budget (``what`` says why not), or,
-                with ``strict``, a latency budget's chosen network misses it on re-timing
-                (:meth:`_verify_latency`), so that the caller can fall back to another allocation.
-        """
-        expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
-        cost0, check0, lat0 = ctx.check(model)
-        ctx.log(phase="bisection", step=0, **describe(0.0), macs=cost0.macs, params=cost0.params,
-                latency_ms=lat0, ok=check0.ok)
-        if check0.ok:
-            return copy.deepcopy(model), 0.0, []
-        hi_model = build(hi)
-        forward_or_explain(hi_model, ctx.example_inputs, expected, "gp-prune")
-        cost_hi, check_hi, lat_hi = ctx.check(hi_model)
-        ctx.log(phase="bisection", step=1, **describe(hi), macs=cost_hi.macs, params=cost_hi.params,
-                latency_ms=lat_hi, ok=check_hi.ok)
-        if not check_hi.ok:
-            raise BudgetUnreachableError(
-                f"gp-prune cannot meet budget {ctx.budget.describe()!r}: "
-                + "; ".join(str(v) for v in check_hi.violations) + f" even after {what}.")
-        lo, best, best_t, best_rounding, top = 0.0, hi_model, hi, list(rounding_log), hi
-        tol = cfg.budget_tolerance
-        # the tightest limit's usage (actual / limit) at both ends, for the interpolation (Illinois)
-        f_lo, f_hi, kept_side = _usage(ctx.budget, check0), _usage(ctx.budget, check_hi), None
-        used_best, target = f_hi, 1.0 - 0.5 * tol
-        # the usage's mean slope over [0, hi]: a bracket narrower than tol / (2 * slope) cannot hold a
-        # candidate much closer to the limit, unless the cost jumps there (widths snapped by channel
-        # rounding), and then no probe inside it gets closer either
-        slope = (f_lo - f_hi) / hi if f_lo is not None and f_hi is not None and hi > 0 else 0.0
-        ctx.progress("bisection", 0, cfg.bisection_steps, {})
-        for step in range(cfg.bisection_steps):
-            if tol > 0 and used_best is not None and used_best >= 1.0 - tol:
-                break  # the best candidate is within the tolerance of its limit
-            if tol > 0 and slope > 0 and (hi - lo) * slope <= 0.5 * tol:
-                break  # the bracket is narrower than the tolerance
-            mid = 0.5 * (lo + hi)
-            if tol > 0 and f_lo is not None and f_hi is not None and f_lo > f_hi:
-                frac = min(max((f_lo - target) / (f_lo - f_hi), 0.02), 0.98)
-                mid = lo + frac * (hi - lo)
-            cand = build(mid)
-            cost, check, lat = ctx.check(cand)
-            ctx.log(phase="bisection", step=step + 2, **describe(mid), macs=cost.macs, params=cost.params,
-                    latency_ms=lat, ok=check.ok)
-            ctx.progress("bisection", step + 1, cfg.bisection_steps, {**describe(mid), "ok": check.ok})
-            f_mid = _usage(ctx.budget, check)
-            if check.ok:
-                hi, best, best_t, best_rounding = mid, cand, mid, list(rounding_log)
-                if kept_side == "lo" and f_lo is not None:  # lo kept twice: Illinois halves its distance
-                    f_lo = target + 0.5 * (f_lo - target)
-                f_hi, used_best, kept_side = f_mid, f_mid, "lo"
-            else:
-                lo = mid
-                if kept_side == "hi" and f_hi is not None:
-                    f_hi = target + 0.5 * (f_hi - target)
-                f_lo, kept_side = f_mid, "hi"
-        if ctx.budget.needs_latency:
-            best, best_t, best_rounding, ok = self._verify_latency(ctx, best, best_t, top, build, describe,
-                                                                   rounding_log, best_rounding)
-            if not ok and strict:
-                raise BudgetUnreachableError(
-                    f"gp-prune cannot meet budget {ctx.budget.describe()!r} with its margin (at least "
-                    f"{100 * LATENCY_MARGIN:.0f}%, wider on a noisy machine) on re-timing, even after {what}.")
-        return best, best_t, best_rounding
-
-    def _verify_latency(self, ctx: StrategyContext, best: nn.Module, t: float, top: float,
-                        build: "Callable[[float], nn.Module]", describe: "Callable[[float], dict]",
-                        rounding_log: list[dict], rounding: list[dict]) -> tuple[nn.Module, float, list[dict]]:
-        """The bisection stops where a candidate *just* met a latency limit, so a second measurement
-        misses it about half the time (measured: 1.4-6% over in 3 of 6 runs at ``latency=0.5x``). Re-time
-        the chosen network; while it is not a margin under the limit, move a quarter of the way toward
-        ``top`` (which met the budget once) and re-time, at most :data:`VERIFY_STEPS` times, then ``top``
-        itself. The margin is :data:`LATENCY_MARGIN`, or :data:`VERIFY_NOISE_Z` relative standard errors
-        of the re-timing when the probe reports a larger one (:class:`~compress.profiling.LatencyEstimate`).
-        On a noisy VM a 2% margin is inside the noise: a regnetx_002 student that passed a 2% re-timing
-        at ``latency=0.5x`` measured 13% over in compress's final check. Returns (network, ``t``, its
-        rounding log, whether it passed)."""
-        limit = ctx.budget.max_latency_ms
-        steps = [t + (1.0 - 0.75 ** k) * (top - t) for k in range(VERIFY_STEPS + 1)] + [top]
-        for step, t_step in enumerate(steps):
-            if step > 0:
-                if t_step <= t:
-                    continue
-                t, best, rounding = t_step, build(t_step), list(rounding_log)
-            cost, check, lat = ctx.check(best)
-            margin = max(LATENCY_MARGIN, VERIFY_NOISE_Z * getattr(lat, "rel_se", 0.0))
-            ok = check.ok and (lat is None or limit is None or lat <= (1.0 - margin) * limit)
-            ctx.log(phase="bisection", step=f"verify-{step}", **describe(t), macs=cost.macs, params=cost.params,
-                    latency_ms=None if lat is None else float(lat), margin=margin, ok=ok)
-            if ok:
-                return best, t, rounding, True
-        return best, t, rounding, False
-
-    def _prune_uniform(self, ctx: StrategyContext, cfg: GPPruneConfig, importance, model: nn.Module,
-                       classifier_name: str) -> tuple[nn.Module, float, list[dict]]:
-        """The paper's uniform one-shot pruning: bisect the ratio of every group."""
-        rounding_log: list[dict] = []
-        planner = self._planner(ctx, cfg, rounding_log)
-        expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
-        with ctx.phase("prune"):
-            # Torch-Pruning keeps floor(C * (1 - r)) channels of a C-channel group and skips a group
-            # that would keep none, so the uniform ratio is capped where the narrowest layer keeps one.
-            narrowest = min(
-                (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-                for n, m in model.named_modules()
-                if isinstance(m, (nn.Conv2d, nn.Linear)) and n != classifier_name
-            )
-            max_ratio = min(cfg.max_ratio, 1.0 - 1.0 / narrowest - 1e-6)
-
-            def build(ratio: float) -> nn.Module:
-                return prune_uniform(model, ratio, importance, ctx.example_inputs, classifier_name, None, planner,
-                                     time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.ignored_layers)
-
-            best, best_ratio, best_rounding = self._bisect(
-                ctx, cfg, model, max_ratio, build,
-                f"removing {100 * max_ratio:.1f}% of the channels of every layer (loosen the budget or raise config "
-                "max_ratio)", lambda r: {"ratio": r}, rounding_log)
-            forward_or_explain(best, ctx.example_inputs, expected, "gp-prune")
-            freeze_fixed_shortcuts(best)  # Torch-Pruning re-creates parameters; the 0/1 shortcut stays fixed
-        return best, best_ratio, best_rounding
-
     def _prune_allocated(self, ctx: StrategyContext, cfg: GPPruneConfig, importance, model: nn.Module,
                          classifier_name: str, allocation: str) -> tuple[nn.Module, float, list[dict], dict]:
-        """``allocation="global"`` or ``"latency"`` (``allocation.py``): per-group widths from one
-        ranking or from the latency knapsack, bisected toward the budget (the knapsack's latency
-        limit, in predicted ms, or the global ratio), every candidate checked by real measurement."""
-        expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
-        ignored_names = _ignored_names(model, classifier_name, cfg.ignored_layers)
-        with ctx.phase("prepare"):
-            groups = analyse_groups(model, ctx.example_inputs, importance, ignored_names,
-                                    max_group_ratio=cfg.max_group_ratio, forward_fn=channel_rounding.TRACE_FORWARD.get(),
-                                    time_limit_s=ctx.trace_time_limit_s)
-        if not groups:
-            raise UnsupportedModelError(
-                f"gp-prune allocation={allocation!r} found no prunable channel group in {type(model).__name__} "
-                "(every conv/linear is ignored or cannot be pruned); try allocation='uniform'.",
-                layer=type(model).__name__)
-        total = sum(g.channels for g in groups)
-        rounding_log: list[dict] = []
-        record: dict = {"mode": allocation, "max_group_ratio": cfg.max_group_ratio}
-
-        def apply(widths: dict[str, int], planner=None, ratio: float = 0.0) -> nn.Module:
-            def plan(cand: nn.Module, r: float, ignored: list[nn.Module]) -> dict[nn.Module, int]:
-                mods = dict(cand.named_modules())
-                nominal = {mods[n]: k for n, k in widths.items() if n in mods}
-                return planner(cand, ratio, ignored, nominal=nominal) if planner is not None else nominal
-            return prune_uniform(model, 0.0, importance, ctx.example_inputs, classifier_name, None, plan,
-                                 time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.ignored_layers)
-
-        if allocation == "global":
-            planner = self._planner(ctx, cfg, rounding_log)
-            hi = cfg.max_ratio
-            with ctx.phase("prune"):
-                best, t, best_rounding = self._bisect(
-                    ctx, cfg, model, hi, lambda r: apply(global_widths(groups, r), planner, r),
-                    f"removing the {100 * hi:.1f}% least important channels across layers, no layer losing over "
-                    f"{100 * cfg.max_group_ratio:.0f}% (loosen the budget, or raise config max_ratio / max_group_ratio)",
-                    lambda r: {"ratio": r}, rounding_log, strict=True)
-            record["ratio"] = t
-        else:
-            with ctx.phase("prepare"):
-                table = latency_table(ctx.target)
-                ctx.progress("latency table", 0, 2, {"groups": len(groups)})
-                charges = latency_charges(model, ctx.example_inputs, groups, table)
-                values = [[g.value(w) for w in ws] for g, ws in zip(groups, charges.widths)]
-                lo_ms = float(sum(ms.min() for ms in charges.ms))
-                hi_ms = float(sum(ms.max() for ms in charges.ms))
-                full_ms = ctx.latency_fn(model) if ctx.budget.max_latency_ms is not None and ctx.latency_fn else None
-                guess = _budget_fraction(ctx, full_ms) * hi_ms
-                pick = solve_knapsack(values, charges.ms, max(guess, lo_ms))
-                reference = {g.name: charges.widths[i][pick[i]] for i, g in enumerate(groups)}
-                ctx.progress("latency table", 1, 2, {"groups": len(groups)})
-                charges = latency_charges(model, ctx.example_inputs, groups, table, reference)  # HALP: inputs as pruned
-                ctx.progress("latency table", 2, 2, {"layers_timed": table.measured})
-                lo_ms = float(sum(ms.min() for ms in charges.ms))
-                hi_ms = float(sum(ms.max() for ms in charges.ms))
-
-            def widths_at(t: float) -> tuple[dict[str, int], float]:
-                limit = hi_ms - t * (hi_ms - lo_ms)
-                choice = solve_knapsack(values, charges.ms, limit)
-                return ({g.name: charges.widths[i][choice[i]] for i, g in enumerate(groups)},
-                        charges.predict(choice))
-
-            def describe(t: float) -> dict:
-                return {"limit_ms": charges.fixed_ms + hi_ms - t * (hi_ms - lo_ms), "predicted_ms": widths_at(t)[1]}
-
-            with ctx.phase("prune"):
-                best, t, best_rounding = self._bisect(
-                    ctx, cfg, model, 1.0, lambda t: apply(widths_at(t)[0]),
-                    f"the knapsack's narrowest allocation, every group losing {100 * cfg.max_group_ratio:.0f}% of its "
-                    "channels (loosen the budget or raise config max_group_ratio, e.g. --config "
-                    "'{\"max_group_ratio\": 0.9}')", describe, rounding_log, strict=True)
-            chosen, predicted = widths_at(t)
-            record.update({
-                "solver": "multiple-choice knapsack, exact dynamic programming on a discretised latency axis "
-                          "(HALP, Shen et al. NeurIPS 2022)",
-                "limit_ms": charges.fixed_ms + hi_ms - t * (hi_ms - lo_ms), "predicted_ms": predicted,
-                "predicted_full_ms": charges.fixed_ms + hi_ms, "fixed_ms": charges.fixed_ms,
-                "table": str(table.path), "reference_widths": reference,
-                "groups": [{"group": g.name, "channels": g.channels, "kept": chosen[g.name],
-                            "ms_full": float(charges.ms[i][-1]),
-                            "ms_kept": float(charges.ms[i][charges.widths[i].index(chosen[g.name])]),
-                            "charged_layers": charges.charged[i]} for i, g in enumerate(groups)],
-            })
-        forward_or_explain(best, ctx.example_inputs, expected, "gp-prune")
-        freeze_fixed_shortcuts(best)
-        kept = _layer_widths(best)
-        ratio = 1.0 - sum(min(kept.get(g.name, g.channels), g.channels) for g in groups) / total
-        record["pruned_channel_share"] = ratio
-        return best, ratio, best_rounding, record
-
-
-def _allocation_line(record: dict | None, ratio: float, cfg: GPPruneConfig) -> str:
-    """One sentence on how the widths were allocated, for ``report.md``."""
-    fallback = (record or {}).get("fallback")
-    note = (f" The requested allocation could not meet the budget ({len(fallback['tried'])} attempt(s) in "
-            f"`report.json` info.allocation.fallback): {fallback['used']}." if fallback else "")
-    if record is None or record["mode"] == "uniform":
-        return f"uniform ratio {ratio:.4f}; channel rounding `{cfg.channel_rounding}`." + note
-    cap = record.get("max_group_ratio", cfg.max_group_ratio)
-    if record["mode"] == "global":
-        return (f"global ranking, {100 * ratio:.1f}% of the prunable channels removed (no group over "
-                f"{100 * cap:.0f}%); channel rounding `{cfg.channel_rounding}`." + note)
-    return (f"latency knapsack (HALP): predicted {record['predicted_ms']:.3f} ms of {record['predicted_full_ms']:.3f} ms "
-            f"for the full network (conv/linear layers only, from the table `{record['table']}`); "
-            f"{100 * ratio:.1f}% of the prunable channels removed, no group over {100 * cap:.0f}%." + note)
-
-
-def _usage(budget, check) -> float | None:
-    """The tightest limit's usage, ``max(actual / limit)`` over the limits ``check`` measured
-    (1.0: exactly at the limit; above 1: over it); None when no limit was checked."""
-    limits = {"macs": budget.max_macs, "params": budget.max_params, "latency_ms": budget.max_latency_ms,
-              "memory_bytes": budget.max_memory_bytes}
-    used = [1.0 - room / limits[m] for m, room in check.headroom.items() if limits.get(m)]
-    return max(used) if used else None
-
-
-def _budget_fraction(ctx: StrategyContext, model_ms: float | None) -> float:
-    """The tightest limit of the budget relative to the model (0.5 for ``macs=0.5x``), in [0.05, 1]:
-    the first guess of the knapsack's limit (a share of the full network's predicted latency).
-    A latency limit is compared with ``model_ms``, the model's measured latency."""
-    b, c = ctx.budget, ctx.teacher_cost
-    fractions = [1.0]
-    if b.max_macs is not None and c.macs:
-        fractions.append(b.max_macs / c.macs)
-    if b.max_params is not None and c.params:
-        fractions.append(b.max_params / c.params)
-    if b.max_latency_ms is not None and model_ms:
-        fractions.append(b.max_latency_ms / model_ms)
-    return float(min(1.0, max(0.05, min(fractions))))
-
-
-LATENCY_MARGIN = 0.02
-"""A latency budget's chosen network must re-time this share under the limit (see ``_verify_latency``)."""
-VERIFY_STEPS = 3
-"""Steps toward more pruning ``_verify_latency`` may take."""
-VERIFY_NOISE_Z = 2.0
-"""``_verify_latency``'s margin in relative standard errors of the re-timing (one-sided ~98%), when
-that is wider than :data:`LATENCY_MARGIN`."""
-
-_ROUNDING_RULE = {
-    "min_gain": channel_rounding.MIN_GAIN, "noise_z": channel_rounding.NOISE_Z, **channel_rounding.TIMING,
-    "criterion": "ms per kept channel vs the nominal width, round by round; the group leaves the nominal width when "
-                 "the candidates' median cut exceeds max(min_gain, noise_z x median standard error); then, among "
-                 "the widths cutting over min_gain / 2: most aligned (up to 16), then nearest",
-}
-"""How "measured" rounding decided, written beside its per-group records in the report."""
-
-
+        """``allocation="global"`` or ``"latency"`` pruned to the budget
+        (:func:`~.modes.prune_allocated_to_budget`); a method, so that :meth:`_prune_with_fallback`
+        retries through whatever the class holds."""
+        return prune_allocated_to_budget(ctx, cfg, importance, model, classifier_name, allocation)
