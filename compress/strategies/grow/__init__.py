@@ -3,10 +3,14 @@
 Parts: :mod:`.partition` (teacher longest path, supervision points, feature extractor),
 :mod:`.student` (DAG of sep_conv_3x3 edges, deepen/widen), :mod:`.attention` (``f_a``, Eq. 1;
 ``R_inner``, Eq. 2), :mod:`.selection` (Eq. 5, closest precursor, split plan, random ablation),
-:mod:`.strategy` (``GrowConfig``, the growth loop, checkpoints, final retrain).
+:mod:`.config` (``GrowConfig``, its presets and checks), :mod:`.training` (the attention bank,
+Eq. 4, the training stage, ``Rbar`` scoring), :mod:`.growth` (``G_1``, applying a split, pricing
+candidate splits), :mod:`.checkpoints` (the run's key and boundaries), :mod:`.report` (report.md
+sections), :mod:`.strategy` (``Grow``: the growth loop and the final retrain).
 """
 
 from compress.strategies.grow.attention import NodeAttention, attention_weights, channel_attention, r_inner
+from compress.strategies.grow.config import GrowConfig
 from compress.strategies.grow.partition import FeatureExtractor, TeacherPartition, TeacherPoint, partition_teacher
 from compress.strategies.grow.selection import (
     Decision,
@@ -19,7 +23,7 @@ from compress.strategies.grow.selection import (
     rank_by_cost,
     split_candidates,
 )
-from compress.strategies.grow.strategy import Grow, GrowConfig
+from compress.strategies.grow.strategy import Grow
 from compress.strategies.grow.student import GrowStudent, SepConvUnit, Structure, widen_index
 
 __all__ = [
