@@ -594,3 +594,12 @@ def test_deferral_checkers_flag_an_uncommented_import_and_an_untrue_comment(tmp_
         (tmp_path / name).write_text(text)
     assert _untrue_deferrals(_project_modules(tmp_path), tmp_path) == [
         "compress/user.py:5 defers torch, but compress.user imports it already"]
+
+
+def test_the_errors_and_the_cli_load_no_torch():
+    # `slimforge --help` and an error message need neither torch nor pydantic: compress.errors and the CLI's
+    # top level stay light (the three layer packages load their names on first use)
+    code = ("import sys, compress.errors, compress.cli;"
+            "print(','.join(m for m in ('torch', 'pydantic', 'onnxruntime', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"importing compress.errors and compress.cli pulled in: {out}"
