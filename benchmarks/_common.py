@@ -74,12 +74,14 @@ def machine() -> dict[str, Any]:
 
 def write_outputs(out_dir: Path, stem: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    j = write_text_atomic(out_dir / f"{stem}.json", json.dumps(payload, indent=2, default=_default))
+    j = write_text_atomic(out_dir / f"{stem}.json", json.dumps(payload, indent=2, default=json_default))
     m = write_text_atomic(out_dir / f"{stem}.md", markdown)
     return j, m
 
 
-def _default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=)`` for benchmark payloads: NumPy arrays and scalars as plain values, paths and
+    anything else as strings."""
     if isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, (np.integer, np.floating, np.bool_)):

@@ -70,7 +70,6 @@ import math
 import os
 import random
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +83,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_darts_gal  # noqa: E402  (settings of the darts-gal benchmark)
 import bench_eg_nas  # noqa: E402  (settings of the eg-nas benchmark)
-from _common import bootstrap_diff, frontier, machine, mcnemar, predictions, write_outputs  # noqa: E402
+from _common import bootstrap_diff, frontier, json_default, machine, mcnemar, predictions, write_outputs  # noqa: E402
+from bench_latency_pruning import git_commit  # noqa: E402  (as bench_frontier and bench_real_size)
 
 import compress.strategies.darts_gal  # noqa: E402,F401  (registers "darts-gal")
 import compress.strategies.eg_nas  # noqa: E402,F401  (registers "eg-nas")
@@ -332,27 +332,6 @@ def mean_random_test(correct_s: np.ndarray, correct_randoms: list[np.ndarray], n
 # ------------------------------------------------------------------------------------ state
 
 
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _plain(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.integer, np.floating, np.bool_)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
 def stem_of(strategy: str, smoke: bool) -> str:
     return f"nas_random_{strategy.replace('-', '_')}" + ("_smoke" if smoke else "")
 
@@ -365,11 +344,11 @@ class Partial:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, json.dumps(self.data, indent=1, default=_plain))
+        write_text_atomic(self.path, json.dumps(self.data, indent=1, default=json_default))
 
 
 def _norm(d: Any) -> Any:
-    return json.loads(json.dumps(d, default=_plain))
+    return json.loads(json.dumps(d, default=json_default))
 
 
 # ------------------------------------------------------------------------------------ report

@@ -9,7 +9,9 @@ import Budget`` loads :mod:`compress.budgets.budget`, and torch with it), so tha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from compress._lazy import lazy_getattr  # a leaf: the standard library only
 
 __all__ = ["Budget", "BudgetCheck", "BudgetError", "Cost", "CostError", "LATENCY_NOT_REDUCED", "METRICS", "Violation",
            "measure_cost", "onnx_cost"]
@@ -34,12 +36,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from compress.budgets.onnx_cost import onnx_cost
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        mod, attr = _LAZY[name]
-        value = getattr(importlib.import_module(mod), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'compress.budgets' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -13,9 +13,10 @@ Every error slimforge raises on purpose, in any layer, is a :class:`SlimforgeErr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from compress._error_root import SlimforgeError  # a leaf: imports nothing
+from compress._lazy import lazy_getattr  # a leaf: the standard library only
 
 __version__ = "0.1.0"
 
@@ -56,12 +57,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from compress.serialization import load_student
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        mod, attr = _LAZY[name]
-        value = getattr(importlib.import_module(mod), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'compress' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -114,6 +114,11 @@ def check_options(**options: Any) -> None:
 
 
 def check_time_limit(seconds: Any) -> None:
+    """``trace_time_limit_s`` is a positive, finite number of seconds or None (no limit).
+
+    Raises:
+        ConfigError: anything else (a bool, a string, NaN, inf, 0 or less), with the value given.
+    """
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                                 or not np.isfinite(seconds) or seconds <= 0):
         raise ConfigError(f"trace_time_limit_s must be a positive number of seconds or None (no limit), got {seconds!r}.")
@@ -158,7 +163,11 @@ def reference_points(points: Any) -> tuple[list[dict], str] | None:
 
 
 def check_writable(path: Path) -> None:
-    """Refuse an output directory that cannot be created or written, before any work."""
+    """Refuse an output directory that cannot be created or written, before any work.
+
+    Raises:
+        ConfigError: ``path`` is a file, or its nearest existing ancestor is not a writable directory.
+    """
     if path.exists() and not path.is_dir():
         raise ConfigError(f"output path {path} exists and is not a directory; choose a directory for out_dir.")
     probe = path

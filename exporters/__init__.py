@@ -9,7 +9,9 @@ the errors without torch; ``export_onnx`` and ``validate_onnx`` with torch and n
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from compress._lazy import lazy_getattr  # a leaf: the standard library only
 
 __all__ = [
     "INPUT_NAME",
@@ -44,12 +46,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from compress.exporters.validate import ValidationReport, validate_onnx
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        mod, attr = _LAZY[name]
-        value = getattr(importlib.import_module(mod), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'compress.exporters' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

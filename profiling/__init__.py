@@ -8,7 +8,9 @@ errors without torch; ``profile_latency`` and ``profile_peak_memory`` with it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from compress._lazy import lazy_getattr  # a leaf: the standard library only
 
 __all__ = [
     "ENGINES",
@@ -45,12 +47,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from compress.profiling.target import GRAPH_OPTIMIZATION_LEVELS, PRESETS, Target
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        mod, attr = _LAZY[name]
-        value = getattr(importlib.import_module(mod), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'compress.profiling' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

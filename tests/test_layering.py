@@ -3,10 +3,11 @@
 compress (API, strategies, CLI) -> compress.budgets -> compress.profiling -> compress.exporters
 
 Layers: exporters (0) < profiling (1) < budgets (2) < compress proper (3); a module may import its
-own layer and lower ones. One exception: ``compress._error_root``, the leaf that defines
-``SlimforgeError`` (the root of every layer's errors), may be imported from every layer. It can be,
-because it imports nothing at all (``test_error_root_is_a_leaf``) and importing it runs only the
-lazy ``compress/__init__.py``.
+own layer and lower ones. Two exceptions: ``compress._error_root``, the leaf that defines
+``SlimforgeError`` (the root of every layer's errors), and ``compress._lazy``, the lazy attributes of
+every package ``__init__``, may be imported from every layer. They can be, because they import
+nothing of the project (``test_error_root_is_a_leaf``, ``test_lazy_attributes_are_a_leaf``) and
+importing them runs only the lazy ``compress/__init__.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"exporters": 0, "profiling": 1, "budgets": 2}
 #: modules of compress proper that every layer may import (leaves that import nothing)
-SHARED_LEAVES = {"compress._error_root"}
+SHARED_LEAVES = {"compress._error_root", "compress._lazy"}
 
 
 def _layer_of(module: str) -> int | None:
@@ -70,6 +71,12 @@ def test_layering_checker_catches_a_violation(tmp_path):
     assert layers == [3, 2]
     f.write_text("from compress._error_root import SlimforgeError\nfrom compress import _error_root\n")
     assert [_layer_of(m) for _, m in _imports(f)] == [None, 3]  # only the dotted form names the leaf
+
+
+def test_lazy_attributes_are_a_leaf():
+    """``compress._lazy`` imports only the standard library's importlib, so any layer may use it."""
+    mods = [m for _, m in _imports(ROOT / "compress" / "_lazy.py")]
+    assert mods == ["importlib"], f"compress/_lazy.py must import only importlib, imports {mods}"
 
 
 def test_error_root_is_a_leaf():

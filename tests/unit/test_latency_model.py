@@ -4,6 +4,8 @@ fast anything runs."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from compress.profiling import ProfilingError, Target
@@ -28,11 +30,12 @@ def test_measure_interleaved_fills_a_minimum_round_time_from_the_warm_up(monkeyp
     # per round needs 40 timed calls (no assertion depends on how fast anything runs)
     import compress.profiling.latency_model as lm
 
+    tick_s, warmup, min_round_ms = 5e-4, 2, 10.0
     ticks = iter(range(10**6))
-    monkeypatch.setattr(lm.time, "perf_counter", lambda: next(ticks) * 5e-4)
+    monkeypatch.setattr(lm.time, "perf_counter", lambda: next(ticks) * tick_s)
     nets = [TinyResidualNet(width=8).eval()]
-    (res,) = measure_interleaved(nets, TARGET, rounds=2, repeats=3, warmup=2, min_round_ms=10.0)
-    assert res["calls"] == 40
+    (res,) = measure_interleaved(nets, TARGET, rounds=2, repeats=3, warmup=warmup, min_round_ms=min_round_ms)
+    assert res["calls"] == math.ceil(min_round_ms / (tick_s * 1e3 / warmup))  # one reading spans the warm-up: 40
     (plain,) = measure_interleaved(nets, TARGET, rounds=2, repeats=3, warmup=2)
     assert plain["calls"] == 3
     with pytest.raises(ProfilingError, match="min_round_ms"):
