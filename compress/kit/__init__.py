@@ -48,6 +48,9 @@ What each name is (the owner module in brackets):
 * the contract -- :class:`Strategy`, :class:`StrategyContext`, :class:`StrategyOutput`,
   :func:`config_to_dict`, :func:`config_from_dict` (``compress.strategies.base``);
 * config checks -- :func:`check_fields` (``compress.strategies._parts.config_fields``);
+* nested configs -- :class:`FinetuneConfig` (the shared fine-tune block), :func:`subconfig`,
+  :func:`coerce_subconfigs`, :func:`key_config` (a phase's checkpoint key from its sub-configs),
+  :func:`replace_config`, :class:`ConfigDeprecationWarning` (``compress.strategies.config_tree``);
 * errors -- :class:`SlimforgeError`, :class:`ConfigError`, :class:`TimeLimitError`
   (``compress.errors``);
 * checkpoints -- :class:`CheckpointStore`, :class:`EpochCheckpoint`, :class:`Restored`
@@ -68,6 +71,8 @@ from compress.registry import ENTRY_POINT_GROUP, register_strategy
 from compress.strategies._parts.config_fields import check_fields
 from compress.strategies._parts.time_limit import time_limit
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput, config_from_dict, config_to_dict
+from compress.strategies.config_tree import (ConfigDeprecationWarning, FinetuneConfig, coerce_subconfigs, key_config,
+                                             replace_config, subconfig)
 from compress.training import (
     FinetuneSettings,
     FitPlan,
@@ -85,8 +90,10 @@ from compress.training.checkpoint import CheckpointStore, EpochCheckpoint, Resto
 __all__ = [
     "ENTRY_POINT_GROUP",
     "CheckpointStore",
+    "ConfigDeprecationWarning",
     "ConfigError",
     "EpochCheckpoint",
+    "FinetuneConfig",
     "FinetuneSettings",
     "FitPlan",
     "Restored",
@@ -99,6 +106,7 @@ __all__ = [
     "TimeLimitError",
     "apply_widths",
     "check_fields",
+    "coerce_subconfigs",
     "config_from_dict",
     "config_to_dict",
     "derive_seed",
@@ -107,7 +115,10 @@ __all__ = [
     "finetune",
     "fit",
     "kd_loss",
+    "key_config",
     "make_optimizer",
     "register_strategy",
+    "replace_config",
+    "subconfig",
     "time_limit",
 ]

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import dataclasses
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from compress.errors import ConfigError
 from compress.executors import Executor, SerialExecutor
 from compress.phases import phase as _run_phase
 from compress.profiling import Target
+from compress.strategies.config_tree import config_from_dict, config_to_dict, replace_config
 from compress.training.runtime import Runtime
 
 __all__ = ["Strategy", "StrategyContext", "StrategyOutput", "ProgressFn", "config_to_dict", "config_from_dict"]
@@ -39,27 +38,6 @@ ProgressFn = Callable[[str, int, "int | None", dict], None]
 
 def _no_progress(phase: str, done: int, total: int | None, info: dict) -> None:
     return None
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A config dataclass as JSON-ready data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-
-
-def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a frozen config dataclass from :func:`config_to_dict` output.
-
-    Raises:
-        ConfigError: unknown field names (with the known ones).
-    """
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(names)}.")
-    kwargs = {}
-    for k, v in data.items():
-        kwargs[k] = tuple(v) if isinstance(v, list) else v
-    return cls(**kwargs)
 
 
 @dataclass
@@ -190,11 +168,11 @@ class Strategy(abc.ABC):
 
     def __init__(self, config: Any | None = None, **overrides: Any) -> None:
         if config is None:
-            config = self.config_cls(**overrides)
+            config = config_from_dict(self.config_cls, overrides)
         elif isinstance(config, dict):
-            config = config_from_dict(self.config_cls, {**config, **overrides})
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
+            config = config_from_dict(self.config_cls, config)
+        if overrides and config is not None and not isinstance(config, dict):
+            config = replace_config(config, **overrides)
         if not isinstance(config, self.config_cls):
             raise ConfigError(
                 f"Strategy {self.name!r} takes a {self.config_cls.__name__}, got {type(config).__name__}."

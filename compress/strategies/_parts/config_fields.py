@@ -23,7 +23,11 @@ from typing import Any
 
 from compress.errors import ConfigError
 
-__all__ = ["RANGES", "check_fields"]
+__all__ = ["RANGES", "SUBCONFIG_METADATA", "check_fields"]
+
+#: the ``dataclasses.field`` metadata key that marks a sub-config field
+#: (:func:`compress.strategies.config_tree.subconfig`): :func:`check_fields` leaves those to their own class
+SUBCONFIG_METADATA = "slimforge.legacy_prefix"
 
 #: (field-name pattern, lower bound, lower inclusive, upper bound, upper inclusive, what it is)
 RANGES: tuple[tuple[str, float | None, bool, float | None, bool, str], ...] = (
@@ -50,7 +54,8 @@ def _schema(cls: type):
         from pydantic import ConfigDict, create_model
 
         hints = typing.get_type_hints(cls)
-        fields = {f.name: (hints[f.name], ...) for f in dataclasses.fields(cls) if f.init}
+        fields = {f.name: (hints[f.name], ...) for f in dataclasses.fields(cls)
+                  if f.init and SUBCONFIG_METADATA not in f.metadata}
         _SCHEMAS[cls] = create_model(f"{cls.__name__}Fields", __config__=ConfigDict(strict=True, allow_inf_nan=False),
                                      **fields)
     return _SCHEMAS[cls]
@@ -92,7 +97,8 @@ def check_fields(config: Any) -> None:
     cls = type(config)
     hints = typing.get_type_hints(cls)
     values = {}
-    for f in dataclasses.fields(cls):
+    leaves = [f for f in dataclasses.fields(cls) if SUBCONFIG_METADATA not in f.metadata]
+    for f in leaves:
         v = getattr(config, f.name)
         if isinstance(v, list) and "tuple" in str(hints[f.name]):
             v = tuple(v)
@@ -110,7 +116,7 @@ def check_fields(config: Any) -> None:
         for top, msgs in by_field.items():
             kind = str(hints.get(top, "?")).replace("typing.", "").replace("<class '", "").replace("'>", "")
             problems.append(f"`{top}` = {values.get(top)!r}: {' or '.join(dict.fromkeys(msgs))} (the field is {kind})")
-    for f in dataclasses.fields(cls):
+    for f in leaves:
         v = values[f.name]
         if isinstance(v, float) and not math.isfinite(v):
             continue  # reported above
