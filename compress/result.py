@@ -209,8 +209,10 @@ class CompressionResult:
             if macs_cut > 0:
                 out["efficiency"] = lat_cut / macs_cut
                 if lat_cut < 0.8 * macs_cut:
+                    from compress.strategies.config_tree import flat_value  # deferred: torch (result is read by the CLI)
+
                     rounding = ("channel_rounding='measured' or " if self.strategy == "gp-prune"
-                                and (self.config or {}).get("channel_rounding") != "measured" else "")
+                                and flat_value(self.config or {}, "channel_rounding") != "measured" else "")
                     out["warning"] = (
                         f"MACs fell by {100 * macs_cut:.0f}% but measured latency on {self.target.name} by only "
                         f"{100 * lat_cut:.0f}%: try {rounding}a latency budget (e.g. --budget "

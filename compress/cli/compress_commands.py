@@ -94,11 +94,16 @@ def demo(
         _check_seed(seed)
         from compress.strategies import get_strategy  # deferred: torch, timm, torch-pruning (the strategies package), kept out of `slimforge --help`
 
-        cfg = {**get_strategy(strategy).demo_config(epochs), **(_load_config(config) or {})}
-        get_strategy(strategy)(cfg or None)  # strategy name and every config field checked before the teacher trains
+        from compress.strategies.config_tree import config_to_dict  # deferred: torch, kept out of `slimforge --help`
+
+        strategy_cls = get_strategy(strategy)
+        # the demo's settings, then the user's on top (nested or flat keys, merged leaf by leaf); every field is
+        # checked here, before the teacher trains
+        cfg = config_to_dict(strategy_cls(strategy_cls.demo_config(epochs), **(_load_config(config) or {})).config)
         limits = _time_limits(time_limit)
         cleanup = _record_run(out, "demo", args, resume)
         from compress.api import compress  # deferred: torch, timm, torch-pruning (the API and the strategies), kept out of `slimforge --help`
+        from compress.options import CompressOptions  # deferred: torch, kept out of `slimforge --help`
         from compress.data import load_digits_task  # deferred: torch, kept out of `slimforge --help`
         from compress.teachers import TeacherRecipe, get_or_train_teacher  # deferred: torch, pydantic, kept out of `slimforge --help`
 
@@ -126,9 +131,10 @@ def demo(
             f"{'loaded from cache' if meta['cached'] else 'trained'} {meta['path']}"
         )
         with on_hang_exit(cleanup):
-            result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                              config=cfg or None, model_spec=teacher_model, int8=int8, resume=resume, runtime=rt_opts,
-                              allow_slower=allow_slower, time_limits=limits)
+            result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out, config=cfg,
+                              runtime=rt_opts,
+                              options=CompressOptions(model_spec=teacher_model, int8=int8, resume=resume,
+                                                      allow_slower=allow_slower, time_limits=limits))
     except BaseException:  # any failure, Ctrl-C or SIGTERM before the first checkpoint: leave no record behind
         cleanup()
         raise
@@ -184,6 +190,7 @@ def run(
         limits = _time_limits(time_limit)
         cleanup = _record_run(out, "run", args, resume)
         from compress.api import compress, seed_everything  # deferred: torch, timm, torch-pruning (the API and the strategies), kept out of `slimforge --help`
+        from compress.options import CompressOptions  # deferred: torch, kept out of `slimforge --help`
         from compress.data import load_task  # deferred: torch, kept out of `slimforge --help`
         from compress.models import load_model  # deferred: torch, kept out of `slimforge --help`
 
@@ -196,12 +203,13 @@ def run(
         net = load_model(model, num_classes=num_classes or task.spec.num_classes, weights=weights, in_chans=chans)
         with on_hang_exit(cleanup):
             result = compress(net, budget, data=task, strategy=strategy, seed=seed, out_dir=out,
-                              target=Target.resolve(target), config=_load_config(config), model_spec=model, int8=int8,
-                              executor=executor, ray_address=ray_address, resume=resume,
+                              target=Target.resolve(target), config=_load_config(config),
                               runtime=dict(device=device, precision=precision, devices=devices,
                                            num_workers=num_workers if num_workers is not None
                                            else int(getattr(task.train, "num_workers", 0))),
-                              allow_slower=allow_slower, time_limits=limits, reference_points=reference_points)
+                              options=CompressOptions(model_spec=model, int8=int8, executor=executor,
+                                                      ray_address=ray_address, resume=resume, allow_slower=allow_slower,
+                                                      time_limits=limits, reference_points=reference_points))
     except BaseException:  # any failure, Ctrl-C or SIGTERM before the first checkpoint: leave no record behind
         cleanup()
         raise

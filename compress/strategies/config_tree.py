@@ -242,20 +242,22 @@ def config_from_dict(cls: type, data: Mapping[str, Any], *, _warn: bool = True) 
         warnings.warn(f"{cls.__name__}: flat config keys are deprecated; nest them: {moved}.",
                       ConfigDeprecationWarning, stacklevel=3)
     kwargs: dict[str, Any] = dict(top)
+    problems: list[str] = []  # every sub-config's and the parent's, reported together
     for sub in subs:
         if nested[sub]:
             default = next(f for f in dataclasses.fields(cls) if f.name == sub).default_factory()  # type: ignore[misc]
             merged = {**config_to_dict(default), **nested[sub]}
             try:
                 kwargs[sub] = type(default)(**{k: _tupled(v) for k, v in merged.items()})
-            except TypeError as exc:
-                raise ConfigError(f"{cls.__name__}.{sub}: {exc}") from exc
-            except ConfigError as exc:
-                raise ConfigError(f"{cls.__name__}.{sub}: {exc}") from exc
+            except (TypeError, ConfigError) as exc:
+                problems.append(f"{cls.__name__}.{sub}: {exc}")
     try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from exc
+        config = cls(**{k: v for k, v in kwargs.items() if k not in subs or not problems})
+    except (TypeError, ConfigError) as exc:
+        problems.append(f"{cls.__name__}: {exc}" if isinstance(exc, TypeError) else str(exc))
+    if problems:
+        raise ConfigError(" | ".join(problems))
+    return config
 
 
 def replace_config(config: Any, **changes: Any) -> Any:

@@ -669,11 +669,13 @@ def test_cli_mean_on_digits_names_the_flags_not_the_loader_arguments(tmp_path):
     ("grow", {"checkpoint": 1}, "`checkpoint` = 1: should be a valid boolean"),
     ("grow", {"checkpoint": "true"}, "`checkpoint` = 'true': should be a valid boolean"),
     ("eg-nas", {"keep_mean": "false", "search_epochs": 1.5},
-     "`search_epochs` = 1.5: should be a valid integer (the field is int); `keep_mean` = 'false': should be a valid boolean"),
+     "`epochs` = 1.5: should be a valid integer (the field is int)"),
+    ("eg-nas", {"es": {"keep_mean": "false"}, "search": {"epochs": 2}}, "`keep_mean` = 'false': should be a valid boolean"),
     ("darts-gal", {"momentum": 1.0}, "DartsGalConfig has no field(s) ['momentum']"),
-    ("darts-gal", {"search_momentum": 1.0}, "`search_momentum` = 1.0: a momentum, must be >= 0 and < 1"),
+    ("darts-gal", {"search_momentum": 1.0}, "`momentum` = 1.0: a momentum, must be >= 0 and < 1"),
+    ("darts-gal", {"search": {"epochs": 1}, "search_epochs": 2}, "search.epochs is given twice"),
 ], ids=["grad-clip-yes", "lr-negative", "wd-negative", "bool-1", "bool-string", "bool-and-float-epochs",
-        "unknown-field", "momentum-1"])
+        "nested-bool", "unknown-field", "momentum-1", "given-twice"])
 def test_cli_config_fields_are_validated(strategy, config, fragment, tmp_path, private_tmp):
     out = tmp_path / "out"
     text = _refused(*_RUN, "--data", "digits", "--out", str(out), "--strategy", strategy,
@@ -698,33 +700,43 @@ def test_demo_checks_its_config_before_training_the_teacher(tmp_path, private_tm
                                       "compress.strategies.darts_gal.config:DartsGalConfig",
                                       "compress.evolution.config:EvolveConfig"])
 def test_every_config_class_checks_types_and_ranges(cls_path):
-    """A string for a number, 1 for a bool, True for an int, NaN, and a negative learning rate."""
+    """A string for a number, 1 for a bool, True for an int and a negative learning rate, in the
+    config's own leaves and in every sub-config (issue 15, part 5): all named in one ConfigError."""
     import dataclasses
     import importlib
     import typing
 
     from compress.errors import ConfigError
+    from compress.strategies.config_tree import config_from_dict, subconfig_names
+
+    def bad_leaves(klass) -> dict:
+        hints = typing.get_type_hints(klass)
+        leaves = [f.name for f in dataclasses.fields(klass) if f.name not in subconfig_names(klass)]
+        bad = {}
+        for kind, value in ((bool, 1), (int, True), (float, "0.5")):
+            name = next((f for f in leaves if hints[f] is kind), None)
+            if name is not None:
+                bad[name] = value
+        lr = next((f for f in leaves if f.endswith("lr") and f not in bad), None)
+        if lr is not None:
+            bad[lr] = -1.0
+        return bad
 
     mod, name = cls_path.split(":")
     cls = getattr(importlib.import_module(mod), name)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-    bad = {}
-    for fname, hint in fields.items():
-        if hint is bool and "bool" not in bad.values():
-            bad[fname] = 1
-        elif hint is int and 1 not in bad.values():
-            bad[fname] = True
-        elif hint is float and "0.5" not in bad.values():
-            bad[fname] = "0.5"
-    lr = next((f for f in fields if f.endswith("lr")), None)
-    if lr is not None:
-        bad[lr] = -1.0
+    given = {None: bad_leaves(cls)}
+    for sub in subconfig_names(cls):
+        given[sub] = bad_leaves(type(getattr(cls(), sub)))
+    data = {**given[None], **{sub: leaves for sub, leaves in given.items() if sub is not None and leaves}}
+    assert sum(len(v) for v in given.values()) >= 3
     with pytest.raises(ConfigError) as exc:
-        cls(**bad)
+        config_from_dict(cls, data)
     msg = str(exc.value)
-    for fname, value in bad.items():
-        assert f"`{fname}` = {value!r}" in msg, (fname, msg)
+    for sub, leaves in given.items():
+        for fname, value in leaves.items():
+            assert f"`{fname}` = {value!r}" in msg, (sub, fname, msg)
+            if sub is not None:
+                assert f"{cls.__name__}.{sub}" in msg
     assert "Fix these fields in the config" in msg
 
 

@@ -125,3 +125,11 @@ def test_a_strategy_takes_nested_or_flat_overrides():
     with pytest.warns(ConfigDeprecationWarning):
         assert _ToyStrategy({"final_lr": 0.4}, search_lr=0.3).config.search.lr == 0.3
     assert _ToyStrategy(_Toy(), mode="z").config.mode == "z"
+
+
+def test_every_bad_leaf_of_every_subconfig_is_reported_at_once():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(_Toy, {"search": {"epochs": 1.5}, "final": {"lr": -1.0}, "mode": 3})
+    msg = str(exc.value)
+    assert "_Toy.search" in msg and "`epochs` = 1.5" in msg and "_Toy.final" in msg and "`lr` = -1.0" in msg
+    assert "`mode` = 3" in msg
