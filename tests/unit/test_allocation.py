@@ -114,8 +114,8 @@ def test_analyse_groups_sees_torch_pruning_groups_without_the_classifier():
 @pytest.mark.parametrize("field,value", [("allocation", "knapsack"), ("allocation", 3), ("max_group_ratio", 1.0),
                                          ("max_group_ratio", 0.0), ("max_group_ratio", "0.5")])
 def test_allocation_fields_are_validated(field, value):
-    with pytest.raises(ConfigError, match=field):
-        GPPruneConfig(**{field: value})
+    with pytest.raises(ConfigError, match=rf"GPPruneConfig\.prune: .*{field}"):
+        GPPruneConfig(prune={field: value})
 
 
 @pytest.mark.parametrize("allocation", ["latency", "global"])
@@ -123,8 +123,9 @@ def test_allocated_pruning_meets_the_budget_within_the_cap(allocation, digits_ta
     torch.manual_seed(0)
     teacher = TinyResidualNet()
     res = compress(teacher, "macs=0.6x", data=digits_task, progress=False, mobile=False, memory=False,
-                   allow_slower=True, config={"epochs": 0, "bisection_steps": 5, "metric": "l1",
-                                              "allocation": allocation, "max_group_ratio": 0.7})
+                   allow_slower=True, config={"finetune": {"epochs": 0}, "importance": {"metric": "l1"},
+                                              "prune": {"bisection_steps": 5, "allocation": allocation,
+                                                        "max_group_ratio": 0.7}})
     assert res.budget_check.ok
     rec = res.info["allocation"]
     assert rec["mode"] == allocation
@@ -147,7 +148,8 @@ def test_auto_allocation_is_latency_for_a_latency_budget_and_uniform_otherwise(d
     assert resolve_allocation("global", Budget.parse("latency=2ms")) == "global"
     torch.manual_seed(0)
     res = compress(TinyResidualNet(), "macs=0.7x", data=digits_task, progress=False, mobile=False, memory=False,
-                   allow_slower=True, config={"epochs": 0, "bisection_steps": 2, "metric": "l1"})
+                   allow_slower=True, config={"finetune": {"epochs": 0}, "importance": {"metric": "l1"},
+                                              "prune": {"bisection_steps": 2}})
     assert res.info["allocation"]["mode"] == "uniform"
 
 
@@ -171,8 +173,8 @@ def test_a_latency_budget_out_of_the_caps_reach_falls_back_until_it_is_met(digit
     monkeypatch.setattr("compress.measure.measure_interleaved", _latency_by_onnx_size(calls))
     torch.manual_seed(0)
     res = compress(TinyResidualNet(), "latency=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
-                   config={"epochs": 0, "bisection_steps": 4, "metric": "l1", "allocation": "latency",
-                           "max_group_ratio": 0.2})
+                   config={"finetune": {"epochs": 0}, "importance": {"metric": "l1"},
+                           "prune": {"bisection_steps": 4, "allocation": "latency", "max_group_ratio": 0.2}})
     assert res.budget_check.ok
     fallback = res.info["allocation"]["fallback"]
     assert fallback["tried"][0]["max_group_ratio"] == 0.2 and "cannot meet" in fallback["tried"][0]["why"]
@@ -187,15 +189,16 @@ def test_an_allocation_out_of_the_caps_reach_raises_the_cap_to_max_ratio(digits_
     original = GPPrune._prune_allocated
 
     def capped(self, ctx, cfg, importance, model, classifier_name, allocation):
-        if cfg.max_group_ratio < 0.9:
-            raise BudgetUnreachableError(f"stub: {allocation} cannot meet it at cap {cfg.max_group_ratio}")
+        if cfg.prune.max_group_ratio < 0.9:
+            raise BudgetUnreachableError(f"stub: {allocation} cannot meet it at cap {cfg.prune.max_group_ratio}")
         return original(self, ctx, cfg, importance, model, classifier_name, allocation)
 
     monkeypatch.setattr(GPPrune, "_prune_allocated", capped)
     torch.manual_seed(0)
     res = compress(TinyResidualNet(), "macs=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
-                   allow_slower=True, config={"epochs": 0, "bisection_steps": 3, "metric": "l1",
-                                              "allocation": "global", "max_group_ratio": 0.6})
+                   allow_slower=True, config={"finetune": {"epochs": 0}, "importance": {"metric": "l1"},
+                                              "prune": {"bisection_steps": 3, "allocation": "global",
+                                                        "max_group_ratio": 0.6}})
     assert res.budget_check.ok
     rec = res.info["allocation"]
     assert rec["mode"] == "global" and rec["max_group_ratio"] == 0.95
@@ -209,13 +212,14 @@ def test_an_allocation_that_cannot_meet_the_budget_falls_back_to_uniform(digits_
     from compress.strategies.gp_prune.strategy import GPPrune
 
     def never(self, ctx, cfg, importance, model, classifier_name, allocation):
-        raise BudgetUnreachableError(f"stub: {allocation} at cap {cfg.max_group_ratio}")
+        raise BudgetUnreachableError(f"stub: {allocation} at cap {cfg.prune.max_group_ratio}")
 
     monkeypatch.setattr(GPPrune, "_prune_allocated", never)
     torch.manual_seed(0)
     res = compress(TinyResidualNet(), "macs=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
-                   allow_slower=True, config={"epochs": 0, "bisection_steps": 3, "metric": "l1",
-                                              "allocation": "global", "max_group_ratio": 0.6})
+                   allow_slower=True, config={"finetune": {"epochs": 0}, "importance": {"metric": "l1"},
+                                              "prune": {"bisection_steps": 3, "allocation": "global",
+                                                        "max_group_ratio": 0.6}})
     assert res.budget_check.ok
     rec = res.info["allocation"]
     assert rec["mode"] == "uniform" and rec["requested"] == "global"
@@ -252,7 +256,8 @@ def test_the_latency_guard_keeps_the_knapsack_unless_uniform_is_measured_faster(
 
     monkeypatch.setattr("compress.measure.measure_interleaved", timed)
     torch.manual_seed(0)
-    cfg = {"epochs": 0, "bisection_steps": 3, "metric": "l1", "allocation": "latency"}
+    cfg = {"finetune": {"epochs": 0}, "importance": {"metric": "l1"},
+           "prune": {"bisection_steps": 3, "allocation": "latency"}}
     res = compress(TinyResidualNet(), "macs=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
                    config=cfg)
     assert ["a.onnx", "b.onnx"] in seen
@@ -263,7 +268,7 @@ def test_the_latency_guard_keeps_the_knapsack_unless_uniform_is_measured_faster(
         assert rec["requested"] == "latency" and "predicted_ms" in rec["latency_record"]
     seen.clear()
     off = compress(TinyResidualNet(), "macs=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
-                   config={**cfg, "latency_guard": False})
+                   config={**cfg, "prune": {**cfg["prune"], "latency_guard": False}})
     assert ["a.onnx", "b.onnx"] not in seen and off.info["allocation"]["mode"] == "latency"
     assert "guard" not in off.info["allocation"]
 
@@ -273,7 +278,7 @@ def test_the_latency_guard_enters_the_pruning_key_only_where_it_acts():
     from compress.strategies.gp_prune.config import GPPruneConfig, key_config
 
     macs, lat = Budget.parse("macs=0.5x"), Budget.parse("latency=0.5x")
-    assert "latency_guard" in key_config(GPPruneConfig(allocation="latency"), macs)
-    for cfg, budget in [(GPPruneConfig(), macs), (GPPruneConfig(allocation="latency"), lat),
-                        (GPPruneConfig(allocation="global"), macs), (GPPruneConfig(), lat)]:
+    assert "latency_guard" in key_config(GPPruneConfig(prune={"allocation": "latency"}), macs)
+    for cfg, budget in [(GPPruneConfig(), macs), (GPPruneConfig(prune={"allocation": "latency"}), lat),
+                        (GPPruneConfig(prune={"allocation": "global"}), macs), (GPPruneConfig(), lat)]:
         assert "latency_guard" not in key_config(cfg, budget)  # keys of runs it cannot change stay as they were

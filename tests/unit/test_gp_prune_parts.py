@@ -160,18 +160,20 @@ def test_ignored_layers_keep_a_layer_whole_and_unblock_an_unprunable_model(digit
     from compress.errors import ConfigError
     from compress.testing import HiddenStateNet
 
-    cfg = {"epochs": 0, "bisection_steps": 3, "calib_samples": 32, "channel_rounding": "off"}
+    cfg = {"finetune": {"epochs": 0}, "importance": {"calib_samples": 32}}
+    prune = {"bisection_steps": 3, "channel_rounding": "off"}
     kw = dict(data=digits_task, strategy="gp-prune", progress=False, mobile=False, memory=False, latency_repeats=3,
               latency_warmup=1, allow_slower=True)
     # a plain tensor sized to features.3's 32 outputs: the group is found, kept whole and reported (issue 19)
-    auto = compress(HiddenStateNet().eval(), "macs=0.6x", config=cfg, out_dir=tmp_path / "a", **kw)
+    auto = compress(HiddenStateNet().eval(), "macs=0.6x", config={**cfg, "prune": prune}, out_dir=tmp_path / "a", **kw)
     assert [u["group"] for u in auto.info["untouched_groups"]] == ["features.3"]
-    res = compress(HiddenStateNet().eval(), "macs=0.6x", config={**cfg, "ignored_layers": ["features.3"]},
+    res = compress(HiddenStateNet().eval(), "macs=0.6x",
+                   config={**cfg, "prune": {**prune, "ignored_layers": ["features.3"]}},
                    out_dir=tmp_path / "b", **kw)  # or the user names it
     assert res.budget_check.ok and res.info["untouched_groups"] == []
     assert res.student.features[3].out_channels == 32  # kept whole
     assert res.student.features[0].out_channels < 16  # the others were pruned
     assert auto.info["layer_widths"] == res.info["layer_widths"]
     with pytest.raises(ConfigError, match=r"'features\.33'.*did you mean 'features\.3'"):
-        compress(TinyConvNet().eval(), "macs=0.6x", config={**cfg, "ignored_layers": ["features.33"]},
-                 out_dir=tmp_path / "c", **kw)
+        compress(TinyConvNet().eval(), "macs=0.6x",
+                 config={**cfg, "prune": {**prune, "ignored_layers": ["features.33"]}}, out_dir=tmp_path / "c", **kw)

@@ -3,6 +3,7 @@ pruning, and the fine-tune's label smoothing, warm-up and wall-time budget."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -15,21 +16,74 @@ from compress.budgets import Budget
 from compress.errors import ConfigError
 from compress.strategies._parts import partial_pruning as partial
 from compress.strategies.gp_prune.schedule import group_norm_regulariser, interpolated_budget
-from compress.strategies.gp_prune.strategy import GPPruneConfig
+from compress.strategies.config_tree import ConfigDeprecationWarning, FinetuneConfig, config_from_dict, replace_config
+from compress.strategies.gp_prune.config import ImportanceConfig, key_config, phase_settings
+from compress.strategies.gp_prune.strategy import GPPrune, GPPruneConfig
 from compress.testing import TinyResidualNet
 from compress.training import FinetuneSettings, finetune
 from compress.training.loop import FitPlan, fit, kd_loss, warmup_cosine_factor
 
 
-@pytest.mark.parametrize("field,value", [
-    ("schedule", "gradual"), ("iterative_steps", 0), ("iterative_steps", 100), ("recovery_epochs", -1),
-    ("sparse_epochs", -1), ("sparse_reg", 0.0), ("sparse_reg", 2.0), ("label_smoothing", 1.0),
-    ("label_smoothing", -0.1), ("warmup_epochs", 9), ("finetune_time_s", 0.0), ("grad_clip", 0.0),
-    ("iterative_steps", 2.5), ("schedule", 3),
+@pytest.mark.parametrize("sub,field,value", [
+    ("prune", "schedule", "gradual"), ("prune", "iterative_steps", 0), ("prune", "iterative_steps", 100),
+    ("prune", "recovery_epochs", -1), ("prune", "sparse_epochs", -1), ("prune", "sparse_reg", 0.0),
+    ("prune", "sparse_reg", 2.0), ("finetune", "label_smoothing", 1.0), ("finetune", "label_smoothing", -0.1),
+    ("finetune", "warmup_epochs", 9), ("finetune", "time_s", 0.0), ("finetune", "grad_clip", 0.0),
+    ("prune", "iterative_steps", 2.5), ("prune", "schedule", 3),
 ])
-def test_recipe_fields_are_validated(field, value):
-    with pytest.raises(ConfigError, match=field):
-        GPPruneConfig(**{field: value, "epochs": 5})
+def test_recipe_fields_are_validated(sub, field, value):
+    given = {sub: {field: value}}
+    given["finetune"] = {"epochs": 5, **given.get("finetune", {})}
+    with pytest.raises(ConfigError, match=rf"GPPruneConfig\.{sub}: .*{field}"):
+        GPPruneConfig(**given)
+
+
+def test_a_flat_config_still_loads_with_a_deprecation_warning():
+    """The flat spelling of slimforge <= 0.9 (``--config`` JSON, a ``report.json`` ``config`` block)."""
+    flat = {"epochs": 3, "lr": 0.05, "metric": "l1", "schedule": "iterative", "sparse_epochs": 2,
+            "finetune_time_s": 60.0, "grad_clip": 1.0}
+    with pytest.warns(ConfigDeprecationWarning, match="finetune_time_s -> finetune.time_s"):
+        cfg = config_from_dict(GPPruneConfig, flat)
+    assert cfg == GPPruneConfig(importance={"metric": "l1"}, prune={"schedule": "iterative", "sparse_epochs": 2},
+                                finetune={"epochs": 3, "lr": 0.05, "time_s": 60.0, "grad_clip": 1.0})
+    with pytest.warns(ConfigDeprecationWarning):
+        assert GPPrune(flat).config == cfg
+
+
+def test_each_sub_config_keys_only_the_phases_that_read_it():
+    """The pruning checkpoint's key holds ``importance`` and ``prune``, and the fine-tune block only
+    when the pruning phase fine-tunes (sparse learning, iterative recoveries), less the leaves those
+    phases replace (``phase_settings``); the final fine-tune is keyed by its settings (``fit``)."""
+    macs = Budget(max_macs=1e6)
+
+    @dataclasses.dataclass(frozen=True)
+    class ImportanceWithNewLeaf(ImportanceConfig):
+        new_leaf: int = 1
+
+    @dataclasses.dataclass(frozen=True)
+    class FinetuneWithNewLeaf(FinetuneConfig):
+        new_leaf: int = 1
+
+    one_shot, iterative = GPPruneConfig(), GPPruneConfig(prune={"schedule": "iterative"})
+    for cfg in (one_shot, iterative):
+        new = dataclasses.replace(cfg, importance=ImportanceWithNewLeaf(new_leaf=2))
+        assert key_config(new, macs) == {**key_config(cfg, macs), "new_leaf": 2}
+        assert key_config(replace_config(cfg, prune={"max_ratio": 0.9}), macs) != key_config(cfg, macs)
+    # the one-shot prune reads no fine-tune leaf: a new one, or a changed lr, keeps its key
+    assert key_config(dataclasses.replace(one_shot, finetune=FinetuneWithNewLeaf(new_leaf=2)), macs) == \
+        key_config(one_shot, macs)
+    assert key_config(replace_config(one_shot, finetune={"lr": 0.1, "grad_clip": 1.0}), macs) == \
+        key_config(one_shot, macs)
+    # the recoveries of the iterative schedule (and sparse learning) read it: a new leaf and the lr enter its key
+    for cfg in (iterative, GPPruneConfig(prune={"sparse_epochs": 2})):
+        assert key_config(dataclasses.replace(cfg, finetune=FinetuneWithNewLeaf(new_leaf=2)), macs)["new_leaf"] == 2
+        assert key_config(replace_config(cfg, finetune={"lr": 0.1}), macs)["lr"] == 0.1
+        # ... but not what phase_settings replaces: a longer final fine-tune resumes from the same pruned network
+        longer = replace_config(cfg, finetune={"epochs": 20, "warmup_epochs": 2, "time_s": 60.0})
+        assert key_config(longer, macs) == key_config(cfg, macs)
+        settings = phase_settings(longer.finetune, 3)
+        assert (settings.epochs, settings.warmup_epochs, settings.time_budget_s, settings.keep_best) == (3, 0, None,
+                                                                                                         False)
 
 
 def test_the_interpolated_budget_is_geometric_and_ends_at_the_budget():
@@ -50,8 +104,10 @@ def test_the_iterative_schedule_reaches_the_same_budget_as_one_shot(digits_task)
         torch.manual_seed(0)
         results[schedule] = compress(
             TinyResidualNet(), "macs=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
-            allow_slower=True, config={"epochs": 0, "bisection_steps": 4, "metric": "l1", "schedule": schedule,
-                                       "iterative_steps": 3, "recovery_epochs": 1, "max_steps_per_epoch": 3})
+            allow_slower=True, config={"finetune": {"epochs": 0, "max_steps_per_epoch": 3},
+                                       "importance": {"metric": "l1"},
+                                       "prune": {"bisection_steps": 4, "schedule": schedule, "iterative_steps": 3,
+                                                 "recovery_epochs": 1}})
     limit = results["one-shot"].budget.max_macs
     for res in results.values():
         assert res.budget_check.ok and res.student_report.cost.macs <= limit
@@ -100,8 +156,9 @@ def test_sparse_learning_lowers_the_group_norms_of_the_channels_removed_later(di
 def test_sparse_learning_runs_through_compress_and_is_reported(digits_task):
     torch.manual_seed(0)
     res = compress(TinyResidualNet(), "macs=0.6x", data=digits_task, progress=False, mobile=False, memory=False,
-                   allow_slower=True, config={"epochs": 0, "bisection_steps": 3, "metric": "l1", "sparse_epochs": 2,
-                                              "max_steps_per_epoch": 3})
+                   allow_slower=True, config={"finetune": {"epochs": 0, "max_steps_per_epoch": 3},
+                                              "importance": {"metric": "l1"},
+                                              "prune": {"bisection_steps": 3, "sparse_epochs": 2}})
     assert res.budget_check.ok
     sparse = res.info["recipe"]["sparse"]
     assert [e["epoch"] for e in sparse] == [1, 2] and all(math.isfinite(e["loss"]) for e in sparse)

@@ -33,18 +33,18 @@ __all__ = ["width_planner", "prune_uniform_to_budget", "prune_allocated_to_budge
 def width_planner(ctx: StrategyContext, cfg: GPPruneConfig, rounding_log: list[dict]):
     """The width planner of ``channel_rounding`` (None for "off"), for :func:`prune_uniform`;
     ``planner(candidate, ratio, ignored, nominal=None)``, ``nominal`` a kept width per root."""
-    if cfg.channel_rounding == "fixed":
+    if cfg.prune.channel_rounding == "fixed":
         def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module], nominal=None) -> dict[nn.Module, int]:
-            return plan_fixed_widths(cand, ctx.example_inputs, ratio, ignored, cfg.round_to,
+            return plan_fixed_widths(cand, ctx.example_inputs, ratio, ignored, cfg.prune.round_to,
                                      time_limit_s=ctx.trace_time_limit_s, nominal=nominal)
         return planner
-    if cfg.channel_rounding == "measured":
+    if cfg.prune.channel_rounding == "measured":
         table = LayerLatencyTable(ctx.target, **channel_rounding.TIMING)
 
         def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module], nominal=None) -> dict[nn.Module, int]:
-            plan, records = plan_widths(cand, ctx.example_inputs, ratio, ignored, table, window=cfg.rounding_window,
-                                        time_limit_s=ctx.trace_time_limit_s, nominal=nominal,
-                                        time_budget_s=channel_rounding.TIME_BUDGET_S)
+            plan, records = plan_widths(cand, ctx.example_inputs, ratio, ignored, table,
+                                        window=cfg.prune.rounding_window, time_limit_s=ctx.trace_time_limit_s,
+                                        nominal=nominal, time_budget_s=channel_rounding.TIME_BUDGET_S)
             rounding_log[:] = records
             return plan
         return planner
@@ -65,16 +65,16 @@ def prune_uniform_to_budget(ctx: StrategyContext, cfg: GPPruneConfig, importance
             for n, m in model.named_modules()
             if isinstance(m, (nn.Conv2d, nn.Linear)) and n != classifier_name
         )
-        max_ratio = min(cfg.max_ratio, 1.0 - 1.0 / narrowest - 1e-6)
+        max_ratio = min(cfg.prune.max_ratio, 1.0 - 1.0 / narrowest - 1e-6)
 
         def build(ratio: float) -> nn.Module:
             return prune_uniform(model, ratio, importance, ctx.example_inputs, classifier_name, None, planner,
-                                 time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.ignored_layers)
+                                 time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.prune.ignored_layers)
 
         best, best_ratio, best_rounding = bisect_to_budget(
             ctx, cfg, model, max_ratio, build,
             f"removing {100 * max_ratio:.1f}% of the channels of every layer (loosen the budget or raise config "
-            "max_ratio)", lambda r: {"ratio": r}, rounding_log)
+            "prune.max_ratio)", lambda r: {"ratio": r}, rounding_log)
         forward_or_explain(best, ctx.example_inputs, expected, "gp-prune")
         freeze_fixed_shortcuts(best)  # Torch-Pruning re-creates parameters; the 0/1 shortcut stays fixed
     return best, best_ratio, best_rounding
@@ -86,11 +86,11 @@ def prune_allocated_to_budget(ctx: StrategyContext, cfg: GPPruneConfig, importan
     ranking or from the latency knapsack, bisected toward the budget (the knapsack's latency
     limit, in predicted ms, or the global ratio), every candidate checked by real measurement."""
     expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
-    ignored_names = _ignored_names(model, classifier_name, cfg.ignored_layers)
+    ignored_names = _ignored_names(model, classifier_name, cfg.prune.ignored_layers)
     with ctx.phase("prepare"):
         groups = analyse_groups(model, ctx.example_inputs, importance, ignored_names,
-                                max_group_ratio=cfg.max_group_ratio, forward_fn=channel_rounding.TRACE_FORWARD.get(),
-                                time_limit_s=ctx.trace_time_limit_s)
+                                max_group_ratio=cfg.prune.max_group_ratio,
+                                forward_fn=channel_rounding.TRACE_FORWARD.get(), time_limit_s=ctx.trace_time_limit_s)
     if not groups:
         raise UnsupportedModelError(
             f"gp-prune allocation={allocation!r} found no prunable channel group in {type(model).__name__} "
@@ -98,7 +98,7 @@ def prune_allocated_to_budget(ctx: StrategyContext, cfg: GPPruneConfig, importan
             layer=type(model).__name__)
     total = sum(g.channels for g in groups)
     rounding_log: list[dict] = []
-    record: dict = {"mode": allocation, "max_group_ratio": cfg.max_group_ratio}
+    record: dict = {"mode": allocation, "max_group_ratio": cfg.prune.max_group_ratio}
 
     def apply(widths: dict[str, int], planner=None, ratio: float = 0.0) -> nn.Module:
         def plan(cand: nn.Module, r: float, ignored: list[nn.Module]) -> dict[nn.Module, int]:
@@ -106,16 +106,17 @@ def prune_allocated_to_budget(ctx: StrategyContext, cfg: GPPruneConfig, importan
             nominal = {mods[n]: k for n, k in widths.items() if n in mods}
             return planner(cand, ratio, ignored, nominal=nominal) if planner is not None else nominal
         return prune_uniform(model, 0.0, importance, ctx.example_inputs, classifier_name, None, plan,
-                             time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.ignored_layers)
+                             time_limit_s=ctx.trace_time_limit_s, keep_whole=cfg.prune.ignored_layers)
 
     if allocation == "global":
         planner = width_planner(ctx, cfg, rounding_log)
-        hi = cfg.max_ratio
+        hi = cfg.prune.max_ratio
         with ctx.phase("prune"):
             best, t, best_rounding = bisect_to_budget(
                 ctx, cfg, model, hi, lambda r: apply(global_widths(groups, r), planner, r),
                 f"removing the {100 * hi:.1f}% least important channels across layers, no layer losing over "
-                f"{100 * cfg.max_group_ratio:.0f}% (loosen the budget, or raise config max_ratio / max_group_ratio)",
+                f"{100 * cfg.prune.max_group_ratio:.0f}% (loosen the budget, or raise config prune.max_ratio / "
+                "prune.max_group_ratio)",
                 lambda r: {"ratio": r}, rounding_log, strict=True)
         record["ratio"] = t
     else:
@@ -148,9 +149,9 @@ def prune_allocated_to_budget(ctx: StrategyContext, cfg: GPPruneConfig, importan
         with ctx.phase("prune"):
             best, t, best_rounding = bisect_to_budget(
                 ctx, cfg, model, 1.0, lambda t: apply(widths_at(t)[0]),
-                f"the knapsack's narrowest allocation, every group losing {100 * cfg.max_group_ratio:.0f}% of its "
-                "channels (loosen the budget or raise config max_group_ratio, e.g. --config "
-                "'{\"max_group_ratio\": 0.9}')", describe, rounding_log, strict=True)
+                f"the knapsack's narrowest allocation, every group losing {100 * cfg.prune.max_group_ratio:.0f}% "
+                "of its channels (loosen the budget or raise config prune.max_group_ratio, e.g. --config "
+                "'{\"prune\": {\"max_group_ratio\": 0.9}}')", describe, rounding_log, strict=True)
         chosen, predicted = widths_at(t)
         record.update({
             "solver": "multiple-choice knapsack, exact dynamic programming on a discretised latency axis "

@@ -125,8 +125,9 @@ def forward_or_explain(model: nn.Module, x: torch.Tensor, expected: tuple[int, .
             f"{what}: layer {where!r} ({kind}) failed after channel removal: {first}. "
             "It holds channel-dependent state the dependency graph cannot see (e.g. a plain tensor attribute "
             "or a hard-coded channel count). Register such tensors as parameters/buffers"
-            + (f", or keep the layer that feeds it whole: config ignored_layers, e.g. --config "
-               f"'{{\"ignored_layers\": [\"{last_layer[0]}\"]}}'" if last_layer and last_layer[0] != where else "")
+            + (f", or keep the layer that feeds it whole: config prune.ignored_layers, e.g. --config "
+               f"'{{\"prune\": {{\"ignored_layers\": [\"{last_layer[0]}\"]}}}}'"
+               if last_layer and last_layer[0] != where else "")
             + ".",
             layer=where,
         ) from exc

@@ -16,11 +16,11 @@ def allocation_line(record: dict | None, ratio: float, cfg: GPPruneConfig) -> st
     note = (f" The requested allocation could not meet the budget ({len(fallback['tried'])} attempt(s) in "
             f"`report.json` info.allocation.fallback): {fallback['used']}." if fallback else "")
     if record is None or record["mode"] == "uniform":
-        return f"uniform ratio {ratio:.4f}; channel rounding `{cfg.channel_rounding}`." + note
-    cap = record.get("max_group_ratio", cfg.max_group_ratio)
+        return f"uniform ratio {ratio:.4f}; channel rounding `{cfg.prune.channel_rounding}`." + note
+    cap = record.get("max_group_ratio", cfg.prune.max_group_ratio)
     if record["mode"] == "global":
         return (f"global ranking, {100 * ratio:.1f}% of the prunable channels removed (no group over "
-                f"{100 * cap:.0f}%); channel rounding `{cfg.channel_rounding}`." + note)
+                f"{100 * cap:.0f}%); channel rounding `{cfg.prune.channel_rounding}`." + note)
     return (f"latency knapsack (HALP): predicted {record['predicted_ms']:.3f} ms of {record['predicted_full_ms']:.3f} ms "
             f"for the full network (conv/linear layers only, from the table `{record['table']}`); "
             f"{100 * ratio:.1f}% of the prunable channels removed, no group over {100 * cap:.0f}%." + note)

@@ -36,7 +36,7 @@ from compress.strategies._parts.checkpoint import CheckpointStore, EpochCheckpoi
 from compress.strategies._parts.time_limit import time_limit
 from compress.strategies._parts.training import finetune
 from compress.strategies.base import StrategyContext
-from compress.strategies.gp_prune.config import GPPruneConfig
+from compress.strategies.gp_prune.config import GPPruneConfig, phase_settings
 from compress.strategies.gp_prune.pruning import _ignored_names
 
 __all__ = ["interpolated_budget", "group_norm_regulariser", "sparse_learning"]
@@ -83,7 +83,7 @@ def sparse_learning(ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module, 
     (:func:`group_norm_regulariser`), resuming from the ``sparse`` epoch checkpoints under ``key``;
     returns the per-epoch history."""
     forward_fn = channel_rounding.TRACE_FORWARD.get()
-    ignored_names = _ignored_names(model, classifier_name, cfg.ignored_layers)
+    ignored_names = _ignored_names(model, classifier_name, cfg.prune.ignored_layers)
     modules = dict(model.named_modules())
     with ctx.phase("prepare"):
         plan = partial.scan_channel_ops(model, ctx.example_inputs, ignored_names, forward_fn=forward_fn,
@@ -91,21 +91,21 @@ def sparse_learning(ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module, 
         try:
             with time_limit(ctx.trace_time_limit_s, "building Torch-Pruning's dependency graph (sparse learning)"):
                 pruner = group_norm_regulariser(model, ctx.example_inputs, [modules[n] for n in ignored_names],
-                                                reg=cfg.sparse_reg, plan=plan, forward_fn=forward_fn)
+                                                reg=cfg.prune.sparse_reg, plan=plan, forward_fn=forward_fn)
         except (TimeLimitError, UnsupportedModelError):
             raise
         except Exception as exc:
             raise UnsupportedModelError(
                 f"Torch-Pruning could not build the group-norm regulariser of {type(model).__name__} for "
-                f"sparse learning: {type(exc).__name__}: {exc}. Set sparse_epochs=0.",
+                f"sparse learning: {type(exc).__name__}: {exc}. Set prune.sparse_epochs=0.",
                 layer=type(model).__name__) from exc
-    ctx.progress("sparse", 0, cfg.sparse_epochs, {"reg": cfg.sparse_reg})
+    ctx.progress("sparse", 0, cfg.prune.sparse_epochs, {"reg": cfg.prune.sparse_reg})
 
     def on_epoch(epoch: int, rec: dict) -> None:
         ctx.log(phase="sparse", **rec)
-        ctx.progress("sparse", epoch, cfg.sparse_epochs, rec)
+        ctx.progress("sparse", epoch, cfg.prune.sparse_epochs, rec)
 
-    hist = finetune(model, ctx.data.train, ctx.data.val, cfg.phase_settings(cfg.sparse_epochs), teacher=ctx.teacher,
-                    on_epoch=on_epoch, runtime=ctx.runtime, phase="sparse",
+    hist = finetune(model, ctx.data.train, ctx.data.val, phase_settings(cfg.finetune, cfg.prune.sparse_epochs),
+                    teacher=ctx.teacher, on_epoch=on_epoch, runtime=ctx.runtime, phase="sparse",
                     checkpoint=EpochCheckpoint(store, "sparse", key), after_backward=lambda: pruner.regularize(model))
     return [{"epoch": h["epoch"], "loss": h["loss"], "val_acc": h.get("val_acc")} for h in hist]

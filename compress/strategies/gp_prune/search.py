@@ -57,7 +57,7 @@ def bisect_to_budget(ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module,
             f"gp-prune cannot meet budget {ctx.budget.describe()!r}: "
             + "; ".join(str(v) for v in check_hi.violations) + f" even after {what}.")
     lo, best, best_t, best_rounding, top = 0.0, hi_model, hi, list(rounding_log), hi
-    tol = cfg.budget_tolerance
+    tol = cfg.prune.budget_tolerance
     # the tightest limit's usage (actual / limit) at both ends, for the interpolation (Illinois)
     f_lo, f_hi, kept_side = _usage(ctx.budget, check0), _usage(ctx.budget, check_hi), None
     used_best, target = f_hi, 1.0 - 0.5 * tol
@@ -65,8 +65,8 @@ def bisect_to_budget(ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module,
     # candidate much closer to the limit, unless the cost jumps there (widths snapped by channel
     # rounding), and then no probe inside it gets closer either
     slope = (f_lo - f_hi) / hi if f_lo is not None and f_hi is not None and hi > 0 else 0.0
-    ctx.progress("bisection", 0, cfg.bisection_steps, {})
-    for step in range(cfg.bisection_steps):
+    ctx.progress("bisection", 0, cfg.prune.bisection_steps, {})
+    for step in range(cfg.prune.bisection_steps):
         if tol > 0 and used_best is not None and used_best >= 1.0 - tol:
             break  # the best candidate is within the tolerance of its limit
         if tol > 0 and slope > 0 and (hi - lo) * slope <= 0.5 * tol:
@@ -79,7 +79,7 @@ def bisect_to_budget(ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module,
         cost, check, lat = ctx.check(cand)
         ctx.log(phase="bisection", step=step + 2, **describe(mid), macs=cost.macs, params=cost.params,
                 latency_ms=lat, ok=check.ok)
-        ctx.progress("bisection", step + 1, cfg.bisection_steps, {**describe(mid), "ok": check.ok})
+        ctx.progress("bisection", step + 1, cfg.prune.bisection_steps, {**describe(mid), "ok": check.ok})
         f_mid = _usage(ctx.budget, check)
         if check.ok:
             hi, best, best_t, best_rounding = mid, cand, mid, list(rounding_log)

@@ -7,10 +7,10 @@ layer in one shot (uniform pruning), and the pruned network is retrained. Our ch
 paper is silent or we differ on purpose, each a config field:
 
 * ratio: the paper fixes a ratio per experiment; we find the *smallest* uniform channel ratio
-  that meets the budget by bisection on ``[0, max_ratio]`` (``bisection_steps`` halvings),
+  that meets the budget by bisection on ``[0, prune.max_ratio]`` (``prune.bisection_steps`` halvings),
   each candidate measured through the budget oracle (fvcore MACs, params, and measured latency
   when the budget limits it);
-* allocation (issue 19; not in the paper, config ``allocation``): besides the paper's uniform
+* allocation (issue 19; not in the paper, config ``prune.allocation``): besides the paper's uniform
   ratio, ``"global"`` (one ranking across groups, DepGraph) and ``"latency"`` (HALP's knapsack on
   a per-layer latency table measured on the target), each bisected toward the budget the same
   way (``allocation.py``); ``"auto"`` picks ``"latency"`` for a budget in milliseconds;
@@ -24,15 +24,17 @@ paper is silent or we differ on purpose, each a config field:
 * retraining: KD from the teacher (CE + T^2-scaled KL), SGD Nesterov 0.9, wd 1e-4 (§5), cosine
   learning rate, best epoch chosen on the validation split (the released code picks it on the
   test set: docs/algorithms/gp-prune.md, choice 5);
-* label-aware metrics see ``calib_samples`` calibration images (paper: all training images)
-  with feature maps pooled to at most ``max_map_hw``² (see ``features.py``).
+* label-aware metrics see ``importance.calib_samples`` calibration images (paper: all training
+  images) with feature maps pooled to at most ``importance.max_map_hw``² (see ``features.py``).
 
 Checkpoints (when ``ctx.out_dir`` is set) under ``<out_dir>/checkpoints/gp-prune/``: ``pruned``
 after the bisection (the pruned widths as JSON, the weights as tensors, the run history and RNG
 states) and ``finetune`` at every fine-tune epoch boundary (model, optimizer, scheduler, best
 weights, RNG states, history). A rerun with the same settings continues from the last complete
 boundary and gives a bit-identical student and history; a changed fine-tune setting keeps the
-pruned network and redoes only the fine-tune.
+pruned network and redoes only the fine-tune (unless the pruning phase itself fine-tunes, with
+``prune.sparse_epochs`` or the iterative schedule's recoveries: then its key holds the
+``finetune`` block those phases read, :func:`.config.key_config`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from compress.strategies._parts.checkpoint import (
 )
 from compress.strategies._parts.training import finetune
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
+from compress.strategies.config_tree import replace_config
 from compress.strategies.gp_prune.allocation import resolve_allocation
 from compress.strategies._parts import partial_pruning as partial
 from compress.strategies.gp_prune.config import (
@@ -63,6 +66,7 @@ from compress.strategies.gp_prune.config import (
     TP_L1,
     GPPruneConfig,
     key_config,
+    phase_settings,
 )
 from compress.strategies.gp_prune.pruning import (
     _TRAIN_ONLY,
@@ -92,7 +96,7 @@ __all__ = ["GPPruneConfig", "GPPrune", "find_classifier", "prune_uniform", "forw
 @register_strategy("gp-prune")
 class GPPrune(Strategy):
     """One-shot channel pruning with an expression-tree importance (GECCO'22 §5, Eq. 3): uniform as
-    in the paper, or allocated globally or by latency (config ``allocation``).
+    in the paper, or allocated globally or by latency (config ``prune.allocation``).
 
     Input: ``ctx.model`` ``(B, C, H, W) -> (B, K)``; output: a physically smaller ``nn.Module``
     with the same input/output shapes that meets ``ctx.budget``.
@@ -106,7 +110,7 @@ class GPPrune(Strategy):
 
     Raises:
         UnsupportedModelError: the model cannot be pruned (names the layer or op).
-        BudgetUnreachableError: even ``max_ratio`` does not meet the budget.
+        BudgetUnreachableError: even ``prune.max_ratio`` does not meet the budget.
         MetricError: the metric is unknown or returns non-finite scores.
     """
 
@@ -116,11 +120,11 @@ class GPPrune(Strategy):
 
     @classmethod
     def demo_config(cls, epochs: int) -> dict:
-        return {"epochs": epochs}
+        return {"finetune": {"epochs": epochs}}
 
     def run(self, ctx: StrategyContext) -> StrategyOutput:
         cfg: GPPruneConfig = self.config
-        metric = None if cfg.metric == TP_L1 else resolve_metric(cfg.metric)
+        metric = None if cfg.importance.metric == TP_L1 else resolve_metric(cfg.importance.metric)
         model = ctx.model.eval()
         num_classes = ctx.data.spec.num_classes
         store = CheckpointStore.for_strategy(ctx.out_dir, "gp-prune")
@@ -136,11 +140,11 @@ class GPPrune(Strategy):
             classifier = find_classifier(model, num_classes)
             classifier_name = next(n for n, m in model.named_modules() if m is classifier)
             names = [n for n, _ in model.named_modules() if n]
-            unknown = [n for n in cfg.ignored_layers if n not in names]
+            unknown = [n for n in cfg.prune.ignored_layers if n not in names]
             if unknown:
                 hints = {n: difflib.get_close_matches(n, names, n=3) for n in unknown}
                 raise ConfigError(
-                    "gp-prune config ignored_layers names modules the model does not have: "
+                    "gp-prune config prune.ignored_layers names modules the model does not have: "
                     + "; ".join(f"{n!r}" + (f" (did you mean {', '.join(map(repr, h))}?)" if h else "")
                                 for n, h in hints.items())
                     + ". Use the names of model.named_modules(), e.g. 'layer1.0.conv1'.")
@@ -178,7 +182,7 @@ class GPPrune(Strategy):
                 store = CheckpointStore(None)  # cannot rebuild this network from widths: no resume point
 
         with ctx.phase("finetune"):
-            settings = cfg.finetune_settings
+            settings = cfg.finetune.settings()
             if settings.epochs > 0:
                 ctx.progress("finetune", 0, settings.epochs, {})
                 def on_epoch(epoch: int, rec: dict) -> None:
@@ -200,8 +204,8 @@ class GPPrune(Strategy):
                 "metric_expr": metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)",
                 "pruning_ratio": best_ratio,
                 "layer_widths": widths,
-                "channel_rounding": {"mode": cfg.channel_rounding, "groups": best_rounding,
-                                     **({"rule": ROUNDING_RULE} if cfg.channel_rounding == "measured" else {})},
+                "channel_rounding": {"mode": cfg.prune.channel_rounding, "groups": best_rounding,
+                                     **({"rule": ROUNDING_RULE} if cfg.prune.channel_rounding == "measured" else {})},
                 "allocation": alloc_record or {"mode": "uniform"},
                 "untouched_groups": untouched,
                 "recipe": recipe,
@@ -213,20 +217,20 @@ class GPPrune(Strategy):
     def _prune_recipe(self, ctx: StrategyContext, cfg: GPPruneConfig, metric, model: nn.Module,
                       classifier_name: str, store: CheckpointStore, key: str
                       ) -> tuple[nn.Module, float, list[dict], dict | None, list[dict], dict]:
-        """Sparse learning (``sparse_epochs``), then the one-shot prune or the iterative schedule
+        """Sparse learning (``prune.sparse_epochs``), then the one-shot prune or the iterative schedule
         (:mod:`.schedule`). Returns what :meth:`_prune` returns for the last step, with the pruning
         ratio as the share of the original prunable channels removed for an iterative run, and the
         recipe record (``info.recipe``: per phase its epochs and validation accuracies, per step its
         budget, ratio and cost). A killed run re-prunes its steps (deterministic for MACs and params
         budgets) and resumes each training phase from its epoch checkpoints."""
-        recipe: dict = {"schedule": cfg.schedule, "sparse_epochs": cfg.sparse_epochs}
-        if cfg.sparse_epochs > 0:
+        recipe: dict = {"schedule": cfg.prune.schedule, "sparse_epochs": cfg.prune.sparse_epochs}
+        if cfg.prune.sparse_epochs > 0:
             model = copy.deepcopy(model)
             with ctx.phase("sparse"):
                 recipe["sparse"] = sparse_learning(ctx, cfg, model, classifier_name, store, key)
-        if cfg.schedule == "one-shot":
+        if cfg.prune.schedule == "one-shot":
             return (*self._prune(ctx, cfg, metric, model, classifier_name), recipe)
-        k = cfg.iterative_steps
+        k = cfg.prune.iterative_steps
         teacher_ms = teacher_mem = None
         with ctx.phase("prepare"):
             if ctx.budget.max_latency_ms is not None and ctx.latency_fn is not None:
@@ -245,12 +249,13 @@ class GPPrune(Strategy):
             cost = ctx.cost(current)
             step = {"step": i, "of": k, "budget": {f: getattr(budget_i, f) for f in _LIMITS if getattr(budget_i, f)},
                     "ratio": out[1], "macs": cost.macs, "params": cost.params}
-            if i < k and cfg.recovery_epochs > 0:
+            if i < k and cfg.prune.recovery_epochs > 0:
                 with ctx.phase("recover"):
                     def on_epoch(epoch: int, rec: dict, i: int = i) -> None:
                         ctx.log(phase="recover", step=i, **rec)
-                    hist = finetune(current, ctx.data.train, ctx.data.val, cfg.phase_settings(cfg.recovery_epochs),
-                                    teacher=ctx.teacher, on_epoch=on_epoch, runtime=ctx.runtime, phase=f"recover-{i}",
+                    hist = finetune(current, ctx.data.train, ctx.data.val,
+                                    phase_settings(cfg.finetune, cfg.prune.recovery_epochs), teacher=ctx.teacher,
+                                    on_epoch=on_epoch, runtime=ctx.runtime, phase=f"recover-{i}",
                                     checkpoint=EpochCheckpoint(store, f"recover-{i}", key))
                 step["val_acc"] = [h.get("val_acc") for h in hist]
             ctx.log(phase="iterative", **{k_: v for k_, v in step.items() if k_ != "budget"})
@@ -271,19 +276,19 @@ class GPPrune(Strategy):
         with ctx.phase("prepare"):
             maps, labels = None, None
             if metric is not None and metric.needs_feature_maps:
-                ctx.progress("calibrate", 0, 1, {"samples": cfg.calib_samples})
+                ctx.progress("calibrate", 0, 1, {"samples": cfg.importance.calib_samples})
                 calib = ctx.data.calib or ctx.data.train
                 maps, labels = collect_feature_maps(
-                    model, calib, max_samples=cfg.calib_samples, max_map_hw=cfg.max_map_hw
+                    model, calib, max_samples=cfg.importance.calib_samples, max_map_hw=cfg.importance.max_map_hw
                 )
                 ctx.progress("calibrate", 1, 1, {"samples": int(labels.numel())})
             importance = (
-                TreeImportance(metric, model, maps, labels, cfg.class_reduction)
+                TreeImportance(metric, model, maps, labels, cfg.importance.class_reduction)
                 if metric is not None
                 else MagnitudeBaseline()
             )
-        allocation = resolve_allocation(cfg.allocation, ctx.budget)
-        ignored_names = _ignored_names(model, classifier_name, cfg.ignored_layers)
+        allocation = resolve_allocation(cfg.prune.allocation, ctx.budget)
+        ignored_names = _ignored_names(model, classifier_name, cfg.prune.ignored_layers)
         forward_fn = channel_rounding.TRACE_FORWARD.get()
         expected = (ctx.example_inputs.shape[0], ctx.data.spec.num_classes)
         with ctx.phase("prepare"):  # channel shuffles and reshapes Torch-Pruning cannot follow (_parts/partial_pruning.py)
@@ -349,10 +354,10 @@ class GPPrune(Strategy):
             first = exc
         else:
             return self._latency_guard(ctx, cfg, importance, model, classifier_name, allocation, out)
-        tried = [{"allocation": allocation, "max_group_ratio": cfg.max_group_ratio, "why": str(first)}]
-        if cfg.max_group_ratio < cfg.max_ratio:
-            relaxed = dataclasses.replace(cfg, max_group_ratio=cfg.max_ratio)
-            ctx.log(phase="allocation", fallback="max_group_ratio", max_group_ratio=cfg.max_ratio, why=str(first))
+        tried = [{"allocation": allocation, "max_group_ratio": cfg.prune.max_group_ratio, "why": str(first)}]
+        if cfg.prune.max_group_ratio < cfg.prune.max_ratio:
+            relaxed = replace_config(cfg, prune={"max_group_ratio": cfg.prune.max_ratio})
+            ctx.log(phase="allocation", fallback="max_group_ratio", max_group_ratio=cfg.prune.max_ratio, why=str(first))
             try:
                 best, ratio, rounding, record = self._prune_allocated(ctx, relaxed, importance, model,
                                                                       classifier_name, allocation)
@@ -360,7 +365,7 @@ class GPPrune(Strategy):
                 return self._latency_guard(ctx, cfg, importance, model, classifier_name, allocation,
                                            (best, ratio, rounding, record))
             except BudgetUnreachableError as exc:
-                tried.append({"allocation": allocation, "max_group_ratio": cfg.max_ratio, "why": str(exc)})
+                tried.append({"allocation": allocation, "max_group_ratio": cfg.prune.max_ratio, "why": str(exc)})
         ctx.log(phase="allocation", fallback="uniform", why=tried[-1]["why"])
         try:
             best, ratio, rounding = prune_uniform_to_budget(ctx, cfg, importance, model, classifier_name)
@@ -378,7 +383,7 @@ class GPPrune(Strategy):
         margin (max(:data:`~.search.LATENCY_MARGIN`, :data:`~.search.VERIFY_NOISE_Z` standard errors
         of the ratio)). ``record["guard"]`` holds the measured ratio, the margin and the choice. Returns ``out`` or
         the uniform student's (network, ratio, rounding log, record)."""
-        if (not cfg.latency_guard or allocation != "latency" or ctx.budget.needs_latency
+        if (not cfg.prune.latency_guard or allocation != "latency" or ctx.budget.needs_latency
                 or ctx.latency_ratio_fn is None):
             return out
         best, ratio, rounding, record = out
