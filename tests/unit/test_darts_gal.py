@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from compress.budgets import Budget, measure_cost
 from compress.errors import BudgetUnreachableError, ConfigError
 from compress.strategies.base import StrategyContext, config_from_dict, config_to_dict
+from compress.strategies.config_tree import ConfigDeprecationWarning, key_config, replace_config
 from compress.strategies.darts import DARTS_V2, CellSpec, Genotype, NetworkCIFAR, build_from_arch
 from compress.strategies.darts_gal import (
     DartsGal,
@@ -33,17 +34,18 @@ from compress.strategies.darts_gal import (
     prune_network,
     soft_threshold,
 )
-from compress.strategies.darts_gal.config import phase_fields
+from compress.strategies.darts_gal.checkpoints import phase_key
+from compress.strategies.darts_gal.config import DartsSearchConfig, GALConfig
 from compress.testing import randomise_batchnorm
 
 # the fast setting for compress() on 3x32x32 digits (also the registry contract config)
 FAST = dict(
-    search_C=4, search_layers=3, search_stem_stride=2, search_epochs=1, search_batch_size=32,
-    search_max_steps_per_epoch=2, search_val_batches=1,
-    candidates_C=(4, 6, 8), candidates_layers=(3,), stem_strides=(1, 2),
-    baseline_epochs=1, baseline_max_steps_per_epoch=3,
-    gal_epochs=1, gal_batch_size=32, gal_max_g_steps_per_epoch=2, n_critic=5, mask_step=1, mask_lr=0.05,
-    sparse_lambda=0.5, final_epochs=1, final_max_steps_per_epoch=3,
+    search=dict(C=4, layers=3, stem_stride=2, epochs=1, batch_size=32, max_steps_per_epoch=2, val_batches=1),
+    sizing=dict(candidates_C=(4, 6, 8), candidates_layers=(3,), stem_strides=(1, 2)),
+    baseline=dict(epochs=1, max_steps_per_epoch=3),
+    gal=dict(epochs=1, batch_size=32, max_g_steps_per_epoch=2, n_critic=5, mask_step=1, mask_lr=0.05,
+             sparse_lambda=0.5),
+    final=dict(epochs=1, max_steps_per_epoch=3),
 )
 
 
@@ -245,20 +247,20 @@ def test_five_discriminator_steps_per_generator_step(gan):
 
 
 def test_same_seed_same_genotype_and_same_kept_nodes():
-    cfg = DartsGalConfig(search_C=4, search_layers=2, search_epochs=1, search_batch_size=16,
-                         search_max_steps_per_epoch=2, search_val_batches=1, arch_lr=0.05)
+    cfg = DartsGalConfig(search=dict(C=4, layers=2, epochs=1, batch_size=16, max_steps_per_epoch=2, val_batches=1,
+                                     arch_lr=0.05))
     ds = _toy(48)
     val = DataLoader(_toy(16, seed=5), batch_size=16)
     a = DartsSearch(cfg, ds, val, 3, (3, 8, 8), seed=3).run()
     b = DartsSearch(cfg, ds, val, 3, (3, 8, 8), seed=3).run()
     assert a.genotype == b.genotype and torch.equal(a.alphas_normal, b.alphas_normal)
     assert all(op != "none" for op, _ in a.genotype.normal + a.genotype.reduce)
-    one = {**config_to_dict(cfg), "search_epochs": 1, "search_max_steps_per_epoch": 1}
+    one = replace_config(cfg, search={"epochs": 1, "max_steps_per_epoch": 1})
     init3 = DartsSearch(cfg, ds, val, 3, (3, 8, 8), seed=3).model.alphas_normal
     assert not torch.equal(init3, DartsSearch(cfg, ds, val, 3, (3, 8, 8), seed=4).model.alphas_normal)
-    so = DartsSearch(DartsGalConfig(**{**one, "second_order": True}), ds, val, 3, (3, 8, 8), seed=3).run()
+    so = DartsSearch(replace_config(one, search={"second_order": True}), ds, val, 3, (3, 8, 8), seed=3).run()
     assert so.history[0]["alpha_updated"] and so.history[0]["arch_val_loss"] is not None
-    pc = DartsSearch(DartsGalConfig(**{**one, "partial_channels": 2, "edge_norm": True}), ds, val, 3, (3, 8, 8),
+    pc = DartsSearch(replace_config(one, search={"partial_channels": 2, "edge_norm": True}), ds, val, 3, (3, 8, 8),
                      seed=3)
     assert pc.model.betas_normal is not None and pc.run().genotype.steps == 4
     # GAL: same seed, same masks and kept nodes
@@ -311,29 +313,101 @@ def test_nodes_kept_table_and_drawing():
 
 
 def test_config_validation_presets_and_json():
-    for bad, match in [({"gan": "hinge"}, "gan"), ({"n_critic": 0}, "n_critic"), ({"search_C": 6, "partial_channels": 4},
-                       "partial_channels"), ({"size_margin": 0.5}, "size_margin"), ({"genotype": "DARTS_V9"}, "genotype"),
-                       ({"retrain": "warm"}, "retrain"), ({"sparse_lambda": -1.0}, "sparse_lambda"),
-                       ({"lambda_sweep": (0.1, -0.1)}, "lambda_sweep"), ({"mask_step": 0}, "mask_step"),
-                       ({"candidates_C": (5,)}, "candidates_C"), ({"gal_bn": "frozen"}, "gal_bn")]:
+    for bad, match in [({"gal": {"gan": "hinge"}}, "gal.gan"), ({"gal": {"n_critic": 0}}, "gal.n_critic"),
+                       ({"search": {"C": 6, "partial_channels": 4}}, "search.partial_channels"),
+                       ({"sizing": {"size_margin": 0.5}}, "sizing.size_margin"),
+                       ({"search": {"genotype": "DARTS_V9"}}, "search.genotype"), ({"retrain": "warm"}, "retrain"),
+                       ({"gal": {"sparse_lambda": -1.0}}, "gal.sparse_lambda"),
+                       ({"gal": {"lambda_sweep": (0.1, -0.1)}}, "gal.lambda_sweep"),
+                       ({"gal": {"mask_step": 0}}, "gal.mask_step"), ({"sizing": {"candidates_C": (5,)}}, "candidates_C"),
+                       ({"gal": {"bn": "frozen"}}, "gal.bn"), ({"final": {"drop_path": 1.0}}, "drop_path"),
+                       ({"baseline": {"optimizer": "lbfgs"}}, "optimizer"), ({"search": 3}, "DartsSearchConfig")]:
         with pytest.raises(ConfigError, match=match):
             DartsGalConfig(**bad)
+    with pytest.raises(ConfigError, match="search.epochs"):
+        DartsSearchConfig(epochs=0)
+    with pytest.raises(ConfigError, match="gal.lr_gamma"):
+        GALConfig(lr_gamma=2.0)
     with pytest.raises(ConfigError, match="preset"):
         DartsGalConfig.preset("gpu-huge")
     paper = DartsGalConfig()
-    assert (paper.search_lr, paper.baseline_lr, paper.gal_lr, paper.final_lr) == (0.01, 0.01, 0.01, 0.01)
-    assert (paper.search_batch_size, paper.gal_batch_size, paper.n_critic, paper.d_hidden) == (32, 100, 5, (128, 256, 128))
-    assert paper.genotype == "search" and not paper.second_order and paper.retrain == "scratch"
-    small = DartsGalConfig.preset("cpu-small", gal_epochs=2)
-    assert small.gal_epochs == 2 and small.search_C == 8
+    assert paper == DartsGalConfig.preset("paper")
+    assert (paper.search.lr, paper.baseline.lr, paper.gal.lr, paper.final.lr) == (0.01, 0.01, 0.01, 0.01)
+    assert (paper.search.batch_size, paper.gal.batch_size, paper.gal.n_critic, paper.gal.d_hidden) == \
+        (32, 100, 5, (128, 256, 128))
+    assert (paper.baseline.epochs, paper.final.epochs, paper.baseline.weight_decay) == (50, 50, 3e-4)
+    assert paper.search.genotype == "search" and not paper.search.second_order and paper.retrain == "scratch"
+    small = DartsGalConfig.preset("cpu-small", gal={"epochs": 2})
+    assert small.gal.epochs == 2 and small.gal.batch_size == 32 and small.search.C == 8  # merged into the preset's
     d = config_to_dict(small)
+    assert set(d) == {"search", "sizing", "baseline", "gal", "final", "objective", "retrain"}
+    assert d["search"]["C"] == 8 and d["final"]["lr"] == 0.025
     assert config_from_dict(DartsGalConfig, json.loads(json.dumps(d))) == small
-    assert DartsGalConfig(genotype=DARTS_V2.to_json()).genotype.startswith("{")
-    names = set(d)
-    parts = [phase_fields(p) for p in ("search", "baseline", "gal", "retrain")]
-    assert set().union(*parts) == names and sum(len(p) for p in parts) == len(names)  # a partition
+    assert DartsGalConfig(search={"genotype": DARTS_V2.to_json()}).search.genotype.startswith("{")
     demo = DartsGal.demo_config(20)
-    assert demo["final_epochs"] == 20 and DartsGal.demo_config(1)["final_epochs"] == small.final_epochs
+    assert demo["final"]["epochs"] == 20 and DartsGal.demo_config(1)["final"]["epochs"] == small.final.epochs
+    assert config_from_dict(DartsGalConfig, demo).final.lr == 0.025
+
+
+def test_flat_config_still_loads_with_a_deprecation_warning():
+    """slimforge <= 0.9 configs were flat; a flat dict (--config JSON, a report.json config block) still
+    loads, each key routed to its leaf (the shared KD / augment / drop-path keys to both training blocks)."""
+    flat = {"search_C": 4, "search_epochs": 1, "grad_clip": 3.0, "arch_lr": 0.05, "candidates_C": [4, 6],
+            "size_margin": 1.5, "baseline_epochs": 2, "gal_epochs": 1, "gal_bn": "eval", "n_critic": 2,
+            "sparse_lambda": 0.5, "final_lr": 0.02, "kd_alpha": 0.3, "drop_path": 0.1, "augment": "flip-crop",
+            "objective": "size", "retrain": "finetune"}
+    with pytest.warns(ConfigDeprecationWarning, match=r"kd_alpha -> baseline\.kd_alpha, final\.kd_alpha"):
+        cfg = config_from_dict(DartsGalConfig, flat)
+    assert cfg == DartsGalConfig(
+        search={"C": 4, "epochs": 1, "grad_clip": 3.0, "arch_lr": 0.05}, sizing={"candidates_C": (4, 6), "size_margin": 1.5},
+        baseline={"epochs": 2, "kd_alpha": 0.3, "drop_path": 0.1, "augment": "flip-crop"},
+        gal={"epochs": 1, "bn": "eval", "n_critic": 2, "sparse_lambda": 0.5},
+        final={"lr": 0.02, "kd_alpha": 0.3, "drop_path": 0.1, "augment": "flip-crop"}, objective="size",
+        retrain="finetune")
+    with pytest.warns(ConfigDeprecationWarning):
+        assert DartsGal(**flat).config == cfg  # Strategy(**overrides) too
+
+
+def test_phase_keys_follow_the_sub_configs_each_phase_reads():
+    """A phase's key hashes the sub-configs it reads: a change to one leaf re-keys only the phases that
+    read it (the later phases' keys chain on the earlier ones in run(), via ``prev``)."""
+    cfg = DartsGalConfig.preset("cpu-small")
+    phases = ("search", "baseline", "gal", "retrain")
+
+    def keys(c: DartsGalConfig) -> dict[str, str]:
+        return {p: phase_key(c, p, {"prev": "x"}) for p in phases}
+
+    base = keys(cfg)
+    for change, changed in [({"search": {"momentum": 0.8}}, {"search"}), ({"sizing": {"capacity": "macs"}}, {"baseline"}),
+                            ({"baseline": {"label_smoothing": 0.1}}, {"baseline"}), ({"gal": {"mu": 2.0}}, {"gal"}),
+                            ({"objective": "size"}, {"gal"}), ({"final": {"warmup_epochs": 1}}, {"retrain"}),
+                            ({"final": {"kd_alpha": 0.2}}, {"retrain"}), ({"retrain": "finetune"}, {"retrain"})]:
+        new = keys(replace_config(cfg, **change))
+        assert {p for p in phases if new[p] != base[p]} == changed, change
+    # each leaf of a phase's sub-configs enters its key under its flat name (checkpoints of the flat configs resume)
+    assert key_config(cfg, "search")["search_C"] == 8 and "arch_reference_steps" in key_config(cfg, "search")
+    assert "arch_reference_steps" not in key_config(DartsGalConfig(), "search")  # KEY_OMIT: the pre-issue-18 value
+    both = key_config(replace_config(cfg, final={"kd_alpha": 0.2}), "baseline", "final")
+    assert both["kd_alpha"] == 0.5 and both["final.kd_alpha"] == 0.2  # one flat name, two leaves that now differ
+
+
+def test_phase_keys_of_the_presets_match_the_flat_configs():
+    """Search, baseline and GAL keys of the paper and cpu-small presets are those the flat configs wrote
+    (tests/fixtures/legacy_configs_6649a19.json), so their checkpoints still resume. The retrain key
+    changed on purpose: it now holds the final block's kd_alpha, kd_temperature, augment and drop_path,
+    which the retrain reads (the flat retrain key left them out)."""
+    from pathlib import Path
+
+    fixture = Path(__file__).parent.parent / "fixtures" / "legacy_configs_6649a19.json"
+    recorded = json.loads(fixture.read_text())["darts-gal"]
+    for name in ("paper", "cpu-small"):
+        cfg = DartsGalConfig.preset(name)
+        with pytest.warns(ConfigDeprecationWarning):
+            assert config_from_dict(DartsGalConfig, recorded[name]["config"]) == cfg
+        for key, value in recorded[name]["keys"].items():
+            phase, latency = key.split("/latency=")
+            new = phase_key(cfg, phase, {"prev": "x"}, latency_search=latency == "True")
+            assert (new == value) == (phase != "retrain"), (name, key)
 
 
 # --------------------------------------------------------------------------- checkpoints / resume / retrain
@@ -355,10 +429,16 @@ def _ctx(tmp_path, progress=None, seed=0, max_params=60_000) -> StrategyContext:
                            out_dir=tmp_path, progress=progress or (lambda *a: None))
 
 
-TINY = dict(search_C=4, search_layers=2, search_epochs=1, search_batch_size=16, search_max_steps_per_epoch=2,
-            search_val_batches=1, candidates_C=(4, 6), candidates_layers=(3,), stem_strides=(2,),
-            baseline_epochs=1, gal_epochs=1, gal_batch_size=16, n_critic=2, mask_step=1, mask_lr=0.1,
-            sparse_lambda=2.0, final_epochs=1)
+TINY = dict(search=dict(C=4, layers=2, epochs=1, batch_size=16, max_steps_per_epoch=2, val_batches=1),
+            sizing=dict(candidates_C=(4, 6), candidates_layers=(3,), stem_strides=(2,)),
+            baseline=dict(epochs=1), gal=dict(epochs=1, batch_size=16, n_critic=2, mask_step=1, mask_lr=0.1,
+                                             sparse_lambda=2.0),
+            final=dict(epochs=1))
+
+
+def _tiny(**changes) -> DartsGalConfig:
+    """TINY with nested ``changes`` merged into its sub-configs."""
+    return replace_config(DartsGalConfig(**TINY), **changes)
 
 
 def test_resume_after_a_simulated_kill_gives_the_same_student(tmp_path):
@@ -383,14 +463,42 @@ def test_resume_after_a_simulated_kill_gives_the_same_student(tmp_path):
         assert k == k2 and torch.equal(v, v2), k
     again = DartsGal(TINY).run(_ctx(tmp_path / "run"))  # everything restored, nothing recomputed
     assert again.info["resumed_phases"] == ["search", "baseline", "gal", "retrain"]
-    changed = DartsGal({**TINY, "final_epochs": 2}).run(_ctx(tmp_path / "run"))  # only the retrain is redone
+    changed = DartsGal(TINY, final={"epochs": 2}).run(_ctx(tmp_path / "run"))  # only the retrain is redone
     assert changed.info["resumed_phases"] == ["search", "baseline", "gal"]
 
 
+def test_every_field_of_the_training_blocks_reaches_the_fine_tune(tmp_path, monkeypatch):
+    """The baseline and the retrain build their FinetuneSettings from their block (``.settings``), so
+    optimizer, label smoothing, warm-up, time budget and gradient clip act as well as lr and KD."""
+    import compress.strategies.darts_gal.strategy as mod
+
+    seen = {}
+
+    def fake_finetune(net, loader, val, settings, **kw):
+        seen["settings"] = settings
+        kw["on_epoch"](1, {"epoch": 1})
+        seen["drop_path"] = net.drop_path_prob
+        return []
+
+    monkeypatch.setattr(mod, "finetune", fake_finetune)
+    cfg = _tiny(final={"epochs": 4, "lr": 0.05, "optimizer": "adam", "label_smoothing": 0.1, "warmup_epochs": 1,
+                       "time_s": 30.0, "grad_clip": 2.0, "kd_alpha": 0.2, "augment": "flip-crop", "drop_path": 0.2},
+                baseline={"kd_alpha": 0.9})
+    net = NetworkCIFAR(4, 3, 3, DARTS_V2, stem_stride=2)
+    DartsGal(cfg)._train(_ctx(tmp_path), net, _toy(32), 16, "retrain", cfg.final)
+    s = seen["settings"]
+    assert (s.epochs, s.lr, s.optimizer, s.label_smoothing, s.warmup_epochs, s.time_budget_s, s.grad_clip) == \
+        (4, 0.05, "adam", 0.1, 1, 30.0, 2.0)
+    assert (s.kd_alpha, s.augment, s.keep_best) == (0.2, "flip-crop", True)  # the final block's, not the baseline's
+    assert seen["drop_path"] == pytest.approx(0.2 / 4)  # the ramp of final.drop_path over final.epochs
+    DartsGal(cfg)._train(_ctx(tmp_path), net, _toy(32), 16, "baseline", cfg.baseline)
+    assert seen["settings"].kd_alpha == 0.9 and seen["settings"].optimizer == "sgd"
+
+
 def test_retrain_from_scratch_reinitialises_but_keeps_the_structure(tmp_path):
-    over = {**TINY, "genotype": "DARTS_V2", "final_epochs": 0, "sparse_lambda": 5.0}
+    over = _tiny(search={"genotype": "DARTS_V2"}, final={"epochs": 0}, gal={"sparse_lambda": 5.0})
     scratch = DartsGal(over).run(_ctx(tmp_path / "a"))
-    tuned = DartsGal({**over, "retrain": "finetune"}).run(_ctx(tmp_path / "b"))
+    tuned = DartsGal(over, retrain="finetune").run(_ctx(tmp_path / "b"))
     pruned = torch.load(tmp_path / "a" / "checkpoints" / "darts-gal" / "gal.0.pt", weights_only=True)["tensors"]["weights"]
     assert scratch.info["student_arch"] == tuned.info["student_arch"]
     assert scratch.info["nodes_removed"] > 0
@@ -404,8 +512,8 @@ def test_retrain_from_scratch_reinitialises_but_keeps_the_structure(tmp_path):
 
 def test_closing_loop_prunes_an_oversized_baseline_into_the_budget(tmp_path):
     # DARTS_V2, 3 cells on 4x4 maps: C=8 has 7,331 params (3,291 with one node per cell), C=12 14,787 (6,375)
-    over = {**TINY, "genotype": "DARTS_V2", "size_margin": 2.0, "sparse_lambda": 0.0, "max_prune_rounds": 1,
-            "prune_round_epochs": 1, "candidates_C": (4, 6, 8, 10, 12)}
+    over = _tiny(search={"genotype": "DARTS_V2"}, sizing={"size_margin": 2.0, "candidates_C": (4, 6, 8, 10, 12)},
+                 gal={"sparse_lambda": 0.0, "max_prune_rounds": 1, "prune_round_epochs": 1})
     out = DartsGal(over).run(_ctx(tmp_path / "a", max_params=5_000))
     info = out.info
     assert info["baseline"]["C"] == 8 and info["baseline"]["params"] > 5_000  # sized to 2x the budget
@@ -415,8 +523,8 @@ def test_closing_loop_prunes_an_oversized_baseline_into_the_budget(tmp_path):
     assert loop["ok"] and loop["rounds"] == 1 and loop["thresholded_nodes"]  # lambda 0 prunes nothing
     assert info["genotype_source"] == "DARTS_V2" and info["search_history"] == []
     with pytest.raises(BudgetUnreachableError, match="size_margin"):  # C=12 cannot get under 6,375 params
-        DartsGal({**over, "size_margin": 3.0, "gal_epochs": 0, "max_prune_rounds": 0,
-                  "candidates_C": (12,)}).run(_ctx(tmp_path / "b", max_params=5_000))
+        DartsGal(over, sizing={"size_margin": 3.0, "candidates_C": (12,)},
+                 gal={"epochs": 0, "max_prune_rounds": 0}).run(_ctx(tmp_path / "b", max_params=5_000))
 
 
 # --------------------------------------------------------------------------- end to end
@@ -474,9 +582,8 @@ class _OpTable:
 
 
 def test_reference_steps_and_latency_term_reach_the_architect():
-    cfg = DartsGalConfig(search_C=4, search_layers=2, search_epochs=1, search_batch_size=16,
-                         search_max_steps_per_epoch=2, search_val_batches=1, arch_reference_steps=100,
-                         arch_latency_weight=0.7)
+    cfg = DartsGalConfig(search=dict(C=4, layers=2, epochs=1, batch_size=16, max_steps_per_epoch=2, val_batches=1,
+                                     arch_reference_steps=100, arch_latency_weight=0.7))
     ds, val = _toy(48), DataLoader(_toy(16, seed=5), batch_size=16)
     plain = DartsSearch(cfg, ds, val, 3, (3, 8, 8), seed=3)
     assert plain.architect.reference_steps == 100 and plain.latency_term is None
@@ -487,12 +594,12 @@ def test_reference_steps_and_latency_term_reach_the_architect():
     lat = DartsSearch(cfg, ds, val, 3, (3, 8, 8), seed=3, latency_table=_OpTable())
     assert lat.architect.latency_term is lat.latency_term and lat.latency_term.weight == 0.7
     assert lat.latency_term.reference_ms > 0 and lat.num_ops == 8
-    with pytest.raises(ConfigError, match="arch_reference_steps"):
-        DartsGalConfig(arch_reference_steps=0)
-    with pytest.raises(ConfigError, match="arch_latency_weight"):
-        DartsGalConfig(arch_latency_weight=-1.0)
-    assert DartsGalConfig.preset("cpu-small").arch_reference_steps == 19_550
-    assert DartsGalConfig().arch_reference_steps is None
+    with pytest.raises(ConfigError, match="search.arch_reference_steps"):
+        DartsGalConfig(search={"arch_reference_steps": 0})
+    with pytest.raises(ConfigError, match="search.arch_latency_weight"):
+        DartsGalConfig(search={"arch_latency_weight": -1.0})
+    assert DartsGalConfig.preset("cpu-small").search.arch_reference_steps == 19_550
+    assert DartsGalConfig().search.arch_reference_steps is None
 
 
 #: darts-gal's search fields before issue 18 (what keyed the search checkpoints of earlier runs)
@@ -502,35 +609,54 @@ OLD_SEARCH_FIELDS = {"genotype", "search_C", "search_layers", "search_epochs", "
                      "edge_norm", "search_stem_stride", "search_max_steps_per_epoch", "search_val_batches"}
 
 
+#: darts-gal's baseline fields of the flat config (what keyed the baseline checkpoints of earlier runs)
+OLD_BASELINE_FIELDS = {"candidates_C", "candidates_layers", "stem_strides", "capacity", "size_margin", "baseline_epochs",
+                       "baseline_lr", "baseline_momentum", "baseline_weight_decay", "baseline_max_steps_per_epoch",
+                       "drop_path", "kd_alpha", "kd_temperature", "augment"}
+
+
+def _flat(cfg: DartsGalConfig) -> dict:
+    """``cfg`` in the flat spelling of slimforge <= 0.9 (as its config_to_dict wrote it)."""
+    from compress.strategies.config_tree import legacy_names
+
+    out = {}
+    for name, [(sub, leaf), *_] in legacy_names(DartsGalConfig).items():
+        out[name] = getattr(cfg if sub is None else getattr(cfg, sub), leaf)
+    return json.loads(json.dumps(out))
+
+
 def test_checkpoint_keys_of_earlier_runs_survive_the_new_search_fields():
     from compress.strategies.darts_gal.strategy import _hash
     from compress.training.checkpoint import stable_hash
 
     extra = {"seed": 0, "n_train": 48, "num_classes": 3, "input_shape": [3, 8, 8]}
     cfg = DartsGalConfig(**TINY)
-    old = stable_hash({"phase": "search", "config": {k: v for k, v in config_to_dict(cfg).items()
-                                                     if k in OLD_SEARCH_FIELDS}, **extra})
+    old = stable_hash({"phase": "search", "config": {k: v for k, v in _flat(cfg).items() if k in OLD_SEARCH_FIELDS},
+                       **extra})
     assert _hash(cfg, "search", extra) == old  # new fields at their defaults: the key of earlier runs
     # a key computed by the code before issue 18 (this config, these extras): a search saved then resumes
-    assert _hash(DartsGalConfig(search_C=4, search_layers=2), "search",
+    assert _hash(DartsGalConfig(search={"C": 4, "layers": 2}), "search",
                  {"seed": 0, "n_train": 32, "num_classes": 3, "input_shape": [3, 8, 8]}) == "4429c0cab2a560aeec4a"
-    assert _hash(DartsGalConfig(**TINY, arch_reference_steps=19_550), "search", extra) != old
-    assert _hash(DartsGalConfig(**TINY, arch_latency_weight=0.5), "search", extra) == old  # no latency term
+    assert _hash(_tiny(search={"arch_reference_steps": 19_550}), "search", extra) != old
+    assert _hash(_tiny(search={"arch_latency_weight": 0.5}), "search", extra) == old  # no latency term
     with_lat = {**extra, "latency_target": {"name": "cpu-1t"}}
     assert _hash(cfg, "search", with_lat, latency_search=True) != old
-    assert _hash(DartsGalConfig(**TINY, arch_latency_weight=0.5), "search", with_lat, latency_search=True) != \
+    assert _hash(_tiny(search={"arch_latency_weight": 0.5}), "search", with_lat, latency_search=True) != \
         _hash(cfg, "search", with_lat, latency_search=True)
-    # the baseline and retrain fields did not change; GAL's did (mask_scale="cell", searched lambda): new key
+    # the baseline fields did not change (nor their key); GAL's did (mask_scale="cell", searched lambda): new key
     assert _hash(cfg, "baseline", {"prev": old}) == stable_hash(
-        {"phase": "baseline", "config": {k: v for k, v in config_to_dict(cfg).items() if k in phase_fields("baseline")},
+        {"phase": "baseline", "config": {k: v for k, v in _flat(cfg).items() if k in OLD_BASELINE_FIELDS},
          "prev": old})
-    # an earlier report.json's config (none of issue 18's fields) still loads, with their defaults
+    # an earlier report.json's config (flat, none of issue 18's fields) still loads, with their defaults
     added = {"arch_reference_steps", "arch_latency_weight", "mask_scale", "lambda_search_probes",
              "lambda_search_start", "lambda_search_tolerance", "lambda_probe_epochs", "objective",
-             "latency_weight_floor"}
-    old_dict = {k: v for k, v in config_to_dict(DartsGalConfig(**TINY)).items() if k not in added}
-    loaded = config_from_dict(DartsGalConfig, json.loads(json.dumps(old_dict)))
-    assert loaded == DartsGalConfig(**TINY) and loaded.arch_reference_steps is None
+             "latency_weight_floor", "baseline_optimizer", "baseline_label_smoothing", "baseline_warmup_epochs",
+             "baseline_time_s", "baseline_grad_clip", "final_optimizer", "final_label_smoothing",
+             "final_warmup_epochs", "final_time_s", "final_grad_clip"}
+    old_dict = {k: v for k, v in _flat(cfg).items() if k not in added}
+    with pytest.warns(ConfigDeprecationWarning):
+        loaded = config_from_dict(DartsGalConfig, old_dict)
+    assert loaded == cfg and loaded.search.arch_reference_steps is None
 
 
 def test_latency_objective_adds_the_expected_latency_term_to_the_search(tmp_path, monkeypatch):
@@ -544,11 +670,11 @@ def test_latency_objective_adds_the_expected_latency_term_to_the_search(tmp_path
             return None
 
     monkeypatch.setattr(lm, "LayerLatencyTable", Table)  # no onnxruntime timing in a unit test
-    cfg = {**TINY, "objective": "latency", "final_epochs": 0, "baseline_epochs": 0}
+    cfg = _tiny(objective="latency", final={"epochs": 0}, baseline={"epochs": 0})
     out = DartsGal(cfg).run(_ctx(tmp_path))
     search = out.info["search"]
     assert search["objective"] == "latency" and search["latency_weight"] == 0.2
     assert search["expected_latency_ms"]["uniform"] > 0 and len(search["alpha_entropy"]) == 1
     assert out.info["gal"]["penalty"]["objective"] == "latency"
-    fixed = DartsGal({**cfg, "genotype": "DARTS_V2"}).run(_ctx(tmp_path / "fixed"))
+    fixed = DartsGal(cfg, search={"genotype": "DARTS_V2"}).run(_ctx(tmp_path / "fixed"))
     assert fixed.info["search"]["alpha_entropy"] == [] and fixed.info["search"]["source"] == "DARTS_V2"

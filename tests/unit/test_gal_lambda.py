@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from compress.budgets import Budget, measure_cost
 from compress.errors import ConfigError
 from compress.strategies.base import StrategyContext
+from compress.strategies.config_tree import replace_config
 from compress.strategies.darts import DARTS_V2, NetworkCIFAR
 from compress.strategies.darts_gal import (
     DartsGal,
@@ -100,8 +101,9 @@ def _ctx(max_params: int, seed: int = 0) -> StrategyContext:
                            out_dir=None, progress=lambda *a: None)
 
 
-SEARCH = dict(genotype="DARTS_V2", gal_epochs=2, gal_batch_size=16, n_critic=1, mask_step=1, mask_lr=0.05,
-              gal_grad_clip=5.0, lambda_search_probes=6, lambda_search_start=0.3, lambda_search_tolerance=0.1)
+SEARCH = dict(search=dict(genotype="DARTS_V2"),
+              gal=dict(epochs=2, batch_size=16, n_critic=1, mask_step=1, mask_lr=0.05, grad_clip=5.0,
+                       lambda_search_probes=6, lambda_search_start=0.3, lambda_search_tolerance=0.1))
 
 
 def test_lambda_search_lands_within_tolerance_of_a_params_target():
@@ -113,13 +115,13 @@ def test_lambda_search_lands_within_tolerance_of_a_params_target():
     ctx = _ctx(target)
     out = DartsGal(cfg)._lambda_search(ctx, cfg, base, ds, 3, None, None, "")
     probes = out["probes"]
-    assert 1 <= len(probes) <= cfg.lambda_search_probes
+    assert 1 <= len(probes) <= cfg.gal.lambda_search_probes
     assert out["within_tolerance"] is True
     chosen = probes[out["chosen_probe"]]
     assert 0.9 * target <= chosen["params"] <= target and chosen["lambda"] == out["lambda"]
     assert chosen["nodes_removed"] > 0 and chosen["ratio"] == pytest.approx(chosen["params"] / target)
     # every probe's record is what the report shows; the first is lambda_search_start
-    assert probes[0]["lambda"] == cfg.lambda_search_start
+    assert probes[0]["lambda"] == cfg.gal.lambda_search_start
     assert {"lambda", "params", "macs", "nodes_removed", "masks_removed", "ratio", "ok"} <= set(probes[0])
     # the kept trainer's generator is the probe: pruning it gives the recorded params
     G = out["_trainer"].G
@@ -133,13 +135,14 @@ def test_budget_ratio_and_search_config_validation():
     cost = Cost(macs=300, params=50)
     assert budget_ratio(Budget(max_params=100, max_macs=200), cost, None) == pytest.approx(1.5)
     assert budget_ratio(Budget(max_latency_ms=2.0), cost, 1.0) == pytest.approx(0.5)
-    for bad, field in (({"lambda_search_probes": 0}, "lambda_search_probes"),
-                       ({"lambda_search_tolerance": 1.0}, "lambda_search_tolerance"),
-                       ({"lambda_search_start": 0.0}, "lambda_search_start"),
-                       ({"objective": "speed"}, "objective"), ({"mask_scale": "global"}, "mask_scale")):
+    for bad, field in (({"gal": {"lambda_search_probes": 0}}, "gal.lambda_search_probes"),
+                       ({"gal": {"lambda_search_tolerance": 1.0}}, "gal.lambda_search_tolerance"),
+                       ({"gal": {"lambda_search_start": 0.0}}, "gal.lambda_search_start"),
+                       ({"objective": "speed"}, "objective"), ({"gal": {"mask_scale": "global"}}, "gal.mask_scale")):
         with pytest.raises(ConfigError, match=field):
             DartsGalConfig(**bad)
-    assert DartsGalConfig().sparse_lambda is None and DartsGalConfig(sparse_lambda=0.2).sparse_lambda == 0.2
+    assert DartsGalConfig().gal.sparse_lambda is None
+    assert DartsGalConfig(gal={"sparse_lambda": 0.2}).gal.sparse_lambda == 0.2
 
 
 # --------------------------------------------------------------------------- latency-weighted penalty
@@ -241,9 +244,12 @@ def _run_ctx(tmp_path, progress=None, max_params: int = 5_000) -> StrategyContex
 
 
 # DARTS_V2, 3 cells on 4x4 maps: C=8 has 7,331 params, sized to 2 x the 5,000 budget
-RUN = dict(genotype="DARTS_V2", candidates_C=(4, 6, 8), candidates_layers=(3,), stem_strides=(2,), size_margin=2.0,
-           baseline_epochs=1, gal_epochs=2, gal_batch_size=16, n_critic=1, mask_step=1, mask_lr=0.1,
-           lambda_search_probes=3, lambda_search_start=1.0, final_epochs=1)
+RUN = dict(search=dict(genotype="DARTS_V2"),
+           sizing=dict(candidates_C=(4, 6, 8), candidates_layers=(3,), stem_strides=(2,), size_margin=2.0),
+           baseline=dict(epochs=1),
+           gal=dict(epochs=2, batch_size=16, n_critic=1, mask_step=1, mask_lr=0.1, lambda_search_probes=3,
+                    lambda_search_start=1.0),
+           final=dict(epochs=1))
 
 
 def test_lambda_search_through_run_is_reported_and_resumes_from_probe_checkpoints(tmp_path):
@@ -286,12 +292,12 @@ def test_latency_objective_weights_the_masks_through_run(tmp_path, monkeypatch):
             return None
 
     monkeypatch.setattr(lm, "LayerLatencyTable", Table)  # no onnxruntime timing in a unit test
-    cfg = {**RUN, "objective": "latency", "sparse_lambda": 2.0, "final_epochs": 0}
+    cfg = replace_config(DartsGalConfig(**RUN), objective="latency", gal={"sparse_lambda": 2.0}, final={"epochs": 0})
     out = DartsGal(cfg).run(_run_ctx(tmp_path))
     pen = out.info["gal"]["penalty"]
     flat = [v for row in pen["weights"] for v in row]
     assert pen["objective"] == "latency" and len(pen["weights"]) == 3
     assert sum(flat) / len(flat) == pytest.approx(1.0) and min(flat) > 0.0  # floored at 5% of the mean
     assert "lambda_search" not in out.info["gal"]  # a given lambda: no search
-    plain = DartsGal({**cfg, "objective": "auto"}).run(_run_ctx(tmp_path / "plain"))
+    plain = DartsGal(cfg, objective="auto").run(_run_ctx(tmp_path / "plain"))
     assert plain.info["gal"]["penalty"] == {"objective": "size", "weights": None}

@@ -2,7 +2,7 @@
 
 Every phase boundary (search, baseline, GAL and its lambda probes, retrain) is one entry of the shared
 :class:`~compress.training.CheckpointStore` under ``<out_dir>/checkpoints/darts-gal/``, guarded by
-:func:`phase_key`: a hash of the config fields that shape the phase (:func:`.config.phase_config`)
+:func:`phase_key`: a hash of the sub-configs the phase reads (:func:`~compress.strategies.config_tree.key_config`)
 and of the keys of the phases before it, so a changed setting recomputes only what it affects.
 """
 
@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from compress.errors import ConfigError
 from compress.strategies.base import StrategyContext
-from compress.strategies.darts_gal.config import DartsGalConfig, phase_config
+from compress.strategies.config_tree import key_config
+from compress.strategies.darts_gal.config import DartsGalConfig
 from compress.training import CheckpointStore
 from compress.training.checkpoint import stable_hash
 
@@ -20,9 +22,29 @@ __all__ = ["PhaseStore", "phase_key"]
 
 
 def phase_key(cfg: DartsGalConfig, phase: str, extra: dict[str, Any], *, latency_search: bool = False) -> str:
-    """A phase's checkpoint key: its config entries (:func:`phase_config`; issue 18's search fields at
-    their defaults left out, so earlier checkpoints still resume) and ``extra``."""
-    d = phase_config(cfg, phase, latency_search=latency_search)
+    """A phase's checkpoint key: the leaves of the sub-configs it reads, under their flat names
+    (:func:`~compress.strategies.config_tree.key_config`), and ``extra``.
+
+    * ``"search"``: ``search`` (``search.arch_latency_weight`` only with a latency term in the
+      search, ``latency_search``; ``search.arch_reference_steps`` left out at None: issue 18's
+      ``KEY_OMIT``, so earlier searches still resume);
+    * ``"baseline"``: ``sizing`` and ``baseline``;
+    * ``"gal"``: ``gal`` and ``objective`` (the latency-weighted penalty);
+    * ``"retrain"``: ``final`` and ``retrain``.
+
+    Raises:
+        ConfigError: an unknown phase.
+    """
+    if phase == "search":
+        d = key_config(cfg, "search", skip=frozenset() if latency_search else frozenset({"arch_latency_weight"}))
+    elif phase == "baseline":
+        d = key_config(cfg, "sizing", "baseline")
+    elif phase == "gal":
+        d = {**key_config(cfg, "gal"), "objective": cfg.objective}
+    elif phase == "retrain":
+        d = {**key_config(cfg, "final"), "retrain": cfg.retrain}
+    else:
+        raise ConfigError(f"darts-gal has no phase {phase!r}; known: search, baseline, gal, retrain.")
     return stable_hash({"phase": phase, "config": d, **extra})
 
 

@@ -2,7 +2,7 @@
 
 Lambda (issue 18) is searched toward the budget (:func:`lambda_search`: each probe a GAL run on a fresh
 copy of the baseline, pruned and measured, its binding :func:`budget_ratio` deciding the next lambda),
-or given (``sparse_lambda``), or swept (``lambda_sweep``). Each GAL run (:class:`.gal.GALTrainer`) is
+or given (``gal.sparse_lambda``), or swept (``gal.lambda_sweep``). Each GAL run (:class:`.gal.GALTrainer`) is
 followed by the closing loop (:func:`gal_one`): GAL at a larger lambda while the pruned net is over
 budget, then the smallest masks zeroed one at a time. :func:`run_gal` returns the phase's JSON state
 (report key ``gal``) and the pruned network.
@@ -37,18 +37,19 @@ __all__ = ["run_gal", "lambda_search", "gal_one", "penalty_weights", "gal_settin
 
 def gal_settings(cfg: DartsGalConfig, lam: float, seed: int, *, epochs: int | None = None,
                  mask_weights: tuple[tuple[float, ...], ...] | None = None) -> GALSettings:
-    """The :class:`GALSettings` of a config at sparsity ``lam`` (``epochs``: None = ``gal_epochs``;
-    ``mask_weights``: per-node L1 weights, None = 1)."""
+    """The :class:`GALSettings` of a config's ``gal`` block at sparsity ``lam`` (``epochs``: None =
+    ``gal.epochs``; ``mask_weights``: per-node L1 weights, None = 1)."""
+    g = cfg.gal
     return GALSettings(
-        epochs=cfg.gal_epochs if epochs is None else int(epochs), mask_scale=cfg.mask_scale, mask_weights=mask_weights,
-        batch_size=cfg.gal_batch_size, lr=cfg.gal_lr, momentum=cfg.gal_momentum,
-        weight_decay=cfg.gal_weight_decay, lr_step_epochs=cfg.gal_lr_step_epochs, lr_gamma=cfg.gal_lr_gamma,
-        max_g_steps_per_epoch=cfg.gal_max_g_steps_per_epoch, n_critic=cfg.n_critic, gan=cfg.gan,
-        wgan_clip=cfg.wgan_clip, d_input=cfg.d_input, d_hidden=cfg.d_hidden, d_activation=cfg.d_activation,
-        bn=cfg.gal_bn, data_input=cfg.data_input, data_scale=cfg.data_scale, grad_clip=cfg.gal_grad_clip,
-        d_init_std=cfg.d_init_std,
-        d_lr=cfg.d_lr, d_momentum=cfg.d_momentum, d_weight_decay=cfg.d_weight_decay, mu=cfg.mu, lam=lam,
-        mask_lr=cfg.mask_lr, mask_step=cfg.mask_step, mask_init=cfg.mask_init, l1_in_gradient=cfg.l1_in_gradient,
+        epochs=g.epochs if epochs is None else int(epochs), mask_scale=g.mask_scale, mask_weights=mask_weights,
+        batch_size=g.batch_size, lr=g.lr, momentum=g.momentum,
+        weight_decay=g.weight_decay, lr_step_epochs=g.lr_step_epochs, lr_gamma=g.lr_gamma,
+        max_g_steps_per_epoch=g.max_g_steps_per_epoch, n_critic=g.n_critic, gan=g.gan,
+        wgan_clip=g.wgan_clip, d_input=g.d_input, d_hidden=g.d_hidden, d_activation=g.d_activation,
+        bn=g.bn, data_input=g.data_input, data_scale=g.data_scale, grad_clip=g.grad_clip,
+        d_init_std=g.d_init_std,
+        d_lr=g.d_lr, d_momentum=g.d_momentum, d_weight_decay=g.d_weight_decay, mu=g.mu, lam=lam,
+        mask_lr=g.mask_lr, mask_step=g.mask_step, mask_init=g.mask_init, l1_in_gradient=g.l1_in_gradient,
         seed=seed,
     )
 
@@ -74,32 +75,32 @@ def budget_ratio(budget: Any, cost: Cost, latency_ms: float | None) -> float:
     if budget.max_latency_ms is not None:
         if latency_ms is None:
             raise BudgetUnreachableError("darts-gal's lambda search needs a measured latency for a latency budget; "
-                                         "give a target that can time the network, or set sparse_lambda.")
+                                         "give a target that can time the network, or set gal.sparse_lambda.")
         ratios.append(float(latency_ms) / max(float(budget.max_latency_ms), 1e-12))
     if not ratios:
         raise BudgetUnreachableError(
             f"darts-gal's lambda search needs a params, MACs or latency limit, budget {budget.describe()!r} has none; "
-            "set sparse_lambda to fix lambda instead.")
+            "set gal.sparse_lambda to fix lambda instead.")
     return max(ratios)
 
 
 def run_gal(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, train_ds: Dataset,
             K: int, store: PhaseStore | None = None, h_gal: str = "",
             table: Any = None) -> tuple[dict[str, Any], NetworkCIFAR]:
-    """GAL at the searched lambda (``sparse_lambda=None``, :func:`lambda_search`), at the given
-    ``sparse_lambda``, or for each lambda of ``lambda_sweep`` (the candidate whose removed fraction
-    is closest to ``target_prune_fraction`` wins); each followed by the closing loop. Returns the
+    """GAL at the searched lambda (``gal.sparse_lambda=None``, :func:`lambda_search`), at the given
+    ``gal.sparse_lambda``, or for each lambda of ``gal.lambda_sweep`` (the candidate whose removed
+    fraction is closest to ``gal.target_prune_fraction`` wins); each followed by the closing loop. Returns the
     JSON state and the pruned network (masks off, pruned weights)."""
     total_nodes = node_count(baseline)
     weights, penalty = penalty_weights(ctx, cfg, baseline, table)
     search: dict[str, Any] | None = None
-    if cfg.lambda_sweep:
-        lambdas = cfg.lambda_sweep
+    if cfg.gal.lambda_sweep:
+        lambdas = cfg.gal.lambda_sweep
         candidates = [gal_one(ctx, cfg, baseline, train_ds, K, lam0, total_nodes,
                               tag=f"gal[{n}]" if len(lambdas) > 1 else "gal", weights=weights)
                       for n, lam0 in enumerate(lambdas)]
-    elif cfg.sparse_lambda is not None:
-        candidates = [gal_one(ctx, cfg, baseline, train_ds, K, cfg.sparse_lambda, total_nodes, tag="gal",
+    elif cfg.gal.sparse_lambda is not None:
+        candidates = [gal_one(ctx, cfg, baseline, train_ds, K, cfg.gal.sparse_lambda, total_nodes, tag="gal",
                               weights=weights)]
     else:
         search = lambda_search(ctx, cfg, baseline, train_ds, K, weights, store, h_gal)
@@ -109,7 +110,7 @@ def run_gal(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, t
                               weights=weights, trainer=trainer, history=search.pop("_history"),
                               lambda_rounds=not threshold_only)]
     best = min(range(len(candidates)),
-               key=lambda i: (abs(candidates[i]["removed_fraction"] - cfg.target_prune_fraction), i))
+               key=lambda i: (abs(candidates[i]["removed_fraction"] - cfg.gal.target_prune_fraction), i))
     chosen = candidates[best]
     G, keep = chosen.pop("_G"), chosen.pop("_keep")
     for c in candidates:
@@ -146,10 +147,10 @@ def penalty_weights(ctx: StrategyContext, cfg: DartsGalConfig, baseline: Network
         return None, {"objective": "size", "weights": None}
     if table is None:
         table = latency_table(ctx)
-    weights = node_latency_weights(baseline, ctx.example_inputs, table, cfg.latency_weight_floor)
+    weights = node_latency_weights(baseline, ctx.example_inputs, table, cfg.gal.latency_weight_floor)
     table.save()
     return weights, {"objective": "latency", "weights": [list(r) for r in weights],
-                     "floor": cfg.latency_weight_floor, "target": ctx.target.to_dict()}
+                     "floor": cfg.gal.latency_weight_floor, "target": ctx.target.to_dict()}
 
 
 def lambda_search(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, train_ds: Dataset,
@@ -157,11 +158,11 @@ def lambda_search(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCI
                   h_gal: str) -> dict[str, Any]:
     """Search lambda toward the budget, as gp-prune bisects its ratio (issue 18, part 2).
 
-    Each probe is a GAL run of ``lambda_probe_epochs`` on a fresh copy of the baseline, pruned and
+    Each probe is a GAL run of ``gal.lambda_probe_epochs`` on a fresh copy of the baseline, pruned and
     measured by ``ctx.check``; its binding ratio ``r`` (:func:`budget_ratio`) decides the next
     lambda: ``r > 1`` (over budget) -> larger, ``r < 1 - tol`` (pruned too much) -> smaller; x or /
-    ``lambda_growth`` until both sides are seen, then the geometric mean of the bracket. It stops
-    at the first ``r`` in ``[1 - tol, 1]`` or after ``lambda_search_probes`` probes. Without a probe
+    ``gal.lambda_growth`` until both sides are seen, then the geometric mean of the bracket. It stops
+    at the first ``r`` in ``[1 - tol, 1]`` or after ``gal.lambda_search_probes`` probes. Without a probe
     in the window it keeps the probe least over the budget and zeroes its smallest masks one at a
     time until the budget is met (the closing loop without its lambda rounds; measured on digits:
     5 probes ended at ratios 1.06 and 0.68 around the window), else the probe with the largest
@@ -172,10 +173,10 @@ def lambda_search(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCI
     Returns:
         the report entry (``probes``: lambda, params, MACs, latency, nodes and masks removed, ratio
         per probe) with ``_trainer`` (the kept probe's :class:`GALTrainer`, or None when the probes
-        were shorter than ``gal_epochs``) and ``_history``.
+        were shorter than ``gal.epochs``) and ``_history``.
     """
-    tol = cfg.lambda_search_tolerance
-    epochs = cfg.lambda_probe_epochs or cfg.gal_epochs
+    tol = cfg.gal.lambda_search_tolerance
+    epochs = cfg.gal.lambda_probe_epochs or cfg.gal.epochs
     seed = derive_seed(ctx.seed, "gal")
     probes: list[dict[str, Any]] = []
     kept: tuple[int, GALTrainer, list[dict[str, Any]]] | None = None
@@ -183,9 +184,9 @@ def lambda_search(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCI
     over: tuple[int, GALTrainer, list[dict[str, Any]]] | None = None  # least over the budget
     lo: float | None = None  # largest lambda seen over the budget
     hi: float | None = None  # smallest lambda seen pruning below 1 - tol
-    lam = float(cfg.lambda_search_start)
-    ctx.progress("lambda-search", 0, cfg.lambda_search_probes, {})
-    for n in range(cfg.lambda_search_probes):
+    lam = float(cfg.gal.lambda_search_start)
+    ctx.progress("lambda-search", 0, cfg.gal.lambda_search_probes, {})
+    for n in range(cfg.gal.lambda_search_probes):
         settings = gal_settings(cfg, lam, seed, epochs=epochs, mask_weights=weights)
         key = stable_hash({"prev": h_gal, "probe": n, "lambda": lam})
         loaded = store.load(f"gal-probe-{n}", key, ctx) if store is not None else None
@@ -204,10 +205,10 @@ def lambda_search(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCI
             trainer = GALTrainer(baseline, train_ds, K, settings, progress=ctx.progress, log=ctx.log,
                                  phase_name=f"gal-probe[{n}]", runtime=ctx.runtime)
             history = list(trainer.run().history)
-            keep = kept_nodes(trainer.G, threshold=cfg.mask_threshold, keep_nonempty=cfg.keep_nonempty)
+            keep = kept_nodes(trainer.G, threshold=cfg.gal.mask_threshold, keep_nonempty=cfg.gal.keep_nonempty)
             pr = prune_network(trainer.G, keep, keep_masks=False)
             cost, chk, lat = ctx.check(pr.net)
-            zero = sum(1 for row in mask_values(trainer.G) for v in row if v <= cfg.mask_threshold)
+            zero = sum(1 for row in mask_values(trainer.G) for v in row if v <= cfg.gal.mask_threshold)
             rec = {"probe": n, "lambda": lam, "epochs": epochs, **_cost_dict(cost, lat),
                    "nodes_removed": int(pr.removed), "masks_removed": int(zero),
                    "ratio": budget_ratio(ctx.budget, cost, lat), "ok": bool(chk.ok)}
@@ -218,7 +219,7 @@ def lambda_search(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCI
             rec = {**rec, "resumed": False}
         probes.append(rec)
         ctx.log(phase="lambda-search", **rec)
-        ctx.progress("lambda-search", n + 1, cfg.lambda_search_probes,
+        ctx.progress("lambda-search", n + 1, cfg.gal.lambda_search_probes,
                      {"lambda": lam, "ratio": rec["ratio"], "removed": rec["nodes_removed"]})
         r = rec["ratio"]
         if r <= 1.0 and (kept is None or r > probes[kept[0]]["ratio"]):
@@ -234,8 +235,8 @@ def lambda_search(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCI
         else:
             hi = lam if hi is None else min(hi, lam)
         lam = math.sqrt(lo * hi) if lo is not None and hi is not None else (
-            lam * cfg.lambda_growth if hi is None else lam / cfg.lambda_growth)
-    full = epochs == cfg.gal_epochs
+            lam * cfg.gal.lambda_growth if hi is None else lam / cfg.gal.lambda_growth)
+    full = epochs == cfg.gal.epochs
     choice = kept if kept is not None else fallback
     assert choice is not None  # at least one probe ran (lambda_search_probes >= 1)
     within = 1.0 - tol <= probes[choice[0]]["ratio"] <= 1.0
@@ -250,7 +251,7 @@ def lambda_search(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCI
     idx, trainer, history = choice
     chosen = probes[idx]
     return {"lambda": chosen["lambda"], "chosen_probe": idx, "probes": probes, "tolerance": tol,
-            "max_probes": cfg.lambda_search_probes, "probe_epochs": epochs,
+            "max_probes": cfg.gal.lambda_search_probes, "probe_epochs": epochs,
             "within_tolerance": bool(within), "choice": how, "budget": ctx.budget.describe(),
             "_trainer": trainer if full else None, "_history": history if full else None,
             "_threshold_only": threshold_only}
@@ -260,7 +261,7 @@ def gal_one(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, t
             lam: float, total_nodes: int, tag: str, weights: tuple[tuple[float, ...], ...] | None = None,
             trainer: GALTrainer | None = None, history: list[dict[str, Any]] | None = None,
             lambda_rounds: bool = True) -> dict[str, Any]:
-    """GAL at ``lam`` (or continue ``trainer``, already run for ``gal_epochs`` with ``history``),
+    """GAL at ``lam`` (or continue ``trainer``, already run for ``gal.epochs`` with ``history``),
     then the closing loop into the budget (``lambda_rounds=False``: without its GAL rounds at a
     larger lambda, only the zeroing of the smallest masks)."""
     check = ctx.check
@@ -271,24 +272,24 @@ def gal_one(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, t
                              runtime=ctx.runtime)
         history = list(trainer.run().history)
     history = list(history or [])
-    epochs_done = cfg.gal_epochs
+    epochs_done = cfg.gal.epochs
 
     def measure() -> tuple[Any, Any, tuple[Cost, BudgetCheck, float | None]]:
-        keep = kept_nodes(trainer.G, threshold=cfg.mask_threshold, keep_nonempty=cfg.keep_nonempty)
+        keep = kept_nodes(trainer.G, threshold=cfg.gal.mask_threshold, keep_nonempty=cfg.gal.keep_nonempty)
         pr = prune_network(trainer.G, keep, keep_masks=False)
         return keep, pr, check(pr.net)
 
     keep, pr, (cost, chk, lat) = measure()
-    rounds = [{"round": 0, "lambda": lam, "epochs": cfg.gal_epochs, "removed": pr.removed, **_cost_dict(cost, lat),
+    rounds = [{"round": 0, "lambda": lam, "epochs": cfg.gal.epochs, "removed": pr.removed, **_cost_dict(cost, lat),
                "ok": chk.ok}]
     ctx.log(phase="closing-loop", **rounds[-1])
     r = 0
-    while lambda_rounds and not chk.ok and r < cfg.max_prune_rounds:
+    while lambda_rounds and not chk.ok and r < cfg.gal.max_prune_rounds:
         r += 1
-        lam *= cfg.lambda_growth
+        lam *= cfg.gal.lambda_growth
         trainer.s = dataclasses.replace(trainer.s, lam=lam)
         trainer.fista.lam = lam
-        extra = cfg.prune_round_epochs or cfg.gal_epochs
+        extra = cfg.gal.prune_round_epochs or cfg.gal.epochs
         history += trainer.run(epochs=extra, start_epoch=epochs_done).history
         epochs_done += extra
         keep, pr, (cost, chk, lat) = measure()
@@ -300,13 +301,13 @@ def gal_one(ctx: StrategyContext, cfg: DartsGalConfig, baseline: NetworkCIFAR, t
         # zero the smallest surviving mask (non-forced) and re-measure
         with torch.no_grad():
             cands = [(float(cell.node_mask[i]), c, i) for c, (cell, k) in enumerate(zip(trainer.G.cells, keep))
-                     for i in k.kept if i not in k.forced and float(cell.node_mask[i]) > cfg.mask_threshold]
+                     for i in k.kept if i not in k.forced and float(cell.node_mask[i]) > cfg.gal.mask_threshold]
             if not cands:
                 raise BudgetUnreachableError(
                     f"darts-gal: even with every prunable node removed the network costs {cost.macs:,} MACs and "
                     f"{cost.params:,} params and violates " + "; ".join(str(v) for v in chk.violations)
-                    + ". Lower size_margin (the baseline is sized to size_margin x the budget) or add smaller "
-                      "candidates_C / candidates_layers.")
+                    + ". Lower sizing.size_margin (the baseline is sized to size_margin x the budget) or add smaller "
+                      "sizing.candidates_C / sizing.candidates_layers.")
             _v, c, i = min(cands)
             trainer.G.cells[c].node_mask[i] = 0.0
             thresholded.append([c + 1, i])

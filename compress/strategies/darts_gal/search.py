@@ -13,7 +13,7 @@ DARTS :class:`~compress.strategies.darts.architect.Architect`.
 
 Issue 18 (as in ``eg-nas``' ``alpha_update="gradient"``):
 
-* ``arch_reference_steps``: Adam moves each logit by about ``arch_lr`` per step at most, so alpha
+* ``search.arch_reference_steps``: Adam moves each logit by about ``search.arch_lr`` per step at most, so alpha
   travels at most ``arch_lr x steps``; DARTS' CIFAR-10 search (§3.1.1: 50 epochs x 391 steps =
   19,550 steps of lr 3e-4) allows about 5.9 logit units, the ``cpu-small`` preset's 4 x 8 = 32 steps
   about 0.01. With ``arch_reference_steps=19_550`` (set by the ``cpu-small`` preset) the step becomes
@@ -54,7 +54,7 @@ class DartsSearch(SupernetSearch):
     """The DARTS search of ``darts-gal`` (8 DARTS ops, BN after pools) with per-epoch checkpoints.
 
     Args:
-        cfg: the strategy config (search fields).
+        cfg: the strategy config (its ``search`` sub-config).
         train_ds: training dataset of ``(x, y)`` (split inside).
         val_loader: loader for the per-epoch supernet accuracy (may be None).
         num_classes, input_shape: task sizes ``K`` and ``(C, H, W)``.
@@ -64,11 +64,11 @@ class DartsSearch(SupernetSearch):
         runtime: device and precision (default: CPU fp32).
         latency_table: ``table.latency(layer_config) -> ms`` on the target (the strategy passes the
             target's :class:`~compress.profiling.latency_model.LayerLatencyTable` when the search is
-            latency-aware): the architecture loss then adds ``cfg.arch_latency_weight * E[lat] /
+            latency-aware): the architecture loss then adds ``cfg.search.arch_latency_weight * E[lat] /
             E_uniform[lat]``, the op latencies looked up once here. None: no latency term.
 
     Attributes:
-        architect: the :class:`Architect` (``reference_steps=cfg.arch_reference_steps``).
+        architect: the :class:`Architect` (``reference_steps=cfg.search.arch_reference_steps``).
         latency_term: the :class:`LatencyTerm` in use (None without a table).
         num_ops: candidate ops per edge (8 DARTS ops).
 
@@ -83,25 +83,26 @@ class DartsSearch(SupernetSearch):
                  log: Callable[..., None] | None = None, runtime: Runtime | None = None,
                  latency_table: LatencyLookup | None = None) -> None:
         self.cfg = cfg
+        sc = cfg.search
         runtime = runtime or Runtime()
-        w_part, a_part = split_dataset(train_ds, cfg.train_portion, seed, who="darts-gal's search")
-        model = build_supernet(seed, cfg.search_C, num_classes, cfg.search_layers, primitives="darts",
-                               in_channels=input_shape[0], partial_channels=cfg.partial_channels,
-                               edge_norm=cfg.edge_norm, pool_bn=True, stem_stride=cfg.search_stem_stride)
+        w_part, a_part = split_dataset(train_ds, sc.train_portion, seed, who="darts-gal's search")
+        model = build_supernet(seed, sc.C, num_classes, sc.layers, primitives="darts",
+                               in_channels=input_shape[0], partial_channels=sc.partial_channels,
+                               edge_norm=sc.edge_norm, pool_bn=True, stem_stride=sc.stem_stride)
         self.latency_term: LatencyTerm | None = None
         if latency_table is not None:
             lat_n, lat_r = op_latency_matrix(model, torch.zeros(1, *input_shape), latency_table)
-            self.latency_term = LatencyTerm(lat_n, lat_r, cfg.arch_latency_weight)
+            self.latency_term = LatencyTerm(lat_n, lat_r, sc.arch_latency_weight)
         self.num_ops = len(model.primitives)
         runtime.prepare(model)
-        self.architect = Architect(model, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
-                                   second_order=cfg.second_order, w_momentum=cfg.search_momentum,
-                                   w_weight_decay=cfg.search_weight_decay, runtime=runtime,
-                                   reference_steps=cfg.arch_reference_steps, latency_term=self.latency_term)
+        self.architect = Architect(model, lr=sc.arch_lr, weight_decay=sc.arch_weight_decay,
+                                   second_order=sc.second_order, w_momentum=sc.momentum,
+                                   w_weight_decay=sc.weight_decay, runtime=runtime,
+                                   reference_steps=sc.arch_reference_steps, latency_term=self.latency_term)
         schedule = SearchSchedule(
-            epochs=cfg.search_epochs, warmup_epochs=cfg.arch_warmup_epochs, batch_size=cfg.search_batch_size,
-            lr=cfg.search_lr, lr_min=cfg.search_lr_min, momentum=cfg.search_momentum,
-            weight_decay=cfg.search_weight_decay, grad_clip=cfg.grad_clip,
-            max_steps_per_epoch=cfg.search_max_steps_per_epoch, val_batches=cfg.search_val_batches)
+            epochs=sc.epochs, warmup_epochs=sc.arch_warmup_epochs, batch_size=sc.batch_size,
+            lr=sc.lr, lr_min=sc.lr_min, momentum=sc.momentum,
+            weight_decay=sc.weight_decay, grad_clip=sc.grad_clip,
+            max_steps_per_epoch=sc.max_steps_per_epoch, val_batches=sc.val_batches)
         super().__init__(schedule, model, w_part, a_part, val_loader, seed, self.architect, runtime=runtime,
                          ckpt_dir=ckpt_dir, key=config_hash, progress=progress, log=log)

@@ -10,35 +10,35 @@ Pipeline (paper Fig. 1):
 1. **Genotype** (§3.1): a DARTS search of the normal and reduction cells on a train/val split of
    the user's training data (:mod:`.search`; first order by default, second order and PC-DARTS
    options) -- or a published genotype (the paper reuses DARTS_V2 for MNIST/FMNIST/CIFAR-10).
-   Issue 18: ``arch_reference_steps`` scales Adam's alpha step to the search's own step count
+   Issue 18: ``search.arch_reference_steps`` scales Adam's alpha step to the search's own step count
    (the ``cpu-small`` preset sets DARTS' 19,550; without it alpha stayed at ln 8 on digits), and a
    latency-aware run (``objective="latency"``, or ``"auto"`` with a latency budget) adds the
-   expected latency of the mixed ops to the architecture loss (``arch_latency_weight``). What the
+   expected latency of the mixed ops to the architecture loss (``search.arch_latency_weight``). What the
    search did is report key ``search`` (``alpha_entropy`` per epoch, ``plan``, ``objective``).
 2. **Sizing + baseline** (§3.2): ``(C, cells)`` of the stacked ``NetworkCIFAR`` (reductions at 1/3
    and 2/3 of the depth, no auxiliary head) chosen by measuring a grid through ``ctx.check``: the
-   most capacity within ``size_margin`` x the budget. The stack is trained with KD from the teacher.
+   most capacity within ``sizing.size_margin`` x the budget. The stack is trained with KD from the teacher.
 3. **GAL** (§3.3, Eq. 4-7; :mod:`.gal`): a soft mask per intermediate node of every cell, an MLP
    discriminator on softmax outputs, adversarial + data (MSE to the baseline) + L1 losses, 5 D
    steps per G step, masks driven to exact zeros by the FISTA proximal step. Nodes whose mask is 0
    are physically removed with their edges and output channels (:mod:`.prune`).
-   **Lambda** (issue 18): with ``sparse_lambda=None`` (default) lambda is searched toward the
+   **Lambda** (issue 18): with ``gal.sparse_lambda=None`` (default) lambda is searched toward the
    budget -- each probe a GAL run on a fresh copy of the baseline, pruned and measured, lambda
-   grown or shrunk by ``lambda_growth`` until the budget is bracketed, then bisected geometrically,
-   until the binding budget ratio lies in ``[1 - lambda_search_tolerance, 1]`` or
-   ``lambda_search_probes`` probes ran (:func:`.gal_phase.lambda_search`; report key
+   grown or shrunk by ``gal.lambda_growth`` until the budget is bracketed, then bisected geometrically,
+   until the binding budget ratio lies in ``[1 - gal.lambda_search_tolerance, 1]`` or
+   ``gal.lambda_search_probes`` probes ran (:func:`.gal_phase.lambda_search`; report key
    ``gal.lambda_search``). Each cell's masks are kept in units of its strongest node
-   (``mask_scale="cell"``, :meth:`~compress.strategies.darts_gal.gal.GALTrainer.fix_mask_scale`), so
+   (``gal.mask_scale="cell"``, :meth:`~compress.strategies.darts_gal.gal.GALTrainer.fix_mask_scale`), so
    the removed-node count grows gradually with lambda. With a latency budget (or
    ``objective="latency"``) node j's L1 weight is its predicted latency share
    (:func:`.latency.node_latency_weights`; report key ``gal.penalty``).
-   **Closing loop**: if the pruned net is over budget (only possible with ``size_margin > 1``), GAL
+   **Closing loop**: if the pruned net is over budget (only possible with ``sizing.size_margin > 1``), GAL
    continues with a larger lambda, then the smallest masks are zeroed one at a time.
 4. **Retrain** (§3.4): the pruned architecture from scratch (paper) or fine-tuned (GAL), with KD.
 
 Checkpoints under ``<out_dir>/checkpoints/darts-gal/`` (shared ``CheckpointStore``: atomic JSON +
 tensors, RNG states, the run history) after every search, baseline and retrain epoch and at the end
-of the baseline, GAL and retrain phases; each is guarded by a hash of the config fields that shape
+of the baseline, GAL and retrain phases; each is guarded by a hash of the sub-configs that shape
 it (and of the phases before it), so a killed run resumes bit-identically from the last boundary
 and a changed setting recomputes only what it affects. GAL itself resumes from its phase start.
 
@@ -48,18 +48,18 @@ Documented deviations / resolutions (docs/algorithms/darts-gal.md, choices):
 * log-loss GAN (Eq. 5) with 5 critic steps per generator step by default; ``gan="wgan"`` switches to
   the Wasserstein critic with weight clipping (the paper names it without details);
 * masks start at 1 and the generator at the baseline's weights, so G == B at step 0;
-* FISTA uses the gradient at the current masks (as GAL's code), every ``mask_step`` G steps;
+* FISTA uses the gradient at the current masks (as GAL's code), every ``gal.mask_step`` G steps;
 * D sees softmax outputs (paper); the data loss compares logits (GAL code) and is divided by the
-  baseline's mean squared logit norm (``data_scale``) so that lambda does not depend on the logit
-  scale; the generator's weight gradient is clipped at norm 5 (``gal_grad_clip``; GAL: none) --
+  baseline's mean squared logit norm (``gal.data_scale``) so that lambda does not depend on the logit
+  scale; the generator's weight gradient is clipped at norm 5 (``gal.grad_clip``; GAL: none) --
   without both, SGD at the paper's lr 0.01 diverged on DARTS stacks here;
 * a GAL epoch is one generator pass over the data; the 5 critic batches per generator step come
   from a second seeded stream; G's BatchNorm statistics are re-estimated after GAL;
-* the L1 term acts on masks in units of each cell's strongest node (``mask_scale="cell"``), not on
+* the L1 term acts on masks in units of each cell's strongest node (``gal.mask_scale="cell"``), not on
   the absolute masks of Eq. 7: the BatchNorm that follows every cell cancels a common factor of its
   masks, so the absolute term shrank a cell's masks together (all-or-nothing, measured);
-* lambda is searched toward the budget unless ``sparse_lambda`` is given (the paper gives none);
-* a cell whose masks all reach 0 keeps its strongest node (``keep_nonempty``): the paper's empty
+* lambda is searched toward the budget unless ``gal.sparse_lambda`` is given (the paper gives none);
+* a cell whose masks all reach 0 keeps its strongest node (``gal.keep_nonempty``): the paper's empty
   ("None") cells output a constant that ``CellSpec`` cannot express;
 * reduction positions follow the standard ``layers//3, 2*layers//3`` rule for every sized depth
   (the only rule that reproduces the paper's 0.13 M / 0.37 M counts, docs/algorithms/darts-space.md);
@@ -82,6 +82,7 @@ from torch.utils.data import DataLoader, Dataset
 from compress.budgets import BudgetCheck, Cost
 from compress.registry import register_strategy
 from compress.strategies.base import Strategy, StrategyContext, StrategyOutput
+from compress.strategies.darts.configs import DARTSTrainConfig
 from compress.strategies.darts.genotype import Genotype
 from compress.strategies.darts.model import NetworkCIFAR, build_from_arch
 from compress.strategies.darts.sizing import size_to_budget
@@ -92,7 +93,7 @@ from compress.strategies.darts_gal.gal_phase import budget_ratio, gal_settings, 
 from compress.strategies.darts_gal.latency import latency_aware, latency_table, node_latency_weights
 from compress.strategies.darts_gal.prune import draw_genotype, nodes_kept_markdown
 from compress.strategies.darts_gal.search import DartsSearch
-from compress.training import EpochCheckpoint, FinetuneSettings, evaluate, finetune
+from compress.training import EpochCheckpoint, evaluate, finetune
 from compress.training.data import derive_seed
 
 __all__ = ["DartsGal", "STRATEGY", "gal_settings", "budget_ratio", "node_latency_weights"]
@@ -139,7 +140,7 @@ class DartsGal(Strategy):
     ``(B, C, H, W) -> (B, K)`` that meets ``ctx.budget`` (rebuilt by :meth:`build_student`).
 
     Raises:
-        BudgetUnreachableError: no (C, cells) candidate fits (``size_margin`` x) the budget, or the
+        BudgetUnreachableError: no (C, cells) candidate fits (``sizing.size_margin`` x) the budget, or the
             closing loop cannot prune into it.
         DataError: the training split is too small.
         ConfigError: invalid config.
@@ -151,9 +152,10 @@ class DartsGal(Strategy):
 
     @classmethod
     def demo_config(cls, epochs: int) -> dict[str, Any]:
-        """The CPU preset (docs/algorithms/darts-gal.md, CPU profile); ``epochs`` raises the final retrain (never below the preset)."""
+        """The CPU preset (docs/algorithms/darts-gal.md, CPU profile), nested; ``epochs`` raises the
+        retrain's ``final.epochs`` (never below the preset's)."""
         small = PRESETS["cpu-small"]
-        return {**small, "final_epochs": max(int(epochs), small["final_epochs"])}
+        return {**small, "final": {**small["final"], "epochs": max(int(epochs), small["final"]["epochs"])}}
 
     @classmethod
     def build_student(cls, arch: dict[str, Any]) -> nn.Module:
@@ -176,14 +178,14 @@ class DartsGal(Strategy):
         # latency-aware (issue 18, part 4): the search's expected-latency term and GAL's weighted L1 share
         # the target's per-layer table, timed once (and cached on disk)
         table = latency_table(ctx) if latency_aware(ctx, cfg) else None
-        latency_search = table is not None and resolve_genotype(cfg.genotype) is None
+        latency_search = table is not None and resolve_genotype(cfg.search.genotype) is None
         if latency_search:  # the table's target keys the search: a latency-aware search is another search
             extra = {**extra, "latency_target": ctx.target.to_dict()}
         h_search = phase_key(cfg, "search", extra, latency_search=latency_search)
         with ctx.phase("search"):
             genotype, search = self._genotype(ctx, cfg, train_ds, K, in_shape, h_search, store,
                                               table if latency_search else None)
-        if search.get("resumed_from_epoch") and search["resumed_from_epoch"] == cfg.search_epochs:
+        if search.get("resumed_from_epoch") and search["resumed_from_epoch"] == cfg.search.epochs:
             resumed.append("search")
 
         # ---- stage 2: sizing + baseline
@@ -204,9 +206,8 @@ class DartsGal(Strategy):
                     torch.manual_seed(derive_seed(ctx.seed, "baseline-init"))
                     baseline = NetworkCIFAR(sizing["C"], K, sizing["layers"], genotype, in_channels=in_shape[0],
                                             stem_stride=sizing["stem_stride"])
-                base_hist = self._train(ctx, baseline, train_ds, batch, "baseline", cfg.baseline_epochs,
-                                        cfg.baseline_lr, cfg.baseline_momentum, cfg.baseline_weight_decay,
-                                        cfg.baseline_max_steps_per_epoch, EpochCheckpoint(store.store, "baseline-epochs", h_base))
+                base_hist = self._train(ctx, baseline, train_ds, batch, "baseline", cfg.baseline,
+                                        EpochCheckpoint(store.store, "baseline-epochs", h_base))
             store.save("baseline", h_base, {"arch": baseline.arch_dict(), "sizing": sizing, "history": base_hist},
                        {"weights": baseline.state_dict()}, ctx)
         baseline.eval()
@@ -242,8 +243,7 @@ class DartsGal(Strategy):
                     student = build_from_arch(pruned.arch_dict())
                 if cfg.retrain == "finetune":
                     student.load_state_dict(pruned.state_dict())
-                retrain_hist = self._train(ctx, student, train_ds, batch, "retrain", cfg.final_epochs, cfg.final_lr,
-                                           cfg.final_momentum, cfg.final_weight_decay, cfg.final_max_steps_per_epoch,
+                retrain_hist = self._train(ctx, student, train_ds, batch, "retrain", cfg.final,
                                            EpochCheckpoint(store.store, "retrain-epochs", h_final))
             store.save("retrain", h_final, {"arch": student.arch_dict(), "history": retrain_hist},
                        {"weights": student.state_dict()}, ctx)
@@ -297,9 +297,9 @@ class DartsGal(Strategy):
         types; ``alpha_entropy_uniform`` = ln |O|; ``plan``: alpha steps and the Adam step in use;
         ``objective``; ``genotype_stability`` None: darts-gal runs one search). A published genotype:
         no search, empty entropies."""
-        fixed = resolve_genotype(cfg.genotype)
+        fixed = resolve_genotype(cfg.search.genotype)
         if fixed is not None:
-            source = cfg.genotype if len(cfg.genotype) < 40 else "json"
+            source = cfg.search.genotype if len(cfg.search.genotype) < 40 else "json"
             return fixed, {"source": source, "history": [], "wall_s": 0.0, "resumed_from_epoch": 0,
                            "search": {"source": source, "alpha_entropy": [], "alpha_entropy_uniform": None,
                                       "genotype_stability": None, "stability_seeds": [], "plan": {},
@@ -320,7 +320,7 @@ class DartsGal(Strategy):
             "stability_seeds": [],
             "plan": dict(out.plan),
             "objective": "latency" if term is not None else "size",
-            "latency_weight": cfg.arch_latency_weight if term is not None else None,
+            "latency_weight": cfg.search.arch_latency_weight if term is not None else None,
             "expected_latency_ms": None if term is None else {
                 "uniform": term.reference_ms,
                 "final": float(term.expected_ms(out.alphas_normal.double(), out.alphas_reduce.double()))},
@@ -339,26 +339,25 @@ class DartsGal(Strategy):
             ctx.log(phase="sizing", **rec)
             ctx.progress("sizing", done[0], None, {"C": rec["C"], "layers": rec["layers"], "ok": rec["ok"]})
 
-        sized = size_to_budget(genotype, _margin_check(ctx, cfg.size_margin), K, in_shape, cfg.candidates_C,
-                               cfg.candidates_layers, stem_strides=cfg.stem_strides, capacity=cfg.capacity,
+        sz = cfg.sizing
+        sized = size_to_budget(genotype, _margin_check(ctx, sz.size_margin), K, in_shape, sz.candidates_C,
+                               sz.candidates_layers, stem_strides=sz.stem_strides, capacity=sz.capacity,
                                on_trial=on_trial)
-        return {"C": sized.C, "layers": sized.layers, "stem_stride": sized.stem_stride, "size_margin": cfg.size_margin,
+        return {"C": sized.C, "layers": sized.layers, "stem_stride": sized.stem_stride, "size_margin": sz.size_margin,
                 "sized_macs": int(sized.cost.macs), "sized_params": int(sized.cost.params),
                 "trials": sized.trials}
 
-    def _train(self, ctx: StrategyContext, net: NetworkCIFAR, train_ds: Dataset, batch: int, phase: str, epochs: int,
-               lr: float, momentum: float, wd: float, max_steps: int | None,
-               checkpoint: EpochCheckpoint | None = None) -> list[dict[str, Any]]:
-        """KD training of ``net`` (baseline or retrain) with a seeded loader and drop-path ramp;
-        with ``checkpoint``, every epoch boundary is committed and a rerun continues from it."""
-        cfg: DartsGalConfig = self.config
+    def _train(self, ctx: StrategyContext, net: NetworkCIFAR, train_ds: Dataset, batch: int, phase: str,
+               block: DARTSTrainConfig, checkpoint: EpochCheckpoint | None = None) -> list[dict[str, Any]]:
+        """KD training of ``net`` (baseline or retrain) by its block (``cfg.baseline`` / ``cfg.final``:
+        every field of it, through :meth:`~compress.strategies.config_tree.FinetuneConfig.settings`) with
+        a seeded loader and the drop-path ramp (over ``block.epochs``, the cap when ``block.time_s`` is
+        set); with ``checkpoint``, every epoch boundary is committed and a rerun continues from it."""
+        epochs = block.epochs
         if epochs == 0:
             net.eval()
             return []
-        settings = FinetuneSettings(epochs=epochs, lr=lr, momentum=momentum, weight_decay=wd, kd_alpha=cfg.kd_alpha,
-                                    kd_temperature=cfg.kd_temperature, optimizer="sgd", keep_best=True,
-                                    max_steps_per_epoch=max_steps, augment=cfg.augment,
-                                    seed=derive_seed(ctx.seed, phase, "augment"))
+        settings = block.settings(seed=derive_seed(ctx.seed, phase, "augment"), keep_best=True)
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, phase, "drop-path"))
         for cell in net.cells:
             cell.generator = gen
@@ -366,7 +365,7 @@ class DartsGal(Strategy):
         ctx.progress(phase, 0, epochs, {})
 
         def on_epoch(epoch: int, rec: dict) -> None:
-            net.drop_path_prob = cfg.drop_path * epoch / epochs if epoch < epochs else 0.0
+            net.drop_path_prob = block.drop_path * epoch / epochs if epoch < epochs else 0.0
             ctx.log(phase=phase, **rec)
             ctx.progress(phase, epoch, epochs, rec)
 
