@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -12,8 +14,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from compress.errors import ConfigError
 from compress.strategies.base import config_from_dict, config_to_dict
+from compress.strategies.config_tree import ConfigDeprecationWarning, key_config, replace_config
 from compress.strategies.darts import EGNAS_PRIMITIVES, build_from_arch
 from compress.strategies.eg_nas import (
+    EGNAS,
     EGNASConfig,
     EGNASSearch,
     SupernetEvaluator,
@@ -21,20 +25,24 @@ from compress.strategies.eg_nas import (
     compound_fitness,
     derive_seed,
     es_epoch,
+    final_key,
     l2_similarity,
     run_restart,
+    search_key,
     select_direction,
     sigma_schedule,
 )
 
-TINY = dict(search_C=4, search_layers=2, partial_channels=1, search_epochs=2, warmup_epochs=1, batch_size=16,
-            es_batch_size=16, max_steps_per_epoch=2, search_val_batches=1, restarts=2, popsize=4)
+TINY = {"search": dict(C=4, layers=2, partial_channels=1, epochs=2, warmup_epochs=1, batch_size=16,
+                       max_steps_per_epoch=2, val_batches=1),
+        "es": dict(batch_size=16, restarts=2, popsize=4)}
 
 # the fast setting for compress() on 3x32x32 digits (also the registry contract config)
-FAST = dict(search_C=4, search_layers=3, partial_channels=1, search_stem_stride=2, search_epochs=2, warmup_epochs=1,
-            batch_size=32, es_batch_size=32, max_steps_per_epoch=2, search_val_batches=1, restarts=2, popsize=4,
-            candidates_C=(4, 6, 8), candidates_layers=(3,), stem_strides=(1, 2), final_epochs=1,
-            final_max_steps_per_epoch=3)
+FAST = {"search": dict(C=4, layers=3, partial_channels=1, stem_stride=2, epochs=2, warmup_epochs=1, batch_size=32,
+                       max_steps_per_epoch=2, val_batches=1),
+        "es": dict(batch_size=32, restarts=2, popsize=4),
+        "sizing": dict(candidates_C=(4, 6, 8), candidates_layers=(3,), stem_strides=(1, 2)),
+        "final": dict(epochs=1, max_steps_per_epoch=3)}
 
 
 def _data(n: int = 64):
@@ -45,7 +53,7 @@ def _data(n: int = 64):
 
 
 def _search(over: dict | None = None, seed: int = 0, **kw) -> EGNASSearch:
-    cfg = EGNASConfig(**{**TINY, **(over or {})})
+    cfg = replace_config(EGNASConfig(**TINY), **(over or {}))  # over: nested, merged into TINY's sub-configs
     ds, val = _data()
     return EGNASSearch(cfg, ds, val, 3, (3, 8, 8), seed, **kw)
 
@@ -222,7 +230,7 @@ def test_alpha_update_and_fitness_forward_stay_on_the_model_device():
 
 
 def test_no_update_during_warmup_and_sigma_schedule():
-    out = _search({"search_epochs": 3, "warmup_epochs": 2}).run()
+    out = _search({"search": {"epochs": 3, "warmup_epochs": 2}}).run()
     assert [h["alpha_changed"] for h in out.history] == [False, False, True]
     assert "sigma" not in out.history[0] and out.history[2]["sigma"] == pytest.approx(1 / 3)
     assert "best_fitness" not in out.history[1] and isinstance(out.history[2]["best_fitness"], float)
@@ -277,7 +285,7 @@ def test_search_is_bit_reproducible():
 
 @pytest.mark.parametrize("keep_mean", [True, False])
 def test_forward_passes_per_es_epoch(keep_mean):
-    s = _search({"restarts": 3, "popsize": 5, "generations": 2, "keep_mean": keep_mean})
+    s = _search({"es": {"restarts": 3, "popsize": 5, "generations": 2, "keep_mean": keep_mean}})
     calls = []
     handle = s.model.register_forward_pre_hook(lambda m, a: calls.append(1))
     res = s.es_update(t=1)
@@ -291,7 +299,7 @@ def test_forward_passes_per_es_epoch(keep_mean):
 
 
 def test_genotype_validity_after_search():
-    g = _search({"search_epochs": 2, "warmup_epochs": 0}).run().genotype
+    g = _search({"search": {"epochs": 2, "warmup_epochs": 0}}).run().genotype
     for kind in ("normal", "reduce"):
         pairs = getattr(g, kind)
         assert len(pairs) == 8
@@ -305,14 +313,14 @@ def test_genotype_validity_after_search():
 
 
 def test_gradient_baseline_moves_alpha_after_warmup_only():
-    s = _search({"alpha_update": "gradient", "arch_lr": 0.05})
+    s = _search({"search": {"alpha_update": "gradient", "arch_lr": 0.05}})
     out = s.run()
     assert [h["alpha_changed"] for h in out.history] == [False, True]
     assert out.wall_arch_s > 0 and "sigma" not in out.history[1]
 
 
 def test_resume_after_kill_is_bit_identical(tmp_path):
-    over = {"search_epochs": 3, "warmup_epochs": 1}
+    over = {"search": {"epochs": 3, "warmup_epochs": 1}}
     ref = _search(over, ckpt_dir=tmp_path / "ref")
     full = ref.run()
 
@@ -335,24 +343,109 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     assert torch.equal(out.alphas_normal, full.alphas_normal) and torch.equal(out.alphas_reduce, full.alphas_reduce)
     for (k, v), (k2, v2) in zip(ref.model.state_dict().items(), resumed.model.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
-    assert _search({**over, "xi": 0.5}, ckpt_dir=tmp_path / "run").try_resume() == 0  # other config: fresh
+    assert _search({**over, "es": {"xi": 0.5}}, ckpt_dir=tmp_path / "run").try_resume() == 0  # other config: fresh
 
 
 def test_config_validation_presets_and_json():
-    with pytest.raises(ConfigError, match="alpha_update"):
-        EGNASConfig(alpha_update="adam")
-    with pytest.raises(ConfigError, match="warmup_epochs"):
-        EGNASConfig(search_epochs=5, warmup_epochs=6)
-    with pytest.raises(ConfigError, match="partial_channels"):
-        EGNASConfig(search_C=6, partial_channels=4)
+    with pytest.raises(ConfigError, match="search.alpha_update"):
+        EGNASConfig(search={"alpha_update": "adam"})
+    with pytest.raises(ConfigError, match="search.warmup_epochs"):
+        EGNASConfig(search={"epochs": 5, "warmup_epochs": 6})
+    with pytest.raises(ConfigError, match="search.partial_channels"):
+        EGNASConfig(search={"C": 6, "partial_channels": 4})
+    with pytest.raises(ConfigError, match="es.popsize"):
+        EGNASConfig(es={"popsize": 1})
+    with pytest.raises(ConfigError, match="es.bn"):
+        EGNASConfig(es={"bn": "frozen"})
+    with pytest.raises(ConfigError, match="drop_path"):
+        EGNASConfig(final={"drop_path": 1.0})
     with pytest.raises(ConfigError, match="preset"):
         EGNASConfig.preset("gpu-huge")
     paper = EGNASConfig()
-    assert (paper.zeta, paper.eta, paper.xi, paper.restarts, paper.popsize, paper.generations) == (1.0, 0.4, 0.6, 5, 25, 1)
-    small = EGNASConfig.preset("cpu-small", search_epochs=4)
-    assert small.search_epochs == 4 and small.restarts == 2 and small.popsize == 8
+    es = paper.es
+    assert (es.zeta, es.eta, es.xi, es.restarts, es.popsize, es.generations) == (1.0, 0.4, 0.6, 5, 25, 1)
+    f = paper.final
+    assert (f.epochs, f.lr, f.momentum, f.weight_decay, f.drop_path, f.optimizer) == (600, 0.025, 0.9, 3e-4, 0.0, "sgd")
+    small = EGNASConfig.preset("cpu-small", search={"epochs": 4})
+    assert small.search.epochs == 4 and small.search.warmup_epochs == 3 and small.es.restarts == 2
+    assert small.es.popsize == 8 and small.es.xi_reference_updates == 35 and small.final.epochs == 10
     d = config_to_dict(small)
+    assert set(d) == {"search", "es", "sizing", "final", "objective", "latency_weight", "stability_seeds"}
     assert config_from_dict(EGNASConfig, json.loads(json.dumps(d))) == small
+    assert pickle.loads(pickle.dumps(small)) == small  # executors pickle it
+    demo = EGNAS.demo_config(15)
+    assert demo["final"]["epochs"] == 15 and EGNAS.demo_config(1)["final"]["epochs"] == 10
+    assert EGNAS(demo).config == EGNASConfig.preset("cpu-small", final={"epochs": 15})
+
+
+def test_flat_config_still_loads_with_a_deprecation_warning():
+    """report.json / --config files written before the nested config (slimforge <= 0.9)."""
+    flat = {"search_C": 8, "search_epochs": 4, "warmup_epochs": 2, "w_lr": 0.05, "es_batch_size": 64, "es_bn": "running",
+            "xi": 0.3, "restarts": 2, "candidates_layers": [3, 5], "final_epochs": 3, "final_drop_path": 0.1,
+            "kd_alpha": 0.3, "augment": "flip-crop", "grad_clip": 2.0, "stability_seeds": 2}
+    with pytest.warns(ConfigDeprecationWarning, match="search_epochs -> search.epochs"):
+        cfg = config_from_dict(EGNASConfig, flat)
+    assert cfg == config_from_dict(EGNASConfig, {
+        "search": {"C": 8, "epochs": 4, "warmup_epochs": 2, "lr": 0.05, "grad_clip": 2.0},
+        "es": {"batch_size": 64, "bn": "running", "xi": 0.3, "restarts": 2}, "sizing": {"candidates_layers": (3, 5)},
+        "final": {"epochs": 3, "drop_path": 0.1, "kd_alpha": 0.3, "augment": "flip-crop"}, "stability_seeds": 2})
+    assert (cfg.final.lr, cfg.final.weight_decay) == (0.025, 3e-4)  # eg-nas' retrain defaults, not FinetuneConfig's
+    assert cfg.final.grad_clip is None and cfg.final.warmup_epochs == 0  # the search's grad_clip / warmup_epochs
+    with pytest.warns(ConfigDeprecationWarning):
+        assert EGNASConfig.preset("cpu-small", search_epochs=4) == EGNASConfig.preset("cpu-small", search={"epochs": 4})
+
+
+def test_a_new_leaf_keys_only_the_phases_that_read_it():
+    """search_key hashes search + es (+ top level); final_key every sub-config; stability_seeds none."""
+    base = EGNASConfig.preset("cpu-small")
+    extra = {"seed": 0, "latency_ms": None}
+
+    def keys(cfg: EGNASConfig) -> tuple[str, str]:
+        return search_key(cfg, extra), final_key(cfg, extra)
+
+    s0, f0 = keys(base)
+    for change in ({"search": {"lr": 0.06}}, {"es": {"xi": 0.5}}, {"objective": "size"}):
+        s1, f1 = keys(replace_config(base, **change))
+        assert s1 != s0 and f1 != f0, change
+    for change in ({"sizing": {"capacity": "macs"}}, {"final": {"lr": 0.05}}, {"final": {"label_smoothing": 0.1}}):
+        s1, f1 = keys(replace_config(base, **change))
+        assert s1 == s0 and f1 != f0, change
+    assert keys(replace_config(base, stability_seeds=2)) == (s0, f0)
+    # the new FinetuneConfig fields are left out of the key at their old values, under their flat names
+    fin = key_config(base, "final")
+    assert "final_epochs" in fin and "kd_alpha" in fin and "final_optimizer" not in fin
+    assert key_config(replace_config(base, final={"optimizer": "adam"}), "final")["final_optimizer"] == "adam"
+
+
+def test_every_final_field_reaches_the_retrain_settings(monkeypatch):
+    from types import SimpleNamespace
+
+    import compress.strategies.eg_nas.strategy as strategy_mod
+
+    seen = {}
+
+    def fake_finetune(net, train, val, settings, **kw):
+        seen["settings"] = settings
+        kw["on_epoch"](1, {"epoch": 1})
+        seen["drop_path_prob"] = net.drop_path_prob
+        return [{"epoch": 1}]
+
+    monkeypatch.setattr(strategy_mod, "finetune", fake_finetune)
+    final = {"epochs": 4, "lr": 0.05, "momentum": 0.8, "weight_decay": 1e-4, "optimizer": "adam",
+             "max_steps_per_epoch": 2, "kd_alpha": 0.3, "kd_temperature": 2.0, "augment": "flip-crop",
+             "label_smoothing": 0.1, "warmup_epochs": 1, "time_s": 30.0, "grad_clip": 1.0, "drop_path": 0.2}
+    assert set(final) == {f.name for f in dataclasses.fields(EGNASConfig().final)}  # every field, tested below
+    net = SimpleNamespace(cells=[SimpleNamespace()], drop_path_prob=0.0)
+    ctx = SimpleNamespace(seed=3, data=SimpleNamespace(train=None, val=None), teacher=None, runtime=None,
+                          log=lambda **k: None, progress=lambda *a: None)
+    assert EGNAS(EGNASConfig(final=final))._retrain(net, ctx) == [{"epoch": 1}]
+    s = seen["settings"]
+    assert (s.epochs, s.lr, s.momentum, s.weight_decay, s.optimizer, s.max_steps_per_epoch) == (4, 0.05, 0.8, 1e-4,
+                                                                                             "adam", 2)
+    assert (s.kd_alpha, s.kd_temperature, s.augment, s.label_smoothing, s.warmup_epochs) == (0.3, 2.0, "flip-crop",
+                                                                                          0.1, 1)
+    assert (s.time_budget_s, s.grad_clip, s.keep_best, s.seed) == (30.0, 1.0, True, derive_seed(3, "retrain"))
+    assert seen["drop_path_prob"] == pytest.approx(0.2 * 1 / 4)  # ramped over final.epochs
 
 
 # --------------------------------------------------------------------------- end to end
@@ -375,7 +468,7 @@ def test_compress_end_to_end_meets_budget(digits_task, tmp_path):
     info = res.info
     assert len(info["alpha_entropy_history"]) == 2 and info["best_fitness_history"][0] is None
     assert isinstance(info["best_fitness_history"][1], float)
-    assert info["chosen"]["C"] in FAST["candidates_C"] and info["chosen"]["layers"] == 3
+    assert info["chosen"]["C"] in FAST["sizing"]["candidates_C"] and info["chosen"]["layers"] == 3
     assert info["wall_s_arch_update"] > 0 and info["wall_s_weights"] > 0
     assert {"search", "sizing", "retrain"} <= set(res.wall_s)
     assert [h["epoch"] for h in res.history if h.get("phase") == "search"] == [1, 2]

@@ -171,9 +171,9 @@ def test_gp_evolution_serial_and_ray_identical(ray_cluster, tmp_path):
 
 
 def _tiny_search(seed: int, executor: Executor | None = None) -> EGNASSearch:
-    cfg = EGNASConfig(search_C=4, search_layers=2, partial_channels=1, search_epochs=2, warmup_epochs=1,
-                      batch_size=16, es_batch_size=16, max_steps_per_epoch=2, search_val_batches=1, restarts=2,
-                      popsize=4)
+    cfg = EGNASConfig(search=dict(C=4, layers=2, partial_channels=1, epochs=2, warmup_epochs=1, batch_size=16,
+                                  max_steps_per_epoch=2, val_batches=1),
+                      es=dict(batch_size=16, restarts=2, popsize=4))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, 8, 8, generator=g)
     y = ((x[:, 0].mean((1, 2)) > 0).long() + (x[:, 1].mean((1, 2)) > 0).long()).clamp_max(2)

@@ -18,7 +18,8 @@ from compress.strategies.darts.genotype import alpha_entropy, genotype_stability
 from compress.strategies.darts.latency import LatencyTerm, expected_latency, op_latency_matrix
 from compress.strategies.darts.ops import EGNAS_PRIMITIVES, PRIMITIVES
 from compress.strategies.darts.search import SearchNetwork
-from compress.strategies.eg_nas import EGNASConfig, EGNASSearch
+from compress.strategies.config_tree import ConfigDeprecationWarning, config_from_dict, key_config, replace_config
+from compress.strategies.eg_nas import EGNASConfig, EGNASSearch, final_key
 
 UNIFORM = math.log(len(EGNAS_PRIMITIVES))  # 1.9459 nats
 #: DARTS: how far below uniform the entropy must fall after 4 Adam steps of lr 3e-4 * 19,550 / 4
@@ -86,21 +87,23 @@ def test_architect_plan_scales_the_adam_step():
 
 # --------------------------------------------------------------------------- alpha moves: eg-nas CMA-ES
 
-TINY = dict(search_C=4, search_layers=2, partial_channels=1, search_epochs=3, warmup_epochs=1, batch_size=16,
-            es_batch_size=16, max_steps_per_epoch=1, search_val_batches=1, restarts=2, popsize=4)
+TINY = {"search": dict(C=4, layers=2, partial_channels=1, epochs=3, warmup_epochs=1, batch_size=16, max_steps_per_epoch=1,
+                       val_batches=1),
+        "es": dict(batch_size=16, restarts=2, popsize=4)}
 
 
 def _eg_search(over: dict | None = None, **kw) -> EGNASSearch:
     ds, val = _data()
-    return EGNASSearch(EGNASConfig(**{**TINY, **(over or {})}), ds, val, 3, (3, 8, 8), 0, **kw)
+    return EGNASSearch(replace_config(EGNASConfig(**TINY), **(over or {})), ds, val, 3, (3, 8, 8), 0, **kw)
 
 
 @pytest.fixture(scope="module")
 def eg_runs():
     """The tiny eg-nas search (2 CMA-ES updates): xi per update (the literal), xi per search
     (xi_reference_updates=35), and the latter with a heavy latency term."""
-    return {"literal": _eg_search().run(), "per_search": _eg_search({"xi_reference_updates": 35}).run(),
-            "latency": _eg_search({"xi_reference_updates": 35, "latency_weight": 20.0}, latency_table=DictTable()).run()}
+    per_search = {"es": {"xi_reference_updates": 35}}
+    return {"literal": _eg_search().run(), "per_search": _eg_search(per_search).run(),
+            "latency": _eg_search({**per_search, "latency_weight": 20.0}, latency_table=DictTable()).run()}
 
 
 #: eg-nas: the entropy drop after 2 updates with xi_effective = 10.5 (measured 0.115 nats at seed 0)
@@ -119,13 +122,13 @@ def test_egnas_alpha_stays_uniform_per_update_and_moves_with_the_paper_total_ste
 
 
 def test_egnas_config_validates_the_new_fields():
-    for bad, field in [({"xi_reference_updates": 0}, "xi_reference_updates"),
-                       ({"arch_reference_steps": -1}, "arch_reference_steps"),
+    for bad, field in [({"es": {"xi_reference_updates": 0}}, "es.xi_reference_updates"),
+                       ({"search": {"arch_reference_steps": -1}}, "search.arch_reference_steps"),
                        ({"objective": "speed"}, "objective"), ({"latency_weight": -0.1}, "latency_weight"),
                        ({"stability_seeds": 1}, "stability_seeds")]:
         with pytest.raises(ConfigError, match=field):
             EGNASConfig(**bad)
-    assert EGNASConfig().objective == "auto" and EGNASConfig().xi_reference_updates is None
+    assert EGNASConfig().objective == "auto" and EGNASConfig().es.xi_reference_updates is None
 
 
 # --------------------------------------------------------------------------- random-genotype sampler
@@ -222,7 +225,7 @@ def test_latency_term_pushes_both_searches_toward_fast_ops(eg_runs):
         return float(torch.softmax(out.alphas_reduce, -1)[:, slow].sum(-1).mean())  # TINY: 2 reduction cells
 
     assert slow_mass(eg_runs["latency"]) < slow_mass(eg_runs["per_search"])
-    over = {"alpha_update": "gradient", "arch_reference_steps": 19_550, "latency_weight": 5.0}
+    over = {"search": {"alpha_update": "gradient", "arch_reference_steps": 19_550}, "latency_weight": 5.0}
     fast = _eg_search(over, latency_table=DictTable()).run()
     plain = _eg_search({**over, "latency_weight": 0.0}, latency_table=DictTable()).run()
     assert slow_mass(fast) < slow_mass(plain) and slow_mass(fast) < 4 / 7
@@ -231,41 +234,31 @@ def test_latency_term_pushes_both_searches_toward_fast_ops(eg_runs):
 # --------------------------------------------------------------------------- checkpoints of earlier runs
 
 
-#: eg-nas' fields added by issue 18; before them, every other field keyed the checkpoints
-EG_ADDED = {"xi_reference_updates", "arch_reference_steps", "objective", "latency_weight", "stability_seeds"}
-
-
 def test_egnas_checkpoint_keys_of_earlier_runs_survive_the_new_fields():
-    from compress.strategies.base import config_from_dict, config_to_dict
-    from compress.strategies.eg_nas.config import _config_hash, _search_fields
-    from compress.training.checkpoint import stable_hash
-
+    """The fields added by issue 18 (es.xi_reference_updates, search.arch_reference_steps, objective,
+    latency_weight, stability_seeds) and the nested config leave the keys of earlier runs as they were."""
     ds = TensorDataset(torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
                        torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(0)))
-    tiny = dict(search_C=4, search_layers=2, partial_channels=1, search_epochs=2, warmup_epochs=1, batch_size=8,
-                es_batch_size=8, restarts=1, popsize=4)
-    cfg = EGNASConfig(**tiny)
-    final = {"candidates_C", "candidates_layers", "stem_strides", "capacity", "final_epochs", "final_lr",
-             "final_momentum", "final_weight_decay", "final_drop_path", "final_max_steps_per_epoch", "kd_alpha",
-             "kd_temperature", "augment"}
-    old_cfg = {k: v for k, v in config_to_dict(cfg).items() if k not in EG_ADDED}
-    extra = {"seed": 0, "n_train": 32, "num_classes": 3, "input_shape": [3, 8, 8]}
-    old_search = stable_hash({"config": {k: v for k, v in old_cfg.items() if k not in final}, **extra})
+    cfg = EGNASConfig(search=dict(C=4, layers=2, partial_channels=1, epochs=2, warmup_epochs=1, batch_size=8),
+                      es=dict(batch_size=8, restarts=1, popsize=4))
 
     def key(c: EGNASConfig) -> str:
         return EGNASSearch(c, ds, None, 3, (3, 8, 8), seed=0).hash
 
+    old_search = "62e83ab047b34d7df492"  # computed by the code before issue 18 (commit d19a5b6^)
     assert key(cfg) == old_search
-    assert old_search == "62e83ab047b34d7df492"  # computed by the code before issue 18 (commit d19a5b6^)
     fin_extra = {"seed": 0, "genotype": {"a": 1}, "budget": {"b": 2}, "num_classes": 3, "input_shape": [3, 8, 8]}
-    assert _config_hash(cfg, None, fin_extra) == stable_hash({"config": old_cfg, **fin_extra}) == "2b34e95dc119bd8aa3bc"
-    for changed in ({"xi_reference_updates": 35}, {"arch_reference_steps": 19_550}, {"objective": "size"},
-                    {"latency_weight": 0.5}):
-        assert key(EGNASConfig(**tiny, **changed)) != old_search, changed
+    assert final_key(cfg, fin_extra) == "2b34e95dc119bd8aa3bc"  # likewise
+    for changed in ({"es": {"xi_reference_updates": 35}}, {"search": {"arch_reference_steps": 19_550}},
+                    {"objective": "size"}, {"latency_weight": 0.5}):
+        assert key(replace_config(cfg, **changed)) != old_search, changed
     # the extra searches of stability_seeds leave the run's own search and retrain as they are: same keys
-    assert key(EGNASConfig(**tiny, stability_seeds=2)) == old_search and "stability_seeds" not in _search_fields()
-    assert _config_hash(EGNASConfig(**tiny, stability_seeds=2), None, fin_extra) == _config_hash(cfg, None, fin_extra)
+    assert key(replace_config(cfg, stability_seeds=2)) == old_search
+    assert final_key(replace_config(cfg, stability_seeds=2), fin_extra) == final_key(cfg, fin_extra)
     # a latency term keys the search by its reference latency
     assert EGNASSearch(cfg, ds, None, 3, (3, 8, 8), seed=0, latency_table=DictTable()).hash != old_search
-    # an earlier report.json's config (without the new fields) loads with their defaults
-    assert config_from_dict(EGNASConfig, old_cfg) == cfg
+    # an earlier report.json's config (flat, without the new fields) loads with their defaults
+    old_cfg = key_config(cfg, "search", "es", "sizing", "final", top_level=True, skip=frozenset({"stability_seeds"}))
+    assert "search_C" in old_cfg and "xi_reference_updates" not in old_cfg and "objective" not in old_cfg
+    with pytest.warns(ConfigDeprecationWarning):
+        assert config_from_dict(EGNASConfig, old_cfg) == cfg

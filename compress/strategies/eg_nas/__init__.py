@@ -7,7 +7,7 @@ Pipeline: search -> DARTS genotype -> size ``(C, cells)`` of the evaluation netw
 budget by measuring a small grid through ``ctx.check`` -> retrain it from scratch with KD from the
 teacher -> student.
 
-Modules: :mod:`.config` (``EGNASConfig``, presets, the checkpoint-key hash), :mod:`.cmaes` (the
+Modules: :mod:`.config` (``EGNASConfig`` and its sub-configs, presets, the checkpoint keys), :mod:`.cmaes` (the
 CMA-ES architecture update of Alg. 1, Eq. 3-9: step size, compound fitness, restarts, direction),
 :mod:`.search` (the supernet search: fitness forwards, the CMA-ES updater, the search loop with
 checkpoints), :mod:`.strategy` (the pipeline). Importing this package registers the strategy.
@@ -27,7 +27,14 @@ from compress.strategies.eg_nas.cmaes import (
     select_direction,
     sigma_schedule,
 )
-from compress.strategies.eg_nas.config import _PRESETS, EGNASConfig, _search_fields  # noqa: F401
+from compress.strategies.eg_nas.config import _PRESETS  # noqa: F401  (the benchmarks read it)
+from compress.strategies.eg_nas.config import (
+    CMAESConfig,
+    EGNASConfig,
+    EGNASSearchConfig,
+    final_key,
+    search_key,
+)
 from compress.strategies.eg_nas.search import (
     CMAESUpdater,
     EGNASSearch,
@@ -39,6 +46,10 @@ from compress.strategies.eg_nas.strategy import EGNAS
 
 __all__ = [
     "EGNASConfig",
+    "EGNASSearchConfig",
+    "CMAESConfig",
+    "search_key",
+    "final_key",
     "EGNAS",
     "sigma_schedule",
     "l2_similarity",

@@ -259,7 +259,7 @@ def es_epoch(alpha: np.ndarray, evaluate_z: Callable[[np.ndarray], tuple[float, 
         num_ops: ops per edge (rows of ``num_ops`` entries for the per-edge cosine).
         t: epoch index (sets sigma_t and the restart seeds); seed: the run seed.
         restarts, popsize, generations, zeta, eta, restart_noise, sigma_min, keep_mean: see
-            :class:`EGNASConfig`.
+            :class:`~compress.strategies.eg_nas.config.CMAESConfig`.
         cma_factory: ``(x0, sigma0, opts) -> CMA-ES object`` (default pycma), for tests.
         on_restart: called after each restart with ``(n, result)``.
         executor: evaluates the lambda candidates of each ``tell`` (``executor.map(evaluate_z, Z)``;

@@ -15,8 +15,8 @@ Documented choices (docs/algorithms/eg-nas.md, choices), each a config field:
 
 * Eq. 9 accuracies are those measured on the ES minibatch during the fitness evaluation (the
   same numbers a re-evaluation would give: fitness forwards use batch statistics and leave BN
-  running statistics untouched, ``es_bn="batch"``);
-* ``alpha_update="gradient"`` replaces the CMA-ES update by first-order DARTS (Adam on
+  running statistics untouched, ``es.bn="batch"``);
+* ``search.alpha_update="gradient"`` replaces the CMA-ES update by first-order DARTS (Adam on
   ``grad_alpha L_val``) on the same supernet, splits and warm-up: the baseline.
 
 Why alpha stayed uniform at the shipped presets, and the fix (issue 18, part 1). Eq. 8 adds
@@ -31,13 +31,13 @@ so the spread compounds by ``(1 + 0.6/7)^35 ~ 18``; the ``cpu-small`` preset (T 
 1.9454, 1.9452 over the 5 updating epochs (uniform: ln 7 = 1.9459;
 benchmarks/results/eg_nas_cifar_small.md: 1.945 / 1.946 on CIFAR).
 
-The fix keeps the paper's total step: ``xi_reference_updates = 35`` makes each of the search's
+The fix keeps the paper's total step: ``es.xi_reference_updates = 35`` makes each of the search's
 ``T - W`` updates ``xi * 35 / (T - W)`` (4.2 at ``cpu-small``), the step size expressed per
 search rather than per update (the option "a step size schedule expressed per search step" of
 issue 18). At the paper's setting it is exactly ``xi``. Chosen over ``direction="raw"`` (whose
 update ``alpha + xi * s`` re-adds alpha itself and grows it geometrically, ``(1 + xi)^k``, at
 any T) and over more updates per epoch (each costs ``1 + N (lambda G + 2)`` forwards and changes
-Alg. 1's loop). Measured at ``cpu-small`` as above with ``xi_reference_updates=35`` (xi 4.2): 1.9346,
+Alg. 1's loop). Measured at ``cpu-small`` as above with ``es.xi_reference_updates=35`` (xi 4.2): 1.9346,
 1.9145, 1.8468, 1.6598, 1.2399 nats; the preset sets it (:mod:`.config`). Seeds 1 and 2 end at
 1.1431 and 1.6061, but their genotypes do not agree: no edge of 28 has the same argmax op in all
 three (pairwise 7-11% of edges, chance 1/7), so at this scale (3 weight steps per epoch, a
@@ -66,7 +66,7 @@ from compress.strategies.darts.search import SearchNetwork
 from compress.strategies.darts.supernet_search import (ArchUpdater, SearchOutcome, SearchSchedule, SupernetSearch,
                                                        build_supernet)
 from compress.strategies.eg_nas.cmaes import ESEpochResult, RestartResult, apply_direction, es_epoch
-from compress.strategies.eg_nas.config import EGNASConfig, _config_hash, _search_fields
+from compress.strategies.eg_nas.config import EGNASConfig, search_key
 from compress.training.data import derive_seed, split_dataset
 from compress.training.runtime import Runtime
 
@@ -142,7 +142,7 @@ class CMAESUpdater(ArchUpdater):
     receives gradients.
 
     Args:
-        cfg: the config (ES fields).
+        cfg: the config (its ``es`` sub-config acts here).
         model: the supernet, on ``runtime.device``.
         direction: the direction half of the training split.
         seed: run seed.
@@ -153,8 +153,8 @@ class CMAESUpdater(ArchUpdater):
         latency_term: added to the CE of Eq. 7's L1 (issue 18; None: none).
 
     Attributes:
-        xi_effective: Eq. 8's step in use (``cfg.xi`` until :meth:`plan` rescales it for
-            ``cfg.xi_reference_updates``).
+        xi_effective: Eq. 8's step in use (``cfg.es.xi`` until :meth:`plan` rescales it for
+            ``cfg.es.xi_reference_updates``).
     """
 
     per_step = False
@@ -166,7 +166,7 @@ class CMAESUpdater(ArchUpdater):
                  latency_term: LatencyTerm | None = None) -> None:
         self.cfg, self.model, self.direction, self.seed = cfg, model, direction, int(seed)
         self.latency_term = latency_term
-        self.xi_effective = float(cfg.xi)
+        self.xi_effective = float(cfg.es.xi)
         self.runtime = runtime
         self.cma_factory = cma_factory
         self.executor = executor if executor is not None else SerialExecutor()
@@ -180,15 +180,15 @@ class CMAESUpdater(ArchUpdater):
         ds = self.direction
         n = len(ds)  # type: ignore[arg-type]
         g = torch.Generator().manual_seed(derive_seed(self.seed, "es-batch", t))
-        idx = torch.randperm(n, generator=g)[: min(self.cfg.es_batch_size, n)].tolist()
+        idx = torch.randperm(n, generator=g)[: min(self.cfg.es.batch_size, n)].tolist()
         x, y = default_collate([ds[i] for i in idx])[:2]
         return x, y
 
     def update(self, t: int) -> ESEpochResult:
         """Alg. 1 lines 4-16 at epoch ``t``: ES directions, Eq. 9, Eq. 8 (alpha changed in place)."""
-        cfg = self.cfg
+        cfg = self.cfg.es
         x, y = self.runtime.to_device(self.es_batch(t))
-        evaluator = SupernetEvaluator(self.model, x, y, bn=cfg.es_bn, autocast_dtype=_AUTOCAST[self.runtime.precision])
+        evaluator = SupernetEvaluator(self.model, x, y, bn=cfg.bn, autocast_dtype=_AUTOCAST[self.runtime.precision])
         alpha_t = self.model.arch_vector()
 
         def on_restart(n: int, r: RestartResult) -> None:
@@ -210,12 +210,12 @@ class CMAESUpdater(ArchUpdater):
         return res
 
     def plan(self, updates: int) -> dict[str, Any]:
-        """With ``cfg.xi_reference_updates = R``, Eq. 8's step becomes ``xi * R / updates`` (the
+        """With ``cfg.es.xi_reference_updates = R``, Eq. 8's step becomes ``xi * R / updates`` (the
         paper's total step over the search's ``updates = T - W``; see the module docstring)."""
-        R = self.cfg.xi_reference_updates
+        R = self.cfg.es.xi_reference_updates
         if R is not None and updates > 0:
-            self.xi_effective = self.cfg.xi * R / int(updates)
-        return {"arch_updates": int(updates), "xi": self.cfg.xi, "xi_effective": self.xi_effective,
+            self.xi_effective = self.cfg.es.xi * R / int(updates)
+        return {"arch_updates": int(updates), "xi": self.cfg.es.xi, "xi_effective": self.xi_effective,
                 "xi_reference_updates": R}
 
     def epoch_update(self, t: int) -> dict[str, Any]:
@@ -236,7 +236,7 @@ class CMAESUpdater(ArchUpdater):
 
 class EGNASSearch(SupernetSearch):
     """The EG-NAS search (one object per run): the shared supernet loop with the CMA-ES updater
-    (``alpha_update="cmaes"``) or first-order DARTS (``"gradient"``), per-epoch checkpoints and resume.
+    (``search.alpha_update="cmaes"``) or first-order DARTS (``"gradient"``), per-epoch checkpoints and resume.
 
     Args:
         cfg: the config; ctx-like inputs are passed explicitly so tests can drive it directly:
@@ -272,10 +272,11 @@ class EGNASSearch(SupernetSearch):
                  latency_table: LatencyLookup | None = None) -> None:
         self.cfg = cfg
         runtime = runtime or Runtime()
-        weights, direction = split_dataset(train_ds, cfg.train_portion, seed, who="eg-nas")
-        model = build_supernet(seed, cfg.search_C, num_classes, cfg.search_layers, primitives=cfg.primitives,
-                               in_channels=input_shape[0], partial_channels=cfg.partial_channels,
-                               edge_norm=cfg.edge_norm, pool_bn=cfg.pool_bn, stem_stride=cfg.search_stem_stride)
+        sc = cfg.search
+        weights, direction = split_dataset(train_ds, sc.train_portion, seed, who="eg-nas")
+        model = build_supernet(seed, sc.C, num_classes, sc.layers, primitives=sc.primitives,
+                               in_channels=input_shape[0], partial_channels=sc.partial_channels,
+                               edge_norm=sc.edge_norm, pool_bn=sc.pool_bn, stem_stride=sc.stem_stride)
         self.latency_term: LatencyTerm | None = None
         if latency_table is not None:
             lat_n, lat_r = op_latency_matrix(model, torch.zeros(1, *input_shape), latency_table)
@@ -286,39 +287,39 @@ class EGNASSearch(SupernetSearch):
         self.architect: Architect | None = None
         self.es: CMAESUpdater | None = None
         updater: ArchUpdater
-        if cfg.alpha_update == "gradient":
-            updater = self.architect = Architect(model, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
+        if sc.alpha_update == "gradient":
+            updater = self.architect = Architect(model, lr=sc.arch_lr, weight_decay=sc.arch_weight_decay,
                                                  second_order=False, runtime=runtime,
-                                                 reference_steps=cfg.arch_reference_steps,
+                                                 reference_steps=sc.arch_reference_steps,
                                                  latency_term=self.latency_term)
         else:
             updater = self.es = CMAESUpdater(cfg, model, direction, seed, runtime=runtime, cma_factory=cma_factory,
                                              executor=executor, progress=progress, latency_term=self.latency_term)
         schedule = SearchSchedule(
-            epochs=cfg.search_epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, lr=cfg.w_lr,
-            lr_min=cfg.w_lr_min, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay, grad_clip=cfg.grad_clip,
-            max_steps_per_epoch=cfg.max_steps_per_epoch, val_batches=cfg.search_val_batches)
-        key = _config_hash(cfg, _search_fields(), {
+            epochs=sc.epochs, warmup_epochs=sc.warmup_epochs, batch_size=sc.batch_size, lr=sc.lr,
+            lr_min=sc.lr_min, momentum=sc.momentum, weight_decay=sc.weight_decay, grad_clip=sc.grad_clip,
+            max_steps_per_epoch=sc.max_steps_per_epoch, val_batches=sc.val_batches)
+        key = search_key(cfg, {
             "seed": int(seed), "n_train": len(train_ds), "num_classes": num_classes,  # type: ignore[arg-type]
             "input_shape": list(input_shape),
             "latency_ms": None if self.latency_term is None else round(self.latency_term.reference_ms, 9)})
         super().__init__(schedule, model, weights, direction, val_loader, seed, updater, runtime=runtime,
                          ckpt_dir=ckpt_dir, key=key, progress=progress, log=log,
-                         record={"alpha_update": cfg.alpha_update})
+                         record={"alpha_update": sc.alpha_update})
         self.hash = key
 
     def es_batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The epoch's direction minibatch (seeded by run seed and epoch), on the CPU."""
         if self.es is None:
-            raise ConfigError("es_batch needs alpha_update='cmaes'.")
+            raise ConfigError("es_batch needs search.alpha_update='cmaes'.")
         return self.es.es_batch(t)
 
     def es_update(self, t: int) -> ESEpochResult:
         """Alg. 1 lines 4-16 at epoch ``t``: ES directions, Eq. 9, Eq. 8 (alpha changed in place).
 
         Raises:
-            ConfigError: the search moves alpha by gradient (``alpha_update="gradient"``).
+            ConfigError: the search moves alpha by gradient (``search.alpha_update="gradient"``).
         """
         if self.es is None:
-            raise ConfigError("es_update needs alpha_update='cmaes'.")
+            raise ConfigError("es_update needs search.alpha_update='cmaes'.")
         return self.es.update(t)

@@ -22,9 +22,9 @@ from compress.strategies.darts.genotype import Genotype, alpha_entropy, genotype
 from compress.strategies.darts.model import NetworkCIFAR, build_from_arch
 from compress.strategies.darts.sizing import size_to_budget
 from compress.strategies.darts.supernet_search import dataset_of
-from compress.strategies.eg_nas.config import _PRESETS, EGNASConfig, _config_hash
+from compress.strategies.eg_nas.config import _PRESETS, EGNASConfig, final_key
 from compress.strategies.eg_nas.search import EGNASSearch
-from compress.training import CheckpointStore, EpochCheckpoint, FinetuneSettings, finetune
+from compress.training import CheckpointStore, EpochCheckpoint, finetune
 from compress.training.data import derive_seed
 
 __all__ = ["EGNAS", "STRATEGY"]
@@ -53,8 +53,11 @@ class EGNAS(Strategy):
     #: settings for the digits demo / quick CPU runs (the defaults are the paper's GPU-scale ones)
     @classmethod
     def demo_config(cls, epochs: int) -> dict[str, Any]:
-        """The CPU-scale preset (docs/algorithms/eg-nas.md, CPU profile); the demo's ``epochs`` raises the final retrain (never below the preset)."""
-        return {**_PRESETS["cpu-small"], "final_epochs": max(int(epochs), _PRESETS["cpu-small"].get("final_epochs", 0))}
+        """The CPU-scale preset (docs/algorithms/eg-nas.md, CPU profile), nested; the demo's ``epochs``
+        raises the final retrain (``final.epochs``, never below the preset)."""
+        small = {sub: dict(v) for sub, v in _PRESETS["cpu-small"].items()}
+        small["final"]["epochs"] = max(int(epochs), small["final"].get("epochs", 0))
+        return small
     paper = "Cai et al., EG-NAS: Neural Architecture Search with Fast Evolutionary Exploration, AAAI 2024"
 
     @classmethod
@@ -102,9 +105,9 @@ class EGNAS(Strategy):
         ctx.wall_s["search_weights"] = outcome.wall_weights_s
         genotype = outcome.genotype
 
-        final_hash = _config_hash(cfg, None, {"seed": ctx.seed, "genotype": genotype.to_dict(),
-                                               "budget": ctx.budget.to_dict(), "num_classes": num_classes,
-                                               "input_shape": list(input_shape)})
+        final_hash = final_key(cfg, {"seed": ctx.seed, "genotype": genotype.to_dict(),
+                                     "budget": ctx.budget.to_dict(), "num_classes": num_classes,
+                                     "input_shape": list(input_shape)})
         resumed_final = False
         net: NetworkCIFAR | None = None
         retrain_history: list[dict[str, Any]] = []
@@ -127,8 +130,9 @@ class EGNAS(Strategy):
                     ctx.log(phase="sizing", **rec)
                     ctx.progress("sizing", done[0], None, {"C": rec["C"], "layers": rec["layers"], "ok": rec["ok"]})
 
-                sized = size_to_budget(genotype, ctx, num_classes, input_shape, cfg.candidates_C,
-                                       cfg.candidates_layers, stem_strides=cfg.stem_strides, capacity=cfg.capacity,
+                sz = cfg.sizing
+                sized = size_to_budget(genotype, ctx, num_classes, input_shape, sz.candidates_C,
+                                       sz.candidates_layers, stem_strides=sz.stem_strides, capacity=sz.capacity,
                                        on_trial=on_trial)
             sizing_info = {"C": sized.C, "layers": sized.layers, "stem_stride": sized.stem_stride,
                            "macs": int(sized.cost.macs), "params": int(sized.cost.params),
@@ -162,7 +166,7 @@ class EGNAS(Strategy):
             "search": search_info,
             "genotype": genotype.to_dict(),
             "genotype_json": genotype.to_json(),
-            "alpha_update": cfg.alpha_update,
+            "alpha_update": cfg.search.alpha_update,
             "alpha_entropy_history": entropies,
             "final_alpha_entropy": alpha_entropy(torch.cat([outcome.alphas_normal, outcome.alphas_reduce])),
             "best_fitness_history": [h.get("best_fitness") for h in outcome.history],
@@ -184,26 +188,21 @@ class EGNAS(Strategy):
 
     def _retrain(self, net: NetworkCIFAR, ctx: StrategyContext, store: CheckpointStore | None = None,
                  key: str = "") -> list[dict[str, Any]]:
-        cfg: EGNASConfig = self.config
-        if cfg.final_epochs == 0:
+        fc = self.config.final
+        if fc.epochs == 0:
             return []
-        settings = FinetuneSettings(
-            epochs=cfg.final_epochs, lr=cfg.final_lr, momentum=cfg.final_momentum,
-            weight_decay=cfg.final_weight_decay, kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature,
-            optimizer="sgd", keep_best=True, max_steps_per_epoch=cfg.final_max_steps_per_epoch,
-            augment=cfg.augment, seed=derive_seed(ctx.seed, "retrain"),
-        )
+        settings = fc.settings(seed=derive_seed(ctx.seed, "retrain"), keep_best=True)
         gen = None
-        if cfg.final_drop_path > 0:
+        if fc.drop_path > 0:
             gen = torch.Generator().manual_seed(derive_seed(ctx.seed, "drop-path"))
             for cell in net.cells:
                 cell.generator = gen
         net.drop_path_prob = 0.0
 
         def on_epoch(epoch: int, rec: dict) -> None:
-            net.drop_path_prob = cfg.final_drop_path * epoch / cfg.final_epochs if epoch < cfg.final_epochs else 0.0
+            net.drop_path_prob = fc.drop_path * epoch / fc.epochs if epoch < fc.epochs else 0.0
             ctx.log(phase="retrain", **rec)
-            ctx.progress("retrain", epoch, cfg.final_epochs, rec)
+            ctx.progress("retrain", epoch, fc.epochs, rec)
 
         ckpt = None if store is None else EpochCheckpoint(store, "retrain", key, generators={"drop-path": gen})
         history = finetune(net, ctx.data.train, ctx.data.val, settings, teacher=ctx.teacher, on_epoch=on_epoch,
