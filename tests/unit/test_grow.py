@@ -22,6 +22,7 @@ from compress.budgets import Budget, measure_cost
 from compress.errors import BudgetUnreachableError, ConfigError, UnsupportedModelError
 from compress.profiling import Target
 from compress.strategies.base import StrategyContext, config_from_dict, config_to_dict
+from compress.strategies.config_tree import ConfigDeprecationWarning, key_config, replace_config
 from compress.strategies.grow import (
     FeatureExtractor,
     Grow,
@@ -131,7 +132,7 @@ def test_proj_attention_starts_as_dot_and_learns():
 
 
 def test_loss_matches_hand_computation_and_teacher_gets_no_gradient(tiny_partition):
-    cfg = GrowConfig(kd_alpha=0.0, r_norm="mean")
+    cfg = GrowConfig(stage={"kd_alpha": 0.0}, growth={"r_norm": "mean"})
     student = _student(tiny_partition, cfg)
     teacher = TinyConvNet(width=8).eval()
     for p in teacher.parameters():
@@ -192,7 +193,7 @@ def test_deepen_preserves_function_exactly(tiny_partition):
 
 @pytest.mark.parametrize("init", ["gate", "zero_bn"])
 def test_widen_preserves_function_exactly_and_bookkeeping(tiny_partition, init):
-    cfg = GrowConfig(widen_init=init)
+    cfg = GrowConfig(growth={"widen_init": init})
     student = _student(tiny_partition, cfg)
     student.deepen(1, 2, 5, seed=1)
     _scramble(student, 2)
@@ -219,15 +220,16 @@ def test_widen_preserves_function_exactly_and_bookkeeping(tiny_partition, init):
 
 
 def test_op_count_schedule_1_4_7_then_widen(tiny_partition):
-    cfg = GrowConfig(stride_rule="single")  # one unit of stride 4 reaches the 8x8 sink: the edge starts at 1 op
+    cfg = GrowConfig(growth={"stride_rule": "single"})  # one unit of stride 4 reaches the 8x8 sink: 1 op to start
+    g = cfg.growth
     student = build_initial(tiny_partition, 10, cfg, seed=0)
     counts, ops = [student.structure.edge(1, 2).n_ops], []
     for step in range(4):
-        d = plan_split(student.structure, 1, 2, b_op=cfg.b_op, deepen_step=cfg.deepen_step, c=cfg.c)
+        d = plan_split(student.structure, 1, 2, b_op=g.b_op, deepen_step=g.deepen_step, c=g.c)
         ops.append(d.op)
         apply_decision(student, d, tiny_partition, cfg, seed=step)
         counts.append(student.structure.edge(1, 2).n_ops)
-        assert all(e.n_ops <= cfg.b_op for e in student.structure.edges)
+        assert all(e.n_ops <= g.b_op for e in student.structure.edges)
     assert counts == [1, 4, 7, 7, 7]
     assert ops == ["deepen", "deepen", "widen", "widen"]
 
@@ -340,8 +342,13 @@ def _ctx(teacher: nn.Module, task, budget: str, *, seed: int = 0, out_dir=None, 
                            progress=progress or (lambda *a: None))
 
 
-LOOP = dict(stage_epochs=1, max_steps_per_epoch=1, score_max_batches=1, final_epochs=1, final_max_steps_per_epoch=1,
-            final_reinit=False, checkpoint=True)
+LOOP = dict(stage={"epochs": 1, "max_steps_per_epoch": 1}, growth={"score_max_batches": 1},
+            final={"epochs": 1, "max_steps_per_epoch": 1, "reinit": False}, checkpoint=True)
+
+
+def _loop(**changes) -> GrowConfig:
+    """The tiny loop config with ``changes`` merged into its sub-configs (``growth={...}``)."""
+    return replace_config(GrowConfig(**LOOP), **changes)
 
 
 def _decisions(history):
@@ -354,7 +361,7 @@ def test_budget_holds_loop_terminates_and_teacher_unchanged(digits_task):
     teacher = TinyConvNet(width=8).eval()
     ctx = _ctx(teacher, digits_task, "params=30k")
     before = copy.deepcopy(ctx.teacher.state_dict())
-    out = Grow(GrowConfig(**{**LOOP, "max_iterations": 40})).run(ctx)
+    out = Grow(_loop(growth={"max_iterations": 40})).run(ctx)
     cost = measure_cost(out.student, ctx.example_inputs)
     assert cost.params <= 30_000 and out.info["stop_reason"] == "budget"
     grow = [r for r in ctx.history if r["phase"] == "grow"]
@@ -375,7 +382,7 @@ def test_same_seed_same_decisions_and_resume_after_kill(digits_task, tmp_path):
     torch.manual_seed(0)
     teacher = TinyConvNet(width=8).eval()
     # the learnable-attention variant and the Eq. 4 final retrain also have state that must resume exactly
-    cfg = GrowConfig(**{**LOOP, "max_iterations": 4, "attention": "proj", "final_loss": "kd+inner"})
+    cfg = _loop(growth={"max_iterations": 4, "attention": "proj"}, final={"loss": "kd+inner"})
     ctx_a = _ctx(teacher, digits_task, "params=60k")
     out_a = Grow(cfg).run(ctx_a)
 
@@ -404,7 +411,7 @@ def test_same_seed_same_decisions_and_resume_after_kill(digits_task, tmp_path):
 def test_unreachable_budget_raises(digits_task):
     ctx = _ctx(TinyConvNet(width=8).eval(), digits_task, "params=500")
     with pytest.raises(BudgetUnreachableError, match="width_mult"):
-        Grow(GrowConfig(**LOOP)).run(ctx)
+        Grow(_loop()).run(ctx)
 
 
 def test_kd_inner_retrain_resumes_mid_phase_bit_identically(digits_task, tmp_path, monkeypatch):
@@ -417,8 +424,8 @@ def test_kd_inner_retrain_resumes_mid_phase_bit_identically(digits_task, tmp_pat
     teacher = TinyConvNet(width=8).eval()
     # no growth iteration: the run goes straight to the retrain; flip-crop and the learnable
     # attention add generator and weight state that must resume exactly
-    cfg = GrowConfig(**{**LOOP, "max_iterations": 0, "final_epochs": 3, "final_max_steps_per_epoch": 2,
-                        "final_loss": "kd+inner", "attention": "proj", "augment": "flip-crop"})
+    cfg = _loop(growth={"max_iterations": 0, "attention": "proj"},
+                final={"epochs": 3, "max_steps_per_epoch": 2, "loss": "kd+inner", "augment": "flip-crop"})
     ctx_a = _ctx(teacher, digits_task, "params=60k")
     out_a = Grow(cfg).run(ctx_a)
 
@@ -579,18 +586,104 @@ def test_partition_fallback_and_errors():
 
 
 def test_config_validation_presets_and_json_roundtrip():
-    assert GrowConfig().b_op == 7 and GrowConfig().c == 0.5 and GrowConfig().deepen_step == 3
+    g = GrowConfig().growth
+    assert (g.b_op, g.c, g.deepen_step) == (7, 0.5, 3)
+    final = GrowConfig().final
+    assert (final.epochs, final.lr, final.momentum, final.weight_decay, final.grad_clip) == (400, 0.025, 0.9, 3e-4, 5.0)
     small = GrowConfig.preset("cpu-small")
-    assert (small.stage_epochs, small.max_iterations, small.final_epochs) == (1, 8, 15)
-    assert GrowConfig.preset("cpu-small", c=0.25).c == 0.25
-    cfg = GrowConfig(teacher_nodes=("relu_2", "relu_8"), split_policy="random", deg_factor=False)
+    assert (small.stage.epochs, small.growth.max_iterations, small.final.epochs) == (1, 8, 15)
+    assert GrowConfig.preset("cpu-small", growth={"c": 0.25}).growth.c == 0.25
+    cfg = GrowConfig(partition={"teacher_nodes": ("relu_2", "relu_8")},
+                     growth={"split_policy": "random", "deg_factor": False})
     assert config_from_dict(GrowConfig, json.loads(json.dumps(config_to_dict(cfg)))) == cfg
-    for bad in ({"c": 1.5}, {"b_op": 0}, {"initial_ops": 8}, {"score_fraction": 1.0}, {"attention": "tat"},
-                {"split_policy": "greedy"}, {"final_loss": "mse"}, {"width_mult": 0.0}, {"max_iterations": -1}):
-        with pytest.raises(ConfigError):
-            GrowConfig(**bad)
+    for bad, path in (({"c": 1.5}, "growth"), ({"b_op": 0}, "growth"), ({"initial_ops": 8}, "growth"),
+                      ({"score_fraction": 1.0}, "growth"), ({"attention": "tat"}, "growth"),
+                      ({"split_policy": "greedy"}, "growth"), ({"loss": "mse"}, "final"),
+                      ({"width_mult": 0.0}, "growth"), ({"max_iterations": -1}, "growth"),
+                      ({"augment": "mixup"}, "stage"), ({"teacher_granularity": "layers"}, "partition"),
+                      ({"epochs": -1}, "stage"), ({"warmup_epochs": 500}, "final")):
+        with pytest.raises(ConfigError, match=f"GrowConfig.{path}"):
+            GrowConfig(**{path: bad})
     with pytest.raises(ConfigError):
         GrowConfig.preset("huge")
+
+
+def test_flat_config_still_loads_with_a_deprecation_warning():
+    """The flat spelling of slimforge <= 0.9 (``--config`` JSON, report.json) loads into the nested
+    config; a name the stages and the final retrain shared (``kd_alpha``) sets both."""
+    flat = {"stage_epochs": 2, "max_iterations": 3, "final_epochs": 4, "final_lr": 0.1, "kd_alpha": 0.2,
+            "teacher_granularity": "path", "checkpoint": False}
+    with pytest.warns(ConfigDeprecationWarning, match="stage_epochs -> stage.epochs"):
+        cfg = config_from_dict(GrowConfig, flat)
+    assert cfg == GrowConfig(partition={"teacher_granularity": "path"}, growth={"max_iterations": 3},
+                             stage={"epochs": 2, "kd_alpha": 0.2}, final={"epochs": 4, "lr": 0.1, "kd_alpha": 0.2},
+                             checkpoint=False)
+    with pytest.warns(ConfigDeprecationWarning):
+        assert Grow(**flat).config == cfg
+
+
+def test_run_key_hashes_every_leaf_but_checkpoint():
+    """The run reads every sub-config, so a change to any leaf (a field added to a sub-config
+    included) gives a new run key; ``checkpoint`` does not. The stages' and the retrain's shared
+    flat names enter once while they agree, then apart."""
+    from compress.strategies.grow.checkpoints import run_key
+
+    def key(cfg):
+        return run_key(cfg, seed=0, teacher="t", budget="b", sizes=[1, 2], classes=10)
+
+    base = GrowConfig.preset("smoke")
+    changes = [{"partition": {"teacher_granularity": "path"}}, {"growth": {"inner_weight": 2.0}},
+               {"growth": {"objective": "score"}}, {"stage": {"kd_alpha": 0.1}}, {"final": {"kd_alpha": 0.1}},
+               {"final": {"optimizer": "adam"}}, {"final": {"label_smoothing": 0.1}}, {"final": {"time_s": 60.0}},
+               {"final": {"grad_clip": None}}, {"stage": {"grad_clip": None}}, {"final": {"reinit": False}}]
+    keys = {key(replace_config(base, **c)) for c in changes}
+    assert len(keys) == len(changes) and key(base) not in keys
+    assert key(replace_config(base, checkpoint=False)) == key(base)
+    flat = key_config(base, "stage", "final")
+    assert flat["kd_alpha"] == 0.5 and "final.kd_alpha" not in flat and flat["final_epochs"] == 1
+    apart = key_config(replace_config(base, final={"kd_alpha": 0.1}), "stage", "final")
+    assert (apart["kd_alpha"], apart["final.kd_alpha"]) == (0.5, 0.1)
+
+
+def test_kd_inner_retrain_uses_every_field_of_the_final_block(tiny_partition, monkeypatch):
+    """``final.loss="kd+inner"`` trains through ``fit``, not ``finetune``: the fine-tune block's
+    optimizer, warm-up, time budget, label smoothing, clip and distillation act there too."""
+    from compress.strategies.grow import training
+
+    seen: dict = {}
+    make_optimizer, kd_loss = training.make_optimizer, training.kd_loss
+
+    def spy_opt(params, name, **kw):
+        seen["optimizer"] = name
+        return make_optimizer(params, name, **kw)
+
+    def spy_kd(*a, **kw):
+        seen["kd"] = (kw["alpha"], kw["temperature"], kw["label_smoothing"])
+        return kd_loss(*a, **kw)
+
+    def spy_fit(plan, loader, **kw):
+        seen["plan"] = plan
+        return []
+
+    monkeypatch.setattr(training, "make_optimizer", spy_opt)
+    monkeypatch.setattr(training, "kd_loss", spy_kd)
+    monkeypatch.setattr(training, "fit", spy_fit)
+    cfg = GrowConfig(final={"loss": "kd+inner", "epochs": 4, "optimizer": "adam", "warmup_epochs": 2,
+                            "time_s": 30.0, "label_smoothing": 0.1, "grad_clip": 2.0, "kd_alpha": 0.3,
+                            "kd_temperature": 2.0})
+    student = build_initial(tiny_partition, 10, cfg, seed=0)
+    attn = AttentionBank("dot")
+    attn.sync(student.structure, tiny_partition)
+    extractor = FeatureExtractor(tiny_partition)
+    ds = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    training._fit_grow(student, attn, extractor, DataLoader(ds, batch_size=4), cfg, cfg.final.settings(seed=0),
+                       cosine=True, use_kd=True, runtime=training.Runtime(), phase="test")
+    plan = seen["plan"]
+    assert seen["optimizer"] == "adam" and plan.grad_clip == 2.0 and plan.time_budget_s == 30.0
+    assert plan.epochs == 4 and plan.steps_per_epoch == 2
+    assert [plan.lr_factor(s) for s in (0, 1, 3)] == [0.25, 0.5, 1.0]  # 2 epochs x 2 steps of warm-up
+    plan.step((X32, torch.tensor([1, 2])))
+    assert seen["kd"] == (0.3, 2.0, 0.1)
 
 
 def test_grown_student_exports_to_onnx(tiny_partition, tmp_path):
@@ -621,8 +714,9 @@ def test_compress_end_to_end_meets_budget_with_valid_onnx(digits_task, tmp_path)
     torch.manual_seed(0)
     teacher = TinyConvNet().eval()
     res = compress(teacher, "params=0.8x", data=digits_task, strategy="grow",
-                   config={"stage_epochs": 1, "max_iterations": 2, "max_steps_per_epoch": 2, "score_max_batches": 1,
-                           "final_epochs": 1, "final_max_steps_per_epoch": 2},
+                   config={"growth": {"max_iterations": 2, "score_max_batches": 1},
+                           "stage": {"epochs": 1, "max_steps_per_epoch": 2},
+                           "final": {"epochs": 1, "max_steps_per_epoch": 2}},
                    progress=False, out_dir=tmp_path, latency_repeats=3, latency_warmup=1)
     assert res.budget_check.ok and res.student_report.cost.params <= 0.8 * res.teacher.cost.params
     assert res.validation.ok and res.validation.top1_agreement == 1.0

@@ -179,9 +179,11 @@ def test_grad_clip_bounds_every_step():
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), True, "5"])
 def test_grow_grad_clip_must_be_positive_or_none(bad):
-    assert GrowConfig(grad_clip=None).grad_clip is None and GrowConfig().grad_clip == 5.0
-    with pytest.raises(CompressError, match="grad_clip"):
-        GrowConfig(grad_clip=bad)
+    assert GrowConfig(stage={"grad_clip": None}).stage.grad_clip is None
+    assert GrowConfig().stage.grad_clip == GrowConfig().final.grad_clip == 5.0
+    for block in ("stage", "final"):
+        with pytest.raises(CompressError, match="grad_clip"):
+            GrowConfig(**{block: {"grad_clip": bad}})
 
 
 def test_spawn_without_a_main_guard_is_a_config_error(monkeypatch):

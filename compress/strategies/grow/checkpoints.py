@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from compress.strategies.base import config_to_dict
+from compress.strategies.config_tree import key_config, subconfig_names
 from compress.training import CheckpointStore
 
 __all__ = ["CHECKPOINT_FORMAT", "run_key"]
@@ -36,9 +36,11 @@ class _Checkpoints:
 
 
 def run_key(cfg: Any, *, seed: int, teacher: Any, budget: str, sizes: list[int], classes: int) -> str:
-    """The key a resumed run must match: the config (but ``checkpoint``), the seed, the teacher
-    partition's signature, the budget, the sizes of ``D_train`` and ``D_val`` and the class count."""
-    key_blob = json.dumps({"config": {k: v for k, v in config_to_dict(cfg).items() if k != "checkpoint"},
-                           "seed": seed, "teacher": teacher, "budget": budget, "sizes": sizes, "classes": classes},
-                          sort_keys=True, default=str)
+    """The key a resumed run must match: the config (every sub-config, the run reads them all; not
+    ``checkpoint``) under its flat names (:func:`~compress.strategies.config_tree.key_config`), the
+    seed, the teacher partition's signature, the budget, the sizes of ``D_train`` and ``D_val`` and
+    the class count."""
+    config = key_config(cfg, *subconfig_names(type(cfg)), top_level=True, skip=frozenset({"checkpoint"}))
+    key_blob = json.dumps({"config": config, "seed": seed, "teacher": teacher, "budget": budget, "sizes": sizes,
+                           "classes": classes}, sort_keys=True, default=str)
     return hashlib.sha256(key_blob.encode()).hexdigest()[:20]

@@ -44,14 +44,14 @@ def apply_decision(student: GrowStudent, d: Decision, partition: TeacherPartitio
         return _width(partition.width_at_level(lv), cfg)
 
     u_in = edge_units(ni.channels, ni.level, node.channels, node.level, width_at_level=wal,
-                      initial_ops=cfg.initial_ops, stride_rule=cfg.stride_rule)
+                      initial_ops=cfg.growth.initial_ops, stride_rule=cfg.growth.stride_rule)
     u_out = edge_units(node.channels, node.level, nj.channels, nj.level, width_at_level=wal,
-                       initial_ops=cfg.initial_ops, stride_rule=cfg.stride_rule)
-    return student.widen(d.src, d.dst, node, u_in, u_out, init=cfg.widen_init, seed=seed)
+                       initial_ops=cfg.growth.initial_ops, stride_rule=cfg.growth.stride_rule)
+    return student.widen(d.src, d.dst, node, u_in, u_out, init=cfg.growth.widen_init, seed=seed)
 
 
 def _width(c_teacher: int, cfg: GrowConfig) -> int:
-    return max(1, int(round(cfg.width_mult * c_teacher)))
+    return max(1, int(round(cfg.growth.width_mult * c_teacher)))
 
 
 def build_initial(partition: TeacherPartition, num_classes: int, cfg: GrowConfig, *, seed: int) -> GrowStudent:
@@ -62,7 +62,7 @@ def build_initial(partition: TeacherPartition, num_classes: int, cfg: GrowConfig
         in_channels=first.shape[0], in_hw=in_hw, q_sink=partition.m, c_sink=_width(last.shape[0], cfg),
         level_sink=last.level, sink_hw=(halve(in_hw[0], last.level), halve(in_hw[1], last.level)),
         num_classes=num_classes, width_at_level=lambda lv: _width(partition.width_at_level(lv), cfg),
-        initial_ops=cfg.initial_ops, stride_rule=cfg.stride_rule,
+        initial_ops=cfg.growth.initial_ops, stride_rule=cfg.growth.stride_rule,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -74,11 +74,11 @@ def build_initial(partition: TeacherPartition, num_classes: int, cfg: GrowConfig
 
 def _ranking(cfg: GrowConfig, ctx: StrategyContext) -> str | None:
     """``"ms"``, ``"macs"`` or None (Eq. 5 alone) for this config and budget."""
-    if cfg.split_policy != "score" or cfg.objective == "score":
+    if cfg.growth.split_policy != "score" or cfg.growth.objective == "score":
         return None
-    if cfg.objective == "latency" or (cfg.objective == "auto" and ctx.budget.needs_latency):
+    if cfg.growth.objective == "latency" or (cfg.growth.objective == "auto" and ctx.budget.needs_latency):
         return "ms"
-    if cfg.objective == "macs":
+    if cfg.growth.objective == "macs":
         return "macs"
     return None
 
@@ -102,10 +102,11 @@ class _Pricer:
 
     def choose(self, student: GrowStudent, scores: dict[int, float], partition: TeacherPartition, cfg: GrowConfig,
                per: str, *, seed: int) -> tuple[Decision | None, list[PricedSplit]]:
-        """The best of the ``cfg.rank_candidates`` highest-``S`` splits by :func:`rank_by_cost`
+        """The best of the ``cfg.growth.rank_candidates`` highest-``S`` splits by :func:`rank_by_cost`
         (None when no node can be split) and every priced candidate, best first."""
-        cands = split_candidates(student.structure, scores, limit=cfg.rank_candidates, b_op=cfg.b_op,
-                                 deepen_step=cfg.deepen_step, c=cfg.c, adjacent=cfg.adjacent_widen)
+        g = cfg.growth
+        cands = split_candidates(student.structure, scores, limit=g.rank_candidates, b_op=g.b_op,
+                                 deepen_step=g.deepen_step, c=g.c, adjacent=g.adjacent_widen)
         if not cands:
             return None, []
         ms0, macs0 = self.predicted_ms(student), self.macs(student)

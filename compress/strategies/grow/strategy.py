@@ -10,13 +10,13 @@ submission; later Liang, Xiang, Li, Neurocomputing 651, 2025), and docs/algorith
    :class:`BudgetUnreachableError`.
 3. **Loop** (§3.2-3.4), iteration ``z``:
 
-   * training stage on ``D_train`` (the first ``1 - score_fraction`` of a seeded split of the
-     train loader's dataset), ``stage_epochs`` epochs of SGD on
-     ``L = L_cls + inner_weight * L_inner`` (Eq. 4), ``L_inner = mean_v R_inner(v)`` over the
+   * training stage on ``D_train`` (the first ``1 - growth.score_fraction`` of a seeded split of
+     the train loader's dataset), ``stage.epochs`` epochs of SGD on
+     ``L = L_cls + growth.inner_weight * L_inner`` (Eq. 4), ``L_inner = mean_v R_inner(v)`` over the
      supervised nodes (Eq. 3; the input node is not a learned map and is left out),
      ``R_inner`` through ``f_a`` (Eq. 1-2, :mod:`.attention`). ``L_cls`` also distils the
      teacher's logits: ``L_cls = (1 - kd_alpha) CE + kd_alpha T^2 KL(teacher || student)``
-     (Hinton KD, :func:`kd_loss`; default ``kd_alpha = 0.5``, ``T = 4``; ``kd_alpha = 0`` is the
+     (Hinton KD, :func:`kd_loss`; default ``stage.kd_alpha = 0.5``, ``T = 4``; ``kd_alpha = 0`` is the
      paper's plain CE). Learning rate constant within a stage (the paper's "step scheduler" has
      no published steps and the stages are short);
    * bottleneck identification on ``D_val`` (the other part of the split): ``Rbar`` per node,
@@ -25,10 +25,10 @@ submission; later Liang, Xiang, Li, Neurocomputing 651, 2025), and docs/algorith
      weights are inherited and the new parts are function-preserving;
    * the copy is measured by the budget oracle ``ctx.check`` (params, MACs, measured latency);
      over budget -> it is discarded and growth stops (docs/algorithms/grow.md, choice 11). Growth also stops
-     after ``max_iterations`` (a safety cap the paper does not have; it saw 24-47 iterations).
+     after ``growth.max_iterations`` (a safety cap the paper does not have; it saw 24-47 iterations).
 
-4. **Final retrain** on the whole train split: re-initialised (``final_reinit``, NAS
-   convention, docs/algorithms/grow.md, choice 9) and trained ``final_epochs`` with ``final_loss``:
+4. **Final retrain** on the whole train split: re-initialised (``final.reinit``, NAS
+   convention, docs/algorithms/grow.md, choice 9) and trained ``final.epochs`` with ``final.loss``:
    ``"kd"`` (default: Hinton KD from ``ctx.teacher`` through the shared ``finetune`` loop, best
    epoch on the validation split), ``"kd+inner"`` (keep the teacher-guided loss ``L``,
    the algorithm notes' recommendation, docs/algorithms/grow.md) or ``"ce"``.
@@ -36,7 +36,7 @@ submission; later Liang, Xiang, Li, Neurocomputing 651, 2025), and docs/algorith
 Every growth iteration is logged (``ctx.log``: node, edge, op, S and Rbar per node, params,
 MACs, latency, validation accuracy, the DOT drawing of the new graph) and checkpointed under
 ``ctx.out_dir/checkpoints/grow`` (structure JSON + tensors, RNG states and the run history),
-as is every epoch of the final retrain (every ``final_loss``); a killed run resumes from the
+as is every epoch of the final retrain (every ``final.loss``); a killed run resumes from the
 last boundary when the config, seed, teacher partition and data sizes match, bit-identically.
 
 Every training phase (the stages and the final retrain) runs on the training runtime
@@ -68,7 +68,7 @@ from compress.strategies.grow.report import _report_sections
 from compress.strategies.grow.selection import choose_split, modification_scores, random_split
 from compress.strategies.grow.student import GrowStudent, Structure
 from compress.strategies.grow.training import AttentionBank, _fit_grow, _placed, score_nodes, train_stage
-from compress.training import EpochCheckpoint, FinetuneSettings, evaluate, finetune
+from compress.training import EpochCheckpoint, evaluate, finetune
 from compress.training.checkpoint import loader_generators
 
 # moved to the package's other modules; importable from here as before (tests import and patch them)
@@ -120,7 +120,7 @@ class Grow(Strategy):
     @classmethod
     def demo_config(cls, epochs: int) -> dict:
         """The CPU-scale preset (docs/algorithms/grow.md, CPU profile) with ``epochs`` final-retrain epochs."""
-        return config_to_dict(GrowConfig.preset("cpu-small", final_epochs=epochs))
+        return config_to_dict(GrowConfig.preset("cpu-small", final={"epochs": epochs}))
 
     @classmethod
     def build_student(cls, arch: dict) -> GrowStudent:
@@ -129,11 +129,13 @@ class Grow(Strategy):
 
     def run(self, ctx: StrategyContext) -> StrategyOutput:
         cfg: GrowConfig = self.config
+        growth = cfg.growth
         seed = int(ctx.seed)
         num_classes = ctx.data.spec.num_classes
         with ctx.phase("partition"):
-            partition = partition_teacher(ctx.teacher, ctx.example_inputs, granularity=cfg.teacher_granularity,
-                                          nodes=cfg.teacher_nodes)
+            partition = partition_teacher(ctx.teacher, ctx.example_inputs,
+                                          granularity=cfg.partition.teacher_granularity,
+                                          nodes=cfg.partition.teacher_nodes)
             extractor = FeatureExtractor(partition).eval()
             d_train, d_score = self._split_loaders(ctx, cfg, seed)
 
@@ -142,7 +144,7 @@ class Grow(Strategy):
                                     sizes=[len(d_train.dataset), len(d_score.dataset)], classes=num_classes))
 
         student = build_initial(partition, num_classes, cfg, seed=_derive(seed, "init"))
-        attn = AttentionBank(cfg.attention)
+        attn = AttentionBank(growth.attention)
         attn.sync(student.structure, partition)
         start, stop_reason, phase, records, resumed = 0, None, "grow", [], None
         restored = ckpt.load()
@@ -150,7 +152,7 @@ class Grow(Strategy):
             state, tensors = restored.state, restored.tensors
             student = GrowStudent(Structure.from_dict(state["structure"])).eval()
             student.load_state_dict(tensors["student"])
-            attn = AttentionBank(cfg.attention)
+            attn = AttentionBank(growth.attention)
             attn.sync(student.structure, partition)
             attn.load_state_dict(tensors["attn"])
             start, stop_reason, phase, records = state["iteration"], state["stop_reason"], state["phase"], state["records"]
@@ -180,26 +182,26 @@ class Grow(Strategy):
             pricer: _Pricer | None = None
             while phase == "grow":
                 ranking: dict[str, Any] | None = None
-                if cfg.max_iterations is not None and z >= cfg.max_iterations:
+                if growth.max_iterations is not None and z >= growth.max_iterations:
                     stop_reason, phase = "max_iterations", "grown"
                     break
                 stage_seed = _derive(seed, "stage", z)
                 d_train.generator.manual_seed(stage_seed)  # data order depends on (seed, iteration) only
-                losses = train_stage(student, attn, extractor, d_train, cfg, epochs=cfg.stage_epochs, lr=cfg.lr,
-                                     seed=stage_seed, max_steps=cfg.max_steps_per_epoch,
+                losses = train_stage(student, attn, extractor, d_train, cfg, epochs=cfg.stage.epochs, lr=cfg.stage.lr,
+                                     seed=stage_seed, max_steps=cfg.stage.max_steps_per_epoch,
                                      phase=f"grow stage (iteration {z + 1})", checkpoint_dir=ckpt.dir,
                                      runtime=ctx.runtime)
                 with _placed(ctx.runtime, student):
                     val_acc = evaluate(student, ctx.data.val, runtime=ctx.runtime)
-                if cfg.split_policy == "score":
-                    rbar = score_nodes(student, attn, extractor, d_score, cfg, max_batches=cfg.score_max_batches,
+                if growth.split_policy == "score":
+                    rbar = score_nodes(student, attn, extractor, d_score, cfg, max_batches=growth.score_max_batches,
                                        runtime=ctx.runtime)
-                    scores = modification_scores(student.structure, rbar, deg_factor=cfg.deg_factor,
-                                                 head_counts=cfg.sink_head_counts)
+                    scores = modification_scores(student.structure, rbar, deg_factor=growth.deg_factor,
+                                                 head_counts=growth.sink_head_counts)
                     per = _ranking(cfg, ctx)
                     if per is None:
-                        decision = choose_split(student.structure, scores, b_op=cfg.b_op,
-                                                deepen_step=cfg.deepen_step, c=cfg.c, adjacent=cfg.adjacent_widen)
+                        decision = choose_split(student.structure, scores, b_op=growth.b_op, deepen_step=growth.deepen_step,
+                                                c=growth.c, adjacent=growth.adjacent_widen)
                     else:
                         if pricer is None:
                             pricer = _Pricer(ctx)
@@ -209,7 +211,7 @@ class Grow(Strategy):
                 else:
                     rbar, scores = {}, {}
                     decision = random_split(student.structure, random.Random(_derive(seed, "random", z)),
-                                            b_op=cfg.b_op, deepen_step=cfg.deepen_step, c=cfg.c)
+                                            b_op=growth.b_op, deepen_step=growth.deepen_step, c=growth.c)
                 rec: dict[str, Any] = {
                     "phase": "grow", "iteration": z + 1, "stage_loss": losses[-1] if losses else None,
                     "val_acc": val_acc, "rbar": {str(k): v for k, v in rbar.items()},
@@ -241,7 +243,7 @@ class Grow(Strategy):
                 z += 1
                 ckpt.save({"iteration": z, "phase": phase, "stop_reason": stop_reason, "records": records,
                            "structure": student.structure.to_dict(), "history": ctx.history}, tensors_of())
-                ctx.progress("grow", z, cfg.max_iterations, {
+                ctx.progress("grow", z, growth.max_iterations, {
                     "op": rec.get("op"), "node": rec.get("node"), "params": rec.get("params"), "val_acc": val_acc})
             iterations = z
 
@@ -270,11 +272,11 @@ class Grow(Strategy):
             "ops": sum(e.n_ops for e in s.edges),
             "teacher_partition": partition.to_dict(),
             "split_sizes": {"train": len(d_train.dataset), "score": len(d_score.dataset)},
-            "final_retrain": {"loss": cfg.final_loss, "reinit": cfg.final_reinit, "epochs": cfg.final_epochs,
+            "final_retrain": {"loss": cfg.final.loss, "reinit": cfg.final.reinit, "epochs": cfg.final.epochs,
                               "history": final_hist},
             "resumed": resumed,
-            "ranking": {"per": _ranking(cfg, ctx), "objective": cfg.objective,
-                        "candidates_priced": cfg.rank_candidates},
+            "ranking": {"per": _ranking(cfg, ctx), "objective": growth.objective,
+                        "candidates_priced": growth.rank_candidates},
         })
 
     # ---------------------------------------------------------------- parts
@@ -289,7 +291,7 @@ class Grow(Strategy):
                 "grow splits the training set into a training and a scoring part (SEArch §3.1) and needs a "
                 "map-style dataset (len() and indexing) behind data.train; wrap your data in a Dataset."
             ) from exc
-        tr, sc = split_indices(n, cfg.score_fraction, seed)
+        tr, sc = split_indices(n, cfg.growth.score_fraction, seed)
         bs = getattr(ctx.data.train, "batch_size", None) or 64
         gen = torch.Generator().manual_seed(_derive(seed, "loader"))
         d_train = DataLoader(Subset(ds, tr), batch_size=bs, shuffle=True, generator=gen, num_workers=0)
@@ -308,15 +310,16 @@ class Grow(Strategy):
     def _final_retrain(ctx: StrategyContext, cfg: GrowConfig, student: GrowStudent, attn: AttentionBank,
                        extractor: nn.Module, partition: TeacherPartition, seed: int,
                        checkpoint: EpochCheckpoint | None = None) -> list[dict]:
-        """Final retrain on the whole train split (``cfg.final_loss``) on ``ctx.runtime``, best
+        """Final retrain on the whole train split (``cfg.final``: every field of the fine-tune block
+        acts with every ``loss``) on ``ctx.runtime``, best
         epoch on the validation split, one ``checkpoint`` per epoch (a killed run resumes after
         the last committed epoch, bit-identically, ``"kd+inner"`` included). Returns the per-epoch
         history (restored epochs included)."""
-        if cfg.final_reinit:
+        if cfg.final.reinit:
             student.reset_parameters(seed=_derive(seed, "final-init"))
-            attn = AttentionBank(cfg.attention)
+            attn = AttentionBank(cfg.growth.attention)
             attn.sync(student.structure, partition)
-        if cfg.final_epochs == 0:
+        if cfg.final.epochs == 0:
             return []
         hist: list[dict] = []
 
@@ -324,18 +327,15 @@ class Grow(Strategy):
             rec = {"phase": "final_retrain", **rec}
             hist.append(rec)
             ctx.log(**rec)
-            ctx.progress("final retrain", epoch, cfg.final_epochs, {"val_acc": rec.get("val_acc")})
+            ctx.progress("final retrain", epoch, cfg.final.epochs, {"val_acc": rec.get("val_acc")})
 
         runtime = ctx.runtime
-        if cfg.final_loss in ("kd", "ce"):
-            settings = FinetuneSettings(
-                epochs=cfg.final_epochs, lr=cfg.final_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                kd_alpha=cfg.kd_alpha if cfg.final_loss == "kd" else 0.0, kd_temperature=cfg.kd_temperature,
-                max_steps_per_epoch=cfg.final_max_steps_per_epoch, augment=cfg.augment,
-                seed=_derive(seed, "final"), grad_clip=cfg.grad_clip,
-            )
+        final = cfg.final
+        if final.loss in ("kd", "ce"):
+            no_kd = {"kd_alpha": 0.0} if final.loss == "ce" else {}
+            settings = final.settings(seed=_derive(seed, "final"), **no_kd)
             finetune(student, Grow._full_train_loader(ctx, seed), ctx.data.val, settings,
-                     teacher=ctx.teacher if cfg.final_loss == "kd" else None, on_epoch=on_epoch,
+                     teacher=ctx.teacher if final.loss == "kd" else None, on_epoch=on_epoch,
                      checkpoint=checkpoint, runtime=runtime)
             return hist
         # "kd+inner": keep Eq. 4 (with the logit KD term) for the retrain, cosine LR, best epoch on val,
@@ -344,8 +344,8 @@ class Grow(Strategy):
         if checkpoint is not None and val is not None:
             checkpoint = dataclasses.replace(checkpoint, generators={**loader_generators(val=val),
                                                                      **checkpoint.generators})
-        _fit_grow(student, attn, extractor, Grow._full_train_loader(ctx, seed), cfg, epochs=cfg.final_epochs,
-                  lr=cfg.final_lr, seed=_derive(seed, "final"), max_steps=cfg.final_max_steps_per_epoch, cosine=True,
+        _fit_grow(student, attn, extractor, Grow._full_train_loader(ctx, seed), cfg,
+                  final.settings(seed=_derive(seed, "final")), cosine=True,
                   use_kd=True, runtime=runtime, phase="grow final retrain (kd+inner)",
                   validate=(lambda: evaluate(student, val, runtime=runtime)) if val is not None else None,
                   keep_best=True, checkpoint=checkpoint, checkpoint_key={"final_loss": "kd+inner", "format": "fit/1"},

@@ -1,7 +1,9 @@
 """grow's training and scoring passes: the attention bank (``f_a`` per supervised node), the loss
-``L = L_cls + inner_weight * L_inner`` (Eq. 2-4), the training stage (§3.2) on the training
-runtime (also the ``"kd+inner"`` final retrain) and ``Rbar`` per node on the scoring split (the
-input of Eq. 5). The modules train and score on ``runtime.device`` and end on the CPU in float32."""
+``L = L_cls + inner_weight * L_inner`` (Eq. 2-4; its shape from ``cfg.growth``, ``L_cls``'s
+distillation from the training block), the training stage (§3.2, ``cfg.stage``) on the training
+runtime (also the ``"kd+inner"`` final retrain, ``cfg.final``) and ``Rbar`` per node on the
+scoring split (the input of Eq. 5). The modules train and score on ``runtime.device`` and end on
+the CPU in float32."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from compress.strategies.grow.attention import NodeAttention, r_inner
 from compress.strategies.grow.config import GrowConfig
 from compress.strategies.grow.partition import TeacherPartition
 from compress.strategies.grow.student import GrowStudent, NodeSpec, Structure
-from compress.training import (EpochCheckpoint, FitPlan, Runtime, cosine_factor, diverged_error, fit, kd_loss,
+from compress.training import (EpochCheckpoint, FinetuneSettings, FitPlan, Runtime, diverged_error, fit, kd_loss,
                                make_optimizer, training_loader)
+from compress.training.loop import warmup_cosine_factor
 
 __all__ = ["AttentionBank", "grow_loss", "train_stage", "score_nodes"]
 
@@ -50,33 +53,40 @@ def _supervised(structure: Structure) -> list[NodeSpec]:
 def grow_loss(
     student: GrowStudent, attn: AttentionBank, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor,
     t_feats: tuple[torch.Tensor, ...], cfg: GrowConfig, *, use_kd: bool = True,
+    settings: FinetuneSettings | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """``L = L_cls + inner_weight * L_inner`` (Eq. 2-4) on one batch.
+    """``L = L_cls + inner_weight * L_inner`` (Eq. 2-4) on one batch: ``r_norm`` and
+    ``inner_weight`` from ``cfg.growth``; ``L_cls``'s ``kd_alpha``, ``kd_temperature`` and
+    ``label_smoothing`` from ``settings`` (default: ``cfg.stage``'s).
 
     Returns ``(loss, {node_id: per-sample R_inner (B,)})``.
     """
+    s = settings if settings is not None else cfg.stage.settings()
     logits, feats = student.forward_features(x)
-    l_cls = kd_loss(logits, y, t_logits if use_kd else None, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
+    l_cls = kd_loss(logits, y, t_logits if use_kd else None, alpha=s.kd_alpha, temperature=s.kd_temperature,
+                    label_smoothing=s.label_smoothing)
     rs = {}
     for n in _supervised(student.structure):
         t = t_feats[n.q - 1]
-        rs[n.id] = r_inner(feats[n.id], t, norm=cfg.r_norm, projected=attn(n.id, feats[n.id], t))
+        rs[n.id] = r_inner(feats[n.id], t, norm=cfg.growth.r_norm, projected=attn(n.id, feats[n.id], t))
     l_inner = torch.stack([r.mean() for r in rs.values()]).mean()
-    return l_cls + cfg.inner_weight * l_inner, rs
+    return l_cls + cfg.growth.inner_weight * l_inner, rs
 
 
 class _GrowObjective(nn.Module):
     """Eq. 4 on one batch as a module (the student and the attention bank as its children), so
     that a data-parallel runtime wraps both in one DDP module and all-reduces every gradient."""
 
-    def __init__(self, student: GrowStudent, attn: AttentionBank, cfg: GrowConfig, use_kd: bool) -> None:
+    def __init__(self, student: GrowStudent, attn: AttentionBank, cfg: GrowConfig, use_kd: bool,
+                 settings: FinetuneSettings | None = None) -> None:
         super().__init__()
         self.student, self.attn = student, attn
-        self.cfg, self.use_kd = cfg, use_kd
+        self.cfg, self.use_kd, self.settings = cfg, use_kd, settings
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor,
                 t_feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return grow_loss(self.student, self.attn, x, y, t_logits, t_feats, self.cfg, use_kd=self.use_kd)[0]
+        return grow_loss(self.student, self.attn, x, y, t_logits, t_feats, self.cfg, use_kd=self.use_kd,
+                         settings=self.settings)[0]
 
 
 @contextlib.contextmanager
@@ -93,29 +103,39 @@ def _placed(runtime: Runtime, *modules: nn.Module) -> Iterator[None]:
 
 
 def _fit_grow(
-    student: GrowStudent, attn: AttentionBank, extractor: nn.Module, loader: DataLoader, cfg: GrowConfig, *,
-    epochs: int, lr: float, seed: int, max_steps: int | None, cosine: bool, use_kd: bool, runtime: Runtime,
-    phase: str, validate: Callable[[], float | None] | None = None, keep_best: bool = False,
+    student: GrowStudent, attn: AttentionBank, extractor: nn.Module, loader: DataLoader, cfg: GrowConfig,
+    settings: FinetuneSettings, *, cosine: bool, use_kd: bool, runtime: Runtime, phase: str,
+    validate: Callable[[], float | None] | None = None, keep_best: bool = False,
     checkpoint: EpochCheckpoint | None = None, checkpoint_key: dict[str, Any] | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> list[dict]:
-    """Eq. 4 training of ``student`` and ``attn`` on :func:`compress.training.fit` (SGD with
-    momentum and weight decay, cosine or constant LR per step, ``cfg.grad_clip``, ``cfg.augment``
-    in the loader seeded from ``seed``); the frozen extractor runs under ``no_grad``. The three
+    """Eq. 4 training of ``student`` and ``attn`` on :func:`compress.training.fit` with the
+    training block ``settings`` (a stage's or the ``"kd+inner"`` retrain's): its optimizer (SGD
+    with momentum, no Nesterov, or Adam) and weight decay, constant LR or (``cosine``) a cosine
+    per step, after ``warmup_epochs`` of linear warm-up, its ``grad_clip``, ``augment`` in the
+    loader seeded from ``settings.seed``, ``max_steps_per_epoch``, ``time_budget_s`` (the epoch
+    count chosen after the first epoch, the cosine re-planned to end there) and ``L_cls``'s
+    distillation and label smoothing; the frozen extractor runs under ``no_grad``. The three
     modules are on ``runtime.device`` during training and on the CPU afterwards. Returns fit's
     per-epoch history."""
     params = [p for p in list(student.parameters()) + list(attn.parameters()) if p.requires_grad]
+    epochs, lr, max_steps = settings.epochs, settings.lr, settings.max_steps_per_epoch
     with _placed(runtime, student, attn, extractor):
         extractor.eval()
         train_loader, collate = training_loader(
-            loader, augment=cfg.augment, seed=seed, num_workers=runtime.options.num_workers,
+            loader, augment=settings.augment, seed=settings.seed, num_workers=runtime.options.num_workers,
             pin_memory=runtime.pin_memory, persistent_workers=runtime.options.persistent_workers,
             world_size=runtime.world_size, rank=runtime.global_rank)
-        opt = make_optimizer(params, "sgd", lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                             nesterov=False)
+        opt = make_optimizer(params, settings.optimizer, lr=lr, momentum=settings.momentum,
+                             weight_decay=settings.weight_decay, nesterov=False)
         steps = len(train_loader) if max_steps is None else min(len(train_loader), max_steps)
-        total = max(1, epochs * steps)
-        objective = runtime.wrap(_GrowObjective(student, attn, cfg, use_kd))
+        total = [max(1, epochs * steps)]  # re-planned by a time budget (on_planned)
+        warmup = settings.warmup_epochs * steps
+
+        def lr_factor(s: int) -> float:
+            return warmup_cosine_factor(s, total[0], warmup) if cosine else min(1.0, (s + 1) / warmup)
+
+        objective = runtime.wrap(_GrowObjective(student, attn, cfg, use_kd, settings))
 
         def step(batch: Any) -> tuple[torch.Tensor, int]:
             x, y = batch[0], batch[1]
@@ -124,8 +144,9 @@ def _fit_grow(
             return objective(x, y, t_logits, t_feats), int(y.numel())
 
         plan = FitPlan(modules=[student, attn], optimizer=opt, step=step, epochs=epochs, steps_per_epoch=steps,
-                       lr_factor=(lambda s: cosine_factor(s, total)) if cosine else None, grad_clip=cfg.grad_clip,
-                       clip_params=params, validate=validate, keep_best=keep_best,
+                       lr_factor=lr_factor if cosine or warmup else None, grad_clip=settings.grad_clip,
+                       clip_params=params, validate=validate, keep_best=keep_best, time_budget_s=settings.time_budget_s,
+                       on_planned=lambda n: total.__setitem__(0, max(1, n * steps)),
                        extra_generators={"augment": collate.generator} if collate is not None else {})
         return fit(plan, train_loader, runtime=runtime, phase=phase, lr=lr, checkpoint=checkpoint,
                    checkpoint_key=checkpoint_key, on_epoch=on_epoch, augment_collate=collate)
@@ -136,8 +157,10 @@ def train_stage(
     epochs: int, lr: float, seed: int, max_steps: int | None, cosine: bool = False, use_kd: bool = True,
     on_epoch=None, phase: str = "grow stage", checkpoint_dir: Path | None = None, runtime: Runtime | None = None,
 ) -> list[float]:
-    """Training stage (§3.2): SGD (momentum, weight decay) on Eq. 4 through the training runtime
-    (:func:`compress.training.fit`); teacher frozen in eval mode under ``no_grad``. The student,
+    """Training stage (§3.2): SGD (``cfg.stage``'s momentum, weight decay, clip, augmentation and
+    distillation; ``epochs``, ``lr``, ``max_steps`` and ``seed`` as given) on Eq. 4 through the
+    training runtime (:func:`compress.training.fit`); teacher frozen in eval mode under
+    ``no_grad``. The student,
     the attention bank and the extractor train on ``runtime.device`` (default: ``Runtime()``, the
     CPU in fp32) and end on the CPU in float32. ``on_epoch(epoch, mean_loss)`` after each epoch.
     Returns the mean loss per epoch.
@@ -150,8 +173,9 @@ def train_stage(
     """
     runtime = runtime or Runtime()
     try:
-        hist = _fit_grow(student, attn, extractor, loader, cfg, epochs=epochs, lr=lr, seed=seed, max_steps=max_steps,
-                         cosine=cosine, use_kd=use_kd, runtime=runtime, phase=phase,
+        settings = cfg.stage.settings(seed=seed, epochs=epochs, lr=lr, max_steps_per_epoch=max_steps)
+        hist = _fit_grow(student, attn, extractor, loader, cfg, settings, cosine=cosine, use_kd=use_kd,
+                         runtime=runtime, phase=phase,
                          on_epoch=(lambda e, rec: on_epoch(e, rec["loss"])) if on_epoch is not None else None)
     except TrainingDivergedError as err:  # fit has no checkpoint here: name the stage's own folder and start
         restored = (f"the weights after epoch {err.epoch - 1}" if err.epoch > 1
