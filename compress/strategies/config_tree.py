@@ -100,8 +100,9 @@ def coerce_subconfigs(config: Any) -> None:
         value = getattr(config, name)
         sub_cls = _sub_type(cls, name)
         if isinstance(value, Mapping):
-            try:
-                value = config_from_dict(sub_cls, dict(value), _warn=False)
+            default = next(f for f in dataclasses.fields(cls) if f.name == name).default_factory()  # type: ignore[misc]
+            try:  # the dict's leaves over this field's default (its phase's values), not the class's
+                value = config_from_dict(sub_cls, {**config_to_dict(default), **value}, _warn=False)
             except ConfigError as exc:
                 raise ConfigError(f"{cls.__name__}.{name}: {exc}") from exc
             object.__setattr__(config, name, value)

@@ -45,6 +45,7 @@ class _Toy:
 def test_nested_round_trip_and_dicts_for_subconfigs():
     cfg = _Toy(search={"epochs": 5}, final=FinetuneConfig(epochs=2, lr=0.5))
     assert cfg.search == _Search(epochs=5) and cfg.baseline.epochs == 7
+    assert _Toy(final={"lr": 0.3}).final.epochs == 9  # a dict fills in over the field's own default, not the class's
     d = config_to_dict(cfg)
     assert d["search"] == {"epochs": 5, "lr": 0.1, "added": None} and d["final"]["lr"] == 0.5
     with warnings.catch_warnings():
