@@ -132,9 +132,10 @@ def total_epochs(cfg: dict[str, Any]) -> int:
 
 def row_configs(recipe: dict[str, Any], epochs: int, smoke: bool) -> tuple[dict[str, dict | None], list[str]]:
     """gp-prune configs of rows (a)-(c) (None: skipped) and the notes explaining choices and skips."""
+    from compress.strategies.config_tree import legacy_names
     from compress.strategies.gp_prune.strategy import GPPruneConfig
 
-    fields = {f.name for f in dataclasses.fields(GPPruneConfig)}
+    fields = set(legacy_names(GPPruneConfig))  # the flat spelling this benchmark's configs use
     notes = []
     extra = dict(SMOKE["gp"]) if smoke else {}
     a = {**recipe, "epochs": epochs, **extra}

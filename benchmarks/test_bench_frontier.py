@@ -10,7 +10,6 @@ Never part of ``make test`` (``bench`` marker; ``testpaths`` is ``tests``). Need
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,9 +34,10 @@ def _bench():
 
 def _recipe(bench) -> dict:
     """The default recipe, less the fields gp-prune does not have at this commit (they land with issue 14)."""
+    from compress.strategies.config_tree import legacy_names
     from compress.strategies.gp_prune.strategy import GPPruneConfig
 
-    fields = {f.name for f in dataclasses.fields(GPPruneConfig)}
+    fields = set(legacy_names(GPPruneConfig))
     return {k: v for k, v in bench.DEFAULT_RECIPE.items() if k in fields}
 
 
