@@ -593,6 +593,8 @@ def test_config_validation_presets_and_json_roundtrip():
     small = GrowConfig.preset("cpu-small")
     assert (small.stage.epochs, small.growth.max_iterations, small.final.epochs) == (1, 8, 15)
     assert GrowConfig.preset("cpu-small", growth={"c": 0.25}).growth.c == 0.25
+    demo = Grow.demo_config(20)  # nested: the demo merges the user's config onto it leaf by leaf
+    assert demo["final"]["epochs"] == 20 and demo["stage"]["epochs"] == 1 and "final_epochs" not in demo
     cfg = GrowConfig(partition={"teacher_nodes": ("relu_2", "relu_8")},
                      growth={"split_policy": "random", "deg_factor": False})
     assert config_from_dict(GrowConfig, json.loads(json.dumps(config_to_dict(cfg)))) == cfg
