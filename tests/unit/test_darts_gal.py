@@ -319,7 +319,8 @@ def test_config_validation_presets_and_json():
                        ({"search": {"genotype": "DARTS_V9"}}, "search.genotype"), ({"retrain": "warm"}, "retrain"),
                        ({"gal": {"sparse_lambda": -1.0}}, "gal.sparse_lambda"),
                        ({"gal": {"lambda_sweep": (0.1, -0.1)}}, "gal.lambda_sweep"),
-                       ({"gal": {"mask_step": 0}}, "gal.mask_step"), ({"sizing": {"candidates_C": (5,)}}, "candidates_C"),
+                       ({"gal": {"mask_step": 0}}, "gal.mask_step"),
+                       ({"sizing": {"candidates_C": (5,)}}, "candidates_C"),
                        ({"gal": {"bn": "frozen"}}, "gal.bn"), ({"final": {"drop_path": 1.0}}, "drop_path"),
                        ({"baseline": {"optimizer": "lbfgs"}}, "optimizer"), ({"search": 3}, "DartsSearchConfig")]:
         with pytest.raises(ConfigError, match=match):
@@ -359,7 +360,8 @@ def test_flat_config_still_loads_with_a_deprecation_warning():
     with pytest.warns(ConfigDeprecationWarning, match=r"kd_alpha -> baseline\.kd_alpha, final\.kd_alpha"):
         cfg = config_from_dict(DartsGalConfig, flat)
     assert cfg == DartsGalConfig(
-        search={"C": 4, "epochs": 1, "grad_clip": 3.0, "arch_lr": 0.05}, sizing={"candidates_C": (4, 6), "size_margin": 1.5},
+        search={"C": 4, "epochs": 1, "grad_clip": 3.0, "arch_lr": 0.05},
+        sizing={"candidates_C": (4, 6), "size_margin": 1.5},
         baseline={"epochs": 2, "kd_alpha": 0.3, "drop_path": 0.1, "augment": "flip-crop"},
         gal={"epochs": 1, "bn": "eval", "n_critic": 2, "sparse_lambda": 0.5},
         final={"lr": 0.02, "kd_alpha": 0.3, "drop_path": 0.1, "augment": "flip-crop"}, objective="size",
@@ -378,7 +380,8 @@ def test_phase_keys_follow_the_sub_configs_each_phase_reads():
         return {p: phase_key(c, p, {"prev": "x"}) for p in phases}
 
     base = keys(cfg)
-    for change, changed in [({"search": {"momentum": 0.8}}, {"search"}), ({"sizing": {"capacity": "macs"}}, {"baseline"}),
+    for change, changed in [({"search": {"momentum": 0.8}}, {"search"}),
+                            ({"sizing": {"capacity": "macs"}}, {"baseline"}),
                             ({"baseline": {"label_smoothing": 0.1}}, {"baseline"}), ({"gal": {"mu": 2.0}}, {"gal"}),
                             ({"objective": "size"}, {"gal"}), ({"final": {"warmup_epochs": 1}}, {"retrain"}),
                             ({"final": {"kd_alpha": 0.2}}, {"retrain"}), ({"retrain": "finetune"}, {"retrain"})]:
@@ -610,9 +613,9 @@ OLD_SEARCH_FIELDS = {"genotype", "search_C", "search_layers", "search_epochs", "
 
 
 #: darts-gal's baseline fields of the flat config (what keyed the baseline checkpoints of earlier runs)
-OLD_BASELINE_FIELDS = {"candidates_C", "candidates_layers", "stem_strides", "capacity", "size_margin", "baseline_epochs",
-                       "baseline_lr", "baseline_momentum", "baseline_weight_decay", "baseline_max_steps_per_epoch",
-                       "drop_path", "kd_alpha", "kd_temperature", "augment"}
+OLD_BASELINE_FIELDS = {"candidates_C", "candidates_layers", "stem_strides", "capacity", "size_margin",
+                       "baseline_epochs", "baseline_lr", "baseline_momentum", "baseline_weight_decay",
+                       "baseline_max_steps_per_epoch", "drop_path", "kd_alpha", "kd_temperature", "augment"}
 
 
 def _flat(cfg: DartsGalConfig) -> dict:

@@ -9,16 +9,13 @@ are GPU scale; ``DartsGalConfig.preset("cpu-small")`` is the CPU profile of docs
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from compress.errors import ConfigError
 from compress.strategies._parts.config_fields import check_fields
-from compress.strategies.config_tree import (coerce_subconfigs, config_from_dict, config_to_dict, replace_config,
-                                             subconfig, subconfig_names)
+from compress.strategies.config_tree import coerce_subconfigs, config_from_dict, replace_config, subconfig
 from compress.strategies.darts.configs import DARTSTrainConfig, SizingConfig
 from compress.strategies.darts.genotype import GENOTYPES, Genotype
 
@@ -378,10 +375,6 @@ class DartsGalConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)  # the top-level leaves; each sub-config checks its own
-        for f in dataclasses.fields(self):  # a dict for a sub-config changes this config's default block
-            value = getattr(self, f.name)
-            if f.name in subconfig_names(type(self)) and isinstance(value, Mapping):
-                object.__setattr__(self, f.name, {**config_to_dict(f.default_factory()), **value})  # type: ignore[misc]
         coerce_subconfigs(self)
         p = []
         if self.objective not in ("auto", "latency", "size"):
