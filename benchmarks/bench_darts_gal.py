@@ -43,7 +43,8 @@ from compress.budgets import measure_cost  # noqa: E402
 from compress.data import IMAGENET_MEAN, IMAGENET_STD, collect, load_npz_task  # noqa: E402
 from compress.models import load_model  # noqa: E402
 from compress.profiling import Target, profile_latency  # noqa: E402
-from compress.strategies._parts.training import FinetuneSettings, finetune  # noqa: E402
+from compress.strategies._parts.training import finetune  # noqa: E402
+from compress.strategies.config_tree import config_from_dict  # noqa: E402
 from compress.strategies.darts import Genotype, NetworkCIFAR  # noqa: E402
 from compress.strategies.darts_gal import DartsGalConfig  # noqa: E402
 
@@ -93,11 +94,8 @@ def _kd_train(name: str, student: torch.nn.Module, teacher, task, cfg: dict, epo
               x_test, y_test) -> dict:
     """KD training of a fresh network with darts-gal's retrain settings; cost, latency, predictions."""
     t0 = time.perf_counter()
-    c = DartsGalConfig(**cfg)  # every field, defaults included
-    settings = FinetuneSettings(epochs=epochs, lr=c.final_lr, momentum=c.final_momentum,
-                                weight_decay=c.final_weight_decay, kd_alpha=c.kd_alpha,
-                                kd_temperature=c.kd_temperature, augment=c.augment, seed=args.seed,
-                                max_steps_per_epoch=c.final_max_steps_per_epoch)
+    c = config_from_dict(DartsGalConfig, cfg)  # every field, defaults included (cfg may use the flat spelling)
+    settings = c.final.settings(seed=args.seed, epochs=epochs)
     hist = finetune(student, task.train, task.val, settings, teacher=teacher)
     train_s = time.perf_counter() - t0
     student.eval()
@@ -160,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                    latency_repeats=args.latency_repeats, latency_warmup=min(10, args.latency_repeats))
     info = res.info
     g_steps = info["gal"]["g_steps"]
-    full = DartsGalConfig(**cfg)
-    gal_passes = math.ceil(g_steps * full.gal_batch_size / max(n_train, 1))
-    E = full.baseline_epochs + gal_passes + full.final_epochs
+    full = config_from_dict(DartsGalConfig, cfg)
+    gal_passes = math.ceil(g_steps * full.gal.batch_size / max(n_train, 1))
+    E = full.baseline.epochs + gal_passes + full.final.epochs
     correct = predictions(res.student, x_test) == y_test.numpy()
     dg = {
         "run": "darts-gal", "test_acc": float(correct.mean()), "val_acc": res.student_report.accuracy_val,
@@ -234,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
           f"Teacher test accuracy (measured first): **{100 * t_correct.mean():.2f}%** on {len(y_test)} images "
           "(+-1.6 points at 95% for a single accuracy on 1,000 images). "
           f"Train images {n_train}. Every run trains for E = {E} epochs in total (darts-gal: "
-          f"{full.baseline_epochs} baseline + {gal_passes} GAL passes ({g_steps} generator steps) + "
-          f"{full.final_epochs} retrain); the search is extra, reported as wall time.", "",
+          f"{full.baseline.epochs} baseline + {gal_passes} GAL passes ({g_steps} generator steps) + "
+          f"{full.final.epochs} retrain); the search is extra, reported as wall time.", "",
           "| model | val acc | test acc | params | MACs | ORT ms (median / p90) | search s | total s |",
           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in runs:

@@ -39,7 +39,8 @@ import torch  # noqa: E402
 
 from compress.data import load_digits_task  # noqa: E402
 from compress.executors import Executor, RayExecutor, SerialExecutor  # noqa: E402
-from compress.strategies.eg_nas import _PRESETS, EGNASConfig, EGNASSearch, _search_fields  # noqa: E402
+from compress.strategies.config_tree import config_from_dict  # noqa: E402
+from compress.strategies.eg_nas import _PRESETS, EGNASConfig, EGNASSearch  # noqa: E402
 from compress.evolution import fitness  # noqa: E402
 from compress.evolution.config import EvolveConfig  # noqa: E402
 from compress.evolution.evolve import evolve_metric  # noqa: E402
@@ -85,10 +86,10 @@ def main() -> None:
         args.generations = 1
 
     gp_cfg = EvolveConfig.preset("cpu-small", generations=args.generations)
-    search_only = {k: v for k, v in _PRESETS["cpu-small"].items() if k in _search_fields()}
+    search_only = {k: _PRESETS["cpu-small"][k] for k in ("search", "es")}  # the preset's search; sizing/final unused
     if args.smoke:
-        search_only.update(search_epochs=2, warmup_epochs=1, max_steps_per_epoch=2)
-    eg_cfg = EGNASConfig(**search_only)
+        search_only["search"] = {**search_only["search"], "epochs": 2, "warmup_epochs": 1, "max_steps_per_epoch": 2}
+    eg_cfg = config_from_dict(EGNASConfig, search_only)
     load_start = os.getloadavg()
 
     work = Path(tempfile.mkdtemp(prefix="bench-executors-"))

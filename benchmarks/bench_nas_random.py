@@ -105,9 +105,10 @@ from compress.strategies.darts.supernet_search import dataset_of  # noqa: E402
 from compress.strategies.darts_gal.config import PRESETS as DG_PRESETS  # noqa: E402
 from compress.strategies.darts_gal.config import DartsGalConfig  # noqa: E402
 from compress.strategies.eg_nas.config import _PRESETS as EG_PRESETS  # noqa: E402
-from compress.strategies.eg_nas.config import EGNASConfig, _config_hash  # noqa: E402
+from compress.strategies.config_tree import config_from_dict  # noqa: E402
+from compress.strategies.eg_nas.config import EGNASConfig, final_key  # noqa: E402
 from compress.strategies.eg_nas.strategy import EGNAS  # noqa: E402
-from compress.training import CheckpointStore, FinetuneSettings, finetune  # noqa: E402
+from compress.training import CheckpointStore, finetune  # noqa: E402
 from compress.training.data import derive_seed  # noqa: E402
 
 STRATEGIES = ("eg-nas", "darts-gal")
@@ -122,15 +123,15 @@ CELL_STEPS, CELL_MULTIPLIER = 4, 4
 FULL: dict[str, dict[str, Any]] = {
     "eg-nas": {**bench_eg_nas.FULL, "search_epochs": 6, "warmup_epochs": 2, "restarts": 2, "popsize": 8,
                "candidates_C": (8, 12, 16, 20, 24), "candidates_layers": (5, 8), "final_epochs": 5,
-               "xi_reference_updates": EG_PRESETS["cpu-small"]["xi_reference_updates"],
-               "arch_reference_steps": EG_PRESETS["cpu-small"]["arch_reference_steps"]},
+               "xi_reference_updates": EG_PRESETS["cpu-small"]["es"]["xi_reference_updates"],
+               "arch_reference_steps": EG_PRESETS["cpu-small"]["search"]["arch_reference_steps"]},
     "darts-gal": {**bench_darts_gal.FULL, "search_epochs": 3, "baseline_epochs": 3, "gal_epochs": 1,
                   "final_epochs": 5, "candidates_C": (8, 10, 12, 16), "candidates_layers": (5, 8),
-                  "arch_reference_steps": DG_PRESETS["cpu-small"]["arch_reference_steps"]},
+                  "arch_reference_steps": DG_PRESETS["cpu-small"]["search"]["arch_reference_steps"]},
 }
 SMOKE: dict[str, dict[str, Any]] = {
-    "eg-nas": {**bench_eg_nas.SMOKE, "xi_reference_updates": EG_PRESETS["cpu-small"]["xi_reference_updates"]},
-    "darts-gal": {**bench_darts_gal.SMOKE, "arch_reference_steps": DG_PRESETS["cpu-small"]["arch_reference_steps"]},
+    "eg-nas": {**bench_eg_nas.SMOKE, "xi_reference_updates": EG_PRESETS["cpu-small"]["es"]["xi_reference_updates"]},
+    "darts-gal": {**bench_darts_gal.SMOKE, "arch_reference_steps": DG_PRESETS["cpu-small"]["search"]["arch_reference_steps"]},
 }
 DEFAULT_TEACHER = {"eg-nas": "resnet20", "darts-gal": "resnet56"}  # as bench_eg_nas / bench_darts_gal
 DEFAULT_TRAIN_LIMIT = 2000
@@ -161,12 +162,13 @@ class _FixedGenotypeEGNAS(EGNAS):
         spec = ctx.data.spec
         num_classes, input_shape = spec.num_classes, tuple(spec.input_shape)
         store = CheckpointStore.for_strategy(ctx.out_dir, "eg-nas")
-        final_hash = _config_hash(cfg, None, {"seed": ctx.seed, "genotype": genotype.to_dict(),
-                                               "budget": ctx.budget.to_dict(), "num_classes": num_classes,
-                                               "input_shape": list(input_shape)})
+        final_hash = final_key(cfg, {"seed": ctx.seed, "genotype": genotype.to_dict(),
+                                     "budget": ctx.budget.to_dict(), "num_classes": num_classes,
+                                     "input_shape": list(input_shape)})
         with ctx.phase("sizing"):
-            sized = size_to_budget(genotype, ctx, num_classes, input_shape, cfg.candidates_C, cfg.candidates_layers,
-                                   stem_strides=cfg.stem_strides, capacity=cfg.capacity)
+            sz = cfg.sizing
+            sized = size_to_budget(genotype, ctx, num_classes, input_shape, sz.candidates_C, sz.candidates_layers,
+                                   stem_strides=sz.stem_strides, capacity=sz.capacity)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(ctx.seed, "final"))
             net = NetworkCIFAR(sized.C, num_classes, sized.layers, genotype, in_channels=input_shape[0],
@@ -250,10 +252,10 @@ def kd_epochs(strategy: str, cfg: dict, strategy_row: dict, n_train: int) -> int
     """Epochs of the KD ResNet-20: eg-nas ``final_epochs``; darts-gal E = baseline epochs + GAL
     passes (generator steps x GAL batch / train images, rounded up) + retrain epochs."""
     if strategy == "eg-nas":
-        return EGNASConfig(**cfg).final_epochs
-    c = DartsGalConfig(**cfg)
+        return config_from_dict(EGNASConfig, cfg).final.epochs
+    c = config_from_dict(DartsGalConfig, cfg)
     g_steps = int(strategy_row["gal"]["g_steps"])
-    return c.baseline_epochs + math.ceil(g_steps * c.gal_batch_size / max(n_train, 1)) + c.final_epochs
+    return c.baseline.epochs + math.ceil(g_steps * c.gal.batch_size / max(n_train, 1)) + c.final.epochs
 
 
 def run_kd_resnet20(args, cfg, teacher, task, target, x_test, y_test, epochs: int) -> dict:
@@ -268,21 +270,13 @@ def run_kd_resnet20(args, cfg, teacher, task, target, x_test, y_test, epochs: in
         g.manual_seed(args.seed)
     try:
         if args.strategy == "eg-nas":
-            c = EGNASConfig(**cfg)
-            settings = FinetuneSettings(epochs=epochs, lr=c.final_lr, momentum=c.final_momentum,
-                                        weight_decay=c.final_weight_decay, kd_alpha=c.kd_alpha,
-                                        kd_temperature=c.kd_temperature, optimizer="sgd", keep_best=True,
-                                        max_steps_per_epoch=c.final_max_steps_per_epoch, augment=c.augment,
-                                        seed=derive_seed(args.seed, "retrain"))
+            c = config_from_dict(EGNASConfig, cfg)
+            settings = c.final.settings(epochs=epochs, keep_best=True, seed=derive_seed(args.seed, "retrain"))
             loader = task.train
             init_seed = derive_seed(args.seed, "final")
         else:
-            c = DartsGalConfig(**cfg)
-            settings = FinetuneSettings(epochs=epochs, lr=c.final_lr, momentum=c.final_momentum,
-                                        weight_decay=c.final_weight_decay, kd_alpha=c.kd_alpha,
-                                        kd_temperature=c.kd_temperature, optimizer="sgd", keep_best=True,
-                                        max_steps_per_epoch=c.final_max_steps_per_epoch, augment=c.augment,
-                                        seed=derive_seed(args.seed, "retrain", "augment"))
+            c = config_from_dict(DartsGalConfig, cfg)
+            settings = c.final.settings(epochs=epochs, keep_best=True, seed=derive_seed(args.seed, "retrain", "augment"))
             batch = int(getattr(task.train, "batch_size", None) or 64)
             loader = torch.utils.data.DataLoader(
                 dataset_of(task.train, "darts-gal"), batch_size=batch, shuffle=True, num_workers=0,
@@ -589,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget is None:
         args.budget = f"params={measure_cost(load_model('cifar:resnet20', num_classes=10), x_test[:2]).params}"
     cfg = {**(SMOKE if args.smoke else FULL)[args.strategy], **bench_darts_gal._parse_set(args.set)}
-    primitives = EGNASConfig(**cfg).primitives if args.strategy == "eg-nas" else "darts"
+    primitives = config_from_dict(EGNASConfig, cfg).search.primitives if args.strategy == "eg-nas" else "darts"
     n_train = len(task.train.dataset)
     settings = _norm({
         "strategy": args.strategy, "budget": args.budget, "seed": args.seed, "k": args.k,
