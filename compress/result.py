@@ -25,6 +25,7 @@ from torch import nn
 from compress.budgets import Budget, BudgetCheck, Cost
 from compress.exporters import ValidationReport
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
+from compress.strategies.config_tree import flat_value
 from compress.exporters.mobile import write_manifest
 from compress.pareto import pareto_plot
 from compress.profiling import LatencyStats, Target
@@ -209,8 +210,6 @@ class CompressionResult:
             if macs_cut > 0:
                 out["efficiency"] = lat_cut / macs_cut
                 if lat_cut < 0.8 * macs_cut:
-                    from compress.strategies.config_tree import flat_value  # deferred: torch (result is read by the CLI)
-
                     rounding = ("channel_rounding='measured' or " if self.strategy == "gp-prune"
                                 and flat_value(self.config or {}, "channel_rounding") != "measured" else "")
                     out["warning"] = (

@@ -25,6 +25,7 @@ Both spellings may be mixed in one dict, but a leaf given twice is an error.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import warnings
 from collections.abc import Callable, Mapping
@@ -235,9 +236,7 @@ def config_from_dict(cls: type, data: Mapping[str, Any], *, _warn: bool = True) 
         else:
             unknown.append(key)
     if unknown:
-        known = sorted(fields)
-        raise ConfigError(f"{cls.__name__} has no field(s) {sorted(unknown)}; known fields: {known} "
-                          f"(sub-configs: {list(subs)}).")
+        raise ConfigError(_unknown_message(cls, sorted(unknown)))
     if flat_used and _warn:
         moved = "; ".join(f"{k} -> {', '.join(v)}" for k, v in flat_used.items())
         warnings.warn(f"{cls.__name__}: flat config keys are deprecated; nest them: {moved}.",
@@ -259,6 +258,28 @@ def config_from_dict(cls: type, data: Mapping[str, Any], *, _warn: bool = True) 
     if problems:
         raise ConfigError(" | ".join(problems))
     return config
+
+
+def _unknown_message(cls: type, unknown: list[str]) -> str:
+    """Unknown keys, each with its closest nested spelling(s), and the config's layout."""
+    subs = subconfig_names(cls)
+    paths = {name: [".".join(filter(None, p)) for p in where] for name, where in legacy_names(cls).items()}
+    spellings = {*paths, *(p for ps in paths.values() for p in ps)}
+    leaf_paths: dict[str, list[str]] = {}
+    for p in sorted({p for ps in paths.values() for p in ps}):
+        leaf_paths.setdefault(p.rsplit(".", 1)[-1], []).append(p)
+    hints = []
+    for key in unknown:
+        by_leaf = [p for leaf in difflib.get_close_matches(key, sorted(leaf_paths), n=2, cutoff=0.75)
+                   for p in leaf_paths[leaf]]
+        close = difflib.get_close_matches(key, sorted(spellings), n=3, cutoff=0.75)
+        nested = list(dict.fromkeys([*by_leaf, *(p for c in close for p in paths.get(c, [c]))]))[:5]
+        if nested:
+            hints.append(f"{key!r}: did you mean {' or '.join(repr(n) for n in nested)}?")
+    leaves = [f.name for f in dataclasses.fields(cls) if f.name not in subs]
+    layout = (f"its fields are the sub-configs {list(subs)} (each a JSON object of its fields)"
+              + (f" and {leaves}" if leaves else "")) if subs else f"known fields: {sorted(leaves)}"
+    return f"{cls.__name__} has no field(s) {unknown}; " + " ".join(hints) + (" " if hints else "") + layout + "."
 
 
 def replace_config(config: Any, **changes: Any) -> Any:

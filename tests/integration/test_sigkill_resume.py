@@ -187,6 +187,6 @@ def test_slimforge_run_killed_then_slimforge_resume_writes_the_same_report(tmp_p
     assert other.exit_code == 2 and "CheckpointError" in other.output and "macs=0.4x" in other.output
     assert runner.invoke(app, ["resume", str(tmp_path / "nowhere")]).exit_code == 2
     # compress() itself refuses checkpoints of another config, and resume=False starts over
-    with pytest.raises(CheckpointError, match=r"config\.epochs: 3 -> 2.*resume=False"):
+    with pytest.raises(CheckpointError, match=r"config\.finetune\.epochs: 3 -> 2.*resume=False"):
         run_compress("gp-prune", run_dir, {**CASES["gp-prune"], "epochs": 2})
     assert (run_dir / "checkpoints" / "gp-prune" / "finetune.json").is_file()

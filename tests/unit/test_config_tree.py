@@ -134,3 +134,12 @@ def test_every_bad_leaf_of_every_subconfig_is_reported_at_once():
     msg = str(exc.value)
     assert "_Toy.search" in msg and "`epochs` = 1.5" in msg and "_Toy.final" in msg and "`lr` = -1.0" in msg
     assert "`mode` = 3" in msg
+
+
+def test_an_unknown_key_names_its_nested_spellings():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(_Toy, {"epoch": 1, "lr": 0.1})
+    msg = str(exc.value)
+    assert "'epoch': did you mean" in msg and "'search.epochs'" in msg and "'final.epochs'" in msg
+    assert "'lr': did you mean 'baseline.lr' or 'final.lr' or 'search.lr'" in msg
+    assert "sub-configs ['search', 'baseline', 'final']" in msg

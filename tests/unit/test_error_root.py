@@ -59,7 +59,8 @@ def _project_exceptions() -> dict[str, type[BaseException]]:
     for name in _project_modules():
         module = importlib.import_module(name)
         for obj in vars(module).values():
-            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == name:
+            if (inspect.isclass(obj) and issubclass(obj, BaseException) and not issubclass(obj, Warning)
+                    and obj.__module__ == name):  # a warning category (ConfigDeprecationWarning) is no error
                 found[f"{name}.{obj.__qualname__}"] = obj
     return found
 
