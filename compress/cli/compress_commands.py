@@ -94,16 +94,13 @@ def demo(
         _check_seed(seed)
         from compress.strategies import get_strategy  # deferred: torch, timm, torch-pruning (the strategies package), kept out of `slimforge --help`
 
-        from compress.strategies.config_tree import config_to_dict  # deferred: torch, kept out of `slimforge --help`
-
         strategy_cls = get_strategy(strategy)
         # the demo's settings, then the user's on top (nested or flat keys, merged leaf by leaf); every field is
         # checked here, before the teacher trains
-        cfg = config_to_dict(strategy_cls(strategy_cls.demo_config(epochs), **(_load_config(config) or {})).config)
+        cfg = strategy_cls(strategy_cls.demo_config(epochs), **(_load_config(config) or {})).config
         limits = _time_limits(time_limit)
         cleanup = _record_run(out, "demo", args, resume)
         from compress.api import compress  # deferred: torch, timm, torch-pruning (the API and the strategies), kept out of `slimforge --help`
-        from compress.options import CompressOptions  # deferred: torch, kept out of `slimforge --help`
         from compress.data import load_digits_task  # deferred: torch, kept out of `slimforge --help`
         from compress.teachers import TeacherRecipe, get_or_train_teacher  # deferred: torch, pydantic, kept out of `slimforge --help`
 
@@ -133,8 +130,8 @@ def demo(
         with on_hang_exit(cleanup):
             result = compress(teacher, budget, data=task, strategy=strategy, seed=seed, out_dir=out, config=cfg,
                               runtime=rt_opts,
-                              options=CompressOptions(model_spec=teacher_model, int8=int8, resume=resume,
-                                                      allow_slower=allow_slower, time_limits=limits))
+                              options=dict(model_spec=teacher_model, int8=int8, resume=resume,
+                                           allow_slower=allow_slower, time_limits=limits))
     except BaseException:  # any failure, Ctrl-C or SIGTERM before the first checkpoint: leave no record behind
         cleanup()
         raise
@@ -190,7 +187,6 @@ def run(
         limits = _time_limits(time_limit)
         cleanup = _record_run(out, "run", args, resume)
         from compress.api import compress, seed_everything  # deferred: torch, timm, torch-pruning (the API and the strategies), kept out of `slimforge --help`
-        from compress.options import CompressOptions  # deferred: torch, kept out of `slimforge --help`
         from compress.data import load_task  # deferred: torch, kept out of `slimforge --help`
         from compress.models import load_model  # deferred: torch, kept out of `slimforge --help`
 
@@ -207,9 +203,9 @@ def run(
                               runtime=dict(device=device, precision=precision, devices=devices,
                                            num_workers=num_workers if num_workers is not None
                                            else int(getattr(task.train, "num_workers", 0))),
-                              options=CompressOptions(model_spec=model, int8=int8, executor=executor,
-                                                      ray_address=ray_address, resume=resume, allow_slower=allow_slower,
-                                                      time_limits=limits, reference_points=reference_points))
+                              options=dict(model_spec=model, int8=int8, executor=executor, ray_address=ray_address,
+                                           resume=resume, allow_slower=allow_slower, time_limits=limits,
+                                           reference_points=reference_points))
     except BaseException:  # any failure, Ctrl-C or SIGTERM before the first checkpoint: leave no record behind
         cleanup()
         raise
