@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import sys
+import warnings
 
 import typer
 
@@ -25,6 +27,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="slimforge: c
 def _root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (by default: a one-paragraph message and exit 2).")) -> None:
     """slimforge: compress a teacher to a budget, export validated ONNX."""
     _DEBUG["on"] = debug
+    if not debug:
+        warnings.showwarning = _show_warning
+
+
+#: warning categories the CLI prints as one ``slimforge: warning:`` line (by name: their module loads torch)
+_OWN_WARNINGS = ("ConfigDeprecationWarning",)
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings (a flat ``--config`` key) as one line on stderr, without the source line that
+    Python's default adds; every other warning as Python shows it."""
+    if category.__name__ in _OWN_WARNINGS:
+        print(f"slimforge: warning: {message}", file=sys.stderr)
+        return
+    _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
 
 
 def _console():

@@ -85,3 +85,19 @@ def test_a_phase_past_its_time_limit_exits_2_saying_which_option_raises_it(tmp_p
     assert "TimeLimitError: phase 'prune'" in text and "--time-limit prune=SECONDS" in text, text
     assert "Traceback" not in res.output and time.monotonic() - t0 < 50
     assert not (out / "run_args.json").exists()  # no checkpoint was written: the corrected command runs in --out
+
+
+def test_a_flat_config_key_is_one_warning_line_then_the_config_error(tmp_path):
+    """A --config written before the nested configs: each flat key is named with its nested
+    spelling in one ``slimforge: warning:`` line (no source line), before the config is checked."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        res = runner.invoke(app, ["run", "--model", "compress.testing:TinyConvNet", "--data", "digits", "--budget",
+                                  "macs=0.5x", "--config", '{"epochs": 1, "lr": -1}', "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    assert ("slimforge: warning: GPPruneConfig: flat config keys are deprecated; nest them: epochs -> finetune.epochs; "
+            "lr -> finetune.lr.") in res.output
+    assert "warnings.warn(" not in res.output and "Traceback" not in res.output
+    assert "`lr` = -1: a learning rate, must be > 0" in " ".join(res.output.split()) and not (tmp_path / "o").exists()
