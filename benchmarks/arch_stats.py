@@ -79,15 +79,15 @@ def config_fields(root: Path) -> dict[str, int]:
             for node in ast.walk(ast.parse(f.read_text())):
                 if isinstance(node, ast.ClassDef) and node.name.endswith("Config") and any(
                         "dataclass" in ast.unparse(dec) for dec in node.decorator_list):
-                    n = sum(1 for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
-                            and not _is_classvar(s.annotation))
-                    own[node.name] = (str(f.relative_to(root)), n, [ast.unparse(b).split(".")[-1] for b in node.bases])
+                    names = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)
+                             and isinstance(s.target, ast.Name) and not _is_classvar(s.annotation)}
+                    own[node.name] = (str(f.relative_to(root)), names, [ast.unparse(b).split(".")[-1] for b in node.bases])
 
-    def total(name: str) -> int:
-        _, n, bases = own[name]
-        return n + sum(total(b) for b in bases if b in own)
+    def fields_of(name: str) -> set[str]:  # a field a subclass re-declares (a new default) counts once
+        _, names, bases = own[name]
+        return names.union(*(fields_of(b) for b in bases if b in own))
 
-    return {f"{name} ({path})": total(name) for name, (path, _, _) in own.items()}
+    return {f"{name} ({path})": len(fields_of(name)) for name, (path, _, _) in own.items()}
 
 
 def error_roots(root: Path) -> list[str]:
