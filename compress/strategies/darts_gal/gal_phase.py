@@ -40,18 +40,12 @@ def gal_settings(cfg: DartsGalConfig, lam: float, seed: int, *, epochs: int | No
     """The :class:`GALSettings` of a config's ``gal`` block at sparsity ``lam`` (``epochs``: None =
     ``gal.epochs``; ``mask_weights``: per-node L1 weights, None = 1)."""
     g = cfg.gal
-    return GALSettings(
-        epochs=g.epochs if epochs is None else int(epochs), mask_scale=g.mask_scale, mask_weights=mask_weights,
-        batch_size=g.batch_size, lr=g.lr, momentum=g.momentum,
-        weight_decay=g.weight_decay, lr_step_epochs=g.lr_step_epochs, lr_gamma=g.lr_gamma,
-        max_g_steps_per_epoch=g.max_g_steps_per_epoch, n_critic=g.n_critic, gan=g.gan,
-        wgan_clip=g.wgan_clip, d_input=g.d_input, d_hidden=g.d_hidden, d_activation=g.d_activation,
-        bn=g.bn, data_input=g.data_input, data_scale=g.data_scale, grad_clip=g.grad_clip,
-        d_init_std=g.d_init_std,
-        d_lr=g.d_lr, d_momentum=g.d_momentum, d_weight_decay=g.d_weight_decay, mu=g.mu, lam=lam,
-        mask_lr=g.mask_lr, mask_step=g.mask_step, mask_init=g.mask_init, l1_in_gradient=g.l1_in_gradient,
-        seed=seed,
-    )
+    # every GALSettings field the gal block has, by name (a new field of both cannot be left out), then
+    # the run's own: the epochs, lambda, seed and mask weights
+    same = {f.name for f in dataclasses.fields(GALSettings)} & {f.name for f in dataclasses.fields(g)}
+    return GALSettings(**{name: getattr(g, name) for name in same if name != "epochs"},
+                       epochs=g.epochs if epochs is None else int(epochs), lam=lam, seed=seed,
+                       mask_weights=mask_weights)
 
 
 def _cost_dict(cost: Cost, lat: float | None) -> dict[str, Any]:
