@@ -11,7 +11,7 @@ strategy is one shared dataclass, :class:`FinetuneConfig`.
   checkpoints existed (``KEY_OMIT`` of its class) is left out at the value that reproduces the
   earlier behaviour, so checkpoints written with the flat configs keep their keys where the phase
   reads the same settings.
-* **Old flat keys** (:func:`config_from_dict`): up to slimforge 0.9 every config was flat
+* **Old flat keys** (:func:`config_from_dict`): before the nested configs every config was flat
   (``search_epochs``, ``final_lr``, ``kd_alpha`` ...). Each sub-config field of the parent says how
   its leaves were spelled then (``legacy_prefix`` + the leaf's name, or an exception in
   ``legacy``), so ``--config`` JSON and ``report.json`` ``config`` blocks written before still load,
@@ -183,8 +183,8 @@ def _tupled(value: Any) -> Any:
 
 
 def config_from_dict(cls: type, data: Mapping[str, Any], *, _warn: bool = True) -> Any:
-    """Rebuild a config dataclass from :func:`config_to_dict` output, or from the flat spelling of
-    slimforge <= 0.9 (each flat key routed to its leaves, with one :class:`ConfigDeprecationWarning`
+    """Rebuild a config dataclass from :func:`config_to_dict` output, or from the flat spelling
+    used before the nested configs (each flat key routed to its leaves, with one :class:`ConfigDeprecationWarning`
     that lists the nested spelling); a sub-config given as a dict is rebuilt recursively. Lists
     become tuples.
 

@@ -351,7 +351,7 @@ def test_config_validation_presets_and_json():
 
 
 def test_flat_config_still_loads_with_a_deprecation_warning():
-    """slimforge <= 0.9 configs were flat; a flat dict (--config JSON, a report.json config block) still
+    """Configs were flat before the nested configs; a flat dict (--config JSON, a report.json config block) still
     loads, each key routed to its leaf (the shared KD / augment / drop-path keys to both training blocks)."""
     flat = {"search_C": 4, "search_epochs": 1, "grad_clip": 3.0, "arch_lr": 0.05, "candidates_C": [4, 6],
             "size_margin": 1.5, "baseline_epochs": 2, "gal_epochs": 1, "gal_bn": "eval", "n_critic": 2,
@@ -619,7 +619,7 @@ OLD_BASELINE_FIELDS = {"candidates_C", "candidates_layers", "stem_strides", "cap
 
 
 def _flat(cfg: DartsGalConfig) -> dict:
-    """``cfg`` in the flat spelling of slimforge <= 0.9 (as its config_to_dict wrote it)."""
+    """``cfg`` in the flat spelling used before the nested configs (as its config_to_dict wrote it)."""
     from compress.strategies.config_tree import legacy_names
 
     out = {}

@@ -379,7 +379,7 @@ def test_config_validation_presets_and_json():
 
 
 def test_flat_config_still_loads_with_a_deprecation_warning():
-    """report.json / --config files written before the nested config (slimforge <= 0.9)."""
+    """report.json / --config files written before the nested config (the flat layout)."""
     flat = {"search_C": 8, "search_epochs": 4, "warmup_epochs": 2, "w_lr": 0.05, "es_batch_size": 64, "es_bn": "running",
             "xi": 0.3, "restarts": 2, "candidates_layers": [3, 5], "final_epochs": 3, "final_drop_path": 0.1,
             "kd_alpha": 0.3, "augment": "flip-crop", "grad_clip": 2.0, "stability_seeds": 2}

@@ -611,7 +611,7 @@ def test_config_validation_presets_and_json_roundtrip():
 
 
 def test_flat_config_still_loads_with_a_deprecation_warning():
-    """The flat spelling of slimforge <= 0.9 (``--config`` JSON, report.json) loads into the nested
+    """The flat spelling used before the nested configs (``--config`` JSON, report.json) loads into the nested
     config; a name the stages and the final retrain shared (``kd_alpha``) sets both."""
     flat = {"stage_epochs": 2, "max_iterations": 3, "final_epochs": 4, "final_lr": 0.1, "kd_alpha": 0.2,
             "teacher_granularity": "path", "checkpoint": False}

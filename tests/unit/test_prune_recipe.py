@@ -39,7 +39,7 @@ def test_recipe_fields_are_validated(sub, field, value):
 
 
 def test_a_flat_config_still_loads_with_a_deprecation_warning():
-    """The flat spelling of slimforge <= 0.9 (``--config`` JSON, a ``report.json`` ``config`` block)."""
+    """The flat spelling used before the nested configs (``--config`` JSON, a ``report.json`` ``config`` block)."""
     flat = {"epochs": 3, "lr": 0.05, "metric": "l1", "schedule": "iterative", "sparse_epochs": 2,
             "finetune_time_s": 60.0, "grad_clip": 1.0}
     with pytest.warns(ConfigDeprecationWarning, match="finetune_time_s -> finetune.time_s"):

@@ -317,7 +317,7 @@ def _train_block(epochs: int) -> DARTSTrainConfig:
     return DARTSTrainConfig(epochs=epochs, lr=0.01, momentum=0.9, weight_decay=3e-4)
 
 
-#: the flat (slimforge <= 0.9) names the two training blocks shared
+#: the flat names (the layout before the nested configs) the two training blocks shared
 _SHARED_TRAIN = {"kd_alpha": "kd_alpha", "kd_temperature": "kd_temperature", "augment": "augment",
                  "drop_path": "drop_path"}
 
@@ -332,7 +332,7 @@ class DartsGalConfig:
     (:class:`~compress.strategies.darts.configs.DARTSTrainConfig`: the shared fine-tune block plus
     drop-path; paper: 50 epochs, lr 0.01); GAL with its lambda search and closing loop (stage 3)
     reads ``gal`` (:class:`GALConfig`); the retrain (stage 4, KD) reads ``final`` (a
-    ``DARTSTrainConfig``; paper: the baseline's hyper-parameters). Flat keys of slimforge <= 0.9 still
+    ``DARTSTrainConfig``; paper: the baseline's hyper-parameters). Flat keys (the layout before the nested configs) still
     load (with a ``ConfigDeprecationWarning``): ``search_<x>`` / ``baseline_<x>`` / ``gal_<x>`` /
     ``final_<x>`` -> ``<phase>.<x>``; ``kd_alpha``, ``kd_temperature``, ``augment``, ``drop_path`` ->
     both ``baseline.<x>`` and ``final.<x>``; every other flat name -> the leaf of that name

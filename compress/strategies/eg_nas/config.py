@@ -190,7 +190,7 @@ class EGNASConfig:
     ``EGNASConfig.preset("cpu-small")`` on a CPU.
 
     The search reads ``search`` and ``es`` (and ``objective``, ``latency_weight``), the sizing reads
-    ``sizing``, the retrain ``final``. Flat keys of slimforge <= 0.9 still load (with a
+    ``sizing``, the retrain ``final``. Flat keys (the layout before the nested configs) still load (with a
     :class:`~compress.strategies.config_tree.ConfigDeprecationWarning`): ``search_C``/``search_layers``/
     ``search_stem_stride``/``search_epochs``/``search_val_batches`` and ``w_lr``/``w_lr_min``/
     ``w_momentum``/``w_weight_decay`` -> ``search.*``, ``es_bn``/``es_batch_size`` -> ``es.bn``/``es.batch_size``,

@@ -173,7 +173,7 @@ class GPPruneConfig:
     the final fine-tune reads ``finetune`` (:class:`~compress.strategies.config_tree.FinetuneConfig`:
     epochs 5, SGD lr 0.01, momentum 0.9, wd 1e-4, KD alpha 0.5, T 4), as do the recovery and
     sparse-learning fine-tunes of the prune phase (:func:`phase_settings`). The flat keys of
-    slimforge <= 0.9 are the leaves' names (``epochs``, ``max_ratio`` ...), but ``finetune_time_s``
+    the flat layout before the nested configs are the leaves' names (``epochs``, ``max_ratio`` ...), but ``finetune_time_s``
     for ``finetune.time_s``.
     """
 

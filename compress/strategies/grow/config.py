@@ -256,7 +256,7 @@ class GrowConfig:
     The partition phase reads ``partition`` (:class:`PartitionConfig`), every growth iteration
     ``growth`` (:class:`GrowthConfig`) and ``stage`` (:class:`StageConfig`), the final retrain
     ``final`` (:class:`GrowFinalConfig`, and ``growth``'s loss fields for ``"kd+inner"``); the run's
-    checkpoint key hashes all of them (:func:`.checkpoints.run_key`). Flat keys (slimforge <= 0.9)
+    checkpoint key hashes all of them (:func:`.checkpoints.run_key`). Flat keys (the layout before the nested configs)
     still load: ``stage_epochs`` -> ``stage.epochs``, ``final_<x>`` -> ``final.<x>``,
     ``momentum``/``weight_decay``/``kd_alpha``/``kd_temperature``/``augment``/``grad_clip`` -> both
     ``stage`` and ``final``, every other name -> the sub-config holding it.
