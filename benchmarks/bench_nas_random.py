@@ -69,6 +69,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import sys
 import tempfile
@@ -214,12 +215,60 @@ def _network_row(name: str, kind: str, res: Any, x_test: torch.Tensor, y_test: t
         row["shape"] = {k: b[k] for k in ("C", "layers", "stem_stride")}
         row["nodes_removed"], row["nodes_total"] = info["nodes_removed"], info["nodes_total"]
         row["gal"] = {k: info["gal"].get(k) for k in ("lambda", "g_steps", "d_steps")}
+        row.update(_gal_facts(info))
     if "search" in info and kind == "strategy":
         row["search"] = info["search"]
         row["search_wall_s"] = res.wall_s.get("search")
     print(f"{name}: test {100 * row['test_acc']:.2f}%  params {row['params']:,}  MACs {row['macs']:,}  "
           f"shape {row.get('shape')}  {row['elapsed_s']:.0f} s", flush=True)
     return row
+
+
+def _gal_facts(info: dict) -> dict:
+    """A darts-gal run's GAL facts for issue 18's goal 2, from its ``report.json`` ``info``: the
+    lambda search's probes and the nodes removed in each cell (masks - kept)."""
+    return {"lambda_search": (info.get("gal") or {}).get("lambda_search"),
+            "nodes_removed_per_cell": [len(c["masks"]) - len(c["kept"]) for c in info.get("nodes_kept") or []]}
+
+
+def _backfill_gal(rows: dict, work: Path | None) -> None:
+    """Darts-gal rows recorded before :func:`_gal_facts` existed get them from the run's own
+    ``<work>/<row>/report.json`` (what compress() wrote for that row), when it is still there."""
+    for name, row in rows.items():
+        if "nodes_total" not in row or "nodes_removed_per_cell" in row or work is None:
+            continue
+        path = work / name / "report.json"
+        if path.is_file():
+            row.update(_gal_facts(json.loads(path.read_text())["info"]))
+
+
+def _gal_markdown(rows: dict, names: list[str], budget: str) -> list[str]:
+    """Issue 18's goal 2 for darts-gal: params within 10% of the budget and at least one node
+    removed in at least half of the cells, with the lambda search's probes."""
+    limit = re.fullmatch(r"params=(\d+)", budget)
+    out = []
+    for n in names:
+        r = rows[n]
+        if "nodes_removed_per_cell" not in r:
+            continue
+        per_cell = r["nodes_removed_per_cell"]
+        cut = sum(1 for v in per_cell if v > 0)
+        line = (f"GAL, {n}: lambda {r['gal']['lambda']:.4g}; nodes removed per cell {per_cell} "
+                f"({r['nodes_removed']} of {r['nodes_total']}): {cut} of {len(per_cell)} cells lose at least one node "
+                f"(goal >= half: {'met' if 2 * cut >= len(per_cell) else 'not met'})")
+        if limit:
+            share = r["params"] / int(limit.group(1))
+            line += (f"; params {r['params']:,} = {100 * share:.1f}% of the budget (goal within 10%: "
+                     f"{'met' if 0.9 <= share <= 1.0 else 'not met'})")
+        out += [line + ".", ""]
+        probes = (r.get("lambda_search") or {}).get("probes") or []
+        if probes and n == "strategy":
+            out += ["| lambda probe | lambda | params | budget ratio | nodes removed | within budget |",
+                    "| ---: | ---: | ---: | ---: | ---: | --- |"]
+            out += [f"| {p['probe']} | {p['lambda']:.4g} | {p['params']:,} | {p['ratio']:.3f} | {p['nodes_removed']} | "
+                    f"{'yes' if p['ok'] else 'no'} |" for p in probes]
+            out += [""]
+    return out
 
 
 def _compress_kwargs(args, target, out_dir: Path) -> dict:
@@ -350,6 +399,7 @@ def _norm(d: Any) -> Any:
 
 def report(args, settings: dict, part: Partial, stock: list[dict], target, x_test, y_test) -> tuple[Path, Path]:
     rows: dict[str, dict] = part.data["rows"]
+    _backfill_gal(rows, args.work)
     order = ["strategy", *[f"random-{k}" for k in range(1, settings["k"] + 1)], "kd-resnet20"]
     names = [n for n in order if n in rows]
     timing_names = names + [s["model"] for s in stock]
@@ -514,6 +564,7 @@ def _markdown(settings, part, rows, names, table, summary, paired, stock, comple
                f"(uniform ln {round(math.exp(ent['uniform']))} = {ent['uniform']:.4f}; issue 18's goal <= "
                f"{ent['goal_max']}: {'met' if ent['final'] <= ent['goal_max'] else 'not met'}); per epoch: "
                + ", ".join(f"{v:.4f}" for v in ent["per_epoch"]) + f". Step plan: `{ent.get('plan')}`.", ""]
+    md += _gal_markdown(rows, names, settings["budget"])
     if "strategy" in rows and rows["strategy"].get("search_wall_s") is not None:
         md += [f"Search wall time {rows['strategy']['search_wall_s']:.0f} s (in the strategy row's wall time).", ""]
     md += ["Paired comparisons on the same test images (McNemar exact p; bootstrap 95% CI of the difference in "

@@ -48,6 +48,23 @@ def test_mean_random_test_is_the_paired_mean_difference():
     assert same["diff_pts"] == 0 and same["p_value"] == 1.0
 
 
+def test_gal_goal_lines_are_computed_from_the_row():
+    """Issue 18 goal 2: params within 10% of the budget, a node removed in at least half the cells."""
+    bench = _bench()
+    probes = [{"probe": 0, "lambda": 1.0, "params": 300, "ratio": 1.2, "nodes_removed": 0, "ok": False}]
+    row = {"gal": {"lambda": 2.0}, "nodes_removed": 3, "nodes_total": 16, "params": 95,
+           "nodes_removed_per_cell": [2, 0, 1, 0], "lambda_search": {"probes": probes}}
+    md = "\n".join(bench._gal_markdown({"strategy": row}, ["strategy"], "params=100"))
+    assert "2 of 4 cells lose at least one node (goal >= half: met)" in md
+    assert "params 95 = 95.0% of the budget (goal within 10%: met)" in md and "| 0 | 1 | 300 | 1.200 | 0 | no |" in md
+    row.update(params=85, nodes_removed_per_cell=[1, 0, 0, 0])
+    md = "\n".join(bench._gal_markdown({"strategy": row}, ["strategy"], "params=100"))
+    assert "(goal >= half: not met)" in md and "(goal within 10%: not met)" in md
+    assert bench._gal_facts({"gal": {"lambda_search": {"probes": probes}},
+                             "nodes_kept": [{"masks": [0, 1, 1, 0], "kept": [1, 2]}]}) == {
+        "lambda_search": {"probes": probes}, "nodes_removed_per_cell": [2]}
+
+
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(not (DATA / "cifar10_train10k_lossless.npz").is_file(), reason="needs ../shared/data")
 def test_bench_nas_random_smoke_end_to_end(tmp_path, capsys):
