@@ -216,6 +216,7 @@ def _network_row(name: str, kind: str, res: Any, x_test: torch.Tensor, y_test: t
         row["nodes_removed"], row["nodes_total"] = info["nodes_removed"], info["nodes_total"]
         row["gal"] = {k: info["gal"].get(k) for k in ("lambda", "g_steps", "d_steps")}
         row.update(_gal_facts(info))
+    row.update(_cut_facts(res.to_dict()))
     if "search" in info and kind == "strategy":
         row["search"] = info["search"]
         row["search_wall_s"] = res.wall_s.get("search")
@@ -231,15 +232,32 @@ def _gal_facts(info: dict) -> dict:
             "nodes_removed_per_cell": [len(c["masks"]) - len(c["kept"]) for c in info.get("nodes_kept") or []]}
 
 
+def _cut_facts(report: dict) -> dict:
+    """The MACs cut and the latency cut against the teacher (``compress()``'s side-by-side timing of
+    teacher and student, ``budget.latency_vs_teacher``), and their ratio (issue 18's goal 3: >= 0.6
+    under a latency budget), from a run's ``report.json``."""
+    t_macs, s_macs = report["teacher"]["macs"], report["student"]["macs"]
+    vs = (report.get("budget") or {}).get("latency_vs_teacher") or {}
+    out = {"macs_cut": 1 - s_macs / t_macs if t_macs else None, "latency_cut": None, "cut_ratio": None}
+    if vs.get("teacher_ms") and vs.get("student_ms") is not None:
+        out["latency_cut"] = 1 - vs["student_ms"] / vs["teacher_ms"]
+        if out["macs_cut"]:
+            out["cut_ratio"] = out["latency_cut"] / out["macs_cut"]
+    return out
+
+
 def _backfill_gal(rows: dict, work: Path | None) -> None:
-    """Darts-gal rows recorded before :func:`_gal_facts` existed get them from the run's own
-    ``<work>/<row>/report.json`` (what compress() wrote for that row), when it is still there."""
+    """Rows recorded before :func:`_gal_facts` / :func:`_cut_facts` existed get them from the run's
+    own ``<work>/<row>/report.json`` (what compress() wrote for that row), when it is still there."""
     for name, row in rows.items():
-        if "nodes_total" not in row or "nodes_removed_per_cell" in row or work is None:
+        path = work / name / "report.json" if work is not None else None
+        if path is None or not path.is_file():
             continue
-        path = work / name / "report.json"
-        if path.is_file():
-            row.update(_gal_facts(json.loads(path.read_text())["info"]))
+        report = json.loads(path.read_text())
+        if "nodes_total" in row and "nodes_removed_per_cell" not in row:
+            row.update(_gal_facts(report["info"]))
+        if "cut_ratio" not in row:
+            row.update(_cut_facts(report))
 
 
 def _gal_markdown(rows: dict, names: list[str], budget: str) -> list[str]:
@@ -565,6 +583,13 @@ def _markdown(settings, part, rows, names, table, summary, paired, stock, comple
                f"{ent['goal_max']}: {'met' if ent['final'] <= ent['goal_max'] else 'not met'}); per epoch: "
                + ", ".join(f"{v:.4f}" for v in ent["per_epoch"]) + f". Step plan: `{ent.get('plan')}`.", ""]
     md += _gal_markdown(rows, names, settings["budget"])
+    if "latency" in settings["budget"]:
+        cuts = [f"{n} {rows[n]['cut_ratio']:.2f} (latency cut {100 * rows[n]['latency_cut']:.1f}%, MACs cut "
+                f"{100 * rows[n]['macs_cut']:.1f}%)" for n in names if rows[n].get("cut_ratio") is not None]
+        if cuts:
+            md += ["Latency cut / MACs cut against the teacher, from each run's side-by-side timing of teacher and "
+                   "student in compress() (issue 18's goal 3: >= 0.6 under a latency budget): " + "; ".join(cuts) + ".",
+                   ""]
     if "strategy" in rows and rows["strategy"].get("search_wall_s") is not None:
         md += [f"Search wall time {rows['strategy']['search_wall_s']:.0f} s (in the strategy row's wall time).", ""]
     md += ["Paired comparisons on the same test images (McNemar exact p; bootstrap 95% CI of the difference in "
