@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from compress.errors import ConfigError
-from compress.strategies._parts.config_fields import SUBCONFIG_METADATA, check_fields
+from compress.strategies._parts.config_fields import SUBCONFIG_METADATA, check_fields, raise_problems
 from compress.training.data import AUGMENTATIONS
 from compress.training.loop import FinetuneSettings
 
@@ -73,19 +73,29 @@ def subconfig(factory: Callable[[], Any], *, legacy_prefix: str = "", legacy: Ma
                              metadata={_LEGACY_PREFIX: legacy_prefix, _LEGACY: dict(legacy or {})})
 
 
-def _is_config(obj: Any) -> bool:
-    return dataclasses.is_dataclass(obj)
-
-
 def subconfig_names(cls: type) -> tuple[str, ...]:
     """The names of ``cls``'s sub-config fields (declared with :func:`subconfig`), in order."""
     return tuple(f.name for f in dataclasses.fields(cls) if _LEGACY_PREFIX in f.metadata)
 
 
+def _field(cls: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
 def _sub_type(cls: type, name: str) -> type:
     """The dataclass type a sub-config field holds (from its default)."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return type(f.default_factory())  # type: ignore[misc]
+    return type(_field(cls, name).default_factory())  # type: ignore[misc]
+
+
+def _build_sub(cls: type, name: str, leaves: Mapping[str, Any]) -> Any:
+    """Sub-config ``name`` of ``cls`` from ``leaves`` over that field's default (its phase's values,
+    not the sub-config class's).
+
+    Raises:
+        ConfigError: unknown or invalid leaves.
+    """
+    default = _field(cls, name).default_factory()  # type: ignore[misc]
+    return config_from_dict(type(default), {**config_to_dict(default), **leaves}, _warn=False)
 
 
 def coerce_subconfigs(config: Any) -> None:
@@ -101,9 +111,8 @@ def coerce_subconfigs(config: Any) -> None:
         value = getattr(config, name)
         sub_cls = _sub_type(cls, name)
         if isinstance(value, Mapping):
-            default = next(f for f in dataclasses.fields(cls) if f.name == name).default_factory()  # type: ignore[misc]
-            try:  # the dict's leaves over this field's default (its phase's values), not the class's
-                value = config_from_dict(sub_cls, {**config_to_dict(default), **value}, _warn=False)
+            try:
+                value = _build_sub(cls, name, value)
             except ConfigError as exc:
                 raise ConfigError(f"{cls.__name__}.{name}: {exc}") from exc
             object.__setattr__(config, name, value)
@@ -118,16 +127,16 @@ def legacy_names(cls: type) -> dict[str, list[tuple[str | None, str]]]:
     subs = set(subconfig_names(cls))
     for f in dataclasses.fields(cls):
         if f.name in subs:
-            prefix, exceptions = f.metadata[_LEGACY_PREFIX], f.metadata[_LEGACY]
             for leaf in dataclasses.fields(_sub_type(cls, f.name)):
-                out.setdefault(exceptions.get(leaf.name, prefix + leaf.name), []).append((f.name, leaf.name))
+                out.setdefault(_legacy_name(cls, f.name, leaf.name), []).append((f.name, leaf.name))
         else:
             out.setdefault(f.name, []).append((None, f.name))
     return out
 
 
 def _legacy_name(cls: type, sub: str, leaf: str) -> str:
-    f = next(f for f in dataclasses.fields(cls) if f.name == sub)
+    """The flat name leaf ``leaf`` of sub-config ``sub`` had: its exception, else prefix + name."""
+    f = _field(cls, sub)
     return f.metadata[_LEGACY].get(leaf, f.metadata[_LEGACY_PREFIX] + leaf)
 
 
@@ -216,7 +225,7 @@ def config_from_dict(cls: type, data: Mapping[str, Any], *, _warn: bool = True) 
     unknown = []
     for key, value in data.items():
         if key in subs:
-            if _is_config(value):
+            if dataclasses.is_dataclass(value):
                 value = config_to_dict(value)
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{cls.__name__}.{key} must be an object of {_sub_type(cls, key).__name__} "
@@ -245,11 +254,9 @@ def config_from_dict(cls: type, data: Mapping[str, Any], *, _warn: bool = True) 
     problems: list[str] = []  # every sub-config's and the parent's, reported together
     for sub in subs:
         if nested[sub]:
-            default = next(f for f in dataclasses.fields(cls) if f.name == sub).default_factory()  # type: ignore[misc]
-            merged = {**config_to_dict(default), **nested[sub]}
             try:
-                kwargs[sub] = type(default)(**{k: _tupled(v) for k, v in merged.items()})
-            except (TypeError, ConfigError) as exc:
+                kwargs[sub] = _build_sub(cls, sub, nested[sub])
+            except ConfigError as exc:
                 problems.append(f"{cls.__name__}.{sub}: {exc}")
     try:
         config = cls(**{k: v for k, v in kwargs.items() if k not in subs or not problems})
@@ -297,7 +304,7 @@ def replace_config(config: Any, **changes: Any) -> Any:
     flat: dict[str, Any] = {}
     for key, value in changes.items():
         if key in subs:
-            current[key] = {**current[key], **(config_to_dict(value) if _is_config(value) else dict(value))}
+            current[key] = {**current[key], **(config_to_dict(value) if dataclasses.is_dataclass(value) else dict(value))}
         elif key in fields:
             current[key] = value
         elif key in legacy:
@@ -379,8 +386,7 @@ class FinetuneConfig:
             problems.append(f"warmup_epochs ({self.warmup_epochs}) must be in [0, epochs={self.epochs}]")
         if self.time_s is not None and not self.time_s > 0:
             problems.append(f"time_s must be > 0 seconds or null, got {self.time_s}")
-        if problems:
-            raise ConfigError(f"FinetuneConfig: {'; '.join(problems)}.")
+        raise_problems("FinetuneConfig", problems)
 
     def settings(self, *, seed: int = 0, **overrides: Any) -> FinetuneSettings:
         """The :class:`compress.training.FinetuneSettings` of this block (``overrides`` replace

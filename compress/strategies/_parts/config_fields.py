@@ -23,7 +23,7 @@ from typing import Any
 
 from compress.errors import ConfigError
 
-__all__ = ["RANGES", "SUBCONFIG_METADATA", "check_fields"]
+__all__ = ["RANGES", "SUBCONFIG_METADATA", "check_fields", "raise_problems"]
 
 #: the ``dataclasses.field`` metadata key that marks a sub-config field
 #: (:func:`compress.strategies.config_tree.subconfig`): :func:`check_fields` leaves those to their own class
@@ -127,3 +127,14 @@ def check_fields(config: Any) -> None:
         problems = list(dict.fromkeys(problems))
         raise ConfigError(f"{cls.__name__}: {'; '.join(problems)}. Fix these fields in the config "
                           "(CLI: --config JSON).")
+
+
+def raise_problems(where: str, problems: list[str]) -> None:
+    """The cross-field checks a config's ``__post_init__`` collected, as one error (nothing when
+    ``problems`` is empty).
+
+    Raises:
+        ConfigError: ``"<where>: <problem>; <problem>."``.
+    """
+    if problems:
+        raise ConfigError(f"{where}: {'; '.join(problems)}.")

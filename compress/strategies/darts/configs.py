@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compress.errors import ConfigError
-from compress.strategies._parts.config_fields import check_fields
+from compress.strategies._parts.config_fields import check_fields, raise_problems
 from compress.strategies.config_tree import FinetuneConfig
 from compress.strategies.darts.sizing import DEFAULT_C, DEFAULT_LAYERS
 
@@ -49,8 +49,7 @@ class SizingConfig:
             problems.append(f"stem_strides must be 1 and/or 2, got {self.stem_strides}")
         if self.capacity not in ("params", "macs"):
             problems.append(f"capacity must be 'params' or 'macs', got {self.capacity!r}")
-        if problems:
-            raise ConfigError(f"SizingConfig: {'; '.join(problems)}.")
+        raise_problems("SizingConfig", problems)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from compress.errors import ConfigError
-from compress.strategies._parts.config_fields import check_fields
+from compress.strategies._parts.config_fields import check_fields, raise_problems
 from compress.strategies.config_tree import coerce_subconfigs, config_from_dict, replace_config, subconfig
 from compress.strategies.darts.configs import DARTSTrainConfig, SizingConfig
 from compress.strategies.darts.genotype import GENOTYPES, Genotype
@@ -28,11 +28,6 @@ STRATEGY = "darts-gal"
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _raise(where: str, problems: list[str]) -> None:
-    if problems:
-        raise ConfigError(f"{where}: {'; '.join(problems)}.")
 
 
 @dataclass(frozen=True)
@@ -127,7 +122,7 @@ class DartsSearchConfig:
             p.append(f"search.lr_min must be <= search.lr={self.lr}, got {self.lr_min}")
         if self.arch_weight_decay < 0:
             p.append(f"search.arch_weight_decay must be >= 0, got {self.arch_weight_decay}")
-        _raise("DartsSearchConfig", p)
+        raise_problems("DartsSearchConfig", p)
 
 
 @dataclass(frozen=True)
@@ -309,7 +304,7 @@ class GALConfig:
         need(all(v >= 0 for v in self.lambda_sweep), f"lambda_sweep values must be >= 0, got {self.lambda_sweep}")
         need(self.mask_init in ("ones", "normal"), f"mask_init must be 'ones' or 'normal', got {self.mask_init!r}")
         need(self.lambda_growth > 1.0, f"lambda_growth must be > 1, got {self.lambda_growth}")
-        _raise("GALConfig", p)
+        raise_problems("GALConfig", p)
 
 
 def _train_block(epochs: int) -> DARTSTrainConfig:
@@ -381,7 +376,7 @@ class DartsGalConfig:
             p.append(f"objective must be 'auto', 'latency' or 'size', got {self.objective!r}")
         if self.retrain not in ("scratch", "finetune"):
             p.append(f"retrain must be 'scratch' or 'finetune', got {self.retrain!r}")
-        _raise("DartsGalConfig", p)
+        raise_problems("DartsGalConfig", p)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "DartsGalConfig":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from compress.errors import ConfigError
-from compress.strategies._parts.config_fields import check_fields
+from compress.strategies._parts.config_fields import check_fields, raise_problems
 from compress.strategies.config_tree import (coerce_subconfigs, config_from_dict, key_config, replace_config,
                                              subconfig, subconfig_names)
 from compress.strategies.darts.configs import DARTSTrainConfig, SizingConfig
@@ -21,11 +21,6 @@ from compress.strategies.darts.ops import PRIMITIVE_SETS
 from compress.training.checkpoint import stable_hash
 
 __all__ = ["EGNASConfig", "EGNASSearchConfig", "CMAESConfig", "search_key", "final_key"]
-
-
-def _problems(cls: type, problems: list[str]) -> None:
-    if problems:
-        raise ConfigError(f"{cls.__name__}: {'; '.join(problems)}.")
 
 
 def _optional_count(value: Any) -> bool:
@@ -113,7 +108,7 @@ class EGNASSearchConfig:
             p.append(f"search.lr_min ({self.lr_min}) must be <= search.lr ({self.lr})")
         if not _optional_count(self.arch_reference_steps):
             p.append(f"search.arch_reference_steps must be None or an int >= 1, got {self.arch_reference_steps!r}")
-        _problems(type(self), p)
+        raise_problems(type(self).__name__, p)
 
 
 @dataclass(frozen=True)
@@ -178,7 +173,7 @@ class CMAESConfig:
             p.append(f"es.bn must be 'batch' or 'running', got {self.bn!r}")
         if not _optional_count(self.xi_reference_updates):
             p.append(f"es.xi_reference_updates must be None or an int >= 1, got {self.xi_reference_updates!r}")
-        _problems(type(self), p)
+        raise_problems(type(self).__name__, p)
 
 
 @dataclass(frozen=True)
@@ -252,7 +247,7 @@ class EGNASConfig:
             p.append(f"latency_weight must be >= 0, got {self.latency_weight}")
         if not (self.stability_seeds == 0 or self.stability_seeds >= 2):
             p.append(f"stability_seeds must be 0 (off) or >= 2 (searches compared), got {self.stability_seeds}")
-        _problems(type(self), p)
+        raise_problems(type(self).__name__, p)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "EGNASConfig":

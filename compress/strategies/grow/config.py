@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from compress.errors import ConfigError
-from compress.strategies._parts.config_fields import check_fields
+from compress.strategies._parts.config_fields import check_fields, raise_problems
 from compress.strategies.config_tree import (FinetuneConfig, coerce_subconfigs, config_from_dict, replace_config,
                                              subconfig)
 from compress.strategies.grow.attention import ATTENTIONS, R_NORMS
@@ -33,11 +33,6 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"growth": {"max_iterations": 2, "score_max_batches": 1}, "stage": {"epochs": 1, "max_steps_per_epoch": 2},
               "final": {"epochs": 1, "max_steps_per_epoch": 2}},
 }
-
-
-def _problems(path: str, problems: list[str]) -> None:
-    if problems:
-        raise ConfigError(f"GrowConfig.{path}: {'; '.join(problems)}.")
 
 
 def _choice(problems: list[str], name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -66,7 +61,7 @@ class PartitionConfig:
         check_fields(self)
         problems: list[str] = []
         _choice(problems, "teacher_granularity", self.teacher_granularity, GRANULARITIES)  # teacher_nodes: by type
-        _problems("partition", problems)
+        raise_problems("GrowConfig.partition", problems)
 
 
 @dataclass(frozen=True)
@@ -155,7 +150,7 @@ class GrowthConfig:
             problems.append(f"width_mult must be > 0, got {self.width_mult}")
         if self.inner_weight < 0:
             problems.append(f"inner_weight must be >= 0, got {self.inner_weight}")
-        _problems("growth", problems)
+        raise_problems("GrowConfig.growth", problems)
 
 
 @dataclass(frozen=True)
@@ -196,7 +191,7 @@ class StageConfig:
         check_fields(self)  # types; epochs >= 0, lr > 0, 0 <= momentum < 1, kd_alpha in [0, 1] ... by name
         problems: list[str] = []
         _choice(problems, "augment", self.augment, AUGMENTATIONS)
-        _problems("stage", problems)
+        raise_problems("GrowConfig.stage", problems)
 
     def settings(self, *, seed: int = 0, **overrides: Any) -> FinetuneSettings:
         """This stage as :class:`compress.training.FinetuneSettings` (what the Eq. 4 training reads;
@@ -242,7 +237,7 @@ class GrowFinalConfig(FinetuneConfig):
         super().__post_init__()
         problems: list[str] = []
         _choice(problems, "loss", self.loss, FINAL_LOSSES)
-        _problems("final", problems)
+        raise_problems("GrowConfig.final", problems)
 
 
 #: the flat names the final retrain shared with the stages (one flat key set both)
