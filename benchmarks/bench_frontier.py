@@ -57,7 +57,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -103,6 +105,8 @@ SHARED_KEYS = ("lr", "momentum", "weight_decay", "optimizer", "kd_alpha", "kd_te
 SMOKE = {"train_images": 512, "val_per_class": 10, "test_images": 200, "epochs": 1,
          "gp": {"max_steps_per_epoch": 2, "calib_samples": 64, "bisection_steps": 2},
          "iterative_steps": 2, "latency": {"latency_warmup": 1, "latency_repeats": 5}, "rounds": 3, "repeats": 5}
+#: the settings that change results: a --resume must repeat them (it may add budgets and rows).
+RESULT_SETTINGS = ("epochs", "recipe", "smoke", "seed", "scratch_lr", "data")
 ROW_TITLES = {"a": "gp-prune, recipe", "b": "Torch-Pruning L1, uniform, one-shot",
               "c": "DepGraph: sparse learning + global", "d": "KD into a fresh ResNet"}
 DEPTHS = (20, 32, 44, 56)
@@ -178,14 +182,41 @@ def slug(text: str) -> str:
 
 
 class State:
-    """``--work/state.json``: settings, finished rows, sessions, the side-by-side timing."""
+    """``--work/state.json``: settings, finished rows, sessions, the side-by-side timing.
+
+    Two processes may share one ``--work`` (one per core, each with its own ``--budgets``/``--rows``):
+    every :meth:`save` holds an exclusive lock on ``state.json.lock``, re-reads the file and writes
+    the rows, sessions and failures of the rows *this* process ran (:attr:`owned`) over what the
+    other process wrote, so that neither erases the other's rows."""
+
+    MERGED = ("rows", "running", "failed")
 
     def __init__(self, work: Path) -> None:
         self.path = work / "state.json"
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.owned: set[str] = set()
 
     def save(self) -> None:
-        write_text_atomic(self.path, json.dumps(self.data, indent=1, default=_plain))
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name("state.json.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            for part in self.MERGED:
+                mine = self.data.get(part, {})
+                merged = {k: v for k, v in disk.get(part, {}).items() if k not in self.owned}
+                merged.update({k: v for k, v in mine.items() if k in self.owned or k not in merged})
+                if part == "failed":  # a row this process finished is no longer failed, whatever the disk says
+                    merged = {k: v for k, v in merged.items() if k in mine or k not in self.owned}
+                self.data[part] = merged
+            if disk.get("settings") and self.data.get("settings"):
+                for k in ("budgets", "rows"):  # the union: the report covers every process's rows
+                    self.data["settings"][k] = list(dict.fromkeys([*disk["settings"].get(k, []),
+                                                                   *self.data["settings"].get(k, [])]))
+            for k, v in disk.items():
+                self.data.setdefault(k, v)
+            write_text_atomic(self.path, json.dumps(self.data, indent=1, default=_plain))
 
 
 def _plain(o: Any) -> Any:
@@ -222,12 +253,32 @@ class Heartbeat:
 
 
 def start_session(state: State, key: str, out_dir: Path) -> tuple[dict[str, Any], bool]:
+    state.owned.add(key)
     running = state.data.setdefault("running", {}).setdefault(key, {"sessions": []})
     resumed = bool(running["sessions"]) or (out_dir / "checkpoints").is_dir()
-    session = {"started": time.time(), "last_seen": time.time(), "commit": git_commit()}
+    session = {"started": time.time(), "last_seen": time.time(), "commit": git_commit(), "pid": os.getpid(),
+               "host": socket.gethostname()}
     running["sessions"].append(session)
     state.save()
     return session, resumed
+
+
+def _alive_elsewhere(state: State, key: str) -> bool:
+    """Whether another live process on this host is training row ``key`` of the shared ``--work``
+    (its last session's pid still runs); a killed run's row is taken over by the next --resume."""
+    sessions = state.data.get("running", {}).get(key, {}).get("sessions", [])
+    if not sessions or "pid" not in sessions[-1] or sessions[-1].get("host") != socket.gethostname():
+        return False
+    pid = int(sessions[-1]["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def finish_row(state: State, key: str, session: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
@@ -346,15 +397,17 @@ def main(argv: list[str] | None = None) -> int:
     if state.data and not (args.resume or args.report_only):
         ap.error(f"{args.work} holds a run already: pass --resume to continue it, --report-only to report it, "
                  "or choose another --work")
-    if state.data and args.resume:
-        diff = [k for k in settings if state.data["settings"].get(k) != settings[k]]
+    if state.data and args.resume:  # --budgets and --rows may differ: a resume can add rows (RESULT_SETTINGS may not)
+        diff = [k for k in RESULT_SETTINGS if state.data["settings"].get(k) != settings[k]]
         if diff:
             ap.error(f"{args.work} holds a run with other settings ({', '.join(diff)}); use the same arguments or "
                      "another --work")
+    run_budgets, run_rows = settings["budgets"], settings["rows"]
     if args.report_only:
         if not state.data:
             ap.error(f"{args.work} has no state.json to report")
         settings = state.data["settings"]
+        run_budgets, run_rows = [], []
     smoke = settings["smoke"]
     configs, notes = row_configs(settings["recipe"], settings["epochs"], smoke)
     from compress.registry import get_strategy
@@ -362,8 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in configs.values():
         if cfg is not None:
             get_strategy("gp-prune")(cfg)  # every row's config checked before anything is written (ConfigError)
+    if state.data.get("settings"):  # the stored budgets and rows become the union (State.save)
+        for k in ("budgets", "rows"):
+            state.data["settings"][k] = list(dict.fromkeys([*state.data["settings"][k], *settings[k]]))
     state.data.setdefault("settings", settings)
     state.save()
+    settings = state.data["settings"]
 
     n_val = 10 * (SMOKE["val_per_class"] if smoke else 100)
     limit = SMOKE["train_images"] + n_val if smoke else None
@@ -401,16 +458,17 @@ def main(argv: list[str] | None = None) -> int:
            "target": target, "x_test": x_test, "y_test": y_test, "prelim_refs": prelim_refs, "configs": configs,
            "scratch_lr": settings["scratch_lr"],
            "latency_kw": dict(SMOKE["latency"]) if smoke else {}}
-    budgets = settings["budgets"]
+    budgets = settings["budgets"]  # every budget of the work folder (the report's); this run trains run_budgets
     budget_macs = {b: Budget.parse(b).resolve(teacher_cost, state.data["prelim_latency"]["resnet56"]).max_macs
                    for b in budgets}
     ctx["budget_macs"] = budget_macs
     total_a = total_epochs(configs["a"])
     depth = {b: scratch_depth(budget_macs[b], lambda d: measure_cost(cifar_resnet_of(d), x2).macs) for b in budgets}
-    for b in budgets:
-        for r in settings["rows"]:
+    for b in run_budgets:
+        for r in run_rows:
             key = f"{slug(b)}/{r}"
-            if key in state.data.get("rows", {}) or args.report_only:
+            if key in state.data.get("rows", {}) or key in state.data.get("running", {}) and key not in state.owned \
+                    and _alive_elsewhere(state, key):
                 continue
             if r in "abc" and configs[r] is None:
                 continue
