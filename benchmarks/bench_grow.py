@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,11 +37,22 @@ from _common import bootstrap_diff, frontier, machine, mcnemar, predictions, wri
 
 import compress.strategies.grow  # noqa: E402,F401  (registers "grow")
 from compress.api import compress, library_versions  # noqa: E402
-from compress.budgets import measure_cost  # noqa: E402
+from compress.budgets import Budget, measure_cost  # noqa: E402
 from compress.data import IMAGENET_MEAN, IMAGENET_STD, collect, load_npz_task  # noqa: E402
 from compress.models import load_model  # noqa: E402
 from compress.profiling import Target, profile_latency  # noqa: E402
 from compress.strategies._parts.training import FinetuneSettings, finetune  # noqa: E402
+
+
+def cut_facts(teacher_macs: int, student_macs: int, vs_teacher: dict | None) -> dict:
+    """MACs cut, latency cut (compress()'s side-by-side timing, ``budget.latency_vs_teacher``) and
+    their ratio, issue 18's goal 3 (>= 0.6 under a latency budget)."""
+    vs = vs_teacher or {}
+    out = {"macs_cut": 1 - student_macs / teacher_macs, "latency_cut": None, "cut_ratio": None}
+    if vs.get("teacher_ms") and vs.get("student_ms") is not None:
+        out["latency_cut"] = 1 - vs["student_ms"] / vs["teacher_ms"]
+        out["cut_ratio"] = out["latency_cut"] / out["macs_cut"] if out["macs_cut"] else None
+    return out
 
 
 def _kd_baseline(name: str, teacher, task, args, epochs: int, target: Target, x_test, y_test) -> dict:
@@ -79,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (all phases)")
     ap.add_argument("--kd-matched", action="store_true", help="add a KD row with the grow search epochs on top")
     ap.add_argument("--latency-repeats", type=int, default=50)
+    ap.add_argument("--budget", default=None,
+                    help="budget spec (default: params of --student-ref); e.g. latency=0.31x for issue 18's goal 3 "
+                         "(ResNet-20's ORT latency as a share of the teacher's); the output then ends in _<budget>")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script end to end in minutes")
     args = ap.parse_args(argv)
@@ -104,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     t_correct = predictions(teacher, x_test) == y_test.numpy()
     print(f"teacher {args.teacher}: test accuracy {100 * t_correct.mean():.2f}% on {len(y_test)} images", flush=True)
     ref_params = measure_cost(load_model(f"cifar:{args.student_ref}", num_classes=10), x_test[:2]).params
-    budget = f"params={ref_params}"
-    print(f"budget {budget} (params of cifar:{args.student_ref})", flush=True)
+    budget = args.budget or f"params={ref_params}"
+    Budget.parse(budget)  # BudgetError before any training
+    print(f"budget {budget}" + ("" if args.budget else f" (params of cifar:{args.student_ref})"), flush=True)
+    t_macs = measure_cost(teacher, x_test[:2]).macs
 
     base_cfg = {"stage_epochs": args.stage_epochs, "max_iterations": args.max_iterations,
                 "final_epochs": args.final_epochs, "lr": args.lr, "final_lr": args.final_lr,
@@ -134,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "decisions": [{k: h.get(k) for k in ("iteration", "op", "edge", "q_k", "params", "macs", "val_acc", "accepted")}
                           for h in grow_hist],
             "correct": correct, "elapsed_s": time.perf_counter() - t0,
+            **cut_facts(t_macs, res.student_report.cost.macs, res.budget_check.latency_vs_teacher),
         })
         print(f"{name}: test {100 * correct.mean():.2f}%  params {res.student_report.cost.params:,}  "
               f"MACs {res.student_report.cost.macs:,}  iterations {res.info['iterations']} ({res.info['stop_reason']})  "
@@ -163,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "grow_cifar", "teacher": args.teacher, "budget": budget, "args": {k: str(v) for k, v in vars(args).items()},
         "train_images": len(task.train.dataset), "test_images": int(len(y_test)),
-        "teacher_test_acc": float(t_correct.mean()), "runs": runs, "frontier": stock, "paired": paired,
+        "teacher_test_acc": float(t_correct.mean()), "teacher_macs": t_macs, "runs": runs, "frontier": stock, "paired": paired,
         "versions": library_versions(), "machine": machine(),
     }
-    md = [f"# grow (SEArch) on CIFAR-10, teacher {args.teacher}, budget `{budget}` (= cifar:{args.student_ref})", "",
+    what = f"(= cifar:{args.student_ref})" if not args.budget else ""
+    md = [f"# grow (SEArch) on CIFAR-10, teacher {args.teacher}, budget `{budget}` {what}".rstrip(), "",
           f"Teacher test accuracy (measured first): **{100 * t_correct.mean():.2f}%** on {len(y_test)} images. "
           f"Every run: {args.final_epochs} final-training epochs, lr {args.final_lr}, augment {args.augment}; "
           f"growth stages {args.stage_epochs} epoch(s) each, at most {args.max_iterations} iterations.", "",
@@ -179,13 +198,22 @@ def main(argv: list[str] | None = None) -> int:
     for s in stock:
         md.append(f"| {s['model']} | {100 * s['test_acc']:.2f}% | {s['params']:,} | {s['macs']:,} | "
                   f"{s['ort_latency_ms']:.3f} / {s['ort_latency_p90_ms']:.3f} | - | - |")
+    cuts = [r for r in runs if r.get("cut_ratio") is not None]
+    if cuts:
+        md += ["", "Latency cut / MACs cut against the teacher (issue 18, goal 3: >= 0.6 under a latency budget; the "
+               "latency cut from compress()'s side-by-side timing of teacher and student ONNX, "
+               "`budget.latency_vs_teacher`):", ""]
+        md += [f"- {r['run']}: {r['cut_ratio']:.2f} (latency cut {100 * r['latency_cut']:.1f}%, MACs cut "
+               f"{100 * r['macs_cut']:.1f}%){'; goal met' if r['cut_ratio'] >= 0.6 else '; goal missed'}"
+               for r in cuts]
     md += ["", "Paired comparisons on the same test images (McNemar exact p; bootstrap 95% CI of the difference in points):", "",
            "| a | b | a right only | b right only | McNemar p | diff (pts) | 95% CI |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for p in paired:
         md.append(f"| {p['a']} | {p['b']} | {p['a_only']} | {p['b_only']} | {p['p_value']:.3f} | {p['diff_pts']:+.1f} | "
                   f"[{p['ci95_low']:+.1f}, {p['ci95_high']:+.1f}] |")
     md += ["", "Final grown architecture (graphviz DOT, paper Fig. 2 style):", "", "```dot", runs[0]["structure_dot"], "```"]
-    j, m = write_outputs(args.out, f"grow_cifar_{args.teacher}", payload, "\n".join(md) + "\n")
+    stem = f"grow_cifar_{args.teacher}" + (f"_{re.sub(r'[^A-Za-z0-9.]+', '_', args.budget)}" if args.budget else "")
+    j, m = write_outputs(args.out, stem, payload, "\n".join(md) + "\n")
     print("\n".join(md))
     print(f"wrote {j} and {m}")
     return 0
