@@ -38,7 +38,7 @@ def collect_feature_maps(
     neither), where the maps and labels are returned.
 
     Returns:
-        ``(maps, labels)``: ``maps[name]`` is ``(C, N, D)`` float32 for every hooked module
+        ``(maps, labels)``: ``maps[name]`` is ``(C, N, D)`` float32, contiguous, for every hooked module
         (restricted to ``module_names`` when given); ``labels`` is ``(N,)`` int64.
     """
     buffers: dict[str, list[torch.Tensor]] = {}
@@ -84,5 +84,13 @@ def collect_feature_maps(
         for h in handles:
             h.remove()
         model.train(was)
-    maps = {k: torch.cat(v, dim=0).transpose(0, 1).contiguous() for k, v in buffers.items()}
+    # one copy into (C, N, D), through transposed views of the batches' (n, C, D) chunks, each chunk freed as
+    # it is used: the same tensors as cat(dim=0).transpose(0, 1).contiguous(), without its intermediate copy
+    # (issue 17: timm resnet50 at 224x224 with 256 calibration images spent 42 s of its 253 s calibration
+    # in that concatenation, under cProfile on a loaded core)
+    maps = {}
+    for k in list(buffers):
+        chunks = buffers.pop(k)
+        maps[k] = torch.cat([c.transpose(0, 1) for c in chunks], dim=1).contiguous()
+        del chunks
     return maps, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
