@@ -5,8 +5,9 @@ plain ``state_dict`` is not enough. We write two files:
 
 * ``student.safetensors`` -- every tensor of ``state_dict()`` (safetensors: data only);
 * ``student.arch.json`` -- the base model spec (e.g. ``"timm:resnet18"``), the surgery applied
-  before compression (e.g. ``"pad_shortcuts_to_conv"``) and, for every Conv/Linear/BatchNorm
-  module, its width attributes; or, for students that are new architectures (grown, searched),
+  before compression (e.g. ``"pad_shortcuts_to_conv"``), the residual blocks removed by depth
+  pruning (``dropped_blocks``, only when there are any: :mod:`compress.models.blocks`) and, for
+  every Conv/Linear/BatchNorm module, its width attributes; or, for students that are new architectures (grown, searched),
   the strategy and the JSON arguments of its ``build_student``.
 
 :func:`load_student` rebuilds the base model, applies the surgery, resizes the listed modules
@@ -32,6 +33,7 @@ from compress._strict_json import STRICT, read_json_file, validate
 from compress.errors import CompressError, ModelSpecError
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 from compress.models import load_model, no_imports_from, pad_shortcuts_to_conv, require_registry_spec
+from compress.models.blocks import DroppedBlock, dropped_block_names, removable_blocks, set_submodule
 from compress.models.widths import apply_widths, describe_widths, planned_shapes
 from compress.strategies import get_strategy  # the built-ins, for students saved with a builder
 
@@ -50,6 +52,9 @@ def save_student(model: nn.Module, directory: str | Path, *, base_spec: str | No
     write_bytes_atomic(d / "student.safetensors", st_save(tensors))
     arch = {"format": STUDENT_FORMAT, "base_spec": base_spec, "surgery": surgery, "modules": describe_widths(model),
             "builder": builder}
+    dropped = dropped_block_names(model)
+    if dropped:  # depth pruning (compress.models.blocks); absent otherwise, so earlier files are unchanged
+        arch["dropped_blocks"] = dropped
     write_text_atomic(d / "student.arch.json", json.dumps(arch, indent=2, sort_keys=True))
     return {"weights": str(d / "student.safetensors"), "arch": str(d / "student.arch.json")}
 
@@ -96,6 +101,7 @@ class StudentArch(BaseModel):
     surgery: list[Literal["pad_shortcuts_to_conv"]]
     modules: dict[str, Annotated[Union[_ConvWidths, _LinearWidths, _NormWidths], Field(discriminator="type")]]
     builder: Optional[_Builder] = None
+    dropped_blocks: list[Annotated[str, Field(min_length=1)]] = []
 
 
 _ARCH_FIX = "re-save the student (CompressionResult.save) or restore the folder from its source"
@@ -175,6 +181,14 @@ def load_student(directory: str | Path, base: nn.Module | None = None, *, num_cl
     model = copy.deepcopy(base)
     if "pad_shortcuts_to_conv" in arch["surgery"]:
         model = pad_shortcuts_to_conv(model)
+    if arch["dropped_blocks"]:
+        removable = set(removable_blocks(model))
+        bad = [n for n in arch["dropped_blocks"] if n not in removable]
+        if bad:
+            raise ModelSpecError(f"{arch_path} drops block {bad[0]!r}, which is not a residual block with an identity "
+                                 f"shortcut in {type(model).__name__}; {_ARCH_FIX}.")
+        for name in arch["dropped_blocks"]:
+            set_submodule(model, name, DroppedBlock())
     state = _read_tensors(w_path)
     wrong = [f"{k} (arch {want} vs file {tuple(state[k].shape) if k in state else 'absent'})"
              for k, want in planned_shapes(model, arch["modules"]).items()
