@@ -112,6 +112,16 @@ def _prunable_groups(model: nn.Module, example_inputs: torch.Tensor, ratio: floa
     that ratio ``r`` would cut, with ``k = floor(C * (1 - r))`` as Torch-Pruning computes it, or
     ``k = nominal[root]`` when ``nominal`` is given (groups it does not name are not cut). The
     dependency-graph build is bounded by ``time_limit_s`` (:class:`TimeLimitError`)."""
+    for group, root, c in _all_groups(model, example_inputs, ignored, time_limit_s):
+        k = int(c * (1 - ratio)) if nominal is None else int(nominal.get(root, c))
+        if 1 <= k < c:
+            yield group, root, c, k
+
+
+def _all_groups(model: nn.Module, example_inputs: torch.Tensor, ignored: list[nn.Module],
+                time_limit_s: float | None = None):
+    """Yield ``(group, root module, channels C)`` for every Torch-Pruning group of ``model`` with a root
+    Conv2d / Linear of known width, ``ignored`` left out (see :func:`_prunable_groups`)."""
     with time_limit(time_limit_s, "building Torch-Pruning's dependency graph (channel rounding)"):
         # the partial-pruning plan's channel shuffles and kept-whole groups (issue 19)
         dg = partial_pruning.dependency_graph(model, example_inputs, plan=partial_pruning.CURRENT_PLAN.get(),
@@ -119,11 +129,37 @@ def _prunable_groups(model: nn.Module, example_inputs: torch.Tensor, ratio: floa
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
         c = dg.get_out_channels(root)
-        if not c:
-            continue
-        k = int(c * (1 - ratio)) if nominal is None else int(nominal.get(root, c))
-        if 1 <= k < c:
-            yield group, root, c, k
+        if c:
+            yield group, root, c
+
+
+def _group_layers(model: nn.Module, example_inputs: torch.Tensor, ignored: list[nn.Module],
+                  time_limit_s: float | None) -> list[tuple[str, int, list[str], list[str], list[str]]]:
+    """Per Torch-Pruning group of ``model`` (unpruned, as :func:`_prunable_groups` builds it, whatever the
+    ratio): ``(root name, channels C, producer names, consumer names, depthwise names)``, the layers whose
+    latency the group's width changes (see :func:`plan_widths`)."""
+    names = {m: n for n, m in model.named_modules()}
+    out = []
+    for group, root, c in _all_groups(model, example_inputs, ignored, time_limit_s):
+        producers, consumers, depthwise = _group_members(group)
+        out.append((names[root], c, [names[m] for m in producers], [names[m] for m in consumers],
+                    [names[m] for m in depthwise]))
+    return out
+
+
+def _group_members(group) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
+    """The group's layers whose cost its width sets: (producers, consumers, depthwise convs)."""
+    producers, consumers, depthwise = [], [], []
+    for dep, _ in group:
+        m, fn = dep.target.module, dep.handler
+        if _is_depthwise(m):
+            if m not in depthwise:
+                depthwise.append(m)
+        elif fn in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
+            producers.append(m)
+        elif fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+            consumers.append(m)
+    return producers, consumers, depthwise
 
 
 def plan_widths(
@@ -139,6 +175,7 @@ def plan_widths(
     time_limit_s: float | None = None,
     nominal: "dict[nn.Module, int] | None" = None,
     time_budget_s: float | None = None,
+    cache: dict | None = None,
 ) -> tuple[dict[nn.Module, int], list[dict]]:
     """Choose the kept width of every prunable group of ``model`` at uniform ratio ``ratio``, or
     around the per-group widths ``nominal`` (root module -> kept channels, from a non-uniform
@@ -152,6 +189,13 @@ def plan_widths(
     unaligned width can be far slower (timm mobilenetv3_small_050 at 224x224 pruned to ratio 0.38:
     15.1 ms at the nominal widths, 1.13 ms at the aligned ones, 1.72 ms unpruned, onnxruntime on
     one thread). Which groups are timed depends on the machine's speed.
+
+    ``cache`` (a dict, or None): where a call keeps, by layer name, what the unpruned ``model`` gives
+    whatever the ratio (each conv's input size, one forward; each group's layers, one dependency-graph
+    build), for the next call to read. Pass one dict only to calls on deep copies of one unpruned model
+    with the same ``example_inputs`` and ``ignored`` (gp-prune's ratio search: every probe is such a copy;
+    issue 17, timm resnet50 at 224x224: the two took about 1.6 s of each probe's 10 s of planning, under
+    cProfile on a loaded core). The plan is the same with or without it.
 
     The layers of all of a group's candidates are timed together, interleaved
     (:meth:`LayerLatencyTable.measure_layers`), and compared round by round: in round ``r`` a
@@ -175,7 +219,16 @@ def plan_widths(
         timing its new layers).
     """
     names = {m: n for n, m in model.named_modules()}
-    spatial = {n: cfg for n, cfg in layer_configs(model, example_inputs) if isinstance(cfg, ConvConfig)}
+    modules = {n: m for m, n in names.items()}
+    key = (tuple(example_inputs.shape), tuple(names.get(m) for m in ignored),
+           id(partial_pruning.CURRENT_PLAN.get()), TRACE_FORWARD.get())
+    layout = cache.get(key) if cache is not None else None
+    if layout is None:  # the layers' input sizes and the groups' layers, by name: the same for every copy
+        layout = ({n: cfg for n, cfg in layer_configs(model, example_inputs) if isinstance(cfg, ConvConfig)},
+                  _group_layers(model, example_inputs, ignored, time_limit_s))
+        if cache is not None:
+            cache[key] = layout
+    spatial, group_layers = layout
     in_ch = example_inputs.shape[1]
 
     def far_side(c: int, fixed: bool) -> int:
@@ -184,17 +237,14 @@ def plan_widths(
     plan: dict[nn.Module, int] = {}
     records: list[dict] = []
     spent = 0.0
-    for group, root, c, k in _prunable_groups(model, example_inputs, ratio, ignored, time_limit_s, nominal):
-        producers, consumers, depthwise = [], [], []
-        for dep, _ in group:
-            m, fn = dep.target.module, dep.handler
-            if _is_depthwise(m):
-                if m not in depthwise:
-                    depthwise.append(m)
-            elif fn in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
-                producers.append(m)
-            elif fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
-                consumers.append(m)
+    for root_name, c, producer_names, consumer_names, depthwise_names in group_layers:
+        root = modules[root_name]
+        k = int(c * (1 - ratio)) if nominal is None else int(nominal.get(root, c))
+        if not 1 <= k < c:
+            continue
+        producers = [modules[n] for n in producer_names]
+        consumers = [modules[n] for n in consumer_names]
+        depthwise = [modules[n] for n in depthwise_names]
 
         def layers(w: int) -> list:
             out = []

@@ -40,11 +40,13 @@ def width_planner(ctx: StrategyContext, cfg: GPPruneConfig, rounding_log: list[d
         return planner
     if cfg.prune.channel_rounding == "measured":
         table = LayerLatencyTable(ctx.target, **channel_rounding.TIMING)
+        layout: dict = {}  # every candidate is a deep copy of one unpruned model: its layout is read once
 
         def planner(cand: nn.Module, ratio: float, ignored: list[nn.Module], nominal=None) -> dict[nn.Module, int]:
             plan, records = plan_widths(cand, ctx.example_inputs, ratio, ignored, table,
                                         window=cfg.prune.rounding_window, time_limit_s=ctx.trace_time_limit_s,
-                                        nominal=nominal, time_budget_s=channel_rounding.TIME_BUDGET_S)
+                                        nominal=nominal, time_budget_s=channel_rounding.TIME_BUDGET_S,
+                                        cache=layout)
             rounding_log[:] = records
             return plan
         return planner
