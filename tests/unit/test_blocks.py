@@ -128,3 +128,38 @@ def test_load_student_refuses_a_dropped_name_that_is_not_a_removable_block(tmp_p
     path.write_text(json.dumps(arch))
     with pytest.raises(ModelSpecError):
         load_student(tmp_path)
+
+
+def test_gp_prune_drop_blocks_removes_blocks_then_meets_the_budget_and_reloads(digits_task, tmp_path):
+    """Config ``prune.drop_blocks``: the lowest-scoring identity-shortcut blocks go first (here
+    floor(0.5 x 7) = 3 of a ResNet-20's 7), the channel pruning meets the rest of the budget, the
+    report says which, and the saved student (and a resumed run) has the same blocks removed."""
+    from compress import compress
+    from compress.errors import ConfigError
+    from compress.strategies.gp_prune.strategy import GPPruneConfig
+
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="drop_blocks"):
+            GPPruneConfig(prune={"drop_blocks": bad})
+    config = {"finetune": {"epochs": 1, "max_steps_per_epoch": 2}, "importance": {"metric": "l1", "calib_samples": 32},
+              "prune": {"bisection_steps": 3, "drop_blocks": 0.5}}
+    runs = []
+    for _ in range(2):  # the second run resumes from the first's checkpoints
+        torch.manual_seed(0)
+        teacher = cifar_resnet(20, in_chans=digits_task.spec.input_shape[0])
+        runs.append(compress(teacher, "macs=0.5x", data=digits_task, progress=False, mobile=False, memory=False,
+                             allow_slower=True, out_dir=tmp_path / "run", config=config))
+    res = runs[0]
+    depth = res.info["recipe"]["depth"]
+    assert depth["removable"] == 7 and len(depth["removed"]) == 3
+    assert depth["convs_after"] == depth["convs_before"] - 6
+    assert sorted(depth["scores"][n] for n in depth["removed"]) == sorted(depth["scores"].values())[:3]
+    assert res.budget_check.ok
+    assert dropped_block_names(res.student) == depth["removed"]
+    assert "Depth pruning removed 3 of 7" in (tmp_path / "run" / "report.md").read_text()
+    assert runs[1].info["resumed"] == "pruned" and dropped_block_names(runs[1].student) == depth["removed"]
+    x = next(iter(digits_task.val))[0][:4]
+    torch.testing.assert_close(runs[1].student(x), res.student(x), rtol=0, atol=0)
+    back = load_student(tmp_path / "run", num_classes=10, base_spec=None,
+                        base=cifar_resnet(20, in_chans=digits_task.spec.input_shape[0]))
+    torch.testing.assert_close(back(x), res.student.eval()(x), rtol=0, atol=0)

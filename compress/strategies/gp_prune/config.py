@@ -99,6 +99,13 @@ class PruneConfig:
             with Torch-Pruning's ``GroupNormPruner`` regularisation of strength ``sparse_reg``
             (DepGraph, CVPR 2023, §3.3), so that the channels cut later carry little.
         sparse_reg: see ``sparse_epochs``.
+        drop_blocks: depth pruning before the channel pruning (0: off, the paper): the share of the
+            residual blocks with an identity shortcut that are removed whole, the ones that change
+            their input least on the calibration images (:mod:`compress.models.blocks`; each stage
+            keeps a block). Not in the paper: channel pruning keeps every layer, and each convolution
+            costs a fixed time on a CPU at batch 1 (``benchmarks/results/depth_floor.md``: about
+            17 us per conv on ``cpu-1t``), so a channel-pruned ResNet-56 stays slower than a stock
+            ResNet-32 of the same MACs. The channel pruning then meets the rest of the budget.
 
     The recovery and sparse-learning fine-tunes take the ``finetune`` block's optimiser, KD,
     augmentation, label smoothing and gradient clip (:func:`phase_settings`).
@@ -107,7 +114,7 @@ class PruneConfig:
     #: recipe fields added after pruning checkpoints existed: left out of the key at these values,
     #: so a run started before them still resumes
     KEY_OMIT: ClassVar[dict[str, Any]] = {"schedule": "one-shot", "iterative_steps": 4, "recovery_epochs": 1,
-                                          "sparse_epochs": 0, "sparse_reg": 5e-4}
+                                          "sparse_epochs": 0, "sparse_reg": 5e-4, "drop_blocks": 0.0}
 
     max_ratio: float = 0.95
     bisection_steps: int = 12
@@ -124,6 +131,7 @@ class PruneConfig:
     recovery_epochs: int = 1
     sparse_epochs: int = 0
     sparse_reg: float = 5e-4
+    drop_blocks: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self)  # every field's type and, by its name, its range
@@ -153,6 +161,9 @@ class PruneConfig:
                               f"got {self.schedule!r}.")
         if not 1 <= self.iterative_steps <= 64:
             raise ConfigError(f"prune.iterative_steps must be in [1, 64], got {self.iterative_steps}.")
+        if not 0.0 <= self.drop_blocks < 1.0:
+            raise ConfigError(f"prune.drop_blocks must be in [0, 1), got {self.drop_blocks} (the share of the "
+                              "identity-shortcut residual blocks removed before channel pruning; 0: off).")
         if not 0.0 < self.sparse_reg <= 1.0:
             raise ConfigError(f"prune.sparse_reg must be in (0, 1], got {self.sparse_reg} "
                               "(DepGraph's CIFAR runs use 5e-4).")

@@ -14,6 +14,7 @@ from torch import nn
 
 from compress.errors import CheckpointError, TimeLimitError, UnsupportedModelError
 from compress.models import apply_widths, describe_widths
+from compress.models.blocks import drop_blocks, dropped_block_names
 from compress.strategies._parts import channel_rounding
 from compress.strategies._parts.time_limit import time_limit
 from compress.strategies._parts import partial_pruning as partial
@@ -251,20 +252,22 @@ def _rebuildable(base: nn.Module, pruned: nn.Module) -> bool:
     """True when resizing a copy of ``base`` to ``pruned``'s Conv/Linear/BN widths gives its
     state_dict shapes (Torch-Pruning may also resize layers the width record does not cover)."""
     try:
-        return _shapes(apply_widths(copy.deepcopy(base), describe_widths(pruned))) == _shapes(pruned)
+        like = drop_blocks(base, dropped_block_names(pruned))  # a deep copy, without the blocks pruned lacks
+        return _shapes(apply_widths(like, describe_widths(pruned))) == _shapes(pruned)
     except Exception:  # noqa: BLE001 - any failure only means "no pruned checkpoint"
         return False
 
 
 def _rebuild_pruned(base: nn.Module, state: dict, weights: dict) -> nn.Module:
-    """The pruned network of a ``pruned`` checkpoint: ``base`` resized to the saved widths,
+    """The pruned network of a ``pruned`` checkpoint: ``base`` without the saved dropped blocks,
+    resized to the saved widths,
     weights loaded, ``requires_grad`` as saved.
 
     Raises:
         CheckpointError: the saved widths or tensors do not fit ``base``.
     """
-    net = copy.deepcopy(base).eval()
     try:
+        net = drop_blocks(base, state.get("dropped_blocks", [])).eval()  # a deep copy (depth pruning: config prune.drop_blocks)
         apply_widths(net, state["widths"])
         net.load_state_dict(weights, strict=True)
     except Exception as exc:  # noqa: BLE001

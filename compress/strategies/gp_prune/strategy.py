@@ -46,7 +46,9 @@ import dataclasses
 from torch import nn
 
 from compress.errors import BudgetUnreachableError, ConfigError, TimeLimitError, UnsupportedModelError
+from compress.data import collect
 from compress.models import PadShortcut, describe_widths, pad_shortcuts_to_conv
+from compress.models.blocks import block_scores, choose_blocks, drop_blocks, dropped_block_names, removable_blocks, stage_sizes
 from compress.registry import register_strategy
 from compress.strategies._parts import channel_rounding
 from compress.strategies._parts.checkpoint import (
@@ -174,7 +176,7 @@ class GPPrune(Strategy):
             if store.enabled and _rebuildable(model, best):
                 store.commit("pruned", {"ratio": best_ratio, "rounding": best_rounding, "allocation": alloc_record,
                                         "untouched_groups": untouched, "recipe": recipe,
-                                        "widths": describe_widths(best),
+                                        "widths": describe_widths(best), "dropped_blocks": dropped_block_names(best),
                                         "trainable": {n: p.requires_grad for n, p in best.named_parameters()},
                                         "history": ctx.history},
                              {"weights": best.state_dict()}, key=prune_key, generators=gens)
@@ -198,7 +200,7 @@ class GPPrune(Strategy):
             student=best,
             report_sections=[("Channels kept per layer (GECCO'22 uniform one-shot pruning)",
                               f"Importance: `{formula}`; " + allocation_line(alloc_record, best_ratio, cfg)
-                              + "\n\n" + _widths_markdown(before, widths))],
+                              + _depth_line(recipe.get("depth")) + "\n\n" + _widths_markdown(before, widths))],
             info={
                 "metric": metric.name if metric is not None else TP_L1,
                 "metric_expr": metric.expr if metric is not None else "torch_pruning.importance.MagnitudeImportance(p=1)",
@@ -228,6 +230,9 @@ class GPPrune(Strategy):
             model = copy.deepcopy(model)
             with ctx.phase("sparse"):
                 recipe["sparse"] = sparse_learning(ctx, cfg, model, classifier_name, store, key)
+        if cfg.prune.drop_blocks > 0:
+            with ctx.phase("prepare"):
+                model, recipe["depth"] = self._drop_blocks(ctx, cfg, model)
         if cfg.prune.schedule == "one-shot":
             return (*self._prune(ctx, cfg, metric, model, classifier_name), recipe)
         k = cfg.prune.iterative_steps
@@ -265,6 +270,31 @@ class GPPrune(Strategy):
         after = _layer_widths(current)
         ratio = 1.0 - sum(min(after.get(n, w), w) for n, w in before.items()) / max(1, sum(before.values()))
         return current, ratio, *out[2:], recipe
+
+    @staticmethod
+    def _drop_blocks(ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module) -> tuple[nn.Module, dict]:
+        """Depth pruning (config ``prune.drop_blocks``, :mod:`compress.models.blocks`): score the
+        identity-shortcut residual blocks on up to ``importance.calib_samples`` calibration images and
+        remove the lowest ``drop_blocks`` share (each stage keeps one). Returns (a copy without
+        them, the record for ``info.recipe.depth``)."""
+        names = removable_blocks(model)
+        record: dict = {"share": cfg.prune.drop_blocks, "removable": len(names), "removed": [],
+                        "convs_before": sum(isinstance(m, nn.Conv2d) for m in model.modules())}
+        if not names:
+            record["note"] = ("no residual block with an identity shortcut of a known class (CIFAR, torchvision "
+                              "or timm ResNet blocks): nothing removed")
+            ctx.log(phase="depth", **record)
+            return model, record
+        x, _ = collect(ctx.data.calib or ctx.data.train, max_samples=cfg.importance.calib_samples)
+        scores = block_scores(model, names, x)
+        chosen = choose_blocks(scores, cfg.prune.drop_blocks, stage_sizes(model, names))
+        small = drop_blocks(model, chosen)
+        cost = ctx.cost(small)
+        record.update(removed=chosen, scores={n: round(v, 6) for n, v in scores.items()},
+                      convs_after=sum(isinstance(m, nn.Conv2d) for m in small.modules()),
+                      macs=cost.macs, params=cost.params)
+        ctx.log(phase="depth", **record)
+        return small, record
 
     def _prune(self, ctx: StrategyContext, cfg: GPPruneConfig, metric, model: nn.Module,
                classifier_name: str) -> tuple[nn.Module, float, list[dict], dict | None, list[dict]]:
@@ -413,3 +443,14 @@ class GPPrune(Strategy):
         (:func:`~.modes.prune_allocated_to_budget`); a method, so that :meth:`_prune_with_fallback`
         retries through whatever the class holds."""
         return prune_allocated_to_budget(ctx, cfg, importance, model, classifier_name, allocation)
+
+
+def _depth_line(depth: dict | None) -> str:
+    """The report's sentence on depth pruning (config ``prune.drop_blocks``); empty when off."""
+    if not depth:
+        return ""
+    if not depth["removed"]:
+        return f" Depth pruning ({100 * depth['share']:.0f}%): {depth.get('note', 'no block removed')}."
+    return (f" Depth pruning removed {len(depth['removed'])} of {depth['removable']} identity-shortcut blocks "
+            f"({', '.join(f'`{n}`' for n in depth['removed'])}): {depth['convs_before']} -> {depth['convs_after']} "
+            "convolutions; layers of removed blocks are absent from the table.")
