@@ -298,7 +298,8 @@ def val_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_gp_row(key: str, cfg: dict, budget: str, ctx: dict[str, Any]) -> dict[str, Any]:
-    out_dir = ctx["work"] / slug(budget) / key[-1]
+    row = key.split("/", 1)[1]
+    out_dir = ctx["work"] / slug(budget) / slug(row)
     session, resumed = start_session(ctx["state"], key, out_dir)
     beat = Heartbeat(ctx["state"], key, session)
     res = compress(ctx["teacher"], budget, data=ctx["task"], strategy="gp-prune", seed=ctx["seed"],
@@ -306,7 +307,7 @@ def run_gp_row(key: str, cfg: dict, budget: str, ctx: dict[str, Any]) -> dict[st
                    memory=False, progress=beat, reference_points=ctx["prelim_refs"], **ctx["latency_kw"])
     correct = predictions(res.student, ctx["x_test"]) == ctx["y_test"]
     return finish_row(ctx["state"], key, session, {
-        "row": key[-1], "budget": budget, "kind": "gp-prune", "config": cfg, "student_dir": str(out_dir),
+        "row": row, "budget": budget, "kind": "gp-prune", "config": cfg, "student_dir": str(out_dir),
         "test_acc": float(correct.mean()), "val_acc": res.student_report.accuracy_val,
         "macs": int(res.student_report.cost.macs), "params": int(res.student_report.cost.params),
         "budget_ok": res.budget_check.ok, "violations": [str(v) for v in res.budget_check.violations],
@@ -370,12 +371,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", default=None, help="row (a)'s gp-prune config as a JSON object (default: DEFAULT_RECIPE)")
     ap.add_argument("--scratch-lr", type=float, default=0.1, help="row (d)'s learning rate (training from scratch)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="an extra row 'a+NAME': (a)'s recipe with these gp-prune fields changed (repeatable), e.g. "
+                         "drop0.5='{\"drop_blocks\": 0.5}'; a --resume may add variants")
     ap.add_argument("--smoke", action="store_true", help="tiny settings (512 train images, 1 epoch, 2 steps): a test")
     ap.add_argument("--resume", action="store_true", help="continue the run kept in --work")
     ap.add_argument("--report-only", action="store_true", help="write the outputs from --work without training")
     args = ap.parse_args(argv)
 
     rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    variants = {}
+    for v in args.variant:
+        name, sep, text = v.partition("=")
+        try:
+            over = json.loads(text) if sep else None
+        except json.JSONDecodeError:
+            over = None
+        if not name or not re.fullmatch(r"[A-Za-z0-9.]+", name) or not isinstance(over, dict):
+            ap.error(f"--variant takes NAME=JSON (NAME letters, digits and dots; JSON an object), got {v!r}")
+        variants[name] = over
     if set(rows_wanted) - set(ROW_TITLES):
         ap.error(f"--rows takes a subset of {','.join(ROW_TITLES)}, got {args.rows!r}")
     recipe = json.loads(args.recipe) if args.recipe else dict(DEFAULT_RECIPE)
@@ -393,16 +407,18 @@ def main(argv: list[str] | None = None) -> int:
     stock_cost = {n: measure_cost(m, x2) for n, m in stock.items()}
     settings = {"budgets": parse_budgets(args.budgets, {n: c.macs for n, c in stock_cost.items()}), "rows": rows_wanted,
                 "epochs": SMOKE["epochs"] if args.smoke else args.epochs, "recipe": recipe, "smoke": args.smoke,
-                "seed": args.seed, "scratch_lr": args.scratch_lr, "data": str(args.data.resolve())}
+                "seed": args.seed, "scratch_lr": args.scratch_lr, "data": str(args.data.resolve()),
+                "variants": variants}
     if state.data and not (args.resume or args.report_only):
         ap.error(f"{args.work} holds a run already: pass --resume to continue it, --report-only to report it, "
                  "or choose another --work")
     if state.data and args.resume:  # --budgets and --rows may differ: a resume can add rows (RESULT_SETTINGS may not)
         diff = [k for k in RESULT_SETTINGS if state.data["settings"].get(k) != settings[k]]
-        if diff:
-            ap.error(f"{args.work} holds a run with other settings ({', '.join(diff)}); use the same arguments or "
-                     "another --work")
-    run_budgets, run_rows = settings["budgets"], settings["rows"]
+        clash = [n for n, o in variants.items() if state.data["settings"].get("variants", {}).get(n, o) != o]
+        if diff or clash:
+            ap.error(f"{args.work} holds a run with other settings ({', '.join(diff + [f'variant {n}' for n in clash])}); "
+                     "use the same arguments or another --work")
+    run_budgets, run_rows = settings["budgets"], settings["rows"] + [f"a+{n}" for n in variants]
     if args.report_only:
         if not state.data:
             ap.error(f"{args.work} has no state.json to report")
@@ -410,14 +426,18 @@ def main(argv: list[str] | None = None) -> int:
         run_budgets, run_rows = [], []
     smoke = settings["smoke"]
     configs, notes = row_configs(settings["recipe"], settings["epochs"], smoke)
+    for n, over in settings.get("variants", {}).items():
+        configs[f"a+{n}"] = {**configs["a"], **over}
+        notes.append(f"(a+{n}) is (a) with `{json.dumps(over)}`.")
     from compress.registry import get_strategy
 
     for cfg in configs.values():
         if cfg is not None:
             get_strategy("gp-prune")(cfg)  # every row's config checked before anything is written (ConfigError)
-    if state.data.get("settings"):  # the stored budgets and rows become the union (State.save)
+    if state.data.get("settings"):  # the stored budgets, rows and variants become the union (State.save)
         for k in ("budgets", "rows"):
             state.data["settings"][k] = list(dict.fromkeys([*state.data["settings"][k], *settings[k]]))
+        state.data["settings"]["variants"] = {**state.data["settings"].get("variants", {}), **settings["variants"]}
     state.data.setdefault("settings", settings)
     state.save()
     settings = state.data["settings"]
@@ -470,9 +490,9 @@ def main(argv: list[str] | None = None) -> int:
             if key in state.data.get("rows", {}) or key in state.data.get("running", {}) and key not in state.owned \
                     and _alive_elsewhere(state, key):
                 continue
-            if r in "abc" and configs[r] is None:
+            if r != "d" and configs[r] is None:
                 continue
-            print(f"row ({r}) at {b}: {ROW_TITLES[r]}", flush=True)
+            print(f"row ({r}) at {b}: {ROW_TITLES.get(r, 'a variant of (a)')}", flush=True)
             try:
                 rec = (run_scratch_row(key, b, depth[b], total_a, ctx) if r == "d" else
                        run_gp_row(key, configs[r], b, ctx))
@@ -538,32 +558,37 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
     args.out.mkdir(parents=True, exist_ok=True)
 
     def label(r):
-        return f"(d) KD into a fresh ResNet-{r['depth']}" if r["row"] == "d" else f"({r['row']}) {ROW_TITLES[r['row']]}"
+        if r["row"] == "d":
+            return f"(d) KD into a fresh ResNet-{r['depth']}"
+        if r["row"] in ROW_TITLES:
+            return f"({r['row']}) {ROW_TITLES[r['row']]}"
+        return f"({r['row']}) gp-prune, recipe with {json.dumps(settings['variants'][r['row'][2:]])}"
 
     goals, paired, per_budget = [], [], {}
     for b in budgets:
-        brows = [rows[f"{slug(b)}/{r}"] for r in "abcd" if f"{slug(b)}/{r}" in rows]
+        order = ["a", *[f"a+{n}" for n in settings.get("variants", {})], "b", "c", "d"]
+        brows = [rows[f"{slug(b)}/{r}"] for r in order if f"{slug(b)}/{r}" in rows]
         per_budget[b] = brows
         if brows:
             pareto_plot([{"name": f"({r['row']})", "accuracy": r["test_acc"], "macs": r["macs"],
                           "latency_ms": r["latency_ms"], "params": r["params"]} for r in brows], refs,
                         args.out / f"{stem}_pareto_{slug(b)}.png",
                         title=f"ResNet-56 at {b}: rows (a)-(d) vs the stock CIFAR ResNets (cpu-1t, side by side)")
-        a = rows.get(f"{slug(b)}/a")
-        if a is None:
-            continue
-        goal = frontier_accuracy(refs, budget_macs[b]) if budget_macs[b] else frontier_accuracy(refs, a["macs"])
-        near = min(stock_rows.values(), key=lambda s: abs(s["test_acc"] - a["test_acc"]))
-        acc_gap, lat_gap = 100 * (a["test_acc"] - goal), a["latency_ms"] - near["latency_ms"]
-        goals.append({"budget": b, "budget_macs": budget_macs[b], "goal_acc": goal, "a_acc": a["test_acc"],
-                      "acc_met": acc_gap >= 0, "acc_gap_pts": acc_gap, "nearest_stock": near["name"],
-                      "nearest_stock_acc": near["test_acc"], "nearest_stock_latency_ms": near["latency_ms"],
-                      "a_latency_ms": a["latency_ms"], "latency_met": lat_gap <= 0, "latency_gap_ms": lat_gap})
-        for other in [*brows, *stock_rows.values()]:
-            if other is not a:
-                paired.append({"budget": b, "a": label(a), "b": label(other) if "row" in other else other["name"],
-                               **mcnemar(a["correct"], other["correct"]), **bootstrap_diff(a["correct"], other["correct"])})
-    curves = [(b, r) for b in budgets for r in per_budget[b] if r["row"] in "ab" and r["history"]]
+        for a in [r for r in brows if r["row"] == "a" or r["row"].startswith("a+")]:
+            goal = frontier_accuracy(refs, budget_macs[b]) if budget_macs[b] else frontier_accuracy(refs, a["macs"])
+            near = min(stock_rows.values(), key=lambda s: abs(s["test_acc"] - a["test_acc"]))
+            acc_gap, lat_gap = 100 * (a["test_acc"] - goal), a["latency_ms"] - near["latency_ms"]
+            goals.append({"budget": b, "row": a["row"], "budget_macs": budget_macs[b], "goal_acc": goal,
+                          "a_acc": a["test_acc"], "acc_met": acc_gap >= 0, "acc_gap_pts": acc_gap,
+                          "nearest_stock": near["name"], "nearest_stock_acc": near["test_acc"],
+                          "nearest_stock_latency_ms": near["latency_ms"], "a_latency_ms": a["latency_ms"],
+                          "latency_met": lat_gap <= 0, "latency_gap_ms": lat_gap})
+            for other in [*brows, *stock_rows.values()]:
+                if other is not a and not (a["row"] != "a" and other.get("row", "").startswith("a")):
+                    paired.append({"budget": b, "a": label(a), "b": label(other) if "row" in other else other["name"],
+                                   **mcnemar(a["correct"], other["correct"]),
+                                   **bootstrap_diff(a["correct"], other["correct"])})
+    curves = [(b, r) for b in budgets for r in per_budget[b] if r["row"][0] in "ab" and r["history"]]
     if curves:
         plot_curves(curves, args.out / f"{stem}_curve.png", label)
 
@@ -634,11 +659,11 @@ def markdown(settings, configs, notes, depth, total_a, task, val_counts, x_test,
     for g in goals:
         acc = "**met**" if g["acc_met"] else f"**missed** by {-g['acc_gap_pts']:.2f} points"
         lat = "**met**" if g["latency_met"] else f"**missed** by {g['latency_gap_ms']:.3f} ms"
-        md.append(f"- `{g['budget']}`: accuracy: (a) {100 * g['a_acc']:.2f}% vs the stock frontier at "
-                  f"{g['budget_macs'] / 1e6:.2f} M MACs, {100 * g['goal_acc']:.2f}%: {acc}. Latency: (a) "
+        md.append(f"- `{g['budget']}`: accuracy: ({g.get('row', 'a')}) {100 * g['a_acc']:.2f}% vs the stock frontier at "
+                  f"{g['budget_macs'] / 1e6:.2f} M MACs, {100 * g['goal_acc']:.2f}%: {acc}. Latency: ({g.get('row', 'a')}) "
                   f"{g['a_latency_ms']:.3f} ms vs {g['nearest_stock']} (the nearest accuracy, "
                   f"{100 * g['nearest_stock_acc']:.2f}%) {g['nearest_stock_latency_ms']:.3f} ms: {lat}.")
-    md += ["", "## Paired tests of (a) against every other row (same test images)", "",
+    md += ["", "## Paired tests of (a) and its variants against every other row (same test images)", "",
            "| budget | a | b | a right only | b right only | McNemar p | diff (pts) | 95% CI |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     md += [f"| `{p['budget']}` | {p['a']} | {p['b']} | {p['a_only']} | {p['b_only']} | {p['p_value']:.3f} | "
