@@ -426,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
         run_budgets, run_rows = [], []
     smoke = settings["smoke"]
     configs, notes = row_configs(settings["recipe"], settings["epochs"], smoke)
-    for n, over in settings.get("variants", {}).items():
+    variants_known = settings.setdefault("variants", {})
+    for rec in state.data.get("rows", {}).values():  # a variant row whose settings a process of an older commit rewrote
+        if rec.get("row", "").startswith("a+") and rec["row"][2:] not in variants_known:
+            variants_known[rec["row"][2:]] = {k: v for k, v in rec["config"].items() if configs["a"].get(k) != v}
+    for n, over in settings["variants"].items():
         configs[f"a+{n}"] = {**configs["a"], **over}
         notes.append(f"(a+{n}) is (a) with `{json.dumps(over)}`.")
     from compress.registry import get_strategy
