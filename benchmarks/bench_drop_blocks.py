@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     n_val = len(task.val.dataset)
     md = [f"# gp-prune `drop_blocks` on short runs (ResNet-56, `{args.budget}`, CIFAR-10 validation)", "",
           f"Machine: {cpu_model()}; commit {git_commit()}. {len(task.train.dataset):,} training images, validation "
-          f"{n_val:,} (stratified, from the training images; about ±{196 / n_val ** 0.5:.1f} points at 95% for one "
+          f"{n_val:,} (stratified, from the training images; at most ±{98 / n_val ** 0.5:.1f} points at 95% for one "
           f"accuracy), {args.epochs} KD fine-tune epoch(s). Latency: ORT `cpu-1t`, batch 1, every model side by side "
           "in one interleaved run (10 rounds x 30 calls): median of the per-round medians and the fastest round."
           + (f" {args.note}" if args.note else ""), "",
