@@ -89,3 +89,18 @@ def json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     return str(o)
+
+
+def cut_facts(teacher_macs: int, student_macs: int, vs_teacher: dict | None) -> dict[str, float | None]:
+    """The MACs cut and the latency cut of a student against its teacher, and their ratio (issue 18's
+    goal 3: >= 0.6 under a latency budget). ``vs_teacher``: compress()'s side-by-side timing
+    (report ``budget.latency_vs_teacher``: ``teacher_ms``, ``student_ms``); None or incomplete gives
+    no latency cut."""
+    vs = vs_teacher or {}
+    out: dict[str, float | None] = {"macs_cut": 1 - student_macs / teacher_macs if teacher_macs else None,
+                                    "latency_cut": None, "cut_ratio": None}
+    if vs.get("teacher_ms") and vs.get("student_ms") is not None:
+        out["latency_cut"] = 1 - vs["student_ms"] / vs["teacher_ms"]
+        if out["macs_cut"]:
+            out["cut_ratio"] = out["latency_cut"] / out["macs_cut"]
+    return out

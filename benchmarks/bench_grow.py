@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bootstrap_diff, frontier, machine, mcnemar, predictions, write_outputs  # noqa: E402
+from _common import bootstrap_diff, cut_facts, frontier, machine, mcnemar, predictions, write_outputs  # noqa: E402
 
 import compress.strategies.grow  # noqa: E402,F401  (registers "grow")
 from compress.api import compress, library_versions  # noqa: E402
@@ -42,17 +42,6 @@ from compress.data import IMAGENET_MEAN, IMAGENET_STD, collect, load_npz_task  #
 from compress.models import load_model  # noqa: E402
 from compress.profiling import Target, profile_latency  # noqa: E402
 from compress.strategies._parts.training import FinetuneSettings, finetune  # noqa: E402
-
-
-def cut_facts(teacher_macs: int, student_macs: int, vs_teacher: dict | None) -> dict:
-    """MACs cut, latency cut (compress()'s side-by-side timing, ``budget.latency_vs_teacher``) and
-    their ratio, issue 18's goal 3 (>= 0.6 under a latency budget)."""
-    vs = vs_teacher or {}
-    out = {"macs_cut": 1 - student_macs / teacher_macs, "latency_cut": None, "cut_ratio": None}
-    if vs.get("teacher_ms") and vs.get("student_ms") is not None:
-        out["latency_cut"] = 1 - vs["student_ms"] / vs["teacher_ms"]
-        out["cut_ratio"] = out["latency_cut"] / out["macs_cut"] if out["macs_cut"] else None
-    return out
 
 
 def _kd_baseline(name: str, teacher, task, args, epochs: int, target: Target, x_test, y_test) -> dict:

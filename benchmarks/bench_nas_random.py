@@ -84,7 +84,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_darts_gal  # noqa: E402  (settings of the darts-gal benchmark)
 import bench_eg_nas  # noqa: E402  (settings of the eg-nas benchmark)
-from _common import bootstrap_diff, frontier, json_default, machine, mcnemar, predictions, write_outputs  # noqa: E402
+from _common import bootstrap_diff, cut_facts, frontier, json_default, machine, mcnemar, predictions, write_outputs  # noqa: E402
 from bench_latency_pruning import git_commit  # noqa: E402  (as bench_frontier and bench_real_size)
 
 import compress.strategies.darts_gal  # noqa: E402,F401  (registers "darts-gal")
@@ -233,17 +233,9 @@ def _gal_facts(info: dict) -> dict:
 
 
 def _cut_facts(report: dict) -> dict:
-    """The MACs cut and the latency cut against the teacher (``compress()``'s side-by-side timing of
-    teacher and student, ``budget.latency_vs_teacher``), and their ratio (issue 18's goal 3: >= 0.6
-    under a latency budget), from a run's ``report.json``."""
-    t_macs, s_macs = report["teacher"]["macs"], report["student"]["macs"]
-    vs = (report.get("budget") or {}).get("latency_vs_teacher") or {}
-    out = {"macs_cut": 1 - s_macs / t_macs if t_macs else None, "latency_cut": None, "cut_ratio": None}
-    if vs.get("teacher_ms") and vs.get("student_ms") is not None:
-        out["latency_cut"] = 1 - vs["student_ms"] / vs["teacher_ms"]
-        if out["macs_cut"]:
-            out["cut_ratio"] = out["latency_cut"] / out["macs_cut"]
-    return out
+    """:func:`_common.cut_facts` from a run's ``report.json``."""
+    return cut_facts(report["teacher"]["macs"], report["student"]["macs"],
+                     (report.get("budget") or {}).get("latency_vs_teacher"))
 
 
 def _backfill_gal(rows: dict, work: Path | None) -> None:
