@@ -90,3 +90,28 @@ def test_bench_frontier_smoke_end_to_end(tmp_path, capsys):
     again = json.loads((out / f"{stem}.json").read_text())
     assert again["rows"].keys() == rows.keys() and again["timing"] == payload["timing"]
     assert bench.main([*argv, "--report-only"]) == 0
+
+
+def test_two_processes_share_one_work_folder(tmp_path):
+    """State.save merges: each process writes the rows it ran over what the other wrote, and the
+    stored budgets and rows become the union (no data needed)."""
+    bench = _bench()
+    a, b = bench.State(tmp_path), bench.State(tmp_path)
+    a.data = {"settings": {"budgets": ["macs=0.5x"], "rows": ["a"]}}
+    b.data = {"settings": {"budgets": ["macs=1"], "rows": ["b"]}}
+    a.owned.add("x/a")
+    b.owned.add("y/b")
+    a.data.setdefault("running", {})["x/a"] = {"sessions": [1]}
+    a.save()
+    b.data.setdefault("running", {})["y/b"] = {"sessions": [2]}
+    b.data.setdefault("failed", {})["y/b"] = "boom"
+    b.save()  # b never saw x/a: it must not erase it
+    a.data.setdefault("rows", {})["x/a"] = {"test_acc": 0.9}
+    a.save()
+    b.data["rows"] = {"y/b": {"test_acc": 0.8}}
+    b.data["failed"].pop("y/b")
+    b.save()
+    disk = bench.State(tmp_path).data
+    assert disk["rows"] == {"x/a": {"test_acc": 0.9}, "y/b": {"test_acc": 0.8}}
+    assert set(disk["running"]) == {"x/a", "y/b"} and disk["failed"] == {}
+    assert disk["settings"]["budgets"] == ["macs=0.5x", "macs=1"] and disk["settings"]["rows"] == ["a", "b"]
