@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", default=None, help="row (a)'s gp-prune config as a JSON object (default: DEFAULT_RECIPE)")
     ap.add_argument("--scratch-lr", type=float, default=0.1, help="row (d)'s learning rate (training from scratch)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", default=None, help="a provenance note (load, pauses) kept in the state and the report")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="an extra row 'a+NAME': (a)'s recipe with these gp-prune fields changed (repeatable), e.g. "
                          "drop0.5='{\"drop_blocks\": 0.5}'; a --resume may add variants")
@@ -443,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             state.data["settings"][k] = list(dict.fromkeys([*state.data["settings"][k], *settings[k]]))
         state.data["settings"]["variants"] = {**state.data["settings"].get("variants", {}), **settings["variants"]}
     state.data.setdefault("settings", settings)
+    if args.note:
+        state.data.setdefault("notes", []).append(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.note}")
     state.save()
     settings = state.data["settings"]
 
@@ -605,6 +608,7 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
                "machine": {**machine(), "cpu": cpu, "torch_threads": torch.get_num_threads()}}
     md = markdown(settings, configs, notes, depth, total_a, task, val_counts, x_test, rows, stock_rows, per_budget,
                   goals, paired, timing, cpu, stem, label, curves, state.data.get("failed", {}))
+    md += "".join(f"- note: {n}\n" for n in state.data.get("notes", []))
     j, m = write_outputs(args.out, stem, payload, md)
     (args.out / f"{stem}.partial.json").unlink(missing_ok=True)
     print(md)
