@@ -2,7 +2,13 @@
 
     taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/bench_frontier.py [--data ../shared/data] \
         [--budgets "macs=0.5x,macs=resnet20"] [--rows a,b,c,d] [--epochs 6] [--recipe JSON] \
-        [--work DIR] [--resume] [--report-only] [--smoke] [--out benchmarks/results]
+        [--work DIR] [--resume] [--report-only] [--smoke] [--out benchmarks/results] \
+        [--variant NAME=JSON ...] [--note TEXT]
+
+Two processes may share one ``--work``, one per core, each with its own ``--budgets`` / ``--rows``
+(:class:`State`); ``--variant drop0.5='{"drop_blocks": 0.5}'`` adds a row ``a+drop0.5``, the
+recipe with those fields changed (an ablation or a recipe candidate), to the same table, goals and
+paired tests.
 
 Data: the 50,000 CIFAR-10 training images (``cifar10_train50k_lossless.npz``) minus a seeded,
 stratified 1,000-image validation split (exactly 100 per class, checked), and the 1,000 shared test
