@@ -70,7 +70,8 @@ def _parent(name: str) -> str:
 @torch.no_grad()
 def block_scores(model: nn.Module, names: Sequence[str], x: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
     """How much each block changes its input: ``mean_n ||y_n - x_n||_2 / ||x_n||_2`` over the
-    samples of ``x`` (``(N, C, H, W)``), one eval-mode forward pass of ``model`` with hooks.
+    samples of ``x`` (``(N, C, H, W)``, moved batch by batch to the model's device), one eval-mode
+    forward pass of ``model`` with hooks.
 
     Raises:
         ModelSpecError: a name is not a module of ``model``, or a block's output shape differs
@@ -98,9 +99,11 @@ def block_scores(model: nn.Module, names: Sequence[str], x: torch.Tensor, batch_
         handles.append(modules[n].register_forward_hook(hook(n)))
     was_training = model.training
     model.eval()
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
     try:
         for i in range(0, len(x), batch_size):
-            model(x[i: i + batch_size])
+            model(x[i: i + batch_size].to(device))
     finally:
         for h in handles:
             h.remove()
