@@ -33,7 +33,7 @@ from compress._strict_json import STRICT, read_json_file, validate
 from compress.errors import CompressError, ModelSpecError
 from compress.exporters.atomic import write_bytes_atomic, write_text_atomic
 from compress.models import load_model, no_imports_from, pad_shortcuts_to_conv, require_registry_spec
-from compress.models.blocks import DroppedBlock, dropped_block_names, removable_blocks, set_submodule
+from compress.models.blocks import drop_blocks, dropped_block_names
 from compress.models.widths import apply_widths, describe_widths, planned_shapes
 from compress.strategies import get_strategy  # the built-ins, for students saved with a builder
 
@@ -182,13 +182,10 @@ def load_student(directory: str | Path, base: nn.Module | None = None, *, num_cl
     if "pad_shortcuts_to_conv" in arch["surgery"]:
         model = pad_shortcuts_to_conv(model)
     if arch["dropped_blocks"]:
-        removable = set(removable_blocks(model))
-        bad = [n for n in arch["dropped_blocks"] if n not in removable]
-        if bad:
-            raise ModelSpecError(f"{arch_path} drops block {bad[0]!r}, which is not a residual block with an identity "
-                                 f"shortcut in {type(model).__name__}; {_ARCH_FIX}.")
-        for name in arch["dropped_blocks"]:
-            set_submodule(model, name, DroppedBlock())
+        try:
+            model = drop_blocks(model, arch["dropped_blocks"])
+        except ModelSpecError as exc:
+            raise ModelSpecError(f"{arch_path}: {exc} {_ARCH_FIX}.") from exc
     state = _read_tensors(w_path)
     wrong = [f"{k} (arch {want} vs file {tuple(state[k].shape) if k in state else 'absent'})"
              for k, want in planned_shapes(model, arch["modules"]).items()

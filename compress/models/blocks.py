@@ -38,9 +38,10 @@ from torch import nn
 
 from compress.errors import ModelSpecError
 from compress.models.cifar_resnet import BasicBlock as CifarBlock
+from compress.models.surgery import _set_submodule
 
 __all__ = ["DroppedBlock", "removable_blocks", "block_scores", "choose_blocks", "drop_blocks",
-           "dropped_block_names", "set_submodule", "stage_sizes"]
+           "dropped_block_names", "stage_sizes"]
 
 
 class DroppedBlock(nn.Identity):
@@ -133,22 +134,6 @@ def choose_blocks(scores: dict[str, float], share: float, stage_sizes: dict[str,
     return [n for n in scores if n in chosen]
 
 
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule at dotted ``name`` by ``new``.
-
-    Raises:
-        ModelSpecError: no such submodule.
-    """
-    parent_name, _, attr = name.rpartition(".")
-    try:
-        parent = model.get_submodule(parent_name) if parent_name else model
-    except AttributeError as exc:
-        raise ModelSpecError(f"no module named {name!r} in {type(model).__name__}.") from exc
-    if attr not in parent._modules:
-        raise ModelSpecError(f"no module named {name!r} in {type(model).__name__}.")
-    parent._modules[attr] = new
-
-
 def drop_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
     """A deep copy of ``model`` with the blocks ``names`` replaced by :class:`DroppedBlock`.
 
@@ -162,7 +147,7 @@ def drop_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
                              f"{type(model).__name__}; removable: {sorted(allowed)[:6]}{' ...' if len(allowed) > 6 else ''}.")
     out = copy.deepcopy(model)
     for n in names:
-        set_submodule(out, n, DroppedBlock())
+        _set_submodule(out, n, DroppedBlock())
     return out
 
 
