@@ -40,7 +40,7 @@ from compress.profiling import LatencyEstimate, Target, profile_latency, profile
 from compress.result import CompressionResult, ModelReport
 from compress.signals import cleanup_on_signals, raise_if_terminated
 from compress.strategies import get_strategy  # the package registers the built-in strategies
-from compress.strategies._parts.checkpoint import loader_generators, open_run_dir, run_identity
+from compress.strategies._parts.checkpoint import config_key_omit, loader_generators, open_run_dir, run_identity
 from compress.time_limit import on_hang_exit, time_limit
 from compress.strategies._parts.training import evaluate
 from compress.strategies.base import ProgressFn, StrategyContext, config_to_dict
@@ -305,7 +305,8 @@ def compress(
         run_dir = open_run_dir(out_dir, run_identity(
             strategy=strategy_cls.name, config=strat.config, seed=seed, budget=budget_obj.to_dict(),
             target=target.to_dict(), data=task.to_dict(), val=val_identity, model=model, teacher=teacher,
-            train_dataset=getattr(task.train, "dataset", None)), resume=resume)
+            train_dataset=getattr(task.train, "dataset", None)), resume=resume,
+            key_omit=config_key_omit(strat.config))
 
     # artifacts are staged in a private temp dir; out_dir only ever receives complete files
     # (result.save writes each atomically) and the strategies' atomic checkpoints.

@@ -61,6 +61,7 @@ __all__ = [
     "run_identity",
     "SplitFingerprint",
     "open_run_dir",
+    "config_key_omit",
     "RunDir",
     "RunManifest",
     "StateEnvelope",
@@ -434,17 +435,42 @@ def run_identity(*, strategy: str, config: Any, seed: int, budget: Mapping[str, 
     })
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def config_key_omit(config: Any) -> dict[str, Any]:
+    """The config leaves added after checkpoints existed, by manifest path -> the value at which
+    their absence from a saved manifest means the same run.
+
+    Read from each config dataclass's ``KEY_OMIT`` (the same table the phases' checkpoint keys use),
+    through nested sub-configs: ``{"config.prune.drop_blocks": 0.0, ...}``. A manifest written before
+    such a field existed lacks it; one written after has it at its default; both are the same run.
+    """
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+            return
+        for leaf, value in getattr(type(obj), "KEY_OMIT", {}).items():
+            out[f"{prefix}.{leaf}"] = json_ready(value)
+        for f in dataclasses.fields(obj):
+            walk(getattr(obj, f.name), f"{prefix}.{f.name}")
+
+    walk(config, "config")
+    return out
+
+
+def _diff(a: Any, b: Any, prefix: str = "", omit: Mapping[str, Any] | None = None) -> list[str]:
+    omit = omit or {}
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b), key=str):
             p = f"{prefix}.{k}" if prefix else str(k)
             if k not in a:
-                out.append(f"{p}: (absent) -> {_short(b[k])}")
+                if not (p in omit and b[k] == omit[p]):
+                    out.append(f"{p}: (absent) -> {_short(b[k])}")
             elif k not in b:
-                out.append(f"{p}: {_short(a[k])} -> (absent)")
+                if not (p in omit and a[k] == omit[p]):
+                    out.append(f"{p}: {_short(a[k])} -> (absent)")
             else:
-                out += _diff(a[k], b[k], p)
+                out += _diff(a[k], b[k], p, omit)
         return out
     return [] if a == b else [f"{prefix}: {_short(a)} -> {_short(b)}"]
 
@@ -479,13 +505,15 @@ class RunDir:
         shutil.rmtree(ck, ignore_errors=True)
 
 
-def open_run_dir(out_dir: str | Path, identity: Mapping[str, Any], *, resume: bool = True) -> RunDir:
+def open_run_dir(out_dir: str | Path, identity: Mapping[str, Any], *, resume: bool = True,
+                 key_omit: Mapping[str, Any] | None = None) -> RunDir:
     """Tie ``out_dir``'s checkpoints to the run described by ``identity`` (:func:`run_identity`).
 
     ``resume=True``: existing checkpoints of the same run are kept (the strategy continues from
     them); checkpoints of another run are refused. ``resume=False``: ``out_dir/checkpoints`` is
     deleted first, so the run starts over. The manifest ``checkpoints/run.json`` is written
-    atomically when missing.
+    atomically when missing. ``key_omit`` (:func:`config_key_omit`) names the config leaves a saved
+    manifest may lack: absent there and at that value here (or the reverse) is the same run.
 
     Raises:
         CheckpointError: the checkpoints belong to another run (lists what differs), were written
@@ -499,7 +527,7 @@ def open_run_dir(out_dir: str | Path, identity: Mapping[str, Any], *, resume: bo
     ident = json_ready(dict(identity))
     if path.is_file():
         old = _read_json(path, RunManifest)["identity"]
-        diffs = _diff(old, ident)
+        diffs = _diff(old, ident, omit=json_ready(dict(key_omit or {})))
         if diffs:
             shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs) - 6} more)" if len(diffs) > 6 else "")
             raise CheckpointError(

@@ -3,6 +3,7 @@ checkpoints, and the run manifest that refuses another run's directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -17,7 +18,9 @@ from compress.strategies._parts.checkpoint import (
     CheckpointStore,
     EpochCheckpoint,
     capture_rng,
+    config_key_omit,
     open_run_dir,
+    run_identity,
     restore_rng,
 )
 from compress.strategies._parts.training import FinetuneSettings, finetune
@@ -108,3 +111,31 @@ def test_run_manifest_refuses_another_run_and_resume_false_starts_over(tmp_path)
     (tmp_path / "checkpoints" / "run.json").write_text('{"format": "slimforge-run/1", "ident')
     with pytest.raises(CheckpointError, match="run.json is corrupt or truncated"):
         open_run_dir(tmp_path, ident)
+
+
+def test_run_manifest_without_a_field_added_later_resumes_at_its_default(tmp_path):
+    """A manifest written before a config field existed (gp-prune's ``prune.drop_blocks``) lacks
+    it: the same run at the field's default resumes, another value is refused (found when a
+    benchmark row started before the field was added could not resume)."""
+    from compress.strategies.gp_prune.config import GPPruneConfig
+
+    model = nn.Linear(2, 2)
+    val = (torch.zeros(2, 2), torch.zeros(2, dtype=torch.long))
+
+    def ident(cfg):
+        return run_identity(strategy="gp-prune", config=cfg, seed=0, budget={"macs": 1}, target={}, data={},
+                            val=val, model=model, teacher=None)
+
+    cfg = GPPruneConfig()
+    omit = config_key_omit(cfg)
+    assert omit["config.prune.drop_blocks"] == 0.0 and omit["config.prune.schedule"] == "one-shot"
+    old = ident(cfg)
+    del old["config"]["prune"]["drop_blocks"]  # as written by the slimforge before the field
+    open_run_dir(tmp_path, old)
+    CheckpointStore.for_strategy(tmp_path, "gp-prune").commit("state", {"i": 1}, {}, key="k")
+    with pytest.raises(CheckpointError, match=r"drop_blocks: \(absent\) -> 0\.0"):
+        open_run_dir(tmp_path, ident(cfg))  # without the table: the old refusal
+    assert open_run_dir(tmp_path, ident(cfg), key_omit=omit).resumed
+    cfg = dataclasses.replace(cfg, prune=dataclasses.replace(cfg.prune, drop_blocks=0.5))
+    with pytest.raises(CheckpointError, match=r"drop_blocks: \(absent\) -> 0\.5"):
+        open_run_dir(tmp_path, ident(cfg), key_omit=config_key_omit(cfg))
