@@ -50,9 +50,10 @@ def test_plans_with_the_layout_cache_equal_those_without(net, tmp_path, monkeypa
         plan, rec = plan_widths(cand, x, r, [dict(cand.named_modules())[head]], table, cache=layout)
         assert all(any(m is c for c in cand.modules()) for m in plan)  # keys are this copy's modules
         assert _named(cand, plan) == plan0 and _strip_timing(rec) == rec0
-    assert builds == [1] and len(layout) == 1  # one dependency graph for the three copies
+    layouts = [k for k in layout if k != channel_rounding._CHARGED]  # the cache also lists the layers timed
+    assert builds == [1] and len(layouts) == 1  # one dependency graph for the three copies
     assert table.measured == measured  # nothing new timed: the same figures decided both
     # a different set of ignored layers is another entry, not a stale one
     cand = copy.deepcopy(reference)
     plan_widths(cand, x, 0.3, [], table, cache=layout)
-    assert len(layout) == 2
+    assert len([k for k in layout if k != channel_rounding._CHARGED]) == 2

@@ -51,7 +51,7 @@ from compress.profiling.latency_model import ConvConfig, LayerLatencyTable, Line
 from compress.time_limit import time_limit
 from compress.strategies._parts import partial_pruning
 
-__all__ = ["plan_widths", "plan_fixed_widths", "candidate_widths"]
+__all__ = ["plan_widths", "plan_fixed_widths", "candidate_widths", "timing_cost_s"]
 
 _MULTIPLES = (4, 8, 16, 32)
 MIN_GAIN = 0.24
@@ -59,10 +59,22 @@ MIN_GAIN = 0.24
 NOISE_Z = 3.0
 """... and this many standard errors (from the round-by-round spread) to leave the nominal width."""
 TIME_BUDGET_S = 10.0
-"""Seconds one :func:`plan_widths` call of gp-prune may spend timing layers the table does not hold yet; past
-it, the groups whose layers are not all in the table take the most aligned candidate width, untimed (issue 17: at
-224x224 the first probes of a mobilenetv3_small_050 spent 24-35 s each timing new layers, a resnet50
-more). The table is cached on disk, so a later probe or run that reaches the same layers rounds them."""
+"""Estimated seconds (:func:`timing_cost_s`) one :func:`plan_widths` call of gp-prune may spend timing layers
+that no earlier call of the same search timed; past it, the groups that need such layers take the most aligned
+candidate width, untimed (issue 17: at 224x224 the first probes of a mobilenetv3_small_050 spent 24-35 s each
+timing new layers, a resnet50 more). An estimate, not the clock, and layers new to the *search*, not to the
+on-disk table: which groups are timed is then the same on a fast or slow or loaded machine and whatever the
+cache holds (the determinism contract; with elapsed seconds and the table's contents, a resnet50 run with a
+warmer cache timed more groups and gave another student)."""
+TIMING_COST = {"per_mac_s": 6e-11, "per_input_value_s": 35e-9, "per_weight_s": 30e-9, "per_session_s": 2e-3}
+"""The coefficients of :func:`timing_cost_s`, fitted to :meth:`LayerLatencyTable.measure_layers` at
+:data:`TIMING` on the 2-core AVX-512 development machine, one thread, its sibling core running a training job
+(2026-12-03; conv 64->64 3x3 at 56x56: 1.12 s measured / 1.40 s estimated; 256->64 1x1 at 56x56: 1.27 / 1.38;
+512->512 3x3 at 7x7: 2.16 / 2.25; depthwise 96 3x3 at 56x56: 0.39 / 0.38): the calls' MACs, the fresh random
+input of the layer's graph and of its Identity-overhead graph every round, the weights a session prepacks, and
+a session's fixed cost. Only the scale of the bound depends on them; a faster machine times the same groups."""
+_CHARGED = ("layers timed in this search",)
+"""The key under which ``plan_widths``' ``cache`` keeps the layers its earlier calls timed."""
 TIMING = {"rounds": 15, "repeats": 8, "warmup": 3}
 """How gp-prune's table times layers for rounding: many short rounds, each with fresh sessions
 (the spread between sessions, not between calls, is most of the noise)."""
@@ -77,6 +89,29 @@ def candidate_widths(k: int, c: int, window: float) -> list[int]:
     for m in _MULTIPLES:
         out.update((k // m * m, -(-k // m) * m))
     return sorted(w for w in out if lo <= w <= hi and 1 <= w <= c or w == k)
+
+
+def timing_cost_s(cfg: "ConvConfig | LinearConfig", timing: dict | None = None) -> float:
+    """The estimated seconds :meth:`LayerLatencyTable.measure_layers` takes to time ``cfg`` at
+    ``timing`` (default :data:`TIMING`): per round, ``warmup + repeats`` calls at
+    :data:`TIMING_COST` ``per_mac_s`` each MAC, two fresh random inputs (the layer's graph and its
+    Identity-overhead graph) at ``per_input_value_s`` each value, the weights at ``per_weight_s``
+    each, and ``per_session_s``. A function of the layer's shape only (no clock), so the bound it
+    sets (:data:`TIME_BUDGET_S`) is deterministic.
+    """
+    t = TIMING if timing is None else timing
+    if isinstance(cfg, ConvConfig):
+        oh = (cfg.h + 2 * cfg.padding - cfg.k) // cfg.stride + 1
+        ow = (cfg.w + 2 * cfg.padding - cfg.k) // cfg.stride + 1
+        weights = cfg.cin // cfg.groups * cfg.cout * cfg.k * cfg.k
+        macs, inputs = weights * max(oh, 0) * max(ow, 0), cfg.cin * cfg.h * cfg.w
+    else:
+        weights = cfg.fin * cfg.fout
+        macs, inputs = weights * cfg.rows, cfg.fin * cfg.rows
+    c = TIMING_COST
+    per_round = ((t["warmup"] + t["repeats"]) * macs * c["per_mac_s"] + 2 * inputs * c["per_input_value_s"]
+                 + weights * c["per_weight_s"] + c["per_session_s"])
+    return t["rounds"] * per_round
 
 
 #: How Torch-Pruning runs the model while it builds a dependency graph (None: ``model(x)`` in eval
@@ -181,21 +216,24 @@ def plan_widths(
     around the per-group widths ``nominal`` (root module -> kept channels, from a non-uniform
     allocation; ``ratio`` is then the overall pruned share, used for the far side of each layer).
     ``time_limit_s`` bounds the dependency-graph build (:class:`~compress.errors.TimeLimitError`).
-    ``time_budget_s`` (None: no bound; gp-prune passes :data:`TIME_BUDGET_S`) bounds the time this call
-    spends timing layers that are not in ``table`` yet: once it is spent, a group that needs such
-    layers takes, untimed, the most aligned of its candidate widths (power-of-two factor up to 16),
-    then the nearest to ``k``, the pick the measured rule makes among widths that gain (its record
-    says so); groups whose layers are all in the table are still decided. Not ``k`` itself: an
+    ``time_budget_s`` (None: no bound; gp-prune passes :data:`TIME_BUDGET_S`) bounds the estimated
+    time (:func:`timing_cost_s`, from the layers' shapes, not the clock) this call spends on layers
+    that no earlier call sharing ``cache`` timed (every layer, without ``cache``), whether or not the
+    on-disk ``table`` holds them: once it is spent, a group that needs such layers takes, untimed,
+    the most aligned of its candidate widths (power-of-two factor up to 16), then the nearest to
+    ``k``, the pick the measured rule makes among widths that gain (its record says so); groups
+    whose layers were all timed earlier in the search are still decided. Not ``k`` itself: an
     unaligned width can be far slower (timm mobilenetv3_small_050 at 224x224 pruned to ratio 0.38:
     15.1 ms at the nominal widths, 1.13 ms at the aligned ones, 1.72 ms unpruned, onnxruntime on
-    one thread). Which groups are timed depends on the machine's speed.
+    one thread). Which groups are timed depends neither on the machine's speed nor on the table's
+    contents; what a timed group picks can still flip within the noise band described above.
 
     ``cache`` (a dict, or None): where a call keeps, by layer name, what the unpruned ``model`` gives
     whatever the ratio (each conv's input size, one forward; each group's layers, one dependency-graph
     build), for the next call to read. Pass one dict only to calls on deep copies of one unpruned model
     with the same ``example_inputs`` and ``ignored`` (gp-prune's ratio search: every probe is such a copy;
     issue 17, timm resnet50 at 224x224: the two took about 1.6 s of each probe's 10 s of planning, under
-    cProfile on a loaded core). The plan is the same with or without it.
+    cProfile on a loaded core). It also keeps which layers the search has timed (``time_budget_s``).
 
     The layers of all of a group's candidates are timed together, interleaved
     (:meth:`LayerLatencyTable.measure_layers`), and compared round by round: in round ``r`` a
@@ -236,7 +274,8 @@ def plan_widths(
 
     plan: dict[nn.Module, int] = {}
     records: list[dict] = []
-    spent = 0.0
+    spent = 0.0  # estimated seconds (timing_cost_s) of the layers this call times first in its search
+    charged: set[str] = cache.setdefault(_CHARGED, set()) if cache is not None else set()
     for root_name, c, producer_names, consumer_names, depthwise_names in group_layers:
         root = modules[root_name]
         k = int(c * (1 - ratio)) if nominal is None else int(nominal.get(root, c))
@@ -271,21 +310,24 @@ def plan_widths(
         cands = candidate_widths(k, c, window)
         cand_layers = {w: layers(w) for w in cands}
         cfgs = [cfg for w in cands for cfg in cand_layers[w]]
-        new_layers = sum(cfg.key() not in table.layer_rounds for cfg in cfgs)
+        new_cfgs = {cfg.key(): cfg for cfg in cfgs if cfg.key() not in charged}
+        new_layers = len(new_cfgs)
         if new_layers and time_budget_s is not None and spent >= time_budget_s:
             best = min(cands, key=lambda w: (-_alignment(w), abs(w - k), -w))  # the structural pick, untimed
             plan[root] = best
             records.append({"group": names.get(root, "?"), "channels": c, "nominal": k, "chosen": best,
                             "nominal_ms": None, "chosen_ms": None, "group_gain": None, "group_noise": None,
                             "threshold": None, "candidates": [], "timing_s": 0.0,
-                            "decision": f"{best}, not timed: the time budget of {time_budget_s:g} s for timing new "
-                                        f"layers was spent before this group ({new_layers} of its layers not in the "
-                                        "table yet); the most aligned candidate, then the nearest"})
+                            "decision": f"{best}, not timed: the budget of {time_budget_s:g} estimated s for timing "
+                                        f"new layers was spent before this group ({new_layers} of its layers not "
+                                        "timed earlier in this search); the most aligned candidate, then the "
+                                        "nearest"})
             continue
         t0 = time.perf_counter()
         table.measure_layers(cfgs)
-        timing_s = time.perf_counter() - t0
-        spent += timing_s
+        timing_s = time.perf_counter() - t0  # reported only: the bound counts the estimate
+        spent += sum(timing_cost_s(cfg) for cfg in new_cfgs.values())
+        charged.update(new_cfgs)
         best, rec = _decide(k, {w: [table.latency_rounds(cfg) for cfg in cand_layers[w]] for w in cands},
                             min_gain=min_gain, noise_z=noise_z)
         plan[root] = best
