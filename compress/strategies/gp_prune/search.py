@@ -1,14 +1,16 @@
 """gp-prune's search for how much to prune: the pruning amount ``t`` in ``[0, hi]`` (the uniform
 ratio, the global ratio or the latency knapsack's cut; larger ``t``: smaller network) that just
 meets the budget, each candidate built by the caller (:mod:`.modes`) and checked by the budget
-oracle (``ctx.check``). :func:`bisect_to_budget` probes by safeguarded interpolation on the
-tightest limit's usage (config ``budget_tolerance``, issue 17) or by plain halving;
+oracle (``ctx.check``). :func:`bisect_to_budget` probes by safeguarded interpolation (Illinois
+regula falsi) on the square root of the tightest limit's usage (config ``budget_tolerance``, issue
+17) or by plain halving;
 :func:`verify_latency` re-times a latency budget's chosen network with a margin (issue 19). See
 :mod:`.strategy` for the method."""
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 from torch import nn
@@ -73,7 +75,11 @@ def bisect_to_budget(ctx: StrategyContext, cfg: GPPruneConfig, model: nn.Module,
             break  # the bracket is narrower than the tolerance
         mid = 0.5 * (lo + hi)
         if tol > 0 and f_lo is not None and f_hi is not None and f_lo > f_hi:
-            frac = min(max((f_lo - target) / (f_lo - f_hi), 0.02), 0.98)
+            # interpolated on the usage's square root: a count that falls as (1 - t)^2 (MACs and
+            # params when every width shrinks by 1 - t) is then a line in t, and one probe lands
+            # near the limit instead of creeping toward it from the convex side
+            g_lo, g_hi, g_target = (math.sqrt(max(v, 0.0)) for v in (f_lo, f_hi, target))
+            frac = min(max((g_lo - g_target) / (g_lo - g_hi), 0.02), 0.98)
             mid = lo + frac * (hi - lo)
         cand = build(mid)
         cost, check, lat = ctx.check(cand)
