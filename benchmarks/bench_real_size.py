@@ -3,6 +3,7 @@
     taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/bench_real_size.py \
         [--data ../shared/data] [--work /tmp/slimforge-real-size] [--out benchmarks/results] \
         [--models resnet50,mobilenetv3_large_100,torchvision:resnet18] [--resume] [--report-only] [--smoke]
+        [--note TEXT]
 
 Teachers: timm ``resnet50`` and ``mobilenetv3_large_100`` and torchvision ``resnet18``, random weights
 (only times, memory and bytes are measured), 10 classes, at 224x224. Data: an ImageFolder written once
@@ -255,6 +256,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"(ImageFolder). `compress()` with `{BUDGET}`, gp-prune defaults, {s['epochs']} fine-tune epoch(s)"
         + (f", config {s['config']}" if s.get("config") else "") + ". Random-weight teachers (times, memory and "
         "bytes only). Each model in its own process.",
+        *[line for ses in payload.get("sessions", []) if ses.get("note")
+          for line in ("", f"Session {ses['started']} (commit {ses.get('commit')}): {ses['note']}")],
         "",
         "## Per model",
         "",
@@ -321,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="keep the models already in the partial file")
     ap.add_argument("--report-only", action="store_true", help="write JSON / Markdown from the partial file")
     ap.add_argument("--smoke", action="store_true", help="one small model on 40 / 20 images (a couple of minutes)")
+    ap.add_argument("--note", default=None, help="provenance (the machine's load, pauses), kept with this session "
+                                                 "and printed in the Markdown")
     ap.add_argument("--_case", help=argparse.SUPPRESS)
     ap.add_argument("--_folder", help=argparse.SUPPRESS)
     ap.add_argument("--_row", help=argparse.SUPPRESS)
@@ -367,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         payload["not_run"] = [m for m in models if m not in {r["model"] for r in rows}]
     else:
         sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
-                         "machine": machine})
+                         "machine": machine, **({"note": args.note} if args.note else {})})
         t0 = time.perf_counter()
         folder = build_image_folder(args.data, args.work / f"images_{SIZE}_{n_train}_{n_val}", n_train, n_val)
         sessions[-1]["image_folder_s"] = time.perf_counter() - t0
