@@ -394,6 +394,26 @@ def test_phase_keys_follow_the_sub_configs_each_phase_reads():
     assert both["kd_alpha"] == 0.5 and both["final.kd_alpha"] == 0.2  # one flat name, two leaves that now differ
 
 
+def test_arch_batch_size_sets_the_alpha_minibatch_and_keys_only_when_set():
+    """``search.arch_batch_size`` (None: ``batch_size``) is the minibatch of each alpha step; at None it
+    leaves the search key as it was (KEY_OMIT), another value is another search; 0 is a ConfigError."""
+    ds = TensorDataset(torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+                       torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(0)))
+    cfg = DartsGalConfig(search=dict(C=4, layers=2, epochs=1, batch_size=4, max_steps_per_epoch=1))
+
+    def batches(c: DartsGalConfig) -> tuple[int, int]:
+        s = DartsSearch(c, ds, None, 3, (3, 8, 8), seed=0)
+        return len(s.w_iter.next()[1]), len(s.a_iter.next()[1])
+
+    assert batches(cfg) == (4, 4)
+    wide = replace_config(cfg, search={"arch_batch_size": 16})
+    assert batches(wide) == (4, 16)
+    assert phase_key(wide, "search", {}) != phase_key(cfg, "search", {})
+    assert "arch_batch_size" not in key_config(cfg, "search")
+    with pytest.raises(ConfigError, match="arch_batch_size"):
+        DartsGalConfig(search={"arch_batch_size": 0})
+
+
 def test_phase_keys_of_the_presets_match_the_flat_configs():
     """Search, baseline and GAL keys of the paper and cpu-small presets are those the flat configs wrote
     (tests/fixtures/legacy_configs_6649a19.json), so their checkpoints still resume. The retrain key

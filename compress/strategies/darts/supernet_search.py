@@ -104,6 +104,7 @@ class SearchSchedule:
         grad_clip: max global norm of the weight gradient (None: no clipping).
         max_steps_per_epoch: cap on the weight steps per epoch (None: the whole weight part).
         val_batches: batches of the validation loader for the per-epoch accuracy (None: all).
+        arch_batch_size: minibatch of the architecture part per alpha step (None: ``batch_size``).
     """
 
     epochs: int
@@ -116,6 +117,7 @@ class SearchSchedule:
     grad_clip: float | None
     max_steps_per_epoch: int | None = None
     val_batches: int | None = None
+    arch_batch_size: int | None = None
 
     def lr_at(self, t: int) -> float:
         return self.lr_min + (self.lr - self.lr_min) * cosine_factor(t, self.epochs)
@@ -206,7 +208,7 @@ class SupernetSearch:
         self.w_opt = torch.optim.SGD(model.weights(), lr=schedule.lr, momentum=schedule.momentum,
                                      weight_decay=schedule.weight_decay)
         self.w_iter = Cycle(weight_part, schedule.batch_size)
-        self.a_iter = Cycle(arch_part, schedule.batch_size)
+        self.a_iter = Cycle(arch_part, schedule.arch_batch_size or schedule.batch_size)
         self.val_loader = val_loader
         self.progress = progress or (lambda *a, **k: None)
         self.log = log or (lambda **k: None)

@@ -48,6 +48,9 @@ class DartsSearchConfig:
         second_order: unrolled architecture gradient (DARTS Eq. 7-8); default first order.
         arch_lr, arch_weight_decay: Adam on alpha (3e-4, 1e-3; betas (0.5, 0.999)).
         arch_warmup_epochs: epochs without alpha updates (0 DARTS; PC-DARTS uses 15).
+        arch_batch_size: minibatch of the architecture part for each alpha step (None: ``batch_size``,
+            DARTS). A larger one averages the first-order alpha gradient over more images; not in the
+            paper (measured at the CIFAR benchmark settings in :mod:`.search`).
         arch_reference_steps: the number of alpha steps ``arch_lr`` is meant for (issue 18): Adam's
             step becomes ``arch_lr * arch_reference_steps / (alpha steps of this search)``, so a short
             search keeps DARTS' total alpha travel (DARTS §3.1.1 CIFAR-10: 50 epochs x 391 steps =
@@ -71,7 +74,7 @@ class DartsSearchConfig:
     #: ``arch_latency_weight`` is left out (``phase_key``'s ``skip``) whenever the search has no
     #: latency term; with one, the latency table's target enters the key, so a latency-aware search is
     #: always a new one. A new value (``cpu-small``'s ``arch_reference_steps``) is a new search.
-    KEY_OMIT: ClassVar[dict[str, Any]] = {"arch_reference_steps": None}
+    KEY_OMIT: ClassVar[dict[str, Any]] = {"arch_reference_steps": None, "arch_batch_size": None}
 
     genotype: str = "search"
     C: int = 16
@@ -89,6 +92,7 @@ class DartsSearchConfig:
     arch_weight_decay: float = 1e-3
     arch_warmup_epochs: int = 0
     arch_reference_steps: int | None = None
+    arch_batch_size: int | None = None
     arch_latency_weight: float = 0.2
     partial_channels: int = 1
     edge_norm: bool = False

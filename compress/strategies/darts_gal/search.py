@@ -107,6 +107,7 @@ class DartsSearch(SupernetSearch):
             epochs=sc.epochs, warmup_epochs=sc.arch_warmup_epochs, batch_size=sc.batch_size,
             lr=sc.lr, lr_min=sc.lr_min, momentum=sc.momentum,
             weight_decay=sc.weight_decay, grad_clip=sc.grad_clip,
-            max_steps_per_epoch=sc.max_steps_per_epoch, val_batches=sc.val_batches)
+            max_steps_per_epoch=sc.max_steps_per_epoch, val_batches=sc.val_batches,
+            arch_batch_size=sc.arch_batch_size)
         super().__init__(schedule, model, w_part, a_part, val_loader, seed, self.architect, runtime=runtime,
                          ckpt_dir=ckpt_dir, key=config_hash, progress=progress, log=log)

@@ -1,0 +1,158 @@
+"""Experiment (issue 18, the entropy goal): what makes darts-gal's first-order DARTS search commit?
+
+    taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/bench_darts_entropy.py --data ../shared/data \
+        [--variants NAME=JSON ...] [--seeds 0] [--resume] [--out benchmarks/results]
+
+Runs only stage 1 of darts-gal (:class:`~compress.strategies.darts_gal.search.DartsSearch`, no
+checkpoints) at the search settings of ``bench_nas_random.py --strategy darts-gal`` (its ``FULL``
+config: C 8, 5 cells, stem stride 2, 3 epochs, batch 32, the ``cpu-small`` preset's
+``arch_reference_steps=19,550``) on the same stratified 1,500-image CIFAR-10 subset (10% held out
+for the supernet's val accuracy). Each variant changes search fields (flat darts-gal keys, e.g.
+``{"arch_weight_decay": 0}``); every variant runs with every seed. Per run: the mean per-edge entropy
+of softmax(alpha) after each epoch (nats; uniform over the 8 DARTS ops is ln 8 = 2.0794; issue
+18's goal: <= 1.5), the supernet's val accuracy, the derived genotype and the wall time.
+
+Writes ``darts_alpha_entropy.{json,md}``, after every run (``--resume`` skips the runs already
+there with the same settings). The search is deterministic for a seed, so a rerun gives the same
+entropies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_nas_random  # noqa: E402  (the darts-gal benchmark settings)
+from _common import machine, write_outputs  # noqa: E402
+from bench_latency_pruning import git_commit  # noqa: E402
+
+from compress.data import IMAGENET_MEAN, IMAGENET_STD, load_npz_task  # noqa: E402
+from compress.strategies.config_tree import config_from_dict  # noqa: E402
+from compress.strategies.darts_gal.config import DartsGalConfig  # noqa: E402
+from compress.strategies.darts_gal.search import DartsSearch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+#: the variants run without --variants: the shipped search and one change at a time, then the pair
+#: that moved alpha most.
+DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
+    "shipped": {},
+    "arch_wd0": {"arch_weight_decay": 0.0},
+    "second_order": {"second_order": True},
+    "warmup1": {"arch_warmup_epochs": 1},
+    "warmup1+wd0": {"arch_warmup_epochs": 1, "arch_weight_decay": 0.0},
+    "arch_batch128": {"arch_batch_size": 128},
+    "arch_batch128+wd0": {"arch_batch_size": 128, "arch_weight_decay": 0.0},
+    "arch_batch256+wd0": {"arch_batch_size": 256, "arch_weight_decay": 0.0},
+}
+GOAL = 1.5
+UNIFORM = float(torch.log(torch.tensor(8.0)))
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, js = text.partition("=")
+    try:
+        fields = json.loads(js)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--variants {text!r}: the part after '=' must be a JSON object ({e})") from None
+    if not name or not isinstance(fields, dict):
+        raise SystemExit(f"--variants {text!r}: write NAME={{\"field\": value}}")
+    return name, fields
+
+
+def run_one(task, base: dict[str, Any], fields: dict[str, Any], seed: int) -> dict[str, Any]:
+    cfg = config_from_dict(DartsGalConfig, {**base, **fields})
+    hist: list[dict[str, Any]] = []
+
+    def log(**rec: Any) -> None:
+        if "alpha_entropy" in rec:
+            hist.append({k: rec.get(k) for k in ("epoch", "alpha_entropy", "alpha_entropy_normal",
+                                                 "alpha_entropy_reduce", "val_acc")})
+
+    t0 = time.perf_counter()
+    search = DartsSearch(cfg, task.train.dataset, task.val, 10, task.spec.input_shape, seed, log=log)
+    out = search.run(resume=False)
+    return {"seed": seed, "fields": fields, "epochs": hist, "final_entropy": hist[-1]["alpha_entropy"] if hist else None,
+            "val_acc": hist[-1]["val_acc"] if hist else None, "plan": search.architect.plan(search.planned_updates()),
+            "genotype": out.genotype.to_json() if hasattr(out.genotype, "to_json") else str(out.genotype),
+            "wall_s": time.perf_counter() - t0}
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    s = payload["settings"]
+    md = ["# darts-gal's DARTS search: alpha entropy per variant (issue 18)", "",
+          f"Search only, at `bench_nas_random.py --strategy darts-gal`'s settings: {s['train_images']} CIFAR-10 training "
+          f"images (stratified {s['train_limit']}-image subset), config `{json.dumps(s['base'], sort_keys=True)}`. "
+          f"Mean per-edge entropy of softmax(alpha), nats (uniform ln 8 = {UNIFORM:.4f}; issue 18's goal <= {GOAL}). "
+          f"Commit {s['commit']}; {s['note']}".rstrip("; "), "",
+          "| variant | changes | seed | entropy per epoch | final | goal | supernet val acc | alpha steps, Adam lr | wall s |",
+          "| --- | --- | ---: | --- | ---: | --- | ---: | --- | ---: |"]
+    for name, runs in payload["runs"].items():
+        for r in runs:
+            ent = ", ".join(f"{e['alpha_entropy']:.3f}" for e in r["epochs"])
+            plan = r["plan"]
+            md.append(f"| {name} | `{json.dumps(r['fields'], sort_keys=True)}` | {r['seed']} | {ent} | "
+                      f"{r['final_entropy']:.4f} | {'met' if r['final_entropy'] <= GOAL else 'missed'} | "
+                      f"{r['val_acc']:.3f} | {plan['arch_updates']}, {plan['arch_lr_effective']:.4g} | {r['wall_s']:.0f} |")
+    md += ["", "Supernet val accuracy: the held-out 10% of the subset, "
+           f"{s['base'].get('search_val_batches')} batches of 128. One seed per row is one draw: the differences "
+           "between variants of a few hundredths of a nat are within what another seed gives."]
+    return "\n".join(md) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="the shared data folder (cifar10_train10k_lossless.npz)")
+    ap.add_argument("--variants", nargs="*", default=None, help='NAME=JSON of flat darts-gal fields (default: a set)')
+    ap.add_argument("--seeds", default="0", help="comma-separated search seeds")
+    ap.add_argument("--train-limit", type=int, default=1500)
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--note", default="")
+    args = ap.parse_args(argv)
+    variants = dict(parse_variant(v) for v in args.variants) if args.variants else DEFAULT_VARIANTS
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    train = args.data / "cifar10_train10k_lossless.npz"
+    test = args.data / "cifar10_test1k_lossless.npz"  # unused here; passed so that the split is the benchmark's
+    for p in (train, test):
+        if not p.is_file():
+            ap.error(f"missing {p}; pass the shared data folder with --data")
+    torch.set_num_threads(1)
+    task = load_npz_task(train, test_path=test, seed=0, mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size=128,
+                         val_fraction=0.1, limit=args.train_limit)
+    base = {**bench_nas_random.FULL["darts-gal"], "sparse_lambda": None, "size_margin": 1.5}
+    base = {k: list(v) if isinstance(v, tuple) else v for k, v in base.items()}
+    settings = {"train_limit": args.train_limit, "train_images": len(task.train.dataset), "base": base,
+                "commit": git_commit(), "note": args.note, "machine": machine()}
+    path = args.out / "darts_alpha_entropy.json"
+    payload: dict[str, Any] = {"settings": settings, "runs": {}}
+    if args.resume and path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("settings", {}).get("base") != base or old["settings"].get("train_limit") != args.train_limit:
+            raise SystemExit(f"{path} holds runs at other settings; remove it or drop --resume")
+        payload["runs"] = old.get("runs", {})
+        settings["commit"] = old["settings"]["commit"] + ("" if old["settings"]["commit"] == settings["commit"]
+                                                          else f", {settings['commit']}")
+    for name, fields in variants.items():
+        for seed in seeds:
+            done = payload["runs"].get(name, [])
+            if any(r["seed"] == seed and r["fields"] == fields for r in done):
+                continue
+            rec = run_one(task, base, fields, seed)
+            print(f"{name} seed {seed}: entropy {[round(e['alpha_entropy'], 4) for e in rec['epochs']]} "
+                  f"val {rec['val_acc']:.3f} {rec['wall_s']:.0f} s", flush=True)
+            payload["runs"].setdefault(name, []).append(rec)
+            write_outputs(args.out, "darts_alpha_entropy", payload, markdown(payload))
+    write_outputs(args.out, "darts_alpha_entropy", payload, markdown(payload))
+    print(f"wrote {args.out / 'darts_alpha_entropy.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
