@@ -8,7 +8,8 @@ checkpoints) at the search settings of ``bench_nas_random.py --strategy darts-ga
 config: C 8, 5 cells, stem stride 2, 3 epochs, batch 32, the ``cpu-small`` preset's
 ``arch_reference_steps=19,550``) on the same stratified 1,500-image CIFAR-10 subset (10% held out
 for the supernet's val accuracy). Each variant changes search fields (flat darts-gal keys, e.g.
-``{"arch_weight_decay": 0}``); every variant runs with every seed. Per run: the mean per-edge entropy
+``{"arch_weight_decay": 0}``, or a sub-config object for any field, ``{"search": {"arch_batch_size": 128}}``,
+since fields added after the flat names have none); every variant runs with every seed. Per run: the mean per-edge entropy
 of softmax(alpha) after each epoch (nats; uniform over the 8 DARTS ops is ln 8 = 2.0794; issue
 18's goal: <= 1.5), the supernet's val accuracy, the derived genotype and the wall time.
 
@@ -34,7 +35,7 @@ from _common import machine, write_outputs  # noqa: E402
 from bench_latency_pruning import git_commit  # noqa: E402
 
 from compress.data import IMAGENET_MEAN, IMAGENET_STD, load_npz_task  # noqa: E402
-from compress.strategies.config_tree import config_from_dict  # noqa: E402
+from compress.strategies.config_tree import config_from_dict, replace_config  # noqa: E402
 from compress.strategies.darts_gal.config import DartsGalConfig  # noqa: E402
 from compress.strategies.darts_gal.search import DartsSearch  # noqa: E402
 
@@ -47,9 +48,9 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
     "second_order": {"second_order": True},
     "warmup1": {"arch_warmup_epochs": 1},
     "warmup1+wd0": {"arch_warmup_epochs": 1, "arch_weight_decay": 0.0},
-    "arch_batch128": {"arch_batch_size": 128},
-    "arch_batch128+wd0": {"arch_batch_size": 128, "arch_weight_decay": 0.0},
-    "arch_batch256+wd0": {"arch_batch_size": 256, "arch_weight_decay": 0.0},
+    "arch_batch128": {"search": {"arch_batch_size": 128}},
+    "arch_batch128+wd0": {"search": {"arch_batch_size": 128}, "arch_weight_decay": 0.0},
+    "arch_batch256+wd0": {"search": {"arch_batch_size": 256}, "arch_weight_decay": 0.0},
 }
 GOAL = 1.5
 UNIFORM = float(torch.log(torch.tensor(8.0)))
@@ -67,7 +68,9 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def run_one(task, base: dict[str, Any], fields: dict[str, Any], seed: int) -> dict[str, Any]:
-    cfg = config_from_dict(DartsGalConfig, {**base, **fields})
+    flat = {k: v for k, v in fields.items() if not isinstance(v, dict)}  # the legacy flat names of older fields
+    nested = {k: v for k, v in fields.items() if isinstance(v, dict)}  # {"search": {...}}: any field
+    cfg = replace_config(config_from_dict(DartsGalConfig, {**base, **flat}), **nested)
     hist: list[dict[str, Any]] = []
 
     def log(**rec: Any) -> None:
@@ -109,7 +112,7 @@ def markdown(payload: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="the shared data folder (cifar10_train10k_lossless.npz)")
-    ap.add_argument("--variants", nargs="*", default=None, help='NAME=JSON of flat darts-gal fields (default: a set)')
+    ap.add_argument("--variants", nargs="*", default=None, help='NAME=JSON of darts-gal fields, flat or {"search": {...}} (default: a set)')
     ap.add_argument("--seeds", default="0", help="comma-separated search seeds")
     ap.add_argument("--train-limit", type=int, default=1500)
     ap.add_argument("--out", type=Path, default=HERE / "results")
