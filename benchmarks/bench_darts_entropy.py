@@ -111,9 +111,12 @@ def markdown(payload: dict[str, Any]) -> str:
             md.append(f"| {name} | `{json.dumps(r['fields'], sort_keys=True)}` | {r['seed']} | {ent} | "
                       f"{r['final_entropy']:.4f} | {'met' if r['final_entropy'] <= GOAL else 'missed'} | "
                       f"{r['val_acc']:.3f} | {plan['arch_updates']}, {plan['arch_lr_effective']:.4g} | {r['wall_s']:.0f} |")
-    md += ["", "Supernet val accuracy: the held-out 10% of the subset, "
-           f"{s['val_note']}. One seed per row is one draw: the differences "
-           "between variants of a few hundredths of a nat are within what another seed gives."]
+    md += ["", f"Supernet val accuracy: {s['val_note']}. One seed per row is one draw; variants with several seeds:", ""]
+    for name, runs in payload["runs"].items():
+        if len(runs) > 1:
+            fin = [r["final_entropy"] for r in runs]
+            md.append(f"- {name}: final entropy mean {sum(fin) / len(fin):.3f} over {len(fin)} seeds "
+                      f"(range {min(fin):.3f}-{max(fin):.3f}), goal met by {sum(f <= GOAL for f in fin)} of {len(fin)}.")
     return "\n".join(md) + "\n"
 
 
