@@ -515,6 +515,10 @@ def _markdown(settings, part, rows, names, table, summary, paired, stock, comple
     if len(inv) > 1:
         prov += f"; {len(inv) - 1} later invocation(s) (resume/report), last {inv[-1].get('date')} at {inv[-1].get('commit')}"
     md += [prov + ".", ""]
+    later = [i for i in inv[1:] if i.get("note")]  # a resume's own note says where and how its rows ran
+    if later:
+        md += [f"- {i.get('date', '?')}, {i.get('mode', '?')} at {i.get('commit', '?')}, affinity {i.get('affinity', '?')}: "
+               f"{i['note']}" for i in later] + [""]
     md += [f"Train images {s['train_images']} (of a stratified {s['train_limit']}-image subset; 10% val), test images "
            f"{s['test_images']} (about ±1.6 points at 95% for one accuracy on 1,000). KD teacher {s['teacher']} "
            f"(test {_pts(s['teacher_test_acc'])}). K = {s['k']} random genotypes (`random_genotypes(k, seed="
