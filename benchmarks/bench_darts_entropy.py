@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if old.get("settings", {}).get("base") != base or old["settings"].get("train_limit") != limit:
             raise SystemExit(f"{path} holds runs at other settings; remove it or drop --resume")
         payload["runs"] = old.get("runs", {})
+        settings["note"] = "; ".join(n for n in (old["settings"].get("note", ""), args.note) if n)
         settings["commit"] = old["settings"]["commit"] + ("" if old["settings"]["commit"] == settings["commit"]
                                                           else f", {settings['commit']}")
     for name, fields in variants.items():
