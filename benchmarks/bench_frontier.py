@@ -384,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny settings (512 train images, 1 epoch, 2 steps): a test")
     ap.add_argument("--resume", action="store_true", help="continue the run kept in --work")
     ap.add_argument("--report-only", action="store_true", help="write the outputs from --work without training")
+    ap.add_argument("--retime", action="store_true",
+                    help="time every final model side by side again (by default the stored timing is kept while the "
+                         "set of rows is unchanged); run it on quiet cores")
     args = ap.parse_args(argv)
 
     rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -548,7 +551,7 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
     rows = state.data.get("rows", {})
     names = list(rows) + [f"stock/{n}" for n in stock]
     timing = state.data.get("timing")
-    if timing is None or timing["names"] != names:  # ONE side-by-side call for every final model
+    if timing is None or timing["names"] != names or getattr(args, "retime", False):  # ONE side-by-side call for every final model
         smoke = settings["smoke"]
         models = [load_row_model(rows[k]) for k in rows] + list(stock.values())
         t0 = time.perf_counter()
