@@ -91,8 +91,7 @@ def run_one(task, base: DartsGalConfig, fields: dict[str, Any], seed: int) -> di
     search = DartsSearch(cfg, task.train.dataset, task.val, 10, task.spec.input_shape, seed, log=log)
     out = search.run(resume=False)
     return {"seed": seed, "fields": fields, "epochs": hist, "final_entropy": hist[-1]["alpha_entropy"] if hist else None,
-            "val_acc": hist[-1]["val_acc"] if hist else None, "plan": search.architect.plan(search.planned_updates()),
-            "genotype": out.genotype.to_json() if hasattr(out.genotype, "to_json") else str(out.genotype),
+            "val_acc": hist[-1]["val_acc"] if hist else None, "plan": out.plan, "genotype": out.genotype.to_json(),
             "wall_s": time.perf_counter() - t0}
 
 
@@ -122,7 +121,8 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, required=True, help="the shared data folder (cifar10_train10k_lossless.npz)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="the shared data folder (cifar10_train10k_lossless.npz); needed by --task cifar")
     ap.add_argument("--variants", nargs="*", default=None, help='NAME=JSON of darts-gal fields, flat or {"search": {...}} (default: a set)')
     ap.add_argument("--seeds", default="0", help="comma-separated search seeds")
     ap.add_argument("--train-limit", type=int, default=1500)
@@ -134,11 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     variants = dict(parse_variant(v) for v in args.variants) if args.variants else DEFAULT_VARIANTS
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    train = args.data / "cifar10_train10k_lossless.npz"
-    test = args.data / "cifar10_test1k_lossless.npz"  # unused here; passed so that the split is the benchmark's
-    for p in (train, test):
-        if not p.is_file():
-            ap.error(f"missing {p}; pass the shared data folder with --data")
     torch.set_num_threads(1)
     if args.task == "digits":
         task = load_digits_task(seed=0)
@@ -148,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         val_note = f"the demo task's val split, {base_cfg.search.val_batches} batches of 64"
         stem, limit = "darts_alpha_entropy_digits", None
     else:
+        if args.data is None:
+            ap.error("--task cifar needs --data, the shared data folder")
+        train = args.data / "cifar10_train10k_lossless.npz"
+        test = args.data / "cifar10_test1k_lossless.npz"  # unused here; passed so that the split is the benchmark's
+        for p in (train, test):
+            if not p.is_file():
+                ap.error(f"missing {p}; pass the shared data folder with --data")
         task = load_npz_task(train, test_path=test, seed=0, mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size=128,
                              val_fraction=0.1, limit=args.train_limit)
         base = {**bench_nas_random.FULL["darts-gal"], "sparse_lambda": None, "size_margin": 1.5}

@@ -551,7 +551,7 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
     rows = state.data.get("rows", {})
     names = list(rows) + [f"stock/{n}" for n in stock]
     timing = state.data.get("timing")
-    if timing is None or timing["names"] != names or getattr(args, "retime", False):  # ONE side-by-side call for every final model
+    if timing is None or timing["names"] != names or args.retime:  # ONE side-by-side call for every final model
         smoke = settings["smoke"]
         models = [load_row_model(rows[k]) for k in rows] + list(stock.values())
         t0 = time.perf_counter()

@@ -45,7 +45,7 @@ def test_bench_darts_entropy_runs_resumes_and_repeats(tmp_path, capsys):
     assert bench.main([*args, "--out", str(tmp_path / "a")]) == 0
     payload = json.loads((tmp_path / "a" / "darts_alpha_entropy.json").read_text())
     (run,) = payload["runs"]["wd0"]
-    assert len(run["epochs"]) == 3 and run["plan"]["arch_reference_steps"] == 19_550
+    assert len(run["epochs"]) == 3 and run["plan"]["arch_reference_steps"] == bench.bench_nas_random.FULL["darts-gal"]["arch_reference_steps"]
     assert all(0.0 < e["alpha_entropy"] <= math.log(8) + 1e-6 for e in run["epochs"])
     assert run["final_entropy"] < math.log(8) - 1e-3  # alpha moved
     md = (tmp_path / "a" / "darts_alpha_entropy.md").read_text()
