@@ -313,7 +313,8 @@ def run_gp_row(key: str, cfg: dict, budget: str, ctx: dict[str, Any]) -> dict[st
                    memory=False, progress=beat, reference_points=ctx["prelim_refs"], **ctx["latency_kw"])
     correct = predictions(res.student, ctx["x_test"]) == ctx["y_test"]
     return finish_row(ctx["state"], key, session, {
-        "row": row, "budget": budget, "kind": "gp-prune", "config": cfg, "student_dir": str(out_dir),
+        "row": row, "budget": budget, "kind": "gp-prune", "config": cfg,
+        "student_dir": str(out_dir.relative_to(ctx["work"])),
         "test_acc": float(correct.mean()), "val_acc": res.student_report.accuracy_val,
         "macs": int(res.student_report.cost.macs), "params": int(res.student_report.cost.params),
         "budget_ok": res.budget_check.ok, "violations": [str(v) for v in res.budget_check.violations],
@@ -347,7 +348,8 @@ def run_scratch_row(key: str, budget: str, depth: int, epochs: int, ctx: dict[st
     correct = predictions(model, ctx["x_test"]) == ctx["y_test"]
     cost = measure_cost(model, ctx["x_test"][:2])
     return finish_row(ctx["state"], key, session, {
-        "row": "d", "budget": budget, "kind": "scratch-kd", "depth": depth, "student_dir": str(out_dir),
+        "row": "d", "budget": budget, "kind": "scratch-kd", "depth": depth,
+        "student_dir": str(out_dir.relative_to(ctx["work"])),
         "settings": dataclasses.asdict(settings), "test_acc": float(correct.mean()),
         "val_acc": max((h.get("val_acc") or 0.0) for h in hist) if hist else None,
         "macs": int(cost.macs), "params": int(cost.params),
@@ -356,10 +358,11 @@ def run_scratch_row(key: str, budget: str, depth: int, epochs: int, ctx: dict[st
                                         for h in hist], "total_epochs": epochs, "resumed": resumed})
 
 
-def load_row_model(rec: dict[str, Any]) -> torch.nn.Module:
+def load_row_model(rec: dict[str, Any], work: Path) -> torch.nn.Module:
+    """A finished row's student; ``student_dir`` is relative to ``work`` (absolute in older states)."""
     from compress.serialization import load_student
 
-    return load_student(rec["student_dir"]).eval()
+    return load_student(work / rec["student_dir"]).eval()
 
 
 # ------------------------------------------------------------------------------------ main
@@ -553,7 +556,7 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
     timing = state.data.get("timing")
     if timing is None or timing["names"] != names or args.retime:  # ONE side-by-side call for every final model
         smoke = settings["smoke"]
-        models = [load_row_model(rows[k]) for k in rows] + list(stock.values())
+        models = [load_row_model(rows[k], args.work) for k in rows] + list(stock.values())
         t0 = time.perf_counter()
         timed = measure_interleaved(models, target, x_test[:1], rounds=SMOKE["rounds"] if smoke else 10,
                                     repeats=SMOKE["repeats"] if smoke else 30)
