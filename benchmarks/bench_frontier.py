@@ -358,11 +358,69 @@ def run_scratch_row(key: str, budget: str, depth: int, epochs: int, ctx: dict[st
                                         for h in hist], "total_epochs": epochs, "resumed": resumed})
 
 
+def student_exists(rec: dict[str, Any], work: Path) -> bool:
+    return bool(rec.get("student_dir")) and (work / rec["student_dir"] / "student.arch.json").is_file()
+
+
 def load_row_model(rec: dict[str, Any], work: Path) -> torch.nn.Module:
     """A finished row's student; ``student_dir`` is relative to ``work`` (absolute in older states)."""
     from compress.serialization import load_student
 
     return load_student(work / rec["student_dir"]).eval()
+
+
+def adopt_report(state: State, path: Path, settings: dict[str, Any]) -> list[str]:
+    """Take the finished rows of an earlier report JSON of this benchmark into ``state``.
+
+    For a ``--work`` folder that was lost (its students with it) while its report survived: the
+    rows keep their test predictions (``correct``, for the paired tests), costs, histories,
+    sessions and their latency *from the report's own side-by-side run*, which is stored once as
+    ``state["adopted_timing"]`` (with that run's stock latencies, so that the goals compare an
+    adopted row with the stock models timed beside it). Rows the state already has are kept.
+
+    Raises:
+        ValueError: ``path`` is not a report of this benchmark, or its result settings
+            (:data:`RESULT_SETTINGS`) differ from this run's.
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--adopt: cannot read {path} as JSON ({exc})") from None
+    ok = (isinstance(doc, dict) and doc.get("benchmark") == "frontier" and isinstance(doc.get("rows"), dict)
+          and isinstance(doc.get("settings"), dict) and isinstance(doc.get("timing"), dict)
+          and isinstance(doc["timing"].get("names"), list) and isinstance(doc["timing"].get("median_ms"), list)
+          and len(doc["timing"]["names"]) == len(doc["timing"]["median_ms"]))
+    if not ok:
+        raise ValueError(f"--adopt: {path} is not a report of bench_frontier (benchmark, settings, rows, timing)")
+    diff = [k for k in RESULT_SETTINGS if doc["settings"].get(k) != settings.get(k)]
+    if diff:
+        raise ValueError(f"--adopt: {path} was run with other settings ({', '.join(diff)}); adopt it into a --work "
+                         "with the same arguments")
+    lat = dict(zip(doc["timing"]["names"], doc["timing"]["median_ms"]))
+    need = ("row", "budget", "test_acc", "macs", "params", "correct", "sessions", "wall_s")
+    taken = []
+    for key, rec in doc["rows"].items():
+        if key in state.data.get("rows", {}):
+            continue
+        if not isinstance(rec, dict) or any(k not in rec for k in need) or key not in lat:
+            raise ValueError(f"--adopt: row {key!r} of {path} lacks {[k for k in need if k not in rec]} or a timing")
+        rec = {**rec, "latency_ms": lat[key], "adopted": True}
+        if rec.get("row", "").startswith("a+"):
+            over = {k: v for k, v in rec["config"].items() if settings["recipe"].get(k) != v and k != "epochs"}
+            state.data["settings"].setdefault("variants", {}).setdefault(rec["row"][2:], over)
+        if rec["budget"] not in state.data["settings"]["budgets"]:
+            state.data["settings"]["budgets"].append(rec["budget"])
+        if rec["row"] not in state.data["settings"]["rows"] and not rec["row"].startswith("a+"):
+            state.data["settings"]["rows"].append(rec["row"])
+        state.data.setdefault("rows", {})[key] = rec
+        taken.append(key)
+    if taken:
+        t = doc["timing"]
+        state.data["adopted_timing"] = {
+            "from": str(path), "commit": t.get("commit"), "rounds": t.get("rounds"), "repeats": t.get("repeats"),
+            "stock_ms": {k.split("/", 1)[1]: v for k, v in lat.items() if k.startswith("stock/")}}
+        state.save()
+    return taken
 
 
 # ------------------------------------------------------------------------------------ main
@@ -390,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retime", action="store_true",
                     help="time every final model side by side again (by default the stored timing is kept while the "
                          "set of rows is unchanged); run it on quiet cores")
+    ap.add_argument("--adopt", type=Path, default=None, metavar="REPORT_JSON",
+                    help="take the rows of an earlier report of this benchmark (same result settings) into --work, "
+                         "with their stored latency (see adopt_report); for a work folder that was lost")
     args = ap.parse_args(argv)
 
     rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -431,6 +492,13 @@ def main(argv: list[str] | None = None) -> int:
         if diff or clash:
             ap.error(f"{args.work} holds a run with other settings ({', '.join(diff + [f'variant {n}' for n in clash])}); "
                      "use the same arguments or another --work")
+    if args.adopt is not None:  # before the configs are derived: adopted variant rows add their variants
+        state.data.setdefault("settings", json.loads(json.dumps(settings)))
+        try:
+            adopted = adopt_report(state, args.adopt, settings)
+        except ValueError as exc:
+            ap.error(str(exc))
+        print(f"adopted {len(adopted)} row(s) from {args.adopt}: {', '.join(adopted) or 'none new'}", flush=True)
     run_budgets, run_rows = settings["budgets"], settings["rows"] + [f"a+{n}" for n in variants]
     if args.report_only:
         if not state.data:
@@ -552,11 +620,17 @@ def write_partial(out: Path, smoke: bool, state: State) -> None:
 def report(args, settings, state, stock, stock_rows, configs, notes, budgets, budget_macs, depth, total_a, task, target,
            val_counts, x_test) -> None:
     rows = state.data.get("rows", {})
-    names = list(rows) + [f"stock/{n}" for n in stock]
+    # an adopted row (adopt_report) whose student is gone keeps the latency of its own side-by-side run
+    kept = {k for k, r in rows.items() if r.get("adopted") and not student_exists(r, args.work)}
+    missing = [k for k, r in rows.items() if k not in kept and not student_exists(r, args.work)]
+    if missing:
+        raise SystemExit(f"the students of rows {missing} are missing from {args.work}: run them again (--resume)")
+    live = [k for k in rows if k not in kept]
+    names = live + [f"stock/{n}" for n in stock]
     timing = state.data.get("timing")
     if timing is None or timing["names"] != names or args.retime:  # ONE side-by-side call for every final model
         smoke = settings["smoke"]
-        models = [load_row_model(rows[k], args.work) for k in rows] + list(stock.values())
+        models = [load_row_model(rows[k], args.work) for k in live] + list(stock.values())
         t0 = time.perf_counter()
         timed = measure_interleaved(models, target, x_test[:1], rounds=SMOKE["rounds"] if smoke else 10,
                                     repeats=SMOKE["repeats"] if smoke else 30)
@@ -568,8 +642,10 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
     lat = dict(zip(timing["names"], timing["median_ms"]))
     for n, r in stock_rows.items():
         r["latency_ms"] = lat[f"stock/{n}"]
+    adopted_timing = state.data.get("adopted_timing") if kept else None
     for k, r in rows.items():
-        r["latency_ms"] = lat[k]
+        r["latency_ms"] = r["latency_ms"] if k in kept else lat[k]
+        r["timed_apart"] = k in kept
         r["correct"] = np.asarray(r["correct"], dtype=bool)
     refs = [{"name": r["name"], "accuracy": r["test_acc"], "macs": r["macs"], "latency_ms": r["latency_ms"],
              "params": r["params"]} for r in stock_rows.values()]
@@ -578,7 +654,8 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
 
     def label(r):
         if r["row"] == "d":
-            return f"(d) KD into a fresh ResNet-{r['depth']}"
+            borrowed = f" (the `{r['budget']}` row, which fits this budget too)" if r.get("borrowed") else ""
+            return f"(d) KD into a fresh ResNet-{r['depth']}{borrowed}"
         if r["row"] in ROW_TITLES:
             return f"({r['row']}) {ROW_TITLES[r['row']]}"
         return f"({r['row']}) gp-prune, recipe with {json.dumps(settings['variants'][r['row'][2:]])}"
@@ -587,6 +664,9 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
     for b in budgets:
         order = ["a", *[f"a+{n}" for n in settings.get("variants", {})], "b", "c", "d"]
         brows = [rows[f"{slug(b)}/{r}"] for r in order if f"{slug(b)}/{r}" in rows]
+        if f"{slug(b)}/d" not in rows:  # the issue allows "the ResNet-20 again": another budget's (d) that fits
+            fits = [r for k, r in rows.items() if r["row"] == "d" and budget_macs[b] and r["macs"] <= budget_macs[b]]
+            brows += [{**max(fits, key=lambda r: r["macs"]), "borrowed": True}] if fits else []
         per_budget[b] = brows
         if brows:
             pareto_plot([{"name": f"({r['row']})", "accuracy": r["test_acc"], "macs": r["macs"],
@@ -596,11 +676,14 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
         for a in [r for r in brows if r["row"] == "a" or r["row"].startswith("a+")]:
             goal = frontier_accuracy(refs, budget_macs[b]) if budget_macs[b] else frontier_accuracy(refs, a["macs"])
             near = min(stock_rows.values(), key=lambda s: abs(s["test_acc"] - a["test_acc"]))
-            acc_gap, lat_gap = 100 * (a["test_acc"] - goal), a["latency_ms"] - near["latency_ms"]
+            near_ms = (adopted_timing["stock_ms"][near["name"].split()[0]] if a["timed_apart"]
+                       else near["latency_ms"])  # the stock model timed in the same run as (a)
+            acc_gap, lat_gap = 100 * (a["test_acc"] - goal), a["latency_ms"] - near_ms
             goals.append({"budget": b, "row": a["row"], "budget_macs": budget_macs[b], "goal_acc": goal,
                           "a_acc": a["test_acc"], "acc_met": acc_gap >= 0, "acc_gap_pts": acc_gap,
                           "nearest_stock": near["name"], "nearest_stock_acc": near["test_acc"],
-                          "nearest_stock_latency_ms": near["latency_ms"], "a_latency_ms": a["latency_ms"],
+                          "nearest_stock_latency_ms": near_ms, "a_latency_ms": a["latency_ms"],
+                          "timed_apart": a["timed_apart"],
                           "latency_met": lat_gap <= 0, "latency_gap_ms": lat_gap})
             for other in [*brows, *stock_rows.values()]:
                 if other is not a and not (a["row"] != "a" and other.get("row", "").startswith("a")):
@@ -616,10 +699,10 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
                "scratch_depth": depth, "total_epochs_a": total_a, "train_images": len(task.train.dataset),
                "val_images": len(task.val.dataset), "val_per_class": val_counts, "test_images": int(len(x_test)),
                "rows": rows, "failed": state.data.get("failed", {}), "stock": stock_rows, "goals": goals, "paired": paired, "timing": timing,
-               "versions": library_versions(),
+               "adopted_timing": adopted_timing, "versions": library_versions(),
                "machine": {**machine(), "cpu": cpu, "torch_threads": torch.get_num_threads()}}
     md = markdown(settings, configs, notes, depth, total_a, task, val_counts, x_test, rows, stock_rows, per_budget,
-                  goals, paired, timing, cpu, stem, label, curves, state.data.get("failed", {}))
+                  goals, paired, timing, cpu, stem, label, curves, state.data.get("failed", {}), adopted_timing)
     md += "".join(f"- note: {n}\n" for n in state.data.get("notes", []))
     j, m = write_outputs(args.out, stem, payload, md)
     (args.out / f"{stem}.partial.json").unlink(missing_ok=True)
@@ -650,7 +733,7 @@ def plot_curves(curves, path: Path, label) -> None:
 
 
 def markdown(settings, configs, notes, depth, total_a, task, val_counts, x_test, rows, stock_rows, per_budget, goals,
-             paired, timing, cpu, stem, label, curves, failed) -> str:
+             paired, timing, cpu, stem, label, curves, failed, adopted_timing=None) -> str:
     smoke = settings["smoke"]
     md = [f"# Pruned ResNet-56 against the stock frontier, CIFAR-10{' (SMOKE: not results)' if smoke else ''}", "",
           f"Machine: {cpu}; torch threads {torch.get_num_threads()}. Train {len(task.train.dataset):,} images, validation "
@@ -669,11 +752,18 @@ def markdown(settings, configs, notes, depth, total_a, task, val_counts, x_test,
         for r in brows:
             met = "-" if r["budget_ok"] is None else ("yes" if r["budget_ok"] else "no")
             md.append(f"| {label(r)} | {100 * r['test_acc']:.2f}% | {r['macs']:,} | {r['params']:,} | "
-                      f"{r['latency_ms']:.3f} | {r['wall_s']:.0f} | {met} | {'yes' if r['resumed'] else 'no'} | "
+                      f"{r['latency_ms']:.3f}{' (earlier run)' if r['timed_apart'] else ''} | {r['wall_s']:.0f} | "
+                      f"{met} | {'yes' if r['resumed'] else 'no'} | "
                       f"{', '.join(r['commits'])} |")
         for s in stock_rows.values():
             md.append(f"| {s['name']} | {100 * s['test_acc']:.2f}% | {s['macs']:,} | {s['params']:,} | "
                       f"{s['latency_ms']:.3f} | - | - | - | - |")
+        if adopted_timing and any(r["timed_apart"] for r in brows):
+            md += ["", "(earlier run): the row's student was lost with its work folder, so it was not timed beside "
+                   "the others; its latency is that of the earlier side-by-side run (commit "
+                   f"{adopted_timing['commit']}), where the stock models took "
+                   + ", ".join(f"{n} {v:.3f} ms" for n, v in adopted_timing["stock_ms"].items())
+                   + ". Compare it with those; its goal does."]
         md += ["", f"![accuracy vs MACs and latency]({stem}_pareto_{slug(b)}.png)", ""]
     md += ["## Goals", ""]
     for g in goals:
@@ -696,7 +786,8 @@ def markdown(settings, configs, notes, depth, total_a, task, val_counts, x_test,
     md += ["", "## Provenance", ""]
     for k, r in rows.items():
         sessions = ", ".join(f"{s['commit']} {s['seconds']:.0f} s" for s in r["sessions"])
-        md.append(f"- `{k}`: {len(r['sessions'])} session(s) ({sessions}){'; resumed' if r['resumed'] else ''}")
+        md.append(f"- `{k}`: {len(r['sessions'])} session(s) ({sessions}){'; resumed' if r['resumed'] else ''}"
+                  f"{'; adopted from ' + adopted_timing['from'] if r.get('adopted') and adopted_timing else ''}")
     md.append(f"- side-by-side timing at commit {timing['commit']}, {timing['seconds']:.0f} s")
     return "\n".join(md) + "\n"
 

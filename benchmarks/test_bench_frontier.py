@@ -115,3 +115,40 @@ def test_two_processes_share_one_work_folder(tmp_path):
     assert disk["rows"] == {"x/a": {"test_acc": 0.9}, "y/b": {"test_acc": 0.8}}
     assert set(disk["running"]) == {"x/a", "y/b"} and disk["failed"] == {}
     assert disk["settings"]["budgets"] == ["macs=0.5x", "macs=1"] and disk["settings"]["rows"] == ["a", "b"]
+
+
+def test_adopt_report_takes_rows_with_their_own_timing(tmp_path):
+    """--adopt: an earlier report's rows enter a fresh work folder with the latency and the stock
+    times of the run that timed them; other settings and files that are not reports are refused."""
+    bench = _bench()
+    settings = {"budgets": ["macs=40931968"], "rows": ["c"], "epochs": 6, "recipe": {"metric": "xi_star"},
+                "smoke": False, "seed": 0, "scratch_lr": 0.1, "data": "/d", "variants": {}}
+    row = {"budget": "macs=0.5x", "test_acc": 0.9, "macs": 10, "params": 5, "correct": [True, False],
+           "sessions": [{"commit": "abc", "seconds": 3.0}], "wall_s": 3.0, "student_dir": "/gone/a"}
+    doc = {"benchmark": "frontier", "settings": {**settings, "budgets": ["macs=0.5x"], "rows": ["a"]},
+           "rows": {"macs_0.5x/a": {**row, "row": "a", "config": {"metric": "xi_star", "epochs": 6}},
+                    "macs_0.5x/a+drop0.5": {**row, "row": "a+drop0.5",
+                                            "config": {"metric": "xi_star", "epochs": 6, "drop_blocks": 0.5}}},
+           "timing": {"names": ["macs_0.5x/a", "macs_0.5x/a+drop0.5", "stock/resnet20"],
+                      "median_ms": [2.0, 1.5, 0.9], "commit": "def", "rounds": 10, "repeats": 30}}
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(doc))
+    state = bench.State(tmp_path / "work")
+    state.data["settings"] = json.loads(json.dumps(settings))
+    assert bench.adopt_report(state, report, settings) == ["macs_0.5x/a", "macs_0.5x/a+drop0.5"]
+    disk = bench.State(tmp_path / "work").data
+    a = disk["rows"]["macs_0.5x/a"]
+    assert a["adopted"] and a["latency_ms"] == 2.0 and a["correct"] == [True, False]
+    assert disk["adopted_timing"]["stock_ms"] == {"resnet20": 0.9} and disk["adopted_timing"]["commit"] == "def"
+    assert disk["settings"]["variants"] == {"drop0.5": {"drop_blocks": 0.5}}
+    assert disk["settings"]["budgets"] == ["macs=40931968", "macs=0.5x"] and "a" in disk["settings"]["rows"]
+    assert not bench.student_exists(a, tmp_path / "work")  # the report then keeps its stored latency
+    assert bench.adopt_report(state, report, settings) == []  # rows the state has are kept
+    with pytest.raises(ValueError, match="other settings"):
+        bench.adopt_report(bench.State(tmp_path / "w2"), report, {**settings, "seed": 1})
+    report.write_text(json.dumps({"benchmark": "frontier", "rows": {}}))
+    with pytest.raises(ValueError, match="not a report"):
+        bench.adopt_report(state, report, settings)
+    report.write_text("{")
+    with pytest.raises(ValueError, match="cannot read"):
+        bench.adopt_report(state, report, settings)
