@@ -11,7 +11,8 @@ for the supernet's val accuracy). Each variant changes search fields (flat darts
 ``{"arch_weight_decay": 0}``, or a sub-config object for any field, ``{"search": {"arch_batch_size": 128}}``,
 since fields added after the flat names have none); every variant runs with every seed. Per run: the mean per-edge entropy
 of softmax(alpha) after each epoch (nats; uniform over the 8 DARTS ops is ln 8 = 2.0794; issue
-18's goal: <= 1.5), the supernet's val accuracy, the derived genotype and the wall time.
+18's goal: <= 1.5), the supernet's val accuracy, the derived genotype (and how many of its edges are
+parameter-free ops: DARTS' collapse), and the wall time.
 
 ``--task digits`` runs the same variants on the digits demo task (``load_digits_task(seed=0)``) at
 darts-gal's ``cpu-small`` preset itself (4 epochs x 8 steps; issue 18 asks for the goal "at the preset's
@@ -95,27 +96,43 @@ def run_one(task, base: DartsGalConfig, fields: dict[str, Any], seed: int) -> di
             "wall_s": time.perf_counter() - t0}
 
 
+#: the DARTS ops without weights: a genotype made of them is DARTS' known failure mode (Zela et al.,
+#: ICLR 2020, "Understanding and Robustifying DARTS"), which a low entropy alone does not rule out.
+PARAM_FREE = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")
+
+
+def param_free(genotype: str | dict, cell: str) -> int:
+    """How many of a derived cell's chosen edges are parameter-free ops (:data:`PARAM_FREE`)."""
+    g = json.loads(genotype) if isinstance(genotype, str) else genotype
+    return sum(op in PARAM_FREE for op, _ in g[cell])
+
+
 def markdown(payload: dict[str, Any]) -> str:
     s = payload["settings"]
     md = ["# darts-gal's DARTS search: alpha entropy per variant (issue 18)", "",
           f"Search only (darts-gal stage 1): {s['train_images']} training images ({s['task']}), config `{json.dumps(s['base'], sort_keys=True)}`. "
           f"Mean per-edge entropy of softmax(alpha), nats (uniform ln 8 = {UNIFORM:.4f}; issue 18's goal <= {GOAL}). "
           f"Commit {s['commit']}; {s['note']}".rstrip("; "), "",
-          "| variant | changes | seed | entropy per epoch | final | goal | supernet val acc | alpha steps, Adam lr | wall s |",
-          "| --- | --- | ---: | --- | ---: | --- | ---: | --- | ---: |"]
+          "| variant | changes | seed | entropy per epoch | final | goal | supernet val acc | parameter-free edges "
+          "(normal, reduce) | alpha steps, Adam lr | wall s |",
+          "| --- | --- | ---: | --- | ---: | --- | ---: | --- | --- | ---: |"]
     for name, runs in payload["runs"].items():
         for r in runs:
             ent = ", ".join(f"{e['alpha_entropy']:.3f}" for e in r["epochs"])
             plan = r["plan"]
             md.append(f"| {name} | `{json.dumps(r['fields'], sort_keys=True)}` | {r['seed']} | {ent} | "
                       f"{r['final_entropy']:.4f} | {'met' if r['final_entropy'] <= GOAL else 'missed'} | "
-                      f"{r['val_acc']:.3f} | {plan['arch_updates']}, {plan['arch_lr_effective']:.4g} | {r['wall_s']:.0f} |")
+                      f"{r['val_acc']:.3f} | {param_free(r['genotype'], 'normal')}/{len(json.loads(r['genotype'])['normal'])}, "
+                      f"{param_free(r['genotype'], 'reduce')}/{len(json.loads(r['genotype'])['reduce'])} | "
+                      f"{plan['arch_updates']}, {plan['arch_lr_effective']:.4g} | {r['wall_s']:.0f} |")
     md += ["", f"Supernet val accuracy: {s['val_note']}. One seed per row is one draw; variants with several seeds:", ""]
     for name, runs in payload["runs"].items():
         if len(runs) > 1:
             fin = [r["final_entropy"] for r in runs]
+            free = [param_free(r["genotype"], "normal") for r in runs]
             md.append(f"- {name}: final entropy mean {sum(fin) / len(fin):.3f} over {len(fin)} seeds "
-                      f"(range {min(fin):.3f}-{max(fin):.3f}), goal met by {sum(f <= GOAL for f in fin)} of {len(fin)}.")
+                      f"(range {min(fin):.3f}-{max(fin):.3f}), goal met by {sum(f <= GOAL for f in fin)} of {len(fin)}; "
+                      f"parameter-free edges in the normal cell, mean {sum(free) / len(free):.1f}.")
     return "\n".join(md) + "\n"
 
 
