@@ -10,7 +10,7 @@ identity-shortcut blocks, then fine-tuned with KD for ``--epochs`` on the first 
 CIFAR-10 training images (20% of them held out, stratified, as the validation split). Reported per
 share: the validation accuracy (never the test images: this chooses a recipe), MACs, convolutions,
 and the ORT ``cpu-1t`` latency of every student and of the stock ResNet-20/32, timed side by side in
-one interleaved run at the end. Writes ``drop_blocks_short.{json,md}``.
+one interleaved run at the end. Writes ``<--stem>.{json,md}`` (default ``drop_blocks_short``).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/slimforge_drop_blocks"))
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--note", default="")
+    ap.add_argument("--stem", default="drop_blocks_short", help="output file stem in --out")
     args = ap.parse_args(argv)
     shares = []
     for item in (s.strip() for s in args.shares.split(",") if s.strip()):
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "drop_blocks_short", "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
                "stock": stock_rows, "commit": git_commit(),
                "machine": {**machine(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads()}}
-    j, m = write_outputs(args.out, "drop_blocks_short", payload, "\n".join(md) + "\n")
+    j, m = write_outputs(args.out, args.stem, payload, "\n".join(md) + "\n")
     print("\n".join(md))
     print(f"wrote {j} and {m}")
     return 0
