@@ -79,6 +79,14 @@ def write_outputs(out_dir: Path, stem: str, payload: dict[str, Any], markdown: s
     return j, m
 
 
+def publish(out_dir: Path, stem: str, payload: dict[str, Any], markdown: str) -> int:
+    """:func:`write_outputs`, then the Markdown and the paths on stdout; returns 0 (a ``main``'s exit code)."""
+    j, m = write_outputs(out_dir, stem, payload, markdown)
+    print(markdown)
+    print(f"wrote {j} and {m}")
+    return 0
+
+
 def json_default(o: Any) -> Any:
     """``json.dumps(default=)`` for benchmark payloads: NumPy arrays and scalars as plain values, paths and
     anything else as strings."""

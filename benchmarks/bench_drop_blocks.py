@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_outputs  # noqa: E402
+from _common import machine, publish  # noqa: E402
 from bench_latency_pruning import cpu_model, git_commit  # noqa: E402
 
 from compress.api import compress  # noqa: E402
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "drop_blocks_short", "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
                "stock": stock_rows, "commit": git_commit(),
                "machine": {**machine(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads()}}
-    j, m = write_outputs(args.out, args.stem, payload, "\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"wrote {j} and {m}")
-    return 0
+    return publish(args.out, args.stem, payload, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bootstrap_diff, machine, mcnemar, predictions, write_outputs  # noqa: E402
+from _common import bootstrap_diff, machine, mcnemar, predictions, publish  # noqa: E402
 from bench_frontier import DEFAULT_RECIPE, total_epochs  # noqa: E402
 from bench_latency_pruning import cpu_model, git_commit  # noqa: E402
 
@@ -170,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "recipe_ablation_short", "settings": settings, "rows": rows, "stock_latency_ms": stock_ms,
                "val_images": n_val, "commit": git_commit(),
                "machine": {**machine(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads()}}
-    j, m = write_outputs(args.out, args.stem, payload, "\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"wrote {j} and {m}")
-    return 0
+    return publish(args.out, args.stem, payload, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
