@@ -56,9 +56,9 @@ finished rows, timing), written after every row, and one folder per row (the stu
 ``--report-only`` rewrites the outputs from it without training. Keep ``--work`` in the repository
 (``benchmarks/runs/frontier_resnet56``) and commit it, students and the running row's checkpoints
 included, so that a run spans sessions; ``--adopt REPORT_JSON`` takes an earlier report's rows into
-a work folder that was lost (their latency stays that of their own side-by-side run, marked). Provenance: per row the commit,
-the sessions it took (a resumed row says so), and the machine (lscpu model name, torch threads).
-1,000 test images give about +-1.6 points at 95% for a single accuracy.
+a work folder that was lost (their latency stays that of their own side-by-side run, marked).
+Provenance: per row the commit, the sessions it took (a resumed row says so), and the machine
+(lscpu model name, torch threads). 1,000 test images give about +-1.6 points at 95% for a single accuracy.
 """
 
 from __future__ import annotations
