@@ -53,10 +53,11 @@ Outputs in ``--out``: ``frontier_resnet56.{json,md}``, ``frontier_resnet56_paret
 ``--smoke`` writes ``frontier_resnet56_smoke.*`` instead. ``--work`` keeps ``state.json`` (settings,
 finished rows, timing), written after every row, and one folder per row (the student:
 ``student.safetensors`` + ``student.arch.json``); ``--resume`` continues a killed run,
-``--report-only`` rewrites the outputs from it without training. Keep ``--work`` in the repository
-(``benchmarks/runs/frontier_resnet56``) and commit it, students and the running row's checkpoints
-included, so that a run spans sessions; ``--adopt REPORT_JSON`` takes an earlier report's rows into
-a work folder that was lost (their latency stays that of their own side-by-side run, marked).
+``--report-only`` rewrites the outputs from it without training. Students and checkpoints are
+weights, so ``--work`` stays out of the repository (``benchmarks/runs/`` is ignored): what outlives
+a machine is the report JSON, and ``--adopt REPORT_JSON`` takes its finished rows into a fresh work
+folder (their latency stays that of their own side-by-side run, marked); a row still training when
+its machine goes restarts.
 Provenance: per row the commit, the sessions it took (a resumed row says so), and the machine
 (lscpu model name, torch threads). 1,000 test images give about +-1.6 points at 95% for a single accuracy.
 """
