@@ -378,9 +378,12 @@ def adopt_report(state: State, path: Path, settings: dict[str, Any]) -> list[str
 
     For a ``--work`` folder that was lost (its students with it) while its report survived: the
     rows keep their test predictions (``correct``, for the paired tests), costs, histories,
-    sessions and their latency *from the report's own side-by-side run*, which is stored once as
-    ``state["adopted_timing"]`` (with that run's stock latencies, so that the goals compare an
-    adopted row with the stock models timed beside it). Rows the state already has are kept.
+    sessions and their latency *from the side-by-side run that timed them*. Each adopted row
+    carries that run as ``timing_ref`` (source, commit, rounds, repeats and the stock models'
+    latencies in it), so that the goals compare an adopted row with the stock models timed beside
+    it. A row the report had itself adopted keeps its own ``timing_ref`` (or, in reports written
+    before rows carried one, the report's ``adopted_timing``): a report of reports never mixes
+    runs. Rows the state already has are kept.
 
     Raises:
         ValueError: ``path`` is not a report of this benchmark, or its result settings
@@ -401,14 +404,24 @@ def adopt_report(state: State, path: Path, settings: dict[str, Any]) -> list[str
         raise ValueError(f"--adopt: {path} was run with other settings ({', '.join(diff)}); adopt it into a --work "
                          "with the same arguments")
     lat = dict(zip(doc["timing"]["names"], doc["timing"]["median_ms"]))
+    t = doc["timing"]
+    own = {"from": str(path), "commit": t.get("commit"), "rounds": t.get("rounds"), "repeats": t.get("repeats"),
+           "stock_ms": {k.split("/", 1)[1]: v for k, v in lat.items() if k.startswith("stock/")}}
     need = ("row", "budget", "test_acc", "macs", "params", "correct", "sessions", "wall_s")
     taken = []
     for key, rec in doc["rows"].items():
         if key in state.data.get("rows", {}):
             continue
-        if not isinstance(rec, dict) or any(k not in rec for k in need) or key not in lat:
-            raise ValueError(f"--adopt: row {key!r} of {path} lacks {[k for k in need if k not in rec]} or a timing")
-        rec = {**rec, "latency_ms": lat[key], "adopted": True}
+        if not isinstance(rec, dict) or any(k not in rec for k in need):
+            raise ValueError(f"--adopt: row {key!r} of {path} lacks {[k for k in need if k not in rec]}")
+        if key in lat:  # timed in the report's own side-by-side run
+            rec = {**rec, "latency_ms": lat[key], "adopted": True, "timing_ref": own}
+        else:  # adopted by that report in turn: it keeps the run that timed it
+            ref = rec.get("timing_ref") or doc.get("adopted_timing")
+            if not (rec.get("adopted") and isinstance(rec.get("latency_ms"), (int, float)) and _is_timing_ref(ref)):
+                raise ValueError(f"--adopt: row {key!r} of {path} has no latency: it was neither timed in that "
+                                 "report's run nor adopted with the run that timed it")
+            rec = {**rec, "adopted": True, "timing_ref": ref}
         if rec.get("row", "").startswith("a+"):
             over = {k: v for k, v in rec["config"].items() if settings["recipe"].get(k) != v and k != "epochs"}
             state.data["settings"].setdefault("variants", {}).setdefault(rec["row"][2:], over)
@@ -419,12 +432,23 @@ def adopt_report(state: State, path: Path, settings: dict[str, Any]) -> list[str
         state.data.setdefault("rows", {})[key] = rec
         taken.append(key)
     if taken:
-        t = doc["timing"]
-        state.data["adopted_timing"] = {
-            "from": str(path), "commit": t.get("commit"), "rounds": t.get("rounds"), "repeats": t.get("repeats"),
-            "stock_ms": {k.split("/", 1)[1]: v for k, v in lat.items() if k.startswith("stock/")}}
         state.save()
     return taken
+
+
+def _is_timing_ref(ref: Any) -> bool:
+    """Whether ``ref`` describes a side-by-side timing run (:func:`adopt_report`'s ``timing_ref``)."""
+    return (isinstance(ref, dict) and isinstance(ref.get("stock_ms"), dict) and bool(ref["stock_ms"])
+            and all(isinstance(v, (int, float)) for v in ref["stock_ms"].values()))
+
+
+def adopted_timings(rows: dict[str, dict]) -> list[dict]:
+    """The distinct earlier timing runs (``timing_ref``) of the adopted rows, in row order."""
+    refs: list[dict] = []
+    for r in rows.values():
+        if r.get("timed_apart") and r.get("timing_ref") and r["timing_ref"] not in refs:
+            refs.append(r["timing_ref"])
+    return refs
 
 
 # ------------------------------------------------------------------------------------ main
@@ -646,11 +670,13 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
     lat = dict(zip(timing["names"], timing["median_ms"]))
     for n, r in stock_rows.items():
         r["latency_ms"] = lat[f"stock/{n}"]
-    adopted_timing = state.data.get("adopted_timing") if kept else None
     for k, r in rows.items():
         r["latency_ms"] = r["latency_ms"] if k in kept else lat[k]
         r["timed_apart"] = k in kept
+        if k in kept and not r.get("timing_ref"):  # adopted by a commit that stored the run once per state
+            r["timing_ref"] = state.data.get("adopted_timing")
         r["correct"] = np.asarray(r["correct"], dtype=bool)
+    adopted_timing = adopted_timings(rows)
     refs = [{"name": r["name"], "accuracy": r["test_acc"], "macs": r["macs"], "latency_ms": r["latency_ms"],
              "params": r["params"]} for r in stock_rows.values()]
     stem = stem_of(settings["smoke"])
@@ -680,7 +706,7 @@ def report(args, settings, state, stock, stock_rows, configs, notes, budgets, bu
         for a in [r for r in brows if r["row"] == "a" or r["row"].startswith("a+")]:
             goal = frontier_accuracy(refs, budget_macs[b]) if budget_macs[b] else frontier_accuracy(refs, a["macs"])
             near = min(stock_rows.values(), key=lambda s: abs(s["test_acc"] - a["test_acc"]))
-            near_ms = (adopted_timing["stock_ms"][near["name"].split()[0]] if a["timed_apart"]
+            near_ms = (a["timing_ref"]["stock_ms"][near["name"].split()[0]] if a["timed_apart"]
                        else near["latency_ms"])  # the stock model timed in the same run as (a)
             acc_gap, lat_gap = 100 * (a["test_acc"] - goal), a["latency_ms"] - near_ms
             goals.append({"budget": b, "row": a["row"], "budget_macs": budget_macs[b], "goal_acc": goal,
@@ -755,19 +781,22 @@ def markdown(settings, configs, notes, depth, total_a, task, val_counts, x_test,
         md += [f"## Budget `{b}`", "", *head]
         for r in brows:
             met = "-" if r["budget_ok"] is None else ("yes" if r["budget_ok"] else "no")
+            run = (f" (earlier run {chr(ord('A') + adopted_timing.index(r['timing_ref']))})"
+                   if r["timed_apart"] else "")
             md.append(f"| {label(r)} | {100 * r['test_acc']:.2f}% | {r['macs']:,} | {r['params']:,} | "
-                      f"{r['latency_ms']:.3f}{' (earlier run)' if r['timed_apart'] else ''} | {r['wall_s']:.0f} | "
+                      f"{r['latency_ms']:.3f}{run} | {r['wall_s']:.0f} | "
                       f"{met} | {'yes' if r['resumed'] else 'no'} | "
                       f"{', '.join(r['commits'])} |")
         for s in stock_rows.values():
             md.append(f"| {s['name']} | {100 * s['test_acc']:.2f}% | {s['macs']:,} | {s['params']:,} | "
                       f"{s['latency_ms']:.3f} | - | - | - | - |")
-        if adopted_timing and any(r["timed_apart"] for r in brows):
-            md += ["", "(earlier run): the row's student was lost with its work folder, so it was not timed beside "
-                   "the others; its latency is that of the earlier side-by-side run (commit "
-                   f"{adopted_timing['commit']}), where the stock models took "
-                   + ", ".join(f"{n} {v:.3f} ms" for n, v in adopted_timing["stock_ms"].items())
-                   + ". Compare it with those; its goal does."]
+        runs = [ref for ref in adopted_timing if any(r["timed_apart"] and r["timing_ref"] == ref for r in brows)]
+        if runs:
+            md += ["", "(earlier run X): the row's student was lost with its work folder, so it was not timed beside "
+                   "the others; its latency is that of an earlier side-by-side run, where the stock models took:", ""]
+            md += [f"- run {chr(ord('A') + adopted_timing.index(ref))} (commit {ref.get('commit')}): "
+                   + ", ".join(f"{n} {v:.3f} ms" for n, v in ref["stock_ms"].items()) for ref in runs]
+            md += ["", "Compare such a row with the stock times of its own run; its goal does."]
         md += ["", f"![accuracy vs MACs and latency]({stem}_pareto_{slug(b)}.png)", ""]
     md += ["## Goals", ""]
     for g in goals:
@@ -791,7 +820,7 @@ def markdown(settings, configs, notes, depth, total_a, task, val_counts, x_test,
     for k, r in rows.items():
         sessions = ", ".join(f"{s['commit']} {s['seconds']:.0f} s" for s in r["sessions"])
         md.append(f"- `{k}`: {len(r['sessions'])} session(s) ({sessions}){'; resumed' if r['resumed'] else ''}"
-                  f"{'; adopted from ' + adopted_timing['from'] if r.get('adopted') and adopted_timing else ''}")
+                  f"{'; adopted, timed in ' + str(r['timing_ref'].get('from')) if r.get('timed_apart') else ''}")
     md.append(f"- side-by-side timing at commit {timing['commit']}, {timing['seconds']:.0f} s")
     return "\n".join(md) + "\n"
 

@@ -139,13 +139,31 @@ def test_adopt_report_takes_rows_with_their_own_timing(tmp_path):
     disk = bench.State(tmp_path / "work").data
     a = disk["rows"]["macs_0.5x/a"]
     assert a["adopted"] and a["latency_ms"] == 2.0 and a["correct"] == [True, False]
-    assert disk["adopted_timing"]["stock_ms"] == {"resnet20": 0.9} and disk["adopted_timing"]["commit"] == "def"
+    assert a["timing_ref"]["stock_ms"] == {"resnet20": 0.9} and a["timing_ref"]["commit"] == "def"
     assert disk["settings"]["variants"] == {"drop0.5": {"drop_blocks": 0.5}}
     assert disk["settings"]["budgets"] == ["macs=40931968", "macs=0.5x"] and "a" in disk["settings"]["rows"]
     assert not bench.student_exists(a, tmp_path / "work")  # the report then keeps its stored latency
     assert bench.adopt_report(state, report, settings) == []  # rows the state has are kept
     with pytest.raises(ValueError, match="other settings"):
         bench.adopt_report(bench.State(tmp_path / "w2"), report, {**settings, "seed": 1})
+    # a report of reports: a row timed in run "def" and adopted again keeps run "def", beside a row of run "ghi"
+    later = {**doc, "rows": {"macs_0.5x/a": {**a, "timed_apart": True},
+                             "macs_0.5x/c": {**row, "row": "c", "config": {}}},
+             "timing": {"names": ["macs_0.5x/c", "stock/resnet20"], "median_ms": [1.7, 0.8], "commit": "ghi"}}
+    report.write_text(json.dumps(later))
+    again = bench.State(tmp_path / "w3")
+    again.data["settings"] = json.loads(json.dumps(settings))
+    assert bench.adopt_report(again, report, settings) == ["macs_0.5x/a", "macs_0.5x/c"]
+    rows = bench.State(tmp_path / "w3").data["rows"]
+    assert rows["macs_0.5x/a"]["latency_ms"] == 2.0 and rows["macs_0.5x/a"]["timing_ref"]["commit"] == "def"
+    assert rows["macs_0.5x/c"]["latency_ms"] == 1.7 and rows["macs_0.5x/c"]["timing_ref"]["stock_ms"] == {"resnet20": 0.8}
+    for r in rows.values():
+        r["timed_apart"] = True
+    assert [t["commit"] for t in bench.adopted_timings(rows)] == ["def", "ghi"]
+    untimed = {**later, "rows": {"macs_0.5x/b": {**row, "row": "b", "config": {}}}}
+    report.write_text(json.dumps(untimed))
+    with pytest.raises(ValueError, match="no latency"):
+        bench.adopt_report(bench.State(tmp_path / "w4"), report, settings)
     report.write_text(json.dumps({"benchmark": "frontier", "rows": {}}))
     with pytest.raises(ValueError, match="not a report"):
         bench.adopt_report(state, report, settings)
