@@ -1,7 +1,7 @@
 """Benchmark (issue 14): is the pruned ResNet-56 on or above the stock frontier, trained on all of CIFAR-10?
 
     taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/bench_frontier.py [--data ../shared/data] \
-        [--budgets "macs=0.5x,macs=resnet20"] [--rows a,b,c,d] [--epochs 6] [--recipe JSON] \
+        [--budgets "macs=0.5x,macs=resnet20"] [--rows a,b,c,d] [--epochs 8] [--recipe JSON] \
         [--work DIR] [--resume] [--report-only] [--smoke] [--out benchmarks/results] \
         [--variant NAME=JSON ...] [--note TEXT]
 
@@ -94,8 +94,22 @@ from compress.profiling.latency_model import measure_interleaved  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: row (a)'s gp-prune config (``--recipe`` replaces it; ``--epochs`` sets its ``epochs``).
+#: row (a)'s gp-prune config (``--recipe`` replaces it; ``--epochs`` sets its ``epochs``): xi*, global
+#: allocation (cap 0.8), ONE-SHOT, then the KD fine-tune. Chosen on validation images, never the test
+#: images: in the paired short-run ablation (``bench_recipe_ablation.py``, ``macs=0.5x``, same epochs) the
+#: iterative schedule cost 2.5 points against one-shot (p 0.02). Full validation curves cannot decide it:
+#: the validation split comes from the teacher's own training images, which the teacher memorised
+#: (recovery epochs right after a small pruning step read 98-99%), so it favours students that stay
+#: close to the teacher, the iterative ones. The published table's row (a) ran :data:`ITERATIVE_RECIPE`
+#: with ``--epochs 6``; its ``a+oneshot8`` row is this recipe with 8 epochs.
 DEFAULT_RECIPE: dict[str, Any] = {
+    "metric": "xi_star", "allocation": "global", "max_group_ratio": 0.8, "schedule": "one-shot",
+    "lr": 0.02, "kd_alpha": 0.5, "kd_temperature": 4.0, "label_smoothing": 0.1, "warmup_epochs": 1,
+    "augment": "flip-crop", "calib_samples": 512,
+}
+#: the session-13 recipe (3 iterative steps toward the budget, each with 1 KD recovery epoch): row (a)
+#: of ``benchmarks/results/frontier_resnet56.md``, which ``--recipe`` with this JSON and ``--epochs 6`` reproduce.
+ITERATIVE_RECIPE: dict[str, Any] = {
     "metric": "xi_star", "allocation": "global", "max_group_ratio": 0.8,
     "schedule": "iterative", "iterative_steps": 3, "recovery_epochs": 1,
     "lr": 0.02, "kd_alpha": 0.5, "kd_temperature": 4.0, "label_smoothing": 0.1, "warmup_epochs": 1,
@@ -462,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="resumable state: state.json and one folder per row")
     ap.add_argument("--budgets", default="macs=0.5x,macs=resnet20")
     ap.add_argument("--rows", default="a,b,c,d")
-    ap.add_argument("--epochs", type=int, default=6, help="fine-tune epochs of (a) and (b); (c), (d): (a)'s total")
+    ap.add_argument("--epochs", type=int, default=8,
+                    help="fine-tune epochs of (a) and (b); (c), (d): (a)'s total (the published (a) row: 6, after 2 "
+                         "recovery epochs)")
     ap.add_argument("--recipe", default=None, help="row (a)'s gp-prune config as a JSON object (default: DEFAULT_RECIPE)")
     ap.add_argument("--scratch-lr", type=float, default=0.1, help="row (d)'s learning rate (training from scratch)")
     ap.add_argument("--seed", type=int, default=0)

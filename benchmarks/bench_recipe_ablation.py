@@ -4,8 +4,9 @@
         [--train-limit 5000] [--budget macs=0.5x] [--variants NAME=JSON ...] [--work DIR] [--out DIR]
 
 The pretrained ResNet-56 is pruned to ``--budget`` by gp-prune with bench_frontier's recipe
-(:data:`bench_frontier.DEFAULT_RECIPE`: ξ*, global allocation with a 0.8 cap, 3 iterative steps with
-one KD recovery epoch each, KD with label smoothing; its 1-epoch LR warm-up is off here by default,
+(:data:`bench_frontier.ITERATIVE_RECIPE`, the session-13 recipe this ablation was run on: ξ*, global
+allocation with a 0.8 cap, 3 iterative steps with one KD recovery epoch each, KD with label smoothing.
+Its ``one-shot`` row won, so bench_frontier's default is one-shot now. The 1-epoch LR warm-up is off here by default,
 ``--warmup-epochs``: in a 1-epoch fine-tune it would end at the peak LR, measured at -14 points in
 ``recipe_ablation_short_warmup1.md``) and with each variant, which
 changes the recipe's fields (the flat gp-prune keys bench_frontier uses). Every row trains the same
@@ -45,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bootstrap_diff, machine, mcnemar, predictions, publish  # noqa: E402
-from bench_frontier import DEFAULT_RECIPE, total_epochs  # noqa: E402
+from bench_frontier import ITERATIVE_RECIPE, total_epochs  # noqa: E402
 from bench_latency_pruning import cpu_model, git_commit  # noqa: E402
 
 from compress.api import compress  # noqa: E402
@@ -55,6 +56,8 @@ from compress.profiling import Target  # noqa: E402
 from compress.profiling.latency_model import measure_interleaved  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+#: the recipe every variant changes one field of (its published rows were run on it)
+BASE_RECIPE: dict[str, Any] = ITERATIVE_RECIPE
 STEM = "recipe_ablation_short"
 #: the recipe's fine-tune epochs in these short runs (its 2 recovery epochs come on top)
 EPOCHS = 1
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     train = args.data / "cifar10_train50k_lossless.npz"
     if not train.is_file():
         ap.error(f"missing {train}; pass the shared data folder with --data")
-    recipe = {**DEFAULT_RECIPE, "epochs": EPOCHS, "warmup_epochs": args.warmup_epochs}
+    recipe = {**BASE_RECIPE, "epochs": EPOCHS, "warmup_epochs": args.warmup_epochs}
     rows_cfg = {"recipe": recipe, **{n: {**recipe, **o} for n, o in parse_variants(args.variants).items()}}
     from compress.registry import get_strategy
 

@@ -20,7 +20,7 @@ def test_every_default_variant_trains_the_recipes_epochs_and_is_a_valid_config()
 
     from compress.registry import get_strategy
 
-    recipe = {**b.DEFAULT_RECIPE, "epochs": b.EPOCHS}
+    recipe = {**b.BASE_RECIPE, "epochs": b.EPOCHS}
     for name, over in b.DEFAULT_VARIANTS.items():
         cfg = {**recipe, **over}
         assert b.total_epochs(cfg) == b.total_epochs(recipe), name  # only the addition differs, not the compute
