@@ -126,7 +126,7 @@ DEPGRAPH_RECIPE: dict[str, Any] = {"metric": "l2", "allocation": "global", "sche
 SHARED_KEYS = ("lr", "momentum", "weight_decay", "optimizer", "kd_alpha", "kd_temperature", "label_smoothing",
                "warmup_epochs", "augment", "max_steps_per_epoch", "grad_clip", "channel_rounding", "max_group_ratio")
 #: ``--smoke``: a few minutes in all, to test the script, never to read the numbers.
-SMOKE = {"train_images": 512, "val_per_class": 10, "test_images": 200, "epochs": 1,
+SMOKE = {"train_images": 512, "val_per_class": 10, "test_images": 200, "epochs": 2,
          "gp": {"max_steps_per_epoch": 2, "calib_samples": 64, "bisection_steps": 2},
          "iterative_steps": 2, "latency": {"latency_warmup": 1, "latency_repeats": 5}, "rounds": 3, "repeats": 5}
 #: the settings that change results: a --resume must repeat them (it may add budgets and rows).
@@ -183,6 +183,9 @@ def row_configs(recipe: dict[str, Any], epochs: int, smoke: bool) -> tuple[dict[
     elif is_depgraph:
         notes.append("(c) skipped: the recipe of (a) is already DepGraph's (sparse learning, group L2 norm, global, "
                      "one-shot).")
+    elif t < 2:
+        notes.append(f"(c) skipped: (a) trains {t} epoch in total, too few to split into sparse learning and a "
+                     "fine-tune.")
     else:
         sparse = max(1, t // 2)
         c = {**DEPGRAPH_RECIPE, **extra, **shared, "sparse_epochs": sparse, "epochs": t - sparse}
@@ -486,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="an extra row 'a+NAME': (a)'s recipe with these gp-prune fields changed (repeatable), e.g. "
                          "drop0.5='{\"drop_blocks\": 0.5}'; a --resume may add variants")
-    ap.add_argument("--smoke", action="store_true", help="tiny settings (512 train images, 1 epoch, 2 steps): a test")
+    ap.add_argument("--smoke", action="store_true", help="tiny settings (512 train images, 2 epochs, 2 steps): a test")
     ap.add_argument("--resume", action="store_true", help="continue the run kept in --work")
     ap.add_argument("--report-only", action="store_true", help="write the outputs from --work without training")
     ap.add_argument("--retime", action="store_true",

@@ -170,3 +170,15 @@ def test_adopt_report_takes_rows_with_their_own_timing(tmp_path):
     report.write_text("{")
     with pytest.raises(ValueError, match="cannot read"):
         bench.adopt_report(state, report, settings)
+
+
+def test_row_c_splits_a_total_of_at_least_two_epochs_and_is_skipped_below():
+    bench = _bench()
+    recipe = _recipe(bench)
+    configs, _ = bench.row_configs(recipe, 8, smoke=False)
+    c = configs["c"]
+    assert c["sparse_epochs"] + c["epochs"] == bench.total_epochs(configs["a"]) == 8
+    configs, notes = bench.row_configs(recipe, 1, smoke=False)
+    assert configs["c"] is None and any("too few" in n for n in notes)
+    iterative = bench.row_configs(bench.ITERATIVE_RECIPE, 6, smoke=False)[0]
+    assert bench.total_epochs(iterative["a"]) == 8  # the published row (a): 2 recovery + 6 fine-tune epochs
