@@ -45,6 +45,27 @@ def bootstrap_diff(correct_a: np.ndarray, correct_b: np.ndarray, n: int = 10000,
             "ci95_low": float(np.percentile(d, 2.5)), "ci95_high": float(np.percentile(d, 97.5))}
 
 
+def mean_random_test(correct_s: np.ndarray, correct_randoms: list[np.ndarray], n: int = 10000,
+                     seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap of ``acc(strategy) - mean_k acc(random_k)`` over the test images.
+
+    ``d_i = c_s,i - mean_k c_k,i`` per image (``c`` in {0, 1}); ``n`` resamples of the images give
+    the 95% percentile interval of ``mean(d)`` (in points) and the two-sided p-value of the centred
+    bootstrap ``(1 + #{|mean(d*) - mean(d)| >= |mean(d)|}) / (n + 1)`` (the null ``E[d] = 0``).
+    Used by bench_nas_random (eg-nas, darts-gal) and bench_grow (``--random-k``)."""
+    cs = np.asarray(correct_s, dtype=float)
+    m = np.mean(np.stack([np.asarray(c, dtype=float) for c in correct_randoms]), axis=0)
+    d = cs - m
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n, len(d)))
+    boot = d[idx].mean(1)
+    obs = float(d.mean())
+    p = (1 + int(np.sum(np.abs(boot - obs) >= abs(obs)))) / (n + 1)
+    return {"diff_pts": 100 * obs, "ci95_low": float(np.percentile(boot, 2.5)) * 100,
+            "ci95_high": float(np.percentile(boot, 97.5)) * 100, "p_value": float(p),
+            "acc_strategy": float(cs.mean()), "acc_random_mean": float(m.mean()), "n_boot": n}
+
+
 def frontier(data_dir: Path, x_test: torch.Tensor, y_test: torch.Tensor, target: Target,
              depths=(20, 32, 44, 56), repeats: int = 50) -> list[dict[str, Any]]:
     """The stock frontier: the pretrained CIFAR ResNets as a user could pick them off the shelf."""

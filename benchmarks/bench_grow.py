@@ -10,6 +10,11 @@
    augmentation:
    * ``grow``          -- SEArch: Eq. 5 bottleneck score, deepen-then-widen, budget stop, final KD retrain;
    * ``grow-random``   -- ablation (C): random edge and random deepen/widen, same everything else;
+     ``--random-k K`` (issue 18: "grow: random splitting ... the mean and best of K") runs it K times,
+     ``grow-random-1`` .. ``grow-random-K`` with seeds ``--seed`` + 0 .. K-1 (the random choices and
+     the initialisation differ; data, split and settings do not), and adds the "random mean" and
+     "random best" rows, McNemar and bootstrap of grow vs the best, and the paired bootstrap of grow
+     vs the mean of the K (``_common.mean_random_test``);
    * ``kd-resnet20``   -- Hinton KD (CE + T^2 KL, alpha 0.5, T 4) from the same teacher into a
      freshly initialised ResNet-20, ``--final-epochs`` epochs (the grown students' retrain length).
      ``--kd-matched`` adds a ``kd-resnet20-matched`` row whose epochs also cover the grow search
@@ -30,10 +35,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bootstrap_diff, cut_facts, frontier, machine, mcnemar, predictions, write_outputs  # noqa: E402
+from _common import (bootstrap_diff, cut_facts, frontier, machine, mcnemar, mean_random_test, predictions,  # noqa: E402
+                     write_outputs)
 
 import compress.strategies.grow  # noqa: E402,F401  (registers "grow")
 from compress.api import compress, library_versions  # noqa: E402
@@ -84,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="budget spec (default: params of --student-ref); e.g. latency=0.31x for issue 18's goal 3 "
                          "(ResNet-20's ORT latency as a share of the teacher's); the output then ends in _<budget>")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--random-k", type=int, default=1,
+                    help="random-splitting runs (seeds --seed .. --seed+K-1); K > 1 adds the random mean and best "
+                         "rows and the paired tests against them, and _k<K> to the output name")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script end to end in minutes")
     args = ap.parse_args(argv)
+    if args.random_k < 1:
+        ap.error(f"--random-k must be at least 1, got {args.random_k}")
     if args.smoke:
         args.train_limit, args.stage_epochs, args.max_iterations = 512, 1, 2
         args.final_epochs, args.max_steps, args.latency_repeats = 1, 2, 5
@@ -120,16 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         base_cfg["score_max_batches"] = 1
     runs = []
-    for name, extra in (("grow", {}), ("grow-random", {"split_policy": "random"})):
+    k = args.random_k
+    plan = [("grow", {}, args.seed)] + [(f"grow-random-{i + 1}" if k > 1 else "grow-random", {"split_policy": "random"},
+                                         args.seed + i) for i in range(k)]
+    for name, extra, seed in plan:
         t0 = time.perf_counter()
-        res = compress(teacher, budget, data=task, strategy="grow", seed=args.seed, target=target,
+        res = compress(teacher, budget, data=task, strategy="grow", seed=seed, target=target,
                        config={**base_cfg, **extra}, out_dir=args.out / f"grow_{args.teacher}_{name}",
                        progress=not args.smoke, latency_repeats=args.latency_repeats,
                        latency_warmup=min(10, args.latency_repeats))
         correct = predictions(res.student, x_test) == y_test.numpy()
         grow_hist = [h for h in res.history if h.get("phase") == "grow"]
         runs.append({
-            "run": name, "test_acc": float(correct.mean()), "val_acc": res.student_report.accuracy_val,
+            "run": name, "seed": seed, "test_acc": float(correct.mean()), "val_acc": res.student_report.accuracy_val,
             "macs": res.student_report.cost.macs, "params": res.student_report.cost.params,
             "ort_latency_ms": res.student_report.latency.median_ms, "ort_latency_p90_ms": res.student_report.latency.p90_ms,
             "budget_ok": res.budget_check.ok, "onnx_parity_ok": res.validation.ok, "wall_s": res.wall_s,
@@ -151,16 +166,36 @@ def main(argv: list[str] | None = None) -> int:
         extra = math.ceil(max(r.get("search_epoch_equivalents", 0) for r in runs))
         runs.append(_kd_baseline(f"kd-{args.student_ref}-matched", teacher, task, args, args.final_epochs + extra,
                                  target, x_test, y_test))
-    for r in runs[2:]:
+    for r in runs[1 + k:]:
         print(f"{r['run']}: test {100 * r['test_acc']:.2f}%  params {r['params']:,}  wall {r['elapsed_s']:.0f} s", flush=True)
 
     stock = frontier(args.data, x_test, y_test, target, depths=(20,) if args.smoke else (20, 32, 44, 56),
                      repeats=args.latency_repeats)
+    randoms = [r for r in runs if r["run"].startswith("grow-random")]
+    summary: dict = {}
+    skip: set[str] = set()  # with K > 1, only the best random row is paired with the others
+    if k > 1:
+        best = max(randoms, key=lambda r: r["test_acc"])
+        skip = {r["run"] for r in randoms if r is not best}
+        summary = {
+            "random_mean": {"run": f"random mean (of {k})", "test_acc": float(np.mean([r["test_acc"] for r in randoms])),
+                            **{f: float(np.mean([r[f] for r in randoms]))
+                               for f in ("params", "macs", "ort_latency_ms", "ort_latency_p90_ms")}},
+            "random_best": best["run"],
+            "vs_best": {"a": "grow", "b": best["run"], **mcnemar(runs[0]["correct"], best["correct"]),
+                        **bootstrap_diff(runs[0]["correct"], best["correct"])},
+            "vs_mean": {"a": "grow", "b": f"random mean (of {k})",
+                        **mean_random_test(runs[0]["correct"], [r["correct"] for r in randoms])},
+        }
     paired = []
     for i, a in enumerate(runs):
+        if a["run"] in skip:  # K random rows: compared through the mean and the best (summary)
+            continue
         paired.append({"a": a["run"], "b": "teacher", **mcnemar(a["correct"], t_correct),
                        **bootstrap_diff(a["correct"], t_correct)})
         for b in runs[i + 1:]:
+            if b["run"] in skip:
+                continue
             paired.append({"a": a["run"], "b": b["run"], **mcnemar(a["correct"], b["correct"]),
                            **bootstrap_diff(a["correct"], b["correct"])})
         for s in stock:
@@ -171,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "grow_cifar", "teacher": args.teacher, "budget": budget, "args": {k: str(v) for k, v in vars(args).items()},
         "train_images": len(task.train.dataset), "test_images": int(len(y_test)),
         "teacher_test_acc": float(t_correct.mean()), "teacher_macs": t_macs, "runs": runs, "frontier": stock, "paired": paired,
+        "random_summary": summary,
         "versions": library_versions(), "machine": machine(),
     }
     what = f"(= cifar:{args.student_ref})" if not args.budget else ""
@@ -184,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         total = r["wall_s"].get("total", r["elapsed_s"])
         md.append(f"| {r['run']} | {100 * r['test_acc']:.2f}% | {r['params']:,} | {r['macs']:,} | "
                   f"{r['ort_latency_ms']:.3f} / {r['ort_latency_p90_ms']:.3f} | {r.get('iterations', '-')} | {total:.0f} |")
+    if summary:
+        m = summary["random_mean"]
+        md.append(f"| **{m['run']}** | {100 * m['test_acc']:.2f}% | {m['params']:,.0f} | {m['macs']:,.0f} | "
+                  f"{m['ort_latency_ms']:.3f} / {m['ort_latency_p90_ms']:.3f} | - | - |")
+        rb = next(r for r in randoms if r["run"] == summary["random_best"])
+        md.append(f"| **random best** ({rb['run']}) | {100 * rb['test_acc']:.2f}% | {rb['params']:,} | {rb['macs']:,} | "
+                  f"{rb['ort_latency_ms']:.3f} / {rb['ort_latency_p90_ms']:.3f} | {rb.get('iterations', '-')} | - |")
     for s in stock:
         md.append(f"| {s['model']} | {100 * s['test_acc']:.2f}% | {s['params']:,} | {s['macs']:,} | "
                   f"{s['ort_latency_ms']:.3f} / {s['ort_latency_p90_ms']:.3f} | - | - |")
@@ -195,13 +238,22 @@ def main(argv: list[str] | None = None) -> int:
         md += [f"- {r['run']}: {r['cut_ratio']:.2f} (latency cut {100 * r['latency_cut']:.1f}%, MACs cut "
                f"{100 * r['macs_cut']:.1f}%){'; goal met' if r['cut_ratio'] >= 0.6 else '; goal missed'}"
                for r in cuts]
+    if summary:
+        vm, vb = summary["vs_mean"], summary["vs_best"]
+        beats = vm["p_value"] < 0.05 and vm["diff_pts"] > 0
+        md += ["", f"**Beats the mean of random search: {'yes' if beats else 'no'}** -- {vm['diff_pts']:+.1f} points "
+               f"(grow {100 * vm['acc_strategy']:.2f}% vs the mean of {k} random splittings "
+               f"{100 * vm['acc_random_mean']:.2f}%; paired bootstrap over the test images, 95% CI "
+               f"[{vm['ci95_low']:+.1f}, {vm['ci95_high']:+.1f}], p {vm['p_value']:.3f}). Against the best random "
+               f"({vb['b']}): {vb['diff_pts']:+.1f} points, McNemar p {vb['p_value']:.3f}."]
     md += ["", "Paired comparisons on the same test images (McNemar exact p; bootstrap 95% CI of the difference in points):", "",
            "| a | b | a right only | b right only | McNemar p | diff (pts) | 95% CI |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for p in paired:
         md.append(f"| {p['a']} | {p['b']} | {p['a_only']} | {p['b_only']} | {p['p_value']:.3f} | {p['diff_pts']:+.1f} | "
                   f"[{p['ci95_low']:+.1f}, {p['ci95_high']:+.1f}] |")
     md += ["", "Final grown architecture (graphviz DOT, paper Fig. 2 style):", "", "```dot", runs[0]["structure_dot"], "```"]
-    stem = f"grow_cifar_{args.teacher}" + (f"_{re.sub(r'[^A-Za-z0-9.]+', '_', args.budget)}" if args.budget else "")
+    stem = (f"grow_cifar_{args.teacher}" + (f"_{re.sub(r'[^A-Za-z0-9.]+', '_', args.budget)}" if args.budget else "")
+            + (f"_k{k}" if k > 1 else ""))
     j, m = write_outputs(args.out, stem, payload, "\n".join(md) + "\n")
     print("\n".join(md))
     print(f"wrote {j} and {m}")

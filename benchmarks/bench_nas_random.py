@@ -84,7 +84,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_darts_gal  # noqa: E402  (settings of the darts-gal benchmark)
 import bench_eg_nas  # noqa: E402  (settings of the eg-nas benchmark)
-from _common import bootstrap_diff, cut_facts, frontier, json_default, machine, mcnemar, predictions, write_outputs  # noqa: E402
+from _common import (bootstrap_diff, cut_facts, frontier, json_default, machine, mcnemar, mean_random_test,  # noqa: E402
+                     predictions, write_outputs)
 from bench_latency_pruning import git_commit  # noqa: E402  (as bench_frontier and bench_real_size)
 
 import compress.strategies.darts_gal  # noqa: E402,F401  (registers "darts-gal")
@@ -357,29 +358,6 @@ def run_kd_resnet20(args, cfg, teacher, task, target, x_test, y_test, epochs: in
            "elapsed_s": time.perf_counter() - t0, "correct": correct.tolist()}
     print(f"kd-resnet20: test {100 * row['test_acc']:.2f}%  {epochs} epochs  {row['elapsed_s']:.0f} s", flush=True)
     return row
-
-
-# ------------------------------------------------------------------------------------ statistics
-
-
-def mean_random_test(correct_s: np.ndarray, correct_randoms: list[np.ndarray], n: int = BOOTSTRAP_N,
-                     seed: int = 0) -> dict[str, float]:
-    """Paired bootstrap of ``acc(strategy) - mean_k acc(random_k)`` over the test images.
-
-    ``d_i = c_s,i - mean_k c_k,i`` per image (``c`` in {0, 1}); ``n`` resamples of the images give
-    the 95% percentile interval of ``mean(d)`` (in points) and the two-sided p-value of the centred
-    bootstrap ``(1 + #{|mean(d*) - mean(d)| >= |mean(d)|}) / (n + 1)`` (the null ``E[d] = 0``)."""
-    cs = np.asarray(correct_s, dtype=float)
-    m = np.mean(np.stack([np.asarray(c, dtype=float) for c in correct_randoms]), axis=0)
-    d = cs - m
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(d), size=(n, len(d)))
-    boot = d[idx].mean(1)
-    obs = float(d.mean())
-    p = (1 + int(np.sum(np.abs(boot - obs) >= abs(obs)))) / (n + 1)
-    return {"diff_pts": 100 * obs, "ci95_low": float(np.percentile(boot, 2.5)) * 100,
-            "ci95_high": float(np.percentile(boot, 97.5)) * 100, "p_value": float(p),
-            "acc_strategy": float(cs.mean()), "acc_random_mean": float(m.mean()), "n_boot": n}
 
 
 # ------------------------------------------------------------------------------------ state
