@@ -109,12 +109,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
 }
 #: the session-13 recipe (3 iterative steps toward the budget, each with 1 KD recovery epoch): row (a)
 #: of ``benchmarks/results/frontier_resnet56.md``, which ``--recipe`` with this JSON and ``--epochs 6`` reproduce.
-ITERATIVE_RECIPE: dict[str, Any] = {
-    "metric": "xi_star", "allocation": "global", "max_group_ratio": 0.8,
-    "schedule": "iterative", "iterative_steps": 3, "recovery_epochs": 1,
-    "lr": 0.02, "kd_alpha": 0.5, "kd_temperature": 4.0, "label_smoothing": 0.1, "warmup_epochs": 1,
-    "augment": "flip-crop", "calib_samples": 512,
-}
+ITERATIVE_RECIPE: dict[str, Any] = {**DEFAULT_RECIPE, "schedule": "iterative", "iterative_steps": 3, "recovery_epochs": 1}
 #: row (b): Torch-Pruning's L1 magnitude, uniform, one-shot (the fine-tune is the recipe's).
 L1_BASELINE: dict[str, Any] = {"metric": "tp-l1", "allocation": "uniform", "schedule": "one-shot"}
 #: row (c): DepGraph (Fang et al., CVPR 2023): sparse learning with group-norm regularisation
