@@ -74,6 +74,7 @@ import shlex
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ from compress.strategies.darts.supernet_search import dataset_of  # noqa: E402
 from compress.strategies.darts_gal.config import PRESETS as DG_PRESETS  # noqa: E402
 from compress.strategies.darts_gal.config import DartsGalConfig  # noqa: E402
 from compress.strategies.eg_nas.config import _PRESETS as EG_PRESETS  # noqa: E402
-from compress.strategies.config_tree import config_from_dict  # noqa: E402
+from compress.strategies.config_tree import config_from_dict, config_to_dict  # noqa: E402
 from compress.strategies.eg_nas.config import EGNASConfig, final_key  # noqa: E402
 from compress.strategies.eg_nas.strategy import EGNAS  # noqa: E402
 from compress.training import CheckpointStore, finetune  # noqa: E402
@@ -119,21 +120,28 @@ CELL_STEPS, CELL_MULTIPLIER = 4, 4
 
 # Settings per strategy: the reduced CIFAR settings of eg_nas_cifar_small.md and
 # darts_gal_cifar_small_lambda0.1.md (their provenance commands over bench_eg_nas.FULL /
-# bench_darts_gal.FULL), 5 retrain epochs, plus the issue-18 step scaling of the cpu-small presets
-# (xi_reference_updates, arch_reference_steps: without them alpha stays uniform). Sized so that a
-# strategy's table (strategy + 5 randoms + KD ResNet-20) takes about 35-45 min on one core.
+# bench_darts_gal.FULL), 5 retrain epochs, plus the issue-18 alpha steps of the cpu-small presets
+# (xi_reference_updates, arch_reference_steps: without them alpha stays uniform; darts-gal's
+# arch_batch_size and arch_weight_decay since 2026-12-04; before it, its benchmark ran the preset's
+# earlier search: arch_reference_steps 19,550, alpha batch 32, alpha weight decay 1e-3, as the
+# configs in the earlier nas_random_darts_gal* results show). Sized so that a strategy's table
+# (strategy + 5 randoms + KD ResNet-20) takes about 35-45 min on one core.
+_DG_SEARCH = DG_PRESETS["cpu-small"]["search"]
+#: darts-gal's alpha-step fields of the cpu-small preset, in the benchmarks' flat spelling
+DG_ARCH_STEPS = {"arch_reference_steps": _DG_SEARCH["arch_reference_steps"],
+                 "search_arch_batch_size": _DG_SEARCH["arch_batch_size"],
+                 "arch_weight_decay": _DG_SEARCH["arch_weight_decay"]}
 FULL: dict[str, dict[str, Any]] = {
     "eg-nas": {**bench_eg_nas.FULL, "search_epochs": 6, "warmup_epochs": 2, "restarts": 2, "popsize": 8,
                "candidates_C": (8, 12, 16, 20, 24), "candidates_layers": (5, 8), "final_epochs": 5,
                "xi_reference_updates": EG_PRESETS["cpu-small"]["es"]["xi_reference_updates"],
                "arch_reference_steps": EG_PRESETS["cpu-small"]["search"]["arch_reference_steps"]},
     "darts-gal": {**bench_darts_gal.FULL, "search_epochs": 3, "baseline_epochs": 3, "gal_epochs": 1,
-                  "final_epochs": 5, "candidates_C": (8, 10, 12, 16), "candidates_layers": (5, 8),
-                  "arch_reference_steps": DG_PRESETS["cpu-small"]["search"]["arch_reference_steps"]},
+                  "final_epochs": 5, "candidates_C": (8, 10, 12, 16), "candidates_layers": (5, 8), **DG_ARCH_STEPS},
 }
 SMOKE: dict[str, dict[str, Any]] = {
     "eg-nas": {**bench_eg_nas.SMOKE, "xi_reference_updates": EG_PRESETS["cpu-small"]["es"]["xi_reference_updates"]},
-    "darts-gal": {**bench_darts_gal.SMOKE, "arch_reference_steps": DG_PRESETS["cpu-small"]["search"]["arch_reference_steps"]},
+    "darts-gal": {**bench_darts_gal.SMOKE, **DG_ARCH_STEPS},
 }
 DEFAULT_TEACHER = {"eg-nas": "resnet20", "darts-gal": "resnet56"}  # as bench_eg_nas / bench_darts_gal
 DEFAULT_TRAIN_LIMIT = 2000
@@ -360,6 +368,47 @@ def run_kd_resnet20(args, cfg, teacher, task, target, x_test, y_test, epochs: in
     return row
 
 
+def _without_search(strategy: str, cfg: dict) -> dict:
+    """A darts-gal config as nested data without its ``search`` sub-config (what a fixed-genotype row reads)."""
+    with warnings.catch_warnings():  # the flat spelling of the benchmark's configs warns; the data are the same
+        warnings.simplefilter("ignore")
+        d = config_to_dict(config_from_dict(DartsGalConfig, cfg))
+    d.pop("search")
+    return d
+
+
+def reusable_random_rows(path: Path, settings: dict, k: int) -> dict[str, dict]:
+    """The ``random-1 .. random-k`` rows of another run's partial file, when that run differs from this
+    one only in the searched fields: darts-gal's random rows set ``genotype`` and so skip the search
+    (``DartsGalConfig.search``), and every other setting (budget, seeds, data, teacher, the
+    sizing/baseline/GAL/retrain configs) must be equal. Each row gains ``reused_from`` (the file and
+    the commit it was trained at).
+
+    Raises:
+        SystemExit: a missing or unreadable file, other settings, or missing random rows.
+    """
+    if settings["strategy"] != "darts-gal":
+        raise SystemExit("--reuse-random-from: only darts-gal's random rows skip every searched field; "
+                         "eg-nas' final phase reads its search config")
+    try:
+        other = json.loads(path.read_text())
+        o_settings, o_rows = other["settings"], other["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--reuse-random-from {path}: not a bench_nas_random partial file ({exc})") from exc
+    diff = sorted(key for key in settings if key != "config" and o_settings.get(key) != settings[key])
+    if diff:
+        raise SystemExit(f"--reuse-random-from {path}: other settings ({', '.join(diff)}); its random rows do not apply")
+    if _without_search(settings["strategy"], o_settings["config"]) != _without_search(settings["strategy"],
+                                                                                      settings["config"]):
+        raise SystemExit(f"--reuse-random-from {path}: its config differs outside the search fields; "
+                         "its random rows do not apply")
+    names = [f"random-{i}" for i in range(1, k + 1)]
+    missing = [n for n in names if n not in o_rows]
+    if missing:
+        raise SystemExit(f"--reuse-random-from {path}: no rows {', '.join(missing)}; finish that run first")
+    return {n: {**o_rows[n], "reused_from": {"path": str(path), "commit": o_rows[n].get("commit")}} for n in names}
+
+
 # ------------------------------------------------------------------------------------ state
 
 
@@ -502,6 +551,12 @@ def _markdown(settings, part, rows, names, table, summary, paired, stock, comple
            f"(test {_pts(s['teacher_test_acc'])}). K = {s['k']} random genotypes (`random_genotypes(k, seed="
            f"{s['random_seed']}, primitives={s['primitives']!r})`), each through the strategy's own post-search "
            f"procedure with the same config and seed: {s['equal_cost']}. KD ResNet-20: {s['kd_note']}", ""]
+    reused = [n for n in names if rows[n].get("reused_from")]
+    if reused:
+        srcs = sorted({(rows[n]["reused_from"]["path"], str(rows[n]["reused_from"]["commit"])) for n in reused})
+        md += [f"Rows {', '.join(reused)} were copied (`--reuse-random-from`) from "
+               + "; ".join(f"`{p}` (trained at commit {c})" for p, c in srcs)
+               + ": a run whose settings differ only in the search fields, which a fixed-genotype row never reads.", ""]
     md += ["| model | test acc | params | MACs | ORT ms (cpu-1t, side by side): median / best round | C x cells | wall s |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
 
@@ -580,7 +635,9 @@ def _markdown(settings, part, rows, names, table, summary, paired, stock, comple
     for n in names:
         if rows[n].get("genotype"):
             md.append(f"- {n}: `{json.dumps(rows[n]['genotype'], separators=(',', ':'))}`")
-    md += ["", "Config (strategy and every random row): `" + json.dumps(s["config"], separators=(",", ":")) + "`"]
+    md += ["", "Config (strategy and every random row" + (", the copied ones apart from their unread search fields"
+                                                          if reused else "") + "): `"
+           + json.dumps(s["config"], separators=(",", ":")) + "`"]
     return "\n".join(md) + "\n"
 
 
@@ -605,6 +662,10 @@ def main(argv: list[str] | None = None) -> int:
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="skip the rows already in the partial file")
     g.add_argument("--report-only", action="store_true", help="write the tables from the partial file")
+    ap.add_argument("--reuse-random-from", type=Path, default=None, metavar="PARTIAL_JSON",
+                    help="darts-gal: copy the random rows of an earlier run's partial file whose settings differ only "
+                         "in search fields (random rows skip the search, so they read none of them) instead of "
+                         "training them again; each copied row keeps its commit and names its source")
     ap.add_argument("--retime", action="store_true",
                     help="time every row side by side again (e.g. on a quieter machine); the old timing is kept")
     args = ap.parse_args(argv)
@@ -673,6 +734,12 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "report-only" if args.report_only else "resume" if args.resume else "run"})
     part.save()
     rows = part.data["rows"]
+    if args.reuse_random_from is not None and not args.report_only:
+        for name, row in reusable_random_rows(args.reuse_random_from, settings, args.k).items():
+            if name not in rows:
+                rows[name] = row
+                print(f"{name}: copied from {args.reuse_random_from}", flush=True)
+        part.save()
 
     if not args.report_only:
         genotypes = random_genotypes(args.k, args.random_seed, primitives, steps=CELL_STEPS, multiplier=CELL_MULTIPLIER)

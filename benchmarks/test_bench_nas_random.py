@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -141,3 +142,32 @@ def test_bench_nas_random_smoke_end_to_end(tmp_path, capsys):
     assert bench.main([*argv, "--report-only"]) == 0
     assert json.loads((out / f"{stem}.json").read_text())["summary"] == s
     assert len(json.loads((out / f"{stem}.partial.json").read_text())["invocations"]) == 3  # run, resume, report-only (the refused call records nothing)
+
+
+def test_reuse_random_from_accepts_only_a_run_that_differs_in_search_fields(tmp_path):
+    """``--reuse-random-from``: darts-gal's random rows skip the search, so a run whose config differs
+    only in search fields may lend them; any other difference refuses, as eg-nas always does."""
+    bench = _bench()
+    cfg = {"search": {"epochs": 3, "arch_batch_size": 256}, "baseline": {"epochs": 3}}
+    settings = {"strategy": "darts-gal", "budget": "params=100", "k": 2, "config": cfg}
+    other = {**settings, "config": {"search": {"epochs": 3}, "baseline": {"epochs": 3}}}
+    rows = {"random-1": {"test_acc": 0.4, "commit": "abc"}, "random-2": {"test_acc": 0.3, "commit": "abc"},
+            "strategy": {"test_acc": 0.5}}
+    path = tmp_path / "p.partial.json"
+    path.write_text(json.dumps({"settings": other, "rows": rows}))
+    got = bench.reusable_random_rows(path, settings, 2)
+    assert sorted(got) == ["random-1", "random-2"]
+    assert got["random-1"]["test_acc"] == 0.4 and got["random-1"]["reused_from"] == {"path": str(path), "commit": "abc"}
+    for changed, why in ((dict(other, config={"search": {"epochs": 3}, "baseline": {"epochs": 4}}), "outside the search"),
+                         (dict(other, budget="params=200"), "other settings (budget)")):
+        path.write_text(json.dumps({"settings": changed, "rows": rows}))
+        with pytest.raises(SystemExit, match=re.escape(why)):
+            bench.reusable_random_rows(path, settings, 2)
+    path.write_text(json.dumps({"settings": other, "rows": rows}))
+    with pytest.raises(SystemExit, match="no rows random-3"):
+        bench.reusable_random_rows(path, settings, 3)
+    with pytest.raises(SystemExit, match="only darts-gal"):
+        bench.reusable_random_rows(path, {**settings, "strategy": "eg-nas"}, 2)
+    path.write_text("{")
+    with pytest.raises(SystemExit, match="not a bench_nas_random partial file"):
+        bench.reusable_random_rows(path, settings, 2)
