@@ -18,6 +18,13 @@ parameter-free ops: DARTS' collapse), and the wall time.
 darts-gal's ``cpu-small`` preset itself (4 epochs x 8 steps; issue 18 asks for the goal "at the preset's
 settings") and writes ``darts_alpha_entropy_digits.{json,md}``.
 
+The base follows the preset: since 2026-12-04 ``cpu-small`` (and so bench_nas_random's darts-gal
+settings) takes alpha steps on 256 images without alpha weight decay at twice DARTS' travel, with 16
+weight steps per epoch on digits. The committed ``darts_alpha_entropy*.json`` were run on the base
+before that (it is in their ``settings.base``; their "shipped" rows are DARTS' alpha settings, and the
+change is their ``arch_batch256+wd0+sqrt`` / ``sqrt+steps16`` rows), so ``--resume`` on them refuses;
+write new runs to another ``--out``.
+
 Writes ``darts_alpha_entropy.{json,md}``, after every run (``--resume`` skips the runs already
 there with the same settings). The search is deterministic for a seed, so a rerun gives the same
 entropies.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from compress.budgets import Budget
-from compress.strategies.config_tree import ConfigDeprecationWarning, config_from_dict, config_to_dict
+from compress.strategies.config_tree import ConfigDeprecationWarning, config_from_dict, config_to_dict, replace_config
 from compress.strategies.darts_gal.checkpoints import phase_key
 from compress.strategies.darts_gal.config import DartsGalConfig
 from compress.strategies.eg_nas.config import EGNASConfig, final_key, search_key
@@ -35,6 +35,16 @@ CHANGED = {
                                     "kd_temperature, augment, drop_path); before, those keyed the baseline only",
     ("gp-prune", "variant", "prune/"): "an iterative schedule's recovery fine-tunes read the fine-tune block, which "
                                        "now enters the pruning key (a changed lr left a stale pruning checkpoint)",
+}
+
+
+#: presets whose values changed on purpose since the fixture: (strategy, preset) -> (the fields as they were, why)
+PRESET_CHANGES = {
+    ("darts-gal", "cpu-small"): (
+        {"search": {"max_steps_per_epoch": 8, "arch_reference_steps": 19_550, "arch_batch_size": None,
+                    "arch_weight_decay": 1e-3}},
+        "issue 18, 2026-12-04: alpha steps on 256 images without weight decay, twice DARTS' travel, 16 steps per "
+        "epoch (the search's entropy goal; compress/strategies/darts_gal/search.py)"),
 }
 
 
@@ -70,6 +80,9 @@ def test_a_flat_config_written_before_loads_into_the_nested_one(strategy, case):
     cls = CLASSES[strategy]
     if case != "variant":
         expected = cls() if case == "paper" else cls.preset(case)
+        if (strategy, case) in PRESET_CHANGES:
+            assert cfg != expected, f"{strategy} {case}: listed in PRESET_CHANGES but unchanged; drop it from there"
+            expected = replace_config(expected, **PRESET_CHANGES[strategy, case][0])
         assert cfg == expected
     assert config_from_dict(cls, config_to_dict(cfg)) == cfg  # the nested spelling round-trips, silently
 

@@ -388,12 +388,14 @@ class DartsGalConfig:
 
         * ``"paper"``: the defaults (GPU scale).
         * ``"cpu-small"``: docs/algorithms/darts-gal.md, CPU profile -- a tiny first-order search (C 8, 5 cells, at half
-          resolution, 4 epochs of 8 steps), a small sizing grid, 6 baseline epochs, 3 GAL epochs
+          resolution, 4 epochs of 16 steps), a small sizing grid, 6 baseline epochs, 3 GAL epochs
           of 10 generator steps (batch 32, 5 critic steps each, a FISTA step after every generator
           step), lambda searched in at most 5 GAL probes toward the budget from a baseline sized to
-          1.5 x the budget, 8 retrain epochs; ``search.arch_reference_steps=19_550`` (issue 18: at lr
-          3e-4 alpha stays uniform over the 32 search steps; :mod:`.search`). Minutes on 2 CPU cores
-          for the digits demo.
+          1.5 x the budget, 8 retrain epochs. The architecture steps (issue 18; :mod:`.search`): at
+          DARTS' lr 3e-4 alpha stays uniform over so few steps, so ``search.arch_reference_steps=39_100``
+          (DARTS' 19,550 steps, x2 by Adam's square-root batch scaling) sets the travel, each alpha
+          step on ``search.arch_batch_size=256`` images with ``search.arch_weight_decay=0``.
+          Minutes on 2 CPU cores for the digits demo.
 
         Raises:
             ConfigError: unknown preset name, or an invalid override.
@@ -408,12 +410,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": {
         "search": {
             "C": 8, "layers": 5, "stem_stride": 2, "epochs": 4, "batch_size": 32, "lr": 0.025,
-            "max_steps_per_epoch": 8, "val_batches": 2,
-            # issue 18: DARTS' total Adam travel (§3.1.1: 19,550 steps of lr 3e-4) over this search's 4 x 8 = 32 alpha
-            # steps (lr 0.183), as eg-nas' cpu-small. Measured on the digits demo task (seed 0, the preset's own 32
-            # steps): mean per-edge entropy after epochs 1-4 = 2.0794 at every epoch with lr 3e-4 (ln 8 = 2.0794),
-            # 1.9247, 1.8040, 1.7416, 1.6942 with this setting (see compress/strategies/darts_gal/search.py).
-            "arch_reference_steps": 19_550,
+            "max_steps_per_epoch": 16, "val_batches": 2,
+            # issue 18 (compress/strategies/darts_gal/search.py has the measurements): DARTS' total Adam travel
+            # (§3.1.1: 19,550 steps of lr 3e-4 at batch 64) over this search's own alpha steps, as eg-nas' cpu-small;
+            # each alpha step on 256 images without alpha weight decay (first-order alpha gradients of a 32-image
+            # batch change sign from batch to batch, so Adam's steps cancel), and the travel doubled by Adam's
+            # square-root batch scaling (256 / 64 = 4x DARTS' batch: x2; Malladi et al., NeurIPS 2022). 16 weight
+            # steps per epoch (8 before): with 8, alpha collapsed onto pools on digits while the weights were barely
+            # trained (supernet val accuracy 0.36-0.79 vs 0.89-0.95 with 16).
+            # Measured 2026-12-04, 3 seeds each: final entropy 1.27-1.44 nats on the digits demo task
+            # (before: 1.63-1.84), 1.05-1.15 at bench_nas_random's CIFAR settings (before: 1.79-1.89).
+            "arch_reference_steps": 39_100, "arch_batch_size": 256, "arch_weight_decay": 0.0,
         },
         "sizing": {"candidates_C": (4, 6, 8, 10, 12, 16, 20, 24), "candidates_layers": (5, 8), "size_margin": 1.5},
         "baseline": {"epochs": 6, "lr": 0.01},
