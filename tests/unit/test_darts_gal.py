@@ -430,7 +430,8 @@ def test_phase_keys_of_the_presets_match_the_flat_configs():
         preset = DartsGalConfig.preset(name)
         with pytest.warns(ConfigDeprecationWarning):
             cfg = config_from_dict(DartsGalConfig, recorded[name]["config"])
-        differ = {f.name for f in dataclasses.fields(cfg.search) if getattr(cfg.search, f.name) != getattr(preset.search, f.name)}
+        differ = {f.name for f in dataclasses.fields(cfg.search)
+                  if getattr(cfg.search, f.name) != getattr(preset.search, f.name)}
         assert differ == (moved if name == "cpu-small" else set())
         assert cfg == replace_config(preset, search={f: getattr(cfg.search, f) for f in differ})
         assert (phase_key(preset, "search", {"prev": "x"}) == phase_key(cfg, "search", {"prev": "x"})) == (not differ)
