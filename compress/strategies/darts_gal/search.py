@@ -47,8 +47,8 @@ Issue 18 (as in ``eg-nas``' ``alpha_update="gradient"``):
   therefore also doubles the weight steps (``search.max_steps_per_epoch`` 16; 64 alpha steps of lr
   0.183): 1.37 / 1.44 / 1.27 nats, supernet val accuracy 0.95 / 0.89 / 0.92, at about 4x the search
   time (255 s vs 64 s on one core). The normal cells still hold 5-7 parameter-free edges on digits
-  (3, 4 and 6 with DARTS' settings); what that does to the student end to end is
-  measured by ``benchmarks/bench_darts_gal_digits_presets.py``. ``arch_reference_steps=None``
+  (3, 4 and 6 with DARTS' settings); end to end (``benchmarks/bench_darts_gal_digits_presets.py``,
+  seeds 0-2) the students do not differ measurably: 98.5% vs 98.7% test accuracy, McNemar p 0.80. ``arch_reference_steps=None``
   keeps the literal per-step lr; DARTS' settings stay the defaults of the ``"paper"`` preset.
 * the expected-latency term (``latency_table``): the architecture loss adds
   ``arch_latency_weight x E[lat] / E_uniform[lat]`` from the target's per-layer table
