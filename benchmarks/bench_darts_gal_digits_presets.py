@@ -69,10 +69,16 @@ def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_one(name: str, fields: dict, seed: int, work: Path) -> dict[str, Any]:
+def seed_setup(seed: int) -> tuple[Any, Any, dict, torch.Tensor, torch.Tensor]:
+    """The digits task, ``slimforge demo``'s teacher (trained once, then from the cache) and the test split of a seed."""
     task = load_digits_task(seed=seed)
     teacher, meta = get_or_train_teacher(TeacherRecipe(seed=seed), task)
     x_test, y_test = collect(task.test)
+    return task, teacher, meta, x_test, y_test
+
+
+def run_one(name: str, fields: dict, seed: int, work: Path, setup: tuple) -> dict[str, Any]:
+    task, teacher, meta, x_test, y_test = setup
     cfg = merged(DartsGal.demo_config(DEMO_EPOCHS), fields)
     t0 = time.perf_counter()
     res = compress(teacher, BUDGET, data=task, strategy="darts-gal", config=cfg, seed=seed,
@@ -185,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         if old["settings"]["commit"] != settings["commit"]:
             settings["commit"] = f"{old['settings']['commit']}, {settings['commit']}"
     for seed in seeds:
+        setup = None
         for name, fields in variants.items():
             done = payload["runs"].get(name, [])
             if any(r["seed"] == seed and r["fields"] == fields for r in done):
                 continue
-            payload["runs"].setdefault(name, []).append(run_one(name, fields, seed, args.work))
+            setup = setup or seed_setup(seed)
+            payload["runs"].setdefault(name, []).append(run_one(name, fields, seed, args.work, setup))
             payload["paired"] = paired(payload["runs"])
             write_outputs(args.out, STEM, payload, markdown(payload))
     payload["paired"] = paired(payload["runs"])

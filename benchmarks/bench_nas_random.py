@@ -368,7 +368,7 @@ def run_kd_resnet20(args, cfg, teacher, task, target, x_test, y_test, epochs: in
     return row
 
 
-def _without_search(strategy: str, cfg: dict) -> dict:
+def _without_search(cfg: dict) -> dict:
     """A darts-gal config as nested data without its ``search`` sub-config (what a fixed-genotype row reads)."""
     with warnings.catch_warnings():  # the flat spelling of the benchmark's configs warns; the data are the same
         warnings.simplefilter("ignore")
@@ -398,8 +398,7 @@ def reusable_random_rows(path: Path, settings: dict, k: int) -> dict[str, dict]:
     diff = sorted(key for key in settings if key != "config" and o_settings.get(key) != settings[key])
     if diff:
         raise SystemExit(f"--reuse-random-from {path}: other settings ({', '.join(diff)}); its random rows do not apply")
-    if _without_search(settings["strategy"], o_settings["config"]) != _without_search(settings["strategy"],
-                                                                                      settings["config"]):
+    if _without_search(o_settings["config"]) != _without_search(settings["config"]):
         raise SystemExit(f"--reuse-random-from {path}: its config differs outside the search fields; "
                          "its random rows do not apply")
     names = [f"random-{i}" for i in range(1, k + 1)]
