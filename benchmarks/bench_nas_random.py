@@ -416,14 +416,86 @@ def stem_of(strategy: str, smoke: bool) -> str:
 
 
 class Partial:
-    """``<out>/<stem>.partial.json``: settings, finished rows, the side-by-side timing, invocations."""
+    """``<out>/<stem>.partial.json``: settings, finished rows, the side-by-side timing, invocations,
+    and ``running`` (the rows a live process has claimed).
+
+    Several processes may share one ``--out`` (one per core, e.g. ``--rows strategy`` in one shell and
+    ``--rows random-1,random-2`` in another): every :meth:`save` holds an exclusive ``flock`` on
+    ``<stem>.partial.json.lock``, re-reads the file and merges, so no process erases another's rows:
+    rows and claims this process wrote (:attr:`owned`) win, every other row and claim on disk is kept,
+    and invocations are the union (rows and claims of other processes: the disk's). A claim whose process is gone (killed) no longer counts
+    (:meth:`claimed_by_other`)."""
 
     def __init__(self, path: Path, data: dict) -> None:
         self.path, self.data = path, data
+        self.owned: set[str] = set()
+        self.data.setdefault("running", {})
 
-    def save(self) -> None:
+    def save(self, claim: str | None = None) -> bool:
+        """Merge with the file under the lock and write it. With ``claim``: take row ``claim`` for this
+        process in the same locked step, unless it is done or another live process holds it (then
+        nothing is claimed and the result is False)."""
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, json.dumps(self.data, indent=1, default=json_default))
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            except ValueError as exc:
+                raise SystemExit(f"{self.path}: not valid JSON ({exc}); restore it or use another --out") from exc
+            for part in ("rows", "running"):  # the disk speaks for every other process, memory for this one
+                mine = self.data.get(part) or {}
+                merged = {k: v for k, v in (disk.get(part) or {}).items() if k not in self.owned}
+                merged.update({k: v for k, v in mine.items() if k in self.owned})
+                self.data[part] = merged
+            invocations = list(disk.get("invocations") or [])
+            invocations += [i for i in self.data.get("invocations") or [] if i not in invocations]
+            self.data["invocations"] = invocations
+            for k, v in disk.items():
+                self.data.setdefault(k, v)
+            took = claim is not None and claim not in self.data["rows"] and self.claimed_by_other(claim) is None
+            if took:
+                self.owned.add(claim)
+                self.data["running"][claim] = {
+                    "pid": os.getpid(), "host": _host(),
+                    "since": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            write_text_atomic(self.path, json.dumps(self.data, indent=1, default=json_default))
+        return took
+
+    def refresh(self) -> None:
+        """Take in the rows and claims other processes have written since (a save without changes)."""
+        self.save()
+
+    def claimed_by_other(self, name: str) -> dict | None:
+        """The claim of another live process on row ``name`` (same host, pid alive), else None."""
+        c = self.data["running"].get(name)
+        if not c or name in self.owned or c.get("host") != _host():
+            return None
+        try:
+            os.kill(int(c["pid"]), 0)
+        except (ProcessLookupError, ValueError, TypeError, KeyError):
+            return None
+        except PermissionError:
+            return c
+        return c
+
+    def claim(self, name: str) -> bool:
+        """Take row ``name`` for this process (see :meth:`save`); False when it is done or another live
+        process holds it."""
+        return self.save(claim=name)
+
+    def finish(self, name: str, row: dict) -> None:
+        self.owned.add(name)
+        self.data["rows"][name] = row
+        self.data["running"].pop(name, None)
+        self.save()
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _norm(d: Any) -> Any:
@@ -665,6 +737,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="darts-gal: copy the random rows of an earlier run's partial file whose settings differ only "
                          "in search fields (random rows skip the search, so they read none of them) instead of "
                          "training them again; each copied row keeps its commit and names its source")
+    ap.add_argument("--rows", default=None, metavar="NAMES",
+                    help="comma-separated rows this process trains, in this order (default: strategy, kd-resnet20, "
+                         "random-1..K); several processes may share one --out, each with its own --rows (one per "
+                         "core): a row another live process is training is skipped, and the report is written by "
+                         "the process that finds every row done")
     ap.add_argument("--retime", action="store_true",
                     help="time every row side by side again (e.g. on a quieter machine); the old timing is kept")
     args = ap.parse_args(argv)
@@ -673,6 +750,11 @@ def main(argv: list[str] | None = None) -> int:
     args.work = args.work or Path(tempfile.gettempdir()) / "slimforge_nas_random" / (slug + ("_smoke" if args.smoke else ""))
     if args.k < 1:
         ap.error("--k must be >= 1")
+    all_rows = ["strategy", "kd-resnet20", *[f"random-{k}" for k in range(1, args.k + 1)]]
+    todo = all_rows if args.rows is None else [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in todo if r not in all_rows]
+    if unknown or not todo:
+        ap.error(f"--rows: unknown rows {', '.join(unknown) or '(none given)'}; choose from {', '.join(all_rows)}")
     limit = args.train_limit if args.train_limit is not None else (512 if args.smoke else DEFAULT_TRAIN_LIMIT)
     teacher_name = args.teacher or DEFAULT_TEACHER[args.strategy]
 
@@ -732,31 +814,47 @@ def main(argv: list[str] | None = None) -> int:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "note": args.note,
         "mode": "report-only" if args.report_only else "resume" if args.resume else "run"})
     part.save()
-    rows = part.data["rows"]
     if args.reuse_random_from is not None and not args.report_only:
         for name, row in reusable_random_rows(args.reuse_random_from, settings, args.k).items():
-            if name not in rows:
-                rows[name] = row
+            if name not in part.data["rows"]:
+                part.finish(name, row)
                 print(f"{name}: copied from {args.reuse_random_from}", flush=True)
-        part.save()
 
     if not args.report_only:
         genotypes = random_genotypes(args.k, args.random_seed, primitives, steps=CELL_STEPS, multiplier=CELL_MULTIPLIER)
-        todo = ["strategy", *[f"random-{k}" for k in range(1, args.k + 1)], "kd-resnet20"]
         for name in todo:
+            part.refresh()
+            rows = part.data["rows"]
             if name in rows:
                 print(f"{name}: done before, skipped", flush=True)
                 continue
+            other = part.claimed_by_other(name)
+            if other is not None:
+                print(f"{name}: running in process {other['pid']} since {other['since']}, skipped", flush=True)
+                continue
+            if name == "kd-resnet20" and "strategy" not in rows:
+                print("kd-resnet20: waits for the strategy row (its epochs follow the strategy's GAL steps), "
+                      "skipped", flush=True)
+                continue
+            if not part.claim(name):
+                print(f"{name}: another process took it a moment ago, skipped", flush=True)
+                continue
             if name == "strategy":
-                rows[name] = run_strategy(args, cfg, teacher, task, target, x_test, y_test)
+                row = run_strategy(args, cfg, teacher, task, target, x_test, y_test)
             elif name.startswith("random-"):
                 k = int(name.split("-")[1])
-                rows[name] = run_random(k, genotypes[k - 1], args, cfg, teacher, task, target, x_test, y_test)
+                row = run_random(k, genotypes[k - 1], args, cfg, teacher, task, target, x_test, y_test)
             else:
                 ep = kd_epochs(args.strategy, cfg, rows["strategy"], n_train)
-                rows[name] = run_kd_resnet20(args, cfg, teacher, task, target, x_test, y_test, ep)
-            rows[name]["commit"] = git_commit()
-            part.save()
+                row = run_kd_resnet20(args, cfg, teacher, task, target, x_test, y_test, ep)
+            row["commit"] = git_commit()
+            part.finish(name, row)
+        part.refresh()
+        missing = [n for n in all_rows if n not in part.data["rows"]]
+        if missing:
+            print(f"rows {', '.join(missing)} are not done yet (another process, or other --rows); the process "
+                  "that finishes the last row writes the report, or run --report-only", flush=True)
+            return 0
 
     stock = frontier(args.data, x_test, y_test, target, depths=(20,) if args.smoke else (20, 32, 44, 56),
                      repeats=5)

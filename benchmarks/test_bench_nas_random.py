@@ -171,3 +171,37 @@ def test_reuse_random_from_accepts_only_a_run_that_differs_in_search_fields(tmp_
     path.write_text("{")
     with pytest.raises(SystemExit, match="not a bench_nas_random partial file"):
         bench.reusable_random_rows(path, settings, 2)
+
+
+def test_two_processes_sharing_one_partial_file_keep_each_others_rows(tmp_path):
+    """``--rows`` on two cores share one ``--out``: each save merges under a lock, so neither process
+    erases the other's rows or claims; a finished row drops its claim; a dead process's claim does
+    not block the row."""
+    bench = _bench()
+    path = tmp_path / "nas_random_darts_gal.partial.json"
+    a = bench.Partial(path, {"settings": {"k": 2}, "rows": {}, "invocations": [{"command": "a"}]})
+    a.save()
+    b = bench.Partial(path, json.loads(path.read_text()))
+    b.data["invocations"].append({"command": "b"})
+    assert a.claim("strategy") and b.claim("random-1")
+    assert not b.claim("strategy")  # a holds it, and a is alive
+    a.refresh()
+    assert set(a.data["running"]) == {"strategy", "random-1"}
+    assert a.claimed_by_other("random-1")["pid"] == b.data["running"]["random-1"]["pid"]  # same pid here: this test
+    assert a.claimed_by_other("strategy") is None  # its own claim
+    b.finish("random-1", {"test_acc": 0.4})
+    a.finish("strategy", {"test_acc": 0.5})
+    disk = json.loads(path.read_text())
+    assert disk["rows"] == {"strategy": {"test_acc": 0.5}, "random-1": {"test_acc": 0.4}}
+    assert disk["running"] == {}
+    assert not a.claim("random-1")  # done
+    assert [i["command"] for i in disk["invocations"]] == ["a", "b"]
+    # a claim left by a killed process (no such pid) does not count
+    c = bench.Partial(path, json.loads(path.read_text()))
+    c.data["running"]["random-2"] = {"pid": 2 ** 22 + 12345, "host": bench._host(), "since": "x"}
+    assert c.claimed_by_other("random-2") is None
+    c.data["running"]["random-2"]["host"] = "another-host"
+    assert c.claimed_by_other("random-2") is None
+    path.write_text("{")
+    with pytest.raises(SystemExit, match="not valid JSON"):
+        c.save()
