@@ -634,6 +634,35 @@ def test_reference_steps_and_latency_term_reach_the_architect():
     assert DartsGalConfig().search.arch_reference_steps is None
 
 
+def test_params_term_moves_the_darts_search_toward_light_ops(tmp_path):
+    """``search.arch_params_weight`` > 0 adds the expected-parameter term: with a large weight, the
+    derived alphas put less mass on the parametric ops than the same search without it; report.json's
+    ``search`` gives the expectation at uniform and final alphas; 0 (the default) keeps the key of
+    earlier searches."""
+    from compress.strategies.darts_gal.strategy import _hash
+
+    base = dict(C=4, layers=2, epochs=2, batch_size=16, max_steps_per_epoch=2, val_batches=1,
+                arch_reference_steps=400)
+    ds, val = _toy(48), DataLoader(_toy(16, seed=5), batch_size=16)
+    plain = DartsSearch(DartsGalConfig(search=base), ds, val, 3, (3, 8, 8), seed=3)
+    heavy = DartsSearch(DartsGalConfig(search={**base, "arch_params_weight": 20.0}), ds, val, 3, (3, 8, 8), seed=3)
+    assert plain.params_term is None and heavy.params_term.weight == 20.0
+    a, b = plain.run(), heavy.run()
+    term = heavy.params_term
+    light = term.expected_params(b.alphas_normal.double(), b.alphas_reduce.double())
+    assert light < term.expected_params(a.alphas_normal.double(), a.alphas_reduce.double())
+    assert light < 0.95 * term.reference_ms  # below uniform by a stated margin
+    cfg = _tiny(search={"arch_params_weight": 5.0}, final={"epochs": 0}, baseline={"epochs": 0})
+    search = DartsGal(cfg).run(_ctx(tmp_path)).info["search"]
+    assert search["params_weight"] == 5.0
+    assert search["expected_params"]["final"] < search["expected_params"]["uniform"]
+    extra = {"seed": 0, "n_train": 48, "num_classes": 3, "input_shape": [3, 8, 8]}
+    assert _hash(_tiny(search={"arch_params_weight": 0.0}), "search", extra) == _hash(_tiny(), "search", extra)
+    assert _hash(cfg, "search", extra) != _hash(_tiny(), "search", extra)
+    with pytest.raises(ConfigError, match="search.arch_params_weight"):
+        DartsGalConfig(search={"arch_params_weight": -0.1})
+
+
 #: darts-gal's search fields before issue 18 (what keyed the search checkpoints of earlier runs)
 OLD_SEARCH_FIELDS = {"genotype", "search_C", "search_layers", "search_epochs", "search_batch_size", "search_lr",
                      "search_lr_min", "search_momentum", "search_weight_decay", "grad_clip", "train_portion",

@@ -15,7 +15,8 @@ from compress.errors import ConfigError
 from compress.profiling.latency_model import ConvConfig
 from compress.strategies.darts import Architect, NetworkCIFAR, SearchSchedule, SupernetSearch
 from compress.strategies.darts.genotype import alpha_entropy, genotype_stability, random_genotypes
-from compress.strategies.darts.latency import LatencyTerm, expected_latency, op_latency_matrix
+from compress.strategies.darts.latency import (LatencyTerm, ParamsTerm, expected_latency, op_latency_matrix,
+                                               op_params_matrix, sum_terms)
 from compress.strategies.darts.ops import EGNAS_PRIMITIVES, PRIMITIVES
 from compress.strategies.darts.search import SearchNetwork
 from compress.strategies.config_tree import ConfigDeprecationWarning, config_from_dict, key_config, replace_config
@@ -215,6 +216,36 @@ def test_expected_latency_of_a_mixed_op_is_the_softmax_weighted_table_latency():
     assert z.grad[2, col["sep_conv_5x5"]] > 0 > z.grad[2, col["skip_connect"]]
     with pytest.raises(ConfigError):
         expected_latency(a_n, a_r, lat_n[:, :3], lat_r)
+
+
+def test_params_term_is_the_softmax_expectation_of_each_candidate_ops_parameter_count():
+    model = _supernet()
+    par_n, par_r = op_params_matrix(model)
+    assert par_n.shape == par_r.shape == (14, 7)
+    col = {p: i for i, p in enumerate(EGNAS_PRIMITIVES)}
+    # each entry is the op's own parameter count, summed over the cells of its type
+    for e, o in ((2, col["sep_conv_3x3"]), (5, col["dil_conv_5x5"]), (0, col["max_pool_3x3"])):
+        by_hand = sum(sum(q.numel() for q in cell.edges[e].ops[o].parameters())
+                      for cell in model.cells if not cell.reduction)
+        assert par_n[e, o].item() == by_hand
+    assert (par_n[:, col["sep_conv_5x5"]] > par_n[:, col["sep_conv_3x3"]]).all()
+    assert (par_n[:, col["skip_connect"]] == 0).all()  # identity at stride 1
+    term = ParamsTerm(par_n, par_r, weight=0.3)
+    assert term(torch.zeros(14, 7), torch.zeros(14, 7)).item() == pytest.approx(0.3)  # weight at uniform alpha
+    g = torch.Generator().manual_seed(2)
+    a_n, a_r = torch.randn(14, 7, generator=g, dtype=torch.float64), torch.randn(14, 7, generator=g, dtype=torch.float64)
+    want = float((torch.softmax(a_n, -1) * par_n).sum() + (torch.softmax(a_r, -1) * par_r).sum())
+    assert term.expected_params(a_n, a_r).item() == pytest.approx(want)
+    z = torch.zeros(14, 7, requires_grad=True)
+    term(z, torch.zeros(14, 7)).backward()
+    assert z.grad[2, col["sep_conv_5x5"]] > 0 > z.grad[2, col["skip_connect"]]  # lowers the heavy op's logit
+    # several terms add up; None terms drop out
+    lat = LatencyTerm(*op_latency_matrix(model, torch.zeros(1, 3, 8, 8), DictTable()), weight=0.5)
+    both = sum_terms(lat, None, term)
+    assert both(a_n, a_r).item() == pytest.approx(lat(a_n, a_r).item() + term(a_n, a_r).item())
+    assert sum_terms(None, term) is term and sum_terms(None, None) is None
+    with pytest.raises(ConfigError):
+        ParamsTerm(par_n, par_r, weight=-1.0)
 
 
 def test_latency_term_pushes_both_searches_toward_fast_ops(eg_runs):

@@ -14,6 +14,10 @@ cell. The architecture objective becomes ``L_val + lambda_lat * E[lat] / E_unifo
   reduction cell ``alphas_reduce``), the matrix of a cell type sums its cells: ``(E, |O|)`` ms each.
 * :func:`expected_latency` -- the differentiable ``sum softmax(alpha) * lat`` (ms).
 * :class:`LatencyTerm` -- the term as the searches use it: ``weight * E[lat](alpha) / E[lat](uniform)``.
+* :func:`op_params_matrix` and :class:`ParamsTerm` -- the same expectation with the parameter count
+  of each candidate op in place of its latency (the mechanism of ProxylessNAS/FBNet with a
+  parameter budget's own metric; not in DARTS, opt-in: darts-gal's ``search.arch_params_weight``).
+* :func:`sum_terms` -- several terms as one (what the architect adds to ``L_val``).
 
 Documented choices:
 
@@ -40,7 +44,8 @@ from compress.errors import ConfigError
 from compress.profiling.latency_model import layer_configs
 from compress.strategies.darts.search import MixedOp, SearchNetwork
 
-__all__ = ["LatencyLookup", "op_latency_matrix", "expected_latency", "LatencyTerm"]
+__all__ = ["LatencyLookup", "op_latency_matrix", "expected_latency", "LatencyTerm", "op_params_matrix", "ParamsTerm",
+           "SumOfTerms", "sum_terms"]
 
 
 class LatencyLookup(Protocol):
@@ -171,3 +176,64 @@ class LatencyTerm:
         E, O = self.lat_normal.shape
         v = torch.as_tensor(np.asarray(z), dtype=torch.float64).reshape(-1)
         return float(self(v[: E * O].view(E, O), v[E * O:].view(E, O)))
+
+
+@torch.no_grad()
+def op_params_matrix(model: SearchNetwork) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per edge and op, the parameter count of the candidate op, summed over the cells of each type.
+
+    Counted exactly (``numel`` of the op's parameters; a pool's BatchNorm counts, ``skip_connect`` at
+    stride 1 and ``none`` count 0), at the supernet's width. Only ratios enter :class:`ParamsTerm`
+    (it divides by the uniform expectation), and an op's count scales with the square of the width
+    for every parametric op, so the width of the final network does not change them much.
+
+    Args:
+        model: the supernet (read only).
+
+    Returns:
+        ``(params_normal, params_reduce)``, float64 ``(E, |O|)`` counts each (all zero for a cell type
+        the supernet does not have).
+    """
+    E, O = model.alphas_normal.shape
+    out = {True: np.zeros((E, O)), False: np.zeros((E, O))}
+    for cell in model.cells:
+        for e, mixed in enumerate(cell.edges):
+            for o, op in enumerate(mixed.ops):
+                out[cell.reduction][e, o] += sum(p.numel() for p in op.parameters())
+    return torch.from_numpy(out[False]), torch.from_numpy(out[True])
+
+
+class ParamsTerm(LatencyTerm):
+    """``weight * E[params](alpha) / E[params](uniform alpha)``: :class:`LatencyTerm`'s expectation
+    (ProxylessNAS §3.3 Eq. 5, FBNet §3.2) over per-op parameter counts
+    (:func:`op_params_matrix`) instead of milliseconds. ``lat_normal``/``lat_reduce`` hold counts
+    ``(E, |O|)`` here, ``reference_ms`` the uniform expectation in parameters, and
+    :meth:`expected_params` (= ``expected_ms``) the expectation in parameters."""
+
+    def expected_params(self, alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor) -> torch.Tensor:
+        """E[params] (0-dim, differentiable)."""
+        return self.expected_ms(alphas_normal, alphas_reduce)
+
+
+@dataclass
+class SumOfTerms:
+    """Terms of the architecture objective added together: ``sum_i term_i(alphas_normal, alphas_reduce)``
+    (picklable, as the terms)."""
+
+    terms: tuple
+
+    def __call__(self, alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor) -> torch.Tensor:
+        total = None
+        for t in self.terms:
+            v = t(alphas_normal, alphas_reduce)
+            total = v if total is None else total + v
+        return total  # type: ignore[return-value]
+
+
+def sum_terms(*terms: Any) -> Any:
+    """The terms that are not None as one callable: None for none, the term itself for one,
+    :class:`SumOfTerms` for more."""
+    live = tuple(t for t in terms if t is not None)
+    if not live:
+        return None
+    return live[0] if len(live) == 1 else SumOfTerms(live)

@@ -60,6 +60,13 @@ class DartsSearchConfig:
             objective adds when the search is latency-aware (see ``DartsGalConfig.objective``):
             ``L_val + arch_latency_weight * E[lat] / E_uniform[lat]`` (ProxylessNAS §3.3, FBNet §3.2;
             :mod:`compress.strategies.darts.latency`; 0.2 as eg-nas' ``latency_weight``, a choice).
+        arch_params_weight: lambda_params >= 0 of an expected-parameter term (0, the default: off,
+            DARTS as published): ``+ arch_params_weight * E[params] / E_uniform[params]``, the same
+            expectation over softmax(alpha) with each candidate op's exact parameter count
+            (:class:`~compress.strategies.darts.latency.ParamsTerm`). Not in DARTS: the
+            ProxylessNAS/FBNet mechanism with a parameter budget's own metric, so that the search
+            weighs an op's accuracy against the width the budget leaves after sizing. Applies
+            whenever > 0, whatever the budget names; adds to the latency term of a latency-aware search.
         partial_channels: PC-DARTS K (1 = off); edge_norm: PC-DARTS edge normalisation.
         stem_stride: 1, or 2 to search at half resolution (CPU).
         max_steps_per_epoch: cap on weight steps per search epoch (None: the whole half).
@@ -74,7 +81,8 @@ class DartsSearchConfig:
     #: ``arch_latency_weight`` is left out (``phase_key``'s ``skip``) whenever the search has no
     #: latency term; with one, the latency table's target enters the key, so a latency-aware search is
     #: always a new one. A new value (``cpu-small``'s ``arch_reference_steps``) is a new search.
-    KEY_OMIT: ClassVar[dict[str, Any]] = {"arch_reference_steps": None, "arch_batch_size": None}
+    KEY_OMIT: ClassVar[dict[str, Any]] = {"arch_reference_steps": None, "arch_batch_size": None,
+                                          "arch_params_weight": 0.0}
 
     genotype: str = "search"
     C: int = 16
@@ -94,6 +102,7 @@ class DartsSearchConfig:
     arch_reference_steps: int | None = None
     arch_batch_size: int | None = None
     arch_latency_weight: float = 0.2
+    arch_params_weight: float = 0.0
     partial_channels: int = 1
     edge_norm: bool = False
     stem_stride: int = 1
@@ -112,6 +121,8 @@ class DartsSearchConfig:
             p.append(f"search.arch_reference_steps must be None or an int >= 1, got {ref!r}")
         if self.arch_latency_weight < 0:
             p.append(f"search.arch_latency_weight must be >= 0, got {self.arch_latency_weight}")
+        if not self.arch_params_weight >= 0:
+            p.append(f"search.arch_params_weight must be >= 0, got {self.arch_params_weight}")
         if self.C % 2:
             p.append(f"search.C must be even (FactorizedReduce halves it), got {self.C}")
         if self.partial_channels >= 1 and self.C % self.partial_channels:
@@ -357,7 +368,7 @@ class DartsGalConfig:
     search: DartsSearchConfig = subconfig(DartsSearchConfig, legacy_prefix="search_", legacy={
         name: name for name in ("genotype", "grad_clip", "train_portion", "second_order", "arch_lr",
                                 "arch_weight_decay", "arch_warmup_epochs", "arch_reference_steps",
-                                "arch_latency_weight", "partial_channels", "edge_norm")})
+                                "arch_latency_weight", "arch_params_weight", "partial_channels", "edge_norm")})
     sizing: DartsGalSizingConfig = subconfig(DartsGalSizingConfig)
     baseline: DARTSTrainConfig = subconfig(lambda: _train_block(50), legacy_prefix="baseline_", legacy=_SHARED_TRAIN)
     gal: GALConfig = subconfig(GALConfig, legacy_prefix="gal_", legacy={

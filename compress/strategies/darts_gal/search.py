@@ -53,6 +53,11 @@ Issue 18 (as in ``eg-nas``' ``alpha_update="gradient"``):
 * the expected-latency term (``latency_table``): the architecture loss adds
   ``arch_latency_weight x E[lat] / E_uniform[lat]`` from the target's per-layer table
   (:class:`~compress.strategies.darts.latency.LatencyTerm`; ProxylessNAS §3.3, FBNet §3.2).
+* the expected-parameter term (``search.arch_params_weight`` > 0; off by default): the architecture
+  loss adds ``arch_params_weight x E[params] / E_uniform[params]``, each candidate op's exact
+  parameter count (:class:`~compress.strategies.darts.latency.ParamsTerm`): the same mechanism
+  with a parameter budget's metric; not in DARTS. Measured at the CIFAR params benchmark in
+  ``benchmarks/results/nas_random_darts_gal_params_term/`` (when that run exists).
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from compress.strategies.darts.architect import Architect
-from compress.strategies.darts.latency import LatencyLookup, LatencyTerm, op_latency_matrix
+from compress.strategies.darts.latency import (LatencyLookup, LatencyTerm, ParamsTerm, op_latency_matrix,
+                                               op_params_matrix, sum_terms)
 from compress.strategies.darts.supernet_search import SearchOutcome, SearchSchedule, SupernetSearch, build_supernet
 from compress.strategies.darts_gal.config import DartsGalConfig
 from compress.training.data import derive_seed, split_dataset
@@ -93,6 +99,7 @@ class DartsSearch(SupernetSearch):
     Attributes:
         architect: the :class:`Architect` (``reference_steps=cfg.search.arch_reference_steps``).
         latency_term: the :class:`LatencyTerm` in use (None without a table).
+        params_term: the :class:`ParamsTerm` in use (None at ``search.arch_params_weight`` 0).
         num_ops: candidate ops per edge (8 DARTS ops).
 
     Raises:
@@ -116,12 +123,16 @@ class DartsSearch(SupernetSearch):
         if latency_table is not None:
             lat_n, lat_r = op_latency_matrix(model, torch.zeros(1, *input_shape), latency_table)
             self.latency_term = LatencyTerm(lat_n, lat_r, sc.arch_latency_weight)
+        self.params_term: ParamsTerm | None = None
+        if sc.arch_params_weight > 0:
+            self.params_term = ParamsTerm(*op_params_matrix(model), sc.arch_params_weight)
         self.num_ops = len(model.primitives)
         runtime.prepare(model)
         self.architect = Architect(model, lr=sc.arch_lr, weight_decay=sc.arch_weight_decay,
                                    second_order=sc.second_order, w_momentum=sc.momentum,
                                    w_weight_decay=sc.weight_decay, runtime=runtime,
-                                   reference_steps=sc.arch_reference_steps, latency_term=self.latency_term)
+                                   reference_steps=sc.arch_reference_steps,
+                                   latency_term=sum_terms(self.latency_term, self.params_term))
         schedule = SearchSchedule(
             epochs=sc.epochs, warmup_epochs=sc.arch_warmup_epochs, batch_size=sc.batch_size,
             lr=sc.lr, lr_min=sc.lr_min, momentum=sc.momentum,

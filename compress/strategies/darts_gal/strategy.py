@@ -303,7 +303,8 @@ class DartsGal(Strategy):
             return fixed, {"source": source, "history": [], "wall_s": 0.0, "resumed_from_epoch": 0,
                            "search": {"source": source, "alpha_entropy": [], "alpha_entropy_uniform": None,
                                       "genotype_stability": None, "stability_seeds": [], "plan": {},
-                                      "objective": None, "latency_weight": None, "expected_latency_ms": None}}
+                                      "objective": None, "latency_weight": None, "expected_latency_ms": None,
+                                      "params_weight": None, "expected_params": None}}
         search = DartsSearch(cfg, train_ds, ctx.data.val, K, in_shape, ctx.seed,  # type: ignore[arg-type]
                              ckpt_dir=store.dir, config_hash=h_search, progress=ctx.progress, log=ctx.log,
                              runtime=ctx.runtime, latency_table=table)
@@ -324,6 +325,11 @@ class DartsGal(Strategy):
             "expected_latency_ms": None if term is None else {
                 "uniform": term.reference_ms,
                 "final": float(term.expected_ms(out.alphas_normal.double(), out.alphas_reduce.double()))},
+            "params_weight": cfg.search.arch_params_weight if search.params_term is not None else None,
+            "expected_params": None if search.params_term is None else {
+                "uniform": search.params_term.reference_ms,
+                "final": float(search.params_term.expected_params(out.alphas_normal.double(),
+                                                                  out.alphas_reduce.double()))},
         }
         return out.genotype, {"source": "search", "history": hist, "wall_s": out.wall_s,
                               "resumed_from_epoch": out.resumed_from_epoch, "search": info,
