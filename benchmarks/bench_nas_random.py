@@ -2,7 +2,7 @@
 
     python benchmarks/bench_nas_random.py --strategy eg-nas --data ../shared/data \
         --out benchmarks/results/nas_random_eg_nas [--k 5] [--budget params=269722] [--set key=value ...] \
-        [--resume | --report-only] [--smoke] [--note "..."]
+        [--resume | --report-only] [--rows strategy,kd-resnet20,random-1,...] [--smoke] [--note "..."]
 
 One table per strategy (``eg-nas`` or ``darts-gal``) on the shared CIFAR-10 subsets (a stratified
 ``--train-limit`` subset of the 10k train images, 10% of it the validation split; the 1,000 test
@@ -55,6 +55,10 @@ mean per-edge entropy of softmax(alpha) at the end of the search comes from the 
 
 Resumable: every finished row goes to ``<out>/<stem>.partial.json`` at once; ``--resume`` skips the
 finished rows (and a row's own ``compress()`` resumes from its checkpoints under ``--work``);
+``--rows`` splits the rows between processes that share one ``--out`` and ``--work`` (one per core,
+e.g. ``--rows strategy,kd-resnet20,random-5,random-4`` and ``--rows random-1,random-2,random-3``, both
+with ``--resume``): each save merges under a file lock, a row is claimed before it starts, a row
+another live process holds is skipped, and the process that finds every row done writes the report;
 ``--report-only`` writes the tables from the partial file. ``--smoke``: tiny settings (512 train
 images, 200 test images, a few steps), end to end in minutes; the numbers mean nothing.
 Outputs: ``<out>/nas_random_<strategy>.json`` and ``.md`` (``_smoke`` appended with ``--smoke``).
