@@ -453,6 +453,8 @@ class Partial:
                 merged = {k: v for k, v in (disk.get(part) or {}).items() if k not in self.owned}
                 merged.update({k: v for k, v in mine.items() if k in self.owned})
                 self.data[part] = merged
+            self.data["running"] = {k: v for k, v in self.data["running"].items()  # drop the claims of dead processes
+                                    if k in self.owned and k not in self.data["rows"] or _alive(v) is not False}
             invocations = list(disk.get("invocations") or [])
             invocations += [i for i in self.data.get("invocations") or [] if i not in invocations]
             self.data["invocations"] = invocations
@@ -474,14 +476,8 @@ class Partial:
     def claimed_by_other(self, name: str) -> dict | None:
         """The claim of another live process on row ``name`` (same host, pid alive), else None."""
         c = self.data["running"].get(name)
-        if not c or name in self.owned or c.get("host") != _host():
+        if not c or name in self.owned or not _alive(c):
             return None
-        try:
-            os.kill(int(c["pid"]), 0)
-        except (ProcessLookupError, ValueError, TypeError, KeyError):
-            return None
-        except PermissionError:
-            return c
         return c
 
     def claim(self, name: str) -> bool:
@@ -494,6 +490,19 @@ class Partial:
         self.data["rows"][name] = row
         self.data["running"].pop(name, None)
         self.save()
+
+
+def _alive(claim: dict) -> bool | None:
+    """Whether the process of a ``running`` claim still runs: None when it ran on another host (unknown)."""
+    if claim.get("host") != _host():
+        return None
+    try:
+        os.kill(int(claim["pid"]), 0)
+    except (ProcessLookupError, ValueError, TypeError, KeyError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _host() -> str:

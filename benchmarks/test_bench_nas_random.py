@@ -200,8 +200,14 @@ def test_two_processes_sharing_one_partial_file_keep_each_others_rows(tmp_path):
     c = bench.Partial(path, json.loads(path.read_text()))
     c.data["running"]["random-2"] = {"pid": 2 ** 22 + 12345, "host": bench._host(), "since": "x"}
     assert c.claimed_by_other("random-2") is None
-    c.data["running"]["random-2"]["host"] = "another-host"
-    assert c.claimed_by_other("random-2") is None
+    on_disk = json.loads(path.read_text())
+    on_disk["running"] = {"random-2": {"pid": 2 ** 22 + 12345, "host": bench._host(), "since": "x"},
+                          "kd-resnet20": {"pid": 1, "host": "another-host", "since": "x"}}
+    path.write_text(json.dumps(on_disk))
+    c.refresh()
+    # a dead process's claim is dropped; one from another host is kept (unknown) but does not block
+    assert json.loads(path.read_text())["running"] == {"kd-resnet20": on_disk["running"]["kd-resnet20"]}
+    assert c.claimed_by_other("kd-resnet20") is None
     path.write_text("{")
     with pytest.raises(SystemExit, match="not valid JSON"):
         c.save()
