@@ -1,7 +1,8 @@
 """``bench_nas_random.py --smoke`` end to end for eg-nas (issue 18's random-search benchmark on a tiny
-configuration): the strategy row, K = 2 random genotypes through eg-nas' own final phase, KD
-ResNet-20, the stock ResNet-20, the side-by-side timing, the paired tests; then ``--resume`` of the
-finished run (nothing retrained) and ``--report-only``.
+configuration): the strategy row alone (``--rows``: no report yet), then ``--resume``: K = 2 random
+genotypes through eg-nas' own final phase, KD ResNet-20, the stock ResNet-20, the side-by-side
+timing, the paired tests; then ``--resume`` of the finished run (nothing retrained) and
+``--report-only``.
 
 Never part of ``make test`` (``bench`` marker; ``testpaths`` is ``tests``). Needs ``../shared/data``
 (skipped without it). About 3 minutes on one shared core::
@@ -75,7 +76,13 @@ def test_bench_nas_random_smoke_end_to_end(tmp_path, capsys):
     out, work = tmp_path / "results", tmp_path / "work"
     argv = ["--strategy", "eg-nas", "--smoke", "--k", str(K), "--data", str(DATA), "--out", str(out),
             "--work", str(work)]
-    assert bench.main(argv) == 0
+    # one process's share (--rows): its rows are saved, the report waits for the others
+    assert bench.main([*argv, "--rows", "strategy"]) == 0
+    assert not (out / "nas_random_eg_nas_smoke.json").exists()
+    assert "are not done yet" in capsys.readouterr().out
+    assert list(json.loads((out / "nas_random_eg_nas_smoke.partial.json").read_text())["rows"]) == ["strategy"]
+    assert bench.main([*argv, "--resume"]) == 0  # the rest, then the report
+    assert "strategy: done before, skipped" in capsys.readouterr().out
     assert bench.FIXED_NAME not in list_strategies()  # the benchmark-only strategy is registered only while it runs
     stem = "nas_random_eg_nas_smoke"
     payload = json.loads((out / f"{stem}.json").read_text())
@@ -141,7 +148,9 @@ def test_bench_nas_random_smoke_end_to_end(tmp_path, capsys):
     assert all(f"{n}: done before, skipped" in printed for n in rows)
     assert bench.main([*argv, "--report-only"]) == 0
     assert json.loads((out / f"{stem}.json").read_text())["summary"] == s
-    assert len(json.loads((out / f"{stem}.partial.json").read_text())["invocations"]) == 3  # run, resume, report-only (the refused call records nothing)
+    final = json.loads((out / f"{stem}.partial.json").read_text())
+    assert len(final["invocations"]) == 4  # --rows, resume, resume, report-only (the refused call records nothing)
+    assert final["running"] == {}
 
 
 def test_reuse_random_from_accepts_only_a_run_that_differs_in_search_fields(tmp_path):
