@@ -56,8 +56,10 @@ Issue 18 (as in ``eg-nas``' ``alpha_update="gradient"``):
 * the expected-parameter term (``search.arch_params_weight`` > 0; off by default): the architecture
   loss adds ``arch_params_weight x E[params] / E_uniform[params]``, each candidate op's exact
   parameter count (:class:`~compress.strategies.darts.latency.ParamsTerm`): the same mechanism
-  with a parameter budget's metric; not in DARTS. Measured at the CIFAR params benchmark in
-  ``benchmarks/results/nas_random_darts_gal_params_term/`` (when that run exists).
+  with a parameter budget's metric; not in DARTS. Measured once at the CIFAR params benchmark
+  (``benchmarks/results/nas_random_darts_gal_params_term/``, weight 0.2): the search moved to pools
+  and skips (E[params] 22% of uniform) and the student was no better than without the term (39.6%
+  vs 42.1%, McNemar p 0.12), so it stays off.
 """
 
 from __future__ import annotations
