@@ -128,20 +128,27 @@ CELL_STEPS, CELL_MULTIPLIER = 4, 4
 # (xi_reference_updates, arch_reference_steps: without them alpha stays uniform; darts-gal's
 # arch_batch_size and arch_weight_decay since 2026-12-04; before it, its benchmark ran the preset's
 # earlier search: arch_reference_steps 19,550, alpha batch 32, alpha weight decay 1e-3, as the
-# configs in the earlier nas_random_darts_gal* results show). Sized so that a strategy's table
-# (strategy + 5 randoms + KD ResNet-20) takes about 35-45 min on one core.
+# configs in the earlier nas_random_darts_gal* results show). darts-gal sizes and prunes as its
+# cpu-small preset does since 2026-12-04 (DG_SIZING: candidates_C 4-24, size_margin 1.5, lambda
+# searched): with the earlier grid (C 8-16, given by --set in the earlier folders) the searched
+# genotype filled C 16 x 8 at 1.04x the budget, so GAL had 4% to remove and cut 3 of 8 cells.
+# eg-nas' table (strategy + 5 randoms + KD ResNet-20) takes about 35-45 min on one core, darts-gal's
+# about 2.5 h (two processes, one per core, with --rows: about 1.6 h).
 _DG_SEARCH = DG_PRESETS["cpu-small"]["search"]
 #: darts-gal's alpha-step fields of the cpu-small preset, in the benchmarks' flat spelling
 DG_ARCH_STEPS = {"arch_reference_steps": _DG_SEARCH["arch_reference_steps"],
                  "search_arch_batch_size": _DG_SEARCH["arch_batch_size"],
                  "arch_weight_decay": _DG_SEARCH["arch_weight_decay"]}
+#: darts-gal's sizing and lambda of the cpu-small preset, in the benchmarks' flat spelling
+DG_SIZING = {"candidates_C": tuple(DG_PRESETS["cpu-small"]["sizing"]["candidates_C"]),
+             "size_margin": DG_PRESETS["cpu-small"]["sizing"]["size_margin"], "sparse_lambda": None}
 FULL: dict[str, dict[str, Any]] = {
     "eg-nas": {**bench_eg_nas.FULL, "search_epochs": 6, "warmup_epochs": 2, "restarts": 2, "popsize": 8,
                "candidates_C": (8, 12, 16, 20, 24), "candidates_layers": (5, 8), "final_epochs": 5,
                "xi_reference_updates": EG_PRESETS["cpu-small"]["es"]["xi_reference_updates"],
                "arch_reference_steps": EG_PRESETS["cpu-small"]["search"]["arch_reference_steps"]},
     "darts-gal": {**bench_darts_gal.FULL, "search_epochs": 3, "baseline_epochs": 3, "gal_epochs": 1,
-                  "final_epochs": 5, "candidates_C": (8, 10, 12, 16), "candidates_layers": (5, 8), **DG_ARCH_STEPS},
+                  "final_epochs": 5, "candidates_layers": (5, 8), **DG_ARCH_STEPS, **DG_SIZING},
 }
 SMOKE: dict[str, dict[str, Any]] = {
     "eg-nas": {**bench_eg_nas.SMOKE, "xi_reference_updates": EG_PRESETS["cpu-small"]["es"]["xi_reference_updates"]},
