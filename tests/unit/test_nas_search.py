@@ -244,7 +244,7 @@ def test_params_term_is_the_softmax_expectation_of_each_candidate_ops_parameter_
     both = sum_terms(lat, None, term)
     assert both(a_n, a_r).item() == pytest.approx(lat(a_n, a_r).item() + term(a_n, a_r).item())
     assert sum_terms(None, term) is term and sum_terms(None, None) is None
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="ParamsTerm: the weight must be >= 0"):
         ParamsTerm(par_n, par_r, weight=-1.0)
 
 

@@ -157,7 +157,7 @@ class LatencyTerm:
 
     def __post_init__(self) -> None:
         if not self.weight >= 0:
-            raise ConfigError(f"latency weight must be >= 0, got {self.weight}.")
+            raise ConfigError(f"{type(self).__name__}: the weight must be >= 0, got {self.weight}.")
         self.reference_ms = float(self.lat_normal.double().mean(-1).sum() + self.lat_reduce.double().mean(-1).sum())
 
     def expected_ms(self, alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor) -> torch.Tensor:
