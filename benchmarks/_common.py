@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -106,6 +106,29 @@ def publish(out_dir: Path, stem: str, payload: dict[str, Any], markdown: str) ->
     print(markdown)
     print(f"wrote {j} and {m}")
     return 0
+
+
+def locked_json_update(path: Path, update: Callable[[dict[str, Any]], dict[str, Any]],
+                       default: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Read-modify-write of a JSON file shared by several processes (one per core): under an exclusive
+    ``flock`` on ``<path>.lock``, ``update(what the file holds now, {} when absent)`` returns what is
+    written (atomically, ``indent=1``, ``default`` for non-JSON values), and is returned.
+
+    Raises:
+        SystemExit: the file is not valid JSON (with what to do).
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            disk = json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError as exc:
+            raise SystemExit(f"{path}: not valid JSON ({exc}); restore it from git or use another output folder") from exc
+        data = update(disk)
+        write_text_atomic(path, json.dumps(data, indent=1, default=default))
+    return data
 
 
 def json_default(o: Any) -> Any:

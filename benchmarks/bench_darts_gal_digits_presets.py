@@ -38,11 +38,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bootstrap_diff, machine, mcnemar, predictions, write_outputs  # noqa: E402
-from bench_darts_entropy import param_free, parse_variant  # noqa: E402
+from bench_darts_entropy import param_free, parse_variant, variant_config  # noqa: E402
 from bench_latency_pruning import git_commit  # noqa: E402
 
 from compress.api import compress  # noqa: E402
 from compress.data import collect, load_digits_task  # noqa: E402
+from compress.strategies.config_tree import config_from_dict, config_to_dict  # noqa: E402
+from compress.strategies.darts_gal.config import DartsGalConfig  # noqa: E402
 from compress.strategies.darts_gal.strategy import DartsGal  # noqa: E402
 from compress.teachers import TeacherRecipe, get_or_train_teacher  # noqa: E402
 
@@ -61,12 +63,11 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``extra`` merged in, sub-dict by sub-dict."""
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def run_config(fields: dict[str, Any]) -> dict[str, Any]:
+    """``DartsGal.demo_config(DEMO_EPOCHS)`` with a variant's fields
+    (:func:`bench_darts_entropy.variant_config`: merged into each sub-config leaf by leaf), nested."""
+    demo = config_from_dict(DartsGalConfig, DartsGal.demo_config(DEMO_EPOCHS))
+    return config_to_dict(variant_config(demo, fields))
 
 
 def seed_setup(seed: int) -> tuple[Any, Any, dict, torch.Tensor, torch.Tensor]:
@@ -79,7 +80,7 @@ def seed_setup(seed: int) -> tuple[Any, Any, dict, torch.Tensor, torch.Tensor]:
 
 def run_one(name: str, fields: dict, seed: int, work: Path, setup: tuple) -> dict[str, Any]:
     task, teacher, meta, x_test, y_test = setup
-    cfg = merged(DartsGal.demo_config(DEMO_EPOCHS), fields)
+    cfg = run_config(fields)
     t0 = time.perf_counter()
     res = compress(teacher, BUDGET, data=task, strategy="darts-gal", config=cfg, seed=seed,
                    out_dir=work / f"{name}-seed{seed}")

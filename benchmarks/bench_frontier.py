@@ -80,7 +80,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bootstrap_diff, machine, mcnemar, predictions, write_outputs  # noqa: E402
+from _common import bootstrap_diff, locked_json_update, machine, mcnemar, predictions, write_outputs  # noqa: E402
 from bench_latency_pruning import cpu_model, git_commit  # noqa: E402
 
 from compress.api import compress, library_versions  # noqa: E402
@@ -219,12 +219,7 @@ class State:
         self.owned: set[str] = set()
 
     def save(self) -> None:
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name("state.json.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        def merge(disk: dict) -> dict:
             for part in self.MERGED:
                 mine = self.data.get(part, {})
                 merged = {k: v for k, v in disk.get(part, {}).items() if k not in self.owned}
@@ -238,7 +233,9 @@ class State:
                                                                    *self.data["settings"].get(k, [])]))
             for k, v in disk.items():
                 self.data.setdefault(k, v)
-            write_text_atomic(self.path, json.dumps(self.data, indent=1, default=_plain))
+            return self.data
+
+        locked_json_update(self.path, merge, default=_plain)
 
 
 def _plain(o: Any) -> Any:

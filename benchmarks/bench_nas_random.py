@@ -89,8 +89,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_darts_gal  # noqa: E402  (settings of the darts-gal benchmark)
 import bench_eg_nas  # noqa: E402  (settings of the eg-nas benchmark)
-from _common import (bootstrap_diff, cut_facts, frontier, json_default, machine, mcnemar, mean_random_test,  # noqa: E402
-                     predictions, write_outputs)
+from _common import (bootstrap_diff, cut_facts, frontier, json_default, locked_json_update, machine, mcnemar,  # noqa: E402
+                     mean_random_test, predictions, write_outputs)
 from bench_latency_pruning import git_commit  # noqa: E402  (as bench_frontier and bench_real_size)
 
 import compress.strategies.darts_gal  # noqa: E402,F401  (registers "darts-gal")
@@ -99,7 +99,6 @@ from compress import registry  # noqa: E402
 from compress.api import compress, library_versions  # noqa: E402
 from compress.budgets import measure_cost  # noqa: E402
 from compress.data import IMAGENET_MEAN, IMAGENET_STD, collect, load_npz_task  # noqa: E402
-from compress.exporters.atomic import write_text_atomic  # noqa: E402
 from compress.models import load_model  # noqa: E402
 from compress.profiling import Target  # noqa: E402
 from compress.profiling.latency_model import measure_interleaved  # noqa: E402
@@ -443,18 +442,17 @@ class Partial:
         self.data.setdefault("running", {})
 
     def save(self, claim: str | None = None) -> bool:
-        """Merge with the file under the lock and write it. With ``claim``: take row ``claim`` for this
-        process in the same locked step, unless it is done or another live process holds it (then
-        nothing is claimed and the result is False)."""
-        import fcntl
+        """Merge with the file under the lock (:func:`_common.locked_json_update`) and write it. With
+        ``claim``: take row ``claim`` for this process in the same locked step, unless it is done or
+        another live process holds it (then nothing is claimed and the result is False).
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
-            except ValueError as exc:
-                raise SystemExit(f"{self.path}: not valid JSON ({exc}); restore it or use another --out") from exc
+        Raises:
+            SystemExit: the partial file is not valid JSON.
+        """
+        took = False
+
+        def merge(disk: dict) -> dict:
+            nonlocal took
             for part in ("rows", "running"):  # the disk speaks for every other process, memory for this one
                 mine = self.data.get(part) or {}
                 merged = {k: v for k, v in (disk.get(part) or {}).items() if k not in self.owned}
@@ -473,7 +471,9 @@ class Partial:
                 self.data["running"][claim] = {
                     "pid": os.getpid(), "host": _host(),
                     "since": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-            write_text_atomic(self.path, json.dumps(self.data, indent=1, default=json_default))
+            return self.data
+
+        locked_json_update(self.path, merge, default=json_default)
         return took
 
     def refresh(self) -> None:

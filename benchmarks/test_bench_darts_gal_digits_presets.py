@@ -1,5 +1,5 @@
 """``bench_darts_gal_digits_presets.py``'s bookkeeping on made-up runs (no training): the variant
-merge into the demo config, the pooled paired test against the first variant, the table.
+merge into the demo config (``run_config``), the pooled paired test against the first variant, the table.
 
 Never part of ``make test`` (``bench`` marker)::
 
@@ -21,12 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def test_variants_merge_leaf_by_leaf_and_pair_against_the_first_variant():
     import bench_darts_gal_digits_presets as bench
 
+    from compress.strategies.config_tree import config_from_dict, config_to_dict
+    from compress.strategies.darts_gal.config import DartsGalConfig
     from compress.strategies.darts_gal.strategy import DartsGal
 
     demo = DartsGal.demo_config(bench.DEMO_EPOCHS)
-    cfg = bench.merged(demo, {"search": {"max_steps_per_epoch": 3}})
+    cfg = bench.run_config({"search": {"max_steps_per_epoch": 3}})
     assert cfg["search"]["max_steps_per_epoch"] == 3 and cfg["search"]["C"] == demo["search"]["C"]
-    assert cfg["final"] == demo["final"] and demo["search"]["max_steps_per_epoch"] != 3  # the base is not modified
+    assert cfg["final"]["epochs"] == demo["final"]["epochs"] and demo["search"]["max_steps_per_epoch"] != 3
+    assert bench.run_config({}) == config_to_dict(config_from_dict(DartsGalConfig, demo))  # no fields: the demo config
 
     rng = np.random.default_rng(0)
     base = [rng.random(200) < 0.9 for _ in range(2)]
